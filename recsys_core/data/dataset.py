@@ -1,0 +1,221 @@
+"""The `Dataset`: interactions with contiguous ids, time-ordered per-user sequences, item metadata.
+
+Everything downstream (models, splits, pages) reads this one structure. Original ids are kept
+as strings (IMDb ids have leading zeros) and mapped to contiguous int32 indices both ways.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recsys_core.data.errors import DataError
+
+# Canonical column names of a mapped interaction frame, before and after indexing.
+USER, ITEM, RATING, TIMESTAMP = "user", "item", "rating", "timestamp"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Dataset:
+    """Interactions indexed 0..n-1, sorted by (user, timestamp, arrival order).
+
+    `interactions` columns: user (int32), item (int32), rating (float32, NaN when the source
+    has none), timestamp (int64 unix seconds; arrival order when the source has none).
+    `items` has one row per item index: `item_id` plus any metadata (e.g. `title`, `genres`
+    with multi-values joined by '|').
+    """
+
+    name: str
+    interactions: pd.DataFrame
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    items: pd.DataFrame
+    source: str = ""
+    options: dict = field(default_factory=dict)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def n_interactions(self) -> int:
+        return len(self.interactions)
+
+    @cached_property
+    def user_index(self) -> dict[str, int]:
+        """Original user id -> contiguous index."""
+        return {u: i for i, u in enumerate(self.user_ids)}
+
+    @cached_property
+    def item_index(self) -> dict[str, int]:
+        """Original item id -> contiguous index."""
+        return {it: i for i, it in enumerate(self.item_ids)}
+
+    @cached_property
+    def indptr(self) -> np.ndarray:
+        """CSR row pointer: user u's sequence is `seq_items[indptr[u]:indptr[u+1]]`."""
+        counts = np.bincount(self.interactions[USER].to_numpy(), minlength=self.n_users)
+        return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+    @cached_property
+    def seq_items(self) -> np.ndarray:
+        return self.interactions[ITEM].to_numpy(dtype=np.int32)
+
+    def sequences(self) -> list[np.ndarray]:
+        """Per-user time-ordered item indices (views, no copies)."""
+        return np.split(self.seq_items, self.indptr[1:-1])
+
+    def history(self, user: int) -> np.ndarray:
+        return self.seq_items[self.indptr[user] : self.indptr[user + 1]]
+
+    @cached_property
+    def item_popularity(self) -> np.ndarray:
+        """Interaction count per item index."""
+        return np.bincount(self.seq_items, minlength=self.n_items)
+
+    @property
+    def has_ratings(self) -> bool:
+        return bool(self.interactions[RATING].notna().any())
+
+    def title(self, item: int) -> str:
+        """Display title of an item index (falls back to its original id)."""
+        if "title" in self.items.columns:
+            value = self.items["title"].iat[item]
+            if isinstance(value, str) and value:
+                return value
+        return str(self.item_ids[item])
+
+    def stats(self) -> dict:
+        """Summary statistics a user wants before training anything."""
+        per_user = np.diff(self.indptr)
+        per_item = self.item_popularity
+        ts = self.interactions[TIMESTAMP]
+        cells = max(self.n_users * self.n_items, 1)
+        out = {
+            "users": self.n_users,
+            "items": self.n_items,
+            "interactions": self.n_interactions,
+            "density": self.n_interactions / cells,
+            "sparsity": 1.0 - self.n_interactions / cells,
+            "per_user_min": int(per_user.min()) if len(per_user) else 0,
+            "per_user_median": float(np.median(per_user)) if len(per_user) else 0.0,
+            "per_user_max": int(per_user.max()) if len(per_user) else 0,
+            "per_item_min": int(per_item.min()) if len(per_item) else 0,
+            "per_item_median": float(np.median(per_item)) if len(per_item) else 0.0,
+            "per_item_max": int(per_item.max()) if len(per_item) else 0,
+            "has_ratings": self.has_ratings,
+            "has_timestamps": bool(self.options.get("has_timestamps", True)),
+            "time_min": int(ts.min()) if len(ts) else None,
+            "time_max": int(ts.max()) if len(ts) else None,
+        }
+        if self.has_ratings:
+            r = self.interactions[RATING]
+            out.update(rating_min=float(r.min()), rating_max=float(r.max()), rating_mean=float(r.mean()))
+        return out
+
+    # ---- persistence: Parquet + JSON, never pickle -------------------------------------------
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the dataset into `directory` (created). Callers wanting atomicity write to a
+        temporary directory and rename it (see `registry`)."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self.interactions.to_parquet(d / "interactions.parquet", index=False)
+        pd.DataFrame({"user_id": self.user_ids}).to_parquet(d / "users.parquet", index=False)
+        self.items.to_parquet(d / "items.parquet", index=False)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "source": self.source,
+            "options": self.options,
+        }
+        (d / "dataset.json").write_text(json.dumps(meta, indent=2))
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Dataset:
+        d = Path(directory)
+        try:
+            meta = json.loads((d / "dataset.json").read_text())
+            interactions = pd.read_parquet(d / "interactions.parquet")
+            users = pd.read_parquet(d / "users.parquet")["user_id"].astype(str).to_numpy(dtype=object)
+            items = pd.read_parquet(d / "items.parquet")
+        except (OSError, ValueError, KeyError) as err:
+            raise DataError(f"saved dataset is unreadable ({err})", file=str(d),
+                            hint="delete it from the workspace and load the source file again") from err
+        return cls(
+            name=meta["name"],
+            interactions=interactions,
+            user_ids=users,
+            item_ids=items["item_id"].astype(str).to_numpy(dtype=object),
+            items=items,
+            source=meta.get("source", ""),
+            options=meta.get("options", {}),
+        )
+
+
+def build_dataset(
+    frame: pd.DataFrame,
+    *,
+    name: str,
+    items: pd.DataFrame | None = None,
+    source: str = "",
+    options: dict | None = None,
+) -> Dataset:
+    """Index a mapped frame (columns user, item, [rating], [timestamp]; ids any type) into a Dataset.
+
+    Sorting is stable so interactions with equal timestamps keep their file order. `items`, if
+    given, is item metadata with an `item_id` column; items without metadata get empty fields.
+    """
+    frame = frame.reset_index(drop=True)
+    user_raw = frame[USER].astype(str)
+    item_raw = frame[ITEM].astype(str)
+    user_codes, user_ids = pd.factorize(user_raw, sort=True)
+    item_codes, item_ids = pd.factorize(item_raw, sort=True)
+    has_ts = TIMESTAMP in frame.columns
+    ts = frame[TIMESTAMP].to_numpy(dtype=np.int64) if has_ts else np.arange(len(frame), dtype=np.int64)
+    rating = frame[RATING].to_numpy(dtype=np.float32) if RATING in frame.columns else np.full(len(frame), np.nan, np.float32)
+    order = np.lexsort((np.arange(len(frame)), ts, user_codes))
+    interactions = pd.DataFrame({
+        USER: user_codes[order].astype(np.int32),
+        ITEM: item_codes[order].astype(np.int32),
+        RATING: rating[order],
+        TIMESTAMP: ts[order],
+    })
+    item_ids = np.asarray(item_ids, dtype=object)
+    opts = dict(options or {})
+    opts.setdefault("has_timestamps", has_ts)
+    return Dataset(
+        name=name,
+        interactions=interactions,
+        user_ids=np.asarray(user_ids, dtype=object),
+        item_ids=item_ids,
+        items=_align_items(item_ids, items),
+        source=source,
+        options=opts,
+    )
+
+
+def _align_items(item_ids: np.ndarray, meta: pd.DataFrame | None) -> pd.DataFrame:
+    """One metadata row per item index, in index order; missing metadata becomes empty strings."""
+    base = pd.DataFrame({"item_id": item_ids.astype(str)})
+    if meta is None or meta.empty:
+        return base
+    meta = meta.copy()
+    meta["item_id"] = meta["item_id"].astype(str)
+    meta = meta.drop_duplicates("item_id", keep="first")
+    out = base.merge(meta, on="item_id", how="left")
+    for col in out.columns:
+        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]):
+            out[col] = out[col].fillna("").astype(str)
+    return out
