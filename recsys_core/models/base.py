@@ -1,0 +1,125 @@
+"""The one model interface. Every page, benchmark and CLI command talks to models only through it.
+
+A saved model is a folder: `config.json` (family, hyperparameters, catalogue size),
+`item_ids.json` (index -> original item id) and `model.safetensors` (tensors). Loading never
+unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import asdict, fields, is_dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from recsys_core.data.dataset import Dataset
+from recsys_core.data.errors import DataError
+from recsys_core.data.splits import Split
+from recsys_core.progress import Progress
+
+FAMILIES: dict[str, type[Recommender]] = {}
+
+
+class Recommender(ABC):
+    """Scores every catalogue item for any list of item-index histories."""
+
+    family: ClassVar[str]
+    config_class: ClassVar[type]
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.config_class()
+        self.n_items_: int = 0
+        self.item_ids_: list[str] = []
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if "family" in cls.__dict__:
+            FAMILIES[cls.family] = cls
+
+    @abstractmethod
+    def fit(self, dataset: Dataset, config: Any = None, progress: Progress | None = None,
+            split: Split | None = None) -> Recommender:
+        """Learn from `split.train` (all sequences when no split), early-stopping on `split.valid`."""
+
+    @abstractmethod
+    def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
+        """Float32 scores [len(histories), n_items] on the CPU; higher is better."""
+
+    @abstractmethod
+    def item_embeddings(self) -> np.ndarray:
+        """One vector per item index, [n_items, dim]."""
+
+    @abstractmethod
+    def user_embeddings(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        """One vector per history, in the same space as `item_embeddings` where the model has one."""
+
+    @abstractmethod
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Everything learned, as named tensors for safetensors."""
+
+    @abstractmethod
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Inverse of `state_tensors` (config and catalogue already restored)."""
+
+    def _remember_catalogue(self, dataset: Dataset) -> None:
+        self.n_items_ = dataset.n_items
+        self.item_ids_ = [str(i) for i in dataset.item_ids]
+
+    def save(self, directory: str | Path) -> Path:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        cfg = asdict(self.config) if is_dataclass(self.config) else dict(self.config)
+        meta = {"family": self.family, "config": cfg, "n_items": self.n_items_}
+        (d / "config.json").write_text(json.dumps(meta, indent=2))
+        (d / "item_ids.json").write_text(json.dumps(self.item_ids_))
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_tensors().items()}
+        save_file(tensors, str(d / "model.safetensors"))
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Recommender:
+        return load_model(directory)
+
+
+def config_from_dict(config_class: type, values: dict) -> Any:
+    """Build a config dataclass, ignoring unknown keys (older/newer artifacts) but naming them."""
+    known = {f.name for f in fields(config_class)}
+    unknown = set(values) - known
+    if unknown:
+        raise DataError(f"unknown config keys {sorted(unknown)} for {config_class.__name__}",
+                        hint="this artifact was saved by another version; retrain the model")
+    return config_class(**values)
+
+
+def load_model(directory: str | Path) -> Recommender:
+    """Load any saved model folder, validating it before use."""
+    d = Path(directory)
+    for name in ("config.json", "item_ids.json", "model.safetensors"):
+        if not (d / name).is_file():
+            raise DataError(f"model folder is missing {name}", file=str(d),
+                            hint="pick a folder saved by RecSys Explorer (config.json + model.safetensors + item_ids.json)")
+    try:
+        meta = json.loads((d / "config.json").read_text())
+        item_ids = json.loads((d / "item_ids.json").read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"invalid JSON ({err})", file=str(d)) from err
+    family = meta.get("family")
+    if family not in FAMILIES:
+        import recsys_core.models  # noqa: F401  registers every family
+
+    if family not in FAMILIES:
+        raise DataError(f"unknown model family {family!r}", file=str(d / "config.json"),
+                        hint=f"known families: {sorted(FAMILIES)}")
+    cls = FAMILIES[family]
+    model = cls(config_from_dict(cls.config_class, meta.get("config", {})))
+    model.n_items_ = int(meta["n_items"])
+    model.item_ids_ = [str(i) for i in item_ids]
+    if len(model.item_ids_) != model.n_items_:
+        raise DataError("item_ids.json does not match n_items in config.json", file=str(d))
+    model.load_state_tensors(load_file(str(d / "model.safetensors")))
+    return model
