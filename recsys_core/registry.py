@@ -1,0 +1,363 @@
+"""The workspace: a folder of saved datasets (Parquet) and trained runs, indexed by SQLite.
+
+Layout of `<root>` (default `./workspace`, or `$RECSYS_WORKSPACE`):
+
+    workspace.db                 SQLite (WAL): tables `datasets` and `runs`
+    datasets/<name>/<version>/   one `Dataset.save` folder per saved version; the db row points at one
+    models/                      run artifacts (the training code picks sub-folders)
+    .tmp/                        half-written folders; same filesystem, so renames out of it are atomic
+
+Why versions: POSIX cannot atomically rename a folder over a non-empty one, so an overwrite writes
+a new version folder and the SQLite transaction that points the name at it is the commit point.
+Readers always see either the old or the new complete folder; the old one is removed afterwards.
+
+Several Streamlit sessions (threads) and processes may share a workspace: every operation opens its
+own connection (`timeout=30`), writes run in `BEGIN IMMEDIATE` transactions, queries are parametrised.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from recsys_core.data.dataset import Dataset
+from recsys_core.data.demo import DEMO_NAME, DEMO_SOURCE, load_demo
+from recsys_core.data.errors import DataError
+
+ENV_VAR = "RECSYS_WORKSPACE"
+DB_FILE = "workspace.db"
+SCHEMA_VERSION = 1
+NAME_RULE = "1-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit, and no '..'"
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_STALE_TMP_S = 3600  # a temp folder this old belongs to a crashed writer
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS datasets (
+    name TEXT PRIMARY KEY,
+    source_file TEXT NOT NULL DEFAULT '',
+    n_users INTEGER NOT NULL,
+    n_items INTEGER NOT NULL,
+    n_interactions INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    path TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    dataset TEXT NOT NULL,
+    model TEXT NOT NULL,
+    config TEXT NOT NULL DEFAULT '{}',
+    metrics TEXT NOT NULL DEFAULT '{}',
+    device TEXT NOT NULL DEFAULT '',
+    wall_s REAL,
+    artifact_dir TEXT NOT NULL DEFAULT '',
+    split TEXT NOT NULL DEFAULT 'leave_one_out',
+    status TEXT NOT NULL DEFAULT 'finished',
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_dataset ON runs(dataset);
+"""
+# Columns `update_run` may set; column names cannot be bound as parameters, so they are whitelisted.
+_RUN_FIELDS = ("dataset", "model", "config", "metrics", "device", "wall_s", "artifact_dir", "split", "status")
+_JSON_FIELDS = ("config", "metrics")
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """One saved dataset as listed in the workspace."""
+
+    name: str
+    source_file: str
+    n_users: int
+    n_items: int
+    n_interactions: int
+    created_at: str  # ISO 8601, UTC
+    path: Path
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One training run: what was trained on what, how it scored, where its artifacts are."""
+
+    id: int
+    dataset: str
+    model: str
+    config: dict
+    metrics: dict
+    device: str
+    wall_s: float | None
+    artifact_dir: Path | None
+    split: str
+    status: str
+    created_at: str
+    updated_at: str
+
+
+def validate_name(name: str) -> str:
+    """Return `name` if it is a safe dataset name (see NAME_RULE), else raise DataError."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:
+        raise DataError(f"invalid dataset name {name!r}", hint=f"use {NAME_RULE}")
+    return name
+
+
+def safe_name(text: str) -> str:
+    """A valid dataset name derived from free text, e.g. a file name ('my ratings.csv' -> 'my_ratings')."""
+    stem = Path(str(text)).name
+    stem = re.sub(r"\.(csv|tsv|txt|dat|data|parquet|zip|gz)$", "", stem, flags=re.IGNORECASE)
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", stem)
+    slug = re.sub(r"\.{2,}", ".", slug).strip("._-")[:64]
+    return slug or "dataset"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class Workspace:
+    """Datasets and runs under one folder; safe to share between threads and processes."""
+
+    def __init__(self, root: str | os.PathLike | None = None) -> None:
+        self.root = Path(root or os.environ.get(ENV_VAR) or "workspace").resolve()
+        for sub in ("datasets", "models", ".tmp"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.db_path = self.root / DB_FILE
+        self._init_db()
+        self._sweep_tmp()
+
+    def __repr__(self) -> str:
+        return f"Workspace({str(self.root)!r})"
+
+    # ---- SQLite plumbing ---------------------------------------------------------------------
+
+    @contextmanager
+    def _connect(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """A fresh connection per operation; `write=True` holds the write lock for the whole block."""
+        conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        try:
+            if write:
+                conn.execute("BEGIN IMMEDIATE")
+            yield conn
+            if write:
+                conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            conn.close()
+
+    def _init_db(self) -> None:
+        conn = sqlite3.connect(self.db_path, timeout=30)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+            conn.executescript(_SCHEMA)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        finally:
+            conn.close()
+
+    def _sweep_tmp(self) -> None:
+        """Remove temp folders left by writers that crashed (old enough not to be in progress)."""
+        cutoff = time.time() - _STALE_TMP_S
+        for entry in (self.root / ".tmp").iterdir():
+            try:
+                stale = entry.stat().st_mtime < cutoff
+            except FileNotFoundError:  # another process swept it first
+                continue
+            if stale:
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def _rel(self, path: Path) -> str:
+        """Paths inside the workspace are stored relative, so the folder can be moved."""
+        path = Path(path).resolve()
+        return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
+
+    def _abs(self, stored: str) -> Path:
+        return (self.root / stored).resolve()
+
+    # ---- datasets ----------------------------------------------------------------------------
+
+    def save_dataset(self, ds: Dataset, name: str | None = None, source_file: str = "") -> DatasetRecord:
+        """Save `ds` under `name` (default: a safe form of `ds.name`), replacing any dataset of that name.
+
+        All or nothing: if writing fails, the previous dataset of that name (if any) is untouched.
+        """
+        name = validate_name(name) if name is not None else safe_name(ds.name)
+        tmp = self.root / ".tmp" / uuid.uuid4().hex
+        final = self.root / "datasets" / name / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        try:
+            ds.save(tmp)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        record = DatasetRecord(name, source_file, ds.n_users, ds.n_items, ds.n_interactions, _now(), final)
+        try:
+            old = self._upsert_dataset(record)
+        except BaseException:
+            shutil.rmtree(final, ignore_errors=True)
+            raise
+        if old is not None and old != final:
+            shutil.rmtree(old, ignore_errors=True)
+        return record
+
+    def _upsert_dataset(self, rec: DatasetRecord) -> Path | None:
+        """Point `rec.name` at its new folder; return the folder it pointed at before (if any)."""
+        with self._connect(write=True) as conn:
+            row = conn.execute("SELECT path FROM datasets WHERE name = ?", (rec.name,)).fetchone()
+            conn.execute(
+                "INSERT OR REPLACE INTO datasets (name, source_file, n_users, n_items, n_interactions, created_at, path)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (rec.name, rec.source_file, rec.n_users, rec.n_items, rec.n_interactions, rec.created_at,
+                 self._rel(rec.path)),
+            )
+        return self._abs(row["path"]) if row else None
+
+    def _dataset_record(self, row: sqlite3.Row) -> DatasetRecord:
+        return DatasetRecord(row["name"], row["source_file"], row["n_users"], row["n_items"],
+                             row["n_interactions"], row["created_at"], self._abs(row["path"]))
+
+    def list_datasets(self) -> list[DatasetRecord]:
+        """All saved datasets, newest first."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT * FROM datasets ORDER BY created_at DESC, rowid DESC").fetchall()
+        return [self._dataset_record(r) for r in rows]
+
+    def get_dataset(self, name: str) -> DatasetRecord | None:
+        """The record of dataset `name`, or None if there is none."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM datasets WHERE name = ?", (name,)).fetchone()
+        return self._dataset_record(row) if row else None
+
+    def load_dataset(self, name: str) -> Dataset:
+        """Load a saved dataset by name; DataError if the name is unknown or its files are gone."""
+        for _ in range(2):  # a concurrent overwrite may delete the folder we just looked up
+            record = self.get_dataset(name)
+            if record is None:
+                known = ", ".join(r.name for r in self.list_datasets()) or "none yet"
+                raise DataError(f"no dataset named {name!r} in the workspace", file=str(self.root),
+                                hint=f"pick one of the saved datasets ({known}) or load a file first")
+            if (record.path / "dataset.json").is_file():
+                ds = Dataset.load(record.path)
+                ds.name = name  # the workspace name is the identity pages and runs use
+                return ds
+        raise DataError(f"the files of dataset {name!r} are missing", file=str(record.path),
+                        hint="delete it from the workspace and load its source file again")
+
+    def delete_dataset(self, name: str) -> bool:
+        """Forget dataset `name` and remove its files; True if it existed. Runs trained on it are kept."""
+        with self._connect(write=True) as conn:
+            row = conn.execute("SELECT path FROM datasets WHERE name = ?", (name,)).fetchone()
+            conn.execute("DELETE FROM datasets WHERE name = ?", (name,))
+        if row is None:
+            return False
+        folder = self._abs(row["path"]).parent  # datasets/<name>/, all versions
+        if folder.is_relative_to(self.root / "datasets") and folder != self.root / "datasets":
+            shutil.rmtree(folder, ignore_errors=True)
+        return True
+
+    def ensure_demo(self) -> DatasetRecord:
+        """The built-in demo's record, saving it on first use so the app opens on it with zero clicks."""
+        record = self.get_dataset(DEMO_NAME)
+        if record is not None and (record.path / "dataset.json").is_file():
+            return record
+        return self.save_dataset(load_demo(), name=DEMO_NAME, source_file=DEMO_SOURCE)
+
+    # ---- runs --------------------------------------------------------------------------------
+
+    def models_dir(self) -> Path:
+        """Folder under which training writes run artifacts."""
+        path = self.root / "models"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def record_run(
+        self,
+        dataset: str,
+        model: str,
+        config: dict,
+        metrics: dict,
+        device: str,
+        wall_s: float | None,
+        artifact_dir: str | os.PathLike | None,
+        split: str = "leave_one_out",
+        status: str = "finished",
+    ) -> int:
+        """Store one run; returns its id. `config`/`metrics` must be JSON-serialisable."""
+        now = _now()
+        values = (dataset, model, json.dumps(config), json.dumps(metrics), device, wall_s,
+                  self._rel(artifact_dir) if artifact_dir else "", split, status, now, now)
+        with self._connect(write=True) as conn:
+            cur = conn.execute(
+                "INSERT INTO runs (dataset, model, config, metrics, device, wall_s, artifact_dir, split, status,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                values,
+            )
+            return int(cur.lastrowid)
+
+    def update_run(self, run_id: int, **fields: object) -> RunRecord:
+        """Change some fields of a run (e.g. status='finished', metrics={...}); returns the updated run."""
+        unknown = set(fields) - set(_RUN_FIELDS)
+        if unknown:
+            raise ValueError(f"update_run: unknown field(s) {sorted(unknown)}; allowed: {list(_RUN_FIELDS)}")
+        values = {k: json.dumps(v) if k in _JSON_FIELDS else v for k, v in fields.items()}
+        if "artifact_dir" in values:
+            values["artifact_dir"] = self._rel(values["artifact_dir"]) if values["artifact_dir"] else ""
+        values["updated_at"] = _now()
+        assignments = ", ".join(f"{k} = ?" for k in values)
+        with self._connect(write=True) as conn:
+            cur = conn.execute(f"UPDATE runs SET {assignments} WHERE id = ?", (*values.values(), run_id))
+            if cur.rowcount == 0:
+                raise DataError(f"no run with id {run_id} in the workspace", file=str(self.root))
+        return self.get_run(run_id)
+
+    def _run_record(self, row: sqlite3.Row) -> RunRecord:
+        return RunRecord(
+            id=row["id"], dataset=row["dataset"], model=row["model"], config=json.loads(row["config"]),
+            metrics=json.loads(row["metrics"]), device=row["device"], wall_s=row["wall_s"],
+            artifact_dir=self._abs(row["artifact_dir"]) if row["artifact_dir"] else None,
+            split=row["split"], status=row["status"], created_at=row["created_at"], updated_at=row["updated_at"],
+        )
+
+    def list_runs(self, dataset: str | None = None) -> list[RunRecord]:
+        """Runs, newest first; only those trained on `dataset` if given."""
+        query, params = "SELECT * FROM runs", ()
+        if dataset is not None:
+            query, params = query + " WHERE dataset = ?", (dataset,)
+        with self._connect() as conn:
+            rows = conn.execute(query + " ORDER BY id DESC", params).fetchall()
+        return [self._run_record(r) for r in rows]
+
+    def get_run(self, run_id: int) -> RunRecord:
+        """One run by id; DataError if there is none."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise DataError(f"no run with id {run_id} in the workspace", file=str(self.root),
+                            hint="pick a run from the list of trained models")
+        return self._run_record(row)
+
+    def delete_run(self, run_id: int) -> bool:
+        """Forget a run and remove its artifact folder (only if it lies inside `models_dir()`)."""
+        with self._connect(write=True) as conn:
+            row = conn.execute("SELECT artifact_dir FROM runs WHERE id = ?", (run_id,)).fetchone()
+            conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+        if row is None:
+            return False
+        if row["artifact_dir"]:
+            folder = self._abs(row["artifact_dir"])
+            # Never delete anything but a run's own folder: not outside models/, not models/ itself.
+            if folder.is_relative_to(self.root / "models") and folder != self.root / "models":
+                shutil.rmtree(folder, ignore_errors=True)
+        return True
