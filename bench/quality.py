@@ -1,0 +1,146 @@
+"""Full-ranking leave-one-out quality of every model on one dataset, as JSON.
+
+    python bench/quality.py --dataset ../shared/data/ml-100k
+    python bench/quality.py --dataset demo                  # small profile, a few minutes on CPU
+    python bench/quality.py --dataset ../shared/data/ml-1m --models ease,bert4rec,sasrec
+
+Each model runs in a fresh subprocess so its peak memory is its own. Rows carry NDCG@10, HR@10,
+training wall time, device, peak memory, and the validation curve (NDCG@10 against seconds).
+The JSON is printed and written to bench/results/quality-<dataset>-<YYYYMMDD>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# Benchmark name -> (model family, hyperparameter overrides). Profiles tighten budgets for a live demo.
+VARIANTS = {
+    "popularity": ("popularity", {}),
+    "itemknn": ("itemknn", {}),
+    "ease": ("ease", {}),
+    "bert4rec": ("bert4rec", {}),
+    "sasrec": ("sasrec", {}),
+    "text_tower_zero_shot": ("text_tower", {"mode": "zero_shot"}),
+    "text_tower_fine_tuned": ("text_tower", {"mode": "fine_tune"}),
+    "hybrid": ("hybrid", {}),
+}
+PROFILES: dict[str, dict[str, dict]] = {
+    "full": {},
+    # The demo profile must finish in under 3 minutes on a 2-core CPU, all models together.
+    "small": {
+        "bert4rec": {"epochs": 8},
+        "sasrec": {"epochs": 8},
+        "hybrid": {"epochs": 8},
+        "text_tower_fine_tuned": {"max_steps": 60},
+    },
+}
+
+
+def dataset_label(spec: str) -> str:
+    path = Path(spec)
+    return path.name if path.exists() else spec
+
+
+def run_worker(args: argparse.Namespace) -> dict:
+    """Train and evaluate one variant in this process; return its row."""
+    import torch
+
+    from recsys_core.data.resolve import resolve_dataset
+    from recsys_core.experiment import run_experiment
+    from recsys_core.progress import Progress
+
+    family, overrides = VARIANTS[args.model]
+    overrides = {**overrides, **PROFILES[args.profile].get(args.model, {}), **json.loads(args.overrides)}
+    ds = resolve_dataset(args.dataset, None)
+    progress = Progress()
+    start = time.perf_counter()
+    result = run_experiment(ds, family, overrides, progress=progress)
+    total_s = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    curve = [[round(e.elapsed_s, 1), round(e.metrics["ndcg@10"], 4)] for e in progress.snapshot()
+             if "ndcg@10" in e.metrics]
+    m = result.metrics
+    return {
+        "model": args.model, "family": family, "ndcg@10": m["ndcg@10"], "hr@10": m["hr@10"],
+        "ndcg@20": m.get("ndcg@20"), "recall@20": m.get("recall@20"), "mrr@10": m.get("mrr@10"),
+        "coverage@10": m.get("coverage@10"), "pop_bias@10": m.get("pop_bias@10"),
+        "train_s": round(result.train_s, 2), "total_s": round(total_s, 2), "device": result.device,
+        "peak_mem_mb": round(peak_mb, 1), "gpu_peak_mem_mb": gpu_peak and round(gpu_peak, 1),
+        "status": result.status, "curve": curve, "overrides": overrides,
+        "users": m.get("users"), "dataset": {"users": ds.n_users, "items": ds.n_items,
+                                              "interactions": ds.n_interactions},
+    }
+
+
+def run_all(args: argparse.Namespace) -> dict:
+    rows = []
+    for name in args.models.split(","):
+        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
+            out_path = tmp.name
+        cmd = [sys.executable, __file__, "--worker", "--dataset", args.dataset, "--model", name,
+               "--profile", args.profile, "--overrides", args.overrides, "--out", out_path]
+        print(f"[quality] {name} ...", file=sys.stderr, flush=True)
+        proc = subprocess.run(cmd, check=False, stdout=sys.stderr)
+        if proc.returncode != 0:
+            rows.append({"model": name, "error": f"worker exited with {proc.returncode}"})
+            continue
+        rows.append(json.loads(Path(out_path).read_text()))
+        os.unlink(out_path)
+        print(f"[quality] {name}: ndcg@10={rows[-1]['ndcg@10']:.4f} train_s={rows[-1]['train_s']}",
+              file=sys.stderr, flush=True)
+    return summarise(rows, args)
+
+
+def summarise(rows: list[dict], args: argparse.Namespace) -> dict:
+    ok = {r["model"]: r for r in rows if "error" not in r}
+    best_baseline = max((ok[m]["ndcg@10"] for m in ("ease", "itemknn") if m in ok), default=None)
+    ratios = {m: round(ok[m]["ndcg@10"] / best_baseline, 3) for m in ok if best_baseline}
+    return {
+        "benchmark": "quality", "dataset": dataset_label(args.dataset), "split": "leave_one_out",
+        "protocol": "full ranking over all items, seen items excluded, pessimistic ties",
+        "profile": args.profile, "date": dt.date.today().isoformat(), "results": rows,
+        "ndcg@10_ratio_to_best_of_ease_itemknn": ratios,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", required=True, help="'demo', a workspace dataset name, or a file/MovieLens folder")
+    p.add_argument("--models", default=",".join(VARIANTS))
+    p.add_argument("--profile", default=None, choices=sorted(PROFILES), help="default: small for demo, else full")
+    p.add_argument("--overrides", default="{}", help="JSON of extra hyperparameters for every model")
+    p.add_argument("--no-write", action="store_true", help="print only; do not write bench/results")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--model", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    args.profile = args.profile or ("small" if args.dataset == "demo" else "full")
+    if args.worker:
+        Path(args.out).write_text(json.dumps(run_worker(args)))
+        return
+    report = run_all(args)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if not args.no_write:
+        stamp = dt.date.today().strftime("%Y%m%d")
+        out = ROOT / "bench" / "results" / f"quality-{report['dataset']}-{stamp}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+        print(f"[quality] wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

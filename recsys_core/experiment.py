@@ -1,0 +1,169 @@
+"""One training run end to end: dataset -> split -> fit -> evaluate -> save -> registry row.
+
+The Train page, the CLI and `bench/quality.py` all call `run_experiment`, so a number shown in the
+browser is produced by the same code as a number in a benchmark.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recsys_core.data.dataset import Dataset
+from recsys_core.data.errors import DataError
+from recsys_core.data.splits import Split, leave_one_out, temporal_split
+from recsys_core.models.base import FAMILIES, Recommender
+from recsys_core.progress import Progress
+
+SPLITS = {"leave_one_out": leave_one_out, "temporal": temporal_split}
+
+
+def families() -> list[str]:
+    import recsys_core.models  # noqa: F401  registers every family
+
+    return sorted(FAMILIES)
+
+
+def config_fields(family: str) -> list[dataclasses.Field]:
+    """The hyperparameters of a model family, for forms and `--set` help."""
+    families()
+    return list(dataclasses.fields(FAMILIES[family].config_class))
+
+
+def make_model(family: str, overrides: dict[str, Any] | None = None) -> Recommender:
+    """A fresh model with default config, `overrides` coerced to each field's type."""
+    if family not in families():
+        raise DataError(f"unknown model {family!r}", hint=f"choose one of {', '.join(families())}")
+    cls = FAMILIES[family]
+    config = cls.config_class()
+    known = {f.name: f for f in dataclasses.fields(config)}
+    values = {}
+    for key, raw in (overrides or {}).items():
+        if key not in known:
+            raise DataError(f"{family} has no setting {key!r}", hint=f"settings: {', '.join(sorted(known))}")
+        values[key] = _coerce(raw, getattr(config, key), key)
+    return cls(dataclasses.replace(config, **values))
+
+
+def _coerce(raw: Any, default: Any, key: str) -> Any:
+    if not isinstance(raw, str) or isinstance(default, str):
+        return raw
+    try:
+        if isinstance(default, bool):
+            if raw.lower() not in {"true", "false", "1", "0", "yes", "no"}:
+                raise ValueError(raw)
+            return raw.lower() in {"true", "1", "yes"}
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if default is None:
+            return _parse_loose(raw)
+    except ValueError as err:
+        raise DataError(f"setting {key}={raw!r} is not a {type(default).__name__}") from err
+    return raw
+
+
+def _parse_loose(raw: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    """`["lr=0.001", "epochs=5"]` -> dict; used by the CLI's repeated `--set`."""
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise DataError(f"--set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def make_split(ds: Dataset, kind: str = "leave_one_out") -> Split:
+    if kind not in SPLITS:
+        raise DataError(f"unknown split {kind!r}", hint=f"choose one of {', '.join(SPLITS)}")
+    return SPLITS[kind](ds)
+
+
+@dataclass
+class RunResult:
+    family: str
+    model: Recommender
+    metrics: dict
+    train_s: float
+    device: str
+    status: str = "finished"
+    run_id: int | None = None
+    artifact_dir: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        return {
+            "run_id": self.run_id, "model": self.family, "status": self.status, "train_s": round(self.train_s, 2),
+            "device": self.device, "artifact_dir": self.artifact_dir, "metrics": self.metrics,
+        }
+
+
+def run_experiment(
+    ds: Dataset,
+    family: str,
+    overrides: dict[str, Any] | None = None,
+    *,
+    split: Split | None = None,
+    split_kind: str = "leave_one_out",
+    progress: Progress | None = None,
+    workspace: Any = None,
+    dataset_name: str | None = None,
+) -> RunResult:
+    """Train `family` on `ds`, evaluate on the test split, and (with a workspace) save and record it."""
+    from recsys_core.evaluate import evaluate
+
+    model = make_model(family, overrides)
+    split = split or make_split(ds, split_kind)
+    progress = progress or Progress()
+    start = time.perf_counter()
+    model.fit(ds, progress=progress, split=split)
+    train_s = time.perf_counter() - start
+    status = "cancelled" if progress.cancelled else "finished"
+    popularity = np.bincount(np.concatenate(split.train) if split.train else [], minlength=ds.n_items)
+    metrics = evaluate(model, split.test, item_popularity=popularity)
+    result = RunResult(family, model, metrics, train_s, _device_of(model), status)
+    if workspace is not None:
+        _record(result, workspace, dataset_name or ds.name, split.kind)
+    return result
+
+
+def _device_of(model: Recommender) -> str:
+    return str(getattr(model, "device_", None) or getattr(getattr(model, "config", None), "device", "cpu"))
+
+
+def _record(result: RunResult, workspace: Any, dataset_name: str, split_kind: str) -> None:
+    config = dataclasses.asdict(result.model.config)
+    run_id = workspace.record_run(
+        dataset=dataset_name, model=result.family, config=config, metrics=result.metrics,
+        device=result.device, wall_s=result.train_s, artifact_dir="", split=split_kind, status=result.status,
+    )
+    folder = Path(workspace.models_dir()) / f"run-{run_id:05d}-{_slug(result.family)}"
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    result.model.save(tmp)
+    os.replace(tmp, folder)  # a half-written artifact never appears under its final name
+    workspace.update_run(run_id, artifact_dir=str(folder))
+    result.run_id, result.artifact_dir = run_id, str(folder)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)[:40]
