@@ -1,0 +1,27 @@
+"""The app's pages, in the order a user walks them. Adding a page is one line in `PAGES`.
+
+Kept apart from `app.py` so the home page can list the other pages without importing the
+entry point (which would run it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PageSpec:
+    """One page: its script (relative to `app.py`), menu title, Material icon and a one-line purpose."""
+
+    path: str
+    title: str
+    icon: str
+    purpose: str
+    default: bool = False
+
+
+PAGES: tuple[PageSpec, ...] = (
+    PageSpec("pages/home.py", "Home", ":material/home:", "What the app does and where to go next.", default=True),
+    PageSpec("pages/data.py", "Data", ":material/table_chart:",
+             "Upload interactions, map columns, check the validation report and the statistics."),
+)
