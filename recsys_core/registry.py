@@ -242,18 +242,31 @@ class Workspace:
 
     def load_dataset(self, name: str) -> Dataset:
         """Load a saved dataset by name; DataError if the name is unknown or its files are gone."""
-        for _ in range(2):  # a concurrent overwrite may delete the folder we just looked up
-            record = self.get_dataset(name)
-            if record is None:
-                known = ", ".join(r.name for r in self.list_datasets()) or "none yet"
-                raise DataError(f"no dataset named {name!r} in the workspace", file=str(self.root),
-                                hint=f"pick one of the saved datasets ({known}) or load a file first")
-            if (record.path / "dataset.json").is_file():
+        record = self._require_dataset(name)
+        for _ in range(5):
+            try:
+                if not (record.path / "dataset.json").is_file():
+                    raise DataError(f"the files of dataset {name!r} are missing", file=str(record.path),
+                                    hint="delete it from the workspace and load its source file again")
                 ds = Dataset.load(record.path)
                 ds.name = name  # the workspace name is the identity pages and runs use
                 return ds
-        raise DataError(f"the files of dataset {name!r} are missing", file=str(record.path),
-                        hint="delete it from the workspace and load its source file again")
+            except DataError:
+                # A concurrent overwrite deletes the old version while we read it: follow the new one.
+                latest = self._require_dataset(name)
+                if latest.path == record.path:
+                    raise
+                record = latest
+        raise DataError(f"dataset {name!r} kept being replaced while loading", file=str(record.path),
+                        hint="try again in a moment")
+
+    def _require_dataset(self, name: str) -> DatasetRecord:
+        record = self.get_dataset(name)
+        if record is None:
+            known = ", ".join(r.name for r in self.list_datasets()) or "none yet"
+            raise DataError(f"no dataset named {name!r} in the workspace", file=str(self.root),
+                            hint=f"pick one of the saved datasets ({known}) or load a file first")
+        return record
 
     def delete_dataset(self, name: str) -> bool:
         """Forget dataset `name` and remove its files; True if it existed. Runs trained on it are kept."""
@@ -262,9 +275,13 @@ class Workspace:
             conn.execute("DELETE FROM datasets WHERE name = ?", (name,))
         if row is None:
             return False
-        folder = self._abs(row["path"]).parent  # datasets/<name>/, all versions
-        if folder.is_relative_to(self.root / "datasets") and folder != self.root / "datasets":
-            shutil.rmtree(folder, ignore_errors=True)
+        version = self._abs(row["path"])
+        if version.is_relative_to(self.root / "datasets") and version.parent != self.root / "datasets":
+            shutil.rmtree(version, ignore_errors=True)
+            try:  # only the version this row owned: a concurrent save may be writing a new one beside it
+                version.parent.rmdir()
+            except OSError:
+                pass
         return True
 
     def ensure_demo(self) -> DatasetRecord:
