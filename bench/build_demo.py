@@ -130,7 +130,9 @@ unchanged as its terms require).
 From the {s['interactions']:,} ratings of {s['users']:,} users on {s['items']:,} movies, keep the
 {info['k_core']}-core: repeatedly drop users and movies with fewer than {info['k_core']} ratings until every user
 and every movie has at least {info['k_core']}. Result: **{c['interactions']:,} ratings, {c['users']:,} users,
-{c['items']:,} movies**. Users are renumbered 1..n (no upstream user id, and nothing linking a user
+{c['items']:,} movies**. Why {info['k_core']}: it is the usual preprocessing of sequential recommenders (SASRec,
+BERT4Rec), it leaves a few thousand users and movies, and with leave-one-out every user keeps at least
+{info['k_core'] - 2} training items. Users are renumbered 1..n (no upstream user id, and nothing linking a user
 to a Twitter account, is shipped; the upstream `users.dat` was never used).
 
 ## Citation
