@@ -1,0 +1,123 @@
+"""EASE (Steck, "Embarrassingly Shallow Autoencoders for Sparse Data", WWW 2019).
+
+Closed form: with G = XᵀX + λI and P = G⁻¹, the item-item weights are B = I - P·diag(1/diag(P)),
+i.e. B_ij = -P_ij / P_jj off the diagonal and 0 on it. A history x scores every item as x·B.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from recsys_core.data.dataset import Dataset
+from recsys_core.data.errors import DataError
+from recsys_core.data.splits import Split
+from recsys_core.models.base import Recommender
+from recsys_core.models.histories import history_matrix, low_rank, training_histories
+from recsys_core.progress import Progress
+
+# Scoring multiplies a sparse batch by B one column block at a time: a block of B stays in the
+# CPU cache while every history row adds into it, which measured ~1.6x faster than one product.
+_BLOCK = 512
+
+
+@dataclass
+class EASEConfig:
+    l2: float = 300.0  # λ; 200-500 suits ML-100k/ML-1M, larger for denser data
+    max_items: int = 15_000  # B is a dense n_items x n_items matrix: refuse catalogues beyond this
+    dtype: str = "float64"  # precision of the inversion; "float32" halves its memory
+    embedding_dim: int = 64  # rank of the truncated SVD of B behind item/user embeddings
+
+
+class EASE(Recommender):
+    """Linear item-item autoencoder with a zero diagonal, solved in closed form."""
+
+    family = "ease"
+    config_class = EASEConfig
+
+    def __init__(self, config: EASEConfig | None = None) -> None:
+        super().__init__(config)
+        self._blocks: list[np.ndarray] = []
+        self._factors: tuple[np.ndarray, np.ndarray] | None = None
+
+    def fit(self, dataset: Dataset, config: EASEConfig | None = None, progress: Progress | None = None,
+            split: Split | None = None) -> EASE:
+        """Solve for B on the binary user x item matrix of `split.train` (all sequences without a split)."""
+        self.config = config if config is not None else self.config
+        self._check_config(dataset.n_items)
+        self._remember_catalogue(dataset)
+        x = history_matrix(training_histories(dataset, split), self.n_items_)
+        dtype = getattr(torch, self.config.dtype)
+        gram = torch.from_numpy((x.T @ x).toarray()).to(dtype)
+        if progress is not None:
+            progress.update(1, 3, message="built item-item Gram matrix")
+        gram.diagonal().add_(self.config.l2)
+        # torch.linalg.inv (LU) measured ~10x faster on CPU than cholesky_inverse for this size.
+        precision = torch.linalg.inv(gram)
+        del gram
+        if progress is not None:
+            progress.update(2, 3, message="inverted Gram matrix")
+        weights = precision / (-precision.diagonal()).unsqueeze(0)
+        weights.diagonal().zero_()
+        self._set_weights(weights.float().numpy())
+        if progress is not None:
+            progress.update(3, 3, message="EASE weights ready")
+        return self
+
+    def _check_config(self, n_items: int) -> None:
+        cfg = self.config
+        if not cfg.l2 > 0:
+            raise DataError(f"EASE l2 must be positive, got {cfg.l2}", hint="use e.g. l2=300")
+        if cfg.dtype not in ("float32", "float64"):
+            raise DataError(f"EASE dtype must be 'float32' or 'float64', got {cfg.dtype!r}")
+        if n_items > cfg.max_items:
+            gib = 3 * n_items**2 * (8 if cfg.dtype == "float64" else 4) / 2**30
+            raise DataError(
+                f"EASE needs dense {n_items} x {n_items} item matrices (about {gib:.1f} GiB while fitting); "
+                f"this catalogue has {n_items} items, above max_items={cfg.max_items}",
+                hint="drop rare items (raise the minimum interactions per item / k-core filter), use itemknn, "
+                     "or raise max_items (and set dtype='float32') if this machine has the memory")
+
+    def _set_weights(self, weights: np.ndarray) -> None:
+        self._blocks = [np.ascontiguousarray(weights[:, s:s + _BLOCK]) for s in range(0, weights.shape[1], _BLOCK)]
+        self._factors = None
+
+    def weights(self) -> np.ndarray:
+        """B, [n_items, n_items] float32: B[i, j] is how much having item i raises item j's score."""
+        if not self._blocks:
+            return np.zeros((self.n_items_, self.n_items_), dtype=np.float32)
+        return np.hstack(self._blocks)
+
+    def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
+        """x·B for the binary vector x of each history."""
+        x = history_matrix(histories, self.n_items_)
+        out = np.empty((x.shape[0], self.n_items_), dtype=np.float32)
+        for start, block in zip(range(0, self.n_items_, _BLOCK), self._blocks):
+            out[:, start:start + block.shape[1]] = x @ block
+        return torch.from_numpy(out)
+
+    def _low_rank(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._factors is None:
+            self._factors = low_rank(torch.from_numpy(self.weights()), self.config.embedding_dim)
+        return self._factors
+
+    def item_embeddings(self) -> np.ndarray:
+        """[n_items, embedding_dim]: R of the truncated SVD B ~= L·Rᵀ (items as recommendation targets)."""
+        return self._low_rank()[1]
+
+    def user_embeddings(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        """[n, embedding_dim]: x·L, so user . item approximates the EASE score."""
+        return np.asarray(history_matrix(histories, self.n_items_) @ self._low_rank()[0], dtype=np.float32)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"B": torch.from_numpy(self.weights())}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        weights = tensors["B"].float().numpy()
+        if weights.shape != (self.n_items_, self.n_items_):
+            raise DataError(f"EASE weights have shape {tuple(weights.shape)}, expected {self.n_items_} x {self.n_items_}",
+                            hint="the artifact is damaged; retrain the model")
+        self._set_weights(weights)

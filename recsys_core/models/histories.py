@@ -1,0 +1,90 @@
+"""Histories (lists of item-index arrays) as sparse user x item matrices, shared by the baselines.
+
+Free-form histories (what-if edits, cold-start users, an empty list) go through the same path as
+training data, so every check on item indices lives here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from recsys_core.data.dataset import Dataset
+from recsys_core.data.errors import DataError
+from recsys_core.data.splits import Split
+
+
+def training_histories(dataset: Dataset, split: Split | None) -> list[np.ndarray]:
+    """What a model may learn from: the split's training part, else every sequence."""
+    return list(split.train) if split is not None else dataset.sequences()
+
+
+def flatten(histories: Sequence[np.ndarray], n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """(lengths, concatenated items) after checking every index lies in the catalogue."""
+    arrays = [np.asarray(h).reshape(-1) for h in histories]
+    lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+    flat = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
+    if len(flat) and not np.issubdtype(flat.dtype, np.integer):
+        raise DataError(f"history items must be integer item indices, got dtype {flat.dtype}",
+                        hint="map original item ids to indices with Dataset.item_index first")
+    flat = flat.astype(np.int64, copy=False)
+    bad = np.flatnonzero((flat < 0) | (flat >= n_items))
+    if len(bad):
+        row = int(np.searchsorted(np.cumsum(lengths), bad[0], side="right"))
+        raise DataError(f"history {row} holds item index {int(flat[bad[0]])}, outside the catalogue of "
+                        f"{n_items} items ({len(bad)} bad entries in total)",
+                        hint="score histories built from this model's own catalogue (Dataset.item_index)")
+    return lengths, flat
+
+
+def history_matrix(histories: Sequence[np.ndarray], n_items: int, half_life: float = 0.0) -> sp.csr_matrix:
+    """Float32 CSR [len(histories), n_items]: 1 where the item is in the history (repeats count once).
+
+    With `half_life` > 0 an item's weight halves every `half_life` interactions after it, and a
+    repeated item keeps the weight of its latest occurrence.
+    """
+    lengths, flat = flatten(histories, n_items)
+    rows = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+    if half_life > 0:
+        ends = np.repeat(np.cumsum(lengths), lengths)
+        age = ends - 1 - np.arange(len(flat))
+        weights = np.power(0.5, age / half_life).astype(np.float32)
+    else:
+        weights = np.ones(len(flat), dtype=np.float32)
+    # Walking the entries backwards makes np.unique's first hit the latest occurrence, and its
+    # sorted keys come out in CSR order (row, then item).
+    keys = rows[::-1] * n_items + flat[::-1]
+    keys, first = np.unique(keys, return_index=True)
+    data = weights[::-1][first]
+    counts = np.bincount(keys // n_items, minlength=len(lengths)) if len(keys) else np.zeros(len(lengths), np.int64)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return sp.csr_matrix((data, (keys % n_items).astype(np.int32), indptr), shape=(len(lengths), n_items))
+
+
+def low_rank(matrix: torch.Tensor | sp.spmatrix, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(L, R), each [n, d] float32 with `matrix ~= L @ R.T` (truncated SVD, singular values split evenly).
+
+    A history vector x then has the user embedding `x @ L`, and `x @ L @ R.T` approximates the
+    model's scores, so users and items share one space. Seeded, so embeddings are reproducible.
+    """
+    if sp.issparse(matrix):
+        coo = matrix.tocoo()
+        index = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
+        a = torch.sparse_coo_tensor(index, torch.from_numpy(coo.data.astype(np.float32)), coo.shape,
+                                    check_invariants=True).coalesce()
+    else:
+        a = matrix.float()
+    n = min(a.shape)
+    dim = max(1, min(dim, n))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if a.is_sparse or n > 2 * dim + 10:
+            u, s, v = torch.svd_lowrank(a, q=min(dim + 10, n), niter=4)
+        else:
+            u, s, vh = torch.linalg.svd(a, full_matrices=False)
+            v = vh.T
+    root = s[:dim].clamp_min(0).sqrt()
+    return (u[:, :dim] * root).numpy().astype(np.float32), (v[:, :dim] * root).numpy().astype(np.float32)

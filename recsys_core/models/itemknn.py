@@ -1,0 +1,125 @@
+"""Item-based k-nearest-neighbours on the binary user x item matrix.
+
+sim(i, j) = |U_i ∩ U_j| / (sqrt|U_i|·sqrt|U_j| + shrink): cosine similarity of the items' user
+sets, shrunk towards 0 when few users support it. Each target item j keeps its `k` most similar
+items as neighbours; a history scores j with the summed similarity of the neighbours it contains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from recsys_core.data.dataset import Dataset
+from recsys_core.data.errors import DataError
+from recsys_core.data.splits import Split
+from recsys_core.models.base import Recommender
+from recsys_core.models.histories import history_matrix, low_rank, training_histories
+from recsys_core.progress import Progress
+
+# Rows of the co-occurrence matrix densified at once while picking neighbours: bounds memory
+# to about 64 MiB whatever the catalogue size.
+_CHUNK_CELLS = 2**24
+
+
+@dataclass
+class ItemKNNConfig:
+    k: int = 100  # neighbours kept per item
+    shrink: float = 10.0  # added to the cosine denominator; damps similarities from few co-users
+    recency_half_life: float = 0.0  # >0: a history item's weight halves every this many later items (scoring only)
+    embedding_dim: int = 64  # rank of the truncated SVD of the similarity matrix behind embeddings
+
+
+class ItemKNN(Recommender):
+    """Scores = history vector x W, W the pruned item-item cosine similarity."""
+
+    family = "itemknn"
+    config_class = ItemKNNConfig
+
+    def __init__(self, config: ItemKNNConfig | None = None) -> None:
+        super().__init__(config)
+        self.neighbors_ = torch.zeros((0, 0), dtype=torch.int32)  # [n_items, k]: neighbours of target j
+        self.similarities_ = torch.zeros((0, 0), dtype=torch.float32)  # [n_items, k]
+        self._w: sp.csr_matrix | None = None
+        self._factors: tuple[np.ndarray, np.ndarray] | None = None
+
+    def fit(self, dataset: Dataset, config: ItemKNNConfig | None = None, progress: Progress | None = None,
+            split: Split | None = None) -> ItemKNN:
+        """Compute every item's k nearest neighbours on `split.train` (all sequences without a split)."""
+        self.config = config if config is not None else self.config
+        cfg = self.config
+        if cfg.k < 1 or cfg.shrink < 0 or cfg.recency_half_life < 0:
+            raise DataError(f"itemknn needs k >= 1, shrink >= 0, recency_half_life >= 0; got k={cfg.k}, "
+                            f"shrink={cfg.shrink}, recency_half_life={cfg.recency_half_life}")
+        self._remember_catalogue(dataset)
+        x = history_matrix(training_histories(dataset, split), self.n_items_)
+        cooc = (x.T @ x).tocsr()
+        norms = np.sqrt(cooc.diagonal()).astype(np.float32)
+        n, k = self.n_items_, min(cfg.k, max(self.n_items_ - 1, 1))
+        neighbors = np.zeros((n, k), dtype=np.int32)
+        sims = np.zeros((n, k), dtype=np.float32)
+        rows = max(1, _CHUNK_CELLS // max(n, 1))
+        for start in range(0, n, rows):
+            stop = min(n, start + rows)
+            block = torch.from_numpy(cooc[start:stop].toarray())
+            denom = torch.from_numpy(np.outer(norms[start:stop], norms) + cfg.shrink)
+            block = torch.where(denom > 0, block / denom.clamp_min(1e-12), torch.zeros(()))
+            block[torch.arange(stop - start), torch.arange(start, stop)] = 0.0  # an item is not its own neighbour
+            top = torch.topk(block, k, dim=1) if n > 1 else (block[:, :1], torch.zeros((stop - start, 1), dtype=torch.long))
+            sims[start:stop], neighbors[start:stop] = top[0].numpy(), top[1].numpy()
+            if progress is not None:
+                progress.update(stop, n, message="finding item neighbours")
+                if progress.cancelled:
+                    break
+        self.neighbors_, self.similarities_ = torch.from_numpy(neighbors), torch.from_numpy(sims)
+        self._build_w()
+        return self
+
+    def _build_w(self) -> None:
+        n, k = self.neighbors_.shape
+        cols = np.repeat(np.arange(n, dtype=np.int64), k)
+        w = sp.csr_matrix((self.similarities_.numpy().ravel(), (self.neighbors_.numpy().ravel().astype(np.int64), cols)),
+                          shape=(self.n_items_, self.n_items_))
+        w.eliminate_zeros()
+        self._w, self._factors = w, None
+
+    def similarity(self) -> sp.csr_matrix:
+        """W, [n_items, n_items]: W[i, j] = sim(i, j) when i is one of j's k neighbours, else 0."""
+        if self._w is None:
+            return sp.csr_matrix((self.n_items_, self.n_items_), dtype=np.float32)
+        return self._w
+
+    def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
+        """x·W for the (optionally recency-weighted) binary vector x of each history."""
+        x = history_matrix(histories, self.n_items_, self.config.recency_half_life)
+        return torch.from_numpy(np.asarray((x @ self.similarity()).toarray(), dtype=np.float32))
+
+    def _low_rank(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._factors is None:
+            self._factors = low_rank(self.similarity(), self.config.embedding_dim)
+        return self._factors
+
+    def item_embeddings(self) -> np.ndarray:
+        """[n_items, embedding_dim]: R of the truncated SVD W ~= L·Rᵀ (items as recommendation targets)."""
+        return self._low_rank()[1]
+
+    def user_embeddings(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        """[n, embedding_dim]: x·L, so user . item approximates the item-kNN score."""
+        x = history_matrix(histories, self.n_items_, self.config.recency_half_life)
+        return np.asarray(x @ self._low_rank()[0], dtype=np.float32)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"neighbors": self.neighbors_, "similarities": self.similarities_}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        neighbors, sims = tensors["neighbors"].to(torch.int32), tensors["similarities"].float()
+        if neighbors.shape != sims.shape or neighbors.shape[0] != self.n_items_ or (
+                neighbors.numel() and (int(neighbors.min()) < 0 or int(neighbors.max()) >= self.n_items_)):
+            raise DataError("item-kNN neighbour tensors do not match the catalogue",
+                            hint="the artifact is damaged; retrain the model")
+        self.neighbors_, self.similarities_ = neighbors, sims
+        self._build_w()

@@ -1,0 +1,66 @@
+"""Most-popular baseline: every history gets the same scores, the training interaction counts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from recsys_core.data.dataset import Dataset
+from recsys_core.data.errors import DataError
+from recsys_core.data.splits import Split
+from recsys_core.models.base import Recommender
+from recsys_core.models.histories import flatten, training_histories
+from recsys_core.progress import Progress
+
+
+@dataclass
+class PopularityConfig:
+    """No hyperparameters: popularity is the count of training interactions per item."""
+
+
+class Popularity(Recommender):
+    """Scores item i with how often it was interacted with in training, whatever the history."""
+
+    family = "popularity"
+    config_class = PopularityConfig
+
+    def __init__(self, config: PopularityConfig | None = None) -> None:
+        super().__init__(config)
+        self.counts_ = torch.zeros(0, dtype=torch.float32)
+
+    def fit(self, dataset: Dataset, config: PopularityConfig | None = None, progress: Progress | None = None,
+            split: Split | None = None) -> Popularity:
+        """Count interactions per item in `split.train` (all sequences without a split)."""
+        self.config = config if config is not None else self.config
+        self._remember_catalogue(dataset)
+        _, flat = flatten(training_histories(dataset, split), self.n_items_)
+        self.counts_ = torch.from_numpy(np.bincount(flat, minlength=self.n_items_).astype(np.float32))
+        if progress is not None:
+            progress.update(1, 1, message="counted item popularity")
+        return self
+
+    def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
+        """The training counts, one row per history (rows are copies, safe to edit in place)."""
+        flatten(histories, self.n_items_)  # same validation as every model, though histories are unused
+        return self.counts_.unsqueeze(0).repeat(len(histories), 1)
+
+    def item_embeddings(self) -> np.ndarray:
+        """[n_items, 1]: the training count itself."""
+        return self.counts_.numpy()[:, None].copy()
+
+    def user_embeddings(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        """[n, 1] ones, so user . item reproduces the score."""
+        return np.ones((len(histories), 1), dtype=np.float32)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"counts": self.counts_}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        counts = tensors["counts"].float()
+        if counts.shape != (self.n_items_,):
+            raise DataError(f"popularity counts have shape {tuple(counts.shape)}, expected ({self.n_items_},)",
+                            hint="the artifact is damaged; retrain the model")
+        self.counts_ = counts
