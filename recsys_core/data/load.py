@@ -1,0 +1,205 @@
+"""One call from an uploaded file to a `Dataset`: read, map columns, validate, filter, index.
+
+`load_dataset` is what the Data page and the CLI call. Fatal problems raise `DataError`; every
+non-fatal finding (what was detected, what was dropped and why) lands in the `LoadReport`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+
+from recsys_core.data.dataset import ITEM, RATING, TIMESTAMP, USER, Dataset, build_dataset
+from recsys_core.data.errors import DataError
+from recsys_core.data.filters import DUPLICATE_POLICIES, duplicated_rows, duplicates_to_drop, k_core
+from recsys_core.data.items import items_from_raw, read_items
+from recsys_core.data.mapping import ColumnMapping, infer_mapping
+from recsys_core.data.read import RawTable, open_member, parse_blob
+from recsys_core.data.source import DEFAULT_MAX_BYTES, Source, is_zip, load_blob, pick_member
+from recsys_core.data.validate import to_interactions
+
+
+@dataclass
+class LoadOptions:
+    """How to turn a file into a dataset. Defaults keep everything the file has."""
+
+    implicit_threshold: float | None = None  # keep only rows with rating >= this (implicit feedback)
+    min_user_interactions: int = 1  # k-core: users with fewer are removed (iterated with items)
+    min_item_interactions: int = 1
+    duplicates: str = "keep_last"  # repeated (user, item): keep_last | keep_first | error | keep_all
+    max_bytes: int = DEFAULT_MAX_BYTES
+    min_eval_history: int = 3  # some user must have this many interactions, or no split can test anything
+
+    def check(self) -> None:
+        if self.duplicates not in DUPLICATE_POLICIES:
+            raise DataError(f"unknown duplicate policy '{self.duplicates}'",
+                            hint=f"use one of {', '.join(DUPLICATE_POLICIES)}")
+        for name in ("min_user_interactions", "min_item_interactions", "max_bytes", "min_eval_history"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < (1 if name == "max_bytes" else 0):
+                raise DataError(f"option {name}={value!r} must be a non-negative whole number",
+                                hint="fix the value in the load options")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LoadReport:
+    """What happened while loading, in plain words, plus the numbers behind it."""
+
+    file: str
+    detected: str = ""
+    mapping: dict = field(default_factory=dict)
+    rows_read: int = 0
+    rows_kept: int = 0
+    findings: list[str] = field(default_factory=list)
+
+    def add(self, text: str) -> None:
+        self.findings.append(text)
+
+    def lines(self) -> list[str]:
+        mapped = ", ".join(f"{role}={col!r}" for role, col in self.mapping.items() if col is not None)
+        return [self.detected, f"columns: {mapped}", f"rows read: {self.rows_read}, kept: {self.rows_kept}",
+                *self.findings]
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
+
+
+def load_dataset(source: Source, filename: str | None = None, *, mapping: ColumnMapping | Mapping | None = None,
+                 items: Source | pd.DataFrame | None = None, items_filename: str | None = None,
+                 options: LoadOptions | None = None, name: str | None = None) -> tuple[Dataset, LoadReport]:
+    """Read `source` (path, or bytes + filename), validate, filter and index it into a Dataset."""
+    options = options or LoadOptions()
+    options.check()
+    blob = load_blob(source, filename, max_bytes=options.max_bytes)
+    inner = open_member(blob, "interactions", max_bytes=options.max_bytes)
+    raw = parse_blob(inner)
+    report = LoadReport(file=raw.file, detected=raw.describe(), rows_read=raw.n_rows)
+    if inner.member:
+        report.add(f"read '{inner.member}' from the archive")
+    mapping = ColumnMapping.coerce(mapping) if mapping is not None else infer_mapping(raw.frame, file=raw.file)
+    report.mapping = mapping.as_dict()
+    frame, notes = to_interactions(raw, mapping)
+    for note in notes:
+        report.add(note)
+    frame = _filter(raw, frame, options, report)
+    meta = _metadata(blob, items, items_filename, options, report)
+    opts = options.to_dict() | {"mapping": {k: None if v is None else str(v) for k, v in mapping.as_dict().items()}}
+    ds = build_dataset(frame, name=name or _stem(raw.file), items=meta, source=raw.file, options=opts)
+    report.rows_kept = ds.n_interactions
+    _report_metadata(ds, meta, report)
+    return ds, report
+
+
+def _stem(file: str) -> str:
+    return Path(PurePosixPath(file).name).stem or "dataset"
+
+
+def _filter(raw: RawTable, frame: pd.DataFrame, options: LoadOptions, report: LoadReport) -> pd.DataFrame:
+    """De-duplicate, threshold and k-core; returns the kept rows (original order)."""
+    users = pd.factorize(frame[USER])[0]
+    items = pd.factorize(frame[ITEM])[0]
+    ts = frame[TIMESTAMP].to_numpy() if TIMESTAMP in frame.columns else None
+    keep = _dedupe(raw, frame, users, items, ts, options.duplicates, report)
+    if options.implicit_threshold is not None:
+        if RATING not in frame.columns:
+            raise DataError("an implicit-feedback threshold needs a rating column, and none is mapped",
+                            file=raw.file, hint="map the rating column, or clear the threshold")
+        below = keep & (frame[RATING].to_numpy() < options.implicit_threshold)
+        keep &= ~below
+        report.add(f"implicit threshold: removed {int(below.sum())} rows with rating < {options.implicit_threshold:g}")
+    before = int(keep.sum())
+    keep, rounds = k_core(users, items, keep, options.min_user_interactions, options.min_item_interactions)
+    if rounds:
+        report.add(f"k-core (users >= {options.min_user_interactions}, items >= {options.min_item_interactions}): "
+                   f"removed {before - int(keep.sum())} rows in {rounds} round(s)")
+    _check_left(raw, users[keep], items[keep], options, report)
+    return frame if keep.all() else frame.loc[keep].reset_index(drop=True)
+
+
+def _dedupe(raw: RawTable, frame: pd.DataFrame, users: np.ndarray, items: np.ndarray, ts: np.ndarray | None, policy: str,
+            report: LoadReport) -> np.ndarray:
+    if policy == "error":
+        dup = duplicated_rows(users, items)
+        if dup.any():
+            rows = np.flatnonzero(dup)[:5]
+            lines = raw.line_of(rows)
+            examples = [f"{raw.row_word} {ln}: user {frame[USER].iat[r]!r}, item {frame[ITEM].iat[r]!r}"
+                        for ln, r in zip(lines, rows)]
+            raise DataError(f"{int(dup.sum())} rows repeat a (user, item) pair that occurs elsewhere in the file",
+                            file=raw.file, line=int(lines[0]), examples=examples,
+                            hint="remove the repeats, or choose the duplicate policy keep_last, keep_first or keep_all")
+        return np.ones(len(users), dtype=bool)
+    drop = duplicates_to_drop(users, items, ts, policy)
+    if policy == "keep_all":
+        n_rep = int(duplicated_rows(users, items).sum()) if len(users) else 0
+        if n_rep:
+            report.add(f"kept {n_rep} rows that repeat a (user, item) pair (policy keep_all)")
+    elif drop.any():
+        which = "latest" if policy == "keep_last" else "earliest"
+        report.add(f"dropped {int(drop.sum())} duplicate (user, item) rows, keeping the {which} of each pair")
+    return ~drop
+
+
+def _check_left(raw: RawTable, users: np.ndarray, items: np.ndarray, options: LoadOptions,
+                report: LoadReport) -> None:
+    """Refuse data too small to train on or to split, saying which filter caused it."""
+    what = "; ".join(report.findings[-2:])
+    if len(users) == 0:
+        raise DataError("no interactions are left after filtering" + (f" ({what})" if what else ""), file=raw.file,
+                        hint="lower the implicit threshold or the k-core minimums")
+    n_items = len(np.unique(items))
+    per_user = np.bincount(users)
+    evaluable = int((per_user >= options.min_eval_history).sum())
+    if n_items < 2:
+        raise DataError(f"only {n_items} distinct item is left, so there is nothing to recommend", file=raw.file,
+                        hint="use a file with more items, or lower the filters")
+    if evaluable == 0:
+        raise DataError(
+            f"every user has fewer than {options.min_eval_history} interactions after filtering, so no split can "
+            "hold out test and validation items (the most any user has is " f"{int(per_user.max())})",
+            file=raw.file, hint="load more interactions per user, or lower the k-core minimums")
+    share = evaluable / max(int((per_user > 0).sum()), 1)
+    if share < 0.5:
+        report.add(f"only {evaluable} users ({share:.0%}) have >= {options.min_eval_history} interactions; "
+                   "the others are used for training only")
+
+
+def _metadata(blob, items, items_filename, options: LoadOptions, report: LoadReport) -> pd.DataFrame | None:
+    if isinstance(items, pd.DataFrame):
+        if "item_id" not in items.columns:
+            raise DataError("the item metadata frame has no 'item_id' column", hint="rename its id column to item_id")
+        return items
+    if items is not None:
+        meta = read_items(items, items_filename, max_bytes=options.max_bytes)
+        report.add(f"item metadata: {len(meta)} items from '{items_filename or _name_of(items)}'")
+        return meta
+    if is_zip(blob):
+        member = pick_member(blob, "items", max_bytes=options.max_bytes, required=False)
+        if member is not None:
+            meta = items_from_raw(parse_blob(member))
+            report.add(f"item metadata: {len(meta)} items from archive member '{member.member}'")
+            return meta
+    return None
+
+
+def _name_of(source) -> str:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return "uploaded file"
+    return str(getattr(source, "name", source))
+
+
+def _report_metadata(ds: Dataset, meta: pd.DataFrame | None, report: LoadReport) -> None:
+    if meta is None:
+        return
+    known = pd.Index(meta["item_id"].astype(str))
+    missing = int((~pd.Index(ds.item_ids).isin(known)).sum())
+    if missing:
+        examples = ", ".join(map(str, ds.item_ids[~pd.Index(ds.item_ids).isin(known)][:5]))
+        report.add(f"{missing} of {ds.n_items} items have no metadata (e.g. {examples}); they show their id as title")

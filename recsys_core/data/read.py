@@ -1,0 +1,316 @@
+"""Reading a table file into a raw frame: CSV/TSV/'::'/'|' text, Parquet, JSON Lines, or a zip of one.
+
+Delimited text is parsed by pyarrow with every column as a string, so ids keep their leading
+zeros ("0000008" stays an IMDb id); typing happens later, once we know which column is which.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from recsys_core.data.errors import DataError
+from recsys_core.data.sniff import TextLayout, looks_binary, sniff_layout, split_line
+from recsys_core.data.source import DEFAULT_MAX_BYTES, Blob, Source, is_zip, load_blob, pick_member, zip_members
+
+_JSON_EXT = (".jsonl", ".ndjson", ".json")
+_PARQUET_EXT = (".parquet", ".pq")
+_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"7z\xbc\xaf": "7-Zip", b"Rar!": "RAR",
+          b"%PDF": "PDF", b"\x89PNG": "PNG image", b"\xff\xd8\xff": "JPEG image", b"SQLite format": "SQLite database"}
+
+
+@dataclass
+class RawTable:
+    """A parsed but not yet interpreted table, and how it was read."""
+
+    frame: pd.DataFrame
+    file: str
+    format: str  # 'csv', 'tsv', 'dat' ('::'), 'psv' ('|'), 'ssv' (';'), 'txt' (space), 'parquet', 'jsonl', 'json'
+    delimiter: str | None
+    has_header: bool
+    encoding: str | None
+    n_rows: int
+    member: str | None = None  # zip member the table came from
+    # File line of each frame row, only when blank lines make it differ from row + first_line.
+    line_numbers: np.ndarray | None = field(default=None, repr=False)
+    first_line: int = 1
+
+    @property
+    def row_word(self) -> str:
+        """What a position in this file is called in messages ('line' for text, 'row' for Parquet)."""
+        return "row" if self.format == "parquet" else "line"
+
+    def line_of(self, rows: np.ndarray) -> np.ndarray:
+        """1-based file line (or Parquet row) of frame row positions."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.line_numbers is not None:
+            return self.line_numbers[rows]
+        return rows + self.first_line
+
+    def describe(self) -> str:
+        parts = [self.format.upper()]
+        if self.delimiter is not None:
+            parts.append(f"delimiter {self.delimiter!r}")
+        if self.format not in ("parquet", "jsonl", "json"):
+            parts.append("with header" if self.has_header else "no header")
+        if self.encoding:
+            parts.append(self.encoding)
+        text = f"{self.file}: " + ", ".join(parts) + f", {self.n_rows} rows"
+        return text
+
+
+def read_table(source: Source, filename: str | None = None, *, max_bytes: int = DEFAULT_MAX_BYTES,
+               delimiter: str | None = None, has_header: bool | None = None, encoding: str | None = None,
+               member: str | None = None) -> RawTable:
+    """Read a path, bytes (+ filename) or binary file object into a RawTable.
+
+    Format, delimiter, header and encoding are detected unless given. For a zip, the most
+    ratings-like member is read (or `member`). Raises DataError for anything unreadable.
+    """
+    blob = load_blob(source, filename, max_bytes=max_bytes)
+    blob = open_member(blob, "interactions", member=member, max_bytes=max_bytes)
+    return parse_blob(blob, delimiter=delimiter, has_header=has_header, encoding=encoding)
+
+
+def open_member(blob: Blob, kind: str, *, member: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> Blob:
+    """`blob` itself, or for a zip its member `member` / the best member for `kind`."""
+    if not is_zip(blob):
+        return blob
+    if member is None:
+        return pick_member(blob, kind, max_bytes=max_bytes)
+    from recsys_core.data.source import read_member
+
+    for info in zip_members(blob):
+        if info.filename == member:
+            return read_member(blob, info, max_bytes=max_bytes)
+    raise DataError(f"the archive has no member named '{member}'", file=blob.name,
+                    hint="pick one of: " + ", ".join(i.filename for i in zip_members(blob)[:20]))
+
+
+def parse_blob(blob: Blob, *, delimiter: str | None = None, has_header: bool | None = None,
+               encoding: str | None = None) -> RawTable:
+    data = _strip_bom(blob)
+    name = blob.name.lower()
+    if data[:4] == b"PAR1" or name.endswith(_PARQUET_EXT):
+        return _read_parquet(blob, data)
+    if not data[:65536].strip() and not data.strip():
+        raise DataError("the file is empty", file=blob.name,
+                        hint="upload a file with one interaction per line, e.g. 'user,item,rating,timestamp'")
+    for magic, kind in _MAGIC.items():
+        if data.startswith(magic):
+            raise DataError(f"this is a {kind} file, not a table", file=blob.name,
+                            hint="upload CSV, TSV, Parquet, JSON Lines, MovieLens .dat/u.data, or a .zip of one")
+    if looks_binary(data):
+        raise DataError("this looks like a binary file, not a text table", file=blob.name,
+                        hint="upload CSV, TSV, Parquet, JSON Lines, MovieLens .dat/u.data, or a .zip of one")
+    if name.endswith(_JSON_EXT) or data.lstrip()[:1] in (b"{", b"["):
+        return _read_json(blob, data)
+    # Leading blank lines would be taken for the header row; drop them and keep line numbers right.
+    body = data.lstrip(b" \t\r\n") if data[:1] in (b" ", b"\t", b"\r", b"\n") else data
+    skipped = data[: len(data) - len(body)].count(b"\n")
+    layout = sniff_layout(body, blob.name, delimiter=delimiter, has_header=has_header, encoding=encoding)
+    table = _read_delimited(blob, body, layout, forced_encoding=encoding is not None)
+    table.first_line += skipped
+    if table.line_numbers is not None:
+        table.line_numbers = table.line_numbers + skipped
+    return table
+
+
+def _strip_bom(blob: Blob) -> bytes:
+    data = blob.data
+    if data.startswith(b"\xef\xbb\xbf"):
+        return data[3:]
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return data.decode("utf-16").encode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError("the file starts like UTF-16 text but does not decode as UTF-16", file=blob.name,
+                            hint="save it as UTF-8") from err
+    return data
+
+
+# ---- delimited text ---------------------------------------------------------------------------
+
+_FORMATS = {",": "csv", "\t": "tsv", "::": "dat", "|": "psv", ";": "ssv", " ": "txt"}
+
+
+def _single_char_delimiter(data: bytes, delimiter: str, file: str) -> tuple[bytes, str]:
+    """pyarrow splits on one character: rewrite '::' to a control character the file lacks."""
+    if len(delimiter) == 1:
+        return data, delimiter
+    for sub in ("\x1f", "\x1e", "\x1d", "\x1c", "\x01"):
+        if sub.encode() not in data:
+            return data.replace(delimiter.encode(), sub.encode()), sub
+    raise DataError(f"cannot split on {delimiter!r}: the file also contains control characters",
+                    file=file, hint="save the table as plain CSV")
+
+
+def _read_delimited(blob: Blob, data: bytes, layout: TextLayout, *, forced_encoding: bool) -> RawTable:
+    quote = '"' if len(layout.delimiter) == 1 else False  # MovieLens '::' files never quote
+    parsed, delim = _single_char_delimiter(data, layout.delimiter, blob.name)
+    encoding = layout.encoding
+    try:
+        table, bad = _arrow_csv(parsed, layout, delim, quote, encoding)
+    except pa.ArrowInvalid as err:
+        if "UTF8" not in str(err) or forced_encoding or encoding != "utf-8":
+            raise _parse_error(blob, err) from err
+        encoding = "latin-1"  # valid UTF-8 at the start, not further down: fall back for the whole file
+        try:
+            table, bad = _arrow_csv(parsed, layout, delim, quote, encoding)
+        except pa.ArrowInvalid as err2:
+            raise _parse_error(blob, err2) from err2
+    if bad:
+        raise _field_count_error(blob, data, layout, encoding, bad)
+    if layout.strip:
+        table = pa.table({n: pc.utf8_trim_whitespace(table[n]) for n in table.column_names})
+    frame = table.to_pandas()
+    if not layout.has_header:
+        frame.columns = list(range(frame.shape[1]))
+    if frame.empty:
+        raise DataError("the file has a header but no data rows", file=blob.name, line=2,
+                        hint="add interactions below the header line")
+    line_numbers = _line_numbers(data, layout.has_header, len(frame))
+    return RawTable(frame, blob.name, _FORMATS.get(layout.delimiter, "csv"), layout.delimiter, layout.has_header,
+                    encoding, len(frame), blob.member, line_numbers, 2 if layout.has_header else 1)
+
+
+def _arrow_csv(data: bytes, layout: TextLayout, delim: str, quote, encoding: str) -> tuple[pa.Table, list[str]]:
+    bad: list[str] = []
+
+    def on_invalid(row) -> str:
+        if row.text.strip():
+            bad.append(row.text)
+        return "skip"  # whitespace-only lines are skipped silently, like empty ones
+
+    names = layout.header
+    table = pacsv.read_csv(
+        io.BytesIO(data),
+        read_options=pacsv.ReadOptions(column_names=names, skip_rows=1 if layout.has_header else 0,
+                                       encoding=encoding, block_size=16 << 20),
+        parse_options=pacsv.ParseOptions(delimiter=delim, quote_char=quote, invalid_row_handler=on_invalid),
+        convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                             strings_can_be_null=False, quoted_strings_can_be_null=False),
+    )
+    return table, bad
+
+
+def _parse_error(blob: Blob, err: Exception) -> DataError:
+    text = str(err).splitlines()[0][:300]
+    return DataError(f"cannot parse the file as a delimited table ({text})", file=blob.name,
+                     hint="check for unbalanced quotes, or save the table again as plain CSV")
+
+
+def _field_count_error(blob: Blob, data: bytes, layout: TextLayout, encoding: str, bad: list[str]) -> DataError:
+    """Name the lines with the wrong number of fields (a second, slow pass: error path only)."""
+    examples, first = [], None
+    lines = data.decode(encoding, errors="replace").splitlines()
+    start = 1 if layout.has_header else 0
+    skipped_header = False
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        if start and not skipped_header:
+            skipped_header = True
+            continue
+        n = len(split_line(line, layout.delimiter))
+        if n != layout.n_fields:
+            first = first or number
+            examples.append(f"line {number} ({n} fields): {line[:120]}")
+            if len(examples) >= 5:
+                break
+    return DataError(
+        f"{len(bad)} row(s) have the wrong number of fields (expected {layout.n_fields}, "
+        f"separated by {layout.delimiter!r})",
+        file=blob.name, line=first, examples=examples or [b[:120] for b in bad[:5]],
+        hint="fix or delete those lines; a field containing the delimiter must be quoted",
+    )
+
+
+def _line_numbers(data: bytes, has_header: bool, n_rows: int) -> np.ndarray | None:
+    """File line of each data row when blank lines shift it; None when it is simply row + offset."""
+    if not (data.startswith((b"\n", b"\r\n")) or re.search(rb"\n[ \t\r]*\n", data)):
+        return None
+    raw = np.frombuffer(data, dtype=np.uint8)
+    starts = np.concatenate([[0], np.flatnonzero(raw == 10) + 1])
+    starts = starts[starts < len(raw)]
+    content = ~np.isin(raw, np.frombuffer(b" \t\r\n", dtype=np.uint8))
+    has_content = np.add.reduceat(content, starts, dtype=np.int64) > 0
+    lines = np.flatnonzero(has_content) + 1
+    lines = lines[1:] if has_header else lines
+    return lines[:n_rows] if len(lines) >= n_rows else None
+
+
+# ---- Parquet and JSON ---------------------------------------------------------------------------
+
+def _read_parquet(blob: Blob, data: bytes) -> RawTable:
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+        frame = table.to_pandas()
+    except (pa.ArrowException, OSError, ValueError, TypeError) as err:
+        raise DataError(f"not a readable Parquet file ({str(err)[:200]})", file=blob.name,
+                        hint="write it again with pandas.DataFrame.to_parquet, or upload CSV") from err
+    if frame.empty:
+        raise DataError("the Parquet file has no rows", file=blob.name, hint="upload a file with interactions")
+    frame.columns = [str(c) for c in frame.columns]
+    return RawTable(frame, blob.name, "parquet", None, True, None, len(frame), blob.member)
+
+
+def _read_json(blob: Blob, data: bytes) -> RawTable:
+    if data.lstrip()[:1] == b"[":
+        frame = _json_array(blob, data)
+        fmt = "json"
+    else:
+        try:
+            frame = pajson.read_json(io.BytesIO(data), read_options=pajson.ReadOptions(block_size=16 << 20)).to_pandas()
+        except (pa.ArrowException, ValueError) as err:
+            raise _json_line_error(blob, data, err) from err
+        fmt = "jsonl"
+    if frame.empty or frame.shape[1] == 0:
+        raise DataError("the JSON file has no records", file=blob.name,
+                        hint='write one object per line, e.g. {"user": "1", "item": "42", "rating": 5}')
+    frame.columns = [str(c) for c in frame.columns]
+    return RawTable(frame, blob.name, fmt, None, True, "utf-8", len(frame), blob.member)
+
+
+def _json_array(blob: Blob, data: bytes) -> pd.DataFrame:
+    try:
+        records = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        line = getattr(err, "lineno", None)
+        raise DataError(f"not valid JSON ({err})", file=blob.name, line=line,
+                        hint="upload JSON Lines (one object per line) or a JSON array of objects") from err
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise DataError("the JSON file is not a list of objects", file=blob.name,
+                        hint='use [{"user": ..., "item": ..., "rating": ...}, ...] or JSON Lines')
+    return pd.DataFrame.from_records(records)
+
+
+def _json_line_error(blob: Blob, data: bytes, err: Exception) -> DataError:
+    examples, first = [], None
+    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+            ok = isinstance(value, dict)
+        except (json.JSONDecodeError, RecursionError):
+            ok = False
+        if not ok:
+            first = first or number
+            examples.append(f"line {number}: {line[:120]}")
+            if len(examples) >= 5:
+                break
+    return DataError(f"cannot read the JSON Lines file ({str(err).splitlines()[0][:200]})", file=blob.name,
+                     line=first, examples=examples,
+                     hint="each line must be one JSON object with the same fields, e.g. "
+                          '{"user": "1", "item": "42", "rating": 5}')

@@ -1,0 +1,165 @@
+"""Getting a file's bytes: from a path, raw bytes (a Streamlit upload) or a zip member.
+
+Everything is read into memory and checked against a size limit first; zip members are never
+extracted to disk, and a member whose name tries to escape (`../x`, `/etc/x`) rejects the archive.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from recsys_core.data.errors import DataError
+
+DEFAULT_MAX_BYTES = 500 * 1024 * 1024
+
+Source = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
+
+# Zip members we know are not interactions or metadata (MovieLens extras, macOS resource forks).
+_NOISE = re.compile(r"(^|/)(__MACOSX/|\.)|(^|/)(readme|license|u\.info|u\.genre|u\.occupation|u\.user|users\.dat)"
+                    r"($|\.)", re.IGNORECASE)
+_TEXTY = (".csv", ".tsv", ".txt", ".dat", ".data", ".item", ".parquet", ".pq", ".jsonl", ".ndjson", ".json", ".base", ".test")
+_ITEM_NAMES = re.compile(r"(^|/)(movies\.(dat|csv)|u\.item|items?\.(csv|tsv|parquet|jsonl)|books\.csv)$", re.IGNORECASE)
+_RATING_NAMES = [
+    re.compile(r"(^|/)ratings\.(dat|csv|tsv|parquet|jsonl)$", re.IGNORECASE),
+    re.compile(r"(^|/)u\.data$", re.IGNORECASE),
+    re.compile(r"(^|/)(ratings|interactions|events)[^/]*$", re.IGNORECASE),
+]
+
+
+@dataclass
+class Blob:
+    """A file's content in memory plus the name to show in messages."""
+
+    data: bytes
+    name: str
+    member: str | None = None  # set when the bytes came out of a zip
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MB"
+
+
+def _too_big(name: str, size: int, max_bytes: int) -> DataError:
+    return DataError(
+        f"the file is {_mb(size)}, over the {_mb(max_bytes)} limit",
+        file=name,
+        hint="load a smaller sample, or raise the limit (LoadOptions.max_bytes / max_bytes=)",
+    )
+
+
+def load_blob(source: Source, filename: str | None = None, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Blob:
+    """Read `source` (path, bytes, or binary file object) into memory, enforcing `max_bytes`."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        name = filename or "uploaded file"
+        if len(data) > max_bytes:
+            raise _too_big(name, len(data), max_bytes)
+        return Blob(data, name)
+    if hasattr(source, "read"):
+        name = filename or getattr(source, "name", None) or "uploaded file"
+        data = source.read(max_bytes + 1)
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        if len(data) > max_bytes:
+            raise _too_big(str(name), len(data), max_bytes)
+        return Blob(bytes(data), str(name))
+    path = Path(source)
+    name = filename or path.name
+    try:
+        size = path.stat().st_size
+        if path.is_dir():
+            raise DataError("this is a folder, not a file", file=str(path),
+                            hint="pick the ratings file inside it (e.g. u.data or ratings.dat)")
+        if size > max_bytes:
+            raise _too_big(name, size, max_bytes)
+        return Blob(path.read_bytes(), name)
+    except FileNotFoundError as err:
+        raise DataError("file not found", file=str(path), hint="check the path") from err
+    except PermissionError as err:
+        raise DataError("permission denied while reading the file", file=str(path),
+                        hint="check the file's permissions") from err
+
+
+def is_zip(blob: Blob) -> bool:
+    return blob.data[:4] in (b"PK\x03\x04", b"PK\x05\x06") or blob.name.lower().endswith(".zip")
+
+
+def _check_member_name(archive: str, name: str) -> None:
+    """Reject names that would escape a target folder if anyone ever extracted the archive."""
+    pure = PurePosixPath(name.replace("\\", "/"))
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in pure.parts:
+        raise DataError(
+            f"the archive contains an unsafe member name '{name}' (absolute path or '..')",
+            file=archive,
+            hint="this archive may be malicious; re-create it with plain relative file names",
+        )
+
+
+def zip_members(blob: Blob) -> list[zipfile.ZipInfo]:
+    """Usable file members of a zip, after rejecting unsafe names."""
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(blob.data))
+        infos = zf.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as err:
+        raise DataError(f"not a readable zip archive ({err})", file=blob.name,
+                        hint="re-create the archive, or upload the ratings file itself") from err
+    for info in infos:
+        _check_member_name(blob.name, info.filename)
+    return [i for i in infos if not i.is_dir() and not _NOISE.search(i.filename)]
+
+
+def _rank(name: str, kind: str) -> int | None:
+    """Lower is better; None means the member is not a candidate for `kind`."""
+    lower = name.lower()
+    if not lower.endswith(_TEXTY) and "." in PurePosixPath(lower).name:
+        return None
+    if kind == "items":
+        return 0 if _ITEM_NAMES.search(name) else None
+    if _ITEM_NAMES.search(name):
+        return None
+    for rank, pattern in enumerate(_RATING_NAMES):
+        if pattern.search(name):
+            return rank
+    # MovieLens 100K ships u1.base..u5.test splits beside u.data: usable but never preferred.
+    return len(_RATING_NAMES) + (1 if re.search(r"\.(base|test)$", lower) else 0)
+
+
+def pick_member(blob: Blob, kind: str = "interactions", *, max_bytes: int = DEFAULT_MAX_BYTES,
+                required: bool = True) -> Blob | None:
+    """The best zip member for `kind` ('interactions' or 'items'), read into memory."""
+    infos = zip_members(blob)
+    ranked = [(r, -i.file_size, i) for i in infos if (r := _rank(i.filename, kind)) is not None]
+    if not ranked:
+        if not required:
+            return None
+        names = ", ".join(i.filename for i in infos[:10]) or "no files"
+        if any(i.filename.startswith("xl/") for i in infos):
+            hint = "this looks like an Excel workbook: save the sheet as CSV and upload that"
+        else:
+            hint = "put a ratings file (CSV, TSV, Parquet, JSON Lines, ratings.dat or u.data) in the archive"
+        raise DataError(f"the archive has no usable {kind} file (found: {names})", file=blob.name, hint=hint)
+    _, _, info = min(ranked, key=lambda t: (t[0], t[1], t[2].filename))
+    return read_member(blob, info, max_bytes=max_bytes)
+
+
+def read_member(blob: Blob, info: zipfile.ZipInfo, *, max_bytes: int) -> Blob:
+    label = f"{blob.name}/{info.filename}"
+    if info.file_size > max_bytes:
+        raise _too_big(label, info.file_size, max_bytes)
+    try:
+        with zipfile.ZipFile(io.BytesIO(blob.data)) as zf, zf.open(info) as fh:
+            # Read at most one byte past the limit: a lying header cannot make us inflate a bomb.
+            data = fh.read(max_bytes + 1)
+    except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, NotImplementedError, RuntimeError) as err:
+        raise DataError(f"cannot decompress member '{info.filename}' ({err})", file=blob.name,
+                        hint="re-create the archive without encryption, using ordinary deflate compression") from err
+    if len(data) > max_bytes:
+        raise _too_big(label, len(data), max_bytes)
+    return Blob(data, label, member=info.filename)

@@ -1,0 +1,146 @@
+"""Turn a RawTable + ColumnMapping into canonical columns: user, item (strings), rating, timestamp.
+
+Every check is vectorised; the slow part (finding line numbers and examples) only runs once a
+problem is known to exist.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from recsys_core.data.dataset import ITEM, RATING, TIMESTAMP, USER
+from recsys_core.data.errors import DataError
+from recsys_core.data.mapping import ColumnMapping
+from recsys_core.data.read import RawTable
+
+_EXAMPLES = 5
+# Magnitude of the largest |timestamp| -> divisor to seconds (s, ms, us, ns).
+_UNITS = [(1e11, 1, "seconds"), (1e14, 1_000, "milliseconds"), (1e17, 1_000_000, "microseconds"),
+          (float("inf"), 1_000_000_000, "nanoseconds")]
+
+
+def to_interactions(raw: RawTable, mapping: ColumnMapping) -> tuple[pd.DataFrame, list[str]]:
+    """Canonical interaction frame plus plain-word notes on how values were read."""
+    _check_columns(raw, mapping)
+    notes: list[str] = []
+    out = {USER: ids_as_strings(raw, mapping.user, "user"), ITEM: ids_as_strings(raw, mapping.item, "item")}
+    if mapping.rating is not None:
+        out[RATING] = _ratings(raw, mapping.rating)
+    if mapping.timestamp is not None:
+        out[TIMESTAMP], note = _timestamps(raw, mapping.timestamp)
+        notes.append(note)
+    ignored = [str(c) for c in raw.frame.columns if c not in mapping.as_dict().values()]
+    if ignored:
+        notes.append(f"ignored columns: {', '.join(ignored[:10])}" + (" ..." if len(ignored) > 10 else ""))
+    return pd.DataFrame(out, copy=False), notes
+
+
+def _check_columns(raw: RawTable, mapping: ColumnMapping) -> None:
+    cols = list(raw.frame.columns)
+    for role, col in mapping.as_dict().items():
+        if col is not None and col not in cols:
+            raise DataError(f"the {role} column '{col}' is not in the file; its columns are: "
+                            f"{', '.join(map(str, cols))}", file=raw.file, column=str(col),
+                            hint="choose one of the listed columns in the column mapping")
+    used = [c for c in mapping.as_dict().values() if c is not None]
+    if len(used) != len(set(used)):
+        raise DataError(f"the same column is mapped to two roles: {mapping.as_dict()}", file=raw.file,
+                        hint="map each role to a different column")
+
+
+def _fail(raw: RawTable, column, bad: np.ndarray, what: str, hint: str) -> DataError:
+    """DataError naming the count, the first line and a few example values of bad rows."""
+    rows = np.flatnonzero(bad)
+    lines = raw.line_of(rows[:_EXAMPLES])
+    values = raw.frame[column].iloc[rows[:_EXAMPLES]].tolist()
+    examples = [f"{raw.row_word} {ln}: {v!r}" for ln, v in zip(lines, values)]
+    return DataError(f"{len(rows)} row(s) have {what}", file=raw.file, line=int(lines[0]), column=str(column),
+                     examples=examples, hint=hint)
+
+
+def _as_arrow(series: pd.Series) -> pa.ChunkedArray | pa.Array:
+    return pa.array(series) if not isinstance(series.dtype, np.dtype) else pa.array(series.to_numpy())
+
+
+def ids_as_strings(raw: RawTable, column, role: str) -> pd.Series:
+    """Ids as strings; integral floats (JSON ids next to nulls) lose their '.0'."""
+    s = raw.frame[column]
+    if pd.api.types.is_float_dtype(s.dtype):
+        vals = s.to_numpy(dtype=np.float64, na_value=np.nan)
+        if np.isnan(vals).any():
+            raise _fail(raw, column, np.isnan(vals), f"an empty {role} id", f"every row needs a {role} id")
+        if np.all(vals == np.round(vals)):
+            s = pd.Series(vals.astype(np.int64))
+    if pd.api.types.is_string_dtype(s.dtype) and not isinstance(s.dtype, np.dtype):
+        ids = s
+    else:
+        missing = s.isna().to_numpy()
+        if missing.any():
+            raise _fail(raw, column, missing, f"an empty {role} id", f"every row needs a {role} id")
+        ids = s.astype(str)
+    empty = (ids.isna() | (ids.str.len() == 0)).to_numpy(dtype=bool)
+    if empty.any():
+        raise _fail(raw, column, empty, f"an empty {role} id", f"every row needs a {role} id; delete or fill those lines")
+    return ids.reset_index(drop=True)
+
+
+def _numbers(raw: RawTable, column) -> tuple[np.ndarray, np.ndarray]:
+    """Float values and a mask of entries that are not finite numbers."""
+    s = raw.frame[column]
+    if pd.api.types.is_bool_dtype(s.dtype) or pd.api.types.is_numeric_dtype(s.dtype):
+        vals = s.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        try:
+            vals = pc.cast(_as_arrow(s.astype(str)), pa.float64()).to_numpy(zero_copy_only=False)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            vals = pd.to_numeric(s.astype(str).str.strip(), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    vals = np.asarray(vals, dtype=np.float64)
+    return vals, ~np.isfinite(vals)
+
+
+def _ratings(raw: RawTable, column) -> np.ndarray:
+    vals, bad = _numbers(raw, column)
+    if bad.any():
+        raise _fail(raw, column, bad, "a rating that is not a number",
+                    "ratings/weights must be numbers like 4 or 3.5; fix those lines or map no rating column")
+    return vals
+
+
+def _timestamps(raw: RawTable, column) -> tuple[np.ndarray, str]:
+    """int64 unix seconds from unix s/ms/us/ns numbers, or ISO / common date strings."""
+    s = raw.frame[column]
+    if pd.api.types.is_datetime64_any_dtype(s.dtype):
+        return _datetimes_to_seconds(raw, column, s), "timestamps read as dates"
+    vals, bad = _numbers(raw, column)
+    huge = np.abs(np.nan_to_num(vals)) >= 9e18  # past int64 nanoseconds: no unit makes this a time
+    if huge.any():
+        raise _fail(raw, column, huge, "a timestamp too large to be a time",
+                    "use unix seconds, milliseconds, or ISO dates like 2013-02-28")
+    if not bad.any():
+        top = float(np.abs(vals).max()) if len(vals) else 0.0
+        _, divisor, unit = next(u for u in _UNITS if top < u[0])
+        return np.floor_divide(vals, divisor).astype(np.int64), f"timestamps read as unix {unit}"
+    if bad.all() or pd.api.types.is_string_dtype(s.dtype) and bad.mean() > 0.5:
+        return _datetimes_to_seconds(raw, column, s), "timestamps read as dates (UTC when no zone is given)"
+    raise _fail(raw, column, bad, "a timestamp that is not a number",
+                "use unix seconds (or milliseconds) or ISO dates like 2013-02-28T14:03:00 throughout")
+
+
+def _datetimes_to_seconds(raw: RawTable, column, s: pd.Series) -> np.ndarray:
+    if not pd.api.types.is_datetime64_any_dtype(s.dtype):
+        text = s.astype(str).str.strip()
+        parsed = pd.to_datetime(text, errors="coerce", format="ISO8601", utc=True)
+        if parsed.isna().any():
+            retry = pd.to_datetime(text, errors="coerce", format="mixed", utc=True)
+            parsed = parsed.fillna(retry) if retry.notna().sum() > parsed.notna().sum() else parsed
+        s = parsed
+    bad = s.isna().to_numpy()
+    if bad.any():
+        raise _fail(raw, column, bad, "a timestamp that cannot be read as a date",
+                    "use ISO dates like 2013-02-28 or 2013-02-28T14:03:00, or unix seconds, in every row")
+    if getattr(s.dt, "tz", None) is not None:
+        s = s.dt.tz_convert("UTC").dt.tz_localize(None)
+    return s.to_numpy().astype("datetime64[s]").astype(np.int64)
