@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from recsys_core.data.errors import DataError
-from recsys_core.data.names import ALIASES, ROLES, name_score
+from recsys_core.data.names import EXAMPLE_NAMES, ROLES, name_score
 from recsys_core.data.sniff import is_number
 
 _SAMPLE = 1000
@@ -90,11 +90,10 @@ def _by_name(frame: pd.DataFrame, file: str | None) -> ColumnMapping:
         chosen[role] = tied[0] if tied else None
     for role in ("user", "item"):
         if chosen[role] is None:
-            examples = ", ".join(sorted(ALIASES[role], key=len)[1:8])
             raise DataError(
                 f"no {role} column found; the columns are: {', '.join(map(str, frame.columns))}",
                 file=file, line=1,
-                hint=f"name the {role} column like {examples}, or choose it in the column mapping",
+                hint=f"name the {role} column like {EXAMPLE_NAMES[role]}, or choose it in the column mapping",
             )
     used = [c for c in chosen.values() if c is not None]
     if len(used) != len(set(used)):

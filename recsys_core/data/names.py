@@ -25,6 +25,13 @@ _TAIL_WORDS: dict[str, set[str]] = {
     "rating": {"rating", "score", "weight", "stars"},
     "timestamp": {"timestamp", "time", "date", "datetime", "ts"},
 }
+# Spelled as people write them, for messages.
+EXAMPLE_NAMES = {
+    "user": "user, userId, user_id, uid, customer_id",
+    "item": "item, itemId, movieId, product_id, book_id, track",
+    "rating": "rating, score, weight, stars",
+    "timestamp": "timestamp, time, date, ts, datetime",
+}
 METADATA_WORDS = {"title", "name", "genres", "genre", "id", "tags", "year", "description"}
 # Single letters are aliases when a header is certain, but too weak to prove that line 1 is a header.
 KNOWN_HEADER_WORDS = {w for w in set().union(*ALIASES.values()) | METADATA_WORDS if len(w) > 1}

@@ -73,7 +73,7 @@ def guess_delimiter(lines: list[str], file: str) -> tuple[str, int]:
         counts = _field_counts(lines, delim)
         n_fields, hits = Counter(counts).most_common(1)[0]
         share = hits / len(counts)
-        if n_fields < 2 or share < (1.0 if delim == " " else 0.8):
+        if n_fields < 2 or share < (1.0 if delim == " " else 0.5):
             continue
         if best is None or share > best[0] + 1e-9:
             best = (share, -order, delim, n_fields)
