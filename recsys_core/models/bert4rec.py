@@ -1,0 +1,54 @@
+"""BERT4Rec (Sun et al., CIKM 2019): a bidirectional transformer over item sequences trained by
+Cloze (masked-item) prediction with a full softmax over the catalogue; a user is scored by
+appending [MASK] to their history and reading the prediction there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from recsys_core.data.errors import DataError
+from recsys_core.models.sequential import PAD, SequentialConfig, SequentialRecommender, full_softmax_loss, pad_right
+
+
+@dataclass
+class BERT4RecConfig(SequentialConfig):
+    mask_prob: float = 0.2  # share of items replaced by [MASK] in a training sequence
+    mask_last_prob: float = 0.1  # share of sequences trained with only their last item masked (the scoring case)
+
+
+class BERT4Rec(SequentialRecommender):
+    """Bidirectional; positions count back from the newest item, so [MASK] at scoring time sits
+    where the newest item sat in training."""
+
+    family = "bert4rec"
+    config_class = BERT4RecConfig
+    causal = False
+    positions_from_end = True
+
+    def _output_positions(self) -> float:
+        return self.config.mask_prob * self.config.max_len + 1
+
+    def _context(self, flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        tokens, lens = pad_right(flat, starts, lengths)
+        out = np.zeros((len(lens), tokens.shape[1] + 1), dtype=np.int64)
+        out[:, :-1] = tokens
+        out[np.arange(len(lens)), lens] = self.module_.special_token
+        return out, lens + 1
+
+    def _batch_loss(self, tokens: torch.Tensor, lengths: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        cfg = self.config
+        if not 0 < cfg.mask_prob < 1:
+            raise DataError(f"mask_prob={cfg.mask_prob} must lie strictly between 0 and 1", column="mask_prob")
+        device = tokens.device
+        n, width = tokens.shape
+        masked = torch.from_numpy(rng.random((n, width)) < cfg.mask_prob).to(device) & (tokens != PAD)
+        last = torch.arange(width, device=device)[None, :] == (lengths - 1)[:, None]
+        last_only = torch.from_numpy(rng.random(n) < cfg.mask_last_prob).to(device)[:, None]
+        masked = torch.where(last_only, last, masked)
+        masked |= last & ~masked.any(dim=1, keepdim=True)  # every sequence teaches something
+        hidden = self._hidden(tokens.masked_fill(masked, self.module_.special_token), lengths)
+        return full_softmax_loss(self.module_.head(hidden[masked]), tokens[masked] - 1, self.module_)

@@ -1,0 +1,362 @@
+"""Plumbing shared by the sequential transformers (BERT4Rec, SASRec+): item vocabulary, length-
+bucketed batches over time-ordered histories, a `transformers` BertModel fed our own item
+embeddings (so the output layer is tied to them), chunked full-catalogue scoring, persistence.
+
+The families differ only in attention mask (bidirectional vs causal), where the readout token sits
+and the training objective; everything else lives here.
+
+Token ids: 0 = padding, 1..n_items = item index + 1, n_items + 1 = [MASK] (BERT4Rec) / [BOS] (SASRec).
+Sequences are left-aligned (padding on the right), so position 0 is always a real token and no
+attention row is ever fully masked, causal or not.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import BertConfig, BertModel
+
+from recsys_core import train as loop
+from recsys_core.data.dataset import Dataset
+from recsys_core.data.errors import DataError
+from recsys_core.data.splits import EvalSet, Split
+from recsys_core.models.base import Recommender
+from recsys_core.models.histories import flatten
+from recsys_core.progress import Progress
+
+PAD = 0
+
+
+@dataclass
+class SequentialConfig:
+    """Hyperparameters shared by the sequential transformers (defaults tuned on ML-100k)."""
+
+    max_len: int = 200  # most recent items a model reads
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 2
+    dropout: float = 0.2
+    attn_dropout: float = 0.2
+    head_transform: bool = True  # dense + GELU + LayerNorm before the tied output layer
+    output_bias: bool = False  # without it scores are exactly user_embeddings @ item_embeddings.T
+    window_stride: int = 0  # long histories also train as earlier crops every `stride` items; 0 = max_len // 2
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    batch_size: int = 128
+    epochs: int = 200
+    patience: int = 10  # validations without NDCG@10 improvement before stopping
+    eval_every: int = 0  # epochs between validations; 0 = about every 50 optimizer steps
+    warmup_frac: float = 0.05
+    grad_clip: float = 5.0
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "mps"
+    amp: bool = True  # bf16/fp16 autocast on CUDA
+    time_budget_s: float = 0.0  # 0 = no limit
+    checkpoint_dir: str = ""  # save every epoch here and resume from it
+    resume: bool = True
+    max_valid_users: int = 5000  # validation subsample (full ranking per user is the cost)
+    score_batch_size: int = 512
+
+
+# ---- data: windows over histories, padded batches ---------------------------------------------
+
+
+class SequenceWindows:
+    """Training examples: the most recent `max_len` items of each history, plus earlier crops of
+    longer histories every `stride` items. Stored as (start, length) into one flat token array."""
+
+    def __init__(self, seqs: Sequence[np.ndarray], max_len: int, stride: int) -> None:
+        lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+        self.tokens = np.concatenate([np.asarray(s, dtype=np.int64) for s in seqs] or [np.zeros(0, np.int64)]) + 1
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        extra = np.where(lengths > max_len, np.ceil((lengths - max_len) / stride), 0).astype(np.int64)
+        per_seq = (lengths > 0).astype(np.int64) + extra
+        owner = np.repeat(np.arange(len(seqs)), per_seq)
+        k = np.arange(per_seq.sum()) - np.repeat(np.cumsum(per_seq) - per_seq, per_seq)
+        end = np.maximum(lengths[owner] - k * stride, np.minimum(lengths[owner], max_len))
+        begin = np.maximum(0, end - max_len)
+        self.start = offsets[owner] + begin
+        self.length = end - begin
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    def batches(self, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+        """Length-bucketed batches in random order: each batch pads only to its own longest."""
+        order = np.lexsort((rng.random(len(self)), self.length))
+        out = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        return [out[i] for i in rng.permutation(len(out))]
+
+    def padded(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Token matrix [B, longest] (right padding) and lengths for windows `idx`."""
+        return pad_right(self.tokens, self.start[idx], self.length[idx])
+
+
+def pad_right(flat: np.ndarray, start: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    width = int(length.max()) if len(length) else 0
+    cols = np.arange(width)
+    valid = cols[None, :] < length[:, None]
+    gathered = flat[np.where(valid, start[:, None] + cols[None, :], 0)] if len(flat) else np.zeros(valid.shape, np.int64)
+    return np.where(valid, gathered, PAD), length
+
+
+def histories_to_tokens(histories: Sequence[np.ndarray], keep: int, n_items: int
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Free-form item-index histories -> (flat tokens, starts, lengths) of their last `keep` items."""
+    lengths, flat = flatten(histories, n_items)
+    ends = np.cumsum(lengths)
+    kept = np.minimum(lengths, max(keep, 0))
+    return flat + 1, (ends - kept).astype(np.int64), kept
+
+
+# ---- the network -------------------------------------------------------------------------------
+
+
+class SequenceEncoder(nn.Module):
+    """Item embeddings -> BertModel (bidirectional or causal) -> optional head; output tied to the
+    item embeddings, computed only for the rows a caller asks for."""
+
+    def __init__(self, n_items: int, cfg: SequentialConfig, causal: bool) -> None:
+        super().__init__()
+        if cfg.hidden % cfg.heads:
+            raise DataError(f"hidden={cfg.hidden} is not a multiple of heads={cfg.heads}", column="hidden",
+                            hint="pick hidden divisible by heads, e.g. hidden=64, heads=2")
+        self.n_items = n_items
+        self.item_emb = nn.Embedding(n_items + 2, cfg.hidden, padding_idx=PAD)
+        nn.init.trunc_normal_(self.item_emb.weight, std=0.02, a=-0.04, b=0.04)
+        with torch.no_grad():
+            self.item_emb.weight[PAD].zero_()
+        bert_cfg = BertConfig(
+            vocab_size=1, hidden_size=cfg.hidden, num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
+            intermediate_size=4 * cfg.hidden, hidden_act="gelu", hidden_dropout_prob=cfg.dropout,
+            attention_probs_dropout_prob=cfg.attn_dropout, max_position_embeddings=cfg.max_len, type_vocab_size=1,
+            pad_token_id=PAD, is_decoder=causal, use_cache=False, attn_implementation="sdpa",
+        )
+        self.bert = BertModel(bert_cfg, add_pooling_layer=False)
+        h = cfg.hidden
+        self.head = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.LayerNorm(h)) if cfg.head_transform else nn.Identity()
+        self.bias = nn.Parameter(torch.zeros(n_items)) if cfg.output_bias else None
+
+    @property
+    def special_token(self) -> int:
+        return self.n_items + 1
+
+    def encode(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Hidden states [B, T, H] (padding positions are computed but meaningless)."""
+        out = self.bert(inputs_embeds=self.item_emb(tokens), attention_mask=(tokens != PAD).long(),
+                        position_ids=positions, use_cache=False)
+        return out.last_hidden_state
+
+    def item_weights(self) -> torch.Tensor:
+        return self.item_emb.weight[1:self.n_items + 1]
+
+    def logits(self, user: torch.Tensor) -> torch.Tensor:
+        """Full-catalogue scores for rows of `user` vectors (already through the head)."""
+        out = user @ self.item_weights().T
+        return out + self.bias if self.bias is not None else out
+
+
+# ---- the recommender ---------------------------------------------------------------------------
+
+
+class SequentialRecommender(Recommender):
+    """Base of BERT4Rec and SASRec+: subclasses set `causal` and implement `_batch_loss` and
+    `_context` (how a history becomes the tokens and readout position scored from)."""
+
+    causal: ClassVar[bool]
+    positions_from_end: ClassVar[bool]
+
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        self.module_: SequenceEncoder | None = None
+        self.history_: list[dict] = []
+        self.fit_report_: dict = {}
+
+    # -- family hooks
+
+    def _context(self, flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Token matrix and lengths the model reads for scoring; the readout is the last real token."""
+        raise NotImplementedError
+
+    def _batch_loss(self, tokens: torch.Tensor, lengths: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _output_positions(self) -> float:
+        """Positions per sequence that get full-catalogue logits in training (for memory planning)."""
+        return float(self.config.max_len)
+
+    # -- shared machinery
+
+    def _positions(self, lengths: torch.Tensor, width: int) -> torch.Tensor:
+        cols = torch.arange(width, device=lengths.device)[None, :].expand(len(lengths), width)
+        if self.positions_from_end:
+            return (lengths[:, None] - 1 - cols).clamp(min=0)
+        return cols
+
+    def _hidden(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.module_.encode(tokens, self._positions(lengths, tokens.shape[1]))
+
+    def _build(self) -> SequenceEncoder:
+        return SequenceEncoder(self.n_items_, self.config, causal=self.causal)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module_.parameters()).device
+
+    def fit(self, dataset: Dataset, config: Any = None, progress: Progress | None = None,
+            split: Split | None = None) -> SequentialRecommender:
+        if config is not None:
+            self.config = config
+        cfg = self.config
+        progress = progress or Progress()
+        self._remember_catalogue(dataset)
+        device = loop.pick_device(cfg.device)
+        loop.seed_everything(cfg.seed)
+        self.module_ = self._build().to(device)
+        windows = SequenceWindows(split.train if split is not None else dataset.sequences(), cfg.max_len,
+                                  cfg.window_stride or max(1, cfg.max_len // 2))
+        if len(windows) == 0:
+            raise DataError("no training sequences: every user history is empty",
+                            hint="load a dataset with interactions, or relax the filters")
+        batch_size = self._plan_batch(device, progress)
+        task = _SequenceTask(self, windows, self._valid_subset(split), batch_size)
+        steps_per_epoch = task.n_batches(batch_size)
+        lcfg = loop.LoopConfig(
+            epochs=cfg.epochs, batch_size=batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+            warmup_frac=cfg.warmup_frac, grad_clip=cfg.grad_clip, patience=cfg.patience if task.valid else 0,
+            eval_every=cfg.eval_every or max(1, round(50 / steps_per_epoch)), seed=cfg.seed, amp=cfg.amp,
+            time_budget_s=cfg.time_budget_s, checkpoint_dir=cfg.checkpoint_dir, resume=cfg.resume,
+        )
+        progress.update(0, cfg.epochs * steps_per_epoch, message=(
+            f"training {self.family} on {device.type}: {len(windows)} sequences, {steps_per_epoch} steps/epoch"))
+        result = loop.train(task, lcfg, device, progress)
+        self.history_ = result.history
+        self.fit_report_ = {k: v for k, v in asdict(result).items() if k != "history"}
+        self.module_.eval()
+        return self
+
+    def _plan_batch(self, device: torch.device, progress: Progress) -> int:
+        cfg = self.config
+
+        def need(batch: int) -> int:
+            return loop.estimate_memory(self.n_items_, cfg.max_len, cfg.hidden, batch, cfg.layers, cfg.heads,
+                                        output_positions=self._output_positions())
+
+        knobs = {"batch_size": cfg.batch_size, "max_len": cfg.max_len, "hidden": cfg.hidden, "n_items": self.n_items_}
+        return loop.plan_batch_size(cfg.batch_size, need, device, knobs, progress=progress)
+
+    def _valid_subset(self, split: Split | None) -> EvalSet | None:
+        if split is None or len(split.valid) == 0:
+            return None
+        valid, cap = split.valid, self.config.max_valid_users
+        if cap and len(valid) > cap:
+            keep = np.sort(np.random.default_rng(self.config.seed).choice(len(valid), cap, replace=False))
+            valid = EvalSet(valid.users[keep], [valid.histories[i] for i in keep], [valid.targets[i] for i in keep])
+        return valid
+
+    # -- inference
+
+    def _require_fitted(self) -> None:
+        if self.module_ is None:
+            raise DataError(f"the {self.family} model is not trained yet", hint="call fit() or load a saved model")
+
+    @torch.no_grad()
+    def _map_chunks(self, histories: Sequence[np.ndarray], fn, width: int) -> torch.Tensor:
+        """Apply `fn(user_vectors) -> [b, width]` over length-sorted chunks; rows back in input order."""
+        self._require_fitted()
+        self.module_.eval()
+        flat, starts, lengths = histories_to_tokens(histories, self.config.max_len - 1, self.n_items_)
+        out = torch.empty(len(histories), width, dtype=torch.float32)
+        order = np.argsort(lengths, kind="stable")
+        rows = loop.score_chunk_rows(max(width, self.config.hidden), self.config.score_batch_size)
+        done = 0
+        while done < len(order):
+            idx = order[done:done + rows]
+            try:
+                tokens, lens = self._context(flat, starts[idx], lengths[idx])
+                out[torch.from_numpy(idx)] = fn(self._readout(tokens, lens)).float().cpu()
+            except (torch.OutOfMemoryError, RuntimeError) as err:
+                if not loop.is_oom(err) or rows == 1:
+                    raise
+                rows = max(1, rows // 2)  # halve the chunk and retry it
+                continue
+            done += len(idx)
+        return out
+
+    def _readout(self, tokens: np.ndarray, lengths: np.ndarray) -> torch.Tensor:
+        device = self.device
+        t = torch.from_numpy(tokens).to(device)
+        lens = torch.from_numpy(lengths).to(device)
+        hidden = self._hidden(t, lens)
+        last = hidden[torch.arange(len(lens), device=device), lens - 1]
+        return self.module_.head(last)
+
+    def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
+        self._require_fitted()
+        return self._map_chunks(histories, self.module_.logits, self.n_items_)
+
+    def user_embeddings(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        return self._map_chunks(histories, lambda u: u, self.config.hidden).numpy()
+
+    def item_embeddings(self) -> np.ndarray:
+        self._require_fitted()
+        return self.module_.item_weights().detach().float().cpu().numpy().copy()
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        self._require_fitted()
+        return dict(self.module_.state_dict())
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.module_ = self._build()
+        try:
+            self.module_.load_state_dict(tensors)
+        except RuntimeError as err:
+            raise DataError(f"saved weights do not match the {self.family} config ({err})",
+                            hint="the folder's config.json and model.safetensors come from different models") from err
+        self.module_.eval()
+
+
+class _SequenceTask:
+    """Adapter between a sequential recommender and the generic loop in `recsys_core.train`."""
+
+    def __init__(self, model: SequentialRecommender, windows: SequenceWindows, valid: EvalSet | None,
+                 batch_size: int) -> None:
+        self.model, self.windows, self.valid = model, windows, valid
+        self.module = model.module_
+
+    def n_batches(self, batch_size: int) -> int:
+        return math.ceil(len(self.windows) / batch_size)
+
+    def epoch_batches(self, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+        return self.windows.batches(batch_size, rng)
+
+    def loss(self, batch: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        tokens, lengths = self.windows.padded(batch)
+        device = self.model.device
+        return self.model._batch_loss(torch.from_numpy(tokens).to(device), torch.from_numpy(lengths).to(device), rng)
+
+    def validate(self) -> dict[str, float]:
+        if self.valid is None:
+            return {}
+        return validation_metrics(self.model, self.valid)
+
+
+def validation_metrics(model: Recommender, valid: EvalSet) -> dict[str, float]:
+    """NDCG@10 / HR@10 with full ranking, through the project's evaluator."""
+    from recsys_core.evaluate import evaluate  # late: evaluate imports models.base
+
+    result = evaluate(model, valid, ks=(10,))
+    return {k: float(v) for k, v in result.items() if k in ("ndcg@10", "hr@10")}
+
+
+def full_softmax_loss(user: torch.Tensor, labels: torch.Tensor, module: SequenceEncoder) -> torch.Tensor:
+    """Cross-entropy over the whole catalogue for the given rows only (fp32 softmax)."""
+    return F.cross_entropy(module.logits(user).float(), labels)
+

@@ -1,0 +1,469 @@
+"""The training loop shared by every neural model: device, mixed precision, memory planning,
+optimizer + schedule, early stopping on validation NDCG, checkpoint/resume, progress and cancel.
+
+A model plugs in through `TrainTask` (its module, its batches, its loss, its validation); the loop
+knows nothing about sequences or text, so BERT4Rec, SASRec, the text tower and the hybrid share it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import psutil
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from recsys_core.data.errors import DataError
+from recsys_core.progress import Progress
+
+# ---- device and precision ----------------------------------------------------------------------
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """CUDA, then Apple MPS, then CPU for "auto"; an explicit choice that is unavailable is an error."""
+    choice = (device or "auto").lower()
+    mps_ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if choice == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if mps_ok else "cpu")
+    if choice.startswith("cuda") and not torch.cuda.is_available():
+        raise DataError(f"device={device!r} but this machine has no usable CUDA GPU", column="device",
+                        hint='use device="auto" or "cpu"')
+    if choice == "mps" and not mps_ok:
+        raise DataError("device='mps' but Apple MPS is not available here", column="device",
+                        hint='use device="auto" or "cpu"')
+    if choice not in ("cpu", "mps") and not choice.startswith("cuda"):
+        raise DataError(f"unknown device {device!r}", column="device", hint='one of "auto", "cpu", "cuda", "mps"')
+    return torch.device(choice)
+
+
+def configure_backends(device: torch.device) -> None:
+    """TF32 matmuls on Ampere+ GPUs: ~free speed, precision loss irrelevant for recommendation."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def amp_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
+    """bf16 where the GPU has it, else fp16 (needs a GradScaler); None (fp32) on CPU/MPS, where
+    autocast is slower or patchy for these small models."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """One seed per (run seed, epoch), so a resumed run replays exactly what an unbroken run does."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+# ---- memory planning -----------------------------------------------------------------------------
+
+
+def estimate_memory(n_items: int, max_len: int, hidden: int, batch: int, layers: int, heads: int = 2,
+                    output_positions: float | None = None) -> int:
+    """Rough peak bytes of one fp32 training step of a transformer over item sequences.
+
+    `output_positions` is how many positions per sequence get full-catalogue logits (all of them
+    when None; BERT4Rec computes them only at masked positions). Parameters count four times
+    (weights, gradients, two Adam moments).
+    """
+    positions = batch * max_len
+    params = (n_items + 2 + max_len) * hidden + layers * (12 * hidden * hidden + 13 * hidden) + hidden * hidden
+    per_layer = positions * (16 * hidden + 8 * hidden) + 3 * batch * heads * max_len * max_len
+    out_rows = batch * (max_len if output_positions is None else output_positions)
+    logits = 3 * out_rows * n_items  # logits, softmax, gradient
+    return int(4 * (4 * params + layers * per_layer + logits + 4 * positions * hidden))
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes a training run may use on `device` (free GPU memory, or available RAM)."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    return int(psutil.virtual_memory().available)
+
+
+def plan_batch_size(batch: int, need: callable, device: torch.device, knobs: dict,
+                    available: int | None = None, progress: Progress | None = None) -> int:
+    """Largest batch <= `batch` (halving) whose `need(batch)` bytes fit; DataError naming the knobs
+    to turn when even batch 1 does not fit."""
+    budget = int(0.85 * (available if available is not None else available_memory(device)))
+    size = batch
+    while size > 1 and need(size) > budget:
+        size //= 2
+    if need(size) > budget:
+        now = ", ".join(f"{k}={v}" for k, v in knobs.items())
+        raise DataError(
+            f"training needs about {need(size) / 2**30:.1f} GiB even with batch_size=1, but only "
+            f"{budget / 2**30:.1f} GiB is available on {device.type}",
+            column="config",
+            hint=f"lower hidden or max_len (now {now}), use loss='sampled' for a large catalogue, "
+                 "or train on a bigger GPU",
+        )
+    if size < batch and progress is not None:
+        progress.update(0, 0, message=f"batch_size {batch} does not fit in memory; using {size}")
+    return size
+
+
+def is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+# ---- optimisation ------------------------------------------------------------------------------
+
+
+def make_optimizer(module: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with no decay on biases and LayerNorm weights (decaying them only hurts)."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def warmup_linear(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
+                  floor: float = 0.05) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the base lr, then linear decay to `floor` x base lr at `total_steps`."""
+    warmup_steps = max(1, warmup_steps)
+    total_steps = max(total_steps, warmup_steps + 1)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        done = (step - warmup_steps) / (total_steps - warmup_steps)
+        return max(floor, 1.0 - (1.0 - floor) * done)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass
+class EarlyStopping:
+    """Keeps the best weights (a CPU copy) and counts evaluations without improvement."""
+
+    patience: int
+    best: float = -math.inf
+    best_epoch: int = -1
+    bad: int = 0
+    best_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+    def update(self, value: float, epoch: int, module: nn.Module) -> bool:
+        if value > self.best:
+            self.best, self.best_epoch, self.bad = value, epoch, 0
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+            return True
+        self.bad += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.bad >= self.patience
+
+    def restore(self, module: nn.Module) -> None:
+        if self.best_state is not None:
+            module.load_state_dict(self.best_state)
+
+
+# ---- the loop ----------------------------------------------------------------------------------
+
+
+class TrainTask(Protocol):
+    """What a model gives the loop. Batches are arrays of example indices so the loop can split
+    one in two when the GPU runs out of memory."""
+
+    module: nn.Module
+
+    def n_batches(self, batch_size: int) -> int: ...
+
+    def epoch_batches(self, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]: ...
+
+    def loss(self, batch: np.ndarray, rng: np.random.Generator) -> torch.Tensor: ...
+
+    def validate(self) -> dict[str, float]: ...
+
+
+@dataclass
+class LoopConfig:
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_frac: float = 0.05
+    grad_clip: float = 5.0
+    patience: int = 5  # evaluations without improvement; 0 = never stop early
+    eval_every: int = 1  # epochs between validations
+    metric: str = "ndcg@10"
+    seed: int = 0
+    amp: bool = True
+    time_budget_s: float = 0.0  # 0 = unlimited; otherwise stop after the epoch that passes it
+    checkpoint_dir: str = ""
+    resume: bool = True
+    log_every: int = 5  # steps between progress updates
+
+
+@dataclass
+class LoopResult:
+    history: list[dict]
+    best_metric: float
+    best_epoch: int
+    epochs_run: int
+    stopped: str  # "epochs", "early_stop", "time_budget", "cancelled"
+    batch_size: int
+    steps: int
+    train_seconds: float
+
+
+class _Run:
+    """Mutable state of one training run (what a checkpoint holds)."""
+
+    def __init__(self, task: TrainTask, cfg: LoopConfig, device: torch.device) -> None:
+        self.task, self.cfg, self.device = task, cfg, device
+        self.batch_size = cfg.batch_size
+        self.optimizer = make_optimizer(task.module, cfg.lr, cfg.weight_decay)
+        total = cfg.epochs * task.n_batches(cfg.batch_size)
+        self.scheduler = warmup_linear(self.optimizer, int(cfg.warmup_frac * total), total)
+        self.dtype = amp_dtype(device, cfg.amp)
+        self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
+        self.stopper = EarlyStopping(cfg.patience)
+        self.epoch = 0  # next epoch to run
+        self.step = 0
+        self.history: list[dict] = []
+        self.train_seconds = 0.0
+
+
+def train(task: TrainTask, cfg: LoopConfig, device: torch.device, progress: Progress | None = None) -> LoopResult:
+    """Run epochs until done, early-stopped, out of time or cancelled; the module ends holding the
+    best validated weights (or the latest ones when nothing was validated)."""
+    progress = progress or Progress()
+    configure_backends(device)
+    run = _Run(task, cfg, device)
+    if cfg.checkpoint_dir and cfg.resume and checkpoint_exists(cfg.checkpoint_dir):
+        load_checkpoint(cfg.checkpoint_dir, run)
+        progress.update(run.step, 0, epoch=run.epoch, message=f"resumed from checkpoint at epoch {run.epoch}")
+    stopped = "epochs"
+    total_steps = cfg.epochs * task.n_batches(run.batch_size)
+    while run.epoch < cfg.epochs:
+        started = time.perf_counter()
+        loss = _train_epoch(run, progress, total_steps)
+        run.train_seconds += time.perf_counter() - started
+        if loss is None:
+            stopped = "cancelled"
+            break
+        stopped = _end_of_epoch(run, loss, progress, total_steps) or stopped
+        if stopped != "epochs":
+            break
+    if stopped in ("epochs", "time_budget") and run.history and "metrics" not in run.history[-1]:
+        # The last weights were never validated (eval_every > 1), so they never competed.
+        _validate(run, progress, total_steps, loss=run.history[-1]["loss"])
+    run.stopper.restore(task.module)
+    return LoopResult(run.history, run.stopper.best, run.stopper.best_epoch, run.epoch, stopped,
+                      run.batch_size, run.step, run.train_seconds)
+
+
+def _train_epoch(run: _Run, progress: Progress, total_steps: int) -> float | None:
+    """One pass; returns the mean loss, or None when cancelled."""
+    seed = epoch_seed(run.cfg.seed, run.epoch)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    run.task.module.train()
+    queue = deque(run.task.epoch_batches(run.batch_size, rng))
+    losses: list[float] = []
+    while queue:
+        if progress.cancelled:
+            return None
+        batch = queue.popleft()
+        try:
+            losses.append(_step(run, batch, rng))
+        except (torch.OutOfMemoryError, RuntimeError) as err:
+            if not is_oom(err) or len(batch) <= 1:
+                raise
+            _back_off(run, batch, queue, progress)
+            continue
+        run.step += 1
+        if run.step % run.cfg.log_every == 0 or not queue:
+            progress.update(run.step, total_steps, epoch=run.epoch + 1, loss=float(np.mean(losses[-20:])))
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def _step(run: _Run, batch: np.ndarray, rng: np.random.Generator) -> float:
+    optimizer = run.optimizer
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(run.device, run.dtype):
+        loss = run.task.loss(batch, rng)
+    if run.scaler is not None:
+        run.scaler.scale(loss).backward()
+        run.scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if run.cfg.grad_clip > 0:
+        nn.utils.clip_grad_norm_(run.task.module.parameters(), run.cfg.grad_clip)
+    if run.scaler is not None:
+        run.scaler.step(optimizer)
+        run.scaler.update()
+    else:
+        optimizer.step()
+    run.scheduler.step()
+    return float(loss.detach())
+
+
+def _back_off(run: _Run, batch: np.ndarray, queue: deque, progress: Progress) -> None:
+    """Out of GPU memory: halve the batch size, requeue the failed batch in halves, go on."""
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.device.type == "cuda":
+        torch.cuda.empty_cache()
+    run.batch_size = max(1, min(run.batch_size, len(batch)) // 2)
+    for start in range(len(batch) - run.batch_size, -1, -run.batch_size):
+        queue.appendleft(batch[start:start + run.batch_size])
+    rest = len(batch) % run.batch_size
+    if rest:
+        queue.appendleft(batch[:rest])
+    progress.update(run.step, 0, epoch=run.epoch + 1,
+                    message=f"out of {run.device.type} memory: batch_size halved to {run.batch_size}")
+
+
+def _end_of_epoch(run: _Run, loss: float, progress: Progress, total_steps: int) -> str | None:
+    run.epoch += 1
+    cfg = run.cfg
+    record = {"epoch": run.epoch, "loss": loss, "train_seconds": round(run.train_seconds, 3), "step": run.step}
+    run.history.append(record)
+    if run.epoch % max(1, cfg.eval_every) == 0 or run.epoch == cfg.epochs:
+        _validate(run, progress, total_steps, loss)
+    if cfg.checkpoint_dir:
+        save_checkpoint(cfg.checkpoint_dir, run)
+    if run.stopper.should_stop:
+        return "early_stop"
+    if cfg.time_budget_s and run.train_seconds >= cfg.time_budget_s:
+        return "time_budget"
+    return None
+
+
+def _validate(run: _Run, progress: Progress, total_steps: int, loss: float | None) -> None:
+    metrics = run.task.validate()
+    if not metrics:
+        return
+    run.history[-1]["metrics"] = metrics
+    value = metrics.get(run.cfg.metric)
+    if value is not None and math.isfinite(value):
+        run.stopper.update(float(value), run.epoch, run.task.module)
+    progress.update(run.step, total_steps, epoch=run.epoch, loss=loss, metrics=dict(metrics),
+                    message=f"epoch {run.epoch}: {run.cfg.metric}={value:.4f} (best {run.stopper.best:.4f})"
+                    if value is not None else f"epoch {run.epoch}")
+
+
+# ---- checkpoints (safetensors + JSON, never pickle) --------------------------------------------
+
+_CKPT_TENSORS, _CKPT_META = "checkpoint.safetensors", "checkpoint.json"
+
+
+def checkpoint_exists(directory: str | Path) -> bool:
+    d = Path(directory)
+    return (d / _CKPT_TENSORS).is_file() and (d / _CKPT_META).is_file()
+
+
+def save_checkpoint(directory: str | Path, run: _Run) -> None:
+    """Everything needed to continue exactly: weights, best weights, Adam moments, schedule, counters."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v for k, v in run.task.module.state_dict().items()}
+    if run.stopper.best_state is not None:
+        tensors.update({f"best.{k}": v for k, v in run.stopper.best_state.items()})
+    opt = run.optimizer.state_dict()
+    for idx, state in opt["state"].items():
+        for name, value in state.items():
+            tensors[f"opt.{idx}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    meta = {
+        "epoch": run.epoch, "step": run.step, "batch_size": run.batch_size, "train_seconds": run.train_seconds,
+        "history": run.history, "param_groups": opt["param_groups"], "scheduler": run.scheduler.state_dict(),
+        "stopper": {"best": run.stopper.best, "best_epoch": run.stopper.best_epoch, "bad": run.stopper.bad},
+        "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+    }
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    # Write then rename, so a crash mid-save never leaves a torn checkpoint behind.
+    save_file(tensors, str(d / (_CKPT_TENSORS + ".tmp")))
+    (d / (_CKPT_META + ".tmp")).write_text(json.dumps(meta, default=_json_default))
+    os.replace(d / (_CKPT_TENSORS + ".tmp"), d / _CKPT_TENSORS)
+    os.replace(d / (_CKPT_META + ".tmp"), d / _CKPT_META)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def load_checkpoint(directory: str | Path, run: _Run) -> None:
+    d = Path(directory)
+    try:
+        meta = json.loads((d / _CKPT_META).read_text())
+        tensors = load_file(str(d / _CKPT_TENSORS))
+    except (OSError, ValueError) as err:
+        raise DataError(f"checkpoint is unreadable ({err})", file=str(d),
+                        hint="delete the checkpoint folder to start training from scratch") from err
+    module = run.task.module
+    try:
+        module.load_state_dict(_strip(tensors, "model."))
+    except RuntimeError as err:
+        raise DataError("checkpoint does not match this model (different catalogue or sizes)", file=str(d),
+                        hint="delete the checkpoint folder or set resume=False") from err
+    best = _strip(tensors, "best.")
+    run.stopper.best_state = best or None
+    run.stopper.best, run.stopper.best_epoch, run.stopper.bad = (meta["stopper"][k] for k in ("best", "best_epoch",
+                                                                                              "bad"))
+    state: dict[int, dict] = {}
+    for key, value in _strip(tensors, "opt.").items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value
+    groups = meta["param_groups"]
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    run.optimizer.load_state_dict({"state": state, "param_groups": groups})
+    run.scheduler.load_state_dict(meta["scheduler"])
+    if run.scaler is not None and meta.get("scaler"):
+        run.scaler.load_state_dict(meta["scaler"])
+    run.epoch, run.step, run.batch_size = meta["epoch"], meta["step"], meta["batch_size"]
+    run.train_seconds, run.history = meta["train_seconds"], meta["history"]
+
+
+def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+# ---- chunked inference ---------------------------------------------------------------------------
+
+
+def score_chunk_rows(n_items: int, requested: int, budget_bytes: int = 256 * 2**20) -> int:
+    """Rows of full-catalogue float32 scores per chunk, so one chunk stays under `budget_bytes`."""
+    return max(1, min(requested, budget_bytes // max(1, 4 * n_items)))
+
+
+def chunks(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
