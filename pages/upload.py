@@ -1,0 +1,107 @@
+"""Upload handling for the Data page, driven by bytes so tests can call it without a browser.
+
+No Streamlit here: the page passes what the widgets hold, this module calls the engine and the
+workspace. Any bad input surfaces as a `DataError` and leaves the workspace untouched (the
+dataset is saved only after the whole load succeeded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+from recsys_core.data import (
+    DUPLICATE_POLICIES,
+    LoadOptions,
+    LoadReport,
+    RawTable,
+    infer_mapping,
+    load_dataset,
+    mapping_candidates,
+    read_table,
+)
+from recsys_core.data.errors import DataError
+from recsys_core.registry import NAME_RULE, DatasetRecord, Workspace, safe_name, validate_name
+
+__all__ = ["DEDUP_LABELS", "DUPLICATE_POLICIES", "INTERACTION_TYPES", "ITEM_TYPES", "NAME_HELP", "NONE", "ROLES",
+           "UploadResult", "column_label", "default_mapping", "ingest", "make_options", "preview", "safe_name"]
+
+NONE = "(none)"  # selectbox entry for an optional column the file does not have
+ROLES = ("user", "item", "rating", "timestamp")
+OPTIONAL_ROLES = ("rating", "timestamp")
+# Extensions offered by the uploaders (what `read_table` / `read_items` understand).
+INTERACTION_TYPES = ["csv", "tsv", "txt", "dat", "data", "base", "test", "parquet", "pq", "jsonl", "ndjson", "json",
+                     "zip"]
+ITEM_TYPES = ["csv", "tsv", "txt", "dat", "item", "parquet", "pq", "jsonl", "ndjson", "json", "zip"]
+DEDUP_LABELS = {
+    "keep_last": "Keep the latest of each pair",
+    "keep_first": "Keep the earliest of each pair",
+    "keep_all": "Keep all (repeat interactions)",
+    "error": "Refuse the file",
+}
+NAME_HELP = f"Name in the workspace ({NAME_RULE}). Saving under an existing name replaces that dataset."
+
+
+def preview(data: bytes, filename: str) -> RawTable:
+    """Parse the uploaded bytes (format, delimiter, header and encoding are detected)."""
+    return read_table(data, filename)
+
+
+def column_label(column: Hashable) -> str:
+    """How a column is shown: headerless files have integer columns, shown 1-based."""
+    if column == NONE:
+        return NONE
+    return f"column {column + 1}" if isinstance(column, int) else str(column)
+
+
+def default_mapping(raw: RawTable) -> tuple[dict[str, Hashable], DataError | None]:
+    """Auto-detected column per role (NONE for absent optional roles) and the detection problem, if any.
+
+    When detection fails (e.g. two columns could both be the user), each role gets its best-ranked
+    candidate so the user corrects a proposal instead of facing an empty form.
+    """
+    try:
+        m = infer_mapping(raw.frame, file=raw.file)
+    except DataError as err:
+        cands = mapping_candidates(raw.frame)
+        first = {role: (cands.get(role) or [NONE])[0] for role in ("user", "item")}
+        return {**first, "rating": NONE, "timestamp": NONE}, err
+    found = m.as_dict()
+    return {role: NONE if found[role] is None else found[role] for role in ROLES}, None
+
+
+def make_options(implicit_threshold: float | None, min_user: int, min_item: int, duplicates: str) -> LoadOptions:
+    return LoadOptions(implicit_threshold=implicit_threshold, min_user_interactions=int(min_user),
+                       min_item_interactions=int(min_item), duplicates=duplicates)
+
+
+@dataclass
+class UploadResult:
+    record: DatasetRecord
+    report: LoadReport
+
+
+def ingest(
+    ws: Workspace,
+    data: bytes,
+    filename: str,
+    *,
+    mapping: dict[str, Hashable] | None = None,
+    items: bytes | None = None,
+    items_filename: str | None = None,
+    options: LoadOptions | None = None,
+    name: str | None = None,
+) -> UploadResult:
+    """Load, validate and save an uploaded interactions file (plus optional item metadata).
+
+    `mapping` is role -> column as chosen in the form (NONE for an unmapped optional role); None
+    lets the engine detect it. Raises DataError (nothing saved) on any problem with the files, the
+    mapping, the options or the name.
+    """
+    name = validate_name(name.strip()) if name and name.strip() else safe_name(filename)
+    if mapping is not None:
+        mapping = {role: None if mapping.get(role, NONE) == NONE else mapping[role] for role in ROLES}
+    ds, report = load_dataset(data, filename, mapping=mapping, items=items, items_filename=items_filename,
+                              options=options or LoadOptions(), name=name)
+    record = ws.save_dataset(ds, name=name, source_file=filename)
+    return UploadResult(record, report)
