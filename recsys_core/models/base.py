@@ -66,6 +66,9 @@ class Recommender(ABC):
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Inverse of `state_tensors` (config and catalogue already restored)."""
 
+    def read_extra_files(self, directory: Path) -> None:
+        """Read files a family saves beside model.safetensors (default: none); `load_model` calls it first."""
+
     def _remember_catalogue(self, dataset: Dataset) -> None:
         self.n_items_ = dataset.n_items
         self.item_ids_ = [str(i) for i in dataset.item_ids]
@@ -121,5 +124,6 @@ def load_model(directory: str | Path) -> Recommender:
     model.item_ids_ = [str(i) for i in item_ids]
     if len(model.item_ids_) != model.n_items_:
         raise DataError("item_ids.json does not match n_items in config.json", file=str(d))
+    model.read_extra_files(d)
     model.load_state_tensors(load_file(str(d / "model.safetensors")))
     return model

