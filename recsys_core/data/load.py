@@ -150,7 +150,7 @@ def _dedupe(raw: RawTable, frame: pd.DataFrame, users: np.ndarray, items: np.nda
 def _check_left(raw: RawTable, users: np.ndarray, items: np.ndarray, options: LoadOptions,
                 report: LoadReport) -> None:
     """Refuse data too small to train on or to split, saying which filter caused it."""
-    what = "; ".join(report.findings[-2:])
+    what = "; ".join(f for f in report.findings if f.startswith(("implicit threshold", "k-core", "dropped")))
     if len(users) == 0:
         raise DataError("no interactions are left after filtering" + (f" ({what})" if what else ""), file=raw.file,
                         hint="lower the implicit threshold or the k-core minimums")

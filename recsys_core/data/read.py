@@ -162,6 +162,9 @@ def _read_delimited(blob: Blob, data: bytes, layout: TextLayout, *, forced_encod
     try:
         table, bad = _arrow_csv(parsed, layout, delim, quote, encoding)
     except pa.ArrowInvalid as err:
+        if "Could not skip" in str(err):  # the header is the only line
+            raise DataError("the file has a header but no data rows", file=blob.name, line=2,
+                            hint="add interactions below the header line") from err
         if "UTF8" not in str(err) or forced_encoding or encoding != "utf-8":
             raise _parse_error(blob, err) from err
         encoding = "latin-1"  # valid UTF-8 at the start, not further down: fall back for the whole file
