@@ -86,6 +86,35 @@ def test_multiple_targets() -> None:
     assert _one(m, "ndcg@5") == pytest.approx((1 / math.log2(3) + 1 / math.log2(6)) / (1 + 1 / math.log2(3)))
 
 
+def _brute_force(scores: np.ndarray, targets: list[np.ndarray], exclude: list[np.ndarray], k: int) -> dict:
+    """Metrics straight from the definitions, one user and one target at a time."""
+    out: dict[str, list[float]] = {"hr": [], "recall": [], "ndcg": [], "mrr": []}
+    for row, tgt, exc in zip(scores, targets, exclude):
+        candidates = [j for j in range(len(row)) if j in set(tgt) or j not in set(exc)]
+        ranks = [sum(1 for j in candidates if j != t and row[j] >= row[t]) + 1 for t in tgt]
+        hits = [r for r in ranks if r <= k]
+        ideal = sum(1 / math.log2(i + 2) for i in range(min(k, len(tgt))))
+        out["hr"].append(float(bool(hits)))
+        out["recall"].append(len(hits) / min(k, len(tgt)))
+        out["ndcg"].append(sum(1 / math.log2(r + 1) for r in hits) / ideal)
+        out["mrr"].append(1 / min(ranks) if min(ranks) <= k else 0.0)
+    return out
+
+
+@pytest.mark.parametrize("max_targets", [3, 40])  # few targets take the comparison path, many the sort path
+def test_multi_target_metrics_match_brute_force_with_ties(max_targets: int) -> None:
+    rng = np.random.default_rng(max_targets)
+    n_users, n_items = 25, 60
+    scores = rng.integers(0, 8, (n_users, n_items)).astype(np.float32)  # many ties
+    targets = [rng.choice(n_items, rng.integers(1, max_targets + 1), replace=False) for _ in range(n_users)]
+    exclude = [rng.choice(n_items, 10, replace=False) for _ in range(n_users)]  # may overlap targets
+    ours = rank_metrics(torch.from_numpy(scores), targets, exclude, ks=(5, 20))
+    for k in (5, 20):
+        expected = _brute_force(scores, targets, exclude, k)
+        for name, values in expected.items():
+            np.testing.assert_allclose(ours[f"{name}@{k}"].numpy(), values, atol=1e-9, err_msg=f"{name}@{k}")
+
+
 def test_recall_divides_by_min_of_k_and_targets() -> None:
     scores = torch.tensor([[5.0, 4.0, 3.0, 2.0]])
     m = rank_metrics(scores, [np.array([0, 1, 2])], ks=(2,))
