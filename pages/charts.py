@@ -51,9 +51,11 @@ def long_tail_figure(frame: pd.DataFrame, entity: str) -> go.Figure:
     fig = go.Figure(go.Scatter(x=frame["rank"], y=frame["count"], mode="lines+markers",
                                  marker={"size": 3}, customdata=custom,
                                  hovertemplate=hover + "<extra></extra>"))
-    fig.update_layout(title=f"Interactions per {entity} (long tail)", **_LAYOUT)
-    fig.update_xaxes(type="log", title_text=f"{entity.capitalize()} rank (most active first, log scale)")
-    fig.update_yaxes(type="log", title_text="Interactions (log scale)")
+    # hovermode "x": a point is found by moving along the curve, no need to hit a 3-pixel marker.
+    fig.update_layout(title=f"Interactions per {entity} (long tail)", hovermode="x", **_LAYOUT)
+    # dtick=1 labels powers of ten only; plotly's default also labels 2 and 5 in every decade.
+    fig.update_xaxes(type="log", dtick=1, title_text=f"{entity.capitalize()} rank (most active first, log scale)")
+    fig.update_yaxes(type="log", dtick=1, title_text="Interactions (log scale)")
     return fig
 
 

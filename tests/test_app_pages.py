@@ -167,6 +167,23 @@ def test_overriding_the_mapping_changes_what_is_loaded(ws_root: Path) -> None:
     assert any("no ratings" in i.value for i in at.info)
 
 
+def test_item_metadata_and_kcore_options_reach_the_dataset(ws_root: Path) -> None:
+    data, *_ = _tiny_csv()
+    titles = pd.DataFrame({"item_id": [f"item{i}" for i in range(17)], "title": [f"Film {i}" for i in range(17)]})
+    at = _open("pages/data.py")
+    at.file_uploader(key="data_file").set_value(("ratings.csv", data, "text/csv"))
+    at.file_uploader(key="data_items_file").set_value(("items.csv", titles.to_csv(index=False).encode(), "text/csv"))
+    at.run()
+    at.number_input(key="data_min_user").set_value(4).run()
+    at.button(key="data_load").click().run()
+    assert not at.error, _errors(at)
+    report = _texts(at)
+    assert "k-core" in report and "item metadata" in report
+    ds = Workspace(ws_root).load_dataset("ratings")
+    assert np.diff(ds.indptr).min() >= 4  # users below the k-core minimum are gone
+    assert ds.title(0).startswith("Film ")
+
+
 def test_unreadable_upload_shows_error_and_saves_nothing(ws_root: Path) -> None:
     at = _open("pages/data.py")
     at.file_uploader(key="data_file").set_value(("broken.parquet", b"not parquet at all\n" * 10,
@@ -174,7 +191,15 @@ def test_unreadable_upload_shows_error_and_saves_nothing(ws_root: Path) -> None:
     assert not at.exception, at.exception
     assert "broken.parquet" in _errors(at)
     assert "Traceback" not in _errors(at)
+    assert all(b.key != "data_load" for b in at.button)  # an unreadable file offers nothing to load
     assert [r.name for r in Workspace(ws_root).list_datasets()] == [DEMO_NAME]
+
+
+def test_user_text_in_messages_is_escaped(ws_root: Path) -> None:
+    at = _open("pages/data.py")
+    at.file_uploader(key="data_file").set_value(("*x*<b>.parquet", b"junk" * 50, "application/octet-stream")).run()
+    raw = "\n".join(e.value for e in at.error)
+    assert "\\*x\\*\\<b\\>" in raw  # shown literally: no emphasis, no HTML tag
 
 
 def test_invalid_load_shows_hint_and_leaves_workspace_unchanged(ws_root: Path) -> None:

@@ -49,6 +49,8 @@ def test_upload_csv_then_bad_file_in_browser(tmp_path: Path) -> None:
     chromium = chromium_path()
     from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=TIMEOUT_MS)
+
     good = tmp_path / "my_ratings.csv"
     n_users, n_items, n_rows = _movietweetings_style_csv(good)
     bad = tmp_path / "broken.parquet"
@@ -60,6 +62,7 @@ def test_upload_csv_then_bad_file_in_browser(tmp_path: Path) -> None:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(TIMEOUT_MS)
             page.goto(url)
+            active = page.get_by_role("combobox", name="Active dataset")
             # Zero clicks: the home page already shows the demo dataset.
             expect(page.get_by_role("heading", name="RecSys Explorer")).to_be_visible()
             expect(page.get_by_text(DEMO_NAME).first).to_be_visible()
@@ -80,7 +83,7 @@ def test_upload_csv_then_bad_file_in_browser(tmp_path: Path) -> None:
             expect(chart).to_be_visible()
             expect(chart).to_contain_text("User rank")
             expect(page.locator(".st-key-chart_activity .js-plotly-plot")).to_be_visible()
-            expect(page.locator(".st-key-sidebar_dataset")).to_contain_text("my_ratings")
+            expect(active).to_match_aria_snapshot('- combobox "Active dataset": my_ratings')
             _shot(page, "2_data_loaded")
 
             page.locator(".st-key-data_file input[type='file']").set_input_files(str(bad))
@@ -88,8 +91,9 @@ def test_upload_csv_then_bad_file_in_browser(tmp_path: Path) -> None:
             expect(error).to_be_visible()
             expect(error).to_contain_text("broken.parquet")
             expect(page.get_by_text("Traceback")).to_have_count(0)
+            error.scroll_into_view_if_needed()
             # The failed upload changed nothing: the loaded dataset is still the active one.
-            expect(page.locator(".st-key-sidebar_dataset")).to_contain_text("my_ratings")
+            expect(active).to_match_aria_snapshot('- combobox "Active dataset": my_ratings')
             _shot(page, "3_bad_file")
         finally:
             browser.close()
