@@ -24,4 +24,8 @@ PAGES: tuple[PageSpec, ...] = (
     PageSpec("pages/home.py", "Home", ":material/home:", "What the app does and where to go next.", default=True),
     PageSpec("pages/data.py", "Data", ":material/table_chart:",
              "Upload interactions, map columns, check the validation report and the statistics."),
+    PageSpec("pages/train.py", "Train", ":material/model_training:",
+             "Train BERT4Rec, SASRec+, the text tower or a baseline with live progress, or load a saved model."),
+    PageSpec("pages/compare.py", "Compare", ":material/leaderboard:",
+             "Leaderboard of runs on full-ranking metrics, and which users each model serves best."),
 )

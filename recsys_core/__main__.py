@@ -76,7 +76,7 @@ def cmd_train(args) -> dict:
 
 
 def cmd_evaluate(args) -> dict:
-    from recsys_core.evaluate import evaluate
+    from recsys_core.evaluate import evaluate, train_popularity
     from recsys_core.experiment import make_split
     from recsys_core.models.base import load_model
 
@@ -84,9 +84,8 @@ def cmd_evaluate(args) -> dict:
     ds = resolve_dataset(args.dataset, _workspace(args), args.items)
     _check_catalogue(model, ds)
     split = make_split(ds, args.split)
-    popularity = np.bincount(np.concatenate(split.train), minlength=ds.n_items)
     return {"model": model.family, "dataset": ds.name, "split": split.kind,
-            "metrics": evaluate(model, split.test, item_popularity=popularity)}
+            "metrics": evaluate(model, split.test, item_popularity=train_popularity(split))}
 
 
 def cmd_recommend(args) -> dict:

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.errors import DataError
 from recsys_core.data.splits import Split, leave_one_out, temporal_split
@@ -129,7 +127,7 @@ def run_experiment(
     dataset_name: str | None = None,
 ) -> RunResult:
     """Train `family` on `ds`, evaluate on the test split, and (with a workspace) save and record it."""
-    from recsys_core.evaluate import evaluate
+    from recsys_core.evaluate import evaluate, train_popularity
 
     model = make_model(family, overrides)
     split = split or make_split(ds, split_kind)
@@ -138,8 +136,7 @@ def run_experiment(
     model.fit(ds, progress=progress, split=split)
     train_s = time.perf_counter() - start
     status = "cancelled" if progress.cancelled else "finished"
-    popularity = np.bincount(np.concatenate(split.train) if split.train else [], minlength=ds.n_items)
-    metrics = evaluate(model, split.test, item_popularity=popularity)
+    metrics = evaluate(model, split.test, item_popularity=train_popularity(split))
     result = RunResult(family, model, metrics, train_s, _device_of(model), status)
     if workspace is not None:
         _record(result, workspace, dataset_name or ds.name, split.kind)

@@ -1,0 +1,65 @@
+"""Compare: a leaderboard of runs on the active dataset and split, and where each model wins."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from pages.common import active_record, load_dataset, md_escape, workspace
+from pages.model_state import cached_model, run_label, runs_frame
+from recsys_core.compare import per_user_metrics, segment_breakdown
+from recsys_core.experiment import make_split
+
+st.title("Compare")
+record = active_record()
+runs = [r for r in workspace().list_runs(dataset=record.name) if r.metrics and r.artifact_dir]
+if not runs:
+    st.info("No evaluated runs on this dataset yet. Train a few models on the Train page "
+            "(EASE and popularity take seconds), then come back.")
+    st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+    st.stop()
+
+split_kind = st.selectbox("Split", sorted({r.split for r in runs}), key="compare_split",
+                          help="Only runs evaluated on the same split are comparable.")
+runs = [r for r in runs if r.split == split_kind]
+metric = st.selectbox("Metric", ["ndcg@10", "hr@10", "recall@20", "mrr@10", "ndcg@20"], key="compare_metric")
+
+table = runs_frame(runs).sort_values("NDCG@10", ascending=False)
+st.subheader("Leaderboard")
+st.caption(f"Dataset **{md_escape(record.name)}**, split {split_kind}; full ranking over all items, "
+           "the user's seen items excluded, ties ranked pessimistically.")
+st.dataframe(table, hide_index=True, key="compare_table")
+
+bars = pd.DataFrame({"run": [run_label(r) for r in runs], "model": [r.model for r in runs],
+                     metric: [r.metrics.get(metric) for r in runs], "train s": [r.wall_s for r in runs]})
+bars = bars.sort_values(metric, ascending=False)
+fig = px.bar(bars, x="run", y=metric, color="model", hover_data={"train s": ":.1f", metric: ":.4f"},
+             title=f"{metric.upper()} by run (test split)")
+fig.update_layout(xaxis_title="Run", yaxis_title=metric.upper(), height=380)
+st.plotly_chart(fig, key="compare_bar")
+
+
+@st.cache_data(show_spinner="Evaluating per user...", max_entries=32)
+def _per_user(artifact_dir: str, dataset_version: str, split_kind: str) -> pd.DataFrame:
+    ds = load_dataset(record)
+    return per_user_metrics(cached_model(artifact_dir), make_split(ds, split_kind))
+
+
+st.subheader("Where each model wins")
+best_per_model = list({r.model: r for r in sorted(runs, key=lambda r: r.metrics.get("ndcg@10", 0))}.values())
+chosen = st.multiselect("Runs to break down", runs, default=best_per_model[-4:], format_func=run_label,
+                        key="compare_segments_runs")
+if chosen:
+    version = f"{record.name}|{record.created_at}"
+    frames = {run_label(r): _per_user(r.artifact_dir, version, split_kind) for r in chosen}
+    seg_metric = metric if metric in next(iter(frames.values())).columns else "ndcg@10"
+    breakdown = segment_breakdown(frames, seg_metric)
+    for kind, title in (("history segment", "by history length (items before the test item)"),
+                        ("target popularity", "by popularity of the held-out item")):
+        part = breakdown[breakdown["kind"] == kind]
+        fig = px.bar(part, x="segment", y=seg_metric, color="model", barmode="group", hover_data=["users"],
+                     title=f"{seg_metric.upper()} {title}")
+        fig.update_layout(xaxis_title=kind.capitalize(), yaxis_title=seg_metric.upper(), height=360)
+        st.plotly_chart(fig, key=f"compare_{kind.replace(' ', '_')}")
+    st.caption("Users per segment are in the hover text; segments with few users are noisy.")

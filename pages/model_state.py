@@ -1,0 +1,101 @@
+"""UI helpers for trained models: cached loading, the active model, hyperparameter forms, run labels.
+
+Models are loaded once per artifact folder (`st.cache_resource`); the active model of a session is
+the run id (or uploaded folder) stored in `st.session_state`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+import pandas as pd
+import streamlit as st
+
+from recsys_core.experiment import config_fields, families
+from recsys_core.models.base import Recommender, load_model
+
+ACTIVE_MODEL_KEY = "active_model_dir"  # artifact folder of the model the Recommend/Explain pages use
+
+# What each family is, in one line, for the model picker.
+FAMILY_BLURBS = {
+    "bert4rec": "BERT4Rec: bidirectional transformer trained by masked-item prediction",
+    "sasrec": "SASRec+: causal transformer, next-item prediction with full cross-entropy",
+    "hybrid": "Hybrid: BERT4Rec with item embeddings fused with pretrained text vectors",
+    "text_tower": "Text tower: pretrained sentence-BERT (MiniLM) over item text, zero-shot or fine-tuned",
+    "ease": "EASE: closed-form linear item-item autoencoder (strong baseline)",
+    "itemknn": "Item-kNN: cosine item similarity with shrinkage (baseline)",
+    "popularity": "Popularity: most-interacted items (yardstick)",
+}
+_ORDER = ["bert4rec", "sasrec", "hybrid", "text_tower", "ease", "itemknn", "popularity"]
+
+
+def family_options() -> list[str]:
+    known = families()
+    return [f for f in _ORDER if f in known] + [f for f in known if f not in _ORDER]
+
+
+@st.cache_resource(show_spinner="Loading model...", max_entries=6)
+def cached_model(artifact_dir: str) -> Recommender:
+    """A saved model, loaded once per folder and shared by every session."""
+    return load_model(artifact_dir)
+
+
+def _help(field: dataclasses.Field) -> str | None:
+    return field.metadata.get("help") if field.metadata else None
+
+
+def config_form(family: str, key_prefix: str) -> dict[str, typing.Any]:
+    """Widgets for every hyperparameter of `family`, defaults pre-filled; returns the values changed."""
+    changed = {}
+    fields = [f for f in config_fields(family) if not f.name.startswith("_")]
+    defaults = _defaults(family)
+    cols = st.columns(3)
+    for i, field in enumerate(fields):
+        default = defaults[field.name]
+        key = f"{key_prefix}_{family}_{field.name}"
+        with cols[i % 3]:
+            value = _widget(field.name, default, key, _help(field))
+        if value != default:
+            changed[field.name] = value
+    return changed
+
+
+def _defaults(family: str) -> dict[str, typing.Any]:
+    from recsys_core.models.base import FAMILIES
+
+    return dataclasses.asdict(FAMILIES[family].config_class())
+
+
+def _widget(name: str, default: typing.Any, key: str, help_: str | None) -> typing.Any:
+    label = name.replace("_", " ")
+    if isinstance(default, bool):
+        return st.checkbox(label, value=default, key=key, help=help_)
+    if isinstance(default, int):
+        return int(st.number_input(label, value=default, step=1, key=key, help=help_))
+    if isinstance(default, float):
+        return float(st.number_input(label, value=default, format="%g", key=key, help=help_))
+    if isinstance(default, str) or default is None:
+        text = st.text_input(label, value="" if default is None else default, key=key, help=help_)
+        return None if default is None and text == "" else text
+    return default  # tuples/lists are not edited in the form; the CLI's --set can change them
+
+
+def runs_frame(runs: list) -> pd.DataFrame:
+    """Runs as a leaderboard table: one row per run, the headline metrics as columns."""
+    rows = []
+    for r in runs:
+        m = r.metrics or {}
+        rows.append({
+            "run": r.id, "model": r.model, "status": r.status, "split": r.split,
+            "NDCG@10": m.get("ndcg@10"), "HR@10": m.get("hr@10"), "Recall@20": m.get("recall@20"),
+            "MRR@10": m.get("mrr@10"), "coverage@10": m.get("coverage@10"), "pop. bias@10": m.get("pop_bias@10"),
+            "train s": round(r.wall_s or 0.0, 1), "device": r.device, "created (UTC)": r.created_at[:19],
+        })
+    return pd.DataFrame(rows)
+
+
+def run_label(run) -> str:
+    ndcg = (run.metrics or {}).get("ndcg@10")
+    score = f" · NDCG@10 {ndcg:.4f}" if isinstance(ndcg, (int, float)) else ""
+    return f"#{run.id} {run.model}{score} ({run.status})"
