@@ -212,3 +212,20 @@ def test_report_reads_as_text() -> None:
     assert "r.csv: CSV, delimiter ',', with header, utf-8, 8 rows" in text
     assert "columns: user='user', item='item', rating='rating', timestamp='timestamp'" in text
     assert "rows read: 8, kept: 6" in text
+
+
+def test_parquet_datetime_column_and_uploaded_file_object() -> None:
+    frame = pd.DataFrame({"customer_id": ["c1"] * 3 + ["c2"] * 3, "product_id": ["p1", "p2", "p3"] * 2,
+                          "purchased_at": pd.to_datetime(["2020-01-01 00:00:10"] * 6, utc=True)
+                          + pd.to_timedelta(range(6), unit="s")})
+    buf = io.BytesIO()
+    frame.to_parquet(buf)
+
+    class Upload(io.BytesIO):  # what Streamlit's file_uploader hands over: bytes with a name
+        name = "orders.parquet"
+
+    ds, report = load_dataset(Upload(buf.getvalue()))
+    assert report.mapping == {"user": "customer_id", "item": "product_id", "rating": None,
+                              "timestamp": "purchased_at"}
+    assert ds.interactions["timestamp"].tolist() == [1577836810 + k for k in range(6)]
+    assert ds.name == "orders"

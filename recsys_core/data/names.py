@@ -23,7 +23,7 @@ _TAIL_WORDS: dict[str, set[str]] = {
     "user": {"user", "customer", "visitor", "reader", "member", "client", "account"},
     "item": {"item", "movie", "product", "book", "track", "song", "artist", "article"},
     "rating": {"rating", "score", "weight", "stars"},
-    "timestamp": {"timestamp", "time", "date", "datetime", "ts"},
+    "timestamp": {"timestamp", "time", "date", "datetime", "ts", "at"},  # "at": created_at, purchased_at
 }
 # Spelled as people write them, for messages.
 EXAMPLE_NAMES = {
