@@ -86,9 +86,9 @@ def _options_form():
 def _load_section() -> None:
     st.subheader("Load a file")
     file = st.file_uploader("Interactions file (CSV, TSV, Parquet, JSONL, MovieLens .dat / u.data, or a .zip)",
-                            type=upload.INTERACTION_TYPES, key="data_file")
+                            type=upload.INTERACTION_TYPES, key="data_file", max_upload_size=upload.MAX_UPLOAD_MB)
     items_file = st.file_uploader("Item metadata (optional: id, title, genres...)", type=upload.ITEM_TYPES,
-                                  key="data_items_file")
+                                  key="data_items_file", max_upload_size=upload.MAX_UPLOAD_MB)
     if file is None:
         st.caption("No file yet: the statistics below are for the active dataset.")
         return

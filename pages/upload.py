@@ -11,6 +11,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 
 from recsys_core.data import (
+    DEFAULT_MAX_BYTES,
     DUPLICATE_POLICIES,
     LoadOptions,
     LoadReport,
@@ -23,7 +24,7 @@ from recsys_core.data import (
 from recsys_core.data.errors import DataError
 from recsys_core.registry import NAME_RULE, DatasetRecord, Workspace, safe_name, validate_name
 
-__all__ = ["DEDUP_LABELS", "DUPLICATE_POLICIES", "INTERACTION_TYPES", "ITEM_TYPES", "NAME_HELP", "NONE", "ROLES",
+__all__ = ["DEDUP_LABELS", "DUPLICATE_POLICIES", "INTERACTION_TYPES", "ITEM_TYPES", "MAX_UPLOAD_MB", "NAME_HELP", "NONE", "ROLES",
            "UploadResult", "column_label", "default_mapping", "ingest", "make_options", "preview", "safe_name"]
 
 NONE = "(none)"  # selectbox entry for an optional column the file does not have
@@ -39,6 +40,8 @@ DEDUP_LABELS = {
     "keep_all": "Keep all (repeat interactions)",
     "error": "Refuse the file",
 }
+# The browser-side limit matches the engine's, so a file is never accepted by one and refused by the other.
+MAX_UPLOAD_MB = DEFAULT_MAX_BYTES // 2**20
 NAME_HELP = f"Name in the workspace ({NAME_RULE}). Saving under an existing name replaces that dataset."
 
 

@@ -13,32 +13,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from streamlit.runtime.pages_manager import PagesManager
-from streamlit.runtime.scriptrunner import script_runner
+from apptest_util import navigation_mode, open_app  # noqa: F401  (autouse fixture)
 from streamlit.testing.v1 import AppTest
 
 from recsys_core.data.dataset import build_dataset
 from recsys_core.data.demo import DEMO_NAME, load_demo
 from recsys_core.registry import Workspace
-
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
-TIMEOUT = 60
-
-
-class _NavigationOnly(PagesManager):
-    uses_pages_directory = False
-
-
-@pytest.fixture(autouse=True)
-def _navigation_mode(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run the app as `streamlit run` does once `st.navigation` has been called.
-
-    AppTest resets `PagesManager.uses_pages_directory` before every run and re-detects it from the
-    `pages/` folder, so after `switch_page` it runs the page file alone (legacy multipage mode) and
-    skips `app.py` with its sidebar (streamlit/streamlit#9446, #14217). The real server sets the flag
-    to False on the first `st.navigation` call and keeps it; this patch pins that behaviour.
-    """
-    monkeypatch.setattr(script_runner, "PagesManager", _NavigationOnly)
 
 
 @pytest.fixture
@@ -75,14 +55,6 @@ def _errors(at: AppTest) -> str:
     return _plain("\n".join(e.value for e in at.error))
 
 
-def _open(page: str | None = None) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
-    if page:
-        at.switch_page(page).run()
-    assert not at.exception, at.exception
-    return at
-
-
 def _tiny_csv(n_users: int = 12) -> tuple[bytes, int, int, int]:
     rows = [(f"user{u}", f"item{(u * 3 + j) % 17}", 1 + (u + j) % 5, 1_600_000_000 + 86_400 * (u + j))
             for u in range(n_users) for j in range(2 + u % 4)]
@@ -99,7 +71,7 @@ def _save_small(root: Path, name: str) -> dict:
 
 
 def test_home_opens_on_demo_with_its_numbers(ws_root: Path, demo_stats: dict) -> None:
-    at = _open()
+    at = open_app()
     assert DEMO_NAME in _texts(at)
     metrics = _metrics(at)
     assert metrics["Users"] == f"{demo_stats['users']:,}"
@@ -110,7 +82,7 @@ def test_home_opens_on_demo_with_its_numbers(ws_root: Path, demo_stats: dict) ->
 
 
 def test_data_page_shows_demo_statistics_and_charts(ws_root: Path, demo_stats: dict) -> None:
-    at = _open("pages/data.py")
+    at = open_app("pages/data.py")
     assert f"Statistics: {DEMO_NAME}" in _texts(at)
     metrics = _metrics(at)
     assert metrics["Users"] == f"{demo_stats['users']:,}"
@@ -123,7 +95,7 @@ def test_data_page_shows_demo_statistics_and_charts(ws_root: Path, demo_stats: d
 
 def test_sidebar_switches_the_active_dataset_on_every_page(ws_root: Path) -> None:
     small = _save_small(ws_root, "small")
-    at = _open()
+    at = open_app()
     at.sidebar.selectbox(key="sidebar_dataset").set_value("small").run()
     assert _metrics(at)["Users"] == str(small["users"])
     assert "small" in _texts(at)
@@ -134,7 +106,7 @@ def test_sidebar_switches_the_active_dataset_on_every_page(ws_root: Path) -> Non
 
 def test_upload_csv_makes_it_the_active_dataset(ws_root: Path) -> None:
     data, n_users, n_items, n_rows = _tiny_csv()
-    at = _open("pages/data.py")
+    at = open_app("pages/data.py")
     at.file_uploader(key="data_file").set_value(("my ratings.csv", data, "text/csv")).run()
     assert not at.exception, at.exception
     # Detected mapping is offered as editable defaults.
@@ -157,7 +129,7 @@ def test_upload_csv_makes_it_the_active_dataset(ws_root: Path) -> None:
 
 def test_overriding_the_mapping_changes_what_is_loaded(ws_root: Path) -> None:
     data, *_ = _tiny_csv()
-    at = _open("pages/data.py")
+    at = open_app("pages/data.py")
     at.file_uploader(key="data_file").set_value(("ratings.csv", data, "text/csv")).run()
     at.selectbox(key="data_map_rating").set_value("(none)").run()
     at.button(key="data_load").click().run()
@@ -170,7 +142,7 @@ def test_overriding_the_mapping_changes_what_is_loaded(ws_root: Path) -> None:
 def test_item_metadata_and_kcore_options_reach_the_dataset(ws_root: Path) -> None:
     data, *_ = _tiny_csv()
     titles = pd.DataFrame({"item_id": [f"item{i}" for i in range(17)], "title": [f"Film {i}" for i in range(17)]})
-    at = _open("pages/data.py")
+    at = open_app("pages/data.py")
     at.file_uploader(key="data_file").set_value(("ratings.csv", data, "text/csv"))
     at.file_uploader(key="data_items_file").set_value(("items.csv", titles.to_csv(index=False).encode(), "text/csv"))
     at.run()
@@ -185,7 +157,7 @@ def test_item_metadata_and_kcore_options_reach_the_dataset(ws_root: Path) -> Non
 
 
 def test_unreadable_upload_shows_error_and_saves_nothing(ws_root: Path) -> None:
-    at = _open("pages/data.py")
+    at = open_app("pages/data.py")
     at.file_uploader(key="data_file").set_value(("broken.parquet", b"not parquet at all\n" * 10,
                                                  "application/octet-stream")).run()
     assert not at.exception, at.exception
@@ -196,7 +168,7 @@ def test_unreadable_upload_shows_error_and_saves_nothing(ws_root: Path) -> None:
 
 
 def test_user_text_in_messages_is_escaped(ws_root: Path) -> None:
-    at = _open("pages/data.py")
+    at = open_app("pages/data.py")
     at.file_uploader(key="data_file").set_value(("*x*<b>.parquet", b"junk" * 50, "application/octet-stream")).run()
     raw = "\n".join(e.value for e in at.error)
     assert "\\*x\\*\\<b\\>" in raw  # shown literally: no emphasis, no HTML tag
@@ -204,7 +176,7 @@ def test_user_text_in_messages_is_escaped(ws_root: Path) -> None:
 
 def test_invalid_load_shows_hint_and_leaves_workspace_unchanged(ws_root: Path) -> None:
     data, *_ = _tiny_csv()
-    at = _open("pages/data.py")
+    at = open_app("pages/data.py")
     at.file_uploader(key="data_file").set_value(("ratings.csv", data, "text/csv")).run()
     at.selectbox(key="data_map_item").set_value("user_id").run()  # user and item are the same column
     at.button(key="data_load").click().run()
@@ -217,7 +189,7 @@ def test_invalid_load_shows_hint_and_leaves_workspace_unchanged(ws_root: Path) -
 
 def test_delete_asks_for_confirmation_and_demo_cannot_be_deleted(ws_root: Path) -> None:
     _save_small(ws_root, "small")
-    at = _open("pages/data.py")
+    at = open_app("pages/data.py")
     assert at.button(key="data_delete").disabled  # the demo is picked by default
     at.selectbox(key="data_saved_pick").set_value("small").run()
     at.button(key="data_make_active").click().run()
