@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recsys_core.data.filters import duplicated_rows, duplicates_to_drop, k_core
 
@@ -50,3 +52,25 @@ def test_k_core_is_a_no_op_at_one() -> None:
 def test_k_core_can_empty_everything() -> None:
     keep, _ = k_core(np.array([0, 1, 2]), np.array([0, 1, 2]), np.ones(3, dtype=bool), 2, 1)
     assert not keep.any()
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.tuples(st.integers(0, 4), st.integers(0, 4), st.integers(0, 3)), max_size=40),
+       policy=st.sampled_from(["keep_last", "keep_first"]), with_time=st.booleans())
+def test_dedupe_matches_a_plain_reference(rows, policy, with_time) -> None:
+    users = np.array([r[0] for r in rows], dtype=np.int64)
+    items = np.array([r[1] for r in rows], dtype=np.int64)
+    ts = np.array([r[2] for r in rows], dtype=np.int64) if with_time else None
+    drop = duplicates_to_drop(users, items, ts, policy)
+    expected = np.zeros(len(rows), dtype=bool)
+    best: dict[tuple[int, int], tuple[int, int]] = {}
+    for k, (u, i, t) in enumerate(rows):
+        rank = (t if with_time else 0, k)
+        old = best.get((u, i))
+        if old is None or (rank > old if policy == "keep_last" else rank < old):
+            best[(u, i)] = rank
+    keepers = {rank[1] for rank in best.values()}
+    expected[[k for k in range(len(rows)) if k not in keepers]] = True
+    assert drop.tolist() == expected.tolist()
+    assert duplicated_rows(users, items).sum() == sum(
+        1 for r in rows if sum(1 for q in rows if q[:2] == r[:2]) > 1)
