@@ -332,18 +332,20 @@ def _step(run: _Run, batch: np.ndarray, rng: np.random.Generator) -> float:
 
 
 def _back_off(run: _Run, batch: np.ndarray, queue: deque, progress: Progress) -> None:
-    """Out of GPU memory: halve the batch size, requeue the failed batch in halves, go on."""
+    """Out of GPU memory: halve the batch size, requeue the failed batch in pieces, go on.
+
+    Batches cut before an earlier halving are only re-cut to the current size."""
     run.optimizer.zero_grad(set_to_none=True)
     if run.device.type == "cuda":
         torch.cuda.empty_cache()
-    run.batch_size = max(1, min(run.batch_size, len(batch)) // 2)
-    for start in range(len(batch) - run.batch_size, -1, -run.batch_size):
-        queue.appendleft(batch[start:start + run.batch_size])
-    rest = len(batch) % run.batch_size
-    if rest:
-        queue.appendleft(batch[:rest])
-    progress.update(run.step, 0, epoch=run.epoch + 1,
-                    message=f"out of {run.device.type} memory: batch_size halved to {run.batch_size}")
+    halve = len(batch) <= run.batch_size
+    if halve:
+        run.batch_size = max(1, len(batch) // 2)
+    pieces = [batch[i:i + run.batch_size] for i in range(0, len(batch), run.batch_size)]
+    queue.extendleft(reversed(pieces))
+    if halve:
+        progress.update(run.step, 0, epoch=run.epoch + 1,
+                        message=f"out of {run.device.type} memory: batch_size halved to {run.batch_size}")
 
 
 def _end_of_epoch(run: _Run, loss: float, progress: Progress, total_steps: int) -> str | None:

@@ -1,0 +1,156 @@
+"""Tune and time the sequential transformers on MovieLens-100k (leave-one-out, full ranking).
+
+    python bench/seq_tune.py --family bert4rec --set epochs=100 --set hidden=64
+    python bench/seq_tune.py --family sasrec --budget 600 --threads 1
+    python bench/seq_tune.py --speed              # steps/s: naive BertForMaskedLM vs our BERT4Rec step
+
+Prints one JSON line per run (config, validation curve of NDCG@10 against training seconds, test
+NDCG@10/HR@10, EASE reference) and appends it to bench/results/seq_tune.jsonl. `--threads` exists
+because on a shared 2-core machine two OpenMP threads can be far slower than one (a descheduled
+thread stalls every barrier); the engine itself leaves torch's thread count alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DATA = ROOT.parent / "shared" / "data" / "ml-100k" / "u.data"
+
+import numpy as np
+import pandas as pd
+import torch
+
+from recsys_core.data.dataset import build_dataset
+from recsys_core.data.splits import leave_one_out
+from recsys_core.evaluate import evaluate
+from recsys_core.models import FAMILIES
+from recsys_core.progress import Progress
+
+
+def load_split():
+    frame = pd.read_csv(DATA, sep="\t", names=["user", "item", "rating", "timestamp"])
+    ds = build_dataset(frame, name="ml-100k")
+    return ds, leave_one_out(ds)
+
+
+def ease_reference(ds, split) -> dict:
+    model = FAMILIES["ease"]().fit(ds, split=split)
+    out = evaluate(model, split.test, ks=(10,))
+    return {"ndcg@10": out["ndcg@10"], "hr@10": out["hr@10"], "config": asdict(model.config)}
+
+
+def run(family: str, overrides: dict, budget: float) -> dict:
+    ds, split = load_split()
+    cls = FAMILIES[family]
+    cfg = cls.config_class(**{"time_budget_s": budget, **overrides})
+    curve = []
+
+    def on_event(e):
+        if e.metrics:
+            curve.append((round(e.elapsed_s, 1), e.epoch, round(e.metrics.get("ndcg@10", float("nan")), 4)))
+            print(f"  {e.elapsed_s:7.1f}s epoch {e.epoch:4d} loss {e.loss or float('nan'):.3f} "
+                  f"valid ndcg@10 {e.metrics.get('ndcg@10', float('nan')):.4f}", file=sys.stderr, flush=True)
+
+    started = time.perf_counter()
+    model = cls(cfg).fit(ds, split=split, progress=Progress(on_event))
+    wall = time.perf_counter() - started
+    test = evaluate(model, split.test, ks=(10,))
+    return {"family": family, "overrides": overrides, "config": asdict(cfg), "wall_s": round(wall, 1),
+            "report": model.fit_report_, "curve": curve, "test_ndcg@10": round(test["ndcg@10"], 4),
+            "test_hr@10": round(test["hr@10"], 4), "threads": torch.get_num_threads()}
+
+
+def speed(steps: int = 10) -> dict:
+    """Steps/s of one training step: naive BertForMaskedLM (full sequence, full vocab, padded to 200)
+    against our BERT4Rec step (masked positions only, length-bucketed batches)."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from recsys_core.models.bert4rec import BERT4Rec, BERT4RecConfig
+    from recsys_core.models.sequential import SequenceWindows
+
+    ds, split = load_split()
+    n, rng = ds.n_items, np.random.default_rng(0)
+    naive = BertForMaskedLM(BertConfig(vocab_size=n + 2, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                       intermediate_size=256, max_position_embeddings=200))
+    opt = torch.optim.AdamW(naive.parameters(), lr=1e-3)
+    windows = SequenceWindows(split.train, 200, 100)
+
+    def naive_step(batch):
+        tokens, _ = windows.padded(batch)
+        full = np.zeros((len(batch), 200), dtype=np.int64)
+        full[:, :tokens.shape[1]] = tokens
+        ids = torch.from_numpy(full)
+        labels = torch.where((torch.rand(ids.shape) < 0.2) & (ids > 0), ids, torch.full_like(ids, -100))
+        loss = naive(input_ids=ids.masked_fill(labels >= 0, n + 1), attention_mask=(ids > 0).long(),
+                     labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    model = BERT4Rec(BERT4RecConfig(device="cpu", hidden=64))
+    model._remember_catalogue(ds)
+    model.module_ = model._build()
+    opt2 = torch.optim.AdamW(model.module_.parameters(), lr=1e-3)
+
+    def our_step(batch):
+        tokens, lengths = windows.padded(batch)
+        loss = model._batch_loss(torch.from_numpy(tokens), torch.from_numpy(lengths), rng)
+        opt2.zero_grad()
+        loss.backward()
+        opt2.step()
+
+    out = {}
+    for name, step, batches in (("naive_bert_for_masked_lm", naive_step, windows.batches(128, rng)),
+                                ("bert4rec_bucketed_masked_only", our_step, windows.batches(128, rng))):
+        step(batches[0])
+        started = time.perf_counter()
+        for i in range(steps):
+            step(batches[i % len(batches)])
+        out[name] = round(steps / (time.perf_counter() - started), 2)
+    out["threads"] = torch.get_num_threads()
+    return out
+
+
+def _value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare word such as sampled
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", default="bert4rec", choices=["bert4rec", "sasrec"])
+    parser.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
+    parser.add_argument("--budget", type=float, default=600.0, help="training-time budget in seconds")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--speed", action="store_true", help="measure steps/s instead of training")
+    parser.add_argument("--ease", action="store_true", help="also measure the EASE reference")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not DATA.is_file():
+        sys.exit(f"ML-100k not found at {DATA}")
+    if args.speed:
+        result = {"speed_steps_per_s": speed()}
+    else:
+        overrides = {k: _value(v) for k, v in (s.split("=", 1) for s in args.set)}
+        result = run(args.family, overrides, args.budget)
+        if args.ease:
+            result["ease"] = ease_reference(*load_split())
+    line = json.dumps(result)
+    print(line)
+    with open(ROOT / "bench" / "results" / "seq_tune.jsonl", "a") as f:
+        f.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""BERT4Rec and SASRec+ on tiny synthetic data: they learn a sequential rule, score any history
+(empty, short, longer than max_len) with finite numbers, ignore padding, and save/seed/cancel/
+resume the way a user expects."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from recsys_core.data.dataset import build_dataset
+from recsys_core.data.errors import DataError
+from recsys_core.data.splits import leave_one_out
+from recsys_core.models.base import load_model
+from recsys_core.models.bert4rec import BERT4Rec, BERT4RecConfig
+from recsys_core.models.sasrec import SASRec, SASRecConfig
+from recsys_core.models.sequential import SequenceWindows
+from recsys_core.progress import Progress
+
+N_ITEMS = 30
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: extra OpenMP threads are pure overhead, and on a busy shared CPU a descheduled
+    thread stalls every op (measured 200x slower matmuls), so these tests run single-threaded."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+FAMILIES = {"bert4rec": (BERT4Rec, BERT4RecConfig), "sasrec": (SASRec, SASRecConfig)}
+TINY = {"max_len": 12, "hidden": 32, "layers": 1, "heads": 2, "dropout": 0.1, "batch_size": 32, "device": "cpu", "eval_every": 5}
+
+
+def successor_dataset(n_users: int = 160, seed: int = 0):
+    """Every user walks the catalogue in order from a random start: item i is always followed by i+1."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for user in range(n_users):
+        start, length = rng.integers(0, N_ITEMS), rng.integers(4, 12)
+        rows += [(f"u{user}", f"i{(start + t) % N_ITEMS:02d}", t) for t in range(length)]
+    ds = build_dataset(pd.DataFrame(rows, columns=["user", "item", "timestamp"]), name="successor")
+    return ds, leave_one_out(ds)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return successor_dataset()
+
+
+def make(family: str, **overrides):
+    cls, config_cls = FAMILIES[family]
+    return cls(config_cls(**{**TINY, **overrides}))
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    """One short fit per family, shared by the tests that only need some trained model."""
+    ds, split = data
+    return {f: make(f, epochs=3).fit(ds, split=split) for f in FAMILIES}
+
+
+@pytest.mark.parametrize("family,overrides", [
+    ("sasrec", {"epochs": 25}),
+    ("sasrec", {"epochs": 25, "loss": "sampled", "n_negatives": 8}),
+    ("bert4rec", {"epochs": 40, "lr": 5e-3, "dropout": 0.0, "mask_last_prob": 0.3}),
+])
+def test_learns_that_item_i_is_followed_by_i_plus_1(data, family, overrides):
+    ds, split = data
+    model = make(family, **overrides).fit(ds, split=split)
+    top1 = model.score(split.test.histories).argmax(dim=1).numpy()
+    targets = np.array([t[0] for t in split.test.targets])
+    assert (top1 == targets).mean() > 0.6
+    # A free-form history the model never saw is continued the same way.
+    i = ds.item_index
+    assert model.score([np.array([i["i03"], i["i04"], i["i05"]])]).argmax().item() == i["i06"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_scores_are_finite_for_empty_short_and_overlong_histories(trained, family):
+    model = trained[family]
+    long = np.arange(5 * model.config.max_len) % N_ITEMS
+    scores = model.score([np.array([], dtype=np.int64), np.array([7]), long])
+    assert scores.shape == (3, N_ITEMS) and scores.dtype == torch.float32 and scores.device.type == "cpu"
+    assert torch.isfinite(scores).all()
+    assert model.score([]).shape == (0, N_ITEMS)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_padding_never_changes_a_users_scores(trained, family):
+    """Scored alone or beside longer histories (so padded), a history gets the same scores."""
+    model = trained[family]
+    short = [np.array([], dtype=np.int64), np.array([3]), np.array([4, 5])]
+    alone = torch.cat([model.score([h]) for h in short])
+    batched = model.score(short + [np.arange(40) % N_ITEMS, np.arange(9)])[:3]
+    assert torch.isfinite(batched).all()
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_only_the_last_max_len_items_matter(trained, family):
+    model = trained[family]
+    keep = model.config.max_len - 1  # one slot is the [MASK]/[BOS] token
+    recent = np.arange(keep) % N_ITEMS
+    older = np.concatenate([np.full(50, 17), recent])
+    torch.testing.assert_close(model.score([older]), model.score([recent]))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_scores_are_user_embeddings_dot_item_embeddings(trained, family):
+    model = trained[family]
+    histories = [np.array([1, 2, 3]), np.array([], dtype=np.int64)]
+    users, items = model.user_embeddings(histories), model.item_embeddings()
+    assert items.shape == (N_ITEMS, model.config.hidden) and users.shape == (2, model.config.hidden)
+    np.testing.assert_allclose(users @ items.T, model.score(histories).numpy(), atol=1e-4)
+
+
+def test_unknown_item_index_is_a_clear_error(trained):
+    with pytest.raises(DataError, match="outside the catalogue"):
+        trained["sasrec"].score([np.array([1, N_ITEMS + 5])])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_save_then_load_gives_identical_scores(trained, family, tmp_path):
+    model = trained[family]
+    model.save(tmp_path / family)
+    loaded = load_model(tmp_path / family)
+    assert type(loaded) is type(model) and loaded.config == model.config
+    histories = [np.array([], dtype=np.int64), np.array([5, 6, 7]), np.arange(30)]
+    torch.testing.assert_close(loaded.score(histories), model.score(histories), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_same_seed_same_model_other_seed_other_model(data, family):
+    ds, split = data
+    runs = [make(family, epochs=2, seed=s).fit(ds, split=split) for s in (7, 7, 8)]
+    scores = [m.score(split.test.histories[:20]) for m in runs]
+    torch.testing.assert_close(scores[0], scores[1], rtol=0, atol=0)
+    assert not torch.allclose(scores[0], scores[2])
+
+
+def test_cancel_stops_within_a_few_steps_and_leaves_a_usable_model(data):
+    ds, split = data
+    seen = []
+
+    def on_event(event):
+        if event.total and event.step:
+            seen.append(event.step)
+        if event.step >= 10:
+            progress.cancel()
+
+    progress = Progress(on_event)
+    model = make("sasrec", epochs=500, eval_every=1, patience=0).fit(ds, split=split, progress=progress)
+    assert model.fit_report_["stopped"] == "cancelled"
+    assert max(seen) <= 15  # 500 epochs would be ~4000 steps
+    # The best weights validated before the cancel are kept and score like a trained model.
+    assert model.fit_report_["best_epoch"] >= 1
+    assert torch.isfinite(model.score(split.test.histories)).all()
+
+
+def test_checkpoint_resume_continues_to_the_same_model(data, tmp_path):
+    ds, split = data
+    straight = make("bert4rec", epochs=4, eval_every=1).fit(ds, split=split)
+
+    def cancel_in_epoch_2(event):
+        if event.epoch >= 2 and event.total:
+            progress.cancel()
+
+    progress = Progress(cancel_in_epoch_2)
+    ckpt = str(tmp_path / "ckpt")
+    first = make("bert4rec", epochs=4, eval_every=1, checkpoint_dir=ckpt).fit(ds, split=split, progress=progress)
+    done = first.fit_report_["epochs_run"]
+    assert first.fit_report_["stopped"] == "cancelled" and 1 <= done < 4
+    events = []
+    resumed = make("bert4rec", epochs=4, eval_every=1, checkpoint_dir=ckpt).fit(
+        ds, split=split, progress=Progress(events.append))
+    assert any(f"resumed from checkpoint at epoch {done}" in e.message for e in events)
+    assert resumed.fit_report_["epochs_run"] == 4
+    assert [h["epoch"] for h in resumed.history_] == [1, 2, 3, 4]
+    torch.testing.assert_close(resumed.score(split.test.histories), straight.score(split.test.histories))
+
+
+def test_windows_cover_long_histories_with_recent_crops_first():
+    seqs = [np.arange(25), np.arange(3), np.array([], dtype=np.int64)]
+    w = SequenceWindows(seqs, max_len=10, stride=5)
+    assert (w.length <= 10).all() and len(w) == 5  # 25 items -> ends 25, 20, 15, 10; plus the 3-item history
+    tokens, lengths = w.padded(np.arange(len(w)))
+    ends = [int(tokens[r, lengths[r] - 1]) - 1 for r in range(len(w))]
+    assert ends[:4] == [24, 19, 14, 9] and ends[4] == 2
+    assert (tokens[lengths < tokens.shape[1], -1] == 0).all()  # right padding
+

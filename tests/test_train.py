@@ -1,0 +1,198 @@
+"""The generic training loop: device choice, memory planning, schedule, early stopping, OOM
+back-off, cancel and checkpoint/resume, on a toy regression task (the loop never sees sequences)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from recsys_core import train as loop
+from recsys_core.data.errors import DataError
+from recsys_core.progress import Progress
+
+
+class ToyTask:
+    """Fit y = X w with a linear layer; the "validation metric" is minus the validation MSE."""
+
+    def __init__(self, n: int = 256, oom_above: int = 0, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 8, generator=g)
+        self.y = self.x @ torch.arange(1.0, 9.0)
+        torch.manual_seed(seed)
+        self.module = nn.Linear(8, 1)
+        self.oom_above = oom_above
+        self.batch_sizes: list[int] = []
+
+    def n_batches(self, batch_size: int) -> int:
+        return math.ceil(len(self.x) / batch_size)
+
+    def epoch_batches(self, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+        order = rng.permutation(len(self.x))
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+    def loss(self, batch: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        if self.oom_above and len(batch) > self.oom_above:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        self.batch_sizes.append(len(batch))
+        idx = torch.from_numpy(batch)
+        return ((self.module(self.x[idx]).squeeze(-1) - self.y[idx]) ** 2).mean()
+
+    def validate(self) -> dict[str, float]:
+        with torch.no_grad():
+            return {"ndcg@10": -float(((self.module(self.x).squeeze(-1) - self.y) ** 2).mean())}
+
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: extra OpenMP threads are pure overhead, and on a busy shared CPU a descheduled
+    thread stalls every op (measured 200x slower matmuls), so these tests run single-threaded."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_device_choice_auto_and_explicit():
+    assert loop.pick_device("cpu") == CPU
+    assert loop.pick_device("auto").type in {"cpu", "cuda", "mps"}
+    if not torch.cuda.is_available():
+        assert loop.pick_device("auto").type in {"cpu", "mps"}
+        with pytest.raises(DataError, match="no usable CUDA"):
+            loop.pick_device("cuda")
+    with pytest.raises(DataError, match="unknown device"):
+        loop.pick_device("tpu")
+
+
+def test_no_autocast_on_cpu():
+    assert loop.amp_dtype(CPU, True) is None
+
+
+@pytest.mark.parametrize("arg", ["n_items", "max_len", "hidden", "batch", "layers"])
+def test_estimate_memory_grows_with_every_size(arg):
+    base = {"n_items": 5000, "max_len": 100, "hidden": 64, "batch": 64, "layers": 2}
+    small = loop.estimate_memory(**base)
+    big = loop.estimate_memory(**{**base, arg: base[arg] * 2})
+    assert big > small > 0
+
+
+def test_estimate_memory_is_in_the_right_ballpark():
+    # ML-1M-sized BERT4Rec step: tens to hundreds of MiB, not bytes and not terabytes.
+    need = loop.estimate_memory(n_items=3706, max_len=200, hidden=64, batch=128, layers=2, output_positions=41)
+    assert 20 * 2**20 < need < 4 * 2**30
+
+
+def test_batch_is_halved_until_it_fits():
+    messages = []
+    size = loop.plan_batch_size(128, lambda b: b * 2**20, CPU, {"batch_size": 128}, available=40 * 2**20,
+                                progress=Progress(lambda e: messages.append(e.message)))
+    assert size == 32 and "using 32" in messages[-1]
+
+
+def test_too_big_even_at_batch_1_names_what_to_change():
+    def need(batch: int) -> int:
+        return loop.estimate_memory(n_items=50_000_000, max_len=512, hidden=1024, batch=batch, layers=2)
+
+    with pytest.raises(DataError) as err:
+        loop.plan_batch_size(128, need, CPU, {"batch_size": 128, "max_len": 512, "hidden": 1024},
+                             available=8 * 2**30)
+    text = str(err.value)
+    assert "GiB" in text and "hidden" in text and "max_len" in text and "sampled" in text
+
+
+def test_warmup_then_linear_decay():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = loop.warmup_linear(opt, warmup_steps=10, total_steps=110)
+    lrs = []
+    for _ in range(110):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] < lrs[5] < lrs[9] == pytest.approx(1.0)
+    assert lrs[10] > lrs[60] > lrs[109] >= 0.05 - 1e-9
+
+
+def test_early_stopping_keeps_the_best_weights():
+    module = nn.Linear(2, 1)
+    stopper = loop.EarlyStopping(patience=2)
+    with torch.no_grad():
+        module.weight.fill_(1.0)
+    assert stopper.update(0.5, 1, module)
+    with torch.no_grad():
+        module.weight.fill_(2.0)
+    assert not stopper.update(0.4, 2, module) and not stopper.should_stop
+    assert not stopper.update(0.3, 3, module) and stopper.should_stop
+    stopper.restore(module)
+    assert torch.all(module.weight == 1.0) and stopper.best_epoch == 1
+
+
+def test_loop_learns_and_stops_early():
+    task = ToyTask()
+    result = loop.train(task, loop.LoopConfig(epochs=300, batch_size=32, lr=0.05, patience=3), CPU)
+    assert result.best_metric > -0.01
+    assert result.stopped in {"early_stop", "epochs"}
+    assert result.history[-1]["metrics"]["ndcg@10"] <= result.best_metric
+
+
+def test_out_of_memory_halves_the_batch_and_carries_on():
+    task = ToyTask(oom_above=20)
+    messages = []
+    result = loop.train(task, loop.LoopConfig(epochs=2, batch_size=64), CPU, Progress(lambda e: messages.append(e.message)))
+    assert result.batch_size == 16 and result.stopped == "epochs"
+    assert max(task.batch_sizes) <= 20 and sum(task.batch_sizes) == 2 * 256  # no example skipped
+    assert any("batch_size halved to 32" in m for m in messages)
+    assert any("batch_size halved to 16" in m for m in messages)
+
+
+def test_cancel_between_steps_keeps_best_weights():
+    task = ToyTask()
+    progress = Progress()
+    steps = []
+
+    def on_event(event):
+        steps.append(event.step)
+        if event.epoch >= 3:
+            progress.cancel()
+
+    progress = Progress(on_event)
+    result = loop.train(task, loop.LoopConfig(epochs=1000, batch_size=32, lr=0.05, log_every=1), CPU, progress)
+    assert result.stopped == "cancelled" and result.epochs_run <= 3
+    best = max(h["metrics"]["ndcg@10"] for h in result.history if "metrics" in h)
+    assert task.validate()["ndcg@10"] == pytest.approx(best)
+
+
+def test_time_budget_stops_after_the_epoch_that_passes_it():
+    result = loop.train(ToyTask(), loop.LoopConfig(epochs=10_000, batch_size=8, time_budget_s=0.2), CPU)
+    assert result.stopped == "time_budget" and result.epochs_run < 10_000
+
+
+def test_resume_from_checkpoint_replays_an_unbroken_run(tmp_path):
+    cfg = loop.LoopConfig(epochs=6, batch_size=32, lr=0.01, patience=0, checkpoint_dir=str(tmp_path))
+    straight = ToyTask()
+    loop.train(straight, loop.LoopConfig(**{**cfg.__dict__, "checkpoint_dir": ""}), CPU)
+
+    progress = Progress(lambda e: progress.cancel() if e.epoch >= 4 else None)
+    first = ToyTask()
+    broken = loop.train(first, cfg, CPU, progress)
+    assert broken.stopped == "cancelled" and loop.checkpoint_exists(tmp_path)
+
+    second = ToyTask()  # fresh process, fresh weights: everything comes from the checkpoint
+    result = loop.train(second, cfg, CPU)
+    assert result.epochs_run == 6 and [h["epoch"] for h in result.history] == list(range(1, 7))
+    for a, b in zip(second.module.parameters(), straight.module.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_checkpoint_for_another_model_is_refused(tmp_path):
+    cfg = loop.LoopConfig(epochs=1, batch_size=32, checkpoint_dir=str(tmp_path))
+    loop.train(ToyTask(), cfg, CPU)
+    other = ToyTask()
+    other.module = nn.Linear(8, 2)
+    with pytest.raises(DataError, match="does not match"):
+        loop.train(other, loop.LoopConfig(epochs=2, batch_size=32, checkpoint_dir=str(tmp_path)), CPU)
