@@ -6,13 +6,13 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages.common import active_record, load_dataset, md_escape, workspace
-from pages.model_state import cached_model, run_label, runs_frame
+from pages.ui.common import load_dataset, md_escape, sidebar_dataset_selector, workspace
+from pages.ui.model_state import cached_model, run_label, runs_frame
 from recsys_core.compare import per_user_metrics, segment_breakdown
 from recsys_core.experiment import make_split
 
 st.title("Compare")
-record = active_record()
+record = sidebar_dataset_selector()
 runs = [r for r in workspace().list_runs(dataset=record.name) if r.metrics and r.artifact_dir]
 if not runs:
     st.info("No evaluated runs on this dataset yet. Train a few models on the Train page "

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages import charts, upload
-from pages.common import (
+from pages.ui import charts, upload
+from pages.ui.common import (
     active_record,
     chart_frames,
     dataset_stats,
@@ -13,6 +13,7 @@ from pages.common import (
     records_frame,
     set_active,
     show_data_error,
+    sidebar_dataset_selector,
     workspace,
 )
 from recsys_core.data.demo import DEMO_NAME
@@ -195,6 +196,7 @@ def _saved_section() -> None:
 
 
 st.title("Data")
+sidebar_dataset_selector()
 _load_section()
 st.divider()
 _stats_section()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.common import active_record, dataset_stats, md_escape
-from pages.nav import PAGES
+from pages.ui.common import dataset_stats, md_escape, sidebar_dataset_selector
+from pages.ui.nav import PAGES
 
 st.title("RecSys Explorer")
 st.markdown(
@@ -14,7 +14,7 @@ st.markdown(
     "compare them on the same split, and see *why* an item was recommended."
 )
 
-record = active_record()
+record = sidebar_dataset_selector()
 stats = dataset_stats(record)
 
 st.subheader("Active dataset")

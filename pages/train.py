@@ -5,8 +5,8 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages.common import active_record, load_dataset, md_escape, show_data_error, workspace
-from pages.model_state import (
+from pages.ui.common import load_dataset, md_escape, show_data_error, sidebar_dataset_selector, workspace
+from pages.ui.model_state import (
     ACTIVE_MODEL_KEY,
     FAMILY_BLURBS,
     cached_model,
@@ -23,7 +23,7 @@ from recsys_core.models.base import load_model
 JOB_KEY = "train_job"  # session state: the TrainingJob of this session (one at a time)
 
 st.title("Train")
-record = active_record()
+record = sidebar_dataset_selector()
 ds = load_dataset(record)
 st.caption(f"Dataset **{md_escape(record.name)}**: {ds.n_users:,} users, {ds.n_items:,} items, "
            f"{ds.n_interactions:,} interactions. Evaluation is full ranking over all items on the test split.")

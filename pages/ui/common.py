@@ -1,6 +1,6 @@
 """The UI's one helper module: cached loaders, the active-dataset selector, message rendering.
 
-Importable as `pages.common` both under `streamlit run app.py` and under `AppTest.from_file("app.py")`
+Importable as `pages.ui.common` both under `streamlit run app.py` and under `AppTest.from_file("app.py")`
 (Streamlit puts the entry point's folder on `sys.path`). Pages stay thin: read state, call the
 engine through these wrappers, draw.
 """
@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pages import charts
+from pages.ui import charts
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.demo import DEMO_NAME
 from recsys_core.data.errors import DataError
