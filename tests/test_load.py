@@ -229,3 +229,14 @@ def test_parquet_datetime_column_and_uploaded_file_object() -> None:
                               "timestamp": "purchased_at"}
     assert ds.interactions["timestamp"].tolist() == [1577836810 + k for k in range(6)]
     assert ds.name == "orders"
+
+
+def test_unreadable_metadata_in_zip_is_reported_not_fatal() -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("ratings.csv", _csv(_grid()))
+        zf.writestr("movies.csv", b"name,colour\nx,red\n")  # no id column
+    ds, report = load_dataset(buf.getvalue(), "a.zip")
+    assert ds.n_interactions == 20
+    assert any(f.startswith("item metadata in archive member 'movies.csv' was skipped: no item id column")
+               for f in report.findings)

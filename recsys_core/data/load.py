@@ -182,10 +182,15 @@ def _metadata(blob, items, items_filename, options: LoadOptions, report: LoadRep
         return meta
     if is_zip(blob):
         member = pick_member(blob, "items", max_bytes=options.max_bytes, required=False)
-        if member is not None:
+        if member is None:
+            return None
+        try:  # metadata found by guessing must not sink a load whose ratings are fine
             meta = items_from_raw(parse_blob(member))
-            report.add(f"item metadata: {len(meta)} items from archive member '{member.member}'")
-            return meta
+        except DataError as err:
+            report.add(f"item metadata in archive member '{member.member}' was skipped: {err.message}")
+            return None
+        report.add(f"item metadata: {len(meta)} items from archive member '{member.member}'")
+        return meta
     return None
 
 
