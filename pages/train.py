@@ -17,10 +17,12 @@ from pages.ui.model_state import (
 )
 from recsys_core.artifacts import import_model_zip
 from recsys_core.data.errors import DataError
+from recsys_core.experiment import memory_estimate_mb
 from recsys_core.jobs import TrainingJob
 from recsys_core.models.base import load_model
 
 JOB_KEY = "train_job"  # session state: the TrainingJob of this session (one at a time)
+ESTIMATE_KEY = "train_memory_mb"  # session state: estimated peak memory of the running job
 
 st.title("Train")
 record = sidebar_dataset_selector()
@@ -30,6 +32,12 @@ st.caption(f"Dataset **{md_escape(record.name)}**: {ds.n_users:,} users, {ds.n_i
 
 
 def _start(family: str, overrides: dict, split_kind: str) -> None:
+    try:
+        mb = memory_estimate_mb(family, overrides, ds.n_items)
+    except DataError as err:
+        show_data_error(err, "Check the settings")
+        return
+    st.session_state[ESTIMATE_KEY] = mb
     job = TrainingJob(ds, family, overrides, workspace=workspace(), dataset_name=record.name, split_kind=split_kind)
     st.session_state[JOB_KEY] = job.start()
 
@@ -62,6 +70,10 @@ def _job_panel() -> None:
     eta = f", about {last.eta_s:,.0f} s left" if last and last.eta_s is not None and job.running else ""
     text = f"{job.family}: {job.state}" + (f" · {md_escape(last.message)}" if last and last.message else "") + eta
     st.progress(last.fraction if last else 0.0, text=text)
+    mb = st.session_state.get(ESTIMATE_KEY)
+    if mb:
+        st.caption(f"Estimated peak training memory: {mb:,.0f} MB (batch size is halved automatically on a "
+                   "GPU out-of-memory error).")
     if job.running:
         st.button("Cancel training", key="train_cancel", on_click=job.cancel, type="secondary",
                   help="Stops within a few seconds; the best weights so far are kept and evaluated.")
@@ -96,7 +108,8 @@ if job is None or not job.running:
         submitted = st.form_submit_button("Start training", type="primary")
     if submitted:
         _start(family, overrides, split_kind)
-        st.rerun()
+        if JOB_KEY in st.session_state:
+            st.rerun()
 _job_panel()
 
 st.divider()

@@ -164,3 +164,18 @@ def _record(result: RunResult, workspace: Any, dataset_name: str, split_kind: st
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)[:40]
+
+
+def memory_estimate_mb(family: str, overrides: dict[str, Any] | None, n_items: int) -> float | None:
+    """Estimated peak training memory of a transformer run (None for models without one)."""
+    from recsys_core.train import estimate_memory
+
+    model = make_model(family, overrides)
+    cfg = model.config
+    if not all(hasattr(cfg, k) for k in ("max_len", "hidden", "batch_size", "layers", "heads")):
+        return None
+    model.n_items_ = n_items
+    positions = getattr(model, "_output_positions", lambda: None)()
+    need = estimate_memory(n_items, cfg.max_len, cfg.hidden, cfg.batch_size, cfg.layers, cfg.heads,
+                           output_positions=positions)
+    return need / 2**20
