@@ -156,6 +156,14 @@ def test_wrong_number_of_fields_names_lines() -> None:
     assert e.examples[1].startswith("line 5 (4 fields)")
 
 
+def test_leading_blank_lines_do_not_shift_line_numbers() -> None:
+    with pytest.raises(DataError) as err:
+        read_table(b"\n\nuser,item,rating\n1,10,5\n2,20\n3,30,4\n", "r.csv")
+    assert err.value.line == 5
+    raw = read_table(b"\n\nuser,item,rating\n1,10,5\n3,30,4\n", "r.csv")
+    assert raw.has_header and raw.line_of([0, 1]).tolist() == [4, 5]
+
+
 def test_single_column_has_no_delimiter() -> None:
     with pytest.raises(DataError, match="delimiter"):
         read_table(b"a\nb\nc\n", "r.csv")

@@ -21,7 +21,16 @@ import pyarrow.parquet as pq
 
 from recsys_core.data.errors import DataError
 from recsys_core.data.sniff import TextLayout, looks_binary, sniff_layout, split_line
-from recsys_core.data.source import DEFAULT_MAX_BYTES, Blob, Source, is_zip, load_blob, pick_member, zip_members
+from recsys_core.data.source import (
+    DEFAULT_MAX_BYTES,
+    Blob,
+    Source,
+    is_zip,
+    load_blob,
+    pick_member,
+    read_member,
+    zip_members,
+)
 
 _JSON_EXT = (".jsonl", ".ndjson", ".json")
 _PARQUET_EXT = (".parquet", ".pq")
@@ -88,8 +97,6 @@ def open_member(blob: Blob, kind: str, *, member: str | None = None, max_bytes: 
         return blob
     if member is None:
         return pick_member(blob, kind, max_bytes=max_bytes)
-    from recsys_core.data.source import read_member
-
     for info in zip_members(blob):
         if info.filename == member:
             return read_member(blob, info, max_bytes=max_bytes)
@@ -119,7 +126,7 @@ def parse_blob(blob: Blob, *, delimiter: str | None = None, has_header: bool | N
     body = data.lstrip(b" \t\r\n") if data[:1] in (b" ", b"\t", b"\r", b"\n") else data
     skipped = data[: len(data) - len(body)].count(b"\n")
     layout = sniff_layout(body, blob.name, delimiter=delimiter, has_header=has_header, encoding=encoding)
-    table = _read_delimited(blob, body, layout, forced_encoding=encoding is not None)
+    table = _read_delimited(blob, body, layout, forced_encoding=encoding is not None, line_offset=skipped)
     table.first_line += skipped
     if table.line_numbers is not None:
         table.line_numbers = table.line_numbers + skipped
@@ -155,7 +162,8 @@ def _single_char_delimiter(data: bytes, delimiter: str, file: str) -> tuple[byte
                     file=file, hint="save the table as plain CSV")
 
 
-def _read_delimited(blob: Blob, data: bytes, layout: TextLayout, *, forced_encoding: bool) -> RawTable:
+def _read_delimited(blob: Blob, data: bytes, layout: TextLayout, *, forced_encoding: bool,
+                    line_offset: int = 0) -> RawTable:
     quote = '"' if len(layout.delimiter) == 1 else False  # MovieLens '::' files never quote
     parsed, delim = _single_char_delimiter(data, layout.delimiter, blob.name)
     encoding = layout.encoding
@@ -173,7 +181,7 @@ def _read_delimited(blob: Blob, data: bytes, layout: TextLayout, *, forced_encod
         except pa.ArrowInvalid as err2:
             raise _parse_error(blob, err2) from err2
     if bad:
-        raise _field_count_error(blob, data, layout, encoding, bad)
+        raise _field_count_error(blob, data, layout, encoding, bad, line_offset)
     if layout.strip:
         table = pa.table({n: pc.utf8_trim_whitespace(table[n]) for n in table.column_names})
     frame = table.to_pandas()
@@ -213,13 +221,14 @@ def _parse_error(blob: Blob, err: Exception) -> DataError:
                      hint="check for unbalanced quotes, or save the table again as plain CSV")
 
 
-def _field_count_error(blob: Blob, data: bytes, layout: TextLayout, encoding: str, bad: list[str]) -> DataError:
+def _field_count_error(blob: Blob, data: bytes, layout: TextLayout, encoding: str, bad: list[str],
+                       line_offset: int) -> DataError:
     """Name the lines with the wrong number of fields (a second, slow pass: error path only)."""
     examples, first = [], None
     lines = data.decode(encoding, errors="replace").splitlines()
     start = 1 if layout.has_header else 0
     skipped_header = False
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(lines, start=1 + line_offset):
         if not line.strip():
             continue
         if start and not skipped_header:
