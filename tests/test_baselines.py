@@ -14,6 +14,7 @@ from recsys_core.data.dataset import Dataset, build_dataset
 from recsys_core.data.errors import DataError
 from recsys_core.data.splits import leave_one_out
 from recsys_core.evaluate import evaluate, top_k, train_popularity
+from recsys_core.models import itemknn
 from recsys_core.models.ease import EASE, EASEConfig
 from recsys_core.models.itemknn import ItemKNN, ItemKNNConfig
 from recsys_core.models.popularity import Popularity
@@ -77,6 +78,16 @@ def test_itemknn_recency_weighting(random_data) -> None:
     sim = _reference_cosine(x, 3.0)
     # History [1, 4, 1]: item 1's latest occurrence is the newest (weight 1), item 4 is one step older (0.5).
     np.testing.assert_allclose(model.score([np.array([1, 4, 1])]).numpy()[0], sim[1] + 0.5 * sim[4], rtol=1e-5)
+
+
+def test_itemknn_large_catalogue_path_scores_the_same(random_data, monkeypatch) -> None:
+    ds, _ = random_data
+    config = ItemKNNConfig(k=4, shrink=3.0, recency_half_life=2.0)
+    hist = [np.array([1, 4, 1, 7]), np.array([], dtype=np.int64), np.array([11])]
+    dense = ItemKNN(config).fit(ds).score(hist)
+    monkeypatch.setattr(itemknn, "_DENSE_ITEMS", 0)  # what a catalogue too big for a dense W takes
+    sparse = ItemKNN(config).fit(ds).score(hist)
+    np.testing.assert_allclose(sparse.numpy(), dense.numpy(), rtol=1e-6, atol=1e-7)
 
 
 def test_popularity_counts_training_interactions_only() -> None:

