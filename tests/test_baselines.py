@@ -105,12 +105,14 @@ def test_popularity_counts_training_interactions_only() -> None:
 def test_free_form_histories_including_empty(family, random_data) -> None:
     ds, _ = random_data
     model = family().fit(ds)
-    scores = model.score([np.array([], dtype=np.int64), np.array([2, 7]), [1]])
-    assert scores.dtype == torch.float32 and scores.shape == (3, ds.n_items)
+    scores = model.score([np.array([], dtype=np.int64), np.array([2, 7]), [1], []])
+    assert scores.dtype == torch.float32 and scores.shape == (4, ds.n_items)
     assert torch.isfinite(scores).all()
     assert model.score([]).shape == (0, ds.n_items)
     with pytest.raises(DataError, match="outside the catalogue"):
         model.score([np.array([ds.n_items])])
+    with pytest.raises(DataError, match="integer item indices"):
+        model.score([np.array([1.5])])
 
 
 @pytest.mark.parametrize("family", FAMILIES)

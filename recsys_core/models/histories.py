@@ -17,6 +17,8 @@ from recsys_core.data.dataset import Dataset
 from recsys_core.data.errors import DataError
 from recsys_core.data.splits import Split
 
+_EMPTY = np.zeros(0, dtype=np.int64)
+
 
 def training_histories(dataset: Dataset, split: Split | None) -> list[np.ndarray]:
     """What a model may learn from: the split's training part, else every sequence."""
@@ -25,7 +27,8 @@ def training_histories(dataset: Dataset, split: Split | None) -> list[np.ndarray
 
 def flatten(histories: Sequence[np.ndarray], n_items: int) -> tuple[np.ndarray, np.ndarray]:
     """(lengths, concatenated items) after checking every index lies in the catalogue."""
-    arrays = [np.asarray(h).reshape(-1) for h in histories]
+    # An empty list is float64 to NumPy; give it an integer dtype so it cannot taint the concatenation.
+    arrays = [np.asarray(h).reshape(-1) if len(h) else _EMPTY for h in histories]
     lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
     flat = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
     if len(flat) and not np.issubdtype(flat.dtype, np.integer):

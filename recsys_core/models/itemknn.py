@@ -37,6 +37,17 @@ class ItemKNNConfig:
     embedding_dim: int = 64  # rank of the truncated SVD of the similarity matrix behind embeddings
 
 
+def _top_neighbours(cooc: sp.csr_matrix, norms: np.ndarray, shrink: float, k: int, start: int,
+                    stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, indices), each [stop - start, k], of the k most similar items to items start..stop-1."""
+    block = torch.from_numpy(cooc[start:stop].toarray())
+    denom = torch.from_numpy(np.outer(norms[start:stop], norms) + shrink)
+    block = torch.where(denom > 0, block / denom.clamp_min(1e-12), torch.zeros(()))
+    block[torch.arange(stop - start), torch.arange(start, stop)] = 0.0  # an item is not its own neighbour
+    values, indices = torch.topk(block, k, dim=1)
+    return values.numpy(), indices.numpy()
+
+
 class ItemKNN(Recommender):
     """Scores = history vector x W, W the pruned item-item cosine similarity."""
 
@@ -69,15 +80,10 @@ class ItemKNN(Recommender):
         rows = max(1, _CHUNK_CELLS // max(n, 1))
         for start in range(0, n, rows):
             stop = min(n, start + rows)
-            block = torch.from_numpy(cooc[start:stop].toarray())
-            denom = torch.from_numpy(np.outer(norms[start:stop], norms) + cfg.shrink)
-            block = torch.where(denom > 0, block / denom.clamp_min(1e-12), torch.zeros(()))
-            block[torch.arange(stop - start), torch.arange(start, stop)] = 0.0  # an item is not its own neighbour
-            top = torch.topk(block, k, dim=1) if n > 1 else (block[:, :1], torch.zeros((stop - start, 1), dtype=torch.long))
-            sims[start:stop], neighbors[start:stop] = top[0].numpy(), top[1].numpy()
+            sims[start:stop], neighbors[start:stop] = _top_neighbours(cooc, norms, cfg.shrink, k, start, stop)
             if progress is not None:
                 progress.update(stop, n, message="finding item neighbours")
-                if progress.cancelled:
+                if progress.cancelled:  # items not reached keep no neighbours (score 0), like a partial run
                     break
         self.neighbors_, self.similarities_ = torch.from_numpy(neighbors), torch.from_numpy(sims)
         self._build_w()
