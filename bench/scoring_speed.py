@@ -36,7 +36,7 @@ def load(synthetic: bool) -> pd.DataFrame:
         frame = pd.read_parquet(PAIRS)
         return pd.DataFrame({"user": frame["userID"], "item": frame["movieID"]})
     rng = np.random.default_rng(0)
-    pop = rng.zipf(1.3, 3700).astype(float)
+    pop = 1.0 / np.arange(1, 3701) ** 0.8  # long-tailed item popularity
     users = np.repeat(np.arange(6040), 165)
     items = rng.choice(3700, len(users), p=pop / pop.sum())
     return pd.DataFrame({"user": users, "item": items}).drop_duplicates()
