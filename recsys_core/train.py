@@ -147,19 +147,28 @@ def make_optimizer(module: nn.Module, lr: float, weight_decay: float) -> torch.o
     return torch.optim.AdamW(groups, lr=lr)
 
 
+class WarmupLinear:
+    """Learning-rate factor: linear warm-up to 1, then linear decay to `floor` at `total_steps`.
+
+    A callable object (not a closure) so LambdaLR checkpoints its fields, and `total_steps` can be
+    re-planned once the length of an epoch is known under a time budget."""
+
+    def __init__(self, warmup_steps: int, total_steps: int, floor: float = 0.05) -> None:
+        self.warmup_steps = max(1, int(warmup_steps))
+        self.total_steps = max(int(total_steps), self.warmup_steps + 1)
+        self.floor = floor
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        done = (step - self.warmup_steps) / (self.total_steps - self.warmup_steps)
+        return max(self.floor, 1.0 - (1.0 - self.floor) * done)
+
+
 def warmup_linear(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
                   floor: float = 0.05) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up to the base lr, then linear decay to `floor` x base lr at `total_steps`."""
-    warmup_steps = max(1, warmup_steps)
-    total_steps = max(total_steps, warmup_steps + 1)
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        done = (step - warmup_steps) / (total_steps - warmup_steps)
-        return max(floor, 1.0 - (1.0 - floor) * done)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupLinear(warmup_steps, total_steps, floor))
 
 
 @dataclass
@@ -270,11 +279,11 @@ def train(task: TrainTask, cfg: LoopConfig, device: torch.device, progress: Prog
     while run.epoch < cfg.epochs:
         started = time.perf_counter()
         loss = _train_epoch(run, progress, total_steps)
-        run.train_seconds += time.perf_counter() - started
         if loss is None:
+            run.train_seconds += time.perf_counter() - started
             stopped = "cancelled"
             break
-        stopped = _end_of_epoch(run, loss, progress, total_steps) or stopped
+        stopped = _end_of_epoch(run, loss, progress, total_steps, started) or stopped
         if stopped != "epochs":
             break
     if stopped in ("epochs", "time_budget") and run.history and "metrics" not in run.history[-1]:
@@ -348,13 +357,18 @@ def _back_off(run: _Run, batch: np.ndarray, queue: deque, progress: Progress) ->
                         message=f"out of {run.device.type} memory: batch_size halved to {run.batch_size}")
 
 
-def _end_of_epoch(run: _Run, loss: float, progress: Progress, total_steps: int) -> str | None:
+def _end_of_epoch(run: _Run, loss: float, progress: Progress, total_steps: int, started: float) -> str | None:
+    """Validate, checkpoint and decide whether to stop; `train_seconds` counts validation too, so a
+    time budget bounds what the user waits for."""
     run.epoch += 1
     cfg = run.cfg
-    record = {"epoch": run.epoch, "loss": loss, "train_seconds": round(run.train_seconds, 3), "step": run.step}
-    run.history.append(record)
+    if run.epoch == 1 and cfg.time_budget_s:
+        _fit_schedule_to_budget(run, time.perf_counter() - started)
+    run.history.append({"epoch": run.epoch, "loss": loss, "step": run.step, "lr": run.optimizer.param_groups[0]["lr"]})
     if run.epoch % max(1, cfg.eval_every) == 0 or run.epoch == cfg.epochs:
         _validate(run, progress, total_steps, loss)
+    run.train_seconds += time.perf_counter() - started
+    run.history[-1]["train_seconds"] = round(run.train_seconds, 3)
     if cfg.checkpoint_dir:
         save_checkpoint(cfg.checkpoint_dir, run)
     if run.stopper.should_stop:
@@ -362,6 +376,17 @@ def _end_of_epoch(run: _Run, loss: float, progress: Progress, total_steps: int) 
     if cfg.time_budget_s and run.train_seconds >= cfg.time_budget_s:
         return "time_budget"
     return None
+
+
+def _fit_schedule_to_budget(run: _Run, epoch_seconds: float) -> None:
+    """Under a time budget, end the decay when the budget is expected to run out (measured on
+    epoch 1, plus 10% for validation), not after `epochs` epochs that will never run."""
+    epochs = min(run.cfg.epochs, max(1, int(run.cfg.time_budget_s / max(1.1 * epoch_seconds, 1e-6))))
+    schedule = run.scheduler.lr_lambdas[0]
+    if isinstance(schedule, WarmupLinear):
+        total = epochs * run.step
+        schedule.warmup_steps = max(1, min(schedule.warmup_steps, int(run.cfg.warmup_frac * total)))
+        schedule.total_steps = max(schedule.warmup_steps + 1, total)
 
 
 def _validate(run: _Run, progress: Progress, total_steps: int, loss: float | None) -> None:
