@@ -12,7 +12,7 @@ import typing
 import pandas as pd
 import streamlit as st
 
-from recsys_core.experiment import config_fields, families
+from recsys_core.experiment import config_fields, families, run_experiment
 from recsys_core.models.base import Recommender, load_model
 
 ACTIVE_MODEL_KEY = "active_model_dir"  # artifact folder of the model the Recommend/Explain pages use
@@ -99,3 +99,49 @@ def run_label(run) -> str:
     ndcg = (run.metrics or {}).get("ndcg@10")
     score = f" · NDCG@10 {ndcg:.4f}" if isinstance(ndcg, (int, float)) else ""
     return f"#{run.id} {run.model}{score} ({run.status})"
+
+
+def _matches(model: Recommender, ds) -> bool:
+    return model.n_items_ == ds.n_items and model.item_ids_[:1] == [str(ds.item_ids[0])] \
+        and model.item_ids_[-1:] == [str(ds.item_ids[-1])]
+
+
+@st.cache_resource(show_spinner="No model yet: training a quick EASE baseline on this dataset...", max_entries=4)
+def _bootstrap_run(root: str, dataset_name: str, version: str) -> str:
+    """Train and record a fast baseline so model pages work with zero clicks; returns its artifact folder."""
+    from pages.ui.common import workspace
+
+    ws = workspace()
+    ds = ws.load_dataset(dataset_name)
+    family = "ease" if ds.n_items <= 15_000 else "popularity"  # EASE's dense item-item matrix must fit
+    return run_experiment(ds, family, workspace=ws, dataset_name=dataset_name).artifact_dir
+
+
+def active_model(record, ds) -> tuple[Recommender, str]:
+    """The model the Recommend/Explain/Embeddings pages use, and a sentence saying which one it is.
+
+    The session's choice when it fits this dataset; else the best recorded run on it; else a quick
+    EASE baseline trained now (recorded like any run), so every page works on a fresh install.
+    """
+    from pages.ui.common import _root_key, workspace
+
+    chosen = st.session_state.get(ACTIVE_MODEL_KEY)
+    if chosen:
+        try:
+            model = cached_model(chosen)
+            if _matches(model, ds):
+                return model, f"the model you chose ({model.family}, {chosen})"
+        except Exception:  # noqa: BLE001  a deleted or damaged folder: fall back below
+            st.session_state.pop(ACTIVE_MODEL_KEY, None)
+    runs = [r for r in workspace().list_runs(dataset=record.name) if r.artifact_dir and r.metrics]
+    runs.sort(key=lambda r: r.metrics.get("ndcg@10", 0.0), reverse=True)
+    for run in runs:
+        try:
+            model = cached_model(run.artifact_dir)
+        except Exception:  # noqa: BLE001, S112  damaged artifact: try the next run
+            continue
+        if _matches(model, ds):
+            return model, f"run #{run.id} ({run.model}, the best NDCG@10 on this dataset)"
+    folder = _bootstrap_run(_root_key(), record.name, f"{record.created_at}|{record.path}")
+    model = cached_model(folder)
+    return model, f"a quick {model.family} baseline trained automatically (train others on the Train page)"
