@@ -28,4 +28,6 @@ PAGES: tuple[PageSpec, ...] = (
              "Train BERT4Rec, SASRec+, the text tower or a baseline with live progress, or load a saved model."),
     PageSpec("pages/compare.py", "Compare", ":material/leaderboard:",
              "Leaderboard of runs on full-ranking metrics, and which users each model serves best."),
+    PageSpec("pages/recommend.py", "Recommend", ":material/recommend:",
+             "Top-K for any user, what-if history edits, cold-start users, similar items and exports."),
 )

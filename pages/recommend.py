@@ -1,0 +1,307 @@
+"""Recommend: top-K for any user, what-if edits of a history, cold-start users, similar items,
+a second model side by side, and exports. Every list comes from `recsys_core.recommend`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from pages.ui.common import load_dataset, md_escape, show_data_error, sidebar_dataset_selector, workspace
+from pages.ui.model_state import active_model, cached_model, run_label
+from pages.ui.nav import PAGES
+from recsys_core.data.errors import DataError
+from recsys_core.export import export_bytes, recommendations_for_users
+from recsys_core.progress import Progress
+from recsys_core.recommend import (
+    Filters,
+    attribute_values,
+    candidate_mask,
+    history_frame,
+    overlap,
+    pick_user,
+    rank_changes,
+    recommend,
+    search_items,
+    similar_items,
+    similar_items_text,
+)
+
+# Agreed with the Explain page: the user and item (indices) it opens on.
+EXPLAIN_USER_KEY, EXPLAIN_ITEM_KEY = "explain_user", "explain_item"
+EXPLAIN_PAGE = "pages/explain.py"
+USER_KEY = "rec_user"
+EXPORT_KEY = "rec_export_all"  # session state: the prepared all-users export
+MAX_OPTIONS = 3000  # item pickers list at most this many items; bigger catalogues are searched by title first
+MAX_USER_OPTIONS = 50_000  # above this many users, the user is typed rather than picked from a list
+SHOWN = ["rank", "title", "score", "genres", "year", "popularity", "item_id"]
+
+st.title("Recommend")
+record = sidebar_dataset_selector()
+ds = load_dataset(record)
+try:
+    model, which = active_model(record, ds)
+except DataError as err:
+    show_data_error(err, "Could not load a model")
+    st.stop()
+st.caption(f"Dataset **{md_escape(record.name)}** · model: {md_escape(which)}. Change the model on the Train page.")
+titles = ds.items["title"].astype(str).to_numpy() if "title" in ds.items.columns else ds.item_ids.astype(str)
+
+
+def _item_label(i: int) -> str:
+    return f"{titles[i] or ds.item_ids[i]} ({ds.item_ids[i]})"
+
+
+def _table(frame: pd.DataFrame, key: str, **kw) -> None:
+    """A read-only table in a container keyed `key` (display tables carry no key tests could find)."""
+    with st.container(key=key):
+        st.dataframe(frame, hide_index=True, key=f"{key}_table", **kw)
+
+
+def _show(frame: pd.DataFrame, key: str, extra: tuple[str, ...] = ()) -> None:
+    cols = [c for c in [*SHOWN[:2], *extra, *SHOWN[2:]] if c in frame.columns]
+    _table(frame[cols], key, column_config={"score": st.column_config.NumberColumn(format="%.4f"),
+                                            "similarity": st.column_config.NumberColumn(format="%.3f")})
+
+
+def _item_picker(label: str, key: str, help_: str) -> list[int]:
+    """A multiselect over items, searchable by title; huge catalogues are narrowed by a search box first."""
+    chosen = list(st.session_state.get(key, []))
+    popular = np.argsort(-ds.item_popularity, kind="stable")
+    if ds.n_items <= MAX_OPTIONS:
+        options = popular.tolist()
+    else:
+        query = st.text_input(f"Search titles for: {label.lower()}", key=f"{key}_query")
+        found = search_items(ds.items, query, 200, ds.item_popularity) if query else popular[:200]
+        options = chosen + [int(i) for i in found if int(i) not in chosen]
+    return st.multiselect(label, options, format_func=_item_label, key=key, help=help_)
+
+
+# ---- the user -------------------------------------------------------------------------------------
+
+
+def _pick(kind: str) -> None:
+    st.session_state[USER_KEY] = pick_user(ds, kind, seed=int(datetime.now(UTC).timestamp() * 1e6) % 2**32)
+
+
+def _user_picker() -> int:
+    if st.session_state.get(USER_KEY, 0) >= ds.n_users:
+        st.session_state[USER_KEY] = 0  # the dataset changed under the session
+    cols = st.columns([3, 1, 1, 1], vertical_alignment="bottom")
+    with cols[0]:
+        if ds.n_users <= MAX_USER_OPTIONS:
+            user = st.selectbox("User", range(ds.n_users), format_func=lambda u: str(ds.user_ids[u]), key=USER_KEY,
+                                help="Type to search by user id.")
+        else:
+            typed = st.text_input("User id", value=str(ds.user_ids[st.session_state.get(USER_KEY, 0)]),
+                                  key="rec_user_typed")
+            user = ds.user_index.get(typed.strip())
+            if user is None:
+                st.error(f"No user {md_escape(typed)} in this dataset.")
+                st.stop()
+            st.session_state[USER_KEY] = user
+    cols[1].button("Random user", key="rec_random", on_click=_pick, args=("random",))
+    cols[2].button("Long history", key="rec_long", on_click=_pick, args=("long",),
+                   help="A user among the 10% with the longest histories.")
+    cols[3].button("Short history", key="rec_short", on_click=_pick, args=("short",),
+                   help="A user among the 10% with the shortest histories.")
+    return int(user)
+
+
+user = _user_picker()
+history = ds.history(user)
+
+# ---- settings and filters -------------------------------------------------------------------------
+
+with st.sidebar:
+    st.subheader("Recommendations")
+    k = st.slider("How many (K)", 5, 50, 10, step=5, key="rec_k")
+    genres = attribute_values(ds.items, "genres")
+    chosen_genres = st.multiselect("Genres (any of)", genres, key="rec_genres") if genres else []
+    years = None
+    if "year" in ds.items.columns:
+        known = pd.to_numeric(ds.items["year"], errors="coerce").dropna()
+        if len(known) and known.min() < known.max():
+            lo, hi = int(known.min()), int(known.max())
+            years = st.slider("Year", lo, hi, (lo, hi), key="rec_years")
+            years = None if years == (lo, hi) else years
+    hide_pct = st.slider("Hide the most popular items (%)", 0, 50, 0, step=1, key="rec_hide_popular",
+                         help="Drop this share of the catalogue, most interacted-with first, to surface the long tail.")
+
+filters = Filters(any_of={"genres": chosen_genres} if chosen_genres else {},
+                  between={"year": years} if years else {})
+options = {"k": k, "filters": filters, "popularity": ds.item_popularity, "hide_popular_top": hide_pct / 100,
+           "items": ds.items}
+if filters.active() or hide_pct:
+    allowed = candidate_mask(ds.n_items, items=ds.items, filters=filters, popularity=ds.item_popularity,
+                             hide_popular_top=hide_pct / 100)
+    st.caption(f"Filters leave {int(allowed.sum()):,} of {ds.n_items:,} items as candidates.")
+
+
+def _recs(hist: np.ndarray | list[int], on=None) -> pd.DataFrame:
+    """Top-K for a history with the page's settings (`on`: another model)."""
+    frame = recommend(on or model, hist, **options)
+    if frame.attrs.get("fallback"):
+        st.info(f"Most popular items shown: {frame.attrs['note']}.", icon=":material/info:")
+    return frame
+
+
+recs = _recs(history)
+left, right = st.columns([2, 3])
+with left:
+    st.subheader(f"History of {md_escape(ds.user_ids[user])}")
+    st.caption(f"{len(history)} interactions, newest first.")
+    timeline = history_frame(ds, user)
+    shown = [c for c in ["title", "genres", "year", "rating", "date"] if c in timeline.columns]
+    _table(timeline[shown], "rec_history",
+           column_config={"date": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")})
+with right:
+    st.subheader(f"Top {k} for this user")
+    st.caption("Items the user has seen are never recommended.")
+    _show(recs, "rec_topk")
+
+# ---- explain hook ---------------------------------------------------------------------------------
+
+if len(recs):
+    cols = st.columns([3, 1], vertical_alignment="bottom")
+    item_to_explain = cols[0].selectbox("Why this recommendation?", recs["item"].tolist(), format_func=_item_label,
+                                        key="rec_explain_item")
+    explain_ready = any(p.path == EXPLAIN_PAGE for p in PAGES)
+    if cols[1].button("Explain it", key="rec_explain", disabled=not explain_ready,
+                      help=None if explain_ready else "The Explain page is not installed."):
+        st.session_state[EXPLAIN_USER_KEY] = user
+        st.session_state[EXPLAIN_ITEM_KEY] = int(item_to_explain)
+        st.switch_page(EXPLAIN_PAGE)
+
+# ---- what-if --------------------------------------------------------------------------------------
+
+st.subheader("What if the history were different?")
+unique_history = list(dict.fromkeys(int(i) for i in history))
+cols = st.columns(2)
+with cols[0]:
+    removed = st.multiselect("Remove from the history", unique_history, format_func=_item_label,
+                             key=f"rec_remove_{user}")
+with cols[1]:
+    added = _item_picker("Add to the history (as the newest items)", f"rec_add_{user}",
+                         "Type to search by title.")
+if removed or added:
+    gone = set(removed)
+    edited = np.array([i for i in history if int(i) not in gone] + [i for i in added if i not in gone], dtype=np.int64)
+    after = _recs(edited)
+    changes = rank_changes(recs, after)
+    changes["title"] = [titles[i] or ds.item_ids[i] for i in changes["item"]]
+    changes["item_id"] = ds.item_ids[changes["item"].to_numpy()].astype(str)
+    st.caption(f"Scored on the edited history of {len(edited)} items. ↑/↓: places moved since the original list; "
+               "new: not in it before; dropped: fell out of the top K.")
+    _table(changes[["rank", "label", "title", "old_rank", "item_id"]], "rec_whatif",
+           column_config={"label": "change", "old_rank": "rank before"})
+else:
+    st.caption("Remove or add items to see how the recommendations move.")
+
+# ---- cold start -----------------------------------------------------------------------------------
+
+st.subheader("A new user")
+liked = _item_picker("Items the new user likes", "rec_cold_liked", "Type to search by title.")
+cold = _recs(np.asarray(liked, dtype=np.int64))
+st.caption("Recommendations for someone with no history in the dataset, from these items alone.")
+_show(cold, "rec_cold")
+
+# ---- similar items --------------------------------------------------------------------------------
+
+st.subheader("Similar items")
+
+
+def _text_tower():
+    runs = [r for r in workspace().list_runs(dataset=record.name) if r.model == "text_tower" and r.artifact_dir]
+    runs.sort(key=lambda r: (r.metrics or {}).get("ndcg@10", 0.0), reverse=True)
+    for run in runs:
+        try:
+            tower = cached_model(run.artifact_dir)
+        except Exception:  # noqa: BLE001, S112  a damaged artifact: try the next run
+            continue
+        if tower.n_items_ == ds.n_items:
+            return tower, run
+    return None, None
+
+
+near_options = list(dict.fromkeys([*recs["item"].tolist(), *unique_history[::-1]]))
+popular = np.argsort(-ds.item_popularity, kind="stable")[:MAX_OPTIONS].tolist()
+anchor = st.selectbox("Items similar to", list(dict.fromkeys(near_options + popular)), index=None,
+                      format_func=_item_label, key="rec_similar_item", placeholder="Pick an item",
+                      help="This user's recommendations and history first, then the most popular items.")
+if anchor is not None:
+    cols = st.columns(2)
+    with cols[0]:
+        st.caption(f"By the model's item embeddings ({model.family}), cosine similarity.")
+        try:
+            _show(similar_items(model, int(anchor), k, items=ds.items, popularity=ds.item_popularity),
+                  "rec_similar", extra=("similarity",))
+        except DataError as err:
+            show_data_error(err, "No similar items from this model")
+    with cols[1]:
+        tower, tower_run = _text_tower()
+        if tower is None:
+            st.caption("Train a text tower on this dataset (Train page) to see neighbours by item text too.")
+        else:
+            st.caption(f"By item text (text tower, run #{tower_run.id}), cosine similarity.")
+            _show(similar_items_text(tower, int(anchor), k, items=ds.items, popularity=ds.item_popularity),
+                  "rec_similar_text", extra=("similarity",))
+
+# ---- side by side ---------------------------------------------------------------------------------
+
+st.subheader("Side by side with another model")
+runs = [r for r in workspace().list_runs(dataset=record.name) if r.artifact_dir]
+second = st.selectbox("Second model", runs, index=None, format_func=run_label, key="rec_second",
+                      placeholder="Pick a run on this dataset")
+if second is not None:
+    try:
+        other = cached_model(second.artifact_dir)
+        if other.n_items_ != ds.n_items:
+            raise DataError("this run was trained on another version of the dataset", hint="retrain it")
+        other_recs = _recs(history, on=other)
+    except DataError as err:
+        show_data_error(err, "Could not use this run")
+    else:
+        agree = overlap(recs, other_recs)
+        st.caption(f"Overlap: {len(agree['shared'])} of {k} items in common (Jaccard {agree['jaccard']:.2f}). "
+                   "Shared items are marked ✓.")
+        cols = st.columns(2)
+        for col, frame, name, key in ((cols[0], recs, f"Active model ({model.family})", "rec_side_a"),
+                                      (cols[1], other_recs, run_label(second), "rec_side_b")):
+            with col:
+                st.markdown(f"**{md_escape(name)}**")
+                marked = frame.assign(shared=np.where(frame["item"].isin(agree["shared"]), "✓", ""))
+                _show(marked, key, extra=("shared",))
+
+# ---- export ---------------------------------------------------------------------------------------
+
+st.subheader("Export")
+stem = f"recs-{record.name}-{ds.user_ids[user]}"
+mine = recs.assign(user_id=str(ds.user_ids[user]))
+cols = st.columns(2)
+cols[0].download_button("This user's list (CSV)", export_bytes(mine, "csv"), f"{stem}.csv", "text/csv",
+                        key="rec_dl_user_csv")
+cols[1].download_button("This user's list (Parquet)", export_bytes(mine, "parquet"), f"{stem}.parquet",
+                        "application/octet-stream", key="rec_dl_user_parquet")
+export_id = (id(model), k, hide_pct, tuple(chosen_genres), years, record.name)
+prepared = st.session_state.get(EXPORT_KEY)
+if st.button(f"Prepare top {k} for all {ds.n_users:,} users", key="rec_export_prepare",
+             help="Scores every user in batches with the settings above; takes a few seconds."):
+    bar = st.progress(0.0, text="Scoring users...")
+    progress = Progress(lambda e: bar.progress(e.fraction, text=f"Scored {e.step:,} of {e.total:,} users"))
+    allowed = candidate_mask(ds.n_items, items=ds.items, filters=filters, popularity=ds.item_popularity,
+                             hide_popular_top=hide_pct / 100)
+    table = recommendations_for_users(model, ds, k, allowed=allowed, progress=progress)
+    prepared = {"id": export_id, "csv": export_bytes(table, "csv"), "parquet": export_bytes(table, "parquet"),
+                "rows": len(table)}
+    st.session_state[EXPORT_KEY] = prepared
+    bar.empty()
+if prepared and prepared["id"] == export_id:
+    st.caption(f"{prepared['rows']:,} rows ready (CSV cells that look like formulas get a leading apostrophe).")
+    cols = st.columns(2)
+    cols[0].download_button("All users (CSV)", prepared["csv"], f"recs-{record.name}-all.csv", "text/csv",
+                            key="rec_dl_all_csv")
+    cols[1].download_button("All users (Parquet)", prepared["parquet"], f"recs-{record.name}-all.parquet",
+                            "application/octet-stream", key="rec_dl_all_parquet")

@@ -1,0 +1,159 @@
+"""Recommend page with AppTest on the demo: zero setup shows a user's top K; what-if edits and the
+cold-start list equal the engine; filters, similar items, side by side and exports work."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from apptest_util import navigation_mode, open_app  # noqa: F401
+
+from recsys_core.data.demo import DEMO_NAME, load_demo
+from recsys_core.experiment import run_experiment
+from recsys_core.models.base import load_model
+from recsys_core.recommend import recommend
+from recsys_core.registry import Workspace
+
+PAGE = "pages/recommend.py"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One workspace for the module with EASE and popularity runs (EASE is the best, so it is active)."""
+    root = tmp_path_factory.mktemp("rec-page") / "workspace"
+    ws = Workspace(root)
+    ws.ensure_demo()
+    ds = load_demo()
+    runs = {f: run_experiment(ds, f, workspace=ws, dataset_name=DEMO_NAME) for f in ("ease", "popularity")}
+    return {"root": root, "ds": ds, "ease": load_model(runs["ease"].artifact_dir), "runs": runs}
+
+
+@pytest.fixture
+def env(trained: dict, monkeypatch: pytest.MonkeyPatch) -> dict:
+    monkeypatch.setenv("RECSYS_WORKSPACE", str(trained["root"]))
+    return trained
+
+
+def _frame(at, key: str):
+    """The table the page draws inside the container keyed `key`."""
+    return at.container(key=key).dataframe[0]
+
+
+def _items(at, key: str) -> list[str]:
+    return _frame(at, key).value["item_id"].astype(str).tolist()
+
+
+def test_zero_setup_shows_the_first_users_top_k_and_pickers_change_user(env: dict) -> None:
+    ds, model = env["ds"], env["ease"]
+    at = open_app(PAGE)
+    user = at.selectbox(key="rec_user").value
+    assert user == 0
+    expected = recommend(model, ds.history(0), 10)
+    assert _items(at, "rec_topk") == expected["item_id"].tolist()
+    assert not set(_items(at, "rec_topk")) & set(ds.item_ids[ds.history(0)])
+    history = _frame(at, "rec_history").value
+    assert len(history) == len(ds.history(0)) and history["date"].is_monotonic_decreasing
+    lengths = np.diff(ds.indptr)
+    at.button(key="rec_long").click().run()
+    long_user = at.selectbox(key="rec_user").value
+    assert lengths[long_user] >= np.quantile(lengths, 0.85)
+    assert _items(at, "rec_topk") == recommend(model, ds.history(long_user), 10)["item_id"].tolist()
+    at.slider(key="rec_k").set_value(20).run()
+    assert len(_frame(at, "rec_topk").value) == 20
+    assert not at.exception, at.exception
+
+
+def test_what_if_removal_changes_the_list_exactly_as_the_engine_says(env: dict) -> None:
+    ds, model = env["ds"], env["ease"]
+    at = open_app(PAGE)
+    user = int(np.argmax(np.diff(ds.indptr) > 20))  # a user with a history worth editing
+    at.selectbox(key="rec_user").set_value(user).run()
+    history = ds.history(user)
+    removed = [int(history[-1]), int(history[-2])]  # the newest two
+    at.multiselect(key=f"rec_remove_{user}").set_value(removed).run()
+    assert not at.exception, at.exception
+    edited = np.array([i for i in history if int(i) not in removed])
+    before = recommend(model, history, 10)
+    after = recommend(model, edited, 10)
+    assert before["item_id"].tolist() != after["item_id"].tolist(), "fixture: the edit should move the list"
+    changes = _frame(at, "rec_whatif").value
+    ranked = changes[changes["label"] != "dropped"]
+    assert ranked["item_id"].tolist() == after["item_id"].tolist()
+    old_rank = {item: r for r, item in enumerate(before["item_id"], 1)}
+    for item, label, was in zip(ranked["item_id"], ranked["label"], ranked["old_rank"], strict=True):
+        assert (label == "new") == (item not in old_rank)
+        if item in old_rank:
+            assert was == old_rank[item]
+    dropped = changes.loc[changes["label"] == "dropped", "item_id"]
+    assert set(dropped) == set(before["item_id"]) - set(after["item_id"])
+    # The top-K itself still shows the unedited history's list.
+    assert _items(at, "rec_topk") == before["item_id"].tolist()
+
+
+def test_cold_start_and_filters(env: dict) -> None:
+    ds, model = env["ds"], env["ease"]
+    at = open_app(PAGE)
+    cold = _frame(at, "rec_cold").value
+    popular = np.sort(ds.item_popularity)[::-1][:10]
+    assert cold["popularity"].tolist() == popular.tolist()  # nothing liked yet: popularity fallback, said so
+    assert any("Most popular items shown" in str(i.value) for i in at.info)
+    liked = [ds.item_index[i] for i in ds.item_ids[np.argsort(-ds.item_popularity)[[3, 8, 40]]]]
+    at.multiselect(key="rec_cold_liked").set_value(liked).run()
+    assert _items(at, "rec_cold") == recommend(model, liked, 10)["item_id"].tolist()
+    at.multiselect(key="rec_genres").set_value(["Horror"]).run()
+    at.slider(key="rec_hide_popular").set_value(10).run()
+    top = _frame(at, "rec_topk").value
+    assert len(top) == 10 and all("Horror" in g.split("|") for g in top["genres"])
+    hidden = set(ds.item_ids[np.argsort(-ds.item_popularity, kind="stable")[: round(0.1 * ds.n_items)]])
+    assert not set(top["item_id"]) & hidden
+    assert not at.exception, at.exception
+
+
+def test_similar_items_side_by_side_and_exports(env: dict) -> None:
+    ds = env["ds"]
+    at = open_app(PAGE)
+    first = int(_frame(at, "rec_topk").value["item_id"].map(ds.item_index).iat[0])
+    at.selectbox(key="rec_similar_item").set_value(first).run()
+    near = _frame(at, "rec_similar").value
+    assert len(near) == 10 and ds.item_ids[first] not in set(near["item_id"])
+    assert near["similarity"].is_monotonic_decreasing
+    popularity_run = next(r for r in Workspace(env["root"]).list_runs(dataset=DEMO_NAME) if r.model == "popularity")
+    at.selectbox(key="rec_second").set_value(popularity_run).run()
+    a, b = _frame(at, "rec_side_a").value, _frame(at, "rec_side_b").value
+    shared = set(a["item_id"]) & set(b["item_id"])
+    assert (a["shared"] == "✓").sum() == len(shared) == (b["shared"] == "✓").sum()
+    assert any(f"{len(shared)} of 10 items in common" in str(c.value) for c in at.caption)
+    assert {d.label for d in at.download_button} >= {"This user's list (CSV)", "This user's list (Parquet)"}
+    at.button(key="rec_export_prepare").click().run()
+    assert not at.exception, at.exception
+    prepared = at.session_state["rec_export_all"]
+    table = pd.read_csv(io.BytesIO(prepared["csv"]), encoding="utf-8-sig", dtype={"user_id": str, "item_id": str})
+    assert prepared["rows"] == len(table) == 10 * ds.n_users
+    mine = table[table["user_id"] == str(ds.user_ids[0])]
+    assert mine["item_id"].tolist() == _items(at, "rec_topk")
+    assert pd.read_parquet(io.BytesIO(prepared["parquet"]))["item_id"].tolist() == table["item_id"].tolist()
+    assert {"All users (CSV)", "All users (Parquet)"} <= {d.label for d in at.download_button}
+
+
+def test_explain_hook_puts_user_and_item_in_session_state(env: dict) -> None:
+    from pages.ui.nav import PAGES
+
+    at = open_app(PAGE)
+    button = at.button(key="rec_explain")
+    if not any(p.path == "pages/explain.py" for p in PAGES):
+        assert button.disabled
+        return
+    item = at.selectbox(key="rec_explain_item").value
+    button.click().run()
+    assert at.session_state["explain_user"] == 0 and at.session_state["explain_item"] == item
+
+
+def test_page_is_registered_after_compare() -> None:
+    from pages.ui.nav import PAGES
+
+    paths = [p.path for p in PAGES]
+    assert paths.index("pages/recommend.py") == paths.index("pages/compare.py") + 1
+    assert Path(__file__).resolve().parents[1].joinpath("pages/recommend.py").is_file()
