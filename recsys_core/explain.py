@@ -1,0 +1,511 @@
+"""Why a model recommends an item: Shapley values over the user's history, the item's attributes and its text.
+
+Every explanation is a cooperative game whose players are parts of the input and whose value is the
+model's own score for the item, `model.score(histories)[:, item]`. Nothing about the model is assumed
+beyond that method, so the same code explains EASE, item-kNN, BERT4Rec, SASRec, the text tower and the
+hybrid. All coalitions of one explanation are scored in a few large `score` calls.
+
+* **History** (`Explainer.explain_history`): a player is one past interaction (a position in the
+  time-ordered history, so a re-watched item is two players). A coalition keeps its players' items in
+  their original order and drops the rest; the empty coalition is the empty history. With more than
+  `max_players` interactions, the older ones form one extra player "older history".
+* **Attributes** (`Explainer.explain_attributes`): an honest surrogate for "recommended because it is a
+  Comedy like the ones you watch". The players are the recommended item's own attributes (genres, decade,
+  popularity bucket) plus "other history items". Switching an attribute off drops every history item that
+  shares it with the recommended item; switching "other" off drops the history items that share none.
+  The values therefore add up to the same full - empty score difference as the history values, and an
+  attribute the history does not share is a null player, with exactly zero attribution.
+* **Text** (`Explainer.explain_text`, text tower only): the players are the words of the item's text; a
+  coalition re-encodes the text made of its words, and the value is the cosine of that vector with the
+  user's vector, i.e. the model's score of the item with part of its text blanked out.
+
+Up to `max_exact` players the Shapley values are computed exactly by enumerating all 2^n coalitions.
+Above that the `shap` library's Permutation explainer estimates them with antithetic permutations; each
+full pass telescopes from the empty to the full coalition, so the estimate still adds up exactly
+(efficiency) and only the split between players carries sampling noise. The method and the number of
+model evaluations are part of every result.
+
+`deletion_check` tests faithfulness: it removes the k most positively attributed history items and,
+for comparison, k random ones (several draws), and reports the item's score and rank after each.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from recsys_core.data.dataset import Dataset
+from recsys_core.data.errors import DataError
+from recsys_core.evaluate import popularity_percentile, top_k
+from recsys_core.item_text import ATTRIBUTE_COLUMNS, YEAR_COLUMNS, item_titles
+from recsys_core.models.base import Recommender
+from recsys_core.progress import Progress
+
+MAX_EXACT = 10  # 2^10 = 1,024 coalitions: exact enumeration stays one cheap batch
+MAX_EVALS = 2_000  # permutation budget (model evaluations) per explanation
+MAX_PLAYERS = 200  # most recent interactions explained one by one; older ones form one player
+MAX_WORDS = 48  # words of an item text explained (the encoder reads ~64 tokens anyway)
+TEXT_MAX_EVALS = 400  # re-encoding text is ~100x dearer than scoring a history
+_MAX_CELLS = 2**24  # score rows per call x catalogue size: ~64 MiB of float32 at a time
+
+ValueFn = Callable[[np.ndarray], np.ndarray]  # bool coalition masks [m, n_players] -> values [m]
+
+
+# ---- results -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Explanation:
+    """Shapley values of one recommendation: `values[i]` is how much player i pushes the item's score.
+
+    `values.sum() == full_value - base_value` (exactly for "exact" and "permutation": every sampled
+    permutation telescopes). `members[i]` lists the history positions player i stands for (empty for
+    text players).
+    """
+
+    item: int
+    kind: str  # "history" | "attributes" | "text"
+    labels: tuple[str, ...]
+    values: np.ndarray
+    base_value: float  # score with every player removed (empty history, or blank text)
+    full_value: float  # score with every player present
+    method: str  # "exact" | "permutation"
+    n_evals: int  # model evaluations (coalitions scored)
+    seconds: float
+    members: tuple[np.ndarray, ...] = ()
+    items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # history: item index per player, -1 if a group
+
+    def frame(self) -> pd.DataFrame:
+        """One row per player (label, value, item, size), strongest push first."""
+        sizes = [len(m) for m in self.members] if self.members else [1] * len(self.labels)
+        items = self.items if len(self.items) == len(self.labels) else np.full(len(self.labels), -1)
+        out = pd.DataFrame({"label": list(self.labels), "value": self.values.astype(float), "item": items,
+                            "size": sizes})
+        return out.sort_values("value", ascending=False, kind="stable").reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class DeletionCheck:
+    """Score and rank of the item after deleting its k most positive history items vs k random ones."""
+
+    k: int
+    n_random: int
+    score: float  # with the full history
+    rank: int  # 1-based, seen items excluded, ties counted against the item
+    top_score: float  # after deleting the top-k attributed items
+    top_rank: int
+    random_score: float  # mean over the random draws
+    random_rank: float
+    removed: tuple[int, ...]  # history positions deleted as "top-k"
+
+    @property
+    def top_drop(self) -> float:
+        return self.score - self.top_score
+
+    @property
+    def random_drop(self) -> float:
+        return self.score - self.random_score
+
+
+# ---- Shapley values of a game --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Shapley:
+    values: np.ndarray
+    base: float
+    full: float
+    method: str
+    n_evals: int
+
+
+def _counting(value_fn: ValueFn) -> tuple[ValueFn, list[int]]:
+    count = [0]
+
+    def wrapped(masks: np.ndarray) -> np.ndarray:
+        count[0] += len(masks)
+        return np.asarray(value_fn(masks), dtype=np.float64).reshape(-1)
+
+    return wrapped, count
+
+
+def exact_shapley(value_fn: ValueFn, n: int) -> tuple[np.ndarray, float, float]:
+    """(values, v(empty), v(all)) by scoring all 2^n coalitions in one batch."""
+    codes = np.arange(2**n, dtype=np.int64)
+    masks = ((codes[:, None] >> np.arange(n)) & 1).astype(bool)
+    v = value_fn(masks)
+    fact = [math.factorial(s) for s in range(n + 1)]
+    # Weight of a coalition S without player i: |S|! (n - |S| - 1)! / n!
+    weight = np.array([fact[s] * fact[n - s - 1] / fact[n] for s in range(n)] + [0.0])[masks.sum(1)]
+    values = np.empty(n)
+    for i in range(n):  # n <= MAX_EXACT: a loop over players, each step vectorised over coalitions
+        without = codes[(codes >> i) & 1 == 0]
+        values[i] = np.sum(weight[without] * (v[without | (1 << i)] - v[without]))
+    return values, float(v[0]), float(v[-1])
+
+
+def permutation_shapley(value_fn: ValueFn, n: int, max_evals: int, seed: int = 0) -> tuple[np.ndarray, float]:
+    """(values, v(empty)) from shap's antithetic Permutation explainer over a 0/1 presence vector."""
+    import shap
+
+    masker = shap.maskers.Independent(np.zeros((1, n)), max_samples=1)  # absent = the all-zero background
+    state = np.random.get_state()  # shap seeds NumPy's global generator; leave the caller's untouched
+    try:
+        explainer = shap.explainers.Permutation(lambda x: value_fn(x > 0.5), masker, seed=seed)
+        out = explainer(np.ones((1, n)), max_evals=max(max_evals, 2 * (2 * n + 1)), silent=True)
+    finally:
+        np.random.set_state(state)
+    return np.asarray(out.values[0], dtype=np.float64), float(np.asarray(out.base_values).reshape(-1)[0])
+
+
+def shapley(value_fn: ValueFn, n: int, max_exact: int = MAX_EXACT, max_evals: int = MAX_EVALS,
+            seed: int = 0) -> _Shapley:
+    """Shapley values of an n-player game: exact up to `max_exact` players, else permutation sampling."""
+    counted, count = _counting(value_fn)
+    if n <= max_exact:
+        values, base, full = exact_shapley(counted, n)
+        return _Shapley(values, base, full, "exact", count[0])
+    values, base = permutation_shapley(counted, n, max_evals, seed)
+    full = float(counted(np.ones((1, n), dtype=bool))[0])
+    return _Shapley(values, base, full, "permutation", count[0])
+
+
+_WARM = [False]
+
+
+def warm_up() -> None:
+    """Pay shap's one-off JIT compilation (~5 s) now, once per process, instead of on the first click."""
+    if not _WARM[0]:
+        weights = np.arange(1.0, MAX_EXACT + 3)
+        permutation_shapley(lambda m: m @ weights, len(weights), 4 * len(weights) + 2)
+        _WARM[0] = True
+
+
+# ---- games over a history ------------------------------------------------------------------------
+
+
+def score_column(model: Recommender, histories: Sequence[np.ndarray], item: int) -> np.ndarray:
+    """`model.score(histories)[:, item]` as float64, in chunks that keep each score matrix ~64 MiB."""
+    rows = max(1, _MAX_CELLS // max(model.n_items_, 1))
+    parts = [model.score(histories[s:s + rows])[:, item].double().numpy() for s in range(0, len(histories), rows)]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def masked_histories(history: np.ndarray, keep: np.ndarray) -> list[np.ndarray]:
+    """One history per row of `keep` [m, len(history)]: the kept items, order preserved."""
+    _, cols = np.nonzero(keep)  # row-major: each row's columns come out in ascending order
+    return np.split(history[cols], np.cumsum(keep.sum(axis=1))[:-1])
+
+
+def history_game(model: Recommender, history: np.ndarray, item: int, membership: np.ndarray) -> ValueFn:
+    """Value of a coalition = the item's score on the history keeping the positions whose players are all on.
+
+    `membership` [n_players, len(history)] says which players each position depends on; a position
+    is dropped as soon as one of its players is off.
+    """
+    member = membership.astype(np.float32)
+
+    def value(masks: np.ndarray) -> np.ndarray:
+        keep = ((~masks).astype(np.float32) @ member) == 0
+        return score_column(model, masked_histories(history, keep), item)
+
+    return value
+
+
+def _as_history(history: Sequence[int] | np.ndarray) -> np.ndarray:
+    return np.asarray(history, dtype=np.int64).reshape(-1)
+
+
+# ---- item attributes -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class ItemAttributes:
+    """Which describable attributes each item has: genres (or tags, ...), decade, popularity bucket."""
+
+    names: tuple[str, ...]
+    matrix: sp.csr_matrix  # bool [n_items, n_attributes]
+
+    def of(self, item: int) -> np.ndarray:
+        return self.matrix.indices[self.matrix.indptr[item]:self.matrix.indptr[item + 1]]
+
+
+POPULARITY_BUCKETS = ((0.99, "Blockbuster (top 1% by popularity)"), (0.90, "Very popular (top 10%)"),
+                      (0.50, "Popular (top half)"), (0.0, "Long tail (bottom half by popularity)"))
+
+
+def item_attributes(items: pd.DataFrame, item_popularity: np.ndarray) -> ItemAttributes:
+    """Attributes of every item from its metadata (first multi-valued column, year) and its popularity."""
+    n = len(items)
+    lower = {c.lower(): c for c in items.columns}
+    rows, labels = [], []
+    multi = next((lower[c] for c in ATTRIBUTE_COLUMNS if c in lower), None)
+    if multi is not None:
+        name = multi.rstrip("s").replace("_", " ").capitalize()
+        values = items[multi].astype("string").fillna("").str.split("|").explode()
+        values = values.str.strip()
+        values = values[values != ""]
+        rows.append(values.index.to_numpy())
+        labels.append((name + ": " + values).to_numpy(dtype=object))
+    year = next((lower[c] for c in YEAR_COLUMNS if c in lower), None)
+    if year is not None:
+        years = pd.to_numeric(items[year], errors="coerce")
+        ok = years.notna().to_numpy()
+        decades = (years[ok].astype(int) // 10 * 10).astype(str).to_numpy(dtype=object)
+        rows.append(np.flatnonzero(ok))
+        labels.append("Released in the " + decades + "s")
+    if len(item_popularity) == n and n:
+        pct = popularity_percentile(item_popularity)
+        names = np.array([name for _, name in POPULARITY_BUCKETS], dtype=object)
+        cuts = np.array([t for t, _ in POPULARITY_BUCKETS][::-1][1:])  # ascending thresholds above the lowest bucket
+        rows.append(np.arange(n))
+        labels.append(names[::-1][np.searchsorted(cuts, pct, side="right")])
+    if not rows:
+        return ItemAttributes((), sp.csr_matrix((n, 0), dtype=bool))
+    codes, names = pd.factorize(pd.Series(np.concatenate(labels)), sort=True)
+    matrix = sp.csr_matrix((np.ones(len(codes), bool), (np.concatenate(rows), codes)), shape=(n, len(names)))
+    matrix.sum_duplicates()
+    matrix.sort_indices()
+    return ItemAttributes(tuple(str(s) for s in names), matrix)
+
+
+# ---- the explainer -------------------------------------------------------------------------------
+
+
+class Explainer:
+    """Explanations of one model's recommendations on one dataset, with an LRU cache per (history, item).
+
+    One Explainer per model: the cache key is the history tuple and the item, so a page can keep one
+    instance per loaded model (e.g. behind `st.cache_resource`).
+    """
+
+    def __init__(self, model: Recommender, dataset: Dataset | None = None, *, max_exact: int = MAX_EXACT,
+                 max_evals: int = MAX_EVALS, max_players: int = MAX_PLAYERS, cache_size: int = 256,
+                 seed: int = 0) -> None:
+        self.model = model
+        self.max_exact, self.max_evals, self.max_players, self.seed = max_exact, max_evals, max_players, seed
+        if dataset is not None and dataset.n_items != model.n_items_:
+            raise DataError(f"the model scores {model.n_items_} items but the dataset has {dataset.n_items}",
+                            hint="explain a model trained on this dataset")
+        if dataset is not None:
+            self.titles = item_titles(dataset.items)
+            self.attributes = item_attributes(dataset.items, dataset.item_popularity)
+        else:
+            self.titles = [f"item {i}" for i in model.item_ids_]
+            self.attributes = ItemAttributes((), sp.csr_matrix((model.n_items_, 0), dtype=bool))
+        self._cache: OrderedDict[tuple, Explanation] = OrderedDict()
+        self._cache_size = cache_size
+
+    # -- cache
+
+    def _cached(self, key: tuple, compute: Callable[[], Explanation]) -> Explanation:
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        result = compute()
+        self._cache[key] = result
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return result
+
+    def _check_item(self, item: int) -> int:
+        if not 0 <= int(item) < self.model.n_items_:
+            raise DataError(f"item index {item} is outside the catalogue of {self.model.n_items_} items")
+        return int(item)
+
+    # -- history
+
+    def explain_history(self, history: Sequence[int] | np.ndarray, item: int,
+                        max_evals: int | None = None) -> Explanation:
+        """Shapley value of each past interaction for the item's score (newest `max_players` one by one)."""
+        history, item = _as_history(history), self._check_item(item)
+        budget = max_evals or self.max_evals
+        key = ("history", tuple(history.tolist()), item, budget)
+        return self._cached(key, lambda: self._explain_history(history, item, budget))
+
+    def _explain_history(self, history: np.ndarray, item: int, budget: int) -> Explanation:
+        start = time.perf_counter()
+        n = len(history)
+        older = max(0, n - self.max_players)
+        # Player of each position: the older ones share player 0 when there are too many to explain one by one.
+        players = np.arange(n) - older + (1 if older else 0)
+        players[:older] = 0
+        n_players = int(players.max()) + 1 if n else 0
+        membership = np.zeros((n_players, n), dtype=bool)
+        membership[players, np.arange(n)] = True
+        result = shapley(history_game(self.model, history, item, membership), n_players,
+                         self.max_exact, budget, self.seed)
+        members = tuple(np.flatnonzero(row) for row in membership)
+        items = np.array([history[m[0]] if len(m) == 1 else -1 for m in members], dtype=np.int64)
+        labels = tuple(self.titles[i] if i >= 0 else f"Older history ({older} items)" for i in items)
+        return Explanation(item, "history", labels, result.values, result.base, result.full, result.method,
+                           result.n_evals, time.perf_counter() - start, members, items)
+
+    # -- attributes
+
+    def explain_attributes(self, history: Sequence[int] | np.ndarray, item: int) -> Explanation:
+        """Shapley value of each attribute the item shares with the history (see the module docstring)."""
+        history, item = _as_history(history), self._check_item(item)
+        key = ("attributes", tuple(history.tolist()), item)
+        return self._cached(key, lambda: self._explain_attributes(history, item))
+
+    def _explain_attributes(self, history: np.ndarray, item: int) -> Explanation:
+        start = time.perf_counter()
+        own = self.attributes.of(item)
+        shared = self.attributes.matrix[history][:, own].toarray().T if len(history) else np.zeros((len(own), 0), bool)
+        other = ~shared.any(axis=0)
+        membership = np.vstack([shared, other[None, :]]).astype(bool)
+        labels = tuple(self.attributes.names[a] for a in own) + ("Other history items",)
+        active = np.flatnonzero(membership.any(axis=1))  # attributes nobody in the history shares are null players
+        result = shapley(history_game(self.model, history, item, membership[active]), len(active),
+                         self.max_exact, self.max_evals, self.seed)
+        values = np.zeros(len(labels))
+        values[active] = result.values
+        members = tuple(np.flatnonzero(row) for row in membership)
+        return Explanation(item, "attributes", labels, values, result.base, result.full, result.method,
+                           result.n_evals, time.perf_counter() - start, members)
+
+    # -- text (text tower)
+
+    def explain_text(self, history: Sequence[int] | np.ndarray, item: int,
+                     max_evals: int = TEXT_MAX_EVALS) -> Explanation:
+        """Shapley value of each word of the item's text (text tower only): blank words, re-encode, re-score."""
+        history, item = _as_history(history), self._check_item(item)
+        if not hasattr(self.model, "item_texts_") or not hasattr(self.model, "encode"):
+            raise DataError(f"word attributions need the text tower; this model is {self.model.family}")
+        key = ("text", tuple(history.tolist()), item, max_evals)
+        return self._cached(key, lambda: self._explain_text(history, item, max_evals))
+
+    def _explain_text(self, history: np.ndarray, item: int, max_evals: int) -> Explanation:
+        start = time.perf_counter()
+        words = np.array(self.model.item_texts_[item].split()[:MAX_WORDS], dtype=object)
+        user = torch.as_tensor(self.model.user_embeddings([history]))[0]
+
+        def value(masks: np.ndarray) -> np.ndarray:
+            texts = [" ".join(words[row]) for row in masks]  # building strings has no vectorised form
+            return (self.model.encode(texts) @ user).double().numpy()
+
+        result = shapley(value, len(words), self.max_exact, max_evals, self.seed)
+        return Explanation(item, "text", tuple(words), result.values, result.base, result.full, result.method,
+                           result.n_evals, time.perf_counter() - start)
+
+    # -- faithfulness
+
+    def deletion_check(self, history: Sequence[int] | np.ndarray, item: int, k: int = 3, n_random: int = 10,
+                       explanation: Explanation | None = None) -> DeletionCheck:
+        """Delete the k most positive history items vs k random ones (mean of `n_random` draws): score and rank."""
+        history, item = _as_history(history), self._check_item(item)
+        expl = explanation if explanation is not None else self.explain_history(history, item)
+        single = np.flatnonzero(expl.items >= 0)  # players standing for one interaction
+        order = single[np.argsort(-expl.values[single], kind="stable")][:k]
+        removed = np.concatenate([expl.members[p] for p in order]) if len(order) else np.zeros(0, np.int64)
+        k_eff = len(removed)
+        rng = np.random.default_rng(self.seed)
+        random_sets = [rng.choice(len(history), size=k_eff, replace=False) for _ in range(n_random)]
+        keep = np.ones((2 + n_random, len(history)), dtype=bool)
+        keep[1, removed] = False
+        for r, chosen in enumerate(random_sets):
+            keep[2 + r, chosen] = False
+        scores = self.model.score(masked_histories(history, keep))
+        ranks = _ranks(scores, item, history)
+        values = scores[:, item].double().numpy()
+        return DeletionCheck(k_eff, n_random, float(values[0]), int(ranks[0]), float(values[1]), int(ranks[1]),
+                             float(values[2:].mean()), float(ranks[2:].mean()), tuple(int(p) for p in removed))
+
+    # -- words
+
+    def reasons(self, history_expl: Explanation, attribute_expl: Explanation | None = None, k: int = 3) -> str:
+        """Plain-language sentence: the top-k positive history items, and the top shared attribute if it helps."""
+        frame = history_expl.frame()
+        positive = frame[(frame["value"] > 0) & (frame["item"] >= 0)].head(k)
+        title = self.titles[history_expl.item]
+        if positive.empty:
+            sentence = (f"None of the past items raises the score of \u201c{title}\u201d: the model recommends it "
+                        f"from its general preferences (its score with an empty history is "
+                        f"{history_expl.base_value:.3g}, with this history {history_expl.full_value:.3g}).")
+        else:
+            names = [f"\u201c{t}\u201d" for t in positive["label"]]
+            listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+            sentence = f"\u201c{title}\u201d is recommended mainly because of {listed}"
+            sentence += self._attribute_clause(attribute_expl, len(history_expl.members)) + "."
+        return sentence
+
+    def _attribute_clause(self, expl: Explanation | None, n_history: int) -> str:
+        if expl is None or not len(expl.values):
+            return ""
+        best = int(np.argmax(expl.values[:-1])) if len(expl.values) > 1 else -1
+        if best < 0 or expl.values[best] <= 0 or not len(expl.members[best]):
+            return ""
+        return (f"; it also shares \u201c{expl.labels[best]}\u201d with {len(expl.members[best])} "
+                f"of the items in the history, which raises its score")
+
+    # -- recommendations and the global view
+
+    def top_items(self, histories: Sequence[np.ndarray], k: int = 1) -> np.ndarray:
+        """Top-k unseen items per history [len(histories), k] (-1 pads), one batched score call."""
+        scores = self.model.score(histories)
+        return top_k(scores, k, exclude=[_as_history(h) for h in histories])[0].numpy()
+
+    def global_view(self, histories: Sequence[np.ndarray], items: Sequence[int] | None = None,
+                    progress: Progress | None = None, max_evals: int | None = None) -> pd.DataFrame:
+        """Long frame of history and attribute Shapley values over many (history, item) pairs.
+
+        Columns: row (which pair), kind ("item" | "attribute"), label, value, feature (the colour of a
+        SHAP summary plot: recency 0..1 of a history item, or the share of the history carrying an attribute).
+        `items` defaults to each history's top-1 recommendation.
+        """
+        histories = [_as_history(h) for h in histories]
+        items = self.top_items(histories, 1)[:, 0] if items is None else np.asarray(items)
+        parts = []
+        for row, (history, item) in enumerate(zip(histories, items)):
+            if progress is not None and progress.cancelled:
+                break
+            if item < 0 or not len(history):
+                continue
+            parts.append(self._global_rows(row, history, int(item), max_evals))
+            if progress is not None:
+                progress.update(row + 1, len(histories), message=f"explained {row + 1} of {len(histories)}")
+        columns = ["row", "kind", "label", "value", "feature", "item"]
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+
+    def _global_rows(self, row: int, history: np.ndarray, item: int, max_evals: int | None) -> pd.DataFrame:
+        h = self.explain_history(history, item, max_evals)
+        a = self.explain_attributes(history, item)
+        single = h.items >= 0
+        recency = np.array([m[-1] for m in h.members]) / max(len(history) - 1, 1)
+        share = np.array([len(m) for m in a.members]) / len(history)
+        return pd.DataFrame({
+            "row": row, "kind": ["item"] * int(single.sum()) + ["attribute"] * len(a.labels),
+            "label": [h.labels[i] for i in np.flatnonzero(single)] + list(a.labels),
+            "value": np.concatenate([h.values[single], a.values]),
+            "feature": np.concatenate([recency[single], share]), "item": item,
+        })
+
+
+def summarise_global(frame: pd.DataFrame, top: int = 3) -> pd.DataFrame:
+    """Per (kind, label): mean |SHAP|, mean SHAP, pairs it appears in, and how often it is a top-`top` reason."""
+    if frame.empty:
+        return pd.DataFrame(columns=["kind", "label", "mean_abs", "mean", "appears", "top_reason"])
+    ranked = frame.assign(abs=frame["value"].abs())
+    position = ranked.sort_values("value", ascending=False).groupby(["row", "kind"]).cumcount()
+    ranked["top_reason"] = (position.reindex(ranked.index) < top) & (ranked["value"] > 0)
+    out = ranked.groupby(["kind", "label"], as_index=False).agg(
+        mean_abs=("abs", "mean"), mean=("value", "mean"), appears=("row", "nunique"), top_reason=("top_reason", "sum"))
+    return out.sort_values(["kind", "mean_abs"], ascending=[True, False], ignore_index=True)
+
+
+def _ranks(scores: torch.Tensor, item: int, seen: np.ndarray) -> np.ndarray:
+    """1-based pessimistic rank of `item` in each row, the user's seen items (but not the item) excluded."""
+    exclude = torch.zeros(scores.shape[1], dtype=torch.bool)
+    exclude[torch.from_numpy(seen)] = True
+    exclude[item] = False
+    target = scores[:, item:item + 1]
+    return ((scores >= target) & ~exclude).sum(dim=1).numpy()
