@@ -30,4 +30,6 @@ PAGES: tuple[PageSpec, ...] = (
              "Leaderboard of runs on full-ranking metrics, and which users each model serves best."),
     PageSpec("pages/recommend.py", "Recommend", ":material/recommend:",
              "Top-K for any user, what-if history edits, cold-start users, similar items and exports."),
+    PageSpec("pages/explain.py", "Explain", ":material/psychology:",
+             "Why an item is recommended: SHAP over the history and attributes, a faithfulness check, a global view."),
 )
