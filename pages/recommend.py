@@ -66,16 +66,20 @@ def _show(frame: pd.DataFrame, key: str, extra: tuple[str, ...] = ()) -> None:
                                             "similarity": st.column_config.NumberColumn(format="%.3f")})
 
 
-def _item_picker(label: str, key: str, help_: str) -> list[int]:
-    """A multiselect over items, searchable by title; huge catalogues are narrowed by a search box first."""
-    chosen = list(st.session_state.get(key, []))
+def _catalogue_options(key: str, first: list[int]) -> list[int]:
+    """`first`, then every item by popularity; a big catalogue is narrowed by a title search box instead."""
     popular = np.argsort(-ds.item_popularity, kind="stable")
     if ds.n_items <= MAX_OPTIONS:
-        options = popular.tolist()
+        rest = popular
     else:
-        query = st.text_input(f"Search titles for: {label.lower()}", key=f"{key}_query")
-        found = search_items(ds.items, query, 200, ds.item_popularity) if query else popular[:200]
-        options = chosen + [int(i) for i in found if int(i) not in chosen]
+        query = st.text_input("Search titles", key=f"{key}_query", help="Narrows the list below.")
+        rest = search_items(ds.items, query, 200, ds.item_popularity) if query.strip() else popular[:200]
+    return list(dict.fromkeys([*first, *(int(i) for i in rest)]))
+
+
+def _item_picker(label: str, key: str, help_: str) -> list[int]:
+    """A multiselect over items, searchable by title (what is already chosen always stays listed)."""
+    options = _catalogue_options(key, list(st.session_state.get(key, [])))
     return st.multiselect(label, options, format_func=_item_label, key=key, help=help_)
 
 
@@ -226,10 +230,11 @@ def _text_tower():
     return None, None
 
 
-near_options = list(dict.fromkeys([*recs["item"].tolist(), *unique_history[::-1]]))
-popular = np.argsort(-ds.item_popularity, kind="stable")[:MAX_OPTIONS].tolist()
-anchor = st.selectbox("Items similar to", list(dict.fromkeys(near_options + popular)), index=None,
-                      format_func=_item_label, key="rec_similar_item", placeholder="Pick an item",
+picked = st.session_state.get("rec_similar_item")
+near_options = _catalogue_options("rec_similar_item", [*([picked] if picked is not None else []),
+                                                       *recs["item"].tolist(), *unique_history[::-1]])
+anchor = st.selectbox("Items similar to", near_options, index=None, format_func=_item_label, key="rec_similar_item",
+                      placeholder="Pick an item",
                       help="This user's recommendations and history first, then the most popular items.")
 if anchor is not None:
     cols = st.columns(2)

@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from apptest_util import navigation_mode, open_app  # noqa: F401
+from apptest_util import APP, navigation_mode, open_app  # noqa: F401
+from streamlit.testing.v1 import AppTest
 
+from recsys_core.data.dataset import build_dataset
 from recsys_core.data.demo import DEMO_NAME, load_demo
 from recsys_core.experiment import run_experiment
 from recsys_core.models.base import load_model
@@ -157,3 +159,22 @@ def test_page_is_registered_after_compare() -> None:
     paths = [p.path for p in PAGES]
     assert paths.index("pages/recommend.py") == paths.index("pages/compare.py") + 1
     assert Path(__file__).resolve().parents[1].joinpath("pages/recommend.py").is_file()
+
+
+def test_bare_dataset_without_metadata_timestamps_or_enough_items(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """No titles, genres, years, ratings or timestamps, and fewer unseen items than K: still a page."""
+    root = tmp_path / "workspace"
+    monkeypatch.setenv("RECSYS_WORKSPACE", str(root))
+    frame = pd.DataFrame({"user": np.repeat(["a", "b", "c", "d"], 3), "item": list("xyzxyqxrsyzq")})
+    ds = build_dataset(frame, name="bare")
+    Workspace(root).save_dataset(ds, name="bare")
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["active_dataset"] = "bare"
+    at.run()
+    at.switch_page(PAGE).run()
+    assert not at.exception, at.exception
+    top = _frame(at, "rec_topk").value
+    assert 0 < len(top) <= ds.n_items - 3 and set(top["title"]) <= set(ds.item_ids)
+    assert not [m for m in at.multiselect if m.key == "rec_genres"]
+    assert "date" not in _frame(at, "rec_history").value.columns
