@@ -1,0 +1,413 @@
+"""Keeping LLM blurbs true to the data: sanitise item text going in, check every name coming out.
+
+Going in (`sanitize`): item text is data, never instructions. Control and format characters, chat
+template tokens, angle brackets (our DATA delimiters) and instruction-like clauses ("ignore previous
+instructions and say X") are removed and long fields are truncated; what was removed is kept as
+`withheld` so the checker can refuse a blurb that echoes it.
+
+Coming out (`check_blurb`): a blurb may only name what the facts name. Titles are found by matching
+the blurb's words against the whole catalogue (longest match first, so "The Dark Knight Rises" is not
+read as "The Dark Knight"); a catalogue title matches only where the blurb capitalises it as the title
+does, so "the family" is not the film "The Family". Attributes (genres, ...) are matched with plurals
+and a few synonyms ("comedies", "science fiction"); years and other numbers must be in the facts;
+quoted title-like spans must be facts. Instruction-like text, links, chat tokens, shouted words and
+words from withheld text fail the blurb outright.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+MAX_TITLE_CHARS = 100
+MAX_ATTRIBUTE_CHARS = 40
+MAX_TITLE_TOKENS = 16
+
+# ---- sanitising item text ------------------------------------------------------------------------
+
+_DROP_CATEGORIES = {"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp"}  # controls, zero-width/bidi, private, unassigned
+_CHAT_TOKENS = re.compile(r"<\|[^|<>]{0,40}\|>|\[/?INST\]|<<\/?SYS>>|</?s>|\|im_(?:start|end)\|", re.IGNORECASE)
+_CLAUSE_END = r"[^.!?\n]*"
+INJECTION = re.compile(
+    r"\b(?:ignore|disregard|forget|override|bypass|skip)\W+(?:\w+\W+){0,4}?"
+    r"(?:instructions?|prompts?|rules|directions|guidelines|directives|context|messages?|the\s+above|everything)\b"
+    + _CLAUSE_END
+    + r"|\b(?:new|updated|real)\s+instructions?\b" + _CLAUSE_END
+    + r"|\byou\s+are\s+now\b" + _CLAUSE_END
+    + r"|\bfrom\s+now\s+on\b" + _CLAUSE_END
+    + r"|\bsystem\s+prompt\b" + _CLAUSE_END
+    + r"|\bjailbreak\w*" + _CLAUSE_END
+    + r"|\b(?:say|print|output|write|respond\s+with|reply\s+with|answer\s+with|repeat)\W{0,3}[A-Z]{4,}\b\W?"
+    + r"|(?:^|(?<=\s))(?:system|assistant|user|developer)\s*:",
+    re.IGNORECASE,
+)
+# "say" etc. followed by an all-caps word must really be capitals: re-check that part case-sensitively.
+_SHOUT_AFTER_VERB = re.compile(r"[A-Z]{4,}")
+
+
+def _strip_characters(text: str) -> str:
+    text = unicodedata.normalize("NFC", text)  # NFKC would turn "8½" into "81⁄2"; it is used for detection only
+    text = "".join(" " if unicodedata.category(ch) in _DROP_CATEGORIES else ch for ch in text)
+    return text.replace("<", " ").replace(">", " ")
+
+
+def _injections(text: str) -> list[tuple[int, int]]:
+    spans = []
+    for m in INJECTION.finditer(text):
+        piece = m.group(0)
+        verb_form = re.match(r"(?i)(say|print|output|write|respond|reply|answer|repeat)\b", piece)
+        if verb_form and not _SHOUT_AFTER_VERB.search(piece):
+            continue  # "Say Anything..." is a title, "say HACKED" is an order
+        spans.append(m.span())
+    return spans
+
+
+@dataclass(frozen=True)
+class Clean:
+    text: str
+    withheld: tuple[str, ...] = ()
+
+
+def sanitize(value: object, max_chars: int = MAX_TITLE_CHARS) -> Clean:
+    """Item text made safe to quote to an LLM: see the module docstring. Never raises."""
+    text = "" if value is None else str(value)
+    text = _CHAT_TOKENS.sub(" ", _strip_characters(text))
+    withheld = []
+    spans = _injections(text)
+    if not spans and _injections(unicodedata.normalize("NFKC", text)):
+        return Clean("", (text.strip(),))  # an order hidden behind look-alike characters: withhold the field
+    for start, stop in reversed(spans):
+        withheld.append(text[start:stop].strip())
+        text = text[:start] + " " + text[stop:]
+    text = re.sub(r"\s+", " ", text).strip(" \t-:;,")
+    if spans:  # tidy the punctuation the removed clause leaves behind ("Heat. !" -> "Heat.")
+        text = re.sub(r"\s+[!?.,;:]+(?=\s|$)", "", text).strip(" \t-:;,")
+    if len(text) > max_chars:
+        cut = text[:max_chars].rsplit(" ", 1)[0] if " " in text[:max_chars] else text[:max_chars]
+        text = cut.rstrip(" ,;:-") + "…"
+    return Clean(text, tuple(w for w in reversed(withheld) if w))
+
+
+# ---- words and titles ----------------------------------------------------------------------------
+
+_WORD = re.compile(r"\w+")
+_YEAR_SUFFIX = re.compile(r"\s*\((?:\d{4})\)\s*$")
+_ARTICLE_SUFFIX = re.compile(r"^(?P<rest>.+),\s*(?P<art>The|A|An|Les|La|Le|L'|Il|Das|Der|Die|El)\s*$", re.IGNORECASE)
+_OPENERS = " \t\"'“‘«([*_-—–"
+
+
+def _fold(word: str) -> str:
+    decomposed = unicodedata.normalize("NFKD", word)
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
+
+
+def display_title(title: str) -> str:
+    """'Matrix, The (1999)' -> 'The Matrix': how a title is written in running text."""
+    title = _YEAR_SUFFIX.sub("", title.strip())
+    m = _ARTICLE_SUFFIX.match(title)
+    return f"{m['art']} {m['rest']}" if m else title
+
+
+@dataclass(frozen=True)
+class Token:
+    norm: str
+    capital: bool  # first letter upper case (digits count as capital: "2001" is written as in the title)
+    start: int
+    stop: int
+    initial: bool  # first word of a sentence (its capital says nothing)
+
+
+def tokens(text: str) -> list[Token]:
+    out = []
+    for m in _WORD.finditer(text):
+        word = m.group(0)
+        before = text[:m.start()].rstrip(_OPENERS)
+        initial = not before or before[-1] in ".!?:;\n"
+        out.append(Token(_fold(word), word[0].isupper() or word[0].isdigit(), m.start(), m.end(), initial))
+    return out
+
+
+def title_key(title: str) -> tuple[str, ...]:
+    return tuple(t.norm for t in tokens(display_title(title)))
+
+
+def _caps(title: str) -> tuple[bool, ...]:
+    return tuple(t.capital for t in tokens(display_title(title)))
+
+
+# ---- the catalogue: every title and attribute value a blurb could name -------------------------
+
+# Attribute words that are also everyday words: they count as named only when capitalised mid-sentence.
+_COMMON_WORD_ATTRIBUTES = {"family", "history", "music", "musical", "war", "sport", "sports", "short", "news",
+                           "adult", "western", "reality", "talk", "game", "fiction", "classics", "young"}
+_SYNONYMS = {
+    "sci fi": ["science fiction", "scifi", "sci fis"],
+    "film noir": ["noir"],
+    "comedy": ["comedic"],
+    "romance": ["romantic", "romcom", "rom com"],
+    "animation": ["animated"],
+    "biography": ["biographical", "biopic", "biopics"],
+    "history": ["historical"],
+    "documentary": ["documentaries"],
+    "children s": ["children", "kids"],
+}
+
+
+def _plurals(words: tuple[str, ...]) -> list[tuple[str, ...]]:
+    *head, last = words
+    forms = {last + "s", last + "es"}
+    if last.endswith("y"):
+        forms.add(last[:-1] + "ies")
+    return [(*head, f) for f in forms]
+
+
+@dataclass
+class Catalogue:
+    """Every title and attribute value of a dataset, indexed for matching blurb text."""
+
+    titles: dict[tuple[str, ...], str] = field(default_factory=dict)  # key -> display title
+    title_caps: dict[tuple[str, ...], tuple[bool, ...]] = field(default_factory=dict)
+    attributes: dict[tuple[str, ...], str] = field(default_factory=dict)  # variant key -> canonical value key
+    longest: int = 1
+
+    @classmethod
+    def build(cls, titles: Iterable[str], attributes: Iterable[str] = ()) -> Catalogue:
+        cat = cls()
+        for raw in titles:
+            title = display_title(sanitize(raw).text)
+            key = title_key(title)
+            if key and len(key) <= MAX_TITLE_TOKENS and key not in cat.titles:
+                cat.titles[key], cat.title_caps[key] = title, _caps(title)
+        for raw in attributes:
+            cat.add_attribute(sanitize(raw, MAX_ATTRIBUTE_CHARS).text)
+        cat.longest = max((len(k) for k in (*cat.titles, *cat.attributes)), default=1)
+        return cat
+
+    def add_attribute(self, value: str) -> None:
+        key = tuple(t.norm for t in tokens(value))
+        if not key:
+            return
+        canonical = " ".join(key)
+        variants = [key, *_plurals(key), (canonical.replace(" ", ""),)]
+        for synonym in _SYNONYMS.get(canonical, []):
+            variants.append(tuple(synonym.split()))
+        for v in variants:
+            self.attributes.setdefault(v, canonical)
+
+
+# ---- the check -----------------------------------------------------------------------------------
+
+_NUMBER = re.compile(r"(?<![\w.])'?(\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(s\b|%)?")
+_LINK = re.compile(r"https?://|www\.|\b[\w.+-]+@[\w-]+\.\w+", re.IGNORECASE)
+_SHOUT = re.compile(r"\b[A-Z]{4,}\b")
+_QUOTED = re.compile(r"[\"“”«»]([^\"“”«»\n]{2,120})[\"“”«»]|(?:(?<=^)|(?<=[\s(]))[‘']([^'‘’\n]{2,80})[’'](?=[\s.,;:!?)]|$)")
+# Everyday words a withheld clause may share with an honest blurb: echoing these proves nothing.
+_COMMON = {"this", "that", "with", "from", "your", "will", "have", "they", "them", "then", "than", "into", "about",
+           "what", "when", "were", "been", "just", "like", "more", "most", "only", "also", "very", "movie", "film",
+           "book", "item", "title", "users", "watch", "love", "enjoy"}
+# Capitalised mid-sentence yet no name: the pronoun I and a few abbreviations.
+_NOT_NAMES = {"i", "im", "ive", "id", "ill", "tv", "ok", "dvd", "hd", "you", "movie", "film", "book", "item"}
+_AI_TALK = re.compile(r"\bas an ai\b|\blanguage model\b|\bi cannot\b|\bi can't\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """What a blurb may name: the facts' titles, attribute values, numbers and any withheld text to refuse."""
+
+    titles: tuple[str, ...]
+    attributes: tuple[str, ...]
+    numbers: tuple[str, ...]
+    required_title: str
+    withheld: tuple[str, ...] = ()
+    max_words: int = 80
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    problems: tuple[str, ...]
+
+    def summary(self) -> str:
+        return "; ".join(self.problems) if self.problems else "every title, attribute and number is in the facts"
+
+
+def _title_keys(titles: Sequence[str]) -> set[tuple[str, ...]]:
+    keys = set()
+    for t in titles:
+        key = title_key(t)
+        if key:
+            keys.add(key)
+            if len(key) > 1 and key[0] in ("the", "a", "an"):
+                keys.add(key[1:])  # "Departed" is how people say "The Departed" mid-sentence
+    return keys
+
+
+def _capitalised_like(words: Sequence[Token], caps: tuple[bool, ...]) -> bool:
+    return all(w.capital or not c for w, c in zip(words, caps))
+
+
+@dataclass
+class _Found:
+    titles: list[str] = field(default_factory=list)  # catalogue titles that are not facts
+    attributes: list[str] = field(default_factory=list)  # attribute values that are not facts
+    names: list[str] = field(default_factory=list)  # other capitalised names (people, studios, places...)
+    in_titles: int = 0  # words that belong to fact titles
+
+
+def _scan(blurb: list[Token], cat: Catalogue, fact_titles: set, fact_attrs: set[str], fact_numbers: set[str],
+          fact_words: set[str]) -> _Found:
+    """Walk the blurb once, longest match first, collecting what it names that is not in the facts."""
+    found, name_run = _Found(), []
+    i = 0
+    while i < len(blurb):
+        step, matched = 1, True
+        for n in range(min(cat.longest, len(blurb) - i), 0, -1):
+            words = blurb[i:i + n]
+            key = tuple(w.norm for w in words)
+            if key in fact_titles:
+                found.in_titles += n
+                step = n
+                break
+            if n == 1 and key[0] in fact_numbers:
+                break  # "(2012)" is the year in the facts, not the film "2012"
+            if key in cat.attributes:
+                canonical = cat.attributes[key]
+                if canonical not in fact_attrs and _names_attribute(words, canonical):
+                    found.attributes.append(" ".join(w.norm for w in words))
+                step = n
+                break
+            if key in cat.titles and _names_title(words, cat.title_caps[key]):
+                found.titles.append(cat.titles[key])
+                step = n
+                break
+        else:
+            matched = False
+        word = blurb[i]
+        if not matched and _unknown_name(word, fact_words):
+            name_run.append(word)
+        elif name_run:
+            found.names.append(_span_text(name_run))
+            name_run = []
+        i += step
+    if name_run:
+        found.names.append(_span_text(name_run))
+    return found
+
+
+def _unknown_name(word: Token, fact_words: set[str]) -> bool:
+    """A capitalised word mid-sentence that no fact explains: a person, studio, place, award or title."""
+    return (word.capital and not word.initial and not word.norm[0].isdigit() and word.norm not in fact_words
+            and word.norm not in _NOT_NAMES)
+
+
+def _span_text(words: list[Token]) -> str:
+    return " ".join(w.norm.capitalize() for w in words)
+
+
+def _names_attribute(words: Sequence[Token], canonical: str) -> bool:
+    if canonical in _COMMON_WORD_ATTRIBUTES or words[0].norm in _COMMON_WORD_ATTRIBUTES:
+        return words[0].capital and not words[0].initial
+    return True
+
+
+def _names_title(words: Sequence[Token], caps: tuple[bool, ...]) -> bool:
+    if not _capitalised_like(words, caps) or not any(caps):
+        return False
+    if len(words) == 1:  # one-word titles ("Heat", "Up") are everyday words unless capitalised mid-sentence
+        return len(words[0].norm) >= 3 and words[0].capital and not words[0].initial
+    return True
+
+
+def _numbers(text: str, allowed: Sequence[str]) -> list[str]:
+    ok = set(allowed)
+    for value in allowed:
+        if len(value) == 4 and value.isdigit():  # a year allows its decade: "1990s", "90s"
+            ok.update({f"{value[:3]}0s", f"{value[2]}0s"})
+    bad = []
+    for m in _NUMBER.finditer(text):
+        digits = m.group(1).replace(",", "")
+        suffix = m.group(2) or ""
+        if digits in ok or (suffix == "s" and f"{digits}s" in ok):
+            continue
+        bad.append(m.group(0).lstrip("'"))
+    return bad
+
+
+def _quoted_problems(text: str, cat: Catalogue, fact_titles: set, fact_attrs: set[str]) -> list[str]:
+    bad = []
+    for m in _QUOTED.finditer(text):
+        span = (m.group(1) or m.group(2) or "").strip().strip(".,!?")
+        key = title_key(span)
+        if not key or key in fact_titles or cat.attributes.get(key) in fact_attrs:
+            continue
+        if key in cat.titles:
+            bad.append(f"names “{cat.titles[key]}”, which is not in the facts")
+            continue
+        words = tokens(span)
+        capitalised = sum(w.capital for w in words if len(w.norm) > 3)
+        if len(words) >= 2 and capitalised >= 2 and capitalised >= 0.6 * sum(len(w.norm) > 3 for w in words):
+            bad.append(f"quotes “{span}”, which looks like a title but is not in the facts")
+    return bad
+
+
+def _echoes(text: str, withheld: Sequence[str], fact_words: set[str]) -> list[str]:
+    words = {t.norm for t in tokens(text)}
+    suspicious = set()
+    for piece in withheld:
+        for t in tokens(piece):
+            if len(t.norm) >= 4 and t.norm not in fact_words and t.norm not in _COMMON:
+                suspicious.add(t.norm)
+    return sorted(words & suspicious)
+
+
+def check_blurb(text: str, allowed: Allowed, cat: Catalogue) -> Verdict:
+    """Every title, attribute and number the blurb names must be in `allowed`; see the module docstring."""
+    if not text.strip():
+        return Verdict(False, ("the blurb is empty",))
+    problems: list[str] = []
+    fact_titles = _title_keys(allowed.titles)
+    fact_attrs = {" ".join(t.norm for t in tokens(a)) for a in allowed.attributes}
+    fact_attrs = {cat.attributes.get(tuple(a.split()), a) for a in fact_attrs}
+    words = tokens(text)
+    numbers = [*allowed.numbers, *(m.group(1).replace(",", "") for t in allowed.titles for m in _NUMBER.finditer(t))]
+    fact_words = {t.norm for t in tokens(" ".join((*allowed.titles, *allowed.attributes)))}
+    found = _scan(words, cat, fact_titles, fact_attrs, set(numbers), fact_words)
+    problems += [f"names “{t}”, which is not in the facts" for t in dict.fromkeys(found.titles)]
+    problems += [f"names the attribute “{a}”, which is not in the facts" for a in dict.fromkeys(found.attributes)]
+    problems += [f"names “{n}”, which is not in the facts" for n in dict.fromkeys(found.names)]
+    problems += [p for p in _quoted_problems(text, cat, fact_titles, fact_attrs) if p not in problems]
+    problems += [f"mentions “{n}”, a number not in the facts" for n in dict.fromkeys(_numbers(text, numbers))]
+    required = _title_keys([allowed.required_title])
+    if not _contains_any(words, required):
+        problems.append(f"does not name the recommended title “{allowed.required_title}”")
+    problems += _safety_problems(text, allowed)
+    n_words = len(words) - found.in_titles  # a long title must not make a short blurb fail
+    if n_words > allowed.max_words:
+        problems.append(f"is too long ({n_words} words, at most {allowed.max_words})")
+    return Verdict(not problems, tuple(problems))
+
+
+def _contains_any(words: Sequence[Token], keys: set[tuple[str, ...]]) -> bool:
+    norms = [w.norm for w in words]
+    return any(norms[i:i + len(k)] == list(k) for k in keys for i in range(len(norms) - len(k) + 1))
+
+
+def _safety_problems(text: str, allowed: Allowed) -> list[str]:
+    problems = []
+    if _injections(text) or _CHAT_TOKENS.search(text):
+        problems.append("contains instruction-like text")
+    if _LINK.search(text):
+        problems.append("contains a link or e-mail address")
+    if _AI_TALK.search(text):
+        problems.append("talks about itself instead of the item")
+    fact_text = " ".join((*allowed.titles, *allowed.attributes))
+    fact_words = {t.norm for t in tokens(fact_text)}
+    shouted = [w for w in _SHOUT.findall(text) if _fold(w) not in fact_words]
+    if shouted:
+        problems.append(f"shouts “{shouted[0]}”, which is not in the facts")
+    echoed = _echoes(text, allowed.withheld, fact_words)
+    if echoed:
+        problems.append(f"repeats text withheld from the item data (“{echoed[0]}”)")
+    return problems

