@@ -150,6 +150,7 @@ def test_explain_hook_puts_user_and_item_in_session_state(env: dict) -> None:
         return
     item = at.selectbox(key="rec_explain_item").value
     button.click().run()
+    assert not at.exception, at.exception
     assert at.session_state["explain_user"] == 0 and at.session_state["explain_item"] == item
 
 
