@@ -50,7 +50,7 @@ from recsys_core.models.base import Recommender
 from recsys_core.progress import Progress
 
 MAX_EXACT = 10  # 2^10 = 1,024 coalitions: exact enumeration stays one cheap batch
-MAX_EVALS = 2_000  # permutation budget (model evaluations) per explanation
+MAX_EVALS = 1_000  # permutation budget (model evaluations) per explanation; at least 2 passes whatever n
 MAX_PLAYERS = 200  # most recent interactions explained one by one; older ones form one player
 MAX_WORDS = 48  # words of an item text explained (the encoder reads ~64 tokens anyway)
 TEXT_MAX_EVALS = 400  # re-encoding text is ~100x dearer than scoring a history

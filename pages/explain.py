@@ -1,0 +1,259 @@
+"""Explain: why the active model recommends an item to a user. Shapley values over the user's history
+and the item's attributes (and its words, for the text tower), a deletion check of their faithfulness,
+and a global view over many users. Every number comes from `recsys_core.explain`."""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from pages.ui.common import load_dataset, md_escape, show_data_error, sidebar_dataset_selector
+from pages.ui.model_state import active_model
+from recsys_core import explain
+from recsys_core.data.errors import DataError
+from recsys_core.progress import Progress
+from recsys_core.recommend import recommend
+
+USER_KEY, ITEM_KEY = "explain_user", "explain_item"  # plain state, also set by the Recommend page
+GLOBAL_KEY = "explain_global"  # session state: the last global view, with what it was computed for
+TOP_BARS = 12  # history items drawn one by one in the waterfall; the rest are summed
+POSITIVE, NEGATIVE = "#2e7d32", "#c62828"
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _explainer(_model, _ds, model_key: str) -> explain.Explainer:
+    """One Explainer (with its LRU of explanations) per model and dataset version."""
+    return explain.Explainer(_model, _ds)
+
+
+@st.cache_resource(show_spinner="Preparing SHAP (once per server process, a few seconds)...")
+def _warm_up() -> bool:
+    explain.warm_up()
+    return True
+
+
+def _short(text: str, width: int = 42) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+# ---- page setup ----------------------------------------------------------------------------------
+
+st.title("Explain")
+record = sidebar_dataset_selector()
+ds = load_dataset(record)
+try:
+    model, which = active_model(record, ds)
+except DataError as err:
+    show_data_error(err, "Could not load a model")
+    st.stop()
+st.caption(f"Dataset **{md_escape(record.name)}** · model: {md_escape(which)}.")
+explainer = _explainer(model, ds, f"{id(model)}|{record.name}|{record.created_at}|{record.path}")
+titles = explainer.titles
+lengths = np.diff(ds.indptr)
+
+
+def _default_user() -> int:
+    """A user whose history is explained exactly (at most MAX_EXACT items) yet long enough to be interesting."""
+    fits = np.flatnonzero((lengths >= 3) & (lengths <= explain.MAX_EXACT))
+    return int(fits[np.argmax(lengths[fits])]) if len(fits) else 0
+
+
+def _on_user() -> None:
+    st.session_state[USER_KEY] = st.session_state["explain_user_select"]
+    st.session_state.pop(ITEM_KEY, None)  # a new user opens on their own top recommendation
+
+
+def _on_item() -> None:
+    st.session_state[ITEM_KEY] = st.session_state["explain_item_select"]
+
+
+if not isinstance(st.session_state.get(USER_KEY), int) or not 0 <= st.session_state[USER_KEY] < ds.n_users:
+    st.session_state[USER_KEY] = _default_user()
+user = st.session_state[USER_KEY]
+st.session_state["explain_user_select"] = user  # mirror plain state into the widget before it is drawn
+history = ds.history(user)
+recs = recommend(model, history, 10, popularity=ds.item_popularity, items=ds.items)
+options = [int(i) for i in recs["item"]]
+chosen = st.session_state.get(ITEM_KEY)
+if not isinstance(chosen, int) or not 0 <= chosen < ds.n_items:
+    chosen = options[0] if options else None
+if chosen is not None and chosen not in options:
+    options.insert(0, chosen)  # e.g. picked on the Recommend page under filters
+if chosen is None:
+    st.info("This user has seen every item: there is nothing to recommend or explain.")
+    st.stop()
+st.session_state[ITEM_KEY] = chosen
+st.session_state["explain_item_select"] = chosen
+rank_of = {int(i): r for i, r in zip(recs["item"], recs["rank"])}
+
+cols = st.columns([2, 3])
+cols[0].selectbox("User", range(ds.n_users), format_func=lambda u: f"{ds.user_ids[u]} ({lengths[u]} items)",
+                  key="explain_user_select", on_change=_on_user, help="Type to search by user id.")
+cols[1].selectbox("Recommended item", options, key="explain_item_select", on_change=_on_item,
+                  format_func=lambda i: f"#{rank_of.get(i, '?')} {titles[i]}",
+                  help="This user's top 10 from the active model (seen items excluded).")
+st.page_link("pages/recommend.py", label="Back to Recommend", icon=":material/recommend:")
+item = chosen
+
+# ---- history SHAP --------------------------------------------------------------------------------
+
+
+def _waterfall(expl: explain.Explanation, n_history: int) -> go.Figure:
+    """Empty-history score -> each top contributor -> the rest summed -> this history's score."""
+    order = np.argsort(-np.abs(expl.values), kind="stable")
+    top, rest = order[:TOP_BARS], order[TOP_BARS:]
+    ys, xs, measures, hovers = ["Empty history"], [expl.base_value], ["absolute"], [
+        f"Score with an empty history: {expl.base_value:.4f}"]
+    for p in top:
+        members = expl.members[p]
+        when = "older history" if expl.items[p] < 0 else f"{n_history - members[-1]} item(s) ago"
+        ys.append(f"{_short(expl.labels[p])} · {when}")
+        xs.append(float(expl.values[p]))
+        measures.append("relative")
+        hovers.append(f"{html.escape(expl.labels[p])}<br>{when}<br>SHAP {expl.values[p]:+.4f}")
+    if len(rest):
+        ys.append(f"{len(rest)} other items")
+        xs.append(float(expl.values[rest].sum()))
+        measures.append("relative")
+        hovers.append(f"{len(rest)} smaller contributions together: {expl.values[rest].sum():+.4f}")
+    ys.append("This history")
+    xs.append(expl.full_value)
+    measures.append("total")
+    hovers.append(f"Score with the whole history: {expl.full_value:.4f}")
+    fig = go.Figure(go.Waterfall(orientation="h", y=ys, x=xs, measure=measures, hovertext=hovers,
+                                 hoverinfo="text", increasing={"marker": {"color": POSITIVE}},
+                                 decreasing={"marker": {"color": NEGATIVE}}))
+    fig.update_layout(title="How each past interaction moves the score (SHAP)", xaxis_title="Model score",
+                      yaxis_title="History item", yaxis={"autorange": "reversed"},
+                      height=120 + 26 * len(ys), margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    return fig
+
+
+def _bars(expl: explain.Explanation, title: str, axis: str, hover_extra: list[str]) -> go.Figure:
+    order = np.argsort(-expl.values, kind="stable")
+    values = expl.values[order]
+    fig = go.Figure(go.Bar(
+        x=values, y=[_short(expl.labels[i]) for i in order], orientation="h",
+        marker={"color": [POSITIVE if v > 0 else NEGATIVE for v in values]},
+        hovertext=[f"{html.escape(expl.labels[i])}<br>SHAP {expl.values[i]:+.4f}<br>{hover_extra[i]}" for i in order],
+        hoverinfo="text"))
+    fig.update_layout(title=title, xaxis_title="SHAP value (change in model score)", yaxis_title=axis,
+                      yaxis={"autorange": "reversed"}, height=120 + 28 * len(values),
+                      margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    return fig
+
+
+def _method(expl: explain.Explanation) -> str:
+    how = ("exact Shapley values (all coalitions)" if expl.method == "exact"
+           else "Shapley values estimated by antithetic permutation sampling (shap.explainers.Permutation)")
+    return f"{how}; {expl.n_evals:,} model evaluations in {expl.seconds:.2f} s"
+
+
+if len(history) > explain.MAX_EXACT:
+    _warm_up()
+try:
+    with st.spinner("Explaining..."):
+        h_expl = explainer.explain_history(history, item)
+        a_expl = explainer.explain_attributes(history, item)
+except DataError as err:
+    show_data_error(err, "Could not explain this recommendation")
+    st.stop()
+
+st.subheader(f"Why “{md_escape(titles[item])}”?")
+st.success(md_escape(explainer.reasons(h_expl, a_expl)), icon=":material/lightbulb:")
+st.plotly_chart(_waterfall(h_expl, len(history)), key="explain_waterfall")
+st.caption(f"Method: {_method(h_expl)}. Green raises the score, red lowers it; the values add up from the "
+           f"empty-history score ({h_expl.base_value:.4f}) to this history's ({h_expl.full_value:.4f}).")
+
+st.subheader("Which of the item's attributes it shares with the history")
+shared = [f"shared by {len(m)} of the {len(history)} history items" for m in a_expl.members]
+st.plotly_chart(_bars(a_expl, "Attributes (SHAP)", "Attribute of the recommended item", shared),
+                key="explain_attributes")
+st.caption("Switching an attribute off removes every history item that shares it with this item; "
+           "an attribute no history item shares gets exactly zero. "
+           f"Method: {_method(a_expl)}.")
+
+if model.family == "text_tower":
+    st.subheader("Which words of the item's text matter")
+    if st.button("Explain the item's words", key="explain_text_button",
+                 help="Re-encodes the item text with words blanked out; a few seconds on a CPU."):
+        _warm_up()
+        with st.spinner("Re-encoding the item text..."):
+            t_expl = explainer.explain_text(history, item)
+        st.plotly_chart(_bars(t_expl, "Words of the item text (SHAP)", "Word", [""] * len(t_expl.labels)),
+                        key="explain_words")
+        st.caption(f"Method: {_method(t_expl)}.")
+
+# ---- deletion check ------------------------------------------------------------------------------
+
+st.subheader("Deletion check: are these reasons faithful?")
+k = st.slider("Items to delete (k)", 1, 5, 3, key="explain_k")
+check = explainer.deletion_check(history, item, k=k, n_random=10, explanation=h_expl)
+cols = st.columns(3)
+cols[0].metric("Score now", f"{check.score:.4f}", f"rank {check.rank}", delta_color="off")
+cols[1].metric(f"Without the top {check.k} reasons", f"{check.top_score:.4f}", f"rank {check.top_rank}",
+               delta_color="off")
+cols[2].metric(f"Without {check.k} random items (mean of {check.n_random})", f"{check.random_score:.4f}",
+               f"rank {check.random_rank:.1f}", delta_color="off")
+verdict = ("the attributions pick items the score really depends on" if check.top_drop > check.random_drop
+           else "here the attributions do no better than random items (interactions between items dominate)")
+st.caption(f"Score drop {check.top_drop:+.4f} after deleting the top {check.k} attributed items vs "
+           f"{check.random_drop:+.4f} after deleting random ones: {verdict}. Ranks exclude the user's seen items.")
+
+# ---- global view ---------------------------------------------------------------------------------
+
+st.subheader("Global view: what drives recommendations across users")
+n_users = st.slider("Users (random, each with their top-1 recommendation)", 20, 200, 100, step=20,
+                    key="explain_global_users")
+signature = (id(model), record.name, record.created_at, n_users)
+if st.button("Compute the global view", key="explain_global_button"):
+    _warm_up()
+    rng = np.random.default_rng(0)
+    sample = np.sort(rng.choice(ds.n_users, min(n_users, ds.n_users), replace=False))
+    bar = st.progress(0.0, text="Explaining users...")
+    progress = Progress(lambda e: bar.progress(e.fraction, text=f"Explained {e.step} of {e.total} users"))
+    frame = explainer.global_view([ds.history(int(u)) for u in sample], progress=progress, max_evals=500)
+    bar.empty()
+    st.session_state[GLOBAL_KEY] = (signature, frame)
+
+
+def _beeswarm(frame: pd.DataFrame, summary: pd.DataFrame, kind: str, colour: str, top: int = 15) -> go.Figure:
+    """SHAP summary plot: one row per feature (most mean |SHAP| on top), one jittered dot per user."""
+    labels = summary[summary["kind"] == kind]["label"].head(top).tolist()
+    part = frame[(frame["kind"] == kind) & frame["label"].isin(labels)]
+    row = part["label"].map({label: i for i, label in enumerate(labels)}).to_numpy()
+    jitter = np.random.default_rng(0).uniform(-0.3, 0.3, len(part))
+    fig = go.Figure(go.Scatter(
+        x=part["value"], y=row + jitter, mode="markers",
+        marker={"color": part["feature"], "colorscale": "RdBu_r", "cmin": 0, "cmax": 1, "size": 6, "opacity": 0.7,
+                "colorbar": {"title": colour}},
+        hovertext=[f"{html.escape(label)}<br>SHAP {v:+.4f}<br>{colour}: {f:.2f}"
+                   for label, v, f in zip(part["label"], part["value"], part["feature"])], hoverinfo="text"))
+    fig.update_layout(title=f"Top {len(labels)} {'history items' if kind == 'item' else 'attributes'} by mean |SHAP|",
+                      xaxis_title="SHAP value (change in model score)", yaxis_title="",
+                      yaxis={"tickvals": list(range(len(labels))), "ticktext": [_short(x, 36) for x in labels],
+                             "autorange": "reversed"},
+                      height=140 + 30 * len(labels), margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    return fig
+
+
+stored = st.session_state.get(GLOBAL_KEY)
+if stored is not None and stored[0] == signature:
+    frame = stored[1]
+    summary = explain.summarise_global(frame)
+    st.caption(f"{frame['row'].nunique()} users explained. Each dot is one user's top-1 recommendation.")
+    st.plotly_chart(_beeswarm(frame, summary, "attribute", "share of history"), key="explain_global_attributes")
+    st.plotly_chart(_beeswarm(frame, summary, "item", "recency (1 = newest)"), key="explain_global_items")
+    shown = summary.rename(columns={"mean_abs": "mean |SHAP|", "mean": "mean SHAP", "appears": "users",
+                                    "top_reason": "times a top-3 reason"})
+    with st.container(key="explain_global_table"):
+        st.dataframe(shown, hide_index=True, key="explain_global_frame",
+                     column_config={"mean |SHAP|": st.column_config.NumberColumn(format="%.4f"),
+                                    "mean SHAP": st.column_config.NumberColumn(format="%.4f")})
+else:
+    st.caption("Explains each sampled user's top-1 recommendation (history and attribute SHAP) and aggregates: "
+               "a few seconds for EASE, longer for transformers.")

@@ -1,0 +1,79 @@
+"""Explain page with AppTest on the demo: zero clicks shows a waterfall, the reasons sentence, the method and
+the deletion check; it opens on the user and item the Recommend page hands over; the global view draws."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from apptest_util import navigation_mode, open_app  # noqa: F401
+
+from recsys_core.data.demo import load_demo
+
+
+@pytest.fixture(scope="module")
+def ws_root(tmp_path_factory: pytest.TempPathFactory):
+    """One workspace for the module: the page trains its quick EASE baseline once, not once per test."""
+    root = tmp_path_factory.mktemp("explain") / "workspace"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RECSYS_WORKSPACE", str(root))
+        yield root
+
+
+def _texts(at) -> str:
+    return "\n".join(str(e.value) for e in [*at.markdown, *at.caption, *at.success, *at.info, *at.error,
+                                            *at.subheader])
+
+
+def _charts(at) -> list[dict]:
+    return [c.proto.spec for c in at.get("plotly_chart")]
+
+
+def test_explain_page_works_with_zero_clicks_on_the_demo(ws_root: Path) -> None:
+    at = open_app("pages/explain.py", timeout_s=180)
+    text = _texts(at)
+    assert "is recommended mainly because of" in at.success[0].value
+    assert "Method: exact Shapley values" in text  # the default user's history is short enough for exact values
+    assert "Deletion check" in text
+    specs = _charts(at)
+    assert len(specs) == 2 and '"waterfall"' in specs[0] and '"Model score"' in specs[0]
+    user = at.session_state["explain_user"]
+    item = at.session_state["explain_item"]
+    ds = load_demo()
+    assert item not in set(ds.history(user).tolist())  # a recommendation, never a seen item
+    assert at.selectbox(key="explain_item_select").value == item
+    assert len(at.metric) == 3
+
+
+def test_explain_page_opens_on_the_user_and_item_from_recommend(ws_root: Path) -> None:
+    ds = load_demo()
+    lengths = np.diff(ds.indptr)
+    user = int(np.flatnonzero(lengths == 6)[0])
+    unseen = np.setdiff1d(np.arange(ds.n_items), ds.history(user))
+    item = int(unseen[np.argmin(ds.item_popularity[unseen])])  # surely not in the top 10: as if picked under filters
+    at = open_app()
+    at.session_state["explain_user"] = user  # what the Recommend page's "Explain it" button stores
+    at.session_state["explain_item"] = item
+    at.switch_page("pages/explain.py").run(timeout=180)
+    assert not at.exception, at.exception
+    assert at.selectbox(key="explain_user_select").value == user
+    assert at.selectbox(key="explain_item_select").value == item
+    assert ds.title(item) in at.subheader[0].value
+    other = int(np.flatnonzero(lengths == 7)[0])
+    at.selectbox(key="explain_user_select").set_value(other).run(timeout=180)
+    assert not at.exception, at.exception
+    new_item = at.session_state["explain_item"]  # a new user opens on their own top-1 recommendation
+    assert new_item != item and new_item not in set(ds.history(other).tolist())
+    assert at.selectbox(key="explain_item_select").options[0].startswith("#1 ")
+
+
+def test_global_view_draws_a_summary_over_users(ws_root: Path) -> None:
+    at = open_app("pages/explain.py", timeout_s=180)
+    at.slider(key="explain_global_users").set_value(20)
+    at.button(key="explain_global_button").click().run(timeout=300)
+    assert not at.exception, at.exception
+    specs = _charts(at)
+    assert len(specs) == 4 and all('"SHAP value (change in model score)"' in s for s in specs[2:])
+    table = at.dataframe[0].value
+    assert set(table["kind"]) == {"item", "attribute"} and table["users"].max() <= 20
