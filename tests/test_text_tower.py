@@ -16,7 +16,14 @@ from movie_fixtures import ROMANCE, SCI_FI, index_of, movie_dataset
 from recsys_core.data.errors import DataError
 from recsys_core.data.splits import leave_one_out
 from recsys_core.models.base import load_model
-from recsys_core.models.text_tower import PairSampler, TextTower, TextTowerConfig, bundled_model_path, load_encoder
+from recsys_core.models.text_tower import (
+    PairSampler,
+    TextTower,
+    TextTowerConfig,
+    bundled_model_path,
+    in_batch_loss,
+    load_encoder,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
@@ -87,9 +94,10 @@ def test_newer_history_items_weigh_more(ds, zero_shot):
 def test_fine_tuning_changes_the_encoder_and_lowers_the_training_loss(ds, zero_shot, fine_tuned):
     sampler = PairSampler(ds.sequences(), fine_tuned.config.text_history_items)
     pairs = sampler.pairs(sampler.draw(np.random.default_rng(1), 32))
+    log_q = sampler.log_frequency(ds.n_items)  # the corrected loss is the one fine-tuning minimises
     with torch.no_grad():
-        before = float(zero_shot.pair_loss(*pairs))
-        after = float(fine_tuned.pair_loss(*pairs))
+        before = float(zero_shot.pair_loss(*pairs, log_q=log_q))
+        after = float(fine_tuned.pair_loss(*pairs, log_q=log_q))
     assert after < before - 0.5, (before, after)
     tuned = dict(fine_tuned.encoder.named_parameters())
     original = dict(zero_shot.encoder.named_parameters())
@@ -165,3 +173,15 @@ def test_fine_tune_with_validation_picks_a_user_recipe(ds):
     assert set(model.recipe_scores_) == {"recency_mean", "history_text"}
     assert model.user_recipe_ == max(model.recipe_scores_, key=model.recipe_scores_.get)
     assert [r.get("metrics", {}).keys() >= {"ndcg@10"} for r in model.train_history_] == [True]
+
+
+def test_in_batch_loss_ignores_duplicate_targets_and_uniform_corrections():
+    torch.manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    d = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    targets = torch.tensor([0, 1, 2, 3])
+    plain = in_batch_loss(q, d, targets, 20.0)
+    assert torch.allclose(in_batch_loss(q, d, targets, 20.0, torch.full((4,), -3.0)), plain)  # a constant shift
+    # Two pairs with the same target: neither doc counts as a negative for the other query.
+    dup = in_batch_loss(q[:2], d[:2], torch.tensor([5, 5]), 20.0)
+    assert torch.allclose(dup, torch.tensor(0.0), atol=1e-6)
