@@ -276,3 +276,31 @@ def test_global_view_defaults_to_each_users_top_recommendation(linear: Linear) -
     tops = Explainer(linear).top_items(histories, 1)[:, 0]
     assert frame.groupby("row")["item"].first().tolist() == tops.tolist()
     assert not set(tops) & {1, 2, 3}  # seen items are never the recommendation
+
+
+# ---- text tower ----------------------------------------------------------------------------------
+
+
+def test_text_tower_words_add_up_to_the_models_own_score() -> None:
+    from movie_fixtures import index_of, movie_dataset
+
+    from recsys_core.models.text_tower import TextTower
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # a descheduled second thread stalls every op on a busy shared CPU
+    try:
+        ds = movie_dataset()
+        model = TextTower().fit(ds)
+        ex = Explainer(model, ds)
+        sci_fi_fan = [index_of(ds, t) for t in ("Star Wars", "Alien", "Blade Runner", "The Matrix")]
+        item = index_of(ds, "Contact")  # "Contact (1997). Genres: Drama, Sci-Fi."
+        expl = ex.explain_text(sci_fi_fan, item)
+    finally:
+        torch.set_num_threads(before)
+    assert expl.labels == tuple(model.item_texts_[item].split())
+    assert expl.full_value == pytest.approx(float(model.score([np.array(sci_fi_fan)])[0, item]), abs=1e-5)
+    assert expl.values.sum() == pytest.approx(expl.full_value - expl.base_value, abs=1e-9)
+    words = dict(zip(expl.labels, expl.values))
+    assert words["Sci-Fi."] > 2 * words["Drama,"]  # the genre this user watches matters more
+    with pytest.raises(DataError, match="need the text tower"):
+        Explainer(Linear(np.zeros((3, 3)))).explain_text([0], 1)
