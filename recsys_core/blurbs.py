@@ -30,7 +30,15 @@ import pandas as pd
 
 from recsys_core.data.dataset import Dataset
 from recsys_core.evaluate import popularity_percentile
-from recsys_core.grounding import MAX_ATTRIBUTE_CHARS, Allowed, Catalogue, Verdict, check_blurb, sanitize
+from recsys_core.grounding import (
+    MAX_ATTRIBUTE_CHARS,
+    Allowed,
+    Catalogue,
+    Verdict,
+    check_blurb,
+    safety_problems,
+    sanitize,
+)
 from recsys_core.item_text import ATTRIBUTE_COLUMNS, MULTI_SEPARATOR, YEAR_COLUMNS
 from recsys_core.llm import Backend, LLMError, Message
 from recsys_core.models.base import Recommender
@@ -368,11 +376,12 @@ class BlurbStream:
             if number:
                 yield self.RETRY_MARK
             try:
-                text = yield from self._attempt(feedback, start, stats)
+                raw = yield from self._attempt(feedback, start, stats)
             except LLMError as err:
                 reason = f"the language model failed: {err}"
                 break
-            verdict: Verdict = check_blurb(text, allowed, self.catalogue)
+            text = tidy(raw, self.tone)
+            verdict = _judge(text, raw, allowed, self.catalogue)
             attempts.append(Attempt(text, verdict.problems))
             if verdict.ok:
                 self._finish(text, "llm" if number == 0 else "llm-retry", verdict.summary(), attempts, start, stats)
@@ -391,13 +400,21 @@ class BlurbStream:
             yield chunk
         last = getattr(self.backend, "last_stats", None)
         stats["tokens"] += int(getattr(last, "tokens", 0) or 0)
-        return tidy("".join(pieces), self.tone)
+        return "".join(pieces)
 
     def _finish(self, text: str, source: str, reason: str, attempts: list[Attempt], start: float,
                 stats: dict) -> None:
         backend = self.backend.id if self.backend is not None else "none"
         self.result = BlurbResult(text, source, reason, self.tone.name, backend, self.facts, tuple(attempts),
                                   time.perf_counter() - start, stats["first"], stats["tokens"])
+
+
+def _judge(text: str, raw: str, allowed: Allowed, catalogue: Catalogue) -> Verdict:
+    """The grounding verdict on the tidied blurb, plus the safety checks on the whole raw reply: an order
+    obeyed in a sentence that tidying cut off still condemns the draft."""
+    verdict = check_blurb(text, allowed, catalogue)
+    extra = [p for p in safety_problems(raw, allowed) if p not in verdict.problems]
+    return Verdict(verdict.ok and not extra, verdict.problems + tuple(extra))
 
 
 def write_blurb(facts: BlurbFacts, tone: Tone | str, backend: Backend | None, catalogue: Catalogue,

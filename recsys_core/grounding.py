@@ -28,7 +28,7 @@ MAX_TITLE_TOKENS = 16
 # ---- sanitising item text ------------------------------------------------------------------------
 
 _DROP_CATEGORIES = {"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp"}  # controls, zero-width/bidi, private, unassigned
-_CHAT_TOKENS = re.compile(r"<\|[^|<>]{0,40}\|>|\[/?INST\]|<<\/?SYS>>|</?s>|\|im_(?:start|end)\|", re.IGNORECASE)
+_CHAT_TOKENS = re.compile(r"<\|[^|<>]{0,40}\|>(?:\s*(?:system|user|assistant|developer)\b)?|\[/?INST\]|<<\/?SYS>>|</?s>|\|im_(?:start|end)\|", re.IGNORECASE)
 _CLAUSE_END = r"[^.!?\n]*"
 INJECTION = re.compile(
     r"\b(?:ignore|disregard|forget|override|bypass|skip)\W+(?:\w+\W+){0,4}?"
@@ -50,7 +50,7 @@ _SHOUT_AFTER_VERB = re.compile(r"[A-Z]{4,}")
 def _strip_characters(text: str) -> str:
     text = unicodedata.normalize("NFC", text)  # NFKC would turn "8½" into "81⁄2"; it is used for detection only
     text = "".join(" " if unicodedata.category(ch) in _DROP_CATEGORIES else ch for ch in text)
-    return text.replace("<", " ").replace(">", " ")
+    return _CHAT_TOKENS.sub(" ", text).replace("<", " ").replace(">", " ")  # again: controls may have split one
 
 
 def _injections(text: str) -> list[tuple[int, int]]:
@@ -73,14 +73,14 @@ class Clean:
 def sanitize(value: object, max_chars: int = MAX_TITLE_CHARS) -> Clean:
     """Item text made safe to quote to an LLM: see the module docstring. Never raises."""
     text = "" if value is None else str(value)
-    text = _CHAT_TOKENS.sub(" ", _strip_characters(text))
+    text = _strip_characters(_CHAT_TOKENS.sub(" ", text))  # tokens first: their angle brackets go next
     withheld = []
     spans = _injections(text)
-    if not spans and _injections(unicodedata.normalize("NFKC", text)):
-        return Clean("", (text.strip(),))  # an order hidden behind look-alike characters: withhold the field
     for start, stop in reversed(spans):
         withheld.append(text[start:stop].strip())
         text = text[:start] + " " + text[stop:]
+    if _injections(unicodedata.normalize("NFKC", text)):  # an order behind look-alike letters: drop the field
+        return Clean("", (*reversed(withheld), text.strip()))
     text = re.sub(r"\s+", " ", text).strip(" \t-:;,")
     if spans:  # tidy the punctuation the removed clause leaves behind ("Heat. !" -> "Heat.")
         text = re.sub(r"\s+[!?.,;:]+(?=\s|$)", "", text).strip(" \t-:;,")
@@ -382,7 +382,7 @@ def check_blurb(text: str, allowed: Allowed, cat: Catalogue) -> Verdict:
     required = _title_keys([allowed.required_title])
     if not _contains_any(words, required):
         problems.append(f"does not name the recommended title “{allowed.required_title}”")
-    problems += _safety_problems(text, allowed)
+    problems += safety_problems(text, allowed)
     n_words = len(words) - found.in_titles  # a long title must not make a short blurb fail
     if n_words > allowed.max_words:
         problems.append(f"is too long ({n_words} words, at most {allowed.max_words})")
@@ -394,7 +394,8 @@ def _contains_any(words: Sequence[Token], keys: set[tuple[str, ...]]) -> bool:
     return any(norms[i:i + len(k)] == list(k) for k in keys for i in range(len(norms) - len(k) + 1))
 
 
-def _safety_problems(text: str, allowed: Allowed) -> list[str]:
+def safety_problems(text: str, allowed: Allowed) -> list[str]:
+    """Instruction-like text, links, chat tokens, shouting, echoes of withheld text: fatal anywhere in a reply."""
     problems = []
     if _injections(text) or _CHAT_TOKENS.search(text):
         problems.append("contains instruction-like text")

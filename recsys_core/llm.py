@@ -148,6 +148,12 @@ def load_lm(source: str, gguf_file: str | None = None, convert_to: Path | None =
         return _LOADED[key]
 
 
+def forget_loaded() -> None:
+    """Drop every cached model (frees memory; the next `generate` loads again)."""
+    with _LOAD_LOCK:
+        _LOADED.clear()
+
+
 def _load_uncached(source: str, gguf_file: str | None, convert_to: Path | None, device: str) -> LoadedLM:
     _quiet_transformers()
     start = time.perf_counter()
@@ -357,6 +363,9 @@ class OpenAIBackend:
             raise LLMError(f"no answer from the LLM server at {self.endpoint} within {self.timeout_s:g} s "
                            "(is the model still loading? raise the timeout)") from err
         except urllib.error.URLError as err:
+            if isinstance(err.reason, TimeoutError):
+                raise LLMError(f"no answer from the LLM server at {self.endpoint} within {self.timeout_s:g} s "
+                               "(is the model still loading? raise the timeout)") from err
             raise LLMError(f"could not reach the LLM server at {self.endpoint}: {_reason(err.reason)}") from err
         except (ConnectionError, http.client.HTTPException, OSError) as err:
             raise LLMError(f"the connection to the LLM server at {self.endpoint} failed: {_reason(err)}") from err
