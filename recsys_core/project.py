@@ -256,7 +256,8 @@ def _umap(x: np.ndarray, params: ProjectionParams, progress: Progress) -> tuple[
     writer = _EpochWriter(progress)
     reducer = umap.UMAP(n_components=params.dims, n_neighbors=k, min_dist=params.min_dist, n_epochs=params.n_epochs,
                         random_state=params.seed, n_jobs=1, low_memory=True, metric="euclidean",
-                        tqdm_kwds={"disable": False, "file": writer, "bar_format": "{n}/{total}", "mininterval": 0.2})
+                        tqdm_kwds={"disable": False, "file": writer, "bar_format": "{n}/{total}", "mininterval": 0.2},
+                        **kwargs)
     coords = reducer.fit_transform(x)
     _UMAP_WARM.set()
     return coords, None
