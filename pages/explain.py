@@ -110,7 +110,8 @@ def _waterfall(expl: explain.Explanation, n_history: int) -> go.Figure:
         f"Score with an empty history: {expl.base_value:.4f}"]
     for p in top:
         members = expl.members[p]
-        when = "older history" if expl.items[p] < 0 else f"{n_history - members[-1]} item(s) ago"
+        ago = n_history - members[-1] - 1
+        when = "older history" if expl.items[p] < 0 else ("newest" if ago == 0 else f"{ago} before the newest")
         ys.append(f"{_short(expl.labels[p])} · {when}")
         xs.append(float(expl.values[p]))
         measures.append("relative")
