@@ -406,9 +406,9 @@ def safety_problems(text: str, allowed: Allowed) -> list[str]:
     fact_text = " ".join((*allowed.titles, *allowed.attributes))
     fact_words = {t.norm for t in tokens(fact_text)}
     shouted = [w for w in _SHOUT.findall(text) if _fold(w) not in fact_words]
+    # These two reasons never quote the draft: they are shown on pages, and the words may be an attacker's.
     if shouted:
-        problems.append(f"shouts “{shouted[0]}”, which is not in the facts")
-    echoed = _echoes(text, allowed.withheld, fact_words)
-    if echoed:
-        problems.append(f"repeats text withheld from the item data (“{echoed[0]}”)")
+        problems.append("shouts a word in capitals that is not in the facts")
+    if _echoes(text, allowed.withheld, fact_words):
+        problems.append("repeats words of text withheld from the item data")
     return problems

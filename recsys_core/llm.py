@@ -185,9 +185,20 @@ class TransformersBackend:
         self.id = f"hf:{self.label}"
         self.last_stats = GenerationStats()
 
+    def _key(self) -> tuple:
+        return (self.source, self.gguf_file, str(self.convert_to) if self.convert_to else None, self.device)
+
     def load(self) -> LoadedLM:
         """The loaded model (loads on first call; later calls are free)."""
-        return load_lm(self.source, self.gguf_file, self.convert_to, self.device)
+        return load_lm(*self._key())
+
+    def is_loaded(self) -> bool:
+        """Whether `load()` would return at once (the model is already in this process)."""
+        return self._key() in _LOADED
+
+    def will_convert(self) -> bool:
+        """Whether loading means dequantising the GGUF (slow) rather than reading the converted copy."""
+        return bool(self.gguf_file) and (self.convert_to is None or not _is_converted(self.convert_to))
 
     def generate(self, messages: Sequence[Message], max_new_tokens: int = 120, stream: bool = True,
                  temperature: float = 0.0) -> Iterator[str]:

@@ -1,0 +1,261 @@
+"""Blurbs: a language model writes a short text for a recommendation from facts only; every blurb is
+checked against those facts before it is shown, and replaced by a template when it strays. Every step
+is `recsys_core.blurbs` (facts, prompt, check, template) and `recsys_core.llm` (backends)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import streamlit as st
+
+from pages.ui.common import load_dataset, md_escape, show_data_error, sidebar_dataset_selector, workspace
+from pages.ui.model_state import active_model
+from recsys_core import blurbs, llm
+from recsys_core.data.errors import DataError
+from recsys_core.evaluate import popularity_percentile
+from recsys_core.export import to_csv_bytes
+from recsys_core.progress import Progress
+from recsys_core.recommend import recommend
+
+try:  # SHAP reasons when the explain engine is installed; item-embedding similarity otherwise
+    from recsys_core import explain
+except ImportError:  # pragma: no cover - explain ships with the app; this keeps the page usable without it
+    explain = None
+
+USER_KEY, ITEM_KEY = "blurbs_user", "blurbs_item"
+RESULT_KEY, BATCH_KEY = "blurbs_result", "blurbs_batch_table"
+BACKENDS = {
+    "local": f"Local: {llm.DEFAULT_LABEL} (offline, bundled)",
+    "hf": "Hugging Face model (hub name or local folder)",
+    "openai": "OpenAI-compatible server (Ollama, vLLM, llama.cpp)",
+    "template": "No language model: template only",
+}
+SOURCE_WORDS = {
+    "llm": "Written by the model; every title, attribute and number it names is in the facts.",
+    "llm-retry": "Written by the model after a rejected draft; the final text passed the check.",
+    "template": "The template built from the facts is shown instead of a model draft.",
+}
+
+
+# ---- cached objects ------------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner="Indexing titles and attributes for the grounding check...", max_entries=4)
+def _catalogue(_ds, dataset_key: str) -> blurbs.Catalogue:
+    return blurbs.catalogue_for(_ds)
+
+
+@st.cache_resource(show_spinner=False)
+def _cache() -> blurbs.BlurbCache:
+    """Blurbs already written in this server process, per model, user, item, backend and tone."""
+    return blurbs.BlurbCache()
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _explainer(_model, _ds, model_key: str):
+    return explain.Explainer(_model, _ds)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _hf_backend(source: str, cache_dir: str | None) -> llm.TransformersBackend:
+    """One backend object per model; the weights themselves are cached in `recsys_core.llm`."""
+    if source == "":
+        return llm.local_default_backend(cache_dir)
+    return llm.TransformersBackend(source)
+
+
+# ---- page setup ----------------------------------------------------------------------------------
+
+st.title("Blurbs")
+st.caption("A language model writes a short text for one recommendation, using only the facts listed below. "
+           "The text is checked against those facts; a draft naming anything else is rewritten, then replaced "
+           "by a template.")
+record = sidebar_dataset_selector()
+ds = load_dataset(record)
+try:
+    model, which = active_model(record, ds)
+except DataError as err:
+    show_data_error(err, "Could not load a model")
+    st.stop()
+dataset_key = f"{record.name}|{record.created_at}|{record.path}"
+model_key = f"{which}|{dataset_key}"
+st.caption(f"Dataset **{md_escape(record.name)}** · model: {md_escape(which)}.")
+catalogue = _catalogue(ds, dataset_key)
+lengths = np.diff(ds.indptr)
+titles = ds.items["title"].astype(str).to_numpy() if "title" in ds.items.columns else ds.item_ids.astype(str)
+
+
+def _default_user() -> int:
+    """The Explain page's user when there is one, else a user with a short but telling history."""
+    chosen = st.session_state.get("explain_user")
+    if isinstance(chosen, int) and 0 <= chosen < ds.n_users:
+        return chosen
+    fits = np.flatnonzero((lengths >= 3) & (lengths <= 10))
+    return int(fits[np.argmax(lengths[fits])]) if len(fits) else 0
+
+
+if not isinstance(st.session_state.get(USER_KEY), int) or not 0 <= st.session_state[USER_KEY] < ds.n_users:
+    st.session_state[USER_KEY] = _default_user()
+
+cols = st.columns([2, 3, 2])
+user = int(cols[0].selectbox("User", range(ds.n_users), key=USER_KEY, help="Type to search by user id.",
+                             format_func=lambda u: f"{ds.user_ids[u]} ({lengths[u]} items)"))
+history = ds.history(user)
+recs = recommend(model, history, 10, popularity=ds.item_popularity, items=ds.items)
+if recs.empty:
+    st.info("This user has seen every item: there is nothing to recommend.")
+    st.stop()
+options = [int(i) for i in recs["item"]]
+if st.session_state.get(ITEM_KEY) not in options:
+    st.session_state[ITEM_KEY] = options[0]
+item = int(cols[1].selectbox("Recommended item", options, key=ITEM_KEY,
+                             format_func=lambda i: f"#{options.index(i) + 1} {titles[i]}",
+                             help="This user's top 10 from the active model (seen items excluded)."))
+tone = cols[2].selectbox("Tone", list(blurbs.TONES), key="blurbs_tone",
+                         help="demo: 2-3 lively sentences · email: 2-3 warm sentences · push: one short sentence.")
+
+# ---- backend -------------------------------------------------------------------------------------
+
+kind = st.radio("Language model", list(BACKENDS), format_func=BACKENDS.get, key="blurbs_backend", horizontal=True)
+
+
+def _backend() -> tuple[object | None, str]:
+    """The chosen backend (None: template only) and a settings error, if any."""
+    try:
+        if kind == "local":
+            return _hf_backend("", str(workspace().root / "llm")), ""
+        if kind == "hf":
+            source = st.text_input("Model name or folder", key="blurbs_hf_model",
+                                   placeholder="HuggingFaceTB/SmolLM2-360M-Instruct or /models/my-llm",
+                                   help="Any causal language model transformers can load; a hub name needs "
+                                        "internet access once.")
+            return (_hf_backend(source.strip(), None) if source.strip() else None), ""
+        if kind == "openai":
+            c = st.columns([3, 2, 2, 1])
+            url = c[0].text_input("Server URL", value=os.environ.get(llm.ENV_URL, ""), key="blurbs_url",
+                                  placeholder="http://127.0.0.1:11434", help=f"Default from {llm.ENV_URL}.")
+            name = c[1].text_input("Model", value=os.environ.get(llm.ENV_MODEL, ""), key="blurbs_model",
+                                   placeholder="llama3.2", help=f"Default from {llm.ENV_MODEL}.")
+            secret = c[2].text_input("API key (optional)", type="password", key="blurbs_api_key",
+                                     help=f"Left empty, {llm.ENV_KEY} is used if set. Never shown or stored.")
+            timeout = c[3].number_input("Timeout (s)", 1, 600, 30, key="blurbs_timeout")
+            if not url.strip():
+                return None, ""
+            return llm.OpenAIBackend.from_env(url, name, secret or None, float(timeout)), ""
+    except llm.LLMError as err:
+        return None, str(err)
+    return None, ""
+
+
+backend, backend_error = _backend()
+if backend_error:
+    st.error(f"**Language model settings:** {md_escape(backend_error)} The template will be used.")
+elif backend is None and kind != "template":
+    st.info("Fill in the settings above to use this language model; until then the template is used.")
+
+# ---- facts ---------------------------------------------------------------------------------------
+
+use_shap = explain is not None and st.toggle(
+    "Cite the history items SHAP finds most influential", value=True, key="blurbs_shap",
+    help="Off: cite the history items most similar to the recommendation by the model's item embeddings.")
+explainer = _explainer(model, ds, model_key) if use_shap else None
+pct = popularity_percentile(ds.item_popularity)
+
+
+def _facts_for(u_history: np.ndarray, it: int) -> blurbs.BlurbFacts:
+    liked, how = blurbs.influential_history_items(model, u_history, it, explainer=explainer)
+    return blurbs.build_facts(ds, it, liked, how, pct)
+
+
+with st.spinner("Finding the history items behind this recommendation..."):
+    facts = _facts_for(history, item)
+with st.expander("Facts the model may use (nothing else is sent)", expanded=True):
+    st.json(facts.shown(), expanded=True)
+    st.caption(f"“Because the user liked” was chosen by {md_escape(facts.liked_how)}.")
+
+# ---- one blurb -----------------------------------------------------------------------------------
+
+
+def _loading_note(b) -> str:
+    if isinstance(b, llm.TransformersBackend) and not b.is_loaded():
+        if b.will_convert():
+            return "Loading the model for the first time: converting the GGUF file (about 20-60 s, once)..."
+        return "Loading the model (a few seconds, once per server process)..."
+    return ""
+
+
+def _write(b) -> blurbs.BlurbResult:
+    note = _loading_note(b)
+    if note:
+        with st.spinner(note):
+            try:
+                b.load()
+            except llm.LLMError:
+                pass  # the writer meets the same error and falls back with the reason
+    run = blurbs.BlurbStream(facts, tone, b, catalogue)
+    live = st.empty()
+    with live.container(), st.spinner("Writing..."):
+        st.caption("Draft, being written (checked when complete):")
+        st.write_stream(md_escape(chunk) for chunk in run)
+    live.empty()
+    return run.result
+
+
+key = blurbs.BlurbCache.key(model_key, str(ds.user_ids[user]), facts, backend, tone)
+if st.button("Write blurb", key="blurbs_write", type="primary"):
+    cached = _cache().get(key)
+    st.session_state[RESULT_KEY] = (key, cached or _write(backend))
+    _cache().put(key, st.session_state[RESULT_KEY][1])
+
+shown = st.session_state.get(RESULT_KEY)
+if shown and shown[0] == key:
+    result: blurbs.BlurbResult = shown[1]
+    with st.container(key="blurbs_final", border=True):
+        st.markdown(md_escape(result.text))
+    message = f"**{result.source}** · {SOURCE_WORDS[result.source]}"
+    if result.source == "template":
+        st.warning(f"{message} Reason: {md_escape(result.reason)}", icon=":material/rule:")
+    else:
+        st.success(message, icon=":material/verified:")
+    first = f"{result.first_token_s:.2f} s" if result.first_token_s is not None else "n/a"
+    st.caption(f"Backend {md_escape(result.backend)} · {result.seconds:.1f} s in all · first text after {first} · "
+               f"{result.tokens} tokens generated · {len(result.attempts)} draft(s).")
+    rejected = [a for a in result.attempts if a.problems]
+    if rejected:
+        with st.expander(f"Why {len(rejected)} draft(s) were rejected"):
+            for n, attempt in enumerate(rejected, 1):
+                st.markdown(f"{n}. " + md_escape("; ".join(attempt.problems)))
+
+# ---- batch ---------------------------------------------------------------------------------------
+
+st.subheader("Blurbs for this user's top K")
+c = st.columns([1, 3], vertical_alignment="bottom")
+k = int(c[0].number_input("K", 1, 20, 5, key="blurbs_batch_k"))
+if c[1].button(f"Write blurbs for the top {k}", key="blurbs_batch"):
+    bar = st.progress(0.0, text="Starting...")
+    progress = Progress(lambda e: bar.progress(e.fraction, text=e.message))
+    note = _loading_note(backend)
+    if note:
+        with st.spinner(note):
+            try:
+                backend.load()
+            except llm.LLMError:
+                pass
+    table = blurbs.batch_blurbs(
+        ds, model, [user], k, backend, tone, model_id=model_key, catalogue=catalogue, cache=_cache(),
+        liked=lambda h, it: blurbs.influential_history_items(model, h, it, explainer=explainer), progress=progress)
+    bar.empty()
+    st.session_state[BATCH_KEY] = ((user, tone, backend.id if backend else "none", k), table)
+
+batch = st.session_state.get(BATCH_KEY)
+if batch and batch[0][:2] == (user, tone):
+    table = batch[1]
+    counts = table["blurb_source"].value_counts().to_dict()
+    st.caption(" · ".join(f"{n} {src}" for src, n in counts.items()) + f" (backend {md_escape(batch[0][2])}).")
+    with st.container(key="blurbs_batch_result"):
+        st.dataframe(table[["rank", "title", "blurb", "blurb_source", "because", "blurb_reason"]], hide_index=True,
+                     key="blurbs_batch_frame")
+    st.download_button("Download recommendations with blurbs (CSV)", to_csv_bytes(table),
+                       file_name=f"blurbs_{ds.user_ids[user]}_top{len(table)}.csv", mime="text/csv",
+                       key="blurbs_download", help="Cells that a spreadsheet would run as formulas are neutralised.")
