@@ -172,7 +172,6 @@ with st.spinner("Finding the history items behind this recommendation..."):
     facts = _facts_for(history, item)
 with st.expander("Facts the model may use (nothing else is sent)", expanded=True):
     st.json(facts.shown(), expanded=True)
-    st.caption(f"“Because the user liked” was chosen by {md_escape(facts.liked_how)}.")
 
 # ---- one blurb -----------------------------------------------------------------------------------
 
@@ -219,7 +218,8 @@ if shown and shown[0] == key:
     else:
         st.success(message, icon=":material/verified:")
     first = f"{result.first_token_s:.2f} s" if result.first_token_s is not None else "n/a"
-    st.caption(f"Backend {md_escape(result.backend)} · {result.seconds:.1f} s in all · first text after {first} · "
+    backend_name = result.backend.replace("`", "'")  # shown as code: a URL must not turn into a link
+    st.caption(f"Backend `{backend_name}` · {result.seconds:.2f} s in all · first text after {first} · "
                f"{result.tokens} tokens generated · {len(result.attempts)} draft(s).")
     rejected = [a for a in result.attempts if a.problems]
     if rejected:
