@@ -1,0 +1,118 @@
+"""Embeddings page with AppTest on the demo: a map with zero setup, search highlights the item's
+neighbours from the model's own space, a user overlay, and a background t-SNE with progress."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from apptest_util import navigation_mode, open_app  # noqa: F401
+
+from recsys_core import project
+from recsys_core.data.demo import DEMO_NAME, load_demo
+from recsys_core.models.base import load_model
+from recsys_core.registry import Workspace
+
+PAGE = "pages/embeddings.py"
+
+
+@pytest.fixture(scope="module")
+def shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # One workspace for the module: the page's automatic EASE baseline is trained once, not per test.
+    return tmp_path_factory.mktemp("emb") / "workspace"
+
+
+@pytest.fixture
+def ws_root(shared_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("RECSYS_WORKSPACE", str(shared_root))
+    return shared_root
+
+
+def _figures(at) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def _trace(fig: dict, name: str) -> dict:
+    return next(t for t in fig["data"] if t.get("name") == name)
+
+
+def _xs(trace: dict) -> np.ndarray:
+    """A trace's x values; plotly ships numpy arrays as base64 typed arrays."""
+    x = trace["x"]
+    if isinstance(x, dict):
+        return np.frombuffer(base64.b64decode(x["bdata"]), dtype=np.dtype(x["dtype"]))
+    return np.asarray(x, dtype=float)
+
+
+def _metric(at, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def _active_vectors(root: Path) -> np.ndarray:
+    runs = Workspace(root).list_runs(dataset=DEMO_NAME)
+    return load_model(runs[0].artifact_dir).item_embeddings()
+
+
+def test_opens_on_a_pca_map_of_the_active_model_coloured_by_genre(ws_root: Path) -> None:
+    at = open_app(PAGE)
+    figs = _figures(at)
+    assert len(figs) == 1
+    fig, ds = figs[0], load_demo()
+    assert fig["layout"]["title"]["text"].startswith("PCA of items")
+    names = {t["name"] for t in fig["data"]}
+    assert {"Drama", "Comedy", "Action"} <= names  # one legend entry per first genre
+    assert {t["type"] for t in fig["data"]} == {"scattergl"}  # 2,414 points: WebGL
+    assert sum(len(_xs(t)) for t in fig["data"]) == ds.n_items
+    assert fig["layout"]["xaxis"]["title"]["text"] == "PCA 1"
+    hovers = [h for t in fig["data"] for h in t["hovertext"]]
+    assert any(h.startswith("Willy Wonka &amp; the Chocolate Factory<br>") for h in hovers)  # escaped for plotly
+    assert 0.0 <= float(_metric(at, "Trustworthiness")) <= 1.0
+    assert _metric(at, "Points") == f"{ds.n_items:,}"
+
+
+def test_search_highlights_the_item_and_its_neighbours_from_the_original_space(ws_root: Path) -> None:
+    at = open_app(PAGE)
+    at.text_input(key="emb_search").input("matrix").run()
+    assert not at.exception, at.exception
+    ds = load_demo()
+    item = at.selectbox(key="emb_search_pick").value
+    assert ds.items["title"].iat[item] == "The Matrix"  # the most popular match comes first
+    expected, sims = project.nearest_neighbours(_active_vectors(ws_root), item, 10)
+    table = at.dataframe[0].value
+    assert table["title"].tolist() == ds.items["title"].to_numpy()[expected].tolist()
+    np.testing.assert_allclose(table["cosine similarity"], sims, rtol=1e-5)
+    assert table["rank on the map"].min() >= 1
+    fig = _figures(at)[0]
+    searched, nbrs = _trace(fig, "searched item"), _trace(fig, "nearest neighbours (original space)")
+    assert searched["hovertext"][0].startswith("The Matrix<br>") and len(_xs(nbrs)) == 10
+
+    at.text_input(key="emb_user").input(str(ds.user_ids[0])).run()  # overlay a user's history and top-10
+    assert not at.exception, at.exception
+    fig = _figures(at)[0]
+    history = _trace(fig, "user history (oldest to newest)")
+    assert len(_xs(history)) == min(len(ds.history(0)), 30)
+    assert len(_xs(_trace(fig, "recommendations"))) == 10
+    assert len(fig["layout"]["annotations"]) == 10  # an arrow from the latest item to each recommendation
+
+
+def test_tsne_runs_in_the_background_with_progress_then_replaces_pca(ws_root: Path) -> None:
+    at = open_app(PAGE)
+    at.radio(key="emb_points").set_value("users")
+    at.number_input(key="emb_max_users").set_value(150)
+    at.button(key="FormSubmitter:emb_settings-Apply").click().run()
+    at.selectbox(key="emb_method").set_value("tsne").run()
+    assert not at.exception, at.exception
+    job = at.session_state["emb_jobs"]["a"]
+    assert any("PCA until t-SNE" in c.value for c in at.caption)  # PCA stands in while t-SNE runs
+    assert _figures(at)[0]["layout"]["title"]["text"].startswith("PCA of users")
+    job.join(120)
+    assert job.state == "finished", job.error
+    at.run()
+    assert not at.exception, at.exception
+    fig = _figures(at)[0]
+    assert fig["layout"]["title"]["text"].startswith("t-SNE of users")
+    assert sum(len(_xs(t)) for t in fig["data"]) == 150
+    assert _metric(at, "Points") == "150"
