@@ -34,8 +34,6 @@ PAGES: tuple[PageSpec, ...] = (
              "Why an item is recommended: SHAP over the history and attributes, a faithfulness check, a global view."),
     PageSpec("pages/embeddings.py", "Embeddings", ":material/scatter_plot:",
              "Map item or user embeddings in 2-D/3-D (PCA, UMAP, t-SNE), how far to trust it, true neighbours."),
-    PageSpec("pages/embeddings.py", "Embeddings", ":material/scatter_plot:",
-             "Map item or user embeddings in 2-D/3-D (PCA, UMAP, t-SNE), how far to trust it, true neighbours."),
     PageSpec("pages/blurbs.py", "Blurbs", ":material/edit_note:",
              "Short texts for a recommendation written by a language model from the facts, checked before shown."),
 )
