@@ -9,7 +9,8 @@ For each of `--users` random users (histories of 1-200 items): top-10 with seen 
 (timed), then history SHAP of the top-1 item (timed, a fresh explanation each time), then the
 deletion check: the item's score after deleting the k most positively attributed history items vs k
 random ones (mean of 10 draws). deletion_ratio = mean top-k drop / mean random drop (> 1: the
-attributions find the items the score depends on). Written to
+attributions find the items the score depends on; None when random deletions do not lower the score
+on average). deletion_rank_ratio compares the mean rank lost (rank - 1) the same way. Written to
 bench/results/explain-<dataset>[-<model>]-<YYYYMMDD>.json (no model suffix for BERT4Rec, the headline).
 """
 
@@ -47,6 +48,8 @@ def get_model(args: argparse.Namespace, ds) -> tuple[object, dict]:
     if "time_budget_s" in {f.name for f in config_fields(args.model)}:
         overrides = {"time_budget_s": args.budget, **overrides}
     result = run_experiment(ds, args.model, overrides)
+    if args.save_model:
+        result.model.save(args.save_model)
     return result.model, {"source": "trained now", "overrides": overrides, "train_s": round(result.train_s, 1),
                           "test_ndcg@10": round(result.metrics["ndcg@10"], 4),
                           "test_hr@10": round(result.metrics["hr@10"], 4)}
@@ -72,7 +75,7 @@ def measure(model, ds, users: np.ndarray, ks: tuple[int, ...], max_evals: int) -
         expl = ex.explain_history(history, item)
         shap_s = time.perf_counter() - start
         row = {"user": int(user), "history": len(history), "item": item, "topk_ms": topk_ms, "shap_s": shap_s,
-               "n_evals": expl.n_evals, "method": expl.method}
+               "n_evals": expl.n_evals, "method": expl.method, "history_effect": expl.full_value - expl.base_value}
         for k in ks:
             check = ex.deletion_check(history, item, k=k, n_random=10, explanation=expl)
             row |= {f"top_drop@{k}": check.top_drop, f"random_drop@{k}": check.random_drop,
@@ -94,12 +97,19 @@ def summarise(rows: list[dict], ks: tuple[int, ...]) -> dict:
         "n_evals_median": int(np.median(col("n_evals"))),
         "methods": {m: sum(r["method"] == m for r in rows) for m in ("exact", "permutation")},
         "history_len_median": float(np.median(col("history"))),
+        # How much the history moves the explained score at all (full - empty history), and how personal
+        # the top-1 is: a model that ignores histories leaves nothing for a deletion check to find.
+        "mean_history_effect": round(float(col("history_effect").mean()), 5),
+        "distinct_top1_items": len({r["item"] for r in rows}),
     }
     for i, k in enumerate(ks):
         top, rand = col(f"top_drop@{k}"), col(f"random_drop@{k}")
+        top_rise, rand_rise = col(f"top_rank@{k}").mean() - 1, col(f"random_rank@{k}").mean() - 1
         suffix = "" if i == 0 else f"_k{k}"
         out |= {
+            # None when random deletions do not lower the score on average: no ratio, but no contest either.
             f"deletion_ratio{suffix}": round(float(top.mean() / rand.mean()), 3) if rand.mean() > 0 else None,
+            f"deletion_rank_ratio{suffix}": round(float(top_rise / rand_rise), 2) if rand_rise > 0 else None,
             f"mean_top_drop{suffix}": round(float(top.mean()), 5),
             f"mean_random_drop{suffix}": round(float(rand.mean()), 5),
             f"users_top_beats_random{suffix}": round(float(np.mean(top > rand)), 3),
@@ -116,6 +126,7 @@ def main() -> None:
     parser.add_argument("--model-dir", default="", help="explain a saved model folder instead of training one")
     parser.add_argument("--budget", type=float, default=180.0, help="training time budget (s) for transformers")
     parser.add_argument("--set", action="append", default=[], help="hyperparameter override key=value")
+    parser.add_argument("--save-model", default="", help="save the model trained here to this folder")
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--max-history", type=int, default=200)
     parser.add_argument("--k", type=int, default=3, help="items deleted in the headline deletion check")

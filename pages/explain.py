@@ -20,6 +20,7 @@ from recsys_core.recommend import recommend
 
 USER_KEY, ITEM_KEY = "explain_user", "explain_item"  # plain state, also set by the Recommend page
 GLOBAL_KEY = "explain_global"  # session state: the last global view, with what it was computed for
+MAX_USER_OPTIONS = 50_000  # above this many users, the user is typed rather than picked from a list
 TOP_BARS = 12  # history items drawn one by one in the waterfall; the rest are summed
 POSITIVE, NEGATIVE = "#2e7d32", "#c62828"
 
@@ -51,7 +52,8 @@ except DataError as err:
     show_data_error(err, "Could not load a model")
     st.stop()
 st.caption(f"Dataset **{md_escape(record.name)}** · model: {md_escape(which)}.")
-explainer = _explainer(model, ds, f"{id(model)}|{record.name}|{record.created_at}|{record.path}")
+# `which` names the run or folder, so a recycled id() of an evicted model never reuses a stale explainer.
+explainer = _explainer(model, ds, f"{id(model)}|{which}|{record.name}|{record.created_at}|{record.path}")
 titles = explainer.titles
 lengths = np.diff(ds.indptr)
 
@@ -91,8 +93,19 @@ st.session_state["explain_item_select"] = chosen
 rank_of = {int(i): r for i, r in zip(recs["item"], recs["rank"])}
 
 cols = st.columns([2, 3])
-cols[0].selectbox("User", range(ds.n_users), format_func=lambda u: f"{ds.user_ids[u]} ({lengths[u]} items)",
-                  key="explain_user_select", on_change=_on_user, help="Type to search by user id.")
+if ds.n_users <= MAX_USER_OPTIONS:
+    cols[0].selectbox("User", range(ds.n_users), format_func=lambda u: f"{ds.user_ids[u]} ({lengths[u]} items)",
+                      key="explain_user_select", on_change=_on_user, help="Type to search by user id.")
+else:  # a list of this many options would be slow to send to the browser
+    typed = cols[0].text_input("User id", value=str(ds.user_ids[user]), key="explain_user_typed")
+    picked = ds.user_index.get(typed.strip())
+    if picked is None:
+        st.error(f"No user {md_escape(typed)} in this dataset.")
+        st.stop()
+    if picked != user:
+        st.session_state["explain_user_select"] = picked
+        _on_user()
+        st.rerun()
 cols[1].selectbox("Recommended item", options, key="explain_item_select", on_change=_on_item,
                   format_func=lambda i: f"#{rank_of.get(i, '?')} {titles[i]}",
                   help="This user's top 10 from the active model (seen items excluded).")
