@@ -320,10 +320,11 @@ def _pick_random_user() -> None:
                                                            seed=int(datetime.now(UTC).timestamp() * 1e6) % 2**32)])
 
 
-def _user_overlay(model) -> dict | None:
+def _user_overlay() -> np.ndarray | None:
+    """The chosen user's history (item indices, oldest first), or None."""
     cols = st.columns([2, 1, 3], vertical_alignment="bottom")
     typed = cols[0].text_input("Overlay a user", key=USER_KEY, placeholder="user id",
-                               help="Draws the user's history (in order) and top-10 recommendations on the item map.")
+                               help="Draws the user's history (in order) and each model's top-10 on the item map.")
     cols[1].button("Random user", key="emb_user_random", on_click=_pick_random_user)
     if not typed.strip():
         return None
@@ -332,12 +333,16 @@ def _user_overlay(model) -> dict | None:
         cols[2].warning(f"No user {md_escape(typed)} in this dataset.")
         return None
     history = ds.history(user)
-    top_k = recommend_many(model, [history], 10, popularity=ds.item_popularity)
-    recs = top_k.items[0][top_k.items[0] >= 0]
     cols[2].caption(f"User {md_escape(typed)}: {len(history):,} items in the history"
                     + (f" (last {MAX_OVERLAY_HISTORY} drawn)" if len(history) > MAX_OVERLAY_HISTORY else "")
-                    + (" · popularity fallback (the model scores this history flat)" if top_k.fallback[0] else ""))
-    return {"history": history[-MAX_OVERLAY_HISTORY:], "recs": recs}
+                    + "; arrows point from the latest item to the model's top-10.")
+    return history
+
+
+def _overlay_focus(model, history: np.ndarray) -> dict:
+    """History path + this model's top-10 (popularity stands in when the model scores the history flat)."""
+    top_k = recommend_many(model, [history], 10, popularity=ds.item_popularity)
+    return {"history": history[-MAX_OVERLAY_HISTORY:], "recs": top_k.items[0][top_k.items[0] >= 0]}
 
 
 def _neighbour_table(space: dict, proj: project.Projection, item: int, k: int) -> tuple[pd.DataFrame, np.ndarray]:
@@ -361,10 +366,7 @@ if compare and runs:
 focus_item, nn_k, overlay = None, 10, None
 if points == "items":
     focus_item, nn_k = _search()
-    try:
-        overlay = _user_overlay(_load(model_key))
-    except DataError as err:
-        show_data_error(err, "Could not recommend")
+    overlay = _user_overlay()
 else:
     st.caption(f"Users are a seeded sample of at most {max_users:,} (Map settings), embedded with the model's "
                "`user_embeddings` of their full history; colour by attribute uses each user's most frequent one.")
@@ -384,7 +386,7 @@ for (slot, key), col in zip(slots, columns, strict=True):
         except DataError as err:
             show_data_error(err, "Could not draw this map")
             continue
-        focus: dict = dict(overlay or {})
+        focus: dict = {} if overlay is None else _overlay_focus(model, overlay)
         if focus_item is not None and points == "items":
             table, nbrs = _neighbour_table(space, proj, focus_item, nn_k)
             focus |= {"item": focus_item, "neighbours": nbrs}

@@ -116,3 +116,19 @@ def test_tsne_runs_in_the_background_with_progress_then_replaces_pca(ws_root: Pa
     assert fig["layout"]["title"]["text"].startswith("t-SNE of users")
     assert sum(len(_xs(t)) for t in fig["data"]) == 150
     assert _metric(at, "Points") == "150"
+
+
+def test_two_models_side_by_side_with_their_own_neighbours(ws_root: Path) -> None:
+    from recsys_core.experiment import run_experiment
+
+    run_experiment(load_demo(), "itemknn", workspace=Workspace(ws_root), dataset_name=DEMO_NAME)
+    at = open_app(PAGE)
+    at.toggle(key="emb_compare").set_value(True).run()
+    at.text_input(key="emb_search").input("matrix").run()
+    assert not at.exception, at.exception
+    figs = _figures(at)
+    assert len(figs) == 2 and all(f["layout"]["title"]["text"].startswith("PCA of items") for f in figs)
+    first, second = (at.dataframe[i].value["title"].tolist() for i in (0, 1))
+    assert first != second  # each map lists neighbours from its own model's space
+    shared = len(set(first) & set(second))
+    assert any(f"agree on {shared} of the 10" in c.value for c in at.caption)
