@@ -47,7 +47,7 @@ def ease_reference(ds, split) -> dict:
     return {"ndcg@10": out["ndcg@10"], "hr@10": out["hr@10"], "config": asdict(model.config)}
 
 
-def run(family: str, overrides: dict, budget: float) -> dict:
+def run(family: str, overrides: dict, budget: float, save: str = "") -> dict:
     ds, split = load_split()
     cls = FAMILIES[family]
     cfg = cls.config_class(**{"time_budget_s": budget, **overrides})
@@ -63,6 +63,8 @@ def run(family: str, overrides: dict, budget: float) -> dict:
     model = cls(cfg).fit(ds, split=split, progress=Progress(on_event))
     wall = time.perf_counter() - started
     test = evaluate(model, split.test, ks=(10,))
+    if save:
+        model.save(save)
     return {"family": family, "overrides": overrides, "config": asdict(cfg), "wall_s": round(wall, 1),
             "report": model.fit_report_, "curve": curve, "test_ndcg@10": round(test["ndcg@10"], 4),
             "test_hr@10": round(test["hr@10"], 4), "threads": torch.get_num_threads()}
@@ -134,6 +136,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--speed", action="store_true", help="measure steps/s instead of training")
     parser.add_argument("--ease", action="store_true", help="also measure the EASE reference")
+    parser.add_argument("--save", default="", help="save the trained model into this folder")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -143,7 +146,7 @@ def main() -> None:
         result = {"speed_steps_per_s": speed()}
     else:
         overrides = {k: _value(v) for k, v in (s.split("=", 1) for s in args.set)}
-        result = run(args.family, overrides, args.budget)
+        result = run(args.family, overrides, args.budget, args.save)
         if args.ease:
             result["ease"] = ease_reference(*load_split())
     line = json.dumps(result)

@@ -226,7 +226,7 @@ class SequentialRecommender(Recommender):
             raise DataError("no training sequences: every user history is empty",
                             hint="load a dataset with interactions, or relax the filters")
         batch_size = self._plan_batch(device, progress)
-        task = _SequenceTask(self, windows, self._valid_subset(split), batch_size)
+        task = _SequenceTask(self, windows, self._valid_subset(split))
         steps_per_epoch = task.n_batches(batch_size)
         lcfg = loop.LoopConfig(
             epochs=cfg.epochs, batch_size=batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -326,8 +326,7 @@ class SequentialRecommender(Recommender):
 class _SequenceTask:
     """Adapter between a sequential recommender and the generic loop in `recsys_core.train`."""
 
-    def __init__(self, model: SequentialRecommender, windows: SequenceWindows, valid: EvalSet | None,
-                 batch_size: int) -> None:
+    def __init__(self, model: SequentialRecommender, windows: SequenceWindows, valid: EvalSet | None) -> None:
         self.model, self.windows, self.valid = model, windows, valid
         self.module = model.module_
 
