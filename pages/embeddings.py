@@ -170,13 +170,11 @@ def _projection(space: dict, slot: str) -> project.Projection | None:
     jobs = st.session_state.setdefault(JOBS_KEY, {})
     key = (space["fp"], params.key())
     job = jobs.get(slot)
-    if job is not None and getattr(job, "key", None) != key:
+    if job is not None and job.key != key:
         job.cancel()  # the settings changed mid-run: stop spending CPU on a map nobody will see
         job = None
     if job is None:
-        job = project.ProjectionJob(space["vectors"], params)
-        job.key = key
-        jobs[slot] = job.start()
+        job = jobs[slot] = project.ProjectionJob(space["vectors"], params, space["fp"]).start()
     if job.state == "finished":
         return job.result
     return None
@@ -197,7 +195,11 @@ def _job_panel(slot: str) -> None:
     events = job.progress.snapshot()
     last = events[-1] if events else None
     label = project.METHODS[job.params.method]
-    if job.running:
+    if job.running and job.progress.cancelled:
+        why = ("t-SNE cannot stop early: it finishes in the background and its result is dropped"
+               if job.params.method == "tsne" else "stopping after the current step")
+        st.info(f"Cancelling {label}... ({why}, {job.elapsed_s:,.0f} s so far)")
+    elif job.running:
         text = f"{label} running for {job.elapsed_s:,.0f} s" + (f" · {md_escape(last.message)}" if last else "")
         if last and last.total:
             text += f" ({last.step}/{last.total})"

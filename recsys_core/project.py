@@ -403,8 +403,9 @@ def sample_rows(n: int, limit: int, seed: int = 0) -> np.ndarray:
 class ProjectionJob:
     """One `project` call on its own thread. States: running, finished, cancelled, failed."""
 
-    def __init__(self, vectors: np.ndarray, params: ProjectionParams) -> None:
+    def __init__(self, vectors: np.ndarray, params: ProjectionParams, fp: str | None = None) -> None:
         self.params = params
+        self.key = (fp or fingerprint(vectors), params.key())  # what it maps: a page compares it to its settings
         self.progress = Progress()
         self.state = "pending"
         self.result: Projection | None = None
