@@ -17,7 +17,7 @@ from recsys_core.models.sequential import PAD, SequentialConfig, SequentialRecom
 @dataclass
 class BERT4RecConfig(SequentialConfig):
     mask_prob: float = 0.2  # share of items replaced by [MASK] in a training sequence
-    mask_last_prob: float = 0.1  # share of sequences trained with only their last item masked (the scoring case)
+    mask_last_prob: float = 0.1  # share of sequences whose last item is masked too (the scoring case)
 
 
 class BERT4Rec(SequentialRecommender):
@@ -47,8 +47,9 @@ class BERT4Rec(SequentialRecommender):
         n, width = tokens.shape
         masked = torch.from_numpy(rng.random((n, width)) < cfg.mask_prob).to(device) & (tokens != PAD)
         last = torch.arange(width, device=device)[None, :] == (lengths - 1)[:, None]
-        last_only = torch.from_numpy(rng.random(n) < cfg.mask_last_prob).to(device)[:, None]
-        masked = torch.where(last_only, last, masked)
-        masked |= last & ~masked.any(dim=1, keepdim=True)  # every sequence teaches something
+        # Cloze masks see both neighbours; scoring sees only the left one. Masking the last item as
+        # well in some sequences trains that case without giving up the Cloze signal.
+        also_last = torch.from_numpy(rng.random(n) < cfg.mask_last_prob).to(device)[:, None]
+        masked |= last & (also_last | ~masked.any(dim=1, keepdim=True))  # and every sequence teaches something
         hidden = self._hidden(tokens.masked_fill(masked, self.module_.special_token), lengths)
         return full_softmax_loss(self.module_.head(hidden[masked]), tokens[masked] - 1, self.module_)
