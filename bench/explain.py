@@ -10,7 +10,8 @@ For each of `--users` random users (histories of 1-200 items): top-10 with seen 
 deletion check: the item's score after deleting the k most positively attributed history items vs k
 random ones (mean of 10 draws). deletion_ratio = mean top-k drop / mean random drop (> 1: the
 attributions find the items the score depends on; None when random deletions do not lower the score
-on average). deletion_rank_ratio compares the mean rank lost (rank - 1) the same way. Written to
+on average); deletion_ratio_abs = mean top-k drop / mean |score change| of a random deletion, defined
+whatever the sign; deletion_rank_ratio compares the mean rank lost (rank - 1) the same way. Written to
 bench/results/explain-<dataset>[-<model>]-<YYYYMMDD>.json (no model suffix for BERT4Rec, the headline).
 """
 
@@ -79,7 +80,8 @@ def measure(model, ds, users: np.ndarray, ks: tuple[int, ...], max_evals: int) -
         for k in ks:
             check = ex.deletion_check(history, item, k=k, n_random=10, explanation=expl)
             row |= {f"top_drop@{k}": check.top_drop, f"random_drop@{k}": check.random_drop,
-                    f"top_rank@{k}": check.top_rank, f"random_rank@{k}": check.random_rank}
+                    f"top_rank@{k}": check.top_rank, f"random_rank@{k}": check.random_rank,
+                    f"random_abs@{k}": check.random_abs_change}
         rows.append(row)
         if (n + 1) % 20 == 0:
             print(f"  {n + 1}/{len(users)} users, median SHAP {np.median([r['shap_s'] for r in rows]):.2f} s",
@@ -103,12 +105,15 @@ def summarise(rows: list[dict], ks: tuple[int, ...]) -> dict:
         "distinct_top1_items": len({r["item"] for r in rows}),
     }
     for i, k in enumerate(ks):
-        top, rand = col(f"top_drop@{k}"), col(f"random_drop@{k}")
+        top, rand, rand_abs = col(f"top_drop@{k}"), col(f"random_drop@{k}"), col(f"random_abs@{k}")
         top_rise, rand_rise = col(f"top_rank@{k}").mean() - 1, col(f"random_rank@{k}").mean() - 1
         suffix = "" if i == 0 else f"_k{k}"
         out |= {
             # None when random deletions do not lower the score on average: no ratio, but no contest either.
             f"deletion_ratio{suffix}": round(float(top.mean() / rand.mean()), 3) if rand.mean() > 0 else None,
+            # Defined even when random deletions raise the score: the top-k drop against the typical size
+            # of a random k-deletion's effect, whichever its sign (never above the plain ratio when both exist).
+            f"deletion_ratio_abs{suffix}": round(float(top.mean() / rand_abs.mean()), 3) if rand_abs.mean() > 0 else None,
             f"deletion_rank_ratio{suffix}": round(float(top_rise / rand_rise), 2) if rand_rise > 0 else None,
             f"mean_top_drop{suffix}": round(float(top.mean()), 5),
             f"mean_random_drop{suffix}": round(float(rand.mean()), 5),

@@ -105,6 +105,7 @@ class DeletionCheck:
     random_score: float  # mean over the random draws
     random_rank: float
     removed: tuple[int, ...]  # history positions deleted as "top-k"
+    random_abs_change: float = 0.0  # mean |score change| over the random draws (they may raise the score)
 
     @property
     def top_drop(self) -> float:
@@ -418,7 +419,8 @@ class Explainer:
         ranks = _ranks(scores, item, history)
         values = scores[:, item].double().numpy()
         return DeletionCheck(k_eff, n_random, float(values[0]), int(ranks[0]), float(values[1]), int(ranks[1]),
-                             float(values[2:].mean()), float(ranks[2:].mean()), tuple(int(p) for p in removed))
+                             float(values[2:].mean()), float(ranks[2:].mean()), tuple(int(p) for p in removed),
+                             float(np.abs(values[2:] - values[0]).mean()))
 
     # -- words
 

@@ -166,6 +166,7 @@ def test_deleting_the_top_attributed_items_hurts_more_than_random_ones(linear: L
     assert sorted(history[p] for p in check.removed) == [2, 11, 19]
     assert check.top_drop == pytest.approx(7.5, abs=1e-4)
     assert check.top_drop > 2 * check.random_drop > 0
+    assert check.random_abs_change == pytest.approx(check.random_drop)  # weights are positive: every deletion lowers
     assert check.top_rank > check.random_rank >= check.rank
 
 
