@@ -138,13 +138,14 @@ def _save_converted(model, tokenizer, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_lm(source: str, gguf_file: str | None = None, convert_to: Path | None = None,
+def load_lm(source: str, gguf_file: str | None = None, convert_to: Path | str | None = None,
             device: str = "auto") -> LoadedLM:
     """Load (once per process) a causal LM and its tokenizer; raises `LLMError` with the reason."""
     key = (source, gguf_file, str(convert_to) if convert_to else None, device)
     with _LOAD_LOCK:
         if key not in _LOADED:
-            _LOADED[key] = _load_uncached(source, gguf_file, convert_to, _device(device))
+            target = Path(convert_to) if convert_to else None
+            _LOADED[key] = _load_uncached(source, gguf_file, target, _device(device))
         return _LOADED[key]
 
 

