@@ -310,7 +310,9 @@ def _search() -> tuple[int | None, int]:
         cols[1].warning(f"No item title contains {md_escape(query)}.")
     options = [int(i) for i in hits]
     if st.session_state.get("emb_search_pick") not in options:
-        st.session_state.pop("emb_search_pick", None)  # a new query: start at its best (most popular) match
+        # A new query starts at its best (most popular) match. Set through session state, not `index`:
+        # the browser keeps showing a keyed widget's old value when only its options change.
+        st.session_state["emb_search_pick"] = options[0] if options else None
     item = cols[1].selectbox("Matches", options, format_func=lambda i: str(titles[i]), key="emb_search_pick",
                              disabled=not options)
     k = int(cols[2].number_input("Neighbours", 1, 50, 10, key="emb_nn_k"))
