@@ -61,7 +61,7 @@ def test_umap_shapes_determinism_progress_and_cancel() -> None:
 
     # Cancel as soon as the layout starts: UMAP stops at its next epoch report, nothing is kept.
     job = P.ProjectionJob(x, P.ProjectionParams(method="umap", seed=2, n_epochs=500))
-    job.progress._callback = lambda e: job.cancel() if e.total else None
+    job.progress = Progress(callback=lambda e: job.cancel() if e.total else None)  # cancel at the first epoch
     job.start().join(60)
     assert job.state == "cancelled" and job.result is None
     assert P.cached_projection(x, job.params) is None
