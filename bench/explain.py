@@ -35,7 +35,8 @@ import torch
 
 from recsys_core import explain
 from recsys_core.data.resolve import resolve_dataset
-from recsys_core.experiment import config_fields, parse_overrides, run_experiment
+from recsys_core.evaluate import evaluate
+from recsys_core.experiment import config_fields, make_split, parse_overrides, run_experiment
 from recsys_core.models.base import load_model
 from recsys_core.recommend import recommend
 
@@ -44,7 +45,10 @@ def get_model(args: argparse.Namespace, ds) -> tuple[object, dict]:
     """A loaded model (`--model-dir`) or one trained now; with what we know about its quality."""
     if args.model_dir:
         model = load_model(args.model_dir)
-        return model, {"source": args.model_dir}
+        test = evaluate(model, make_split(ds).test, ks=(10,))  # the same leave-one-out split as a training run
+        config = json.loads((Path(args.model_dir) / "config.json").read_text()).get("config", {})
+        return model, {"source": args.model_dir, "config": config, "test_ndcg@10": round(test["ndcg@10"], 4),
+                       "test_hr@10": round(test["hr@10"], 4)}
     overrides = parse_overrides(args.set)
     if "time_budget_s" in {f.name for f in config_fields(args.model)}:
         overrides = {"time_budget_s": args.budget, **overrides}

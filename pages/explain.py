@@ -81,8 +81,8 @@ history = ds.history(user)
 recs = recommend(model, history, 10, popularity=ds.item_popularity, items=ds.items)
 options = [int(i) for i in recs["item"]]
 chosen = st.session_state.get(ITEM_KEY)
-if not isinstance(chosen, int) or not 0 <= chosen < ds.n_items:
-    chosen = options[0] if options else None
+if not isinstance(chosen, int) or not 0 <= chosen < ds.n_items or chosen in set(history.tolist()):
+    chosen = options[0] if options else None  # stale (another dataset or user): the top recommendation
 if chosen is not None and chosen not in options:
     options.insert(0, chosen)  # e.g. picked on the Recommend page under filters
 if chosen is None:
@@ -193,8 +193,8 @@ st.caption("Switching an attribute off removes every history item that shares it
 
 if model.family == "text_tower":
     st.subheader("Which words of the item's text matter")
-    if st.button("Explain the item's words", key="explain_text_button",
-                 help="Re-encodes the item text with words blanked out; a few seconds on a CPU."):
+    if st.toggle("Explain the item's words", key="explain_text_toggle",
+                 help="Re-encodes the item text with words blanked out; a few seconds on a CPU, then cached."):
         _warm_up()
         with st.spinner("Re-encoding the item text..."):
             t_expl = explainer.explain_text(history, item)
