@@ -77,3 +77,30 @@ def test_global_view_draws_a_summary_over_users(ws_root: Path) -> None:
     assert len(specs) == 4 and all('"SHAP value (change in model score)"' in s for s in specs[2:])
     table = at.dataframe[0].value
     assert set(table["kind"]) == {"item", "attribute"} and table["users"].max() <= 20
+
+
+def test_text_tower_shows_word_attributions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from movie_fixtures import movie_dataset
+
+    from recsys_core.experiment import run_experiment
+    from recsys_core.item_text import item_texts
+    from recsys_core.registry import Workspace
+
+    root = tmp_path / "workspace"
+    monkeypatch.setenv("RECSYS_WORKSPACE", str(root))
+    ws = Workspace(root)
+    ds = movie_dataset()
+    ws.save_dataset(ds, name="tiny-movies")
+    run_experiment(ds, "text_tower", workspace=ws, dataset_name="tiny-movies")  # zero-shot: 58 item texts
+    at = open_app()
+    at.session_state["active_dataset"] = "tiny-movies"
+    at.switch_page("pages/explain.py").run(timeout=180)
+    assert not at.exception, at.exception
+    assert "Which words of the item" in _texts(at)  # the text tower section
+    at.toggle(key="explain_text_toggle").set_value(True).run(timeout=180)
+    assert not at.exception, at.exception
+    specs = _charts(at)
+    assert len(specs) == 3 and '"Word"' in specs[2]
+    item = at.session_state["explain_item"]
+    words = item_texts(ds.items)[item].split()  # the players are the item's own words
+    assert all(f'"{w}"' in specs[2] for w in words), (words, specs[2][:500])
