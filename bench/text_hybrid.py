@@ -78,7 +78,11 @@ def main() -> None:
         row = {"model": name, "dataset": Path(args.dataset).name, "ndcg@10": round(metrics["ndcg@10"], 4),
                "hr@10": round(metrics["hr@10"], 4), "fit_s": round(fit_s, 1), "threads": args.threads,
                "device": str(getattr(model, "device_", None) or getattr(model, "device", "cpu")),
-               "config": {k: v for k, v in vars(model.config).items()}}
+               "config": dict(vars(model.config))}
+        if hasattr(model, "fit_report_"):
+            row["fit_report"] = model.fit_report_
+            row["valid_curve"] = [[h["epoch"], round(h["metrics"]["ndcg@10"], 4)]
+                                  for h in model.history_ if "metrics" in h]
         if name in ("zero_shot", "fine_tuned"):
             row["user_recipe"], row["recipe_valid_ndcg@10"] = model.user_recipe_, model.recipe_scores_
         if name == "fine_tuned":

@@ -12,7 +12,7 @@ from recsys_core.data.dataset import build_dataset
 from recsys_core.data.splits import leave_one_out
 from recsys_core.models.base import load_model
 from recsys_core.models.bert4rec import BERT4Rec, BERT4RecConfig
-from recsys_core.models.hybrid import Hybrid, HybridConfig, item_text_vectors, segment_gain
+from recsys_core.models.hybrid import FusedItemEncoder, Hybrid, HybridConfig, item_text_vectors, segment_gain
 from recsys_core.models.text_tower import TextTower
 
 SMALL = {"epochs": 60, "max_len": 10, "hidden": 32, "batch_size": 80, "lr": 2e-3, "patience": 0, "eval_every": 60}
@@ -109,3 +109,17 @@ def test_segment_gain_compares_the_two_models_per_segment(held):
         assert rows["users"].sum() == len(split.test)
     filled = table.dropna(subset=["gain"])
     assert len(filled) and np.allclose(filled["gain"], filled["hybrid"] - filled["bert4rec"])
+
+
+def test_text_dropout_only_acts_in_training():
+    torch.manual_seed(0)
+    text = torch.nn.functional.normalize(torch.randn(30, 16), dim=-1)
+    module = FusedItemEncoder(30, HybridConfig(hidden=8, heads=2, max_len=6, text_dropout=0.5), False, text)
+    full = module.item_emb.weight[1:31] + module.text_proj(text)
+    module.train()
+    dropped = module.item_weights()
+    id_only = torch.isclose(dropped, module.item_emb.weight[1:31]).all(dim=1)
+    assert 5 < int(id_only.sum()) < 25  # about half the items lose their text part in a training step
+    assert torch.allclose(dropped[~id_only], full[~id_only])
+    module.eval()
+    assert torch.allclose(module.item_weights(), full)

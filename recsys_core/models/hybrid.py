@@ -31,6 +31,7 @@ TEXT_BUFFER = "text_vectors"
 class HybridConfig(BERT4RecConfig):
     text_model_name: str = ""  # sentence encoder for item texts ("" = bundled all-MiniLM-L6-v2)
     text_tower_dir: str = ""  # or a saved text tower (e.g. fine-tuned) whose item vectors are used
+    text_dropout: float = 0.0  # in training, share of items whose text part is dropped (ids must stand alone)
 
 
 class FusedItemEncoder(SequenceEncoder):
@@ -43,12 +44,21 @@ class FusedItemEncoder(SequenceEncoder):
                             hint="the text tower must cover the same catalogue as the dataset")
         self.register_buffer(TEXT_BUFFER, text_vectors.float().clone())
         self.text_proj = nn.Linear(text_vectors.shape[1], cfg.hidden, bias=False)
+        self.text_dropout = float(getattr(cfg, "text_dropout", 0.0))
+
+    def _keep_text(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor | float:
+        """1/0 mask dropping the text part of random items while training (no rescaling: it is an input, not
+        a hidden unit, and scoring always uses it)."""
+        if not self.training or self.text_dropout <= 0:
+            return 1.0
+        return (torch.rand(shape, device=device) >= self.text_dropout).float()
 
     def _text_part(self, tokens: torch.Tensor) -> torch.Tensor:
         """Projected text vector per token; zero for padding and the [MASK]/[BOS] token."""
         is_item = (tokens > 0) & (tokens <= self.n_items)
         rows = self.text_vectors[(tokens - 1).clamp(0, self.n_items - 1)]
-        return self.text_proj(rows) * is_item.unsqueeze(-1)
+        keep = is_item.float() * self._keep_text(tokens.shape, tokens.device)
+        return self.text_proj(rows) * keep.unsqueeze(-1)
 
     def encode(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         embeds = self.item_emb(tokens) + self._text_part(tokens)
@@ -57,7 +67,8 @@ class FusedItemEncoder(SequenceEncoder):
         return out.last_hidden_state
 
     def item_weights(self) -> torch.Tensor:
-        return self.item_emb.weight[1:self.n_items + 1] + self.text_proj(self.text_vectors)
+        keep = self._keep_text((self.n_items, 1), self.text_vectors.device)
+        return self.item_emb.weight[1:self.n_items + 1] + self.text_proj(self.text_vectors) * keep
 
 
 class Hybrid(BERT4Rec):
