@@ -16,7 +16,7 @@ from recsys_core.models.sequential import PAD, SequentialConfig, SequentialRecom
 
 @dataclass
 class BERT4RecConfig(SequentialConfig):
-    mask_prob: float = 0.2  # share of items replaced by [MASK] in a training sequence
+    mask_prob: float = 0.4  # share of items replaced by [MASK] in a training sequence (0.4 beat 0.2 on ML-100k)
     mask_last_prob: float = 0.1  # share of sequences whose last item is masked too (the scoring case)
 
 
