@@ -144,7 +144,12 @@ def run_experiment(
 
 
 def _device_of(model: Recommender) -> str:
-    return str(getattr(model, "device_", None) or getattr(getattr(model, "config", None), "device", "cpu"))
+    """Where the model actually trained ("cuda", "mps", "cpu"); baselines compute on the CPU."""
+    for attr in ("device_", "device"):
+        value = getattr(model, attr, None)
+        if value is not None and not callable(value):
+            return str(getattr(value, "type", value))
+    return "cpu"
 
 
 def _record(result: RunResult, workspace: Any, dataset_name: str, split_kind: str) -> None:
