@@ -48,7 +48,9 @@ def test_train_form_lists_every_model_family_with_its_settings(ws_root: Path) ->
     for family in ("bert4rec", "sasrec", "ease", "itemknn", "popularity"):
         assert any(family in o.lower().replace("-", "").replace("+", "") or family in o for o in options), family
     at.selectbox(key="train_family").set_value("bert4rec").run()
-    assert at.number_input(key="train_cfg_bert4rec_max_len").value == 200
+    from recsys_core.models.bert4rec import BERT4RecConfig
+
+    assert at.number_input(key="train_cfg_bert4rec_max_len").value == BERT4RecConfig().max_len
 
 
 def test_compare_page_ranks_runs_and_breaks_them_down(ws_root: Path) -> None:
