@@ -70,7 +70,7 @@ def test_upload_csv_then_bad_file_in_browser(tmp_path: Path) -> None:
 
             page.locator('[data-testid="stSidebarNav"]').get_by_text("Data", exact=True).click()
             expect(page.get_by_role("heading", name="Data", exact=True)).to_be_visible()
-            expect(page.locator(".st-key-chart_users .js-plotly-plot")).to_be_visible()
+            expect(page.locator(".st-key-chart_users .js-plotly-plot").first).to_be_visible()
 
             page.locator(".st-key-data_file input[type='file']").set_input_files(str(good))
             page.locator(".st-key-data_load button").click()
@@ -79,10 +79,10 @@ def test_upload_csv_then_bad_file_in_browser(tmp_path: Path) -> None:
             assert _metric(page, "Users") == f"{n_users:,}"
             assert _metric(page, "Items") == f"{n_items:,}"
             assert _metric(page, "Interactions") == f"{n_rows:,}"
-            chart = page.locator(".st-key-chart_users .js-plotly-plot")
+            chart = page.locator(".st-key-chart_users .js-plotly-plot").first
             expect(chart).to_be_visible()
             expect(chart).to_contain_text("User rank")
-            expect(page.locator(".st-key-chart_activity .js-plotly-plot")).to_be_visible()
+            expect(page.locator(".st-key-chart_activity .js-plotly-plot").first).to_be_visible()
             expect(active).to_match_aria_snapshot('- combobox "Active dataset": my_ratings')
             _shot(page, "2_data_loaded")
 

@@ -60,13 +60,13 @@ def test_recommend_then_explain_in_browser(tmp_path: Path) -> None:
             expect(page.get_by_role("heading", name="Explain", exact=True)).to_be_visible()
             user_box = page.get_by_role("combobox", name="User")
             expect(user_box).to_match_aria_snapshot(f'- combobox "User": /^{re.escape(user_id)} \\(\\d+ items\\)$/')
-            chart = page.locator(".st-key-explain_waterfall .js-plotly-plot")
+            chart = page.locator(".st-key-explain_waterfall .js-plotly-plot").first
             expect(chart).to_be_visible()
             expect(chart).to_contain_text("Model score")
             reasons = page.locator('[data-testid="stAlertContentSuccess"]').first
             expect(reasons).to_contain_text(re.compile(r"is recommended mainly because|None of the past items"))
             expect(page.get_by_text(re.compile(r"^Method: "))).not_to_have_count(0)
-            expect(page.locator(".st-key-explain_attributes .js-plotly-plot")).to_be_visible()
+            expect(page.locator(".st-key-explain_attributes .js-plotly-plot").first).to_be_visible()
             expect(page.get_by_text("Traceback")).to_have_count(0)
             _shot(page, "2_explain")
         finally:
