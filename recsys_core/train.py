@@ -362,13 +362,13 @@ def _end_of_epoch(run: _Run, loss: float, progress: Progress, total_steps: int, 
     time budget bounds what the user waits for."""
     run.epoch += 1
     cfg = run.cfg
-    if run.epoch == 1 and cfg.time_budget_s:
-        _fit_schedule_to_budget(run, time.perf_counter() - started)
     run.history.append({"epoch": run.epoch, "loss": loss, "step": run.step, "lr": run.optimizer.param_groups[0]["lr"]})
     if run.epoch % max(1, cfg.eval_every) == 0 or run.epoch == cfg.epochs:
         _validate(run, progress, total_steps, loss)
     run.train_seconds += time.perf_counter() - started
     run.history[-1]["train_seconds"] = round(run.train_seconds, 3)
+    if cfg.time_budget_s:
+        _fit_schedule_to_budget(run)
     if cfg.checkpoint_dir:
         save_checkpoint(cfg.checkpoint_dir, run)
     if run.stopper.should_stop:
@@ -378,15 +378,20 @@ def _end_of_epoch(run: _Run, loss: float, progress: Progress, total_steps: int, 
     return None
 
 
-def _fit_schedule_to_budget(run: _Run, epoch_seconds: float) -> None:
-    """Under a time budget, end the decay when the budget is expected to run out (measured on
-    epoch 1, plus 10% for validation), not after `epochs` epochs that will never run."""
-    epochs = min(run.cfg.epochs, max(1, int(run.cfg.time_budget_s / max(1.1 * epoch_seconds, 1e-6))))
+def _fit_schedule_to_budget(run: _Run) -> None:
+    """Under a time budget, aim the decay at the step where the budget should run out, re-estimated
+    after every epoch from the time per step so far (validation included), instead of after
+    `epochs` epochs that will never run. Load on a shared machine moves the estimate; re-planning
+    each epoch keeps the lr from hitting its floor early or never decaying."""
     schedule = run.scheduler.lr_lambdas[0]
-    if isinstance(schedule, WarmupLinear):
-        total = epochs * run.step
+    if not isinstance(schedule, WarmupLinear) or run.step == 0:
+        return
+    per_step = run.train_seconds / run.step
+    remaining = max(0.0, run.cfg.time_budget_s - run.train_seconds)
+    total = min(run.cfg.epochs * max(1, run.step // run.epoch), run.step + int(remaining / per_step))
+    if run.epoch == 1:
         schedule.warmup_steps = max(1, min(schedule.warmup_steps, int(run.cfg.warmup_frac * total)))
-        schedule.total_steps = max(schedule.warmup_steps + 1, total)
+    schedule.total_steps = max(schedule.warmup_steps + 1, total)
 
 
 def _validate(run: _Run, progress: Progress, total_steps: int, loss: float | None) -> None:
