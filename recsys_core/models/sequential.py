@@ -264,12 +264,7 @@ class SequentialRecommender(Recommender):
         device = loop.pick_device(cfg.device)
         loop.seed_everything(cfg.seed)
         train_seqs = split.train if split is not None else dataset.sequences()
-        self.module_ = self._build()
-        if cfg.item_init == "svd":
-            init_items_from_svd(self.module_.item_emb, train_seqs, self.n_items_, cfg.seed)
-        elif cfg.item_init != "random":
-            raise DataError(f"unknown item_init {cfg.item_init!r}", column="item_init", hint='use "svd" or "random"')
-        self.module_.to(device)
+        self.module_ = self._init_module(train_seqs).to(device)
         windows = SequenceWindows(train_seqs, cfg.max_len, cfg.window_stride or max(1, cfg.max_len // 2))
         if len(windows) == 0:
             raise DataError("no training sequences: every user history is empty",
@@ -277,12 +272,7 @@ class SequentialRecommender(Recommender):
         batch_size = self._plan_batch(device, progress)
         task = _SequenceTask(self, windows, self._valid_subset(split))
         steps_per_epoch = task.n_batches(batch_size)
-        lcfg = loop.LoopConfig(
-            epochs=cfg.epochs, batch_size=batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-            warmup_frac=cfg.warmup_frac, grad_clip=cfg.grad_clip, patience=cfg.patience if task.valid else 0,
-            eval_every=cfg.eval_every or max(1, round(50 / steps_per_epoch)), seed=cfg.seed, amp=cfg.amp,
-            time_budget_s=cfg.time_budget_s, checkpoint_dir=cfg.checkpoint_dir, resume=cfg.resume,
-        )
+        lcfg = self._loop_config(batch_size, steps_per_epoch, has_valid=task.valid is not None)
         progress.update(0, cfg.epochs * steps_per_epoch, message=(
             f"training {self.family} on {device.type}: {len(windows)} sequences, {steps_per_epoch} steps/epoch"))
         result = loop.train(task, lcfg, device, progress)
@@ -290,6 +280,24 @@ class SequentialRecommender(Recommender):
         self.fit_report_ = {k: v for k, v in asdict(result).items() if k != "history"}
         self.module_.eval()
         return self
+
+    def _init_module(self, train_seqs: Sequence[np.ndarray]) -> SequenceEncoder:
+        module = self._build()
+        if self.config.item_init == "svd":
+            init_items_from_svd(module.item_emb, train_seqs, self.n_items_, self.config.seed)
+        elif self.config.item_init != "random":
+            raise DataError(f"unknown item_init {self.config.item_init!r}", column="item_init",
+                            hint='use "svd" or "random"')
+        return module
+
+    def _loop_config(self, batch_size: int, steps_per_epoch: int, has_valid: bool) -> loop.LoopConfig:
+        cfg = self.config
+        return loop.LoopConfig(
+            epochs=cfg.epochs, batch_size=batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+            warmup_frac=cfg.warmup_frac, grad_clip=cfg.grad_clip, patience=cfg.patience if has_valid else 0,
+            eval_every=cfg.eval_every or max(1, round(50 / steps_per_epoch)), seed=cfg.seed, amp=cfg.amp,
+            time_budget_s=cfg.time_budget_s, checkpoint_dir=cfg.checkpoint_dir, resume=cfg.resume,
+        )
 
     def _plan_batch(self, device: torch.device, progress: Progress) -> int:
         cfg = self.config
