@@ -10,8 +10,8 @@ with identical embeddings share an entry. Rows are L2-normalised first by defaul
 method sees the cosine geometry that the neighbour search uses.
 
 UMAP has no progress callback and holds the GIL in numba code, so `ProjectionJob` runs a
-projection on its own thread; UMAP's epoch bar (tqdm) is routed into `Progress`, which also
-gives a cooperative cancel between epochs. scikit-learn's t-SNE reports nothing: its job shows
+projection on its own thread; UMAP's epoch bar (tqdm) is routed into `Progress`;
+a cancel discards the result when UMAP returns. scikit-learn's t-SNE reports nothing: its job shows
 elapsed time only, and a cancel discards the result when the run ends (it cannot stop early).
 """
 
@@ -260,6 +260,7 @@ def _umap(x: np.ndarray, params: ProjectionParams, progress: Progress) -> tuple[
                         **kwargs)
     coords = reducer.fit_transform(x)
     _UMAP_WARM.set()
+    _check_cancel(progress)
     return coords, None
 
 
@@ -272,13 +273,17 @@ def _import_umap() -> Any:
 
 
 class _EpochWriter:
-    """A file for UMAP's tqdm bar ("n/total"): turns each refresh into a progress event; raises on cancel."""
+    """A file for UMAP's tqdm bar ("n/total"): turns each refresh into a progress event."""
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
 
     def write(self, text: str) -> None:
-        _check_cancel(self.progress)  # propagates out of tqdm, so UMAP stops between two epochs
+        # Never raise here: tqdm calls this while holding its process-wide write lock and does not
+        # release it on an exception, which would deadlock every later progress bar in the process.
+        # A cancel is honoured when UMAP returns (`_umap` checks right after `fit_transform`).
+        if self.progress.cancelled:
+            return
         done, _, total = text.strip().partition("/")
         if done.isdigit() and total.isdigit():
             self.progress.update(int(done), int(total), message="UMAP: optimising the layout (epochs)")
