@@ -78,6 +78,14 @@ def test_second_load_reads_the_converted_safetensors_copy_with_the_same_weights(
     assert whole.strip() == "".join(backend.generate(MESSAGES, max_new_tokens=6)).strip()
 
 
+def test_any_causal_lm_folder_loads_through_the_same_path(local_backend) -> None:
+    *_, cache = local_backend
+    folder = llm.TransformersBackend(str(cache / llm.DEFAULT_DIRNAME), device="cpu")
+    assert folder.id == f"hf:{llm.DEFAULT_DIRNAME}"
+    reply = "".join(folder.generate(MESSAGES, max_new_tokens=4))
+    assert folder.load().loaded_from == "pretrained" and reply.strip()
+
+
 def test_a_missing_local_model_folder_is_a_clear_error(tmp_path: Path) -> None:
     backend = llm.TransformersBackend(str(tmp_path / "nowhere"))
     with pytest.raises(LLMError, match="could not load the language model"):
@@ -202,6 +210,14 @@ def test_a_server_that_always_strays_ends_in_the_template_after_bounded_retries(
         result = write_blurb(_facts(ds), "demo", OpenAIBackend(server.url, "tiny"), cat, retries=2)
     assert len(server.requests) == 3 and result.source == "template"
     assert "Titanic" in result.reason and "Titanic" not in result.text
+
+
+def test_a_reply_longer_than_the_tone_is_cut_at_the_sentence_limit(tiny) -> None:
+    ds, cat = tiny
+    text = "Heat is tonight's pick for you. Fargo fans will love it. And there is more. " * 5
+    with LoopbackLLM(text) as server:
+        result = write_blurb(_facts(ds), "push notification", OpenAIBackend(server.url, "tiny"), cat)
+    assert result.source == "llm" and result.text == "Heat is tonight's pick for you."
 
 
 # ---- prompt injection ----------------------------------------------------------------------------
