@@ -21,6 +21,7 @@ import http.client
 import importlib.util
 import json
 import os
+import queue
 import shutil
 import threading
 import time
@@ -276,6 +277,8 @@ def _stream_hf(lm: LoadedLM, inputs: dict, options: dict, stats: GenerationStats
                 if stats.first_chunk_s is None:
                     stats.first_chunk_s = time.perf_counter() - start
                 yield chunk
+    except queue.Empty as err:  # the streamer's own timeout: another generation held the model too long
+        raise LLMError("the local model produced nothing for 300 s (busy with another request?)") from err
     finally:
         stop.set()
         thread.join()
