@@ -38,7 +38,9 @@ from recsys_core.grounding import (
     check_blurb,
     safety_problems,
     sanitize,
+    vocabulary,
 )
+from recsys_core.constrain import Guide
 from recsys_core.item_text import ATTRIBUTE_COLUMNS, MULTI_SEPARATOR, YEAR_COLUMNS
 from recsys_core.llm import Backend, LLMError, Message
 from recsys_core.models.base import Recommender
@@ -63,9 +65,11 @@ class Tone:
 
 
 TONES: dict[str, Tone] = {
-    "demo": Tone("demo", "friendly and lively, 2 to 3 sentences, for a product demo", 3, 75, 80),
+    # Token budgets keep a CPU blurb under ~5 s (a 135M model writes ~15 tokens/s on one core); a cut-off
+    # last sentence is dropped by `tidy`, so a blurb is one to three whole sentences.
+    "demo": Tone("demo", "friendly and lively, 2 to 3 sentences, for a product demo", 3, 75, 60),
     "email": Tone("email", "warm and personal, 2 to 3 sentences for a marketing e-mail, speaking to the user as "
-                  "'you'", 3, 80, 90),
+                  "'you'", 3, 80, 64),
     "push notification": Tone("push notification", "a push notification: one short sentence of at most 15 words",
                               1, 22, 32),
 }
@@ -287,13 +291,22 @@ def _sentences_started(text: str) -> int:
     return len([p for p in _SENTENCE_SPLIT.split(" ".join(text.split())) if p.strip()])
 
 
+def _first_paragraph(text: str) -> str:
+    """What comes after a blank line is a new piece ("Premise: ...", a second draft): keep the first
+    paragraph, skipping one that only introduces the blurb ("Here's a blurb:")."""
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text.strip()) if p.strip()]
+    while len(paragraphs) > 1 and paragraphs[0].endswith(":"):
+        paragraphs = paragraphs[1:]
+    return paragraphs[0] if paragraphs else ""
+
+
 def tidy(text: str, tone: Tone) -> str:
-    """The reply as a blurb: lead-ins, markdown and wrapping quotes dropped, an unfinished last sentence
-    dropped, at most the tone's number of sentences."""
-    text = " ".join(text.replace("**", "").replace("__", "").split())
+    """The reply as a blurb: its first paragraph; lead-ins, markdown and wrapping quotes dropped, an
+    unfinished last sentence dropped, at most the tone's number of sentences."""
+    text = " ".join(_first_paragraph(text).replace("**", "").replace("__", "").split())
     text = _LEAD_INS.sub("", text).strip()
-    if len(text) > 1 and text[0] in "\"“'" and text[-1] in "\"”'" and text.count(text[0]) <= 2:
-        text = text[1:-1].strip()
+    if len(text) > 1 and text[0] in "\"“'" and text[-1] in "\"”'" and not any(q in text[1:-1] for q in "\"“”"):
+        text = text[1:-1].strip()  # only quotes around the whole reply: "“Heat” is ... “Ronin”" keeps both
     sentences = [s for s in _SENTENCE_SPLIT.split(text) if s.strip()]
     if len(sentences) > 1 and not re.search(r"[.!?][\"”’)]*$", sentences[-1]):
         sentences = sentences[:-1]
@@ -370,10 +383,11 @@ class BlurbStream:
 
     def __init__(self, facts: BlurbFacts, tone: Tone | str, backend: Backend | None, catalogue: Catalogue,
                  retries: int = RETRIES, stream: bool = True, feedback: bool = True,
-                 retry_temperature: float = RETRY_TEMPERATURE) -> None:
+                 retry_temperature: float = RETRY_TEMPERATURE, guided: bool = True) -> None:
         self.facts, self.tone = facts, get_tone(tone) if isinstance(tone, str) else tone
         self.backend, self.catalogue, self.retries, self.stream = backend, catalogue, retries, stream
         self.feedback, self.retry_temperature = feedback, retry_temperature
+        self.guided = guided and bool(getattr(backend, "supports_guide", False))
         self.result: BlurbResult | None = None
 
     def __iter__(self) -> Iterator[str]:
@@ -404,15 +418,21 @@ class BlurbStream:
     def _attempt(self, feedback: str | None, temperature: float, start: float, stats: dict) -> Iterator[str]:
         messages = build_messages(self.facts, self.tone, feedback)
         pieces: list[str] = []
-        chunks = self.backend.generate(messages, max_new_tokens=self.tone.max_new_tokens, stream=self.stream,
-                                       temperature=temperature)
+        options = {"max_new_tokens": self.tone.max_new_tokens, "stream": self.stream, "temperature": temperature}
+        if self.guided:
+            guide = guide_for(self.facts, self.tone, self.catalogue)
+            options["guide"] = guide
+            pieces.append(guide.prefix)
+            yield guide.prefix
+        chunks = self.backend.generate(messages, **options)
         try:
             for chunk in chunks:
                 if stats["first"] is None:
                     stats["first"] = time.perf_counter() - start
                 pieces.append(chunk)
                 yield chunk
-                if _sentences_started("".join(pieces)) > self.tone.max_sentences:
+                so_far = "".join(pieces)
+                if _sentences_started(so_far) > self.tone.max_sentences or re.search(r"\S\s*\n\s*\n", so_far):
                     break  # tidy would cut what follows anyway: stop the model instead of waiting for it
         finally:
             close = getattr(chunks, "close", None)
@@ -429,6 +449,12 @@ class BlurbStream:
                                   time.perf_counter() - start, stats["first"], stats["tokens"])
 
 
+def guide_for(facts: BlurbFacts, tone: Tone, catalogue: Catalogue) -> Guide:
+    """Steering for a local model: the reply opens with the quoted title (so it names the item) and its
+    words stay inside the facts' vocabulary (`recsys_core.constrain`)."""
+    return Guide(prefix=f"“{facts.title}”", vocabulary=vocabulary(facts.allowed(tone), catalogue))
+
+
 def _judge(text: str, raw: str, allowed: Allowed, catalogue: Catalogue) -> Verdict:
     """The grounding verdict on the tidied blurb, plus the safety checks on the whole raw reply: an order
     obeyed in a sentence that tidying cut off still condemns the draft."""
@@ -438,9 +464,10 @@ def _judge(text: str, raw: str, allowed: Allowed, catalogue: Catalogue) -> Verdi
 
 
 def write_blurb(facts: BlurbFacts, tone: Tone | str, backend: Backend | None, catalogue: Catalogue,
-                retries: int = RETRIES, stream: bool = True, feedback: bool = True) -> BlurbResult:
+                retries: int = RETRIES, stream: bool = True, feedback: bool = True, guided: bool = True
+                ) -> BlurbResult:
     """One checked blurb (see the module docstring); never raises for backend failures."""
-    run = BlurbStream(facts, tone, backend, catalogue, retries, stream, feedback)
+    run = BlurbStream(facts, tone, backend, catalogue, retries, stream, feedback, guided=guided)
     for _ in run:
         pass
     return run.result

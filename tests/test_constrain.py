@@ -1,0 +1,110 @@
+"""Constrained decoding keeps the local model inside the facts: token masks on the real SmolLM2 tokenizer,
+then real generations on demo recommendations whose every name, number and genre is a fact."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from recsys_core.blurbs import TONES, BlurbStream, build_facts, build_messages, catalogue_for, guide_for
+from recsys_core.constrain import FactLogitsProcessor, Guide
+from recsys_core.data.demo import load_demo
+from recsys_core.grounding import Vocabulary, check_blurb, fold, tokens, vocabulary
+
+VOCAB = Vocabulary(names=frozenset({"man", "of", "steel", "pacific", "rim", "action", "i", "the", "a"}),
+                   numbers=("2013", "1174"), banned=frozenset({"thriller", "horror"}))
+
+
+@pytest.fixture(scope="module")
+def tok(local_backend):
+    return local_backend[1].tokenizer
+
+
+def _allowed(tok, context: str, word: str, vocab: Vocabulary = VOCAB) -> bool:
+    """Whether the first token of `word` may follow `context` (the reply written so far)."""
+    proc = FactLogitsProcessor(tok, vocab, prefix=context)
+    scores = proc(torch.zeros((1, 7), dtype=torch.long), torch.zeros((1, len(tok))))
+    first = tok.encode(word, add_special_tokens=False)[0]
+    return bool(torch.isfinite(scores[0, first]))
+
+
+def test_invented_names_are_masked_mid_sentence_but_fact_words_and_sentence_starts_are_not(tok) -> None:
+    ctx = "“Man of Steel” is a film by"
+    assert not _allowed(tok, ctx, " Nolan") and not _allowed(tok, ctx, " Netflix")
+    assert _allowed(tok, ctx, " Steel") and _allowed(tok, ctx, " Pacific") and _allowed(tok, ctx, " the")
+    assert _allowed(tok, "“Man of Steel” is great. ", "Nolan")  # a sentence may start with any word
+
+
+def test_a_name_prefix_must_be_finished_as_a_fact_word(tok) -> None:
+    ctx = "a film like P"  # "P" may start "Pacific"; it may not end here or become "Paris"
+    assert _allowed(tok, ctx, "acific") or _allowed(tok, ctx, "ac")
+    assert not _allowed(tok, ctx, " film") and not _allowed(tok, ctx, ".") and not _allowed(tok, ctx, "aris")
+
+
+def test_numbers_must_spell_a_fact_number(tok) -> None:
+    assert _allowed(tok, "released in ", "2") and _allowed(tok, "released in ", "1")
+    assert not _allowed(tok, "released in ", "9")
+    assert _allowed(tok, "released in 20", "1") and not _allowed(tok, "released in 20", "2")
+    assert not _allowed(tok, "released in 20", " film")  # "20" is no fact: finish the number first
+    assert _allowed(tok, "released in 2013", " and")
+
+
+def test_other_genres_and_shouting_are_masked(tok) -> None:
+    assert not _allowed(tok, "a tense", " thriller") or not _allowed(tok, "a tense thr", "iller")
+    assert _allowed(tok, "a tense", " action")
+    assert not _allowed(tok, "a", " FILM") and not _allowed(tok, "a", " HACKED")
+
+
+def test_vocabulary_is_derived_from_the_facts_and_the_catalogue() -> None:
+    ds = load_demo()
+    cat = catalogue_for(ds)
+    steel = ds.items["title"].tolist().index("Man of Steel")
+    liked = [ds.items["title"].tolist().index("Pacific Rim")]
+    facts = build_facts(ds, steel, liked, "test")
+    vocab = vocabulary(facts.allowed(TONES["demo"]), cat)
+    assert {"man", "steel", "pacific", "rim", "action", "fantasy"} <= vocab.names
+    assert "2013" in vocab.numbers and str(facts.interactions) in vocab.numbers
+    assert {"horror", "thriller", "comedy"} <= vocab.banned and not {"action", "fantasy"} & vocab.banned
+
+
+def _mid_sentence_names(text: str) -> set[str]:
+    return {t.norm for t in tokens(text) if t.capital and not t.initial and not t.norm[0].isdigit()}
+
+
+@pytest.mark.parametrize("title", ["Man of Steel", "The Conjuring", "Silver Linings Playbook"])
+def test_guided_generation_on_demo_recommendations_names_only_facts(local_backend, title: str) -> None:
+    backend, _, _ = local_backend
+    ds = load_demo()
+    cat = catalogue_for(ds)
+    titles = ds.items["title"].tolist()
+    item = titles.index(title)
+    liked = [i for i in range(40) if i != item][:3]
+    facts = build_facts(ds, item, liked, "test")
+    guide = guide_for(facts, TONES["demo"], cat)
+    reply = "".join(backend.generate(build_messages(facts, TONES["demo"]), max_new_tokens=40, guide=guide))
+    text = guide.prefix + reply
+    vocab = guide.vocabulary
+    assert _mid_sentence_names(text) <= vocab.names, text
+    assert set(re.findall(r"\d+", text)) <= set(vocab.numbers), text
+    assert not {fold(w) for w in re.findall(r"\w+", text)} & vocab.banned, text
+
+
+def test_a_guided_blurb_opens_with_the_title_and_streams_it_first(local_backend) -> None:
+    backend, _, _ = local_backend
+    ds = load_demo()
+    cat = catalogue_for(ds)
+    item = ds.items["title"].tolist().index("Iron Man 3")
+    run = BlurbStream(build_facts(ds, item, [0, 1], "test"), "push notification", backend, cat, retries=0)
+    chunks = list(run)
+    assert chunks[0] == "“Iron Man 3”"
+    assert run.result.text.startswith("“Iron Man 3”") or run.result.source == "template"
+    assert check_blurb(run.result.text, run.result.facts.allowed(TONES["push notification"]), cat).ok
+
+
+def test_servers_get_no_prefix_and_no_mask() -> None:
+    from recsys_core.llm import OpenAIBackend, TransformersBackend
+
+    assert OpenAIBackend.supports_guide is False and TransformersBackend.supports_guide is True
+    assert Guide().prefix == "" and Guide().vocabulary is None
