@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
+from recsys_core.constrain import Guide
 from recsys_core.data.dataset import Dataset
 from recsys_core.evaluate import popularity_percentile
 from recsys_core.grounding import (
@@ -40,7 +41,6 @@ from recsys_core.grounding import (
     sanitize,
     vocabulary,
 )
-from recsys_core.constrain import Guide
 from recsys_core.item_text import ATTRIBUTE_COLUMNS, MULTI_SEPARATOR, YEAR_COLUMNS
 from recsys_core.llm import Backend, LLMError, Message
 from recsys_core.models.base import Recommender
