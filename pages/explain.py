@@ -11,8 +11,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages.ui.common import load_dataset, md_escape, show_data_error, sidebar_dataset_selector
-from pages.ui.model_state import active_model
+from pages.ui.common import md_escape, show_data_error
+from pages.ui.model_state import page_dataset_and_model
 from recsys_core import explain
 from recsys_core.data.errors import DataError
 from recsys_core.progress import Progress
@@ -44,13 +44,7 @@ def _short(text: str, width: int = 42) -> str:
 # ---- page setup ----------------------------------------------------------------------------------
 
 st.title("Explain")
-record = sidebar_dataset_selector()
-ds = load_dataset(record)
-try:
-    model, which = active_model(record, ds)
-except DataError as err:
-    show_data_error(err, "Could not load a model")
-    st.stop()
+record, ds, model, which = page_dataset_and_model()
 st.caption(f"Dataset **{md_escape(record.name)}** · model: {md_escape(which)}.")
 # `which` names the run or folder, so a recycled id() of an evicted model never reuses a stale explainer.
 explainer = _explainer(model, ds, f"{id(model)}|{which}|{record.name}|{record.created_at}|{record.path}")

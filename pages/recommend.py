@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pages.ui.common import load_dataset, md_escape, show_data_error, sidebar_dataset_selector, workspace
-from pages.ui.model_state import active_model, cached_model, run_label
+from pages.ui.common import md_escape, show_data_error, workspace
+from pages.ui.model_state import cached_model, page_dataset_and_model, run_label
 from pages.ui.nav import PAGES
 from recsys_core.data.errors import DataError
 from recsys_core.export import export_bytes, recommendations_for_users
@@ -39,13 +39,7 @@ MAX_USER_OPTIONS = 50_000  # above this many users, the user is typed rather tha
 SHOWN = ["rank", "title", "score", "genres", "year", "popularity", "item_id"]
 
 st.title("Recommend")
-record = sidebar_dataset_selector()
-ds = load_dataset(record)
-try:
-    model, which = active_model(record, ds)
-except DataError as err:
-    show_data_error(err, "Could not load a model")
-    st.stop()
+record, ds, model, which = page_dataset_and_model()
 st.caption(f"Dataset **{md_escape(record.name)}** · model: {md_escape(which)}. Change the model on the Train page.")
 titles = ds.items["title"].astype(str).to_numpy() if "title" in ds.items.columns else ds.item_ids.astype(str)
 

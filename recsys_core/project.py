@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-import traceback
 import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from recsys_core.background import BackgroundJob
 from recsys_core.data.errors import DataError
 from recsys_core.progress import Progress
 
@@ -405,55 +405,26 @@ def sample_rows(n: int, limit: int, seed: int = 0) -> np.ndarray:
 # ---- background jobs -----------------------------------------------------------------------------
 
 
-class ProjectionJob:
-    """One `project` call on its own thread. States: running, finished, cancelled, failed."""
+class ProjectionJob(BackgroundJob):
+    """One `project` call on its own thread; `result` is its `Projection`."""
 
     def __init__(self, vectors: np.ndarray, params: ProjectionParams, fp: str | None = None) -> None:
+        super().__init__(name=f"project-{params.method}")
         self.params = params
         self.key = (fp or fingerprint(vectors), params.key())  # what it maps: a page compares it to its settings
-        self.progress = Progress()
-        self.state = "pending"
         self.result: Projection | None = None
-        self.error: str | None = None
-        self.details: str | None = None
-        self.started = time.perf_counter()
-        self.ended: float | None = None
         self._vectors = vectors
-        self._thread = threading.Thread(target=self._run, name=f"project-{params.method}", daemon=True)
 
-    def start(self) -> ProjectionJob:
-        self.state, self.started = "running", time.perf_counter()
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
+    def work(self) -> tuple[Projection | None, str]:
         try:
             result = project(self._vectors, self.params, self.progress)
-            # t-SNE cannot stop early: a cancel during it only discards the result here.
-            self.result, self.state = (None, "cancelled") if self.progress.cancelled else (result, "finished")
         except ProjectionCancelled:
-            self.state = "cancelled"
-        except DataError as err:
-            self.error, self.state = str(err), "failed"
-        except Exception as err:  # noqa: BLE001  a page must show a message, never lose the thread silently
-            self.error, self.details, self.state = f"{type(err).__name__}: {err}", traceback.format_exc(), "failed"
-        finally:
-            self.ended = time.perf_counter()
-            self._vectors = None  # the job may outlive the page that started it: drop the big array
+            return None, "cancelled"
+        # t-SNE cannot stop early: a cancel during it only discards the result here.
+        return (None, "cancelled") if self.progress.cancelled else (result, "finished")
 
-    def cancel(self) -> None:
-        self.progress.cancel()
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-
-    @property
-    def running(self) -> bool:
-        return self.state == "running"
-
-    @property
-    def elapsed_s(self) -> float:
-        return (self.ended or time.perf_counter()) - self.started
+    def release(self) -> None:
+        self._vectors = None  # the job may outlive the page that started it: drop the big array
 
     @property
     def message(self) -> str:

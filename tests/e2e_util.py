@@ -72,3 +72,36 @@ def streamlit_server(workspace: Path, log: Path, timeout_s: float = 90) -> Itera
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+
+
+@contextmanager
+def app_page(tmp_path: Path, timeout_ms: int, height: int = 1000) -> Iterator[object]:
+    """The app on a temporary workspace and a Chromium page already on its home page, with Playwright's
+    default timeouts set to `timeout_ms`. Skips when Chromium or Playwright is missing."""
+    chromium = chromium_path()
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=timeout_ms)
+    with streamlit_server(tmp_path / "workspace", tmp_path / "streamlit.log") as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": height})
+            page.set_default_timeout(timeout_ms)
+            page.goto(url)
+            yield page
+        finally:
+            browser.close()
+
+
+def shot(page, name: str) -> None:
+    """A full-page screenshot into $E2E_SCREENSHOTS, when it is set (for reviewing a run by eye)."""
+    folder = os.environ.get("E2E_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+
+
+def settled(page, timeout_ms: int) -> None:
+    """Wait until Streamlit has finished the run a click started (the 'running' widget is gone)."""
+    page.wait_for_timeout(500)
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=timeout_ms)

@@ -193,6 +193,14 @@ def test_tidy_drops_lead_ins_markdown_and_unfinished_sentences() -> None:
     assert tidy("Heat tonight! You will love it.", TONES["push notification"]) == "Heat tonight!"
 
 
+
+def test_tidy_keeps_the_first_paragraph_and_quotes_that_do_not_wrap_the_whole_reply() -> None:
+    tone = TONES["demo"]
+    # A reply that opens and closes with quoted titles is not one quoted reply.
+    assert tidy("“Heat” is tense. Fans of “Ronin”", tone) == "“Heat” is tense."
+    assert tidy("“Heat” is a tense crime film.\n\nPremise: “Some Other Film”", tone) == "“Heat” is a tense crime film."
+    assert tidy("Here's a blurb:\n\nHeat is tense.", tone) == "Heat is tense."
+
 def test_template_blurbs_pass_the_check_for_every_tone_on_real_demo_recommendations(demo) -> None:
     ds, cat = demo
     rng = np.random.default_rng(3)

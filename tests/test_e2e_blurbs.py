@@ -11,27 +11,14 @@ Skips when Chromium or Playwright is missing. E2E_SCREENSHOTS=<dir> keeps screen
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 import pytest
-from e2e_util import CHROMIUM_ARGS, chromium_path, streamlit_server
+from e2e_util import app_page, settled, shot
 from llm_loopback import LoopbackLLM
 
 TIMEOUT_MS = 180_000  # the first model page trains a baseline; a busy 2-core CI machine needs slack
-
-
-def _shot(page, name: str) -> None:
-    folder = os.environ.get("E2E_SCREENSHOTS")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
-
-
-def _settled(page) -> None:
-    page.wait_for_timeout(500)
-    page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=TIMEOUT_MS)
 
 
 def _recommended_title(body: dict) -> str:
@@ -45,47 +32,36 @@ def _reply(body: dict) -> str:
 
 
 def test_write_one_blurb_in_browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    chromium = chromium_path()
-    from playwright.sync_api import expect, sync_playwright
-
+    expect = pytest.importorskip("playwright.sync_api", reason="playwright (Python) is not installed").expect
     for name in ("RECSYS_LLM_URL", "RECSYS_LLM_MODEL", "RECSYS_LLM_API_KEY"):
         monkeypatch.delenv(name, raising=False)
-    expect.set_options(timeout=TIMEOUT_MS)
-    with LoopbackLLM(_reply) as server, \
-            streamlit_server(tmp_path / "workspace", tmp_path / "streamlit.log") as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(url)
-            page.locator('[data-testid="stSidebarNav"]').get_by_text("Blurbs", exact=True).click()
-            expect(page.get_by_role("heading", name="Blurbs", exact=True)).to_be_visible()
-            expect(page.get_by_text("Facts the model may use")).to_be_visible()  # after the baseline is trained
-            expect(page.locator('[data-testid="stJson"]')).to_contain_text("because the user liked")
-            _settled(page)
-            _shot(page, "1_blurbs_open")
+    with LoopbackLLM(_reply) as server, app_page(tmp_path, TIMEOUT_MS, height=1100) as page:
+        page.locator('[data-testid="stSidebarNav"]').get_by_text("Blurbs", exact=True).click()
+        expect(page.get_by_role("heading", name="Blurbs", exact=True)).to_be_visible()
+        expect(page.get_by_text("Facts the model may use")).to_be_visible()  # after the baseline is trained
+        expect(page.locator('[data-testid="stJson"]')).to_contain_text("because the user liked")
+        settled(page, TIMEOUT_MS)
+        shot(page, "1_blurbs_open")
 
-            page.get_by_text("OpenAI-compatible server", exact=False).click()
-            _settled(page)
-            page.locator(".st-key-blurbs_url input").fill(server.url)
-            page.locator(".st-key-blurbs_url input").press("Enter")
-            _settled(page)
-            page.locator(".st-key-blurbs_model input").fill("tiny")
-            page.locator(".st-key-blurbs_model input").press("Enter")
-            _settled(page)
+        page.get_by_text("OpenAI-compatible server", exact=False).click()
+        settled(page, TIMEOUT_MS)
+        page.locator(".st-key-blurbs_url input").fill(server.url)
+        page.locator(".st-key-blurbs_url input").press("Enter")
+        settled(page, TIMEOUT_MS)
+        page.locator(".st-key-blurbs_model input").fill("tiny")
+        page.locator(".st-key-blurbs_model input").press("Enter")
+        settled(page, TIMEOUT_MS)
 
-            page.locator(".st-key-blurbs_write button").click()
-            _settled(page)
-            final = page.locator(".st-key-blurbs_final")
-            expect(final).to_contain_text("is picked for you: settle in and enjoy it tonight.")
-            title = _recommended_title(server.requests[-1])
-            expect(final).to_contain_text(title)
-            expect(page.locator('[data-testid="stAlertContentSuccess"]').first).to_contain_text("Written by the model")
-            assert server.requests[-1]["stream"] is True and server.requests[-1]["model"] == "tiny"
-            expect(page.get_by_text("Traceback")).to_have_count(0)
-            _shot(page, "2_blurb_written")
-        finally:
-            browser.close()
+        page.locator(".st-key-blurbs_write button").click()
+        settled(page, TIMEOUT_MS)
+        final = page.locator(".st-key-blurbs_final")
+        expect(final).to_contain_text("is picked for you: settle in and enjoy it tonight.")
+        title = _recommended_title(server.requests[-1])
+        expect(final).to_contain_text(title)
+        expect(page.locator('[data-testid="stAlertContentSuccess"]').first).to_contain_text("Written by the model")
+        assert server.requests[-1]["stream"] is True and server.requests[-1]["model"] == "tiny"
+        expect(page.get_by_text("Traceback")).to_have_count(0)
+        shot(page, "2_blurb_written")
 
 
 if __name__ == "__main__":  # pragma: no cover

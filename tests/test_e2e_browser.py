@@ -8,13 +8,12 @@ full-page screenshots of each step.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from e2e_util import CHROMIUM_ARGS, chromium_path, streamlit_server
+from e2e_util import app_page, shot
 
 from recsys_core.data.demo import DEMO_NAME
 
@@ -38,65 +37,49 @@ def _metric(page, label: str) -> str:
     return tile.locator('[data-testid="stMetricValue"]').inner_text().strip()
 
 
-def _shot(page, name: str) -> None:
-    folder = os.environ.get("E2E_SCREENSHOTS")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
-
 
 def test_upload_csv_then_bad_file_in_browser(tmp_path: Path) -> None:
-    chromium = chromium_path()
-    from playwright.sync_api import expect, sync_playwright
-
-    expect.set_options(timeout=TIMEOUT_MS)
+    expect = pytest.importorskip("playwright.sync_api", reason="playwright (Python) is not installed").expect
 
     good = tmp_path / "my_ratings.csv"
     n_users, n_items, n_rows = _movietweetings_style_csv(good)
     bad = tmp_path / "broken.parquet"
     bad.write_bytes(b"this is not a parquet file\n" * 20)
 
-    with streamlit_server(tmp_path / "workspace", tmp_path / "streamlit.log") as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(url)
-            active = page.get_by_role("combobox", name="Active dataset")
-            # Zero clicks: the home page already shows the demo dataset.
-            expect(page.get_by_role("heading", name="RecSys Explorer")).to_be_visible()
-            expect(page.get_by_text(DEMO_NAME).first).to_be_visible()
-            _shot(page, "1_home")
+    with app_page(tmp_path, TIMEOUT_MS) as page:
+        active = page.get_by_role("combobox", name="Active dataset")
+        # Zero clicks: the home page already shows the demo dataset.
+        expect(page.get_by_role("heading", name="RecSys Explorer")).to_be_visible()
+        expect(page.get_by_text(DEMO_NAME).first).to_be_visible()
+        shot(page, "1_home")
 
-            page.locator('[data-testid="stSidebarNav"]').get_by_text("Data", exact=True).click()
-            expect(page.get_by_role("heading", name="Data", exact=True)).to_be_visible()
-            expect(page.locator(".st-key-chart_users .js-plotly-plot").first).to_be_visible()
+        page.locator('[data-testid="stSidebarNav"]').get_by_text("Data", exact=True).click()
+        expect(page.get_by_role("heading", name="Data", exact=True)).to_be_visible()
+        expect(page.locator(".st-key-chart_users .js-plotly-plot").first).to_be_visible()
 
-            page.locator(".st-key-data_file input[type='file']").set_input_files(str(good))
-            page.locator(".st-key-data_load button").click()
-            expect(page.get_by_text("Loaded and saved")).to_be_visible()
-            expect(page.get_by_role("heading", name="Statistics: my_ratings")).to_be_visible()
-            assert _metric(page, "Users") == f"{n_users:,}"
-            assert _metric(page, "Items") == f"{n_items:,}"
-            assert _metric(page, "Interactions") == f"{n_rows:,}"
-            chart = page.locator(".st-key-chart_users .js-plotly-plot").first
-            expect(chart).to_be_visible()
-            expect(chart).to_contain_text("User rank")
-            expect(page.locator(".st-key-chart_activity .js-plotly-plot").first).to_be_visible()
-            expect(active).to_match_aria_snapshot('- combobox "Active dataset": my_ratings')
-            _shot(page, "2_data_loaded")
+        page.locator(".st-key-data_file input[type='file']").set_input_files(str(good))
+        page.locator(".st-key-data_load button").click()
+        expect(page.get_by_text("Loaded and saved")).to_be_visible()
+        expect(page.get_by_role("heading", name="Statistics: my_ratings")).to_be_visible()
+        assert _metric(page, "Users") == f"{n_users:,}"
+        assert _metric(page, "Items") == f"{n_items:,}"
+        assert _metric(page, "Interactions") == f"{n_rows:,}"
+        chart = page.locator(".st-key-chart_users .js-plotly-plot").first
+        expect(chart).to_be_visible()
+        expect(chart).to_contain_text("User rank")
+        expect(page.locator(".st-key-chart_activity .js-plotly-plot").first).to_be_visible()
+        expect(active).to_match_aria_snapshot('- combobox "Active dataset": my_ratings')
+        shot(page, "2_data_loaded")
 
-            page.locator(".st-key-data_file input[type='file']").set_input_files(str(bad))
-            error = page.locator('[data-testid="stAlertContentError"]').first
-            expect(error).to_be_visible()
-            expect(error).to_contain_text("broken.parquet")
-            expect(page.get_by_text("Traceback")).to_have_count(0)
-            error.scroll_into_view_if_needed()
-            # The failed upload changed nothing: the loaded dataset is still the active one.
-            expect(active).to_match_aria_snapshot('- combobox "Active dataset": my_ratings')
-            _shot(page, "3_bad_file")
-        finally:
-            browser.close()
+        page.locator(".st-key-data_file input[type='file']").set_input_files(str(bad))
+        error = page.locator('[data-testid="stAlertContentError"]').first
+        expect(error).to_be_visible()
+        expect(error).to_contain_text("broken.parquet")
+        expect(page.get_by_text("Traceback")).to_have_count(0)
+        error.scroll_into_view_if_needed()
+        # The failed upload changed nothing: the loaded dataset is still the active one.
+        expect(active).to_match_aria_snapshot('- combobox "Active dataset": my_ratings')
+        shot(page, "3_bad_file")
 
 
 if __name__ == "__main__":  # pragma: no cover
