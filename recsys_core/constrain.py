@@ -155,8 +155,11 @@ class FactLogitsProcessor:
         if in_word:
             self._continuation(mask)
         self._numbers(mask)
+        mask = mask[: scores.shape[-1]]
+        if bool(mask.all()):  # nothing left to say within the facts: let the model go on; the check decides
+            return scores
         scores = scores.clone()
-        scores[:, mask[: scores.shape[-1]].to(scores.device)] = -float("inf")
+        scores[:, mask.to(scores.device)] = -float("inf")
         return scores
 
     def _continuation(self, mask) -> None:
