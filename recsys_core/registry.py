@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from recsys_core.data.dataset import Dataset
-from recsys_core.data.demo import DEMO_NAME, DEMO_SOURCE, load_demo
+from recsys_core.data.demo import DEMO_NAME, demo_source, load_demo
 from recsys_core.data.errors import DataError
 
 ENV_VAR = "RECSYS_WORKSPACE"
@@ -285,11 +285,13 @@ class Workspace:
         return True
 
     def ensure_demo(self) -> DatasetRecord:
-        """The built-in demo's record, saving it on first use so the app opens on it with zero clicks."""
+        """The built-in demo's record, saving it on first use so the app opens on it with zero clicks, and
+        again when the shipped files changed (an upgrade) so no page shows a stale copy."""
         record = self.get_dataset(DEMO_NAME)
-        if record is not None and (record.path / "dataset.json").is_file():
+        source = demo_source()
+        if record is not None and record.source_file == source and (record.path / "dataset.json").is_file():
             return record
-        return self.save_dataset(load_demo(), name=DEMO_NAME, source_file=DEMO_SOURCE)
+        return self.save_dataset(load_demo(), name=DEMO_NAME, source_file=source)
 
     # ---- runs --------------------------------------------------------------------------------
 

@@ -200,6 +200,16 @@ def test_ensure_demo_repairs_missing_files(ws):
     assert ws.load_dataset(DEMO_NAME).n_interactions == first.n_interactions
 
 
+def test_ensure_demo_replaces_a_copy_saved_from_older_demo_files(ws):
+    # An older app version saved its own demo (other files, the old unversioned source line).
+    old = build_dataset(pd.DataFrame({"user": [1, 1, 2], "item": [10, 11, 10]}), name=DEMO_NAME)
+    ws.save_dataset(old, name=DEMO_NAME, source_file="MovieTweetings snapshot-100K, 5-core")
+    record = ws.ensure_demo()
+    assert record.n_users > 1000 and "[files " in record.source_file
+    assert ws.load_dataset(DEMO_NAME).n_interactions == record.n_interactions
+    assert ws.ensure_demo() == record  # up to date now: no second save
+
+
 def test_runs_crud(ws):
     art = ws.models_dir() / "run-a"
     art.mkdir()

@@ -6,6 +6,8 @@ on it instantly. `bench/build_demo.py` rebuilds the files; `assets/demo/README.m
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +22,21 @@ DEMO_SOURCE = "MovieTweetings snapshot-100K, 5-core (MIT, github.com/sidooms/Mov
 def demo_dir() -> Path:
     """Folder holding the demo files: `<repo root>/assets/demo`, found relative to this package."""
     return Path(__file__).resolve().parents[2] / "assets" / "demo"
+
+
+@functools.lru_cache(maxsize=1)
+def demo_version() -> str:
+    """A digest of the shipped demo files: a workspace copy saved from other files is stale."""
+    digest = hashlib.sha256()
+    for name in ("interactions.parquet", "items.parquet"):
+        path = demo_dir() / name
+        digest.update(path.read_bytes() if path.is_file() else b"missing")
+    return digest.hexdigest()[:12]
+
+
+def demo_source() -> str:
+    """The source line a workspace records for the demo, including the version of its files."""
+    return f"{DEMO_SOURCE} [files {demo_version()}]"
 
 
 def load_demo() -> Dataset:
