@@ -3,7 +3,9 @@
 The path of one blurb: `build_facts` collects what may be said (the item's title, year and
 attributes, the user's most influential history items, the item's popularity in words), all item
 text sanitised (`grounding.sanitize`). `build_messages` puts the facts in a delimited DATA block the
-model is told never to obey. A backend (`recsys_core.llm`) streams the reply; `tidy` trims it to the
+model is told never to obey. A backend (`recsys_core.llm`) streams the reply; an in-process model is
+also steered (`guide_for`: the reply opens with the quoted title, and `recsys_core.constrain` masks any
+name, number or genre outside the facts as it writes). `tidy` trims the reply to the
 tone's length; `grounding.check_blurb` rejects it if it names any title, attribute or number that is
 not in the facts (or echoes withheld text, shouts, links...). A rejected blurb is regenerated with
 the reason as feedback (bounded retries), then replaced by `template_blurb`, built from the same

@@ -415,7 +415,7 @@ def _contains_any(words: Sequence[Token], keys: set[tuple[str, ...]]) -> bool:
 
 
 def vocabulary(allowed: Allowed, cat: Catalogue) -> Vocabulary:
-    """What `check_blurb` lets a blurb contain, as a `constrain.Vocabulary` for constrained decoding:
+    """What `check_blurb` lets a blurb contain, as a `Vocabulary` for constrained decoding (`constrain`):
     the words it may capitalise mid-sentence, its numbers, and the catalogue's other attribute words."""
     fact_words = {t.norm for t in tokens(" ".join((*allowed.titles, *allowed.attributes)))}
     fact_attrs = {cat.attributes.get(tuple(t.norm for t in tokens(a)), "") for a in allowed.attributes}
