@@ -4,7 +4,7 @@ The path of one blurb: `build_facts` collects what may be said (the item's title
 attributes, the user's most influential history items, the item's popularity in words), all item
 text sanitised (`grounding.sanitize`). `build_messages` puts the facts in a delimited DATA block the
 model is told never to obey. A backend (`recsys_core.llm`) streams the reply; an in-process model is
-also steered (`guide_for`: the reply opens with the quoted title, and `recsys_core.constrain` masks any
+also steered (`guide_for`: the reply opens with the liked item and the title, and `recsys_core.constrain` masks any
 name, number or genre outside the facts as it writes). `tidy` trims the reply to the
 tone's length; `grounding.check_blurb` rejects it if it names any title, attribute or number that is
 not in the facts (or echoes withheld text, shouts, links...). A rejected blurb is regenerated with
@@ -452,9 +452,15 @@ class BlurbStream:
 
 
 def guide_for(facts: BlurbFacts, tone: Tone, catalogue: Catalogue) -> Guide:
-    """Steering for a local model: the reply opens with the quoted title (so it names the item) and its
-    words stay inside the facts' vocabulary (`recsys_core.constrain`)."""
-    return Guide(prefix=f"“{facts.title}”", vocabulary=vocabulary(facts.allowed(tone), catalogue))
+    """Steering for a local model: the reply opens with why and what ("Because you liked “A”, you will
+    enjoy “B”"), so it explains the recommendation and names the item, and its words stay inside the
+    facts' vocabulary (`recsys_core.constrain`). Told to cite a liked item, a 135M model rarely does, or
+    gets it wrong ("director Oblivion"); given this opening, it goes on to describe the item."""
+    if facts.liked:
+        prefix = f"Because you liked “{facts.liked[0]}”, you will enjoy “{facts.title}”"
+    else:
+        prefix = f"“{facts.title}”"
+    return Guide(prefix=prefix, vocabulary=vocabulary(facts.allowed(tone), catalogue))
 
 
 def _judge(text: str, raw: str, allowed: Allowed, catalogue: Catalogue) -> Verdict:

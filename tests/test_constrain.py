@@ -91,16 +91,19 @@ def test_guided_generation_on_demo_recommendations_names_only_facts(local_backen
     assert not {fold(w) for w in re.findall(r"\w+", text)} & vocab.banned, text
 
 
-def test_a_guided_blurb_opens_with_the_title_and_streams_it_first(local_backend) -> None:
+def test_a_guided_blurb_opens_with_why_and_what_and_streams_that_first(local_backend) -> None:
     backend, _, _ = local_backend
     ds = load_demo()
     cat = catalogue_for(ds)
-    item = ds.items["title"].tolist().index("Iron Man 3")
-    run = BlurbStream(build_facts(ds, item, [0, 1], "test"), "push notification", backend, cat, retries=0)
+    titles = ds.items["title"].tolist()
+    facts = build_facts(ds, titles.index("Iron Man 3"), [titles.index("Man of Steel")], "test")
+    run = BlurbStream(facts, "push notification", backend, cat, retries=0)
     chunks = list(run)
-    assert chunks[0] == "“Iron Man 3”"
-    assert run.result.text.startswith("“Iron Man 3”") or run.result.source == "template"
+    assert chunks[0] == "Because you liked “Man of Steel”, you will enjoy “Iron Man 3”"
+    assert run.result.text.startswith(chunks[0]) or run.result.source == "template"
     assert check_blurb(run.result.text, run.result.facts.allowed(TONES["push notification"]), cat).ok
+    alone = BlurbStream(build_facts(ds, titles.index("Iron Man 3"), [], "test"), "demo", backend, cat, retries=0)
+    assert next(iter(alone)) == "“Iron Man 3”"  # no liked item to cite: the title alone
 
 
 def test_servers_get_no_prefix_and_no_mask() -> None:
