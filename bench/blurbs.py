@@ -18,6 +18,7 @@ converted copy into a fresh temporary folder) and then from that safetensors cop
 
 Reported: grounded_rate (share of blurbs whose final text is the model's, first draft or retry, i.e. no
 template fallback), first_draft_pass_rate, draft_pass_rate (share of all drafts that passed),
+model_blurbs_citing_a_liked_item (share of blurbs that are the model's and name a liked history item),
 median_blurb_s (wall time of a whole blurb with retries), first_token_median_s (first streamed text of a
 blurb), tokens_per_s (generated tokens / generation time), the rejection reasons by kind, load times,
 backend, device, threads and the machine's load average (the numbers depend on it); the same for the
@@ -48,6 +49,7 @@ from recsys_core import llm
 from recsys_core.blurbs import TONES, build_facts, catalogue_for, similar_history_items, write_blurb
 from recsys_core.data.demo import load_demo
 from recsys_core.evaluate import popularity_percentile
+from recsys_core.grounding import title_key
 from recsys_core.models.base import FAMILIES
 from recsys_core.recommend import recommend_many
 
@@ -74,6 +76,12 @@ def _kind(problem: str) -> str:
         if marker in problem:
             return kind
     return "other"
+
+
+def _cites(text: str, liked) -> bool:
+    """Whether the blurb names one of the user's liked items: does it say why it is recommended?"""
+    words = " ".join(title_key(text))
+    return any(" ".join(title_key(t)) in words for t in liked)
 
 
 def recommendations(ds, n: int, seed: int) -> list[tuple[int, int, np.ndarray]]:
@@ -115,7 +123,8 @@ def write_all(ds, recs, backend, catalogue, args: argparse.Namespace, guided: bo
                      "tokens": result.tokens, "drafts": len(result.attempts),
                      "passed_drafts": sum(not a.problems for a in result.attempts),
                      "problems": [p for a in result.attempts for p in a.problems], "text": result.text,
-                     "drafts_text": [a.text for a in result.attempts]})
+                     "drafts_text": [a.text for a in result.attempts],
+                     "cites_liked": result.source != "template" and _cites(result.text, facts.liked)})
         mode = "guided" if guided else "unguided"
         print(f"[{mode} {n}/{len(recs)}] {result.source:9s} {result.seconds:5.1f}s  {result.text[:90]}", flush=True)
     return rows
@@ -141,7 +150,7 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
-BASELINE_KEYS = ("n_blurbs", "grounded_rate", "first_draft_pass_rate", "draft_pass_rate", "median_blurb_s",
+BASELINE_KEYS = ("n_blurbs", "grounded_rate", "first_draft_pass_rate", "model_blurbs_citing_a_liked_item", "draft_pass_rate", "median_blurb_s",
                  "p90_blurb_s", "first_token_median_s", "tokens_per_s", "rejections_by_kind", "examples")
 
 
@@ -161,6 +170,7 @@ def summarise(rows: list[dict], args: argparse.Namespace, loads: dict, load_befo
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "grounded_rate": round((sources["llm"] + sources["llm-retry"]) / len(rows), 3),
         "first_draft_pass_rate": round(sources["llm"] / len(rows), 3),
+        "model_blurbs_citing_a_liked_item": round(sum(r["cites_liked"] for r in rows) / len(rows), 3),
         "draft_pass_rate": round(sum(r["passed_drafts"] for r in rows) / max(drafts, 1), 3),
         "sources": dict(sources), "drafts": drafts,
         "median_blurb_s": round(statistics.median(r["seconds"] for r in rows), 2),
