@@ -147,9 +147,9 @@ if backend_error:
 elif backend is None and kind != "template":
     st.info("Fill in the settings above to use this language model; until then the template is used.")
 elif getattr(backend, "supports_guide", False):
-    st.caption("In-process models are steered as they write: the blurb opens with the title, and names, numbers "
-               "and genres outside the facts are masked out token by token. A server only gets the prompt; "
-               "every draft, from either, is checked.")
+    st.caption("In-process models are steered as they write: the blurb opens with the liked item and the "
+               "recommendation, and names, numbers and genres outside the facts are masked out token by token. "
+               "A server only gets the prompt; every draft, from either, is checked.")
 
 # ---- facts ---------------------------------------------------------------------------------------
 
