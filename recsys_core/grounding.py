@@ -299,7 +299,10 @@ def _scan(blurb: list[Token], cat: Catalogue, fact_titles: set, fact_attrs: set[
                 step = n
                 break
             if key in cat.titles and _names_title(words, cat.title_caps[key]):
-                found.titles.append(cat.titles[key])
+                if _franchise_of_a_fact(key, blurb[i + n:i + n + 1], fact_titles):
+                    found.in_titles += n
+                else:
+                    found.titles.append(cat.titles[key])
                 step = n
                 break
         else:
@@ -314,6 +317,18 @@ def _scan(blurb: list[Token], cat: Catalogue, fact_titles: set, fact_attrs: set[
     if name_run:
         found.names.append(_span_text(name_run))
     return found
+
+
+# "the Star Trek universe" speaks of the franchise of the fact "Star Trek Into Darkness", not the film "Star Trek".
+_FRANCHISE_WORDS = {"universe", "franchise", "series", "saga", "trilogy", "films", "movies", "books", "sequels",
+                    "fans", "fandom"}
+
+
+def _franchise_of_a_fact(key: tuple[str, ...], after: Sequence[Token], fact_titles: set) -> bool:
+    """A catalogue title that begins a fact title, followed by a franchise word."""
+    if not after or after[0].norm not in _FRANCHISE_WORDS:
+        return False
+    return any(len(fact) > len(key) and fact[:len(key)] == key for fact in fact_titles)
 
 
 def _unknown_name(word: Token, fact_words: set[str]) -> bool:

@@ -153,6 +153,17 @@ def test_titles_are_matched_longest_first_and_only_when_capitalised_as_titles(de
     assert ok.ok, ok.problems
 
 
+def test_a_fact_titles_franchise_may_be_named_but_not_another_film_of_it(demo) -> None:
+    ds, cat = demo
+    titles = ds.items["title"].tolist()
+    assert "Star Trek" in titles  # the 2009 film: naming it alone names a film the facts do not have
+    facts = build_facts(ds, titles.index("Man of Steel"), [titles.index("Star Trek Into Darkness")], "test")
+    assert _check("Because you liked Star Trek Into Darkness and the Star Trek universe, try Man of Steel.",
+                  facts, cat).ok
+    fails = _check("Because you liked Star Trek Into Darkness, try Man of Steel, a film like Star Trek.", facts, cat)
+    assert not fails.ok and "“Star Trek”" in fails.summary()
+
+
 def test_numbers_in_fact_titles_and_the_year_of_a_title_named_like_a_year_are_fine(demo) -> None:
     ds, cat = demo
     titles = ds.items["title"].tolist()
