@@ -181,7 +181,8 @@ def _loading_note(b) -> str:
     return ""
 
 
-def _write(b) -> blurbs.BlurbResult:
+def _load_with_spinner(b) -> None:
+    """Load an in-process model before writing, with a note on how long it takes."""
     note = _loading_note(b)
     if note:
         with st.spinner(note):
@@ -189,6 +190,10 @@ def _write(b) -> blurbs.BlurbResult:
                 b.load()
             except llm.LLMError:
                 pass  # the writer meets the same error and falls back with the reason
+
+
+def _write(b) -> blurbs.BlurbResult:
+    _load_with_spinner(b)
     run = blurbs.BlurbStream(facts, tone, b, catalogue)
     live = st.empty()
     with live.container(), st.spinner("Writing..."):
@@ -232,13 +237,7 @@ k = int(c[0].number_input("K", 1, 20, 5, key="blurbs_batch_k"))
 if c[1].button(f"Write blurbs for the top {k}", key="blurbs_batch"):
     bar = st.progress(0.0, text="Starting...")
     progress = Progress(lambda e: bar.progress(e.fraction, text=e.message))
-    note = _loading_note(backend)
-    if note:
-        with st.spinner(note):
-            try:
-                backend.load()
-            except llm.LLMError:
-                pass
+    _load_with_spinner(backend)
     table = blurbs.batch_blurbs(
         ds, model, [user], k, backend, tone, model_id=model_key, catalogue=catalogue, cache=_cache(),
         liked=lambda h, it: blurbs.influential_history_items(model, h, it, explainer=explainer), progress=progress)

@@ -53,7 +53,7 @@ class TokenTable:
     heads: list[str]  # folded leading letters (after whitespace and openers)
     by_head: dict[str, list[int]] = field(default_factory=dict)  # folded head -> tokens starting a word
     by_letters: dict[str, list[int]] = field(default_factory=dict)  # folded head -> word-continuing tokens
-    digits: dict[str, list[int]] = field(default_factory=dict)  # digit string -> tokens that are only digits
+    digits: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)  # digits -> (joined, spaced) tokens
 
     @classmethod
     def build(cls, tokenizer) -> TokenTable:
@@ -81,8 +81,8 @@ class TokenTable:
             if self.letter[i]:
                 self.by_letters.setdefault(head, []).append(i)
         stripped = text.strip()
-        if stripped.isdigit() and stripped.isascii():
-            self.digits.setdefault(stripped, []).append(i)
+        if stripped.isdigit() and stripped.isascii():  # " 7" starts a number, "7" may go on one
+            self.digits.setdefault(stripped, ([], []))[int(self.space[i])].append(i)
 
 
 _TABLES: dict[int, tuple[object, TokenTable]] = {}
@@ -188,15 +188,13 @@ class FactLogitsProcessor:
         """Digits may only spell (a prefix of) a number of the facts."""
         run = _TRAILING_DIGITS.search(self.text)
         current = run.group(0) if run else ""
-        for digits, ids in self.table.digits.items():
-            spaced = [i for i in ids if self.table.space[i]]
-            joined = [i for i in ids if not self.table.space[i]]
+        for digits, (joined, spaced) in self.table.digits.items():
             for group, value in ((joined, current + digits), (spaced, digits)):
                 if group and not any(n.startswith(value) for n in self.vocab.numbers):
                     mask[group] = True
         if current and current not in self.vocab.numbers and any(n.startswith(current) for n in self.vocab.numbers):
             # "1" is only the start of "1174": no word or space until the number is whole
-            digit_ids = [i for ids in self.table.digits.values() for i in ids if not self.table.space[i]]
+            digit_ids = [i for joined, _ in self.table.digits.values() for i in joined]
             keep = mask[digit_ids].clone()
             mask[: len(self.table.texts)] = True
             mask[digit_ids] = keep

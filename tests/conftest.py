@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from recsys_core import llm
 
@@ -22,3 +23,14 @@ def local_backend(tmp_path_factory: pytest.TempPathFactory):
         lm = backend.load()
         yield backend, lm, cache
     llm.forget_loaded()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """On a busy shared CPU a descheduled second OpenMP thread stalls every op: 20 EASE explanations
+    measured 14 s with two threads and 0.4 s with one. Modules of heavy tests opt in with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

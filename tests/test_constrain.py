@@ -3,15 +3,18 @@ then real generations on demo recommendations whose every name, number and genre
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 import torch
+from llm_loopback import LoopbackLLM
 
 from recsys_core.blurbs import TONES, BlurbStream, build_facts, build_messages, catalogue_for, guide_for
-from recsys_core.constrain import FactLogitsProcessor, Guide
+from recsys_core.constrain import FactLogitsProcessor
 from recsys_core.data.demo import load_demo
 from recsys_core.grounding import Vocabulary, check_blurb, fold, tokens, vocabulary
+from recsys_core.llm import OpenAIBackend
 
 VOCAB = Vocabulary(names=frozenset({"man", "of", "steel", "pacific", "rim", "action", "i", "the", "a"}),
                    numbers=("2013", "1174"), banned=frozenset({"thriller", "horror"}))
@@ -106,8 +109,15 @@ def test_a_guided_blurb_opens_with_why_and_what_and_streams_that_first(local_bac
     assert next(iter(alone)) == "“Iron Man 3”"  # no liked item to cite: the title alone
 
 
-def test_servers_get_no_prefix_and_no_mask() -> None:
-    from recsys_core.llm import OpenAIBackend, TransformersBackend
-
-    assert OpenAIBackend.supports_guide is False and TransformersBackend.supports_guide is True
-    assert Guide().prefix == "" and Guide().vocabulary is None
+def test_a_server_gets_no_opening_and_its_reply_is_shown_as_it_came() -> None:
+    ds = load_demo()
+    cat = catalogue_for(ds)
+    titles = ds.items["title"].tolist()
+    facts = build_facts(ds, titles.index("Iron Man 3"), [titles.index("Man of Steel")], "test")
+    reply = "Iron Man 3 is a loud, fun ride for you."
+    with LoopbackLLM(reply) as server:
+        run = BlurbStream(facts, "demo", OpenAIBackend(server.url, "tiny"), cat, retries=0)
+        chunks = list(run)
+    assert "".join(chunks) == reply  # nothing written for the server, nothing added to what it wrote
+    assert run.result.source == "llm" and run.result.text == reply
+    assert "Because you liked" not in json.dumps(server.requests[-1])

@@ -21,15 +21,7 @@ from recsys_core.models.base import Recommender
 from recsys_core.models.histories import history_matrix
 from recsys_core.models.itemknn import ItemKNN, ItemKNNConfig
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """On a busy shared CPU a descheduled second OpenMP thread stalls every op: 20 EASE explanations
-    measured 14 s with two threads and 0.4 s with one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @dataclass

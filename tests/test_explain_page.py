@@ -7,20 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from apptest_util import navigation_mode, open_app  # noqa: F401
 
 from recsys_core.data.demo import load_demo
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """On a busy shared CPU a descheduled second OpenMP thread stalls every op: 20 EASE explanations
-    measured 14 s with two threads and 0.4 s with one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -19,14 +19,7 @@ SMALL = {"epochs": 60, "max_len": 10, "hidden": 32, "batch_size": 80, "lr": 2e-3
 HELD = 4  # the last 4 movies of each genre are only ever test targets
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """On a busy shared CPU a descheduled OpenMP thread stalls every op (a tiny BERT4Rec step measured
-    0.5 s with 2 threads vs 10 ms with 1), so these tests run single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: extra threads only stall
 
 
 def held_out_dataset():

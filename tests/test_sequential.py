@@ -21,14 +21,7 @@ from recsys_core.progress import Progress
 N_ITEMS = 30
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: extra OpenMP threads are pure overhead, and on a busy shared CPU a descheduled
-    thread stalls every op (measured 200x slower matmuls), so these tests run single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: extra threads only stall
 FAMILIES = {"bert4rec": (BERT4Rec, BERT4RecConfig), "sasrec": (SASRec, SASRecConfig)}
 TINY = {"max_len": 12, "hidden": 32, "layers": 1, "heads": 2, "dropout": 0.1, "batch_size": 32, "device": "cpu", "eval_every": 5}
 

@@ -30,14 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """On a busy shared CPU a descheduled OpenMP thread stalls every op (a tiny BERT4Rec step measured
-    0.5 s with 2 threads vs 10 ms with 1), so these tests run single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: extra threads only stall
 
 
 @pytest.fixture(scope="module")

@@ -49,14 +49,7 @@ class ToyTask:
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: extra OpenMP threads are pure overhead, and on a busy shared CPU a descheduled
-    thread stalls every op (measured 200x slower matmuls), so these tests run single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: extra threads only stall
 
 
 def test_device_choice_auto_and_explicit():
