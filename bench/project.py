@@ -48,7 +48,7 @@ def synthetic(n: int = 10_000, dim: int = 64, clusters: int = 20, seed: int = 0)
 
 def real_model_embeddings(family: str):
     from recsys_core.data.resolve import resolve_dataset
-    from recsys_core.experiment import run_experiment
+    from recsys_core.training.experiment import run_experiment
 
     ds = resolve_dataset(str(SHARED / "ml-100k"), None)
     result = run_experiment(ds, family)
@@ -72,7 +72,7 @@ def worker(path: str, method: str, runs: int) -> None:
     import numpy as np
     import psutil
 
-    from recsys_core import project as P
+    from recsys_core.insight import project as P
 
     vectors = np.load(path)
     base = psutil.Process().memory_info().rss

@@ -62,8 +62,8 @@ def run_worker(args: argparse.Namespace) -> dict:
     import torch
 
     from recsys_core.data.resolve import resolve_dataset
-    from recsys_core.experiment import run_experiment
     from recsys_core.progress import Progress
+    from recsys_core.training.experiment import run_experiment
 
     family, overrides = VARIANTS[args.model]
     overrides = {**overrides, **PROFILES[args.profile].get(args.model, {}), **json.loads(args.overrides)}

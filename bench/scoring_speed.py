@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from recsys_core.data.dataset import build_dataset
-from recsys_core.evaluate import top_k
+from recsys_core.evaluation.metrics import top_k
 from recsys_core.models import FAMILIES
 
 PAIRS = ROOT.parent / "shared" / "data" / "ml-1m" / "ratings_user_movie_pairs.parquet"

@@ -30,7 +30,7 @@ import torch
 
 from recsys_core.data.dataset import build_dataset
 from recsys_core.data.splits import leave_one_out
-from recsys_core.evaluate import evaluate
+from recsys_core.evaluation.metrics import evaluate
 from recsys_core.models import FAMILIES
 from recsys_core.progress import Progress
 

@@ -58,7 +58,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from recsys_core.data.resolve import resolve_dataset
     from recsys_core.data.splits import leave_one_out
-    from recsys_core.evaluate import evaluate, train_popularity
+    from recsys_core.evaluation.metrics import evaluate, train_popularity
     from recsys_core.models.hybrid import segment_gain
 
     ds = resolve_dataset(args.dataset, None)

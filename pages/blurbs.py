@@ -1,6 +1,6 @@
 """Blurbs: a language model writes a short text for a recommendation from facts only; every blurb is
 checked against those facts before it is shown, and replaced by a template when it strays. Every step
-is `recsys_core.blurbs` (facts, prompt, check, template) and `recsys_core.llm` (backends)."""
+is `recsys_core.blurbs.writer` (facts, prompt, check, template) and `recsys_core.blurbs.llm` (backends)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ import streamlit as st
 
 from pages.ui.common import md_escape, workspace
 from pages.ui.model_state import page_dataset_and_model
-from recsys_core import blurbs, llm
-from recsys_core.evaluate import popularity_percentile
-from recsys_core.export import to_csv_bytes
+from recsys_core.blurbs import llm
+from recsys_core.blurbs import writer as blurbs
+from recsys_core.evaluation.metrics import popularity_percentile
 from recsys_core.progress import Progress
-from recsys_core.recommend import recommend
+from recsys_core.recommend.export import to_csv_bytes
+from recsys_core.recommend.topk import recommend
 
 try:  # SHAP reasons when the explain engine is installed; item-embedding similarity otherwise
-    from recsys_core import explain
+    from recsys_core.insight import explain
 except ImportError:  # pragma: no cover - explain ships with the app; this keeps the page usable without it
     explain = None
 
@@ -58,7 +59,7 @@ def _explainer(_model, _ds, model_key: str):
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _hf_backend(source: str, cache_dir: str | None) -> llm.TransformersBackend:
-    """One backend object per model; the weights themselves are cached in `recsys_core.llm`."""
+    """One backend object per model; the weights themselves are cached in `recsys_core.blurbs.llm`."""
     if source == "":
         return llm.local_default_backend(cache_dir)
     return llm.TransformersBackend(source)

@@ -8,8 +8,8 @@ import streamlit as st
 
 from pages.ui.common import load_dataset, md_escape, sidebar_dataset_selector, workspace
 from pages.ui.model_state import cached_model, run_label, runs_frame
-from recsys_core.compare import per_user_metrics, segment_breakdown
-from recsys_core.experiment import make_split
+from recsys_core.evaluation.compare import per_user_metrics, segment_breakdown
+from recsys_core.training.experiment import make_split
 
 st.title("Compare")
 record = sidebar_dataset_selector()

@@ -17,7 +17,7 @@ from pages.ui.common import (
     workspace,
 )
 from recsys_core.data.demo import DEMO_NAME
-from recsys_core.data.errors import DataError
+from recsys_core.errors import DataError
 
 _RAW = "data_raw"  # session state: {"sig": upload signature, "raw": RawTable | None, "error": DataError | None}
 _OUTCOME = "data_outcome"  # session state: result of the last Load click, kept until the file changes

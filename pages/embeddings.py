@@ -1,7 +1,7 @@
 """Embeddings: a 2-D/3-D map of a model's item (or user) space, how far to trust it, an item's true
 neighbours, a user's history and recommendations on the map, and two models side by side.
 
-Maps, neighbours and clusters come from `recsys_core.project` (which caches them per embedding
+Maps, neighbours and clusters come from `recsys_core.insight.project` (which caches them per embedding
 fingerprint and settings); UMAP and t-SNE run in a background `ProjectionJob` while PCA is shown.
 """
 
@@ -17,9 +17,9 @@ import streamlit as st
 
 from pages.ui.common import md_escape, show_data_error, workspace
 from pages.ui.model_state import cached_model, page_dataset_and_model, run_label
-from recsys_core import project
-from recsys_core.data.errors import DataError
-from recsys_core.recommend import pick_user, recommend_many, search_items
+from recsys_core.errors import DataError
+from recsys_core.insight import project
+from recsys_core.recommend.topk import pick_user, recommend_many, search_items
 
 JOBS_KEY = "emb_jobs"  # session state: slot ("a"/"b") -> the ProjectionJob drawing that slot's map
 USER_KEY = "emb_user"

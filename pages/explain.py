@@ -1,6 +1,6 @@
 """Explain: why the active model recommends an item to a user. Shapley values over the user's history
 and the item's attributes (and its words, for the text tower), a deletion check of their faithfulness,
-and a global view over many users. Every number comes from `recsys_core.explain`."""
+and a global view over many users. Every number comes from `recsys_core.insight.explain`."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import streamlit as st
 
 from pages.ui.common import md_escape, show_data_error
 from pages.ui.model_state import page_dataset_and_model
-from recsys_core import explain
-from recsys_core.data.errors import DataError
+from recsys_core.errors import DataError
+from recsys_core.insight import explain
 from recsys_core.progress import Progress
-from recsys_core.recommend import recommend
+from recsys_core.recommend.topk import recommend
 
 USER_KEY, ITEM_KEY = "explain_user", "explain_item"  # plain state, also set by the Recommend page
 GLOBAL_KEY = "explain_global"  # session state: the last global view, with what it was computed for

@@ -1,5 +1,5 @@
 """Recommend: top-K for any user, what-if edits of a history, cold-start users, similar items,
-a second model side by side, and exports. Every list comes from `recsys_core.recommend`."""
+a second model side by side, and exports. Every list comes from `recsys_core.recommend.topk`."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import streamlit as st
 from pages.ui.common import md_escape, show_data_error, workspace
 from pages.ui.model_state import cached_model, page_dataset_and_model, run_label
 from pages.ui.nav import PAGES
-from recsys_core.data.errors import DataError
-from recsys_core.export import export_bytes, recommendations_for_users
+from recsys_core.errors import DataError
 from recsys_core.progress import Progress
-from recsys_core.recommend import (
+from recsys_core.recommend.export import export_bytes, recommendations_for_users
+from recsys_core.recommend.topk import (
     Filters,
     attribute_values,
     candidate_mask,

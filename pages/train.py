@@ -15,11 +15,11 @@ from pages.ui.model_state import (
     run_label,
     runs_frame,
 )
-from recsys_core.artifacts import import_model_zip
-from recsys_core.data.errors import DataError
-from recsys_core.experiment import memory_estimate_mb
-from recsys_core.jobs import TrainingJob
+from recsys_core.errors import DataError
 from recsys_core.models.base import load_model
+from recsys_core.training.experiment import memory_estimate_mb
+from recsys_core.training.jobs import TrainingJob
+from recsys_core.workspace.artifacts import import_model_zip
 
 JOB_KEY = "train_job"  # session state: the TrainingJob of this session (one at a time)
 ESTIMATE_KEY = "train_memory_mb"  # session state: estimated peak memory of the running job

@@ -11,7 +11,7 @@ import time
 import traceback
 from typing import Any
 
-from recsys_core.data.errors import DataError
+from recsys_core.errors import DataError
 from recsys_core.progress import Progress
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recsys_core import llm
+from recsys_core.blurbs import llm
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 from recsys_core.data.dataset import build_dataset
 from recsys_core.data.demo import DEMO_NAME, load_demo
-from recsys_core.registry import Workspace
+from recsys_core.workspace.registry import Workspace
 
 
 @pytest.fixture

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys_core.artifacts import import_model_zip
 from recsys_core.data.dataset import build_dataset
-from recsys_core.data.errors import DataError
+from recsys_core.errors import DataError
 from recsys_core.models.popularity import Popularity
+from recsys_core.workspace.artifacts import import_model_zip
 
 
 @pytest.fixture()

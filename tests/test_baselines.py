@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from recsys_core.data.dataset import Dataset, build_dataset
-from recsys_core.data.errors import DataError
 from recsys_core.data.splits import leave_one_out
-from recsys_core.evaluate import evaluate, top_k, train_popularity
+from recsys_core.errors import DataError
+from recsys_core.evaluation.metrics import evaluate, top_k, train_popularity
 from recsys_core.models import itemknn
 from recsys_core.models.ease import EASE, EASEConfig
 from recsys_core.models.itemknn import ItemKNN, ItemKNNConfig

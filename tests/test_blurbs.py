@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from movie_fixtures import index_of, movie_dataset, movie_items
 
-from recsys_core.blurbs import (
+from recsys_core.blurbs.grounding import Allowed, Catalogue, check_blurb, sanitize
+from recsys_core.blurbs.writer import (
     TONES,
     batch_blurbs,
     build_facts,
@@ -24,10 +25,9 @@ from recsys_core.blurbs import (
 )
 from recsys_core.data.dataset import build_dataset
 from recsys_core.data.demo import load_demo
-from recsys_core.evaluate import popularity_percentile
-from recsys_core.export import to_csv_bytes
-from recsys_core.grounding import Allowed, Catalogue, check_blurb, sanitize
+from recsys_core.evaluation.metrics import popularity_percentile
 from recsys_core.models.base import FAMILIES
+from recsys_core.recommend.export import to_csv_bytes
 
 
 @pytest.fixture(scope="module")
@@ -266,7 +266,7 @@ def test_a_model_without_embeddings_cites_the_most_recent_items(tiny) -> None:
 
 
 def test_shap_reasons_are_used_when_an_explainer_is_given(tiny) -> None:
-    explain = pytest.importorskip("recsys_core.explain")
+    explain = pytest.importorskip("recsys_core.insight.explain")
     ds, _ = tiny
     model = FAMILIES["ease"]().fit(ds)
     history = ds.history(0)

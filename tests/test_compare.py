@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from recsys_core.compare import history_segment, per_user_metrics, popularity_segment, segment_breakdown
 from recsys_core.data.dataset import build_dataset
 from recsys_core.data.splits import leave_one_out
-from recsys_core.evaluate import evaluate
+from recsys_core.evaluation.compare import history_segment, per_user_metrics, popularity_segment, segment_breakdown
+from recsys_core.evaluation.metrics import evaluate
 from recsys_core.models.popularity import Popularity
 
 

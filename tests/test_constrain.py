@@ -10,11 +10,11 @@ import pytest
 import torch
 from llm_loopback import LoopbackLLM
 
-from recsys_core.blurbs import TONES, BlurbStream, build_facts, build_messages, catalogue_for, guide_for
-from recsys_core.constrain import FactLogitsProcessor
+from recsys_core.blurbs.constrain import FactLogitsProcessor
+from recsys_core.blurbs.grounding import Vocabulary, check_blurb, fold, tokens, vocabulary
+from recsys_core.blurbs.llm import OpenAIBackend
+from recsys_core.blurbs.writer import TONES, BlurbStream, build_facts, build_messages, catalogue_for, guide_for
 from recsys_core.data.demo import load_demo
-from recsys_core.grounding import Vocabulary, check_blurb, fold, tokens, vocabulary
-from recsys_core.llm import OpenAIBackend
 
 VOCAB = Vocabulary(names=frozenset({"man", "of", "steel", "pacific", "rim", "action", "i", "the", "a"}),
                    numbers=("2013", "1174"), banned=frozenset({"thriller", "horror"}))

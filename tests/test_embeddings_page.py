@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from apptest_util import navigation_mode, open_app  # noqa: F401
 
-from recsys_core import project
 from recsys_core.data.demo import DEMO_NAME, load_demo
+from recsys_core.insight import project
 from recsys_core.models.base import load_model
-from recsys_core.registry import Workspace
+from recsys_core.workspace.registry import Workspace
 
 PAGE = "pages/embeddings.py"
 
@@ -119,7 +119,7 @@ def test_tsne_runs_in_the_background_with_progress_then_replaces_pca(ws_root: Pa
 
 
 def test_two_models_side_by_side_with_their_own_neighbours(ws_root: Path) -> None:
-    from recsys_core.experiment import run_experiment
+    from recsys_core.training.experiment import run_experiment
 
     run_experiment(load_demo(), "itemknn", workspace=Workspace(ws_root), dataset_name=DEMO_NAME)
     at = open_app(PAGE)

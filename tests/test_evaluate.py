@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from recsys_core.data.dataset import build_dataset
-from recsys_core.data.errors import DataError
 from recsys_core.data.splits import EvalSet
-from recsys_core.evaluate import evaluate, popularity_percentile, rank_metrics, top_k
+from recsys_core.errors import DataError
+from recsys_core.evaluation.metrics import evaluate, popularity_percentile, rank_metrics, top_k
 from recsys_core.models.popularity import Popularity
 from recsys_core.progress import Progress
 

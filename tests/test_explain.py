@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 import torch
 
-from recsys_core import explain
 from recsys_core.data.dataset import Dataset, build_dataset
-from recsys_core.data.errors import DataError
-from recsys_core.explain import Explainer, exact_shapley, shapley, summarise_global
+from recsys_core.errors import DataError
+from recsys_core.insight import explain
+from recsys_core.insight.explain import Explainer, exact_shapley, shapley, summarise_global
 from recsys_core.models.base import Recommender
 from recsys_core.models.histories import history_matrix
 from recsys_core.models.itemknn import ItemKNN, ItemKNNConfig

@@ -12,8 +12,9 @@ import pytest
 from movie_fixtures import movie_dataset
 
 from recsys_core.data.dataset import Dataset, build_dataset
-from recsys_core.data.errors import DataError
-from recsys_core.export import (
+from recsys_core.errors import DataError
+from recsys_core.models.ease import EASE, EASEConfig
+from recsys_core.recommend.export import (
     export_bytes,
     neutralise_formulas,
     read_export,
@@ -21,8 +22,7 @@ from recsys_core.export import (
     to_csv_bytes,
     write_export,
 )
-from recsys_core.models.ease import EASE, EASEConfig
-from recsys_core.recommend import recommend
+from recsys_core.recommend.topk import recommend
 
 EVIL = ['=HYPERLINK("http://evil.example","click")', "+1+1", "-2+3", "@SUM(A1)", "\tTab", "\rCR"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from recsys_core.item_text import history_text, item_texts, item_titles
+from recsys_core.data.item_text import history_text, item_texts, item_titles
 
 
 def test_text_joins_title_year_genres_and_description():

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 
 from recsys_core.data.dataset import build_dataset
-from recsys_core.jobs import TrainingJob
 from recsys_core.models.base import load_model
-from recsys_core.registry import Workspace
+from recsys_core.training.jobs import TrainingJob
+from recsys_core.workspace.registry import Workspace
 
 
 def _sequences(n_users: int = 80, n_items: int = 30, length: int = 12):

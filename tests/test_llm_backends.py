@@ -14,8 +14,10 @@ import pytest
 from llm_loopback import LoopbackLLM, refused_url
 from movie_fixtures import movie_dataset, movie_items
 
-from recsys_core import llm
-from recsys_core.blurbs import (
+from recsys_core.blurbs import llm
+from recsys_core.blurbs.grounding import check_blurb
+from recsys_core.blurbs.llm import LLMError, OpenAIBackend, local_default_backend
+from recsys_core.blurbs.writer import (
     TONES,
     BlurbCache,
     batch_blurbs,
@@ -26,8 +28,6 @@ from recsys_core.blurbs import (
     write_blurb,
 )
 from recsys_core.data.dataset import build_dataset
-from recsys_core.grounding import check_blurb
-from recsys_core.llm import LLMError, OpenAIBackend, local_default_backend
 from recsys_core.models.base import FAMILIES
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi."}]

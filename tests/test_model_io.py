@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from recsys_core.data.dataset import Dataset, build_dataset
-from recsys_core.data.errors import DataError
+from recsys_core.errors import DataError
 from recsys_core.models import load_model
 from recsys_core.models.ease import EASE, EASEConfig
 from recsys_core.models.itemknn import ItemKNN, ItemKNNConfig

@@ -10,8 +10,8 @@ import pytest
 from apptest_util import navigation_mode, open_app  # noqa: F401
 
 from recsys_core.data.demo import DEMO_NAME
-from recsys_core.experiment import run_experiment
-from recsys_core.registry import Workspace
+from recsys_core.training.experiment import run_experiment
+from recsys_core.workspace.registry import Workspace
 
 
 @pytest.fixture

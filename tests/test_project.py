@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from recsys_core import project as P
-from recsys_core.data.errors import DataError
+from recsys_core.errors import DataError
+from recsys_core.insight import project as P
 from recsys_core.progress import Progress
 
 

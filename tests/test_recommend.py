@@ -9,12 +9,12 @@ import torch
 from movie_fixtures import index_of, movie_dataset
 
 from recsys_core.data.dataset import Dataset
-from recsys_core.data.errors import DataError
+from recsys_core.errors import DataError
 from recsys_core.models.base import Recommender
 from recsys_core.models.ease import EASE, EASEConfig
 from recsys_core.models.itemknn import ItemKNN
 from recsys_core.models.popularity import Popularity
-from recsys_core.recommend import (
+from recsys_core.recommend.topk import (
     Filters,
     attribute_values,
     history_frame,

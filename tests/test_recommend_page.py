@@ -14,10 +14,10 @@ from streamlit.testing.v1 import AppTest
 
 from recsys_core.data.dataset import build_dataset
 from recsys_core.data.demo import DEMO_NAME, load_demo
-from recsys_core.experiment import run_experiment
 from recsys_core.models.base import load_model
-from recsys_core.recommend import recommend
-from recsys_core.registry import Workspace
+from recsys_core.recommend.topk import recommend
+from recsys_core.training.experiment import run_experiment
+from recsys_core.workspace.registry import Workspace
 
 PAGE = "pages/recommend.py"
 

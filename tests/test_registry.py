@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from recsys_core.data.dataset import Dataset, build_dataset
 from recsys_core.data.demo import DEMO_NAME
-from recsys_core.data.errors import DataError
-from recsys_core.registry import Workspace, safe_name, validate_name
+from recsys_core.errors import DataError
+from recsys_core.workspace.registry import Workspace, safe_name, validate_name
 
 
 def make_dataset(name: str = "toy", n_users: int = 3) -> Dataset:

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from recsys_core.data.dataset import build_dataset
-from recsys_core.data.errors import DataError
 from recsys_core.data.splits import leave_one_out
+from recsys_core.errors import DataError
 from recsys_core.models.base import load_model
 from recsys_core.models.bert4rec import BERT4Rec, BERT4RecConfig
 from recsys_core.models.sasrec import SASRec, SASRecConfig

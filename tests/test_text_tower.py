@@ -13,8 +13,8 @@ import pytest
 import torch
 from movie_fixtures import ROMANCE, SCI_FI, index_of, movie_dataset
 
-from recsys_core.data.errors import DataError
 from recsys_core.data.splits import leave_one_out
+from recsys_core.errors import DataError
 from recsys_core.models.base import load_model
 from recsys_core.models.text_tower import (
     PairSampler,

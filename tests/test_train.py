@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from recsys_core import train as loop
-from recsys_core.data.errors import DataError
+from recsys_core.errors import DataError
+from recsys_core.models import loop
 from recsys_core.progress import Progress
 
 

@@ -18,8 +18,8 @@ import streamlit as st
 from pages.ui import charts
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.demo import DEMO_NAME
-from recsys_core.data.errors import DataError
-from recsys_core.registry import ENV_VAR, DatasetRecord, Workspace
+from recsys_core.errors import DataError
+from recsys_core.workspace.registry import ENV_VAR, DatasetRecord, Workspace
 
 ACTIVE_KEY = "active_dataset"  # plain state: the dataset every page works on
 _SIDEBAR_KEY = "sidebar_dataset"  # the sidebar widget mirroring it

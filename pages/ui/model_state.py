@@ -12,8 +12,8 @@ import typing
 import pandas as pd
 import streamlit as st
 
-from recsys_core.experiment import config_fields, families, run_experiment
 from recsys_core.models.base import Recommender, load_model
+from recsys_core.training.experiment import config_fields, families, run_experiment
 
 ACTIVE_MODEL_KEY = "active_model_dir"  # artifact folder of the model the Recommend/Explain pages use
 
@@ -151,7 +151,7 @@ def page_dataset_and_model():
     """The sidebar's dataset (record and data) with the active model and its label: the opening of every
     page that shows a model's output. A model that cannot be loaded stops the page with the reason."""
     from pages.ui.common import load_dataset, show_data_error, sidebar_dataset_selector
-    from recsys_core.data.errors import DataError
+    from recsys_core.errors import DataError
 
     record = sidebar_dataset_selector()
     ds = load_dataset(record)

@@ -21,8 +21,8 @@ from recsys_core.data import (
     mapping_candidates,
     read_table,
 )
-from recsys_core.data.errors import DataError
-from recsys_core.registry import NAME_RULE, DatasetRecord, Workspace, safe_name, validate_name
+from recsys_core.errors import DataError
+from recsys_core.workspace.registry import NAME_RULE, DatasetRecord, Workspace, safe_name, validate_name
 
 __all__ = ["DEDUP_LABELS", "DUPLICATE_POLICIES", "INTERACTION_TYPES", "ITEM_TYPES", "MAX_UPLOAD_MB", "NAME_HELP", "NONE", "ROLES",
            "UploadResult", "column_label", "default_mapping", "ingest", "make_options", "preview", "safe_name"]

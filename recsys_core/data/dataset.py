@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recsys_core.data.errors import DataError
+from recsys_core.errors import DataError
 
 # Canonical column names of a mapped interaction frame, before and after indexing.
 USER, ITEM, RATING, TIMESTAMP = "user", "item", "rating", "timestamp"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from recsys_core.data.dataset import Dataset, build_dataset
-from recsys_core.data.errors import DataError
+from recsys_core.errors import DataError
 
 DEMO_NAME = "demo-movietweetings"
 DEMO_SOURCE = "MovieTweetings snapshot-100K, 5-core (MIT, github.com/sidooms/MovieTweetings)"

@@ -9,12 +9,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from recsys_core.data.errors import DataError
 from recsys_core.data.mapping import is_headerless
 from recsys_core.data.names import name_score, normalize
 from recsys_core.data.read import RawTable, open_member, parse_blob
 from recsys_core.data.source import DEFAULT_MAX_BYTES, Source, load_blob
 from recsys_core.data.validate import ids_as_strings
+from recsys_core.errors import DataError
 
 # u.genre order of the 19 flag columns that end each u.item line.
 ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",

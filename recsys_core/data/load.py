@@ -14,13 +14,13 @@ import numpy as np
 import pandas as pd
 
 from recsys_core.data.dataset import ITEM, RATING, TIMESTAMP, USER, Dataset, build_dataset
-from recsys_core.data.errors import DataError
 from recsys_core.data.filters import DUPLICATE_POLICIES, duplicated_rows, duplicates_to_drop, k_core
 from recsys_core.data.items import items_from_raw, read_items
 from recsys_core.data.mapping import ColumnMapping, infer_mapping
 from recsys_core.data.read import RawTable, open_member, parse_blob
 from recsys_core.data.source import DEFAULT_MAX_BYTES, Source, is_zip, load_blob, pick_member
 from recsys_core.data.validate import to_interactions
+from recsys_core.errors import DataError
 
 
 @dataclass

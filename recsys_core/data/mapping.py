@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from recsys_core.data.errors import DataError
 from recsys_core.data.names import EXAMPLE_NAMES, ROLES, name_score
 from recsys_core.data.sniff import is_number
+from recsys_core.errors import DataError
 
 _SAMPLE = 1000
 _MIN_UNIX_SECONDS = 1e8  # 1973: below this a number is a rating or a count, not a time

@@ -19,7 +19,6 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from recsys_core.data.errors import DataError
 from recsys_core.data.sniff import TextLayout, looks_binary, sniff_layout, split_line
 from recsys_core.data.source import (
     DEFAULT_MAX_BYTES,
@@ -31,6 +30,7 @@ from recsys_core.data.source import (
     read_member,
     zip_members,
 )
+from recsys_core.errors import DataError
 
 _JSON_EXT = (".jsonl", ".ndjson", ".json")
 _PARQUET_EXT = (".parquet", ".pq")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recsys_core.data.errors import DataError
+from recsys_core.errors import DataError
 
 
 def resolve_dataset(spec: str, workspace, items: str | None = None):

@@ -10,8 +10,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-from recsys_core.data.errors import DataError
 from recsys_core.data.names import KNOWN_HEADER_WORDS, normalize
+from recsys_core.errors import DataError
 
 SAMPLE_BYTES = 64 * 1024
 SAMPLE_LINES = 200

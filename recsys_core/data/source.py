@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from recsys_core.data.errors import DataError
+from recsys_core.errors import DataError
 
 DEFAULT_MAX_BYTES = 500 * 1024 * 1024
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from recsys_core.data.dataset import TIMESTAMP, Dataset
-from recsys_core.data.errors import DataError
+from recsys_core.errors import DataError
 
 
 @dataclass

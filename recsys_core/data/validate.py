@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from recsys_core.data.dataset import ITEM, RATING, TIMESTAMP, USER
-from recsys_core.data.errors import DataError
 from recsys_core.data.mapping import ColumnMapping
 from recsys_core.data.read import RawTable
+from recsys_core.errors import DataError
 
 _EXAMPLES = 5
 # Magnitude of the largest |timestamp| -> divisor to seconds (s, ms, us, ns).

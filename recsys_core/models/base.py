@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from recsys_core.data.dataset import Dataset
-from recsys_core.data.errors import DataError
 from recsys_core.data.splits import Split
+from recsys_core.errors import DataError
 from recsys_core.progress import Progress
 
 FAMILIES: dict[str, type[Recommender]] = {}

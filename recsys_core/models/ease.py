@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from recsys_core.data.dataset import Dataset
-from recsys_core.data.errors import DataError
 from recsys_core.data.splits import Split
+from recsys_core.errors import DataError
 from recsys_core.models.base import Recommender
 from recsys_core.models.histories import ItemMatrix, history_matrix, low_rank, training_histories
 from recsys_core.progress import Progress

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from recsys_core.data.dataset import Dataset
-from recsys_core.data.errors import DataError
 from recsys_core.data.splits import Split
+from recsys_core.errors import DataError
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 

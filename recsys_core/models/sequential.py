@@ -25,10 +25,10 @@ from sklearn.utils.extmath import randomized_svd
 from torch import nn
 from transformers import BertConfig, BertModel
 
-from recsys_core import train as loop
 from recsys_core.data.dataset import Dataset
-from recsys_core.data.errors import DataError
 from recsys_core.data.splits import EvalSet, Split
+from recsys_core.errors import DataError
+from recsys_core.models import loop
 from recsys_core.models.base import Recommender
 from recsys_core.models.histories import flatten
 from recsys_core.progress import Progress
@@ -381,7 +381,7 @@ class SequentialRecommender(Recommender):
 
 
 class _SequenceTask:
-    """Adapter between a sequential recommender and the generic loop in `recsys_core.train`."""
+    """Adapter between a sequential recommender and the generic loop in `recsys_core.models.loop`."""
 
     def __init__(self, model: SequentialRecommender, windows: SequenceWindows, valid: EvalSet | None) -> None:
         self.model, self.windows, self.valid = model, windows, valid
@@ -406,7 +406,7 @@ class _SequenceTask:
 
 def validation_metrics(model: Recommender, valid: EvalSet) -> dict[str, float]:
     """NDCG@10 / HR@10 with full ranking, through the project's evaluator."""
-    from recsys_core.evaluate import evaluate  # late: evaluate imports models.base
+    from recsys_core.evaluation.metrics import evaluate  # late: evaluate imports models.base
 
     result = evaluate(model, valid, ks=(10,))
     return {k: float(v) for k, v in result.items() if k in ("ndcg@10", "hr@10")}

@@ -27,11 +27,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from recsys_core import train as loop
 from recsys_core.data.dataset import Dataset
-from recsys_core.data.errors import DataError
+from recsys_core.data.item_text import history_text, item_texts, item_titles
 from recsys_core.data.splits import EvalSet, Split
-from recsys_core.item_text import history_text, item_texts, item_titles
+from recsys_core.errors import DataError
+from recsys_core.models import loop
 from recsys_core.models.base import Recommender
 from recsys_core.models.histories import flatten
 from recsys_core.progress import Progress
@@ -221,7 +221,7 @@ class TextTower(Recommender):
 
     def _validate(self, valid: EvalSet, recipe: str = "history_text", reencode: bool = True) -> dict:
         """Validation metrics with the encoder as it is now, users built by `recipe`."""
-        from recsys_core.evaluate import evaluate  # late: evaluate imports models.base
+        from recsys_core.evaluation.metrics import evaluate  # late: evaluate imports models.base
 
         if reencode:
             self.item_vectors_ = self.encode(self.item_texts_)
@@ -417,7 +417,7 @@ class PairSampler:
 
 
 class _ContrastiveTask:
-    """Adapter between the text tower and the generic loop in `recsys_core.train`."""
+    """Adapter between the text tower and the generic loop in `recsys_core.models.loop`."""
 
     def __init__(self, model: TextTower, sampler: PairSampler, valid: EvalSet | None, steps: int) -> None:
         self.model, self.sampler, self.valid, self.steps = model, sampler, valid, steps

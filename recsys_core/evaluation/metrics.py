@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recsys_core.data.errors import DataError
 from recsys_core.data.splits import EvalSet, Split
+from recsys_core.errors import DataError
 from recsys_core.models.base import Recommender
 from recsys_core.progress import Progress
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from recsys_core.background import BackgroundJob
-from recsys_core.data.errors import DataError
+from recsys_core.errors import DataError
 from recsys_core.progress import Progress
 
 METHODS = {"pca": "PCA", "umap": "UMAP", "tsne": "t-SNE"}

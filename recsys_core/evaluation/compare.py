@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from recsys_core.data.splits import EvalSet, Split
-from recsys_core.evaluate import evaluate, popularity_percentile, train_popularity
+from recsys_core.evaluation.metrics import evaluate, popularity_percentile, train_popularity
 from recsys_core.models.base import Recommender
 
 HISTORY_EDGES = (0, 5, 20, 50, np.inf)  # history-length buckets: 1-5, 6-20, 21-50, 51+

@@ -7,7 +7,7 @@ from typing import Any
 
 from recsys_core.background import BackgroundJob
 from recsys_core.data.dataset import Dataset
-from recsys_core.experiment import RunResult, run_experiment
+from recsys_core.training.experiment import RunResult, run_experiment
 
 
 class TrainingJob(BackgroundJob):

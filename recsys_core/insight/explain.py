@@ -43,9 +43,9 @@ import scipy.sparse as sp
 import torch
 
 from recsys_core.data.dataset import Dataset
-from recsys_core.data.errors import DataError
-from recsys_core.evaluate import popularity_percentile, top_k
-from recsys_core.item_text import ATTRIBUTE_COLUMNS, YEAR_COLUMNS, item_titles
+from recsys_core.data.item_text import ATTRIBUTE_COLUMNS, YEAR_COLUMNS, item_titles
+from recsys_core.errors import DataError
+from recsys_core.evaluation.metrics import popularity_percentile, top_k
 from recsys_core.models.base import Recommender
 from recsys_core.progress import Progress
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.demo import DEMO_NAME, demo_source, load_demo
-from recsys_core.data.errors import DataError
+from recsys_core.errors import DataError
 
 ENV_VAR = "RECSYS_WORKSPACE"
 DB_FILE = "workspace.db"

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from recsys_core.data.dataset import Dataset
-from recsys_core.data.errors import DataError
 from recsys_core.data.splits import Split, leave_one_out, temporal_split
+from recsys_core.errors import DataError
 from recsys_core.models.base import FAMILIES, Recommender
 from recsys_core.progress import Progress
 
@@ -127,7 +127,7 @@ def run_experiment(
     dataset_name: str | None = None,
 ) -> RunResult:
     """Train `family` on `ds`, evaluate on the test split, and (with a workspace) save and record it."""
-    from recsys_core.evaluate import evaluate, train_popularity
+    from recsys_core.evaluation.metrics import evaluate, train_popularity
 
     model = make_model(family, overrides)
     split = split or make_split(ds, split_kind)
@@ -173,7 +173,7 @@ def _slug(text: str) -> str:
 
 def memory_estimate_mb(family: str, overrides: dict[str, Any] | None, n_items: int) -> float | None:
     """Estimated peak training memory of a transformer run (None for models without one)."""
-    from recsys_core.train import estimate_memory
+    from recsys_core.models.loop import estimate_memory
 
     model = make_model(family, overrides)
     cfg = model.config

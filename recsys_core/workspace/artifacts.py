@@ -13,7 +13,7 @@ import uuid
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from recsys_core.data.errors import DataError
+from recsys_core.errors import DataError
 from recsys_core.models.base import Recommender, load_model
 
 ALLOWED_SUFFIXES = {".json", ".safetensors", ".txt", ".model", ".md"}

@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 
 from recsys_core.data.dataset import Dataset
-from recsys_core.data.errors import DataError
-from recsys_core.evaluate import top_k
+from recsys_core.errors import DataError
+from recsys_core.evaluation.metrics import top_k
 from recsys_core.models.base import Recommender
 from recsys_core.models.histories import flatten
 from recsys_core.progress import Progress

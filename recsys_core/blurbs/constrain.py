@@ -1,7 +1,7 @@
 """Constrained decoding: keep a local language model's words inside the vocabulary of the facts.
 
 A 135M-parameter model asked for a blurb invents directors, studios, sequels and dates; the grounding
-check (`recsys_core.grounding`) then rejects the draft and the retry costs seconds. Rather than only
+check (`recsys_core.blurbs.grounding`) then rejects the draft and the retry costs seconds. Rather than only
 checking after the fact, we forbid, token by token, what the check would reject:
 
 - a capitalised word mid-sentence (a name, a title, an award) unless it spells a word of the facts
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from recsys_core.grounding import Vocabulary, fold, is_sentence_start
+from recsys_core.blurbs.grounding import Vocabulary, fold, is_sentence_start
 
 _OPENERS = " \t\n\"'“‘«([*_-—–"
 _LETTERS = re.compile(r"[^\W\d_]+")

@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 
 from recsys_core.data.dataset import Dataset
-from recsys_core.data.errors import DataError
+from recsys_core.errors import DataError
 from recsys_core.models.base import Recommender
 from recsys_core.progress import Progress
-from recsys_core.recommend import item_table, recommend_many
+from recsys_core.recommend.topk import item_table, recommend_many
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 FORMATS = ("csv", "parquet")

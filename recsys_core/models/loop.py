@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from recsys_core.data.errors import DataError
+from recsys_core.errors import DataError
 from recsys_core.progress import Progress
 
 # ---- device and precision ----------------------------------------------------------------------

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from recsys_core.constrain import FactLogitsProcessor, Guide
+from recsys_core.blurbs.constrain import FactLogitsProcessor, Guide
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
 
@@ -184,7 +184,7 @@ class TransformersBackend:
     """A Hugging Face causal LM in this process (GPU when available), greedy by default.
 
     Honours a `Guide`: the prompt ends with the guide's prefix (the reply's first words) and a logits
-    processor keeps the words inside the guide's vocabulary (`recsys_core.constrain`).
+    processor keeps the words inside the guide's vocabulary (`recsys_core.blurbs.constrain`).
     """
 
     supports_guide = True

@@ -3,8 +3,8 @@
 The path of one blurb: `build_facts` collects what may be said (the item's title, year and
 attributes, the user's most influential history items, the item's popularity in words), all item
 text sanitised (`grounding.sanitize`). `build_messages` puts the facts in a delimited DATA block the
-model is told never to obey. A backend (`recsys_core.llm`) streams the reply; an in-process model is
-also steered (`guide_for`: the reply opens with the liked item and the title, and `recsys_core.constrain` masks any
+model is told never to obey. A backend (`recsys_core.blurbs.llm`) streams the reply; an in-process model is
+also steered (`guide_for`: the reply opens with the liked item and the title, and `recsys_core.blurbs.constrain` masks any
 name, number or genre outside the facts as it writes). `tidy` trims the reply to the
 tone's length; `grounding.check_blurb` rejects it if it names any title, attribute or number that is
 not in the facts (or echoes withheld text, shouts, links...). A rejected blurb is regenerated with
@@ -30,10 +30,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from recsys_core.constrain import Guide
-from recsys_core.data.dataset import Dataset
-from recsys_core.evaluate import popularity_percentile
-from recsys_core.grounding import (
+from recsys_core.blurbs.constrain import Guide
+from recsys_core.blurbs.grounding import (
     MAX_ATTRIBUTE_CHARS,
     Allowed,
     Catalogue,
@@ -43,8 +41,10 @@ from recsys_core.grounding import (
     sanitize,
     vocabulary,
 )
-from recsys_core.item_text import ATTRIBUTE_COLUMNS, MULTI_SEPARATOR, YEAR_COLUMNS
-from recsys_core.llm import Backend, LLMError, Message
+from recsys_core.blurbs.llm import Backend, LLMError, Message
+from recsys_core.data.dataset import Dataset
+from recsys_core.data.item_text import ATTRIBUTE_COLUMNS, MULTI_SEPARATOR, YEAR_COLUMNS
+from recsys_core.evaluation.metrics import popularity_percentile
 from recsys_core.models.base import Recommender
 from recsys_core.progress import Progress
 
@@ -246,7 +246,7 @@ def similar_history_items(model: Recommender, history: np.ndarray, item: int, k:
 def influential_history_items(model: Recommender, history: np.ndarray, item: int, k: int = MAX_LIKED,
                               explainer: object | None = None) -> tuple[np.ndarray, str]:
     """The history items that most raise the model's score for `item`: SHAP values when an explainer is
-    given (`recsys_core.explain.Explainer`), else item-embedding similarity. Says which."""
+    given (`recsys_core.insight.explain.Explainer`), else item-embedding similarity. Says which."""
     if explainer is not None:
         try:
             expl = explainer.explain_history(history, item)
@@ -454,7 +454,7 @@ class BlurbStream:
 def guide_for(facts: BlurbFacts, tone: Tone, catalogue: Catalogue) -> Guide:
     """Steering for a local model: the reply opens with why and what ("Because you liked “A”, you will
     enjoy “B”"), so it explains the recommendation and names the item, and its words stay inside the
-    facts' vocabulary (`recsys_core.constrain`). Told to cite a liked item, a 135M model rarely does, or
+    facts' vocabulary (`recsys_core.blurbs.constrain`). Told to cite a liked item, a 135M model rarely does, or
     gets it wrong ("director Oblivion"); given this opening, it goes on to describe the item."""
     if facts.liked:
         prefix = f"Because you liked “{facts.liked[0]}”, you will enjoy “{facts.title}”"
@@ -527,7 +527,7 @@ def batch_blurbs(ds: Dataset, model: Recommender, users: Sequence[int], k: int, 
     `liked(history, item)` picks the history items to cite (default: item-embedding similarity).
     Stops early, returning the rows done so far, when `progress` is cancelled.
     """
-    from recsys_core.export import recommendations_for_users  # export imports recommend; keep ours light
+    from recsys_core.recommend.export import recommendations_for_users  # export imports recommend; keep ours light
 
     tone = get_tone(tone) if isinstance(tone, str) else tone
     catalogue = catalogue if catalogue is not None else catalogue_for(ds)

@@ -1,0 +1,1 @@
+"""LLM-written recommendation blurbs: facts, writer, grounding check, constrained decoding, LLM backends."""

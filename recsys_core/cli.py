@@ -1,0 +1,173 @@
+"""Command line: the same engine as the app, for scripts and GPU boxes.
+
+    python -m recsys_core ingest FILE [--items FILE] [--name NAME]
+    python -m recsys_core train --dataset demo --model bert4rec [--set epochs=5 ...]
+    python -m recsys_core evaluate --model-dir DIR --dataset demo
+    python -m recsys_core recommend --model-dir DIR --dataset demo --user 42 [-k 10]
+
+Results are printed as JSON on stdout; progress goes to stderr; bad input exits with status 2 and
+a message that says what to fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from recsys_core.data.resolve import resolve_dataset
+from recsys_core.errors import DataError
+from recsys_core.progress import Progress
+
+
+def _workspace(args: argparse.Namespace):
+    from recsys_core.workspace.registry import Workspace
+
+    return Workspace(args.workspace)
+
+
+def _tqdm_progress() -> Progress:
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, file=sys.stderr, unit="step", dynamic_ncols=True)
+
+    def render(event):
+        if bar.total != event.total:
+            bar.total = event.total
+        bar.n = event.step
+        post = {"epoch": event.epoch}
+        if event.loss is not None:
+            post["loss"] = f"{event.loss:.4f}"
+        post.update({k: f"{v:.4f}" for k, v in event.metrics.items() if isinstance(v, float)})
+        bar.set_postfix(post, refresh=False)
+        if event.message:
+            bar.write(event.message)
+        bar.refresh()
+
+    return Progress(render)
+
+
+def cmd_ingest(args) -> dict:
+    from recsys_core.data import LoadOptions, load_dataset
+
+    options = LoadOptions(min_user_interactions=args.min_user, min_item_interactions=args.min_item,
+                          implicit_threshold=args.implicit_threshold, dedup=args.dedup)
+    ds, report = load_dataset(args.file, items=args.items, options=options, name=args.name)
+    ws = _workspace(args)
+    record = ws.save_dataset(ds, name=args.name or ds.name, source_file=str(args.file))
+    return {"dataset": record.name, "stats": ds.stats(), "report": [str(f) for f in _findings(report)]}
+
+
+def _findings(report) -> list:
+    return list(getattr(report, "findings", None) or getattr(report, "messages", None) or [])
+
+
+def cmd_train(args) -> dict:
+    from recsys_core.training.experiment import parse_overrides, run_experiment
+
+    ws = _workspace(args)
+    ds = resolve_dataset(args.dataset, ws, args.items)
+    result = run_experiment(ds, args.model, parse_overrides(args.set), split_kind=args.split,
+                            progress=_tqdm_progress(), workspace=None if args.no_save else ws,
+                            dataset_name=ds.name)
+    return result.summary()
+
+
+def cmd_evaluate(args) -> dict:
+    from recsys_core.evaluation.metrics import evaluate, train_popularity
+    from recsys_core.models.base import load_model
+    from recsys_core.training.experiment import make_split
+
+    model = load_model(args.model_dir)
+    ds = resolve_dataset(args.dataset, _workspace(args), args.items)
+    _check_catalogue(model, ds)
+    split = make_split(ds, args.split)
+    return {"model": model.family, "dataset": ds.name, "split": split.kind,
+            "metrics": evaluate(model, split.test, item_popularity=train_popularity(split))}
+
+
+def cmd_recommend(args) -> dict:
+    from recsys_core.models.base import load_model
+
+    model = load_model(args.model_dir)
+    ds = resolve_dataset(args.dataset, _workspace(args), args.items)
+    _check_catalogue(model, ds)
+    if args.user is not None:
+        if args.user not in ds.user_index:
+            raise DataError(f"user {args.user!r} is not in dataset {ds.name!r}", hint="pass an id from the user column")
+        history = ds.history(ds.user_index[args.user])
+    else:
+        unknown = [i for i in args.history if i not in ds.item_index]
+        if unknown:
+            raise DataError(f"unknown item ids {unknown[:5]}", hint="pass ids from the item column")
+        history = np.array([ds.item_index[i] for i in args.history], dtype=np.int64)
+    scores = model.score([history])[0]
+    scores[np.asarray(history, dtype=np.int64)] = float("-inf")  # never recommend what was seen
+    top = scores.topk(min(args.k, ds.n_items)).indices.tolist()
+    return {"model": model.family, "history": [ds.item_ids[i] for i in history],
+            "recommendations": [{"rank": r + 1, "item_id": ds.item_ids[i], "title": ds.title(i),
+                                 "score": float(scores[i])} for r, i in enumerate(top)]}
+
+
+def _check_catalogue(model, ds) -> None:
+    if list(model.item_ids_) != [str(i) for i in ds.item_ids]:
+        raise DataError(f"the model was trained on another catalogue ({model.n_items_} items) than "
+                        f"dataset {ds.name!r} ({ds.n_items} items)", hint="evaluate on the dataset it was trained on")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m recsys_core", description="RecSys Explorer engine")
+    p.add_argument("--workspace", default=None, help="workspace folder (default $RECSYS_WORKSPACE or ./workspace)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    ing = sub.add_parser("ingest", help="read, validate and save an interactions file")
+    ing.add_argument("file")
+    ing.add_argument("--items", help="optional item metadata file")
+    ing.add_argument("--name")
+    ing.add_argument("--min-user", type=int, default=1, help="k-core: minimum interactions per user")
+    ing.add_argument("--min-item", type=int, default=1, help="k-core: minimum interactions per item")
+    ing.add_argument("--implicit-threshold", type=float, default=None, help="keep ratings >= this")
+    ing.add_argument("--dedup", default="keep_last", choices=["keep_last", "keep_first", "error", "keep_all"])
+    ing.set_defaults(func=cmd_ingest)
+
+    for name, func, help_ in (("train", cmd_train, "train, evaluate and save a model"),
+                              ("evaluate", cmd_evaluate, "full-ranking metrics of a saved model"),
+                              ("recommend", cmd_recommend, "top-K for a user or a history")):
+        c = sub.add_parser(name, help=help_)
+        c.add_argument("--dataset", default="demo", help="'demo', a saved dataset name, or a file/folder path")
+        c.add_argument("--items", help="item metadata file when --dataset is a path")
+        c.set_defaults(func=func)
+        if name == "train":
+            c.add_argument("--model", required=True, help="model family, e.g. bert4rec, sasrec, ease")
+            c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="hyperparameter override")
+            c.add_argument("--no-save", action="store_true", help="do not save the model or record the run")
+        else:
+            c.add_argument("--model-dir", required=True, help="folder of a saved model")
+        if name in {"train", "evaluate"}:
+            c.add_argument("--split", default="leave_one_out", choices=["leave_one_out", "temporal"])
+        if name == "recommend":
+            who = c.add_mutually_exclusive_group(required=True)
+            who.add_argument("--user", help="user id as in the data")
+            who.add_argument("--history", nargs="+", help="item ids, oldest first")
+            c.add_argument("-k", type=int, default=10)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        out = args.func(args)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(out, indent=2, default=_json_default))
+    return 0
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    return str(obj)
+

@@ -1,0 +1,1 @@
+"""Full-ranking metrics and per-user/segment breakdowns. Ranks any scorer; imports only `data`."""

@@ -1,0 +1,1 @@
+"""Top-K recommendations with filters, what-if, similar items, and exports of them."""
