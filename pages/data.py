@@ -17,7 +17,7 @@ from pages.ui.common import (
     workspace,
 )
 from recsys_core.data.demo import DEMO_NAME
-from recsys_core.errors import DataError
+from recsys_core.errors import RecsysError
 
 _RAW = "data_raw"  # session state: {"sig": upload signature, "raw": RawTable | None, "error": DataError | None}
 _OUTCOME = "data_outcome"  # session state: result of the last Load click, kept until the file changes
@@ -35,7 +35,7 @@ def _parsed(file) -> dict:
     if state is None or state["sig"] != sig:
         try:
             state = {"sig": sig, "raw": upload.preview(file.getvalue(), file.name), "error": None}
-        except DataError as err:
+        except RecsysError as err:
             state = {"sig": sig, "raw": None, "error": err}
         st.session_state[_RAW] = state
         st.session_state.pop(_OUTCOME, None)
@@ -115,7 +115,7 @@ def _load(file, items_file, mapping, options, name) -> None:
                 items_filename=items_file.name if items_file is not None else None,
                 options=options, name=name,
             )
-    except DataError as err:
+    except RecsysError as err:
         st.session_state[_OUTCOME] = ("error", err)
         return
     st.session_state[_OUTCOME] = ("ok", result.record.name, result.report.lines())

@@ -17,7 +17,7 @@ import streamlit as st
 
 from pages.ui.common import md_escape, show_data_error, workspace
 from pages.ui.model_state import cached_model, page_dataset_and_model, run_label
-from recsys_core.errors import DataError
+from recsys_core.errors import DataError, RecsysError
 from recsys_core.insight import project
 from recsys_core.recommend.topk import pick_user, recommend_many, search_items
 
@@ -381,7 +381,7 @@ for (slot, key), col in zip(slots, columns, strict=True):
                 _job_panel(slot)
                 proj = project.project(space["vectors"], params, method="pca")
                 st.caption(f"Showing PCA until {project.METHODS[method]} is ready.")
-        except DataError as err:
+        except RecsysError as err:
             show_data_error(err, "Could not draw this map")
             continue
         focus: dict = {} if overlay is None else _overlay_focus(model, overlay)

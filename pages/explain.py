@@ -13,7 +13,7 @@ import streamlit as st
 
 from pages.ui.common import md_escape, show_data_error
 from pages.ui.model_state import page_dataset_and_model
-from recsys_core.errors import DataError
+from recsys_core.errors import RecsysError
 from recsys_core.insight import explain
 from recsys_core.progress import Progress
 from recsys_core.recommend.topk import recommend
@@ -167,7 +167,7 @@ try:
     with st.spinner("Explaining..."):
         h_expl = explainer.explain_history(history, item)
         a_expl = explainer.explain_attributes(history, item)
-except DataError as err:
+except RecsysError as err:
     show_data_error(err, "Could not explain this recommendation")
     st.stop()
 

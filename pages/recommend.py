@@ -12,7 +12,7 @@ import streamlit as st
 from pages.ui.common import md_escape, show_data_error, workspace
 from pages.ui.model_state import cached_model, page_dataset_and_model, run_label
 from pages.ui.nav import PAGES
-from recsys_core.errors import DataError
+from recsys_core.errors import DataError, RecsysError
 from recsys_core.progress import Progress
 from recsys_core.recommend.export import export_bytes, recommendations_for_users
 from recsys_core.recommend.topk import (
@@ -237,7 +237,7 @@ if anchor is not None:
         try:
             _show(similar_items(model, int(anchor), k, items=ds.items, popularity=ds.item_popularity),
                   "rec_similar", extra=("similarity",))
-        except DataError as err:
+        except RecsysError as err:
             show_data_error(err, "No similar items from this model")
     with cols[1]:
         tower, tower_run = _text_tower()
@@ -260,7 +260,7 @@ if second is not None:
         if other.n_items_ != ds.n_items:
             raise DataError("this run was trained on another version of the dataset", hint="retrain it")
         other_recs = _recs(history, on=other)
-    except DataError as err:
+    except RecsysError as err:
         show_data_error(err, "Could not use this run")
     else:
         agree = overlap(recs, other_recs)

@@ -15,7 +15,7 @@ from pages.ui.model_state import (
     run_label,
     runs_frame,
 )
-from recsys_core.errors import DataError
+from recsys_core.errors import DataError, RecsysError
 from recsys_core.models.base import load_model
 from recsys_core.training.experiment import memory_estimate_mb
 from recsys_core.training.jobs import TrainingJob
@@ -34,7 +34,7 @@ st.caption(f"Dataset **{md_escape(record.name)}**: {ds.n_users:,} users, {ds.n_i
 def _start(family: str, overrides: dict, split_kind: str) -> None:
     try:
         mb = memory_estimate_mb(family, overrides, ds.n_items)
-    except DataError as err:
+    except RecsysError as err:
         show_data_error(err, "Check the settings")
         return
     st.session_state[ESTIMATE_KEY] = mb
@@ -125,7 +125,7 @@ if runs:
             cached_model(pick.artifact_dir)
             st.session_state[ACTIVE_MODEL_KEY] = pick.artifact_dir
             st.success(f"Run #{pick.id} ({pick.model}) is now the active model.")
-        except DataError as err:
+        except RecsysError as err:
             show_data_error(err, "Could not load this model")
 else:
     st.info("No runs on this dataset yet: train one above (EASE takes seconds on the demo data).")
@@ -141,7 +141,7 @@ with st.expander("Load a model from a folder or a zip"):
                                 hint="load it with the dataset it was trained on")
             st.session_state[ACTIVE_MODEL_KEY] = path
             st.success(f"Loaded a {model.family} model from {md_escape(path)}.")
-        except DataError as err:
+        except RecsysError as err:
             show_data_error(err, "Could not load this model")
     upload = st.file_uploader("Or upload a zipped model folder", type=["zip"], key="train_model_zip")
     if upload is not None and st.button("Import zip", key="train_import_zip"):
@@ -149,5 +149,5 @@ with st.expander("Load a model from a folder or a zip"):
             dest, model = import_model_zip(upload.getvalue(), ws.models_dir(), filename=upload.name)
             st.session_state[ACTIVE_MODEL_KEY] = str(dest)
             st.success(f"Imported a {model.family} model into {md_escape(dest)}.")
-        except DataError as err:
+        except RecsysError as err:
             show_data_error(err, "Could not import this model")

@@ -11,14 +11,14 @@ import time
 import traceback
 from typing import Any
 
-from recsys_core.errors import DataError
+from recsys_core.errors import RecsysError
 from recsys_core.progress import Progress
 
 
 class BackgroundJob:
     """Runs `work()` once on its own thread. States: pending, running, finished, cancelled, failed.
 
-    Subclasses implement `work()`, returning (result, final state). A `DataError` fails the job with its
+    Subclasses implement `work()`, returning (result, final state). A `RecsysError` fails the job with its
     message; any other exception fails it with the message and the traceback in `details`, so a page can
     show what happened instead of losing the thread silently.
     """
@@ -47,7 +47,7 @@ class BackgroundJob:
     def _run(self) -> None:
         try:
             self.result, self.state = self.work()
-        except DataError as err:
+        except RecsysError as err:
             self.error, self.state = str(err), "failed"
         except Exception as err:  # noqa: BLE001  a page must show a message, never lose the thread silently
             self.error, self.details, self.state = f"{type(err).__name__}: {err}", traceback.format_exc(), "failed"

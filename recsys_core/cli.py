@@ -18,7 +18,7 @@ import sys
 import numpy as np
 
 from recsys_core.data.resolve import resolve_dataset
-from recsys_core.errors import DataError
+from recsys_core.errors import ConfigError, ModelError, RecsysError
 from recsys_core.progress import Progress
 
 
@@ -96,12 +96,12 @@ def cmd_recommend(args) -> dict:
     _check_catalogue(model, ds)
     if args.user is not None:
         if args.user not in ds.user_index:
-            raise DataError(f"user {args.user!r} is not in dataset {ds.name!r}", hint="pass an id from the user column")
+            raise ConfigError(f"user {args.user!r} is not in dataset {ds.name!r}", hint="pass an id from the user column")
         history = ds.history(ds.user_index[args.user])
     else:
         unknown = [i for i in args.history if i not in ds.item_index]
         if unknown:
-            raise DataError(f"unknown item ids {unknown[:5]}", hint="pass ids from the item column")
+            raise ConfigError(f"unknown item ids {unknown[:5]}", hint="pass ids from the item column")
         history = np.array([ds.item_index[i] for i in args.history], dtype=np.int64)
     scores = model.score([history])[0]
     scores[np.asarray(history, dtype=np.int64)] = float("-inf")  # never recommend what was seen
@@ -113,7 +113,7 @@ def cmd_recommend(args) -> dict:
 
 def _check_catalogue(model, ds) -> None:
     if list(model.item_ids_) != [str(i) for i in ds.item_ids]:
-        raise DataError(f"the model was trained on another catalogue ({model.n_items_} items) than "
+        raise ModelError(f"the model was trained on another catalogue ({model.n_items_} items) than "
                         f"dataset {ds.name!r} ({ds.n_items} items)", hint="evaluate on the dataset it was trained on")
 
 
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         out = args.func(args)
-    except DataError as err:
+    except RecsysError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(out, indent=2, default=_json_default))

@@ -1,13 +1,21 @@
-"""The one error type users see from ingestion: says where, what, and what to do next."""
+"""The engine's one error family. Every error a user can cause says where, what, and what to do next.
+
+Pages and the CLI catch `RecsysError` and show `str(err)`; the subclass says whose move it is:
+
+- `DataError`: the input data (a file, a column, a row) is not what was expected;
+- `ConfigError`: a setting, hyperparameter, name or choice is invalid;
+- `ModelError`: a saved model or checkpoint is unusable, or does not fit the dataset;
+- `ResourceError`: the work does not fit the machine's or the server's limits (memory, size).
+"""
 
 from __future__ import annotations
 
 
-class DataError(ValueError):
-    """Bad input data. `str(err)` is a complete, user-facing message.
+class RecsysError(Exception):
+    """Base of the family. `str(err)` is a complete, user-facing message.
 
-    Attributes name where the problem is (file, line, column) so a page or CLI can show it
-    without parsing the message.
+    Attributes name where the problem is (file, line, column) so a page or CLI can show it without
+    parsing the message; `hint` says what to do next.
     """
 
     def __init__(
@@ -42,3 +50,19 @@ class DataError(ValueError):
         if self.hint:
             text += f"\nWhat to do: {self.hint}"
         return text
+
+
+class DataError(RecsysError, ValueError):
+    """The input data is not what was expected (format, columns, values, ids)."""
+
+
+class ConfigError(RecsysError, ValueError):
+    """A setting is invalid: a hyperparameter, a name, a split, a device or another choice."""
+
+
+class ModelError(RecsysError):
+    """A saved model, checkpoint or encoder is unusable, or the model cannot do what was asked."""
+
+
+class ResourceError(RecsysError):
+    """The work does not fit the limits: memory, file or archive size, catalogue size."""

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from recsys_core.data.dataset import build_dataset
-from recsys_core.errors import DataError
+from recsys_core.errors import ModelError
 from recsys_core.models.popularity import Popularity
 from recsys_core.workspace.artifacts import import_model_zip
 
@@ -48,7 +48,7 @@ def test_zip_of_a_wrapped_model_folder_loads_and_scores_identically(saved_model,
 def test_path_traversal_member_is_refused_and_nothing_written(saved_model, tmp_path, evil):
     folder, _ = saved_model
     files = _folder_files(folder) | {evil: b"{}"}
-    with pytest.raises(DataError, match="outside the archive"):
+    with pytest.raises(ModelError, match="outside the archive"):
         import_model_zip(_zip(files), tmp_path / "models")
     assert not (tmp_path / "escape.json").exists()
     assert not any((tmp_path / "models").glob("*")) if (tmp_path / "models").exists() else True
@@ -56,22 +56,22 @@ def test_path_traversal_member_is_refused_and_nothing_written(saved_model, tmp_p
 
 def test_pickle_or_code_in_a_model_zip_is_refused(saved_model, tmp_path):
     folder, _ = saved_model
-    with pytest.raises(DataError, match="not a model file"):
+    with pytest.raises(ModelError, match="not a model file"):
         import_model_zip(_zip(_folder_files(folder) | {"model.pkl": b"\x80\x04"}), tmp_path / "models")
 
 
 def test_missing_weights_or_corrupt_weights_give_a_clear_error_and_no_leftovers(saved_model, tmp_path):
     folder, _ = saved_model
     files = _folder_files(folder)
-    with pytest.raises(DataError, match="missing model.safetensors"):
+    with pytest.raises(ModelError, match="missing model.safetensors"):
         import_model_zip(_zip({k: v for k, v in files.items() if k != "model.safetensors"}), tmp_path / "models")
-    with pytest.raises(DataError, match="could not be read|not usable"):
+    with pytest.raises(ModelError, match="could not be read|not usable"):
         import_model_zip(_zip(files | {"model.safetensors": b"garbage"}), tmp_path / "models")
     assert list((tmp_path / "models").iterdir()) == []
 
 
 def test_not_a_zip_and_no_config(tmp_path):
-    with pytest.raises(DataError, match="not a zip"):
+    with pytest.raises(ModelError, match="not a zip"):
         import_model_zip(b"hello", tmp_path)
-    with pytest.raises(DataError, match="no config.json"):
+    with pytest.raises(ModelError, match="no config.json"):
         import_model_zip(_zip({"readme.md": b"hi"}), tmp_path)

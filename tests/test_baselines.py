@@ -12,7 +12,7 @@ import torch
 
 from recsys_core.data.dataset import Dataset, build_dataset
 from recsys_core.data.splits import leave_one_out
-from recsys_core.errors import DataError
+from recsys_core.errors import ConfigError, DataError, ResourceError
 from recsys_core.evaluation.metrics import evaluate, top_k, train_popularity
 from recsys_core.models import itemknn
 from recsys_core.models.ease import EASE, EASEConfig
@@ -145,13 +145,13 @@ def test_popularity_embeddings_reproduce_scores(random_data) -> None:
 
 def test_ease_refuses_a_catalogue_too_large_for_dense_matrices(random_data) -> None:
     ds, _ = random_data
-    with pytest.raises(DataError, match="max_items=10") as err:
+    with pytest.raises(ResourceError, match="max_items=10") as err:
         EASE(EASEConfig(max_items=10)).fit(ds)
     assert "itemknn" in str(err.value)
 
 
 def test_ease_rejects_non_positive_l2(random_data) -> None:
-    with pytest.raises(DataError, match="l2"):
+    with pytest.raises(ConfigError, match="l2"):
         EASE(EASEConfig(l2=0.0)).fit(random_data[0])
 
 

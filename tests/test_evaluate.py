@@ -11,7 +11,7 @@ import torch
 
 from recsys_core.data.dataset import build_dataset
 from recsys_core.data.splits import EvalSet
-from recsys_core.errors import DataError
+from recsys_core.errors import ModelError
 from recsys_core.evaluation.metrics import evaluate, popularity_percentile, rank_metrics, top_k
 from recsys_core.models.popularity import Popularity
 from recsys_core.progress import Progress
@@ -126,7 +126,7 @@ def test_recall_divides_by_min_of_k_and_targets() -> None:
 def test_non_finite_scores_raise(bad: float) -> None:
     scores = torch.tensor([[0.9, 0.5, 0.1], [0.3, 0.2, 0.1]])
     scores[1, 0] = bad
-    with pytest.raises(DataError, match="NaN or infinite"):
+    with pytest.raises(ModelError, match="NaN or infinite"):
         rank_metrics(scores, [np.array([1]), np.array([1])])
 
 
@@ -146,7 +146,7 @@ def test_top_k_skips_excluded_and_pads() -> None:
     assert idx[0].tolist() == [3, 2, 0]
     assert idx[1].tolist() == [3, -1, -1]
     assert val[1, 0] == 4.0
-    with pytest.raises(DataError):
+    with pytest.raises(ModelError):
         top_k(torch.tensor([[float("nan"), 1.0]]), 1)
 
 
@@ -197,7 +197,7 @@ def test_evaluate_names_model_and_users_on_nan(tiny) -> None:
     model, evalset, _ = tiny
     model.counts_[2] = float("nan")
     evalset.users[:] = [10, 11, 12]
-    with pytest.raises(DataError, match=r"popularity.*10, 11, 12"):
+    with pytest.raises(ModelError, match=r"popularity.*10, 11, 12"):
         evaluate(model, evalset)
 
 

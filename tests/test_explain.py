@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from recsys_core.data.dataset import Dataset, build_dataset
-from recsys_core.errors import DataError
+from recsys_core.errors import DataError, ModelError
 from recsys_core.insight import explain
 from recsys_core.insight.explain import Explainer, exact_shapley, shapley, summarise_global
 from recsys_core.models.base import Recommender
@@ -300,5 +300,5 @@ def test_text_tower_words_add_up_to_the_models_own_score() -> None:
     assert expl.values.sum() == pytest.approx(expl.full_value - expl.base_value, abs=1e-9)
     words = dict(zip(expl.labels, expl.values))
     assert words["Sci-Fi."] > 2 * words["Drama,"]  # the genre this user watches matters more
-    with pytest.raises(DataError, match="need the text tower"):
+    with pytest.raises(ModelError, match="need the text tower"):
         Explainer(Linear(np.zeros((3, 3)))).explain_text([0], 1)

@@ -12,7 +12,7 @@ import pytest
 from movie_fixtures import movie_dataset
 
 from recsys_core.data.dataset import Dataset, build_dataset
-from recsys_core.errors import DataError
+from recsys_core.errors import ConfigError
 from recsys_core.models.ease import EASE, EASEConfig
 from recsys_core.recommend.export import (
     export_bytes,
@@ -86,6 +86,6 @@ def test_export_round_trip_csv_and_parquet(ds: Dataset, model: EASE, tmp_path: P
     assert csv["title"].iat[-1] == "'" + EVIL[0]
     assert csv["score"].to_numpy() == pytest.approx(table["score"].to_numpy())
     assert csv["fallback"].dtype == bool
-    with pytest.raises(DataError, match="unknown export format"):
+    with pytest.raises(ConfigError, match="unknown export format"):
         write_export(table, tmp_path / "recs.xlsx")
     assert export_bytes(table, "csv").startswith("\ufeff".encode())

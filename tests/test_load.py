@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from recsys_core.data import DataError, LoadOptions, load_dataset, read_items
+from recsys_core.errors import ResourceError
 
 
 def _csv(rows: list[tuple], header: str = "user,item,rating,timestamp") -> bytes:
@@ -160,7 +161,7 @@ def test_bad_options() -> None:
 
 
 def test_max_bytes_option() -> None:
-    with pytest.raises(DataError, match="over the"):
+    with pytest.raises(ResourceError, match="over the"):
         load_dataset(_csv(_grid()), "r.csv", options=LoadOptions(max_bytes=100))
 
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from recsys_core.data.dataset import Dataset, build_dataset
-from recsys_core.errors import DataError
+from recsys_core.errors import ModelError
 from recsys_core.models import load_model
 from recsys_core.models.ease import EASE, EASEConfig
 from recsys_core.models.itemknn import ItemKNN, ItemKNNConfig
@@ -49,7 +49,7 @@ def test_damaged_weights_are_refused(make, dataset, tmp_path) -> None:
     folder = make().fit(dataset).save(tmp_path / "m")
     tensors = load_file(str(folder / "model.safetensors"))
     save_file({name: t[:-1].contiguous() for name, t in tensors.items()}, str(folder / "model.safetensors"))
-    with pytest.raises(DataError, match="retrain"):
+    with pytest.raises(ModelError, match="retrain"):
         load_model(folder)
 
 
@@ -58,5 +58,5 @@ def test_unknown_family_is_named(dataset, tmp_path) -> None:
     meta = json.loads((folder / "config.json").read_text())
     meta["family"] = "nope"
     (folder / "config.json").write_text(json.dumps(meta))
-    with pytest.raises(DataError, match="nope"):
+    with pytest.raises(ModelError, match="nope"):
         load_model(folder)

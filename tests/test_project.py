@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from recsys_core.errors import DataError
+from recsys_core.errors import ConfigError, DataError, ModelError
 from recsys_core.insight import project as P
 from recsys_core.progress import Progress
 
@@ -153,9 +153,9 @@ def test_exact_knn_puts_each_point_first_and_matches_brute_force() -> None:
 def test_bad_inputs_raise_a_data_error_naming_the_problem() -> None:
     with pytest.raises(DataError, match="1 dimension"):
         P.project(np.arange(50, dtype=np.float32)[:, None], method="pca")
-    with pytest.raises(DataError, match="unknown projection method"):
+    with pytest.raises(ConfigError, match="unknown projection method"):
         P.project(np.ones((10, 4)), method="mds")
-    with pytest.raises(DataError, match="NaN"):
+    with pytest.raises(ModelError, match="NaN"):
         P.project(np.full((10, 4), np.nan), method="pca")
 
 

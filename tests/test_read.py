@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from recsys_core.data import DataError, read_table
+from recsys_core.errors import ResourceError
 
 CSV = b"user,item,rating,timestamp\n1,10,5,978300760\n1,20,3,978300761\n2,10,4,978300762\n"
 
@@ -200,13 +201,13 @@ def test_corrupt_zip() -> None:
 def test_size_limit(tmp_path) -> None:
     path = tmp_path / "big.csv"
     path.write_bytes(CSV + b"3,30,4,978300763\n" * 300)
-    with pytest.raises(DataError, match="over the .* limit") as err:
+    with pytest.raises(ResourceError, match="over the .* limit") as err:
         read_table(path, max_bytes=1000)
     assert "max_bytes" in err.value.hint
-    with pytest.raises(DataError, match="over the .* limit"):
+    with pytest.raises(ResourceError, match="over the .* limit"):
         read_table(path.read_bytes(), "r.csv", max_bytes=1000)
     # A small zip that inflates past the limit is refused too.
-    with pytest.raises(DataError, match="over the .* limit"):
+    with pytest.raises(ResourceError, match="over the .* limit"):
         read_table(_zip({"ratings.csv": CSV + b"1,10,5,1\n" * 5000}), "a.zip", max_bytes=20_000)
     assert read_table(path, max_bytes=10_000).n_rows == 303
 

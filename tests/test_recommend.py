@@ -9,7 +9,7 @@ import torch
 from movie_fixtures import index_of, movie_dataset
 
 from recsys_core.data.dataset import Dataset
-from recsys_core.errors import DataError
+from recsys_core.errors import ConfigError, DataError
 from recsys_core.models.base import Recommender
 from recsys_core.models.ease import EASE, EASEConfig
 from recsys_core.models.itemknn import ItemKNN
@@ -107,7 +107,7 @@ def test_genre_and_year_filters(ds: Dataset, ease: EASE) -> None:
 def test_genre_filter_matches_whole_values_only(ds: Dataset, ease: EASE) -> None:
     # "Roman" must not match "Romance"; an unknown column is a clear error.
     assert recommend(ease, ds.history(1), 5, filters=Filters(any_of={"genres": ["Roman"]}), items=ds.items).empty
-    with pytest.raises(DataError, match="no such column"):
+    with pytest.raises(ConfigError, match="no such column"):
         recommend(ease, ds.history(1), 5, filters=Filters(any_of={"mood": ["happy"]}), items=ds.items)
     assert "Sci-Fi" in attribute_values(ds.items) and "Sci-Fi|Thriller" not in attribute_values(ds.items)
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from recsys_core.data.dataset import Dataset, build_dataset
 from recsys_core.data.demo import DEMO_NAME
-from recsys_core.errors import DataError
+from recsys_core.errors import ConfigError, DataError
 from recsys_core.workspace.registry import Workspace, safe_name, validate_name
 
 
@@ -140,7 +140,7 @@ def test_failed_database_write_removes_new_files_and_keeps_old(ws):
 
 @pytest.mark.parametrize("bad", ["../evil", "a/b", "a\\b", "", ".hidden", "a..b", "x" * 65, "sp ace", "-x", "é"])
 def test_unsafe_names_are_refused(ws, bad):
-    with pytest.raises(DataError, match="invalid dataset name"):
+    with pytest.raises(ConfigError, match="invalid dataset name"):
         ws.save_dataset(make_dataset(), bad)
     assert list((ws.root / "datasets").iterdir()) == []
 
@@ -157,7 +157,7 @@ def test_safe_name_always_gives_a_valid_name(text):
 
 def test_load_unknown_name_says_what_exists(ws):
     ws.save_dataset(make_dataset(), "toy")
-    with pytest.raises(DataError, match="no dataset named 'nope'") as err:
+    with pytest.raises(ConfigError, match="no dataset named 'nope'") as err:
         ws.load_dataset("nope")
     assert "toy" in err.value.hint
 
@@ -176,7 +176,7 @@ def test_delete_dataset(ws):
     assert ws.delete_dataset("toy") is True
     assert [r.name for r in ws.list_datasets()] == ["keep"]
     assert not (ws.root / "datasets" / "toy").exists()
-    with pytest.raises(DataError):
+    with pytest.raises(ConfigError):
         ws.load_dataset("toy")
     assert ws.delete_dataset("toy") is False
 
@@ -229,12 +229,12 @@ def test_runs_crud(ws):
     assert ws.get_run(a).config == config
     with pytest.raises(ValueError, match="unknown field"):
         ws.update_run(a, id=7)
-    with pytest.raises(DataError):
+    with pytest.raises(ConfigError):
         ws.update_run(999, status="failed")
 
     assert ws.delete_run(a) is True
     assert not art.exists()
-    with pytest.raises(DataError, match="no run with id"):
+    with pytest.raises(ConfigError, match="no run with id"):
         ws.get_run(a)
     assert ws.delete_run(a) is False
     assert [r.id for r in ws.list_runs()] == [b]

@@ -14,7 +14,7 @@ import torch
 from movie_fixtures import ROMANCE, SCI_FI, index_of, movie_dataset
 
 from recsys_core.data.splits import leave_one_out
-from recsys_core.errors import DataError
+from recsys_core.errors import DataError, ModelError
 from recsys_core.models.base import load_model
 from recsys_core.models.text_tower import (
     PairSampler,
@@ -155,7 +155,7 @@ def test_custom_model_path_gives_the_same_model(ds, zero_shot):
 
 
 def test_unusable_model_path_is_a_clear_error(tmp_path):
-    with pytest.raises(DataError, match="cannot load sentence encoder"):
+    with pytest.raises(ModelError, match="cannot load sentence encoder"):
         load_encoder(str(tmp_path))
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from recsys_core.errors import DataError
+from recsys_core.errors import ConfigError, ModelError, ResourceError
 from recsys_core.models import loop
 from recsys_core.progress import Progress
 
@@ -57,9 +57,9 @@ def test_device_choice_auto_and_explicit():
     assert loop.pick_device("auto").type in {"cpu", "cuda", "mps"}
     if not torch.cuda.is_available():
         assert loop.pick_device("auto").type in {"cpu", "mps"}
-        with pytest.raises(DataError, match="no usable CUDA"):
+        with pytest.raises(ConfigError, match="no usable CUDA"):
             loop.pick_device("cuda")
-    with pytest.raises(DataError, match="unknown device"):
+    with pytest.raises(ConfigError, match="unknown device"):
         loop.pick_device("tpu")
 
 
@@ -92,7 +92,7 @@ def test_too_big_even_at_batch_1_names_what_to_change():
     def need(batch: int) -> int:
         return loop.estimate_memory(n_items=50_000_000, max_len=512, hidden=1024, batch=batch, layers=2)
 
-    with pytest.raises(DataError) as err:
+    with pytest.raises(ResourceError) as err:
         loop.plan_batch_size(128, need, CPU, {"batch_size": 128, "max_len": 512, "hidden": 1024},
                              available=8 * 2**30)
     text = str(err.value)
@@ -190,5 +190,5 @@ def test_checkpoint_for_another_model_is_refused(tmp_path):
     loop.train(ToyTask(), cfg, CPU)
     other = ToyTask()
     other.module = nn.Linear(8, 2)
-    with pytest.raises(DataError, match="does not match"):
+    with pytest.raises(ModelError, match="does not match"):
         loop.train(other, loop.LoopConfig(epochs=2, batch_size=32, checkpoint_dir=str(tmp_path)), CPU)

@@ -18,7 +18,7 @@ import streamlit as st
 from pages.ui import charts
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.demo import DEMO_NAME
-from recsys_core.errors import DataError
+from recsys_core.errors import RecsysError
 from recsys_core.workspace.registry import ENV_VAR, DatasetRecord, Workspace
 
 ACTIVE_KEY = "active_dataset"  # plain state: the dataset every page works on
@@ -138,10 +138,10 @@ def md_escape(text: object) -> str:
     return _MD_SPECIAL.sub(r"\\\1", str(text))
 
 
-def show_data_error(err: DataError, what: str = "Could not load the data") -> None:
+def show_data_error(err: RecsysError, what: str = "Could not load the data") -> None:
     """One error box: where and what went wrong, a few offending values, and what to do. No traceback."""
     headline = str(err)
-    for marker in ("\nExamples:", "\nWhat to do:"):  # DataError appends these after the message
+    for marker in ("\nExamples:", "\nWhat to do:"):  # RecsysError appends these after the message
         headline = headline.split(marker, 1)[0]
     body = f"**{what}.** {md_escape(headline)}"
     if err.examples:

@@ -151,13 +151,13 @@ def page_dataset_and_model():
     """The sidebar's dataset (record and data) with the active model and its label: the opening of every
     page that shows a model's output. A model that cannot be loaded stops the page with the reason."""
     from pages.ui.common import load_dataset, show_data_error, sidebar_dataset_selector
-    from recsys_core.errors import DataError
+    from recsys_core.errors import RecsysError
 
     record = sidebar_dataset_selector()
     ds = load_dataset(record)
     try:
         model, which = active_model(record, ds)
-    except DataError as err:
+    except RecsysError as err:
         show_data_error(err, "Could not load a model")
         st.stop()
     return record, ds, model, which

@@ -1,7 +1,7 @@
 """Upload handling for the Data page, driven by bytes so tests can call it without a browser.
 
 No Streamlit here: the page passes what the widgets hold, this module calls the engine and the
-workspace. Any bad input surfaces as a `DataError` and leaves the workspace untouched (the
+workspace. Any bad input surfaces as a `RecsysError` and leaves the workspace untouched (the
 dataset is saved only after the whole load succeeded).
 """
 
@@ -21,7 +21,7 @@ from recsys_core.data import (
     mapping_candidates,
     read_table,
 )
-from recsys_core.errors import DataError
+from recsys_core.errors import DataError, RecsysError
 from recsys_core.workspace.registry import NAME_RULE, DatasetRecord, Workspace, safe_name, validate_name
 
 __all__ = ["DEDUP_LABELS", "DUPLICATE_POLICIES", "INTERACTION_TYPES", "ITEM_TYPES", "MAX_UPLOAD_MB", "NAME_HELP", "NONE", "ROLES",
@@ -65,7 +65,7 @@ def default_mapping(raw: RawTable) -> tuple[dict[str, Hashable], DataError | Non
     """
     try:
         m = infer_mapping(raw.frame, file=raw.file)
-    except DataError as err:
+    except RecsysError as err:
         cands = mapping_candidates(raw.frame)
         first = {role: (cands.get(role) or [NONE])[0] for role in ("user", "item")}
         return {**first, "rating": NONE, "timestamp": NONE}, err
@@ -98,7 +98,7 @@ def ingest(
     """Load, validate and save an uploaded interactions file (plus optional item metadata).
 
     `mapping` is role -> column as chosen in the form (NONE for an unmapped optional role); None
-    lets the engine detect it. Raises DataError (nothing saved) on any problem with the files, the
+    lets the engine detect it. Raises a RecsysError (nothing saved) on any problem with the files, the
     mapping, the options or the name.
     """
     name = validate_name(name.strip()) if name and name.strip() else safe_name(filename)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from recsys_core.errors import DataError
+from recsys_core.errors import DataError, ResourceError
 
 DEFAULT_MAX_BYTES = 500 * 1024 * 1024
 
@@ -46,8 +46,8 @@ def _mb(n: int) -> str:
     return f"{n / 1024 / 1024:.1f} MB"
 
 
-def _too_big(name: str, size: int, max_bytes: int) -> DataError:
-    return DataError(
+def _too_big(name: str, size: int, max_bytes: int) -> ResourceError:
+    return ResourceError(
         f"the file is {_mb(size)}, over the {_mb(max_bytes)} limit",
         file=name,
         hint="load a smaller sample, or raise the limit (LoadOptions.max_bytes / max_bytes=)",

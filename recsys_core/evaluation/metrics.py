@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from recsys_core.data.splits import EvalSet, Split
-from recsys_core.errors import DataError
+from recsys_core.errors import ConfigError, DataError, ModelError
 from recsys_core.models.base import Recommender
 from recsys_core.progress import Progress
 
@@ -86,7 +86,7 @@ def check_finite(scores: torch.Tensor, ignore: torch.Tensor | None = None, who: 
     if len(rows):
         ids = users[rows] if users is not None else rows
         shown = ", ".join(str(int(i)) for i in ids[:10]) + (", ..." if len(ids) > 10 else "")
-        raise DataError(f"{who} returned NaN or infinite scores for {len(rows)} user(s) (user indices {shown})",
+        raise ModelError(f"{who} returned NaN or infinite scores for {len(rows)} user(s) (user indices {shown})",
                         hint="the model diverged or was saved mid-training: retrain it (e.g. lower the learning rate)")
 
 
@@ -168,7 +168,7 @@ def _top_k_masked(masked: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
 def _check_ks(ks: Sequence[int]) -> list[int]:
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
-        raise DataError(f"cut-offs K must be positive integers, got {list(ks)}")
+        raise ConfigError(f"cut-offs K must be positive integers, got {list(ks)}")
     return ks
 
 
@@ -213,7 +213,7 @@ def _evaluate_batch(model: Recommender, evalset: EvalSet, start: int, stop: int,
     scores = model.score(histories)
     shape = (stop - start, model.n_items_)
     if tuple(scores.shape) != shape:
-        raise DataError(f"model '{model.family}' returned scores of shape {tuple(scores.shape)}, expected {shape}")
+        raise ModelError(f"model '{model.family}' returned scores of shape {tuple(scores.shape)}, expected {shape}")
     target_mask = _mask(targets, shape)
     if not bool(target_mask.any(dim=1).all()):
         raise DataError("every evaluated user needs at least one target item")

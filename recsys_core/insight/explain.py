@@ -44,7 +44,7 @@ import torch
 
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.item_text import ATTRIBUTE_COLUMNS, YEAR_COLUMNS, item_titles
-from recsys_core.errors import DataError
+from recsys_core.errors import DataError, ModelError
 from recsys_core.evaluation.metrics import popularity_percentile, top_k
 from recsys_core.models.base import Recommender
 from recsys_core.progress import Progress
@@ -294,7 +294,7 @@ class Explainer:
         self.model = model
         self.max_exact, self.max_evals, self.max_players, self.seed = max_exact, max_evals, max_players, seed
         if dataset is not None and dataset.n_items != model.n_items_:
-            raise DataError(f"the model scores {model.n_items_} items but the dataset has {dataset.n_items}",
+            raise ModelError(f"the model scores {model.n_items_} items but the dataset has {dataset.n_items}",
                             hint="explain a model trained on this dataset")
         if dataset is not None:
             self.titles = item_titles(dataset.items)
@@ -381,7 +381,7 @@ class Explainer:
         """Shapley value of each word of the item's text (text tower only): blank words, re-encode, re-score."""
         history, item = _as_history(history), self._check_item(item)
         if not hasattr(self.model, "item_texts_") or not hasattr(self.model, "encode"):
-            raise DataError(f"word attributions need the text tower; this model is {self.model.family}")
+            raise ModelError(f"word attributions need the text tower; this model is {self.model.family}")
         key = ("text", tuple(history.tolist()), item, max_evals)
         return self._cached(key, lambda: self._explain_text(history, item, max_evals))
 

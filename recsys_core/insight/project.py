@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from recsys_core.background import BackgroundJob
-from recsys_core.errors import DataError
+from recsys_core.errors import ConfigError, DataError, ModelError
 from recsys_core.progress import Progress
 
 METHODS = {"pca": "PCA", "umap": "UMAP", "tsne": "t-SNE"}
@@ -62,11 +62,11 @@ class ProjectionParams:
 
     def check(self) -> None:
         if self.method not in METHODS:
-            raise DataError(f"unknown projection method {self.method!r}", hint=f"choose one of {', '.join(METHODS)}")
+            raise ConfigError(f"unknown projection method {self.method!r}", hint=f"choose one of {', '.join(METHODS)}")
         if self.dims not in (2, 3):
-            raise DataError(f"a map has 2 or 3 dimensions, got dims={self.dims}")
+            raise ConfigError(f"a map has 2 or 3 dimensions, got dims={self.dims}")
         if self.n_neighbors < 2 or self.n_epochs < 1 or self.perplexity <= 0 or not 0 <= self.min_dist <= 1:
-            raise DataError("projection settings out of range",
+            raise ConfigError("projection settings out of range",
                             hint="n_neighbors >= 2, n_epochs >= 1, perplexity > 0, 0 <= min_dist <= 1")
 
     def key(self) -> tuple:
@@ -200,7 +200,7 @@ def _prepare(vectors: np.ndarray, params: ProjectionParams) -> np.ndarray:
     if n < max(4, params.dims + 1):
         raise DataError(f"need at least {max(4, params.dims + 1)} points to draw a map, got {n}")
     if not np.isfinite(x).all():
-        raise DataError("embeddings contain NaN or infinite values", hint="retrain the model")
+        raise ModelError("embeddings contain NaN or infinite values", hint="retrain the model")
     return _normalized(x) if params.normalize else x
 
 

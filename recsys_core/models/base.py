@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.splits import Split
-from recsys_core.errors import DataError
+from recsys_core.errors import ModelError
 from recsys_core.progress import Progress
 
 FAMILIES: dict[str, type[Recommender]] = {}
@@ -95,7 +95,7 @@ def config_from_dict(config_class: type, values: dict) -> Any:
     known = {f.name for f in fields(config_class)}
     unknown = set(values) - known
     if unknown:
-        raise DataError(f"unknown config keys {sorted(unknown)} for {config_class.__name__}",
+        raise ModelError(f"unknown config keys {sorted(unknown)} for {config_class.__name__}",
                         hint="this artifact was saved by another version; retrain the model")
     return config_class(**values)
 
@@ -105,26 +105,26 @@ def load_model(directory: str | Path) -> Recommender:
     d = Path(directory)
     for name in ("config.json", "item_ids.json", "model.safetensors"):
         if not (d / name).is_file():
-            raise DataError(f"model folder is missing {name}", file=str(d),
+            raise ModelError(f"model folder is missing {name}", file=str(d),
                             hint="pick a folder saved by RecSys Explorer (config.json + model.safetensors + item_ids.json)")
     try:
         meta = json.loads((d / "config.json").read_text())
         item_ids = json.loads((d / "item_ids.json").read_text())
     except json.JSONDecodeError as err:
-        raise DataError(f"invalid JSON ({err})", file=str(d)) from err
+        raise ModelError(f"invalid JSON ({err})", file=str(d)) from err
     family = meta.get("family")
     if family not in FAMILIES:
         import recsys_core.models  # noqa: F401  registers every family
 
     if family not in FAMILIES:
-        raise DataError(f"unknown model family {family!r}", file=str(d / "config.json"),
+        raise ModelError(f"unknown model family {family!r}", file=str(d / "config.json"),
                         hint=f"known families: {sorted(FAMILIES)}")
     cls = FAMILIES[family]
     model = cls(config_from_dict(cls.config_class, meta.get("config", {})))
     model.n_items_ = int(meta["n_items"])
     model.item_ids_ = [str(i) for i in item_ids]
     if len(model.item_ids_) != model.n_items_:
-        raise DataError("item_ids.json does not match n_items in config.json", file=str(d))
+        raise ModelError("item_ids.json does not match n_items in config.json", file=str(d))
     model.read_extra_files(d)
     model.load_state_tensors(load_file(str(d / "model.safetensors")))
     return model

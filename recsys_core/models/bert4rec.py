@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from recsys_core.errors import DataError
+from recsys_core.errors import ConfigError
 from recsys_core.models.sequential import PAD, SequentialConfig, SequentialRecommender, full_softmax_loss, pad_right
 
 
@@ -42,7 +42,7 @@ class BERT4Rec(SequentialRecommender):
     def _batch_loss(self, tokens: torch.Tensor, lengths: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         cfg = self.config
         if not 0 < cfg.mask_prob < 1:
-            raise DataError(f"mask_prob={cfg.mask_prob} must lie strictly between 0 and 1", column="mask_prob")
+            raise ConfigError(f"mask_prob={cfg.mask_prob} must lie strictly between 0 and 1", column="mask_prob")
         device = tokens.device
         n, width = tokens.shape
         masked = torch.from_numpy(rng.random((n, width)) < cfg.mask_prob).to(device) & (tokens != PAD)

@@ -14,7 +14,7 @@ import torch
 
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.splits import Split
-from recsys_core.errors import DataError
+from recsys_core.errors import ConfigError, ModelError, ResourceError
 from recsys_core.models.base import Recommender
 from recsys_core.models.histories import ItemMatrix, history_matrix, low_rank, training_histories
 from recsys_core.progress import Progress
@@ -66,12 +66,12 @@ class EASE(Recommender):
     def _check_config(self, n_items: int) -> None:
         cfg = self.config
         if not cfg.l2 > 0:
-            raise DataError(f"EASE l2 must be positive, got {cfg.l2}", hint="use e.g. l2=300")
+            raise ConfigError(f"EASE l2 must be positive, got {cfg.l2}", hint="use e.g. l2=300")
         if cfg.dtype not in ("float32", "float64"):
-            raise DataError(f"EASE dtype must be 'float32' or 'float64', got {cfg.dtype!r}")
+            raise ConfigError(f"EASE dtype must be 'float32' or 'float64', got {cfg.dtype!r}")
         if n_items > cfg.max_items:
             gib = 3 * n_items**2 * (8 if cfg.dtype == "float64" else 4) / 2**30
-            raise DataError(
+            raise ResourceError(
                 f"EASE needs dense {n_items} x {n_items} item matrices (about {gib:.1f} GiB while fitting); "
                 f"this catalogue has {n_items} items, above max_items={cfg.max_items}",
                 hint="drop rare items (raise the minimum interactions per item / k-core filter), use itemknn, "
@@ -112,6 +112,6 @@ class EASE(Recommender):
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         weights = tensors["B"].float().numpy()
         if weights.shape != (self.n_items_, self.n_items_):
-            raise DataError(f"EASE weights have shape {tuple(weights.shape)}, expected {self.n_items_} x {self.n_items_}",
+            raise ModelError(f"EASE weights have shape {tuple(weights.shape)}, expected {self.n_items_} x {self.n_items_}",
                             hint="the artifact is damaged; retrain the model")
         self._set_weights(weights)

@@ -19,7 +19,7 @@ from torch import nn
 
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.splits import EvalSet, Split
-from recsys_core.errors import DataError
+from recsys_core.errors import ConfigError, ModelError
 from recsys_core.models.base import Recommender, load_model
 from recsys_core.models.bert4rec import BERT4Rec, BERT4RecConfig
 from recsys_core.models.sequential import PAD, SequenceEncoder, SequentialConfig
@@ -43,7 +43,7 @@ class FusedItemEncoder(SequenceEncoder):
     def __init__(self, n_items: int, cfg: SequentialConfig, causal: bool, text_vectors: torch.Tensor) -> None:
         super().__init__(n_items, cfg, causal)
         if text_vectors.shape[0] != n_items:
-            raise DataError(f"{text_vectors.shape[0]} text vectors for {n_items} items",
+            raise ModelError(f"{text_vectors.shape[0]} text vectors for {n_items} items",
                             hint="the text tower must cover the same catalogue as the dataset")
         self.register_buffer(TEXT_BUFFER, text_vectors.float().clone())
         self.text_proj = nn.Linear(text_vectors.shape[1], cfg.hidden, bias=False)
@@ -96,12 +96,12 @@ class Hybrid(BERT4Rec):
 
     def _build(self) -> SequenceEncoder:
         if self.text_vectors_ is None:
-            raise DataError("the hybrid has no item text vectors", hint="fit it, or load a saved hybrid folder")
+            raise ModelError("the hybrid has no item text vectors", hint="fit it, or load a saved hybrid folder")
         return FusedItemEncoder(self.n_items_, self.config, self.causal, self.text_vectors_)
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         if TEXT_BUFFER not in tensors:
-            raise DataError("hybrid weights lack the item text vectors", hint="this folder was not saved by a hybrid")
+            raise ModelError("hybrid weights lack the item text vectors", hint="this folder was not saved by a hybrid")
         self.text_vectors_ = tensors[TEXT_BUFFER]
         super().load_state_tensors(tensors)
 
@@ -113,7 +113,7 @@ def item_text_vectors(dataset: Dataset, config: HybridConfig) -> torch.Tensor:
         return tower.fit(dataset).item_vectors_
     tower = load_model(config.text_tower_dir)
     if not isinstance(tower, TextTower):
-        raise DataError(f"text_tower_dir holds a {tower.family!r} model, not a text tower",
+        raise ConfigError(f"text_tower_dir holds a {tower.family!r} model, not a text tower",
                         file=config.text_tower_dir, hint="train a text_tower model and give its folder")
     ids = dataset.items["item_id"].astype(str)
     missing = ~ids.isin(set(tower.item_ids_))

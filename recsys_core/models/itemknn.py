@@ -16,7 +16,7 @@ import torch
 
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.splits import Split
-from recsys_core.errors import DataError
+from recsys_core.errors import ConfigError, ModelError
 from recsys_core.models.base import Recommender
 from recsys_core.models.histories import ItemMatrix, history_matrix, low_rank, training_histories
 from recsys_core.progress import Progress
@@ -68,7 +68,7 @@ class ItemKNN(Recommender):
         self.config = config if config is not None else self.config
         cfg = self.config
         if cfg.k < 1 or cfg.shrink < 0 or cfg.recency_half_life < 0:
-            raise DataError(f"itemknn needs k >= 1, shrink >= 0, recency_half_life >= 0; got k={cfg.k}, "
+            raise ConfigError(f"itemknn needs k >= 1, shrink >= 0, recency_half_life >= 0; got k={cfg.k}, "
                             f"shrink={cfg.shrink}, recency_half_life={cfg.recency_half_life}")
         self._remember_catalogue(dataset)
         x = history_matrix(training_histories(dataset, split), self.n_items_)
@@ -132,7 +132,7 @@ class ItemKNN(Recommender):
         neighbors, sims = tensors["neighbors"].to(torch.int32), tensors["similarities"].float()
         if neighbors.shape != sims.shape or neighbors.shape[0] != self.n_items_ or (
                 neighbors.numel() and (int(neighbors.min()) < 0 or int(neighbors.max()) >= self.n_items_)):
-            raise DataError("item-kNN neighbour tensors do not match the catalogue",
+            raise ModelError("item-kNN neighbour tensors do not match the catalogue",
                             hint="the artifact is damaged; retrain the model")
         self.neighbors_, self.similarities_ = neighbors, sims
         self._build_w()

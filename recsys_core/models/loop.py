@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from recsys_core.errors import DataError
+from recsys_core.errors import ConfigError, ModelError, ResourceError
 from recsys_core.progress import Progress
 
 # ---- device and precision ----------------------------------------------------------------------
@@ -39,13 +39,13 @@ def pick_device(device: str = "auto") -> torch.device:
             return torch.device("cuda")
         return torch.device("mps" if mps_ok else "cpu")
     if choice.startswith("cuda") and not torch.cuda.is_available():
-        raise DataError(f"device={device!r} but this machine has no usable CUDA GPU", column="device",
+        raise ConfigError(f"device={device!r} but this machine has no usable CUDA GPU", column="device",
                         hint='use device="auto" or "cpu"')
     if choice == "mps" and not mps_ok:
-        raise DataError("device='mps' but Apple MPS is not available here", column="device",
+        raise ConfigError("device='mps' but Apple MPS is not available here", column="device",
                         hint='use device="auto" or "cpu"')
     if choice not in ("cpu", "mps") and not choice.startswith("cuda"):
-        raise DataError(f"unknown device {device!r}", column="device", hint='one of "auto", "cpu", "cuda", "mps"')
+        raise ConfigError(f"unknown device {device!r}", column="device", hint='one of "auto", "cpu", "cuda", "mps"')
     return torch.device(choice)
 
 
@@ -117,7 +117,7 @@ def plan_batch_size(batch: int, need: callable, device: torch.device, knobs: dic
         size //= 2
     if need(size) > budget:
         now = ", ".join(f"{k}={v}" for k, v in knobs.items())
-        raise DataError(
+        raise ResourceError(
             f"training needs about {need(size) / 2**30:.1f} GiB even with batch_size=1, but only "
             f"{budget / 2**30:.1f} GiB is available on {device.type}",
             column="config",
@@ -456,13 +456,13 @@ def load_checkpoint(directory: str | Path, run: _Run) -> None:
         meta = json.loads((d / _CKPT_META).read_text())
         tensors = load_file(str(d / _CKPT_TENSORS))
     except (OSError, ValueError) as err:
-        raise DataError(f"checkpoint is unreadable ({err})", file=str(d),
+        raise ModelError(f"checkpoint is unreadable ({err})", file=str(d),
                         hint="delete the checkpoint folder to start training from scratch") from err
     module = run.task.module
     try:
         module.load_state_dict(_strip(tensors, "model."))
     except RuntimeError as err:
-        raise DataError("checkpoint does not match this model (different catalogue or sizes)", file=str(d),
+        raise ModelError("checkpoint does not match this model (different catalogue or sizes)", file=str(d),
                         hint="delete the checkpoint folder or set resume=False") from err
     best = _strip(tensors, "best.")
     run.stopper.best_state = best or None

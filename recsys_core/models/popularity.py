@@ -10,7 +10,7 @@ import torch
 
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.splits import Split
-from recsys_core.errors import DataError
+from recsys_core.errors import ModelError
 from recsys_core.models.base import Recommender
 from recsys_core.models.histories import flatten, training_histories
 from recsys_core.progress import Progress
@@ -61,6 +61,6 @@ class Popularity(Recommender):
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         counts = tensors["counts"].float()
         if counts.shape != (self.n_items_,):
-            raise DataError(f"popularity counts have shape {tuple(counts.shape)}, expected ({self.n_items_},)",
+            raise ModelError(f"popularity counts have shape {tuple(counts.shape)}, expected ({self.n_items_},)",
                             hint="the artifact is damaged; retrain the model")
         self.counts_ = counts

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recsys_core.errors import DataError
+from recsys_core.errors import ConfigError
 from recsys_core.models.sequential import PAD, SequentialConfig, SequentialRecommender, full_softmax_loss, pad_right
 
 
@@ -53,7 +53,7 @@ class SASRec(SequentialRecommender):
             return full_softmax_loss(user, labels, self.module_)
         if self.config.loss == "sampled":
             return self._sampled_loss(user, labels, rng)
-        raise DataError(f"unknown loss {self.config.loss!r}", column="loss", hint='use "ce" or "sampled"')
+        raise ConfigError(f"unknown loss {self.config.loss!r}", column="loss", hint='use "ce" or "sampled"')
 
     def _sampled_loss(self, user: torch.Tensor, labels: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         """Softmax over the positive and uniformly sampled negatives shared by the batch; a negative

@@ -27,7 +27,7 @@ from transformers import BertConfig, BertModel
 
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.splits import EvalSet, Split
-from recsys_core.errors import DataError
+from recsys_core.errors import ConfigError, DataError, ModelError
 from recsys_core.models import loop
 from recsys_core.models.base import Recommender
 from recsys_core.models.histories import flatten
@@ -136,7 +136,7 @@ class SequenceEncoder(nn.Module):
     def __init__(self, n_items: int, cfg: SequentialConfig, causal: bool) -> None:
         super().__init__()
         if cfg.hidden % cfg.heads:
-            raise DataError(f"hidden={cfg.hidden} is not a multiple of heads={cfg.heads}", column="hidden",
+            raise ConfigError(f"hidden={cfg.hidden} is not a multiple of heads={cfg.heads}", column="hidden",
                             hint="pick hidden divisible by heads, e.g. hidden=64, heads=2")
         self.n_items = n_items
         self.item_emb = nn.Embedding(n_items + 2, cfg.hidden, padding_idx=PAD)
@@ -286,7 +286,7 @@ class SequentialRecommender(Recommender):
         if self.config.item_init == "svd":
             init_items_from_svd(module.item_emb, train_seqs, self.n_items_, self.config.seed)
         elif self.config.item_init != "random":
-            raise DataError(f"unknown item_init {self.config.item_init!r}", column="item_init",
+            raise ConfigError(f"unknown item_init {self.config.item_init!r}", column="item_init",
                             hint='use "svd" or "random"')
         return module
 
@@ -322,7 +322,7 @@ class SequentialRecommender(Recommender):
 
     def _require_fitted(self) -> None:
         if self.module_ is None:
-            raise DataError(f"the {self.family} model is not trained yet", hint="call fit() or load a saved model")
+            raise ModelError(f"the {self.family} model is not trained yet", hint="call fit() or load a saved model")
 
     @torch.no_grad()
     def _map_chunks(self, histories: Sequence[np.ndarray], fn, width: int) -> torch.Tensor:
@@ -375,7 +375,7 @@ class SequentialRecommender(Recommender):
         try:
             self.module_.load_state_dict(tensors)
         except RuntimeError as err:
-            raise DataError(f"saved weights do not match the {self.family} config ({err})",
+            raise ModelError(f"saved weights do not match the {self.family} config ({err})",
                             hint="the folder's config.json and model.safetensors come from different models") from err
         self.module_.eval()
 

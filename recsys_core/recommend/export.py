@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from recsys_core.data.dataset import Dataset
-from recsys_core.errors import DataError
+from recsys_core.errors import ConfigError, DataError
 from recsys_core.models.base import Recommender
 from recsys_core.progress import Progress
 from recsys_core.recommend.topk import item_table, recommend_many
@@ -101,7 +101,7 @@ def export_bytes(frame: pd.DataFrame, fmt: str) -> bytes:
         return to_csv_bytes(frame)
     if fmt == "parquet":
         return to_parquet_bytes(frame)
-    raise DataError(f"unknown export format {fmt!r}", hint=f"choose one of {', '.join(FORMATS)}")
+    raise ConfigError(f"unknown export format {fmt!r}", hint=f"choose one of {', '.join(FORMATS)}")
 
 
 def write_export(frame: pd.DataFrame, path: str | Path) -> Path:
@@ -127,4 +127,4 @@ def read_export(path_or_bytes: str | Path | bytes, fmt: str | None = None) -> pd
         return pd.read_csv(source, encoding="utf-8-sig", dtype={"user_id": str, "item_id": str})
     if fmt == "parquet":
         return pd.read_parquet(source)
-    raise DataError(f"unknown export format {fmt!r}", hint=f"choose one of {', '.join(FORMATS)}")
+    raise ConfigError(f"unknown export format {fmt!r}", hint=f"choose one of {', '.join(FORMATS)}")

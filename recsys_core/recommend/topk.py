@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from recsys_core.data.dataset import Dataset
-from recsys_core.errors import DataError
+from recsys_core.errors import ConfigError, DataError, ModelError
 from recsys_core.evaluation.metrics import top_k
 from recsys_core.models.base import Recommender
 from recsys_core.models.histories import flatten
@@ -84,14 +84,14 @@ def filter_mask(items: pd.DataFrame, filters: Filters | None) -> np.ndarray:
 
 def _require_column(items: pd.DataFrame, column: str) -> None:
     if column not in items.columns:
-        raise DataError(f"cannot filter on {column!r}: the items have no such column",
+        raise ConfigError(f"cannot filter on {column!r}: the items have no such column",
                         hint=f"item columns: {', '.join(map(str, items.columns))}")
 
 
 def popular_mask(popularity: np.ndarray, top_fraction: float) -> np.ndarray:
     """Bool [n_items]: True for the `top_fraction` most popular items (ties broken by item index)."""
     if not 0.0 <= top_fraction < 1.0:
-        raise DataError(f"hide_popular_top must be a fraction in [0, 1), got {top_fraction}")
+        raise ConfigError(f"hide_popular_top must be a fraction in [0, 1), got {top_fraction}")
     pop = np.asarray(popularity)
     n_drop = round(top_fraction * len(pop))
     out = np.zeros(len(pop), dtype=bool)
@@ -113,7 +113,7 @@ def candidate_mask(n_items: int, *, items: pd.DataFrame | None = None, filters: 
         hidden = ~popular_mask(popularity, hide_popular_top)
         allowed = hidden if allowed is None else allowed & hidden
     if allowed is not None and len(allowed) != n_items:
-        raise DataError(f"item metadata covers {len(allowed)} items, the model {n_items}",
+        raise ModelError(f"item metadata covers {len(allowed)} items, the model {n_items}",
                         hint="use the dataset the model was trained on")
     return allowed
 
@@ -338,7 +338,7 @@ def similar_items_text(text_model_or_vectors: Recommender | np.ndarray | torch.T
     if isinstance(text_model_or_vectors, Recommender):
         vectors = getattr(text_model_or_vectors, "item_vectors_", None)
         if vectors is None:
-            raise DataError(f"a {text_model_or_vectors.family} model has no item text vectors",
+            raise ModelError(f"a {text_model_or_vectors.family} model has no item text vectors",
                             hint="train a text tower on this dataset")
         item_ids = text_model_or_vectors.item_ids_
     else:
@@ -386,7 +386,7 @@ def pick_user(ds: Dataset, kind: str = "random", seed: int | None = None, tail: 
         return int(rng.choice(order[-size:]))
     if kind == "short":
         return int(rng.choice(order[:size]))
-    raise DataError(f"unknown user pick {kind!r}", hint="use 'random', 'long' or 'short'")
+    raise ConfigError(f"unknown user pick {kind!r}", hint="use 'random', 'long' or 'short'")
 
 
 def history_frame(ds: Dataset, user: int) -> pd.DataFrame:

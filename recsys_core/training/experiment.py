@@ -17,7 +17,7 @@ from typing import Any
 
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.splits import Split, leave_one_out, temporal_split
-from recsys_core.errors import DataError
+from recsys_core.errors import ConfigError
 from recsys_core.models.base import FAMILIES, Recommender
 from recsys_core.progress import Progress
 
@@ -39,14 +39,14 @@ def config_fields(family: str) -> list[dataclasses.Field]:
 def make_model(family: str, overrides: dict[str, Any] | None = None) -> Recommender:
     """A fresh model with default config, `overrides` coerced to each field's type."""
     if family not in families():
-        raise DataError(f"unknown model {family!r}", hint=f"choose one of {', '.join(families())}")
+        raise ConfigError(f"unknown model {family!r}", hint=f"choose one of {', '.join(families())}")
     cls = FAMILIES[family]
     config = cls.config_class()
     known = {f.name: f for f in dataclasses.fields(config)}
     values = {}
     for key, raw in (overrides or {}).items():
         if key not in known:
-            raise DataError(f"{family} has no setting {key!r}", hint=f"settings: {', '.join(sorted(known))}")
+            raise ConfigError(f"{family} has no setting {key!r}", hint=f"settings: {', '.join(sorted(known))}")
         values[key] = _coerce(raw, getattr(config, key), key)
     return cls(dataclasses.replace(config, **values))
 
@@ -66,7 +66,7 @@ def _coerce(raw: Any, default: Any, key: str) -> Any:
         if default is None:
             return _parse_loose(raw)
     except ValueError as err:
-        raise DataError(f"setting {key}={raw!r} is not a {type(default).__name__}") from err
+        raise ConfigError(f"setting {key}={raw!r} is not a {type(default).__name__}") from err
     return raw
 
 
@@ -84,7 +84,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
     out = {}
     for pair in pairs:
         if "=" not in pair:
-            raise DataError(f"--set expects key=value, got {pair!r}")
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
         key, value = pair.split("=", 1)
         out[key.strip()] = value.strip()
     return out
@@ -92,7 +92,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
 
 def make_split(ds: Dataset, kind: str = "leave_one_out") -> Split:
     if kind not in SPLITS:
-        raise DataError(f"unknown split {kind!r}", hint=f"choose one of {', '.join(SPLITS)}")
+        raise ConfigError(f"unknown split {kind!r}", hint=f"choose one of {', '.join(SPLITS)}")
     return SPLITS[kind](ds)
 
 

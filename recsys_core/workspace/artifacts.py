@@ -13,7 +13,7 @@ import uuid
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from recsys_core.errors import DataError
+from recsys_core.errors import DataError, ModelError, RecsysError, ResourceError
 from recsys_core.models.base import Recommender, load_model
 
 ALLOWED_SUFFIXES = {".json", ".safetensors", ".txt", ".model", ".md"}
@@ -21,10 +21,10 @@ MAX_UNPACKED_BYTES = 2 * 1024**3
 
 
 def safe_member_path(name: str) -> PurePosixPath:
-    """The member's relative path, or a DataError when it would land outside the destination."""
+    """The member's relative path, or a ModelError when it would land outside the destination."""
     path = PurePosixPath(name.replace("\\", "/"))
     if path.is_absolute() or ".." in path.parts or (path.parts and ":" in path.parts[0]):
-        raise DataError(f"zip member {name!r} points outside the archive folder",
+        raise ModelError(f"zip member {name!r} points outside the archive folder",
                         hint="this zip is unsafe; re-create it from the model folder itself")
     return path
 
@@ -34,7 +34,7 @@ def import_model_zip(data: bytes, models_dir: str | Path, *, filename: str = "up
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile as err:
-        raise DataError("not a zip archive", file=filename, hint="upload a .zip of a saved model folder") from err
+        raise ModelError("not a zip archive", file=filename, hint="upload a .zip of a saved model folder") from err
     members = _checked_members(archive, filename)
     root = _common_root(members)
     dest = Path(models_dir) / f"uploaded-{uuid.uuid4().hex[:8]}"
@@ -49,12 +49,12 @@ def import_model_zip(data: bytes, models_dir: str | Path, *, filename: str = "up
                 shutil.copyfileobj(src, out)
         model = load_model(tmp)
         tmp.rename(dest)
-    except DataError as err:
+    except RecsysError as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise DataError(f"the uploaded model is not usable: {err.message}", file=filename, hint=err.hint) from err
+        raise ModelError(f"the uploaded model is not usable: {err.message}", file=filename, hint=err.hint) from err
     except Exception as err:  # a corrupt safetensors file raises library-specific errors
         shutil.rmtree(tmp, ignore_errors=True)
-        raise DataError(f"the uploaded model could not be read ({type(err).__name__}: {err})", file=filename,
+        raise ModelError(f"the uploaded model could not be read ({type(err).__name__}: {err})", file=filename,
                         hint="upload a zip of a folder saved by RecSys Explorer") from err
     return dest, model
 
@@ -66,14 +66,14 @@ def _checked_members(archive: zipfile.ZipFile, filename: str) -> list[tuple[zipf
         if info.is_dir() or rel.name.startswith(".") or "__MACOSX" in rel.parts:
             continue
         if rel.suffix not in ALLOWED_SUFFIXES:
-            raise DataError(f"zip member {info.filename!r} is not a model file", file=filename,
+            raise ModelError(f"zip member {info.filename!r} is not a model file", file=filename,
                             hint=f"a model folder holds only {', '.join(sorted(ALLOWED_SUFFIXES))} files")
         total += info.file_size
         if total > MAX_UNPACKED_BYTES:
-            raise DataError("the zip unpacks to more than 2 GiB", file=filename)
+            raise ResourceError("the zip unpacks to more than 2 GiB", file=filename)
         members.append((info, rel))
     if not any(rel.name == "config.json" for _, rel in members):
-        raise DataError("the zip holds no config.json", file=filename,
+        raise ModelError("the zip holds no config.json", file=filename,
                         hint="zip the model folder that contains config.json and model.safetensors")
     return members
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.demo import DEMO_NAME, demo_source, load_demo
-from recsys_core.errors import DataError
+from recsys_core.errors import ConfigError, DataError
 
 ENV_VAR = "RECSYS_WORKSPACE"
 DB_FILE = "workspace.db"
@@ -106,7 +106,7 @@ class RunRecord:
 def validate_name(name: str) -> str:
     """Return `name` if it is a safe dataset name (see NAME_RULE), else raise DataError."""
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:
-        raise DataError(f"invalid dataset name {name!r}", hint=f"use {NAME_RULE}")
+        raise ConfigError(f"invalid dataset name {name!r}", hint=f"use {NAME_RULE}")
     return name
 
 
@@ -264,7 +264,7 @@ class Workspace:
         record = self.get_dataset(name)
         if record is None:
             known = ", ".join(r.name for r in self.list_datasets()) or "none yet"
-            raise DataError(f"no dataset named {name!r} in the workspace", file=str(self.root),
+            raise ConfigError(f"no dataset named {name!r} in the workspace", file=str(self.root),
                             hint=f"pick one of the saved datasets ({known}) or load a file first")
         return record
 
@@ -338,7 +338,7 @@ class Workspace:
         with self._connect(write=True) as conn:
             cur = conn.execute(f"UPDATE runs SET {assignments} WHERE id = ?", (*values.values(), run_id))
             if cur.rowcount == 0:
-                raise DataError(f"no run with id {run_id} in the workspace", file=str(self.root))
+                raise ConfigError(f"no run with id {run_id} in the workspace", file=str(self.root))
         return self.get_run(run_id)
 
     def _run_record(self, row: sqlite3.Row) -> RunRecord:
@@ -363,7 +363,7 @@ class Workspace:
         with self._connect() as conn:
             row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
-            raise DataError(f"no run with id {run_id} in the workspace", file=str(self.root),
+            raise ConfigError(f"no run with id {run_id} in the workspace", file=str(self.root),
                             hint="pick a run from the list of trained models")
         return self._run_record(row)
 
