@@ -77,14 +77,10 @@ def main() -> None:
         metrics = evaluate(model, split.test, item_popularity=popularity)
         row = {"model": name, "dataset": Path(args.dataset).name, "ndcg@10": round(metrics["ndcg@10"], 4),
                "hr@10": round(metrics["hr@10"], 4), "fit_s": round(fit_s, 1), "threads": args.threads,
-               "device": str(getattr(model, "device_", None) or getattr(model, "device", "cpu")),
-               "config": dict(vars(model.config))}
-        if hasattr(model, "fit_report_"):
-            row["fit_report"] = model.fit_report_
-            row["valid_curve"] = [[h["epoch"], round(h["metrics"]["ndcg@10"], 4)]
-                                  for h in model.history_ if "metrics" in h]
-        if name in ("zero_shot", "fine_tuned"):
-            row["user_recipe"], row["recipe_valid_ndcg@10"] = model.user_recipe_, model.recipe_scores_
+               "device": model.training_device(), "config": dict(vars(model.config)),
+               "fit_report": model.fit_report(),
+               "valid_curve": [[h["epoch"], round(h["metrics"]["ndcg@10"], 4)]
+                               for h in model.training_history() if "metrics" in h]}
         if name == "fine_tuned":
             tower_dir = str(model.save(Path(scratch) / "tower"))
         fitted[name] = model

@@ -17,8 +17,9 @@ import streamlit as st
 
 from pages.ui.common import md_escape, show_data_error, workspace
 from pages.ui.model_state import cached_model, page_dataset_and_model, run_label
-from recsys_core.errors import DataError, RecsysError
+from recsys_core.errors import RecsysError
 from recsys_core.insight import project
+from recsys_core.models.base import capabilities_of
 from recsys_core.recommend.topk import pick_user, recommend_many, search_items
 
 JOBS_KEY = "emb_jobs"  # session state: slot ("a"/"b") -> the ProjectionJob drawing that slot's map
@@ -26,7 +27,6 @@ USER_KEY = "emb_user"
 ACTIVE = "__active__"
 GL_THRESHOLD = 1500  # more points than this are drawn with WebGL (Scattergl)
 MAX_OVERLAY_HISTORY = 30  # the last items of a long history, so the path stays readable
-PAIR = {"bert4rec": "text_tower", "text_tower": "bert4rec", "hybrid": "text_tower", "sasrec": "text_tower"}
 
 st.title("Embeddings")
 record, ds, active, which = page_dataset_and_model()
@@ -45,16 +45,15 @@ def _load(key: str):
     if key == ACTIVE:
         return active
     model = cached_model(key)
-    if model.n_items_ != ds.n_items:
-        raise DataError(f"run #{run_by_dir[key].id} knows {model.n_items_:,} items, this dataset has {ds.n_items:,}",
-                        hint="pick a run trained on this dataset version")
+    model.check_fits(ds)
     return model
 
 
 def _default_other(first_family: str) -> str | None:
-    """BERT4Rec vs the text tower when both exist; else the best run of another family; else any other run."""
-    want = PAIR.get(first_family)
-    for test in (lambda r: r.model == want, lambda r: r.model != first_family, lambda r: True):
+    """The best run that reads items the other way (text vs interactions); else the best run of another
+    family; else any other run."""
+    text = capabilities_of(first_family).text
+    for test in (lambda r: capabilities_of(r.model).text != text, lambda r: r.model != first_family, lambda r: True):
         hit = next((r.artifact_dir for r in runs if test(r)), None)
         if hit:
             return hit

@@ -185,7 +185,7 @@ st.caption("Switching an attribute off removes every history item that shares it
            "an attribute no history item shares gets exactly zero. "
            f"Method: {_method(a_expl)}.")
 
-if model.family == "text_tower":
+if model.capabilities.text:
     st.subheader("Which words of the item's text matter")
     if st.toggle("Explain the item's words", key="explain_text_toggle",
                  help="Re-encodes the item text with words blanked out; a few seconds on a CPU, then cached."):

@@ -12,7 +12,8 @@ import streamlit as st
 from pages.ui.common import md_escape, show_data_error, workspace
 from pages.ui.model_state import cached_model, page_dataset_and_model, run_label
 from pages.ui.nav import PAGES
-from recsys_core.errors import DataError, RecsysError
+from recsys_core.errors import RecsysError
+from recsys_core.models.base import capabilities_of
 from recsys_core.progress import Progress
 from recsys_core.recommend.export import export_bytes, recommendations_for_users
 from recsys_core.recommend.topk import (
@@ -212,14 +213,14 @@ st.subheader("Similar items")
 
 
 def _text_tower():
-    runs = [r for r in workspace().list_runs(dataset=record.name) if r.model == "text_tower" and r.artifact_dir]
+    runs = [r for r in workspace().list_runs(dataset=record.name) if r.artifact_dir and capabilities_of(r.model).text]
     runs.sort(key=lambda r: (r.metrics or {}).get("ndcg@10", 0.0), reverse=True)
     for run in runs:
         try:
             tower = cached_model(run.artifact_dir)
         except Exception:  # noqa: BLE001, S112  a damaged artifact: try the next run
             continue
-        if tower.n_items_ == ds.n_items:
+        if tower.fits(ds):
             return tower, run
     return None, None
 
@@ -257,8 +258,7 @@ second = st.selectbox("Second model", runs, index=None, format_func=run_label, k
 if second is not None:
     try:
         other = cached_model(second.artifact_dir)
-        if other.n_items_ != ds.n_items:
-            raise DataError("this run was trained on another version of the dataset", hint="retrain it")
+        other.check_fits(ds)
         other_recs = _recs(history, on=other)
     except RecsysError as err:
         show_data_error(err, "Could not use this run")

@@ -8,15 +8,14 @@ import streamlit as st
 from pages.ui.common import load_dataset, md_escape, show_data_error, sidebar_dataset_selector, workspace
 from pages.ui.model_state import (
     ACTIVE_MODEL_KEY,
-    FAMILY_BLURBS,
     cached_model,
     config_form,
     family_options,
     run_label,
     runs_frame,
 )
-from recsys_core.errors import DataError, RecsysError
-from recsys_core.models.base import load_model
+from recsys_core.errors import RecsysError
+from recsys_core.models.base import family_class, load_model
 from recsys_core.training.experiment import memory_estimate_mb
 from recsys_core.training.jobs import TrainingJob
 from recsys_core.workspace.artifacts import import_model_zip
@@ -99,7 +98,7 @@ job = st.session_state.get(JOB_KEY)
 if job is None or not job.running:
     with st.form("train_form"):
         family = st.selectbox("Model", family_options(), key="train_family",
-                              format_func=lambda f: FAMILY_BLURBS.get(f, f))
+                              format_func=lambda f: family_class(f).description)
         split_kind = st.selectbox("Split", ["leave_one_out", "temporal"], key="train_split",
                                   help="Leave-one-out: each user's last item is test, second-to-last validation. "
                                        "Temporal: a global time cut.")
@@ -136,9 +135,7 @@ with st.expander("Load a model from a folder or a zip"):
     if path and st.button("Load folder", key="train_load_path"):
         try:
             model = load_model(path)
-            if model.n_items_ != ds.n_items:
-                raise DataError(f"the model knows {model.n_items_:,} items but {record.name} has {ds.n_items:,}",
-                                hint="load it with the dataset it was trained on")
+            model.check_fits(ds)
             st.session_state[ACTIVE_MODEL_KEY] = path
             st.success(f"Loaded a {model.family} model from {md_escape(path)}.")
         except RecsysError as err:
@@ -147,6 +144,7 @@ with st.expander("Load a model from a folder or a zip"):
     if upload is not None and st.button("Import zip", key="train_import_zip"):
         try:
             dest, model = import_model_zip(upload.getvalue(), ws.models_dir(), filename=upload.name)
+            model.check_fits(ds)
             st.session_state[ACTIVE_MODEL_KEY] = str(dest)
             st.success(f"Imported a {model.family} model into {md_escape(dest)}.")
         except RecsysError as err:

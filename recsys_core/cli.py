@@ -18,7 +18,7 @@ import sys
 import numpy as np
 
 from recsys_core.data.resolve import resolve_dataset
-from recsys_core.errors import ConfigError, ModelError, RecsysError
+from recsys_core.errors import ConfigError, RecsysError
 from recsys_core.progress import Progress
 
 
@@ -82,7 +82,7 @@ def cmd_evaluate(args) -> dict:
 
     model = load_model(args.model_dir)
     ds = resolve_dataset(args.dataset, _workspace(args), args.items)
-    _check_catalogue(model, ds)
+    model.check_fits(ds)
     split = make_split(ds, args.split)
     return {"model": model.family, "dataset": ds.name, "split": split.kind,
             "metrics": evaluate(model, split.test, item_popularity=train_popularity(split))}
@@ -93,7 +93,7 @@ def cmd_recommend(args) -> dict:
 
     model = load_model(args.model_dir)
     ds = resolve_dataset(args.dataset, _workspace(args), args.items)
-    _check_catalogue(model, ds)
+    model.check_fits(ds)
     if args.user is not None:
         if args.user not in ds.user_index:
             raise ConfigError(f"user {args.user!r} is not in dataset {ds.name!r}", hint="pass an id from the user column")
@@ -109,12 +109,6 @@ def cmd_recommend(args) -> dict:
     return {"model": model.family, "history": [ds.item_ids[i] for i in history],
             "recommendations": [{"rank": r + 1, "item_id": ds.item_ids[i], "title": ds.title(i),
                                  "score": float(scores[i])} for r, i in enumerate(top)]}
-
-
-def _check_catalogue(model, ds) -> None:
-    if list(model.item_ids_) != [str(i) for i in ds.item_ids]:
-        raise ModelError(f"the model was trained on another catalogue ({model.n_items_} items) than "
-                        f"dataset {ds.name!r} ({ds.n_items} items)", hint="evaluate on the dataset it was trained on")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -220,7 +220,9 @@ def test_attribute_reason_appears_only_when_it_is_true(driver: str) -> None:
     w = np.zeros((ds.n_items, ds.n_items), np.float32)
     drivers = ["c1", "c2"] if driver == "comedy" else ["d1"]
     w[[idx[i] for i in drivers], idx["t"]] = 1.0
-    ex = Explainer(Linear(w), ds)
+    model = Linear(w)
+    model.item_ids_ = [str(i) for i in ds.item_ids]  # trained on this dataset's catalogue
+    ex = Explainer(model, ds)
     history = np.array([idx[i] for i in ("c1", "d1", "c2", "h1")])
     attrs = ex.explain_attributes(history, idx["t"])
     values = dict(zip(attrs.labels, attrs.values))
@@ -300,5 +302,5 @@ def test_text_tower_words_add_up_to_the_models_own_score() -> None:
     assert expl.values.sum() == pytest.approx(expl.full_value - expl.base_value, abs=1e-9)
     words = dict(zip(expl.labels, expl.values))
     assert words["Sci-Fi."] > 2 * words["Drama,"]  # the genre this user watches matters more
-    with pytest.raises(ModelError, match="need the text tower"):
+    with pytest.raises(ModelError, match="reads item text"):
         Explainer(Linear(np.zeros((3, 3)))).explain_text([0], 1)

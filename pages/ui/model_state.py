@@ -17,16 +17,6 @@ from recsys_core.training.experiment import config_fields, families, run_experim
 
 ACTIVE_MODEL_KEY = "active_model_dir"  # artifact folder of the model the Recommend/Explain pages use
 
-# What each family is, in one line, for the model picker.
-FAMILY_BLURBS = {
-    "bert4rec": "BERT4Rec: bidirectional transformer trained by masked-item prediction",
-    "sasrec": "SASRec+: causal transformer, next-item prediction with full cross-entropy",
-    "hybrid": "Hybrid: BERT4Rec with item embeddings fused with pretrained text vectors",
-    "text_tower": "Text tower: pretrained sentence-BERT (MiniLM) over item text, zero-shot or fine-tuned",
-    "ease": "EASE: closed-form linear item-item autoencoder (strong baseline)",
-    "itemknn": "Item-kNN: cosine item similarity with shrinkage (baseline)",
-    "popularity": "Popularity: most-interacted items (yardstick)",
-}
 _ORDER = ["bert4rec", "sasrec", "hybrid", "text_tower", "ease", "itemknn", "popularity"]
 
 
@@ -101,11 +91,6 @@ def run_label(run) -> str:
     return f"#{run.id} {run.model}{score} ({run.status})"
 
 
-def _matches(model: Recommender, ds) -> bool:
-    return model.n_items_ == ds.n_items and model.item_ids_[:1] == [str(ds.item_ids[0])] \
-        and model.item_ids_[-1:] == [str(ds.item_ids[-1])]
-
-
 @st.cache_resource(show_spinner="No model yet: training a quick EASE baseline on this dataset...", max_entries=4)
 def _bootstrap_run(root: str, dataset_name: str, version: str) -> str:
     """Train and record a fast baseline so model pages work with zero clicks; returns its artifact folder."""
@@ -129,7 +114,7 @@ def active_model(record, ds) -> tuple[Recommender, str]:
     if chosen:
         try:
             model = cached_model(chosen)
-            if _matches(model, ds):
+            if model.fits(ds):
                 return model, f"the model you chose ({model.family}, {chosen})"
         except Exception:  # noqa: BLE001  a deleted or damaged folder: fall back below
             st.session_state.pop(ACTIVE_MODEL_KEY, None)
@@ -140,7 +125,7 @@ def active_model(record, ds) -> tuple[Recommender, str]:
             model = cached_model(run.artifact_dir)
         except Exception:  # noqa: BLE001, S112  damaged artifact: try the next run
             continue
-        if _matches(model, ds):
+        if model.fits(ds):
             return model, f"run #{run.id} ({run.model}, the best NDCG@10 on this dataset)"
     folder = _bootstrap_run(_root_key(), record.name, f"{record.created_at}|{record.path}")
     model = cached_model(folder)

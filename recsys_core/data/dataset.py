@@ -6,7 +6,9 @@ as strings (IMDb ids have leading zeros) and mapped to contiguous int32 indices 
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -19,6 +21,14 @@ from recsys_core.errors import DataError
 # Canonical column names of a mapped interaction frame, before and after indexing.
 USER, ITEM, RATING, TIMESTAMP = "user", "item", "rating", "timestamp"
 FORMAT_VERSION = 1
+
+
+def catalogue_digest(item_ids: Sequence[object]) -> str:
+    """A digest of the item ids in index order: a model fits a dataset exactly when the two digests are equal."""
+    digest = hashlib.sha256()
+    for item_id in item_ids:
+        digest.update(str(item_id).encode("utf-8", "surrogatepass") + b"\0")
+    return digest.hexdigest()[:16]
 
 
 @dataclass
@@ -60,6 +70,11 @@ class Dataset:
     def item_index(self) -> dict[str, int]:
         """Original item id -> contiguous index."""
         return {it: i for i, it in enumerate(self.item_ids)}
+
+    @cached_property
+    def catalogue_digest(self) -> str:
+        """Identity of the item catalogue (ids in index order); see `Recommender.check_fits`."""
+        return catalogue_digest(self.item_ids)
 
     @cached_property
     def indptr(self) -> np.ndarray:

@@ -293,10 +293,8 @@ class Explainer:
                  seed: int = 0) -> None:
         self.model = model
         self.max_exact, self.max_evals, self.max_players, self.seed = max_exact, max_evals, max_players, seed
-        if dataset is not None and dataset.n_items != model.n_items_:
-            raise ModelError(f"the model scores {model.n_items_} items but the dataset has {dataset.n_items}",
-                            hint="explain a model trained on this dataset")
         if dataset is not None:
+            model.check_fits(dataset)
             self.titles = item_titles(dataset.items)
             self.attributes = item_attributes(dataset.items, dataset.item_popularity)
         else:
@@ -380,19 +378,20 @@ class Explainer:
                      max_evals: int = TEXT_MAX_EVALS) -> Explanation:
         """Shapley value of each word of the item's text (text tower only): blank words, re-encode, re-score."""
         history, item = _as_history(history), self._check_item(item)
-        if not hasattr(self.model, "item_texts_") or not hasattr(self.model, "encode"):
-            raise ModelError(f"word attributions need the text tower; this model is {self.model.family}")
+        if not self.model.capabilities.text:
+            raise ModelError(f"word attributions need a model that reads item text; this model is {self.model.family}",
+                             hint="train a text tower on this dataset")
         key = ("text", tuple(history.tolist()), item, max_evals)
         return self._cached(key, lambda: self._explain_text(history, item, max_evals))
 
     def _explain_text(self, history: np.ndarray, item: int, max_evals: int) -> Explanation:
         start = time.perf_counter()
-        words = np.array(self.model.item_texts_[item].split()[:MAX_WORDS], dtype=object)
+        words = np.array(self.model.item_text(item).split()[:MAX_WORDS], dtype=object)
         user = torch.as_tensor(self.model.user_embeddings([history]))[0]
 
         def value(masks: np.ndarray) -> np.ndarray:
             texts = [" ".join(words[row]) for row in masks]  # building strings has no vectorised form
-            return (self.model.encode(texts) @ user).double().numpy()
+            return (self.model.encode_texts(texts) @ user).double().numpy()
 
         result = shapley(value, len(words), self.max_exact, max_evals, self.seed)
         return Explanation(item, "text", tuple(words), result.values, result.base, result.full, result.method,

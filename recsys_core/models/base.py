@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import asdict, fields, is_dataclass
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -18,24 +18,43 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from recsys_core.data.dataset import Dataset
+from recsys_core.data.dataset import Dataset, catalogue_digest
 from recsys_core.data.splits import Split
-from recsys_core.errors import ModelError
+from recsys_core.errors import ConfigError, ModelError
 from recsys_core.progress import Progress
 
 FAMILIES: dict[str, type[Recommender]] = {}
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a model can do, declared by the model (as scikit-learn's estimator tags): callers ask
+    `model.capabilities` and never probe a model's attributes or family name."""
+
+    item_embeddings: bool = True  # item vectors whose cosine means "similar" (popularity's counts do not)
+    text: bool = False  # reads items through their text: `item_text`, `encode_texts`, `text_vectors`
+    cold_items: bool = False  # `add_items` makes items nobody interacted with recommendable
+    order_aware: bool = False  # the order of a history changes its scores
+    sampled_loss: bool = False  # can train on a sampled softmax instead of the full catalogue
+    training_curves: bool = False  # `training_history` holds per-epoch loss / validation metrics
 
 
 class Recommender(ABC):
     """Scores every catalogue item for any list of item-index histories."""
 
     family: ClassVar[str]
+    description: ClassVar[str]  # one line for pickers: "Name: what it is"
     config_class: ClassVar[type]
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.config_class()
         self.n_items_: int = 0
         self.item_ids_: list[str] = []
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this model can do (some answers depend on its config)."""
+        return Capabilities()
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -67,12 +86,64 @@ class Recommender(ABC):
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Inverse of `state_tensors` (config and catalogue already restored)."""
 
+    def training_history(self) -> list[dict]:
+        """Per-epoch records (epoch, loss, step, metrics) of the last fit; empty for closed-form models."""
+        return []
+
+    def fit_report(self) -> dict:
+        """How the last fit ended (best metric and epoch, why it stopped, steps, seconds); empty when trivial."""
+        return {}
+
+    def training_device(self) -> str:
+        """Where the model trained or runs: "cuda", "mps" or "cpu" (closed-form models compute on the CPU)."""
+        return "cpu"
+
+    def training_memory(self, n_items: int) -> int | None:
+        """Estimated peak bytes of one training step on a catalogue of `n_items` (None: no estimate)."""
+        return None
+
+    def item_text(self, item: int) -> str:
+        """The text the model reads for an item index (models with `capabilities.text`)."""
+        raise self._cannot("read item texts")
+
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """Unit vectors [len(texts), dim] for free text, in the items' space (models with `capabilities.text`)."""
+        raise self._cannot("encode free text")
+
+    def text_vectors(self) -> torch.Tensor:
+        """[n_items, dim] vectors of the item texts (models with `capabilities.text`)."""
+        raise self._cannot("give item text vectors")
+
+    def add_items(self, items: Any) -> np.ndarray:
+        """Append items (`item_id` + metadata) to the catalogue; their new indices (`capabilities.cold_items`)."""
+        raise self._cannot("score new items")
+
+    def _cannot(self, what: str) -> ModelError:
+        return ModelError(f"a {self.family} model cannot {what}", hint="train a text tower on this dataset")
+
     def read_extra_files(self, directory: Path) -> None:
         """Read files a family saves beside model.safetensors (default: none); `load_model` calls it first."""
 
     def _remember_catalogue(self, dataset: Dataset) -> None:
         self.n_items_ = dataset.n_items
         self.item_ids_ = [str(i) for i in dataset.item_ids]
+
+    def catalogue_digest(self) -> str:
+        """Identity of the catalogue the model scores (its item ids in index order)."""
+        return catalogue_digest(self.item_ids_)
+
+    def fits(self, dataset: Dataset) -> bool:
+        """True when the model scores exactly this dataset's items, in the same index order."""
+        return self.n_items_ == dataset.n_items and self.catalogue_digest() == dataset.catalogue_digest
+
+    def check_fits(self, dataset: Dataset) -> None:
+        """ModelError unless `fits(dataset)`: the one answer to "does this model fit this dataset?"."""
+        if self.fits(dataset):
+            return
+        same = "the same number of items but other ids or another order" if self.n_items_ == dataset.n_items \
+            else f"{self.n_items_:,} items; the dataset has {dataset.n_items:,}"
+        raise ModelError(f"this {self.family} model was trained on another catalogue than {dataset.name!r} ({same})",
+                         hint="pick a model trained on this dataset version, or retrain one on the Train page")
 
     def save(self, directory: str | Path) -> Path:
         d = Path(directory)
@@ -88,6 +159,20 @@ class Recommender(ABC):
     @classmethod
     def load(cls, directory: str | Path) -> Recommender:
         return load_model(directory)
+
+
+def family_class(family: str) -> type[Recommender]:
+    """The class registered under `family` (ConfigError naming the known ones otherwise)."""
+    import recsys_core.models  # noqa: F401  registers every family
+
+    if family not in FAMILIES:
+        raise ConfigError(f"unknown model {family!r}", hint=f"choose one of {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[family]
+
+
+def capabilities_of(family: str) -> Capabilities:
+    """A family's capabilities with its default config, without loading or training anything."""
+    return family_class(family)().capabilities
 
 
 def config_from_dict(config_class: type, values: dict) -> Any:

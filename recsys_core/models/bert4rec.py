@@ -25,11 +25,12 @@ class BERT4Rec(SequentialRecommender):
     where the newest item sat in training."""
 
     family = "bert4rec"
+    description = "BERT4Rec: bidirectional transformer trained by masked-item prediction"
     config_class = BERT4RecConfig
     causal = False
     positions_from_end = True
 
-    def _output_positions(self) -> float:
+    def _output_positions(self, n_items: int) -> float:
         return self.config.mask_prob * self.config.max_len + 1
 
     def _context(self, flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

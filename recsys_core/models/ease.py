@@ -32,6 +32,7 @@ class EASE(Recommender):
     """Linear item-item autoencoder with a zero diagonal, solved in closed form."""
 
     family = "ease"
+    description = "EASE: closed-form linear item-item autoencoder (strong baseline)"
     config_class = EASEConfig
 
     def __init__(self, config: EASEConfig | None = None) -> None:

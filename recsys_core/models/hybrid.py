@@ -78,6 +78,7 @@ class Hybrid(BERT4Rec):
     """BERT4Rec over fused id + text item embeddings (same training, scoring and persistence)."""
 
     family = "hybrid"
+    description = "Hybrid: BERT4Rec with item embeddings fused with pretrained text vectors"
     config_class = HybridConfig
 
     def __init__(self, config: HybridConfig | None = None) -> None:

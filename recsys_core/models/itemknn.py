@@ -17,7 +17,7 @@ import torch
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.splits import Split
 from recsys_core.errors import ConfigError, ModelError
-from recsys_core.models.base import Recommender
+from recsys_core.models.base import Capabilities, Recommender
 from recsys_core.models.histories import ItemMatrix, history_matrix, low_rank, training_histories
 from recsys_core.progress import Progress
 
@@ -52,6 +52,7 @@ class ItemKNN(Recommender):
     """Scores = history vector x W, W the pruned item-item cosine similarity."""
 
     family = "itemknn"
+    description = "Item-kNN: cosine item similarity with shrinkage (baseline)"
     config_class = ItemKNNConfig
 
     def __init__(self, config: ItemKNNConfig | None = None) -> None:
@@ -115,6 +116,10 @@ class ItemKNN(Recommender):
         if self._factors is None:
             self._factors = low_rank(self.similarity(), self.config.embedding_dim)
         return self._factors
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(order_aware=self.config.recency_half_life > 0)
 
     def item_embeddings(self) -> np.ndarray:
         """[n_items, embedding_dim]: R of the truncated SVD W ~= L·Rᵀ (items as recommendation targets)."""

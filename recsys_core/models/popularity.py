@@ -11,7 +11,7 @@ import torch
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.splits import Split
 from recsys_core.errors import ModelError
-from recsys_core.models.base import Recommender
+from recsys_core.models.base import Capabilities, Recommender
 from recsys_core.models.histories import flatten, training_histories
 from recsys_core.progress import Progress
 
@@ -25,6 +25,7 @@ class Popularity(Recommender):
     """Scores item i with how often it was interacted with in training, whatever the history."""
 
     family = "popularity"
+    description = "Popularity: most-interacted items (yardstick)"
     config_class = PopularityConfig
 
     def __init__(self, config: PopularityConfig | None = None) -> None:
@@ -41,6 +42,10 @@ class Popularity(Recommender):
         if progress is not None:
             progress.update(1, 1, message="counted item popularity")
         return self
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(item_embeddings=False)  # one count per item: every cosine is the same
 
     def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
         """The training counts, one row per history (rows are copies, safe to edit in place)."""

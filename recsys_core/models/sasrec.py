@@ -25,14 +25,16 @@ class SASRec(SequentialRecommender):
     """Causal; positions count from the start of the window."""
 
     family = "sasrec"
+    description = "SASRec+: causal transformer, next-item prediction with full cross-entropy"
     config_class = SASRecConfig
     causal = True
     positions_from_end = False
+    sampled_loss = True
 
-    def _output_positions(self) -> float:
+    def _output_positions(self, n_items: int) -> float:
         cfg = self.config
         if cfg.loss == "sampled":
-            return cfg.max_len * min(1.0, (cfg.n_negatives + 1) / max(1, self.n_items_))
+            return cfg.max_len * min(1.0, (cfg.n_negatives + 1) / max(1, n_items))
         return float(cfg.max_len)
 
     def _context(self, flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

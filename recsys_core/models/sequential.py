@@ -29,7 +29,7 @@ from recsys_core.data.dataset import Dataset
 from recsys_core.data.splits import EvalSet, Split
 from recsys_core.errors import ConfigError, DataError, ModelError
 from recsys_core.models import loop
-from recsys_core.models.base import Recommender
+from recsys_core.models.base import Capabilities, Recommender
 from recsys_core.models.histories import flatten
 from recsys_core.progress import Progress
 
@@ -216,12 +216,31 @@ class SequentialRecommender(Recommender):
 
     causal: ClassVar[bool]
     positions_from_end: ClassVar[bool]
+    sampled_loss: ClassVar[bool] = False
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
         self.module_: SequenceEncoder | None = None
         self.history_: list[dict] = []
         self.fit_report_: dict = {}
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(order_aware=True, training_curves=True, sampled_loss=self.sampled_loss)
+
+    def training_history(self) -> list[dict]:
+        return self.history_
+
+    def fit_report(self) -> dict:
+        return self.fit_report_
+
+    def training_device(self) -> str:
+        return self.device.type if self.module_ is not None else "cpu"
+
+    def training_memory(self, n_items: int) -> int:
+        cfg = self.config
+        return loop.estimate_memory(n_items, cfg.max_len, cfg.hidden, cfg.batch_size, cfg.layers, cfg.heads,
+                                    output_positions=self._output_positions(n_items))
 
     # -- family hooks
 
@@ -232,7 +251,7 @@ class SequentialRecommender(Recommender):
     def _batch_loss(self, tokens: torch.Tensor, lengths: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         raise NotImplementedError
 
-    def _output_positions(self) -> float:
+    def _output_positions(self, n_items: int) -> float:
         """Positions per sequence that get full-catalogue logits in training (for memory planning)."""
         return float(self.config.max_len)
 
@@ -304,7 +323,7 @@ class SequentialRecommender(Recommender):
 
         def need(batch: int) -> int:
             return loop.estimate_memory(self.n_items_, cfg.max_len, cfg.hidden, batch, cfg.layers, cfg.heads,
-                                        output_positions=self._output_positions())
+                                        output_positions=self._output_positions(self.n_items_))
 
         knobs = {"batch_size": cfg.batch_size, "max_len": cfg.max_len, "hidden": cfg.hidden, "n_items": self.n_items_}
         return loop.plan_batch_size(cfg.batch_size, need, device, knobs, progress=progress)

@@ -32,7 +32,7 @@ from recsys_core.data.item_text import history_text, item_texts, item_titles
 from recsys_core.data.splits import EvalSet, Split
 from recsys_core.errors import ConfigError, DataError, ModelError
 from recsys_core.models import loop
-from recsys_core.models.base import Recommender
+from recsys_core.models.base import Capabilities, Recommender
 from recsys_core.models.histories import flatten
 from recsys_core.progress import Progress
 
@@ -96,6 +96,7 @@ class TextTower(Recommender):
     """Scores items by the cosine between a user's text-derived vector and each item's text vector."""
 
     family = "text_tower"
+    description = "Text tower: pretrained sentence-BERT (MiniLM) over item text, zero-shot or fine-tuned"
     config_class = TextTowerConfig
 
     def __init__(self, config: TextTowerConfig | None = None) -> None:
@@ -110,6 +111,32 @@ class TextTower(Recommender):
         self.device_: str = "cpu"
         self._encoder: Any = None
         self._encoder_dir: Path | None = None  # fine-tuned encoder of a loaded artifact, read lazily
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(text=True, cold_items=True, order_aware=True,
+                            training_curves=self.config.mode == "fine_tune")
+
+    def training_history(self) -> list[dict]:
+        return self.train_history_
+
+    def fit_report(self) -> dict:
+        return {"user_recipe": self.user_recipe_, "recipe_valid_ndcg@10": self.recipe_scores_,
+                "fine_tuned": self.fine_tuned_}
+
+    def training_device(self) -> str:
+        return torch.device(self.device_).type
+
+    def item_text(self, item: int) -> str:
+        return self.item_texts_[item]
+
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.encode(texts)
+
+    def text_vectors(self) -> torch.Tensor:
+        if self.item_vectors_ is None:
+            raise ModelError("the text tower is not fitted yet")
+        return self.item_vectors_
 
     # ---- encoder --------------------------------------------------------------------------------
 

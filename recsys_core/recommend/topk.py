@@ -336,10 +336,7 @@ def similar_items_text(text_model_or_vectors: Recommender | np.ndarray | torch.T
                        popularity: np.ndarray | None = None) -> pd.DataFrame:
     """Like `similar_items`, from a text tower's item text vectors (or any [n_items, dim] text vectors)."""
     if isinstance(text_model_or_vectors, Recommender):
-        vectors = getattr(text_model_or_vectors, "item_vectors_", None)
-        if vectors is None:
-            raise ModelError(f"a {text_model_or_vectors.family} model has no item text vectors",
-                            hint="train a text tower on this dataset")
+        vectors = text_model_or_vectors.text_vectors()
         item_ids = text_model_or_vectors.item_ids_
     else:
         vectors = text_model_or_vectors

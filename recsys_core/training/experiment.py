@@ -137,19 +137,10 @@ def run_experiment(
     train_s = time.perf_counter() - start
     status = "cancelled" if progress.cancelled else "finished"
     metrics = evaluate(model, split.test, item_popularity=train_popularity(split))
-    result = RunResult(family, model, metrics, train_s, _device_of(model), status)
+    result = RunResult(family, model, metrics, train_s, model.training_device(), status)
     if workspace is not None:
         _record(result, workspace, dataset_name or ds.name, split.kind)
     return result
-
-
-def _device_of(model: Recommender) -> str:
-    """Where the model actually trained ("cuda", "mps", "cpu"); baselines compute on the CPU."""
-    for attr in ("device_", "device"):
-        value = getattr(model, attr, None)
-        if value is not None and not callable(value):
-            return str(getattr(value, "type", value))
-    return "cpu"
 
 
 def _record(result: RunResult, workspace: Any, dataset_name: str, split_kind: str) -> None:
@@ -172,15 +163,6 @@ def _slug(text: str) -> str:
 
 
 def memory_estimate_mb(family: str, overrides: dict[str, Any] | None, n_items: int) -> float | None:
-    """Estimated peak training memory of a transformer run (None for models without one)."""
-    from recsys_core.models.loop import estimate_memory
-
-    model = make_model(family, overrides)
-    cfg = model.config
-    if not all(hasattr(cfg, k) for k in ("max_len", "hidden", "batch_size", "layers", "heads")):
-        return None
-    model.n_items_ = n_items
-    positions = getattr(model, "_output_positions", lambda: None)()
-    need = estimate_memory(n_items, cfg.max_len, cfg.hidden, cfg.batch_size, cfg.layers, cfg.heads,
-                           output_positions=positions)
-    return need / 2**20
+    """Estimated peak training memory in MiB (None for models without an estimate)."""
+    need = make_model(family, overrides).training_memory(n_items)
+    return None if need is None else need / 2**20
