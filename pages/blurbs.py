@@ -73,11 +73,11 @@ st.caption("A language model writes a short text for one recommendation, using o
            "by a template.")
 record, ds, model, which = page_dataset_and_model()
 dataset_key = f"{record.name}|{record.created_at}|{record.path}"
-model_key = f"{which}|{dataset_key}"
+model_key = f"{model.identity}|{dataset_key}"
 st.caption(f"Dataset **{md_escape(record.name)}** · model: {md_escape(which)}.")
 catalogue = _catalogue(ds, dataset_key)
 lengths = np.diff(ds.indptr)
-titles = ds.items["title"].astype(str).to_numpy() if "title" in ds.items.columns else ds.item_ids.astype(str)
+titles = ds.labels
 
 
 def _default_user() -> int:

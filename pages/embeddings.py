@@ -33,7 +33,7 @@ record, ds, active, which = page_dataset_and_model()
 runs = sorted((r for r in workspace().list_runs(dataset=record.name) if r.artifact_dir),
               key=lambda r: -(r.metrics or {}).get("ndcg@10", 0.0))
 run_by_dir = {r.artifact_dir: r for r in runs}
-titles = ds.items["title"].astype(str).to_numpy() if "title" in ds.items.columns else ds.item_ids.astype(str)
+titles = ds.labels
 version = f"{record.name}|{record.created_at}"
 
 
@@ -73,8 +73,8 @@ method = top[2].selectbox("Method", list(project.METHODS), format_func=project.M
                                "neighbourhoods better, take seconds to minutes (they run in the background).")
 dims = top[3].radio("Map", [2, 3], format_func=lambda d: f"{d}-D", horizontal=True, key="emb_dims")
 
-attr_columns = [c for c in ("genres", "genre", "category", "categories") if c in ds.items.columns]
-colourings = [*(f"first {c}" for c in attr_columns), "popularity (log)", "k-means cluster"]
+has_genres = bool((ds.items["genres"] != "").any())
+colourings = [*(["first genre"] if has_genres else []), "popularity (log)", "k-means cluster"]
 row = st.columns([2, 1, 2], vertical_alignment="bottom")
 colour = row[0].selectbox("Colour by", colourings, key="emb_colour",
                           help="Popularity: log10(1 + interactions) (history length for users). k-means runs in "
@@ -126,10 +126,8 @@ def _space(model) -> dict:
 
 
 def _item_hover() -> np.ndarray:
-    extra = [c for c in ("genres", "year") if c in ds.items.columns]
     text = pd.Series(titles).map(html.escape)  # plotly renders a subset of HTML in hover labels
-    for c in extra:
-        text = text + f"<br>{c}: " + ds.items[c].astype(str).map(html.escape).to_numpy()
+    text = text + "<br>genres: " + ds.items["genres"].map(html.escape).to_numpy()
     return (text + "<br>interactions: " + pd.Series(ds.item_popularity).astype(str)).to_numpy()
 
 
@@ -146,7 +144,7 @@ def _colour(vectors: np.ndarray, rows: np.ndarray) -> tuple[str, np.ndarray]:
     if colour == "popularity (log)":
         counts = ds.item_popularity if points == "items" else np.diff(ds.indptr)[rows]
         return "value", project.log_popularity(counts)
-    labels = project.first_attribute(ds.items[colour.removeprefix("first ")].tolist())
+    labels = project.first_attribute(ds.items["genres"].tolist())
     if points == "items":
         return "category", labels
     return "category", project.dominant_attribute(ds.indptr, ds.seq_items, labels)[rows]

@@ -46,9 +46,8 @@ def _short(text: str, width: int = 42) -> str:
 st.title("Explain")
 record, ds, model, which = page_dataset_and_model()
 st.caption(f"Dataset **{md_escape(record.name)}** · model: {md_escape(which)}.")
-# `which` names the run or folder, so a recycled id() of an evicted model never reuses a stale explainer.
-explainer = _explainer(model, ds, f"{id(model)}|{which}|{record.name}|{record.created_at}|{record.path}")
-titles = explainer.titles
+explainer = _explainer(model, ds, f"{model.identity}|{record.name}|{record.created_at}|{record.path}")
+titles = ds.labels
 lengths = np.diff(ds.indptr)
 
 
@@ -217,7 +216,7 @@ st.caption(f"Score drop {check.top_drop:+.4f} after deleting the top {check.k} a
 st.subheader("Global view: what drives recommendations across users")
 n_users = st.slider("Users (random, each with their top-1 recommendation)", 20, 200, 100, step=20,
                     key="explain_global_users")
-signature = (id(model), record.name, record.created_at, n_users)
+signature = (model.identity, record.name, record.created_at, n_users)
 if st.button("Compute the global view", key="explain_global_button"):
     _warm_up()
     rng = np.random.default_rng(0)

@@ -12,13 +12,13 @@ import streamlit as st
 from pages.ui.common import md_escape, show_data_error, workspace
 from pages.ui.model_state import cached_model, page_dataset_and_model, run_label
 from pages.ui.nav import PAGES
+from recsys_core.data.item_schema import attribute_values
 from recsys_core.errors import RecsysError
 from recsys_core.models.base import capabilities_of
 from recsys_core.progress import Progress
 from recsys_core.recommend.export import export_bytes, recommendations_for_users
 from recsys_core.recommend.topk import (
     Filters,
-    attribute_values,
     candidate_mask,
     history_frame,
     overlap,
@@ -42,11 +42,11 @@ SHOWN = ["rank", "title", "score", "genres", "year", "popularity", "item_id"]
 st.title("Recommend")
 record, ds, model, which = page_dataset_and_model()
 st.caption(f"Dataset **{md_escape(record.name)}** · model: {md_escape(which)}. Change the model on the Train page.")
-titles = ds.items["title"].astype(str).to_numpy() if "title" in ds.items.columns else ds.item_ids.astype(str)
+titles = ds.labels
 
 
 def _item_label(i: int) -> str:
-    return f"{titles[i] or ds.item_ids[i]} ({ds.item_ids[i]})"
+    return f"{titles[i]} ({ds.item_ids[i]})"
 
 
 def _table(frame: pd.DataFrame, key: str, **kw) -> None:
@@ -120,12 +120,11 @@ with st.sidebar:
     genres = attribute_values(ds.items, "genres")
     chosen_genres = st.multiselect("Genres (any of)", genres, key="rec_genres") if genres else []
     years = None
-    if "year" in ds.items.columns:
-        known = pd.to_numeric(ds.items["year"], errors="coerce").dropna()
-        if len(known) and known.min() < known.max():
-            lo, hi = int(known.min()), int(known.max())
-            years = st.slider("Year", lo, hi, (lo, hi), key="rec_years")
-            years = None if years == (lo, hi) else years
+    known = ds.items["year"].dropna()
+    if len(known) and known.min() < known.max():
+        lo, hi = int(known.min()), int(known.max())
+        years = st.slider("Year", lo, hi, (lo, hi), key="rec_years")
+        years = None if years == (lo, hi) else years
     hide_pct = st.slider("Hide the most popular items (%)", 0, 50, 0, step=1, key="rec_hide_popular",
                          help="Drop this share of the catalogue, most interacted-with first, to surface the long tail.")
 
@@ -190,7 +189,7 @@ if removed or added:
     edited = np.array([i for i in history if int(i) not in gone] + [i for i in added if i not in gone], dtype=np.int64)
     after = _recs(edited)
     changes = rank_changes(recs, after)
-    changes["title"] = [titles[i] or ds.item_ids[i] for i in changes["item"]]
+    changes["title"] = titles[changes["item"].to_numpy()]
     changes["item_id"] = ds.item_ids[changes["item"].to_numpy()].astype(str)
     st.caption(f"Scored on the edited history of {len(edited)} items. ↑/↓: places moved since the original list; "
                "new: not in it before; dropped: fell out of the top K.")
@@ -284,7 +283,7 @@ cols[0].download_button("This user's list (CSV)", export_bytes(mine, "csv"), f"{
                         key="rec_dl_user_csv")
 cols[1].download_button("This user's list (Parquet)", export_bytes(mine, "parquet"), f"{stem}.parquet",
                         "application/octet-stream", key="rec_dl_user_parquet")
-export_id = (id(model), k, hide_pct, tuple(chosen_genres), years, record.name)
+export_id = (model.identity, k, hide_pct, tuple(chosen_genres), years, record.name)
 prepared = st.session_state.get(EXPORT_KEY)
 if st.button(f"Prepare top {k} for all {ds.n_users:,} users", key="rec_export_prepare",
              help="Scores every user in batches with the settings above; takes a few seconds."):

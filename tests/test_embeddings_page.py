@@ -68,7 +68,7 @@ def test_opens_on_a_pca_map_of_the_active_model_coloured_by_genre(ws_root: Path)
     assert sum(len(_xs(t)) for t in fig["data"]) == ds.n_items
     assert fig["layout"]["xaxis"]["title"]["text"] == "PCA 1"
     hovers = [h for t in fig["data"] for h in t["hovertext"]]
-    assert any(h.startswith("Willy Wonka &amp; the Chocolate Factory<br>") for h in hovers)  # escaped for plotly
+    assert any(h.startswith("Willy Wonka &amp; the Chocolate Factory (1971)<br>genres: ") for h in hovers)  # escaped for plotly
     assert 0.0 <= float(_metric(at, "Trustworthiness")) <= 1.0
     assert _metric(at, "Points") == f"{ds.n_items:,}"
 
@@ -82,12 +82,12 @@ def test_search_highlights_the_item_and_its_neighbours_from_the_original_space(w
     assert ds.items["title"].iat[item] == "The Matrix"  # the most popular match comes first
     expected, sims = project.nearest_neighbours(_active_vectors(ws_root), item, 10)
     table = at.dataframe[0].value
-    assert table["title"].tolist() == ds.items["title"].to_numpy()[expected].tolist()
+    assert table["title"].tolist() == ds.labels[expected].tolist()
     np.testing.assert_allclose(table["cosine similarity"], sims, rtol=1e-5)
     assert table["rank on the map"].min() >= 1
     fig = _figures(at)[0]
     searched, nbrs = _trace(fig, "searched item"), _trace(fig, "nearest neighbours (original space)")
-    assert searched["hovertext"][0].startswith("The Matrix<br>") and len(_xs(nbrs)) == 10
+    assert searched["hovertext"][0].startswith("The Matrix (1999)<br>") and len(_xs(nbrs)) == 10
 
     at.text_input(key="emb_user").input(str(ds.user_ids[0])).run()  # overlay a user's history and top-10
     assert not at.exception, at.exception

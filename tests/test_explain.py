@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from recsys_core.data.dataset import Dataset, build_dataset
+from recsys_core.data.item_schema import normalise_items
 from recsys_core.errors import DataError, ModelError
 from recsys_core.insight import explain
 from recsys_core.insight.explain import Explainer, exact_shapley, shapley, summarise_global
@@ -243,7 +244,7 @@ def test_item_attributes_cover_genres_decade_and_popularity() -> None:
     items = pd.DataFrame({"item_id": [str(i) for i in range(n)], "genres": ["Comedy|Drama", None, "Drama"] + ["X"] * (n - 3),
                           "year": pd.array([1994, None, 2003] + [2000] * (n - 3), dtype="Int16")})
     popularity = np.concatenate([[1000, 1, 195], np.arange(10, 10 + n - 3)])
-    attrs = explain.item_attributes(items, popularity)
+    attrs = explain.item_attributes(normalise_items(items), popularity)
     names = lambda i: {attrs.names[a] for a in attrs.of(i)}
     assert names(0) == {"Genre: Comedy", "Genre: Drama", "Released in the 1990s", "Blockbuster (top 1% by popularity)"}
     assert names(1) == {"Long tail (bottom half by popularity)"}

@@ -84,7 +84,7 @@ def test_global_view_draws_a_summary_over_users(ws_root: Path) -> None:
 def test_text_tower_shows_word_attributions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from movie_fixtures import movie_dataset
 
-    from recsys_core.data.item_text import item_texts
+    from recsys_core.data.item_schema import item_texts
     from recsys_core.training.experiment import run_experiment
     from recsys_core.workspace.registry import Workspace
 

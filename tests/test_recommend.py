@@ -9,6 +9,7 @@ import torch
 from movie_fixtures import index_of, movie_dataset
 
 from recsys_core.data.dataset import Dataset
+from recsys_core.data.item_schema import attribute_values
 from recsys_core.errors import ConfigError, DataError
 from recsys_core.models.base import Recommender
 from recsys_core.models.ease import EASE, EASEConfig
@@ -16,7 +17,6 @@ from recsys_core.models.itemknn import ItemKNN
 from recsys_core.models.popularity import Popularity
 from recsys_core.recommend.topk import (
     Filters,
-    attribute_values,
     history_frame,
     overlap,
     pick_user,

@@ -61,7 +61,7 @@ def _stats(root: str, name: str, version: str) -> dict:
 @st.cache_data(show_spinner=False, max_entries=16)
 def _chart_frames(root: str, name: str, version: str) -> dict:
     ds = _dataset(root, name, version)
-    labels = ds.items["title"].to_numpy() if "title" in ds.items.columns else ds.item_ids
+    labels = ds.labels
     frames = {
         "users": charts.long_tail_frame(np.diff(ds.indptr), labels=ds.user_ids),
         "items": charts.long_tail_frame(ds.item_popularity, labels=labels),

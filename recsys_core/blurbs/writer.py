@@ -21,11 +21,9 @@ import hashlib
 import json
 import math
 import re
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
@@ -42,8 +40,9 @@ from recsys_core.blurbs.grounding import (
     vocabulary,
 )
 from recsys_core.blurbs.llm import Backend, LLMError, Message
+from recsys_core.cache import KeyedCache
 from recsys_core.data.dataset import Dataset
-from recsys_core.data.item_text import ATTRIBUTE_COLUMNS, MULTI_SEPARATOR, YEAR_COLUMNS
+from recsys_core.data.item_schema import MULTI_SEPARATOR, TEXT_ATTRIBUTES, YEAR, attribute_values
 from recsys_core.evaluation.metrics import popularity_percentile
 from recsys_core.models.base import Recommender
 from recsys_core.progress import Progress
@@ -146,33 +145,26 @@ def item_noun(ds: Dataset) -> str:
     return "item"
 
 
-def _column(items: pd.DataFrame, candidates: Sequence[str]) -> list[str]:
-    lower = {str(c).lower(): c for c in items.columns}
-    return [lower[c] for c in candidates if c in lower]
+def _attribute_columns(items: pd.DataFrame) -> list[str]:
+    return [c for c in TEXT_ATTRIBUTES if c in items.columns]
 
 
 def _year(items: pd.DataFrame, item: int) -> int | None:
-    for col in _column(items, YEAR_COLUMNS):
-        value = pd.to_numeric(pd.Series([items[col].iat[item]]), errors="coerce").iat[0]
-        if pd.notna(value) and 1000 <= value <= 2999:
-            return int(value)
-    return None
+    value = items[YEAR].iat[item]
+    return None if pd.isna(value) else int(value)
 
 
 def _attributes(items: pd.DataFrame, item: int, withheld: list[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
     out = []
-    for col in _column(items, ATTRIBUTE_COLUMNS):
-        raw = items[col].iat[item]
-        if raw is None or (not isinstance(raw, str) and pd.isna(raw)):
-            continue
+    for col in _attribute_columns(items):
         values = []
-        for part in str(raw).split(MULTI_SEPARATOR):
+        for part in str(items[col].iat[item]).split(MULTI_SEPARATOR):
             clean = sanitize(part, MAX_ATTRIBUTE_CHARS)
             withheld += clean.withheld
             if clean.text and clean.text not in values:
                 values.append(clean.text)
         if values:
-            out.append((str(col).lower(), tuple(values[:MAX_ATTRIBUTE_VALUES])))
+            out.append((col, tuple(values[:MAX_ATTRIBUTE_VALUES])))
     return tuple(out)
 
 
@@ -217,9 +209,8 @@ def catalogue_for(ds: Dataset) -> Catalogue:
     """Every title and attribute value of the dataset, for the grounding check (build once per dataset)."""
     titles = [ds.title(i) for i in range(ds.n_items)]
     values: list[str] = []
-    for col in _column(ds.items, ATTRIBUTE_COLUMNS):
-        parts = ds.items[col].dropna().astype(str).str.split(MULTI_SEPARATOR).explode().str.strip()
-        values += [v for v in parts.unique() if v]
+    for col in _attribute_columns(ds.items):
+        values += attribute_values(ds.items, col)
     return Catalogue.build(titles, values)
 
 
@@ -484,34 +475,16 @@ def write_blurb(facts: BlurbFacts, tone: Tone | str, backend: Backend | None, ca
 # ---- many blurbs ---------------------------------------------------------------------------------
 
 
-@dataclass
-class BlurbCache:
+class BlurbCache(KeyedCache[BlurbResult]):
     """Results per (model, user, item, backend, tone, facts), least recently used dropped first."""
 
-    max_entries: int = 4096
-    _data: OrderedDict = field(default_factory=OrderedDict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(self, max_entries: int = 4096) -> None:
+        super().__init__(max_entries)
 
     @staticmethod
     def key(model_id: str, user_id: str, facts: BlurbFacts, backend: Backend | None, tone: str) -> tuple:
         return (model_id, user_id, facts.item_id, backend.id if backend is not None else "none", tone, facts.digest())
 
-    def get(self, key: tuple) -> BlurbResult | None:
-        with self._lock:
-            if key in self._data:
-                self._data.move_to_end(key)
-                return self._data[key]
-        return None
-
-    def put(self, key: tuple, result: BlurbResult) -> None:
-        with self._lock:
-            self._data[key] = result
-            self._data.move_to_end(key)
-            while len(self._data) > self.max_entries:
-                self._data.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._data)
 
 
 LikedFn = Callable[[np.ndarray, int], tuple[np.ndarray, str]]

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recsys_core.data.item_schema import TITLE, item_titles, normalise_items
 from recsys_core.errors import DataError
 
 # Canonical column names of a mapped interaction frame, before and after indexing.
@@ -37,8 +38,8 @@ class Dataset:
 
     `interactions` columns: user (int32), item (int32), rating (float32, NaN when the source
     has none), timestamp (int64 unix seconds; arrival order when the source has none).
-    `items` has one row per item index: `item_id` plus any metadata (e.g. `title`, `genres`
-    with multi-values joined by '|').
+    `items` has one row per item index in the item schema (`item_schema`): item_id, title, year,
+    genres ('|'-joined), text, then any other metadata.
     """
 
     name: str
@@ -103,12 +104,13 @@ class Dataset:
         return bool(self.interactions[RATING].notna().any())
 
     def title(self, item: int) -> str:
-        """Display title of an item index (falls back to its original id)."""
-        if "title" in self.items.columns:
-            value = self.items["title"].iat[item]
-            if isinstance(value, str) and value:
-                return value
-        return str(self.item_ids[item])
+        """The item's title as given (its original id when it has none)."""
+        return self.items[TITLE].iat[item] or str(self.item_ids[item])
+
+    @cached_property
+    def labels(self) -> np.ndarray:
+        """The label every page shows per item index: title (year), or "item <id>" (`item_schema.item_titles`)."""
+        return np.asarray(item_titles(self.items), dtype=object)
 
     def stats(self) -> dict:
         """Summary statistics a user wants before training anything."""
@@ -173,7 +175,7 @@ class Dataset:
             interactions=interactions,
             user_ids=users,
             item_ids=items["item_id"].astype(str).to_numpy(dtype=object),
-            items=items,
+            items=normalise_items(items),  # datasets saved before the item schema get it here
             source=meta.get("source", ""),
             options=meta.get("options", {}),
         )
@@ -224,15 +226,5 @@ def build_dataset(
 
 
 def _align_items(item_ids: np.ndarray, meta: pd.DataFrame | None) -> pd.DataFrame:
-    """One metadata row per item index, in index order; missing metadata becomes empty strings."""
-    base = pd.DataFrame({"item_id": item_ids.astype(str)})
-    if meta is None or meta.empty:
-        return base
-    meta = meta.copy()
-    meta["item_id"] = meta["item_id"].astype(str)
-    meta = meta.drop_duplicates("item_id", keep="first")
-    out = base.merge(meta, on="item_id", how="left")
-    for col in out.columns:
-        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]):
-            out[col] = out[col].fillna("").astype(str)
-    return out
+    """One row per item index, in index order, in the item schema (`item_schema`)."""
+    return normalise_items(meta, item_ids)

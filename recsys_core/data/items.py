@@ -1,7 +1,8 @@
 """Item metadata files: MovieLens movies.dat / u.item, MovieTweetings movies.dat, or any table with an id.
 
-Output: one row per item with `item_id` (string), `title`, `genres` ('|'-joined) when known,
-`year` when titles end in '(1995)', and any other columns as attributes.
+Output: one row per item in the item schema (`item_schema`): item_id, title, year, genres, text and
+any other columns of the file. Only the formats' fixed layouts are decided here; column names are
+recognised by `item_schema.normalise_items`.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from recsys_core.data.item_schema import normalise_items
 from recsys_core.data.mapping import is_headerless
 from recsys_core.data.names import name_score, normalize
 from recsys_core.data.read import RawTable, open_member, parse_blob
@@ -20,8 +22,6 @@ from recsys_core.errors import DataError
 ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
                  "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
                  "War", "Western"]
-_TITLE_NAMES = ["title", "name", "movietitle", "booktitle", "originaltitle", "itemname", "productname"]
-_GENRE_NAMES = {"genres", "genre", "categories", "category"}
 
 
 def read_items(source: Source, filename: str | None = None, *, max_bytes: int = DEFAULT_MAX_BYTES) -> pd.DataFrame:
@@ -36,12 +36,7 @@ def items_from_raw(raw: RawTable) -> pd.DataFrame:
         out = _headerless(raw)
     else:
         out = _with_header(raw)
-    out = out.drop_duplicates("item_id", keep="first").reset_index(drop=True)
-    if "title" in out.columns and "year" not in out.columns:
-        year = out["title"].astype(str).str.extract(r"\((\d{4})\)\s*$", expand=False)
-        if year.notna().mean() >= 0.5:
-            out["year"] = pd.to_numeric(year, errors="coerce").astype("Int64")
-    return out
+    return normalise_items(out)
 
 
 def _is_flags(block: pd.DataFrame) -> bool:
@@ -75,17 +70,12 @@ def _join_flags(flags: np.ndarray) -> np.ndarray:
 
 
 def _with_header(raw: RawTable) -> pd.DataFrame:
+    """The id column as `item_id`, every other column as it is (`normalise_items` names them)."""
     f = raw.frame
     id_col = _id_column(raw)
-    title_col = next((c for t in _TITLE_NAMES for c in f.columns if normalize(c) == t), None)
-    genre_col = next((c for c in f.columns if normalize(c) in _GENRE_NAMES), None)
     out = pd.DataFrame({"item_id": ids_as_strings(raw, id_col, "item")})
-    if title_col is not None:
-        out["title"] = f[title_col].astype(str).to_numpy()
-    if genre_col is not None:
-        out["genres"] = f[genre_col].astype(str).to_numpy()
     for c in f.columns:
-        if c not in (id_col, title_col, genre_col) and str(c) not in out.columns:
+        if c != id_col and str(c) not in out.columns:
             out[str(c)] = f[c].to_numpy()
     return out
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -42,8 +41,9 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from recsys_core.cache import KeyedCache
 from recsys_core.data.dataset import Dataset
-from recsys_core.data.item_text import ATTRIBUTE_COLUMNS, YEAR_COLUMNS, item_titles
+from recsys_core.data.item_schema import GENRES, MULTI_SEPARATOR, YEAR
 from recsys_core.errors import DataError, ModelError
 from recsys_core.evaluation.metrics import popularity_percentile, top_k
 from recsys_core.models.base import Recommender
@@ -244,22 +244,17 @@ POPULARITY_BUCKETS = ((0.99, "Blockbuster (top 1% by popularity)"), (0.90, "Very
 
 
 def item_attributes(items: pd.DataFrame, item_popularity: np.ndarray) -> ItemAttributes:
-    """Attributes of every item from its metadata (first multi-valued column, year) and its popularity."""
+    """Attributes of every item from its metadata (genres, decade of release) and its popularity."""
     n = len(items)
-    lower = {c.lower(): c for c in items.columns}
     rows, labels = [], []
-    multi = next((lower[c] for c in ATTRIBUTE_COLUMNS if c in lower), None)
-    if multi is not None:
-        name = multi.rstrip("s").replace("_", " ").capitalize()
-        values = items[multi].astype("string").fillna("").str.split("|").explode()
-        values = values.str.strip()
-        values = values[values != ""]
+    values = items[GENRES].astype(str).str.split(MULTI_SEPARATOR).explode()
+    values = values[values != ""]
+    if len(values):
         rows.append(values.index.to_numpy())
-        labels.append((name + ": " + values).to_numpy(dtype=object))
-    year = next((lower[c] for c in YEAR_COLUMNS if c in lower), None)
-    if year is not None:
-        years = pd.to_numeric(items[year], errors="coerce")
-        ok = years.notna().to_numpy()
+        labels.append(("Genre: " + values).to_numpy(dtype=object))
+    years = items[YEAR]
+    ok = years.notna().to_numpy()
+    if ok.any():
         decades = (years[ok].astype(int) // 10 * 10).astype(str).to_numpy(dtype=object)
         rows.append(np.flatnonzero(ok))
         labels.append("Released in the " + decades + "s")
@@ -282,10 +277,10 @@ def item_attributes(items: pd.DataFrame, item_popularity: np.ndarray) -> ItemAtt
 
 
 class Explainer:
-    """Explanations of one model's recommendations on one dataset, with an LRU cache per (history, item).
+    """Explanations of one model's recommendations on one dataset, cached per (kind, history, item, budget).
 
-    One Explainer per model: the cache key is the history tuple and the item, so a page can keep one
-    instance per loaded model (e.g. behind `st.cache_resource`).
+    One Explainer per model and dataset version: a page keeps one per `model.identity` (behind
+    `st.cache_resource`), and sessions share it, so its cache is the thread-safe `KeyedCache`.
     """
 
     def __init__(self, model: Recommender, dataset: Dataset | None = None, *, max_exact: int = MAX_EXACT,
@@ -295,25 +290,17 @@ class Explainer:
         self.max_exact, self.max_evals, self.max_players, self.seed = max_exact, max_evals, max_players, seed
         if dataset is not None:
             model.check_fits(dataset)
-            self.titles = item_titles(dataset.items)
+            self.titles = list(dataset.labels)
             self.attributes = item_attributes(dataset.items, dataset.item_popularity)
         else:
             self.titles = [f"item {i}" for i in model.item_ids_]
             self.attributes = ItemAttributes((), sp.csr_matrix((model.n_items_, 0), dtype=bool))
-        self._cache: OrderedDict[tuple, Explanation] = OrderedDict()
-        self._cache_size = cache_size
+        self._cache: KeyedCache[Explanation] = KeyedCache(cache_size)
 
     # -- cache
 
     def _cached(self, key: tuple, compute: Callable[[], Explanation]) -> Explanation:
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        result = compute()
-        self._cache[key] = result
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return result
+        return self._cache.get_or_compute(key, compute)
 
     def _check_item(self, item: int) -> int:
         if not 0 <= int(item) < self.model.n_items_:

@@ -21,7 +21,6 @@ import hashlib
 import threading
 import time
 import warnings
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 
 from recsys_core.background import BackgroundJob
+from recsys_core.cache import KeyedCache
 from recsys_core.errors import ConfigError, DataError, ModelError
 from recsys_core.progress import Progress
 
@@ -100,35 +100,8 @@ class Projection:
 # ---- caching -------------------------------------------------------------------------------------
 
 
-class _LRU:
-    """A small thread-safe LRU (pages in several sessions and job threads share it)."""
-
-    def __init__(self, maxsize: int) -> None:
-        self.maxsize = maxsize
-        self._data: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Any) -> Any:
-        with self._lock:
-            if key not in self._data:
-                return None
-            self._data.move_to_end(key)
-            return self._data[key]
-
-    def put(self, key: Any, value: Any) -> None:
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.maxsize:
-                self._data.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
-
-
-_PROJECTIONS = _LRU(32)
-_CLUSTERS = _LRU(32)
+_PROJECTIONS: KeyedCache[Projection] = KeyedCache(32)
+_CLUSTERS: KeyedCache[np.ndarray] = KeyedCache(32)
 
 
 def fingerprint(vectors: np.ndarray) -> str:

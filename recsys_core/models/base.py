@@ -7,7 +7,9 @@ unpickles anything.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, is_dataclass
@@ -50,6 +52,12 @@ class Recommender(ABC):
         self.config = config if config is not None else self.config_class()
         self.n_items_: int = 0
         self.item_ids_: list[str] = []
+        self.version_: str = uuid.uuid4().hex  # new on every fit; a digest of the files for a loaded model
+
+    @property
+    def identity(self) -> str:
+        """Stable key of exactly these weights, for caches shared across sessions (never `id(model)`)."""
+        return f"{self.family}:{self.version_}"
 
     @property
     def capabilities(self) -> Capabilities:
@@ -125,6 +133,7 @@ class Recommender(ABC):
         """Read files a family saves beside model.safetensors (default: none); `load_model` calls it first."""
 
     def _remember_catalogue(self, dataset: Dataset) -> None:
+        self.version_ = uuid.uuid4().hex  # called at the start of every fit: new weights, new identity
         self.n_items_ = dataset.n_items
         self.item_ids_ = [str(i) for i in dataset.item_ids]
 
@@ -212,4 +221,15 @@ def load_model(directory: str | Path) -> Recommender:
         raise ModelError("item_ids.json does not match n_items in config.json", file=str(d))
     model.read_extra_files(d)
     model.load_state_tensors(load_file(str(d / "model.safetensors")))
+    model.version_ = _files_digest(d)
     return model
+
+
+def _files_digest(directory: Path) -> str:
+    """Digest of a model folder's three files: two loads of one folder share cached results."""
+    digest = hashlib.sha256()
+    for name in ("config.json", "item_ids.json", "model.safetensors"):
+        with open(directory / name, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()[:16]

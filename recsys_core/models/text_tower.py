@@ -17,6 +17,7 @@ import importlib.util
 import json
 import math
 import re
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from recsys_core.data.dataset import Dataset
-from recsys_core.data.item_text import history_text, item_texts, item_titles
+from recsys_core.data.item_schema import history_text, item_texts, item_titles
 from recsys_core.data.splits import EvalSet, Split
 from recsys_core.errors import ConfigError, DataError, ModelError
 from recsys_core.models import loop
@@ -302,6 +303,7 @@ class TextTower(Recommender):
             out[k] = i
         self.item_vectors_ = torch.cat([self.item_vectors_, vectors[new_rows]])
         self.n_items_ = len(self.item_ids_)
+        self.version_ = uuid.uuid4().hex  # another catalogue: cached scores of the old one no longer apply
         return out
 
     # ---- scoring --------------------------------------------------------------------------------

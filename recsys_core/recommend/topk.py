@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from recsys_core.data.dataset import Dataset
+from recsys_core.data.item_schema import ITEM_ID, TITLE
 from recsys_core.errors import ConfigError, DataError, ModelError
 from recsys_core.evaluation.metrics import top_k
 from recsys_core.models.base import Recommender
@@ -46,14 +47,6 @@ class Filters:
     def active(self) -> bool:
         return any(len(v) for v in self.any_of.values()) or \
             any(lo is not None or hi is not None for lo, hi in self.between.values())
-
-
-def attribute_values(items: pd.DataFrame, column: str = "genres") -> list[str]:
-    """Sorted distinct values of a '|'-joined multi-valued column (empty when the column is absent)."""
-    if column not in items.columns:
-        return []
-    values = items[column].fillna("").astype(str).str.split("|").explode().str.strip()
-    return sorted(v for v in values.unique() if v)
 
 
 def filter_mask(items: pd.DataFrame, filters: Filters | None) -> np.ndarray:
@@ -400,7 +393,7 @@ def history_frame(ds: Dataset, user: int) -> pd.DataFrame:
 
 def search_items(items: pd.DataFrame, query: str, limit: int = 50, popularity: np.ndarray | None = None) -> np.ndarray:
     """Item indices whose title (or id) contains `query`, case-insensitive, most popular first."""
-    text = items["title"].astype(str) if "title" in items.columns else items["item_id"].astype(str)
+    text = items[TITLE].where(items[TITLE] != "", items[ITEM_ID]).astype(str)
     hits = np.flatnonzero(text.str.contains(query.strip(), case=False, regex=False).to_numpy(dtype=bool))
     if popularity is not None:
         hits = hits[np.argsort(-np.asarray(popularity)[hits], kind="stable")]
