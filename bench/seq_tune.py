@@ -79,6 +79,7 @@ def speed(steps: int = 12) -> dict:
 
     from recsys_core.models.bert4rec import BERT4Rec, BERT4RecConfig
     from recsys_core.models.sequential import SequenceWindows
+    from recsys_core.models.settings import build_config
 
     ds, split = load_split()
     n, rng = ds.n_items, np.random.default_rng(0)
@@ -112,12 +113,12 @@ def speed(steps: int = 12) -> dict:
             opt.step()
         return step
 
-    default = BERT4RecConfig(device="cpu")
+    default = build_config(BERT4RecConfig, {"device": "cpu"})
     cases = {
         "naive_bert_for_masked_lm_len200_b128": (naive_step, 200, 128),
-        "bert4rec_masked_only_bucketed_len200_b128": (ours(BERT4RecConfig(device="cpu", max_len=200, mask_prob=0.2)),
+        "bert4rec_masked_only_bucketed_len200_b128": (ours(build_config(BERT4RecConfig, {"device": "cpu", "max_len": 200, "mask_prob": 0.2})),
                                                       200, 128),
-        "bert4rec_defaults": (ours(default), default.max_len, default.batch_size),
+        "bert4rec_defaults": (ours(default), default.max_len, default.train.batch_size),
     }
     out = {}
     for name, (step, max_len, batch_size) in cases.items():

@@ -27,20 +27,21 @@ sys.path.insert(0, str(ROOT))
 def build(name: str, text: dict, seq: dict, tower_dir: str):
     from recsys_core.models.bert4rec import BERT4Rec, BERT4RecConfig
     from recsys_core.models.hybrid import Hybrid, HybridConfig
+    from recsys_core.models.settings import build_config
     from recsys_core.models.text_tower import TextTower, TextTowerConfig
 
     if name == "zero_shot":
-        return TextTower(TextTowerConfig(mode="zero_shot", **text))
+        return TextTower(build_config(TextTowerConfig, {"mode": "zero_shot", **text}))
     if name == "fine_tuned":
-        return TextTower(TextTowerConfig(mode="fine_tune", **text))
+        return TextTower(build_config(TextTowerConfig, {"mode": "fine_tune", **text}))
     if name == "bert4rec":
-        return BERT4Rec(BERT4RecConfig(**seq))
+        return BERT4Rec(build_config(BERT4RecConfig, seq))
     if name == "hybrid":
-        return Hybrid(HybridConfig(**seq))
+        return Hybrid(build_config(HybridConfig, seq))
     if name == "hybrid_ft":  # text vectors of the fine-tuned tower trained earlier in this run
         if not tower_dir:
             raise SystemExit("hybrid_ft needs fine_tuned earlier in --models")
-        return Hybrid(HybridConfig(text_tower_dir=tower_dir, **seq))
+        return Hybrid(build_config(HybridConfig, {"text_tower_dir": tower_dir, **seq}))
     raise SystemExit(f"unknown model {name}")
 
 

@@ -48,7 +48,7 @@ class Linear(Recommender):
         x = history_matrix(histories, self.n_items_)
         return torch.from_numpy(np.asarray(x @ self.w, dtype=np.float32) + self.bias)
 
-    def fit(self, dataset, config=None, progress=None, split=None):
+    def fit(self, dataset, progress=None, split=None):
         return self
 
     def item_embeddings(self) -> np.ndarray:

@@ -13,6 +13,7 @@ from recsys_core.data.splits import leave_one_out
 from recsys_core.models.base import load_model
 from recsys_core.models.bert4rec import BERT4Rec, BERT4RecConfig
 from recsys_core.models.hybrid import FusedItemEncoder, Hybrid, HybridConfig, item_text_vectors, segment_gain
+from recsys_core.models.settings import build_config
 from recsys_core.models.text_tower import TextTower
 
 SMALL = {"epochs": 60, "max_len": 10, "hidden": 32, "batch_size": 80, "lr": 2e-3, "patience": 0, "eval_every": 60}
@@ -50,8 +51,8 @@ def target_ranks(model, evalset):
 def held():
     ds = held_out_dataset()
     split = leave_one_out(ds)
-    hybrid = Hybrid(HybridConfig(**SMALL)).fit(ds, split=split)
-    bert4rec = BERT4Rec(BERT4RecConfig(**SMALL)).fit(ds, split=split)
+    hybrid = Hybrid(build_config(HybridConfig, SMALL)).fit(ds, split=split)
+    bert4rec = BERT4Rec(build_config(BERT4RecConfig, SMALL)).fit(ds, split=split)
     return ds, split, hybrid, bert4rec
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,6 +18,7 @@ from recsys_core.models import load_model
 from recsys_core.models.ease import EASE, EASEConfig
 from recsys_core.models.itemknn import ItemKNN, ItemKNNConfig
 from recsys_core.models.popularity import Popularity
+from recsys_core.models.settings import FORMAT_VERSION
 
 MODELS = [
     lambda: Popularity(),
@@ -59,4 +62,63 @@ def test_unknown_family_is_named(dataset, tmp_path) -> None:
     meta["family"] = "nope"
     (folder / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="nope"):
+        load_model(folder)
+
+
+# ---- format versions: folders saved by older versions keep loading -----------------------------------
+
+V0 = Path(__file__).parent / "fixtures" / "artifacts-v0"
+V0_FAMILIES = ["popularity", "ease", "itemknn", "bert4rec", "sasrec", "text_tower", "hybrid"]
+
+
+@pytest.mark.parametrize("family", V0_FAMILIES)
+def test_a_folder_saved_before_format_versions_loads_and_scores_as_it_did(family, tmp_path) -> None:
+    meta = json.loads((V0 / family / "config.json").read_text())
+    assert "format_version" not in meta  # written by the old code, flat loop settings
+    reference = json.loads((V0 / "reference_scores.json").read_text())
+    model = load_model(V0 / family)
+    index = {item_id: i for i, item_id in enumerate(model.item_ids_)}
+    histories = [np.array([index[i] for i in h]) for h in reference["histories"]]
+    np.testing.assert_allclose(model.score(histories).numpy(), reference["scores"][family], atol=1e-5)
+    resaved = json.loads((model.save(tmp_path / "m") / "config.json").read_text())
+    assert resaved["format_version"] == FORMAT_VERSION and resaved["catalogue"] == model.catalogue_digest()
+    if "lr" in meta["config"]:  # the loop's settings moved under `train`, with their values
+        assert resaved["config"]["train"]["lr"] == meta["config"]["lr"] and "lr" not in resaved["config"]
+    np.testing.assert_allclose(load_model(tmp_path / "m").score(histories).numpy(), reference["scores"][family],
+                               atol=1e-5)
+
+
+def test_text_tower_v0_spellings_are_renamed() -> None:
+    old = json.loads((V0 / "text_tower" / "config.json").read_text())["config"]
+    config = load_model(V0 / "text_tower").config
+    assert config.train.warmup_frac == old["warmup_fraction"] and config.train.max_valid_users == old["valid_users"]
+    assert config.steps_per_validation == old["eval_every"] and config.train.max_steps == old["max_steps"]
+
+
+def _edited(tmp_path: Path, family: str, edit) -> Path:
+    folder = tmp_path / family
+    shutil.copytree(V0 / family, folder)
+    meta = json.loads((folder / "config.json").read_text())
+    edit(meta)
+    (folder / "config.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_a_folder_from_a_newer_version_or_with_unknown_settings_is_refused_clearly(tmp_path) -> None:
+    newer = _edited(tmp_path, "ease", lambda m: m.update(format_version=FORMAT_VERSION + 1))
+    with pytest.raises(ModelError, match="saved by a newer version"):
+        load_model(newer)
+    unknown = _edited(tmp_path, "bert4rec", lambda m: m["config"].update(wormholes=3))
+    with pytest.raises(ModelError, match="no setting 'wormholes'"):
+        load_model(unknown)
+    no_count = _edited(tmp_path, "popularity", lambda m: m.pop("n_items"))
+    with pytest.raises(ModelError, match="does not match n_items"):
+        load_model(no_count)
+
+
+def test_item_ids_swapped_after_saving_are_caught(dataset, tmp_path) -> None:
+    folder = Popularity().fit(dataset).save(tmp_path / "m")
+    ids = json.loads((folder / "item_ids.json").read_text())
+    (folder / "item_ids.json").write_text(json.dumps(ids[::-1]))
+    with pytest.raises(ModelError, match="not the catalogue this model was saved with"):
         load_model(folder)

@@ -50,7 +50,10 @@ def test_train_form_lists_every_model_family_with_its_settings(ws_root: Path) ->
     at.selectbox(key="train_family").set_value("bert4rec").run()
     from recsys_core.models.bert4rec import BERT4RecConfig
 
-    assert at.number_input(key="train_cfg_bert4rec_max_len").value == BERT4RecConfig().max_len
+    max_len = at.number_input(key="train_cfg_bert4rec_max_len")
+    assert max_len.value == BERT4RecConfig().max_len and max_len.help == "Most recent items of a history the model reads."
+    lr = at.number_input(key="train_cfg_bert4rec_train_lr")  # the loop's settings, once, under Training
+    assert lr.value == BERT4RecConfig().train.lr and "learning rate" in lr.help
 
 
 def test_compare_page_ranks_runs_and_breaks_them_down(ws_root: Path) -> None:

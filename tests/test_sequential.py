@@ -16,6 +16,7 @@ from recsys_core.models.base import load_model
 from recsys_core.models.bert4rec import BERT4Rec, BERT4RecConfig
 from recsys_core.models.sasrec import SASRec, SASRecConfig
 from recsys_core.models.sequential import SequenceWindows, init_items_from_svd
+from recsys_core.models.settings import build_config
 from recsys_core.progress import Progress
 
 N_ITEMS = 30
@@ -44,7 +45,7 @@ def data():
 
 def make(family: str, **overrides):
     cls, config_cls = FAMILIES[family]
-    return cls(config_cls(**{**TINY, **overrides}))
+    return cls(build_config(config_cls, {**TINY, **overrides}))
 
 
 @pytest.fixture(scope="module")

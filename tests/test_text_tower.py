@@ -16,6 +16,7 @@ from movie_fixtures import ROMANCE, SCI_FI, index_of, movie_dataset
 from recsys_core.data.splits import leave_one_out
 from recsys_core.errors import DataError, ModelError
 from recsys_core.models.base import load_model
+from recsys_core.models.settings import build_config
 from recsys_core.models.text_tower import (
     PairSampler,
     TextTower,
@@ -45,8 +46,8 @@ def zero_shot(ds):
 
 @pytest.fixture(scope="module")
 def fine_tuned(ds):
-    config = TextTowerConfig(mode="fine_tune", user_vector="history_text", max_steps=4, batch_size=8, lr=2e-4,
-                             warmup_fraction=0.0, max_history_tokens=48, max_item_tokens=32)
+    config = build_config(TextTowerConfig, {"mode": "fine_tune", "user_vector": "history_text", "max_steps": 4, "batch_size": 8,
+                                                "lr": 2e-4, "warmup_frac": 0.0, "max_history_tokens": 48, "max_item_tokens": 32})
     return TextTower(config).fit(ds)
 
 
@@ -161,8 +162,8 @@ def test_unusable_model_path_is_a_clear_error(tmp_path):
 
 def test_fine_tune_with_validation_picks_a_user_recipe(ds):
     split = leave_one_out(ds)
-    config = TextTowerConfig(mode="fine_tune", max_steps=1, batch_size=4, eval_every=1, valid_users=20,
-                             max_history_tokens=32, max_item_tokens=32)
+    config = build_config(TextTowerConfig, {"mode": "fine_tune", "max_steps": 1, "batch_size": 4, "steps_per_validation": 1,
+                                                "max_valid_users": 20, "max_history_tokens": 32, "max_item_tokens": 32})
     model = TextTower(config).fit(ds, split=split)
     assert set(model.recipe_scores_) == {"recency_mean", "history_text"}
     assert model.user_recipe_ == max(model.recipe_scores_, key=model.recipe_scores_.get)
@@ -184,7 +185,7 @@ def test_in_batch_loss_ignores_duplicate_targets_and_uniform_corrections():
 def test_cancelled_fine_tune_still_leaves_a_usable_model(ds):
     progress = Progress()
     progress.cancel()
-    model = TextTower(TextTowerConfig(mode="fine_tune", max_steps=50)).fit(ds, progress=progress)
+    model = TextTower(build_config(TextTowerConfig, {"mode": "fine_tune", "max_steps": 50})).fit(ds, progress=progress)
     assert model.train_history_ == []
     assert model.score([titles(ds, ["Alien"])]).shape == (1, ds.n_items)
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from recsys_core.errors import ConfigError, ModelError, ResourceError
 from recsys_core.models import loop
+from recsys_core.models.settings import TrainConfig
 from recsys_core.progress import Progress
 
 
@@ -127,7 +128,7 @@ def test_early_stopping_keeps_the_best_weights():
 
 def test_loop_learns_and_stops_early():
     task = ToyTask()
-    result = loop.train(task, loop.LoopConfig(epochs=300, batch_size=32, lr=0.05, patience=3), CPU)
+    result = loop.train(task, TrainConfig(epochs=300, batch_size=32, lr=0.05, patience=3), CPU)
     assert result.best_metric > -0.01
     assert result.stopped in {"early_stop", "epochs"}
     assert result.history[-1]["metrics"]["ndcg@10"] <= result.best_metric
@@ -136,7 +137,7 @@ def test_loop_learns_and_stops_early():
 def test_out_of_memory_halves_the_batch_and_carries_on():
     task = ToyTask(oom_above=20)
     messages = []
-    result = loop.train(task, loop.LoopConfig(epochs=2, batch_size=64), CPU, Progress(lambda e: messages.append(e.message)))
+    result = loop.train(task, TrainConfig(epochs=2, batch_size=64), CPU, Progress(lambda e: messages.append(e.message)))
     assert result.batch_size == 16 and result.stopped == "epochs"
     assert max(task.batch_sizes) <= 20 and sum(task.batch_sizes) == 2 * 256  # no example skipped
     assert any("batch_size halved to 32" in m for m in messages)
@@ -154,14 +155,14 @@ def test_cancel_between_steps_keeps_best_weights():
             progress.cancel()
 
     progress = Progress(on_event)
-    result = loop.train(task, loop.LoopConfig(epochs=1000, batch_size=32, lr=0.05, log_every=1), CPU, progress)
+    result = loop.train(task, TrainConfig(epochs=1000, batch_size=32, lr=0.05), CPU, progress, log_every=1)
     assert result.stopped == "cancelled" and result.epochs_run <= 3
     best = max(h["metrics"]["ndcg@10"] for h in result.history if "metrics" in h)
     assert task.validate()["ndcg@10"] == pytest.approx(best)
 
 
 def test_time_budget_stops_after_the_epoch_that_passes_it_with_the_lr_decayed():
-    cfg = loop.LoopConfig(epochs=10_000, batch_size=8, lr=0.01, time_budget_s=0.5)
+    cfg = TrainConfig(epochs=10_000, batch_size=8, lr=0.01, time_budget_s=0.5)
     result = loop.train(ToyTask(), cfg, CPU)
     assert result.stopped == "time_budget" and result.epochs_run < 10_000
     # The decay was planned for the epochs that fit in the budget, not for 10,000 epochs.
@@ -169,9 +170,9 @@ def test_time_budget_stops_after_the_epoch_that_passes_it_with_the_lr_decayed():
 
 
 def test_resume_from_checkpoint_replays_an_unbroken_run(tmp_path):
-    cfg = loop.LoopConfig(epochs=6, batch_size=32, lr=0.01, patience=0, checkpoint_dir=str(tmp_path))
+    cfg = TrainConfig(epochs=6, batch_size=32, lr=0.01, patience=0, checkpoint_dir=str(tmp_path))
     straight = ToyTask()
-    loop.train(straight, loop.LoopConfig(**{**cfg.__dict__, "checkpoint_dir": ""}), CPU)
+    loop.train(straight, TrainConfig(**{**cfg.__dict__, "checkpoint_dir": ""}), CPU)
 
     progress = Progress(lambda e: progress.cancel() if e.epoch >= 4 else None)
     first = ToyTask()
@@ -186,9 +187,9 @@ def test_resume_from_checkpoint_replays_an_unbroken_run(tmp_path):
 
 
 def test_checkpoint_for_another_model_is_refused(tmp_path):
-    cfg = loop.LoopConfig(epochs=1, batch_size=32, checkpoint_dir=str(tmp_path))
+    cfg = TrainConfig(epochs=1, batch_size=32, checkpoint_dir=str(tmp_path))
     loop.train(ToyTask(), cfg, CPU)
     other = ToyTask()
     other.module = nn.Linear(8, 2)
     with pytest.raises(ModelError, match="does not match"):
-        loop.train(other, loop.LoopConfig(epochs=2, batch_size=32, checkpoint_dir=str(tmp_path)), CPU)
+        loop.train(other, TrainConfig(epochs=2, batch_size=32, checkpoint_dir=str(tmp_path)), CPU)

@@ -6,13 +6,13 @@ the run id (or uploaded folder) stored in `st.session_state`.
 
 from __future__ import annotations
 
-import dataclasses
 import typing
 
 import pandas as pd
 import streamlit as st
 
-from recsys_core.models.base import Recommender, load_model
+from recsys_core.models.base import Recommender, family_class, load_model
+from recsys_core.models.settings import flatten_config, help_of
 from recsys_core.training.experiment import config_fields, families, run_experiment
 
 ACTIVE_MODEL_KEY = "active_model_dir"  # artifact folder of the model the Recommend/Explain pages use
@@ -31,30 +31,25 @@ def cached_model(artifact_dir: str) -> Recommender:
     return load_model(artifact_dir)
 
 
-def _help(field: dataclasses.Field) -> str | None:
-    return field.metadata.get("help") if field.metadata else None
-
-
 def config_form(family: str, key_prefix: str) -> dict[str, typing.Any]:
-    """Widgets for every hyperparameter of `family`, defaults pre-filled; returns the values changed."""
+    """Widgets for every hyperparameter of `family` (the model's, then the training loop's), defaults
+    pre-filled and each with its help; returns the values changed, by flat name (`hidden`, `train.lr`)."""
+    fields = config_fields(family)
+    defaults = flatten_config(family_class(family).config_class())
     changed = {}
-    fields = [f for f in config_fields(family) if not f.name.startswith("_")]
-    defaults = _defaults(family)
-    cols = st.columns(3)
-    for i, field in enumerate(fields):
-        default = defaults[field.name]
-        key = f"{key_prefix}_{family}_{field.name}"
-        with cols[i % 3]:
-            value = _widget(field.name, default, key, _help(field))
-        if value != default:
-            changed[field.name] = value
+    for title, group in (("Model", [f for f in fields if "." not in f[0]]),
+                         ("Training", [f for f in fields if "." in f[0]])):
+        if not group:
+            continue
+        st.markdown(f"**{title}**")
+        cols = st.columns(3)
+        for i, (name, field) in enumerate(group):
+            key = f"{key_prefix}_{family}_{name.replace('.', '_')}"
+            with cols[i % 3]:
+                value = _widget(name.rsplit(".", 1)[-1], defaults[name], key, help_of(field) or None)
+            if value != defaults[name]:
+                changed[name] = value
     return changed
-
-
-def _defaults(family: str) -> dict[str, typing.Any]:
-    from recsys_core.models.base import FAMILIES
-
-    return dataclasses.asdict(FAMILIES[family].config_class())
 
 
 def _widget(name: str, default: typing.Any, key: str, help_: str | None) -> typing.Any:

@@ -1,8 +1,8 @@
 """The one model interface. Every page, benchmark and CLI command talks to models only through it.
 
-A saved model is a folder: `config.json` (family, hyperparameters, catalogue size),
-`item_ids.json` (index -> original item id) and `model.safetensors` (tensors). Loading never
-unpickles anything.
+A saved model is a folder: `config.json` (format version, family, hyperparameters, catalogue size
+and digest), `item_ids.json` (index -> original item id) and `model.safetensors` (tensors). Loading
+never unpickles anything, and migrates folders saved by older versions (`settings.migrate`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from recsys_core.data.dataset import Dataset, catalogue_digest
 from recsys_core.data.splits import Split
 from recsys_core.errors import ConfigError, ModelError
+from recsys_core.models.settings import FORMAT_VERSION, build_config, migrate
 from recsys_core.progress import Progress
 
 FAMILIES: dict[str, type[Recommender]] = {}
@@ -70,8 +71,7 @@ class Recommender(ABC):
             FAMILIES[cls.family] = cls
 
     @abstractmethod
-    def fit(self, dataset: Dataset, config: Any = None, progress: Progress | None = None,
-            split: Split | None = None) -> Recommender:
+    def fit(self, dataset: Dataset, progress: Progress | None = None, split: Split | None = None) -> Recommender:
         """Learn from `split.train` (all sequences when no split), early-stopping on `split.valid`."""
 
     @abstractmethod
@@ -158,7 +158,8 @@ class Recommender(ABC):
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         cfg = asdict(self.config) if is_dataclass(self.config) else dict(self.config)
-        meta = {"family": self.family, "config": cfg, "n_items": self.n_items_}
+        meta = {"format_version": FORMAT_VERSION, "family": self.family, "config": cfg, "n_items": self.n_items_,
+                "catalogue": self.catalogue_digest()}
         (d / "config.json").write_text(json.dumps(meta, indent=2))
         (d / "item_ids.json").write_text(json.dumps(self.item_ids_))
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_tensors().items()}
@@ -184,14 +185,13 @@ def capabilities_of(family: str) -> Capabilities:
     return family_class(family)().capabilities
 
 
-def config_from_dict(config_class: type, values: dict) -> Any:
-    """Build a config dataclass, ignoring unknown keys (older/newer artifacts) but naming them."""
-    known = {f.name for f in fields(config_class)}
-    unknown = set(values) - known
-    if unknown:
-        raise ModelError(f"unknown config keys {sorted(unknown)} for {config_class.__name__}",
-                        hint="this artifact was saved by another version; retrain the model")
-    return config_class(**values)
+def config_from_dict(config_class: type, values: dict, file: str = "") -> Any:
+    """The config of a saved model; a setting this version does not know is an error naming it."""
+    try:
+        return build_config(config_class, values)
+    except ConfigError as err:
+        raise ModelError(f"the saved config does not fit {config_class.__name__}: {err.message}", file=file,
+                         hint="this folder was saved by another version of RecSys Explorer; retrain the model") from err
 
 
 def load_model(directory: str | Path) -> Recommender:
@@ -214,11 +214,15 @@ def load_model(directory: str | Path) -> Recommender:
         raise ModelError(f"unknown model family {family!r}", file=str(d / "config.json"),
                         hint=f"known families: {sorted(FAMILIES)}")
     cls = FAMILIES[family]
-    model = cls(config_from_dict(cls.config_class, meta.get("config", {})))
-    model.n_items_ = int(meta["n_items"])
+    config_file = str(d / "config.json")
+    model = cls(config_from_dict(cls.config_class, migrate(family, cls.config_class, meta, config_file), config_file))
+    model.n_items_ = int(meta.get("n_items", -1))
     model.item_ids_ = [str(i) for i in item_ids]
     if len(model.item_ids_) != model.n_items_:
         raise ModelError("item_ids.json does not match n_items in config.json", file=str(d))
+    if meta.get("catalogue", model.catalogue_digest()) != model.catalogue_digest():
+        raise ModelError("item_ids.json is not the catalogue this model was saved with", file=str(d),
+                         hint="the folder was edited or mixed with another model's files; re-export the model")
     model.read_extra_files(d)
     model.load_state_tensors(load_file(str(d / "model.safetensors")))
     model.version_ = _files_digest(d)

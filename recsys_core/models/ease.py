@@ -17,15 +17,16 @@ from recsys_core.data.splits import Split
 from recsys_core.errors import ConfigError, ModelError, ResourceError
 from recsys_core.models.base import Recommender
 from recsys_core.models.histories import ItemMatrix, history_matrix, low_rank, training_histories
+from recsys_core.models.settings import setting
 from recsys_core.progress import Progress
 
 
 @dataclass
 class EASEConfig:
-    l2: float = 300.0  # λ; 200-500 suits ML-100k/ML-1M, larger for denser data
-    max_items: int = 15_000  # B is a dense n_items x n_items matrix: refuse catalogues beyond this
-    dtype: str = "float64"  # precision of the inversion; "float32" halves its memory
-    embedding_dim: int = 64  # rank of the truncated SVD of B behind item/user embeddings
+    l2: float = setting(300.0, "Regularisation λ; 200-500 suits MovieLens, larger for denser data.")
+    max_items: int = setting(15_000, "Refuse catalogues above this size (EASE needs dense n_items² matrices).")
+    dtype: str = setting("float64", "Precision of the matrix inversion; float32 halves its memory.")
+    embedding_dim: int = setting(64, "Rank of the truncated SVD behind item and user embeddings.")
 
 
 class EASE(Recommender):
@@ -40,10 +41,9 @@ class EASE(Recommender):
         self._weights: ItemMatrix | None = None
         self._factors: tuple[np.ndarray, np.ndarray] | None = None
 
-    def fit(self, dataset: Dataset, config: EASEConfig | None = None, progress: Progress | None = None,
+    def fit(self, dataset: Dataset, progress: Progress | None = None,
             split: Split | None = None) -> EASE:
         """Solve for B on the binary user x item matrix of `split.train` (all sequences without a split)."""
-        self.config = config if config is not None else self.config
         self._check_config(dataset.n_items)
         self._remember_catalogue(dataset)
         x = history_matrix(training_histories(dataset, split), self.n_items_)

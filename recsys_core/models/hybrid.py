@@ -23,6 +23,7 @@ from recsys_core.errors import ConfigError, ModelError
 from recsys_core.models.base import Recommender, load_model
 from recsys_core.models.bert4rec import BERT4Rec, BERT4RecConfig
 from recsys_core.models.sequential import PAD, SequenceEncoder, SequentialConfig
+from recsys_core.models.settings import build_config, setting
 from recsys_core.models.text_tower import TextTower, TextTowerConfig
 from recsys_core.progress import Progress
 
@@ -31,10 +32,11 @@ TEXT_BUFFER = "text_vectors"
 
 @dataclass
 class HybridConfig(BERT4RecConfig):
-    text_model_name: str = ""  # sentence encoder for item texts ("" = bundled all-MiniLM-L6-v2)
-    text_tower_dir: str = ""  # or a saved text tower (e.g. fine-tuned) whose item vectors are used
-    text_dropout: float = 0.3  # in training, share of items whose text part is dropped (ids must stand alone);
+    text_model_name: str = setting("", "Sentence encoder for item texts ('' = the bundled all-MiniLM-L6-v2).")
+    text_tower_dir: str = setting("", "Or a saved text tower (e.g. fine-tuned) whose item vectors are used.")
     # 0.3 lifted ML-100k test NDCG@10 from 0.080 to 0.106 (BERT4Rec: 0.089), same config and 50 epochs
+    text_dropout: float = setting(0.3, "In training, share of items whose text part is dropped, so ids learn "
+                                       "what text cannot say.")
 
 
 class FusedItemEncoder(SequenceEncoder):
@@ -47,7 +49,7 @@ class FusedItemEncoder(SequenceEncoder):
                             hint="the text tower must cover the same catalogue as the dataset")
         self.register_buffer(TEXT_BUFFER, text_vectors.float().clone())
         self.text_proj = nn.Linear(text_vectors.shape[1], cfg.hidden, bias=False)
-        self.text_dropout = float(getattr(cfg, "text_dropout", 0.0))
+        self.text_dropout = float(cfg.text_dropout)
 
     def _keep_text(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor | float:
         """1/0 mask dropping the text part of random items while training (no rescaling: it is an input, not
@@ -85,15 +87,12 @@ class Hybrid(BERT4Rec):
         super().__init__(config)
         self.text_vectors_: torch.Tensor | None = None
 
-    def fit(self, dataset: Dataset, config: HybridConfig | None = None, progress: Progress | None = None,
-            split: Split | None = None) -> Hybrid:
+    def fit(self, dataset: Dataset, progress: Progress | None = None, split: Split | None = None) -> Hybrid:
         """Encode every item's text once (frozen), then train BERT4Rec over the fused embeddings."""
-        if config is not None:
-            self.config = config
         progress = progress or Progress()
         progress.update(0, 0, message="encoding item texts for the hybrid")
         self.text_vectors_ = item_text_vectors(dataset, self.config)
-        return super().fit(dataset, None, progress, split)
+        return super().fit(dataset, progress, split)
 
     def _build(self) -> SequenceEncoder:
         if self.text_vectors_ is None:
@@ -110,7 +109,8 @@ class Hybrid(BERT4Rec):
 def item_text_vectors(dataset: Dataset, config: HybridConfig) -> torch.Tensor:
     """Unit text vectors [n_items, dim] in the dataset's item order, from a saved tower or a zero-shot one."""
     if not config.text_tower_dir:
-        tower = TextTower(TextTowerConfig(model_name=config.text_model_name, device=config.device))
+        tower = TextTower(build_config(TextTowerConfig, {"model_name": config.text_model_name,
+                                                         "train.device": config.train.device}))
         return tower.fit(dataset).item_vectors_
     tower = load_model(config.text_tower_dir)
     if not isinstance(tower, TextTower):

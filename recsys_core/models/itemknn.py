@@ -19,6 +19,7 @@ from recsys_core.data.splits import Split
 from recsys_core.errors import ConfigError, ModelError
 from recsys_core.models.base import Capabilities, Recommender
 from recsys_core.models.histories import ItemMatrix, history_matrix, low_rank, training_histories
+from recsys_core.models.settings import setting
 from recsys_core.progress import Progress
 
 # Rows of the co-occurrence matrix densified at once while picking neighbours: bounds memory
@@ -31,10 +32,11 @@ _DENSE_ITEMS = 8192
 
 @dataclass
 class ItemKNNConfig:
-    k: int = 100  # neighbours kept per item
-    shrink: float = 10.0  # added to the cosine denominator; damps similarities from few co-users
-    recency_half_life: float = 0.0  # >0: a history item's weight halves every this many later items (scoring only)
-    embedding_dim: int = 64  # rank of the truncated SVD of the similarity matrix behind embeddings
+    k: int = setting(100, "Neighbours kept per item.")
+    shrink: float = setting(10.0, "Added to the cosine denominator; damps similarities from few co-users.")
+    recency_half_life: float = setting(0.0, "Above 0, a history item's weight halves every this many later items "
+                                            "(scoring only; needs real timestamps).")
+    embedding_dim: int = setting(64, "Rank of the truncated SVD behind item and user embeddings.")
 
 
 def _top_neighbours(cooc: sp.csr_matrix, norms: np.ndarray, shrink: float, k: int, start: int,
@@ -63,10 +65,9 @@ class ItemKNN(Recommender):
         self._dense: ItemMatrix | None = None
         self._factors: tuple[np.ndarray, np.ndarray] | None = None
 
-    def fit(self, dataset: Dataset, config: ItemKNNConfig | None = None, progress: Progress | None = None,
+    def fit(self, dataset: Dataset, progress: Progress | None = None,
             split: Split | None = None) -> ItemKNN:
         """Compute every item's k nearest neighbours on `split.train` (all sequences without a split)."""
-        self.config = config if config is not None else self.config
         cfg = self.config
         if cfg.k < 1 or cfg.shrink < 0 or cfg.recency_half_life < 0:
             raise ConfigError(f"itemknn needs k >= 1, shrink >= 0, recency_half_life >= 0; got k={cfg.k}, "

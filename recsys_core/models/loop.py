@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from recsys_core.errors import ConfigError, ModelError, ResourceError
+from recsys_core.models.settings import TrainConfig
 from recsys_core.progress import Progress
 
 # ---- device and precision ----------------------------------------------------------------------
@@ -217,31 +218,12 @@ class TrainTask(Protocol):
 
 
 @dataclass
-class LoopConfig:
-    epochs: int = 100
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_frac: float = 0.05
-    grad_clip: float = 5.0
-    patience: int = 5  # evaluations without improvement; 0 = never stop early
-    eval_every: int = 1  # epochs between validations
-    metric: str = "ndcg@10"
-    seed: int = 0
-    amp: bool = True
-    time_budget_s: float = 0.0  # 0 = unlimited; otherwise stop after the epoch that passes it
-    checkpoint_dir: str = ""
-    resume: bool = True
-    log_every: int = 5  # steps between progress updates
-
-
-@dataclass
 class LoopResult:
     history: list[dict]
     best_metric: float
     best_epoch: int
     epochs_run: int
-    stopped: str  # "epochs", "early_stop", "time_budget", "cancelled"
+    stopped: str  # "epochs", "max_steps", "early_stop", "time_budget", "cancelled"
     batch_size: int
     steps: int
     train_seconds: float
@@ -250,11 +232,13 @@ class LoopResult:
 class _Run:
     """Mutable state of one training run (what a checkpoint holds)."""
 
-    def __init__(self, task: TrainTask, cfg: LoopConfig, device: torch.device) -> None:
+    def __init__(self, task: TrainTask, cfg: TrainConfig, device: torch.device, log_every: int, metric: str) -> None:
         self.task, self.cfg, self.device = task, cfg, device
+        self.log_every, self.metric = log_every, metric
         self.batch_size = cfg.batch_size
         self.optimizer = make_optimizer(task.module, cfg.lr, cfg.weight_decay)
         total = cfg.epochs * task.n_batches(cfg.batch_size)
+        total = min(total, cfg.max_steps) if cfg.max_steps > 0 else total
         self.scheduler = warmup_linear(self.optimizer, int(cfg.warmup_frac * total), total)
         self.dtype = amp_dtype(device, cfg.amp)
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
@@ -265,17 +249,20 @@ class _Run:
         self.train_seconds = 0.0
 
 
-def train(task: TrainTask, cfg: LoopConfig, device: torch.device, progress: Progress | None = None) -> LoopResult:
-    """Run epochs until done, early-stopped, out of time or cancelled; the module ends holding the
-    best validated weights (or the latest ones when nothing was validated)."""
+def train(task: TrainTask, cfg: TrainConfig, device: torch.device, progress: Progress | None = None, *,
+          log_every: int = 5, metric: str = "ndcg@10") -> LoopResult:
+    """Run epochs until done, out of steps, early-stopped, out of time or cancelled; the module ends holding
+    the best validated weights (or the latest ones when nothing was validated). `cfg.device` is the model's
+    business: the loop trains on `device`. Progress is reported every `log_every` steps."""
     progress = progress or Progress()
     configure_backends(device)
-    run = _Run(task, cfg, device)
+    run = _Run(task, cfg, device, log_every, metric)
     if cfg.checkpoint_dir and cfg.resume and checkpoint_exists(cfg.checkpoint_dir):
         load_checkpoint(cfg.checkpoint_dir, run)
         progress.update(run.step, 0, epoch=run.epoch, message=f"resumed from checkpoint at epoch {run.epoch}")
     stopped = "epochs"
     total_steps = cfg.epochs * task.n_batches(run.batch_size)
+    total_steps = min(total_steps, cfg.max_steps) if cfg.max_steps > 0 else total_steps
     while run.epoch < cfg.epochs:
         started = time.perf_counter()
         loss = _train_epoch(run, progress, total_steps)
@@ -286,7 +273,7 @@ def train(task: TrainTask, cfg: LoopConfig, device: torch.device, progress: Prog
         stopped = _end_of_epoch(run, loss, progress, total_steps, started) or stopped
         if stopped != "epochs":
             break
-    if stopped in ("epochs", "time_budget") and run.history and "metrics" not in run.history[-1]:
+    if stopped in ("epochs", "max_steps", "time_budget") and run.history and "metrics" not in run.history[-1]:
         # The last weights were never validated (eval_every > 1), so they never competed.
         _validate(run, progress, total_steps, loss=run.history[-1]["loss"])
     run.stopper.restore(task.module)
@@ -305,6 +292,8 @@ def _train_epoch(run: _Run, progress: Progress, total_steps: int) -> float | Non
     while queue:
         if progress.cancelled:
             return None
+        if run.cfg.max_steps > 0 and run.step >= run.cfg.max_steps:
+            break
         batch = queue.popleft()
         try:
             losses.append(_step(run, batch, rng))
@@ -314,7 +303,7 @@ def _train_epoch(run: _Run, progress: Progress, total_steps: int) -> float | Non
             _back_off(run, batch, queue, progress)
             continue
         run.step += 1
-        if run.step % run.cfg.log_every == 0 or not queue:
+        if run.step % run.log_every == 0 or not queue:
             progress.update(run.step, total_steps, epoch=run.epoch + 1, loss=float(np.mean(losses[-20:])))
     return float(np.mean(losses)) if losses else float("nan")
 
@@ -373,6 +362,8 @@ def _end_of_epoch(run: _Run, loss: float, progress: Progress, total_steps: int, 
         save_checkpoint(cfg.checkpoint_dir, run)
     if run.stopper.should_stop:
         return "early_stop"
+    if cfg.max_steps > 0 and run.step >= cfg.max_steps:
+        return "max_steps"
     if cfg.time_budget_s and run.train_seconds >= cfg.time_budget_s:
         return "time_budget"
     return None
@@ -399,11 +390,11 @@ def _validate(run: _Run, progress: Progress, total_steps: int, loss: float | Non
     if not metrics:
         return
     run.history[-1]["metrics"] = metrics
-    value = metrics.get(run.cfg.metric)
+    value = metrics.get(run.metric)
     if value is not None and math.isfinite(value):
         run.stopper.update(float(value), run.epoch, run.task.module)
     progress.update(run.step, total_steps, epoch=run.epoch, loss=loss, metrics=dict(metrics),
-                    message=f"epoch {run.epoch}: {run.cfg.metric}={value:.4f} (best {run.stopper.best:.4f})"
+                    message=f"epoch {run.epoch}: {run.metric}={value:.4f} (best {run.stopper.best:.4f})"
                     if value is not None else f"epoch {run.epoch}")
 
 

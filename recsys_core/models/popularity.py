@@ -32,10 +32,9 @@ class Popularity(Recommender):
         super().__init__(config)
         self.counts_ = torch.zeros(0, dtype=torch.float32)
 
-    def fit(self, dataset: Dataset, config: PopularityConfig | None = None, progress: Progress | None = None,
+    def fit(self, dataset: Dataset, progress: Progress | None = None,
             split: Split | None = None) -> Popularity:
         """Count interactions per item in `split.train` (all sequences without a split)."""
-        self.config = config if config is not None else self.config
         self._remember_catalogue(dataset)
         _, flat = flatten(training_histories(dataset, split), self.n_items_)
         self.counts_ = torch.from_numpy(np.bincount(flat, minlength=self.n_items_).astype(np.float32))

@@ -13,12 +13,13 @@ import torch.nn.functional as F
 
 from recsys_core.errors import ConfigError
 from recsys_core.models.sequential import PAD, SequentialConfig, SequentialRecommender, full_softmax_loss, pad_right
+from recsys_core.models.settings import setting
 
 
 @dataclass
 class SASRecConfig(SequentialConfig):
-    loss: str = "ce"  # "ce": softmax over the whole catalogue; "sampled": over n_negatives shared random items
-    n_negatives: int = 1024
+    loss: str = setting("ce", "ce: softmax over the whole catalogue; sampled: over n_negatives shared random items.")
+    n_negatives: int = setting(1024, "Random negative items per batch when loss is sampled.")
 
 
 class SASRec(SequentialRecommender):

