@@ -167,9 +167,8 @@ def main() -> None:
     }
     text = json.dumps(record, indent=2)
     print(text)
-    suffix = "" if model.family == "bert4rec" else f"-{model.family}"
     out = Path(args.out) if args.out else ROOT / "bench" / "results" / \
-        f"explain-{name}{suffix}-{dt.date.today():%Y%m%d}.json"
+        f"explain-{name}-{model.family}-{dt.date.today():%Y%m%d}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text + "\n")
 

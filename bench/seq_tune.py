@@ -32,6 +32,7 @@ from recsys_core.data.dataset import build_dataset
 from recsys_core.data.splits import leave_one_out
 from recsys_core.evaluation.metrics import evaluate
 from recsys_core.models import FAMILIES
+from recsys_core.models.settings import build_config
 from recsys_core.progress import Progress
 
 
@@ -50,7 +51,7 @@ def ease_reference(ds, split) -> dict:
 def run(family: str, overrides: dict, budget: float, save: str = "") -> dict:
     ds, split = load_split()
     cls = FAMILIES[family]
-    cfg = cls.config_class(**{"time_budget_s": budget, **overrides})
+    cfg = build_config(cls.config_class, {"time_budget_s": budget, **overrides})
     curve = []
 
     def on_event(e):
@@ -66,7 +67,7 @@ def run(family: str, overrides: dict, budget: float, save: str = "") -> dict:
     if save:
         model.save(save)
     return {"family": family, "overrides": overrides, "config": asdict(cfg), "wall_s": round(wall, 1),
-            "report": model.fit_report_, "curve": curve, "test_ndcg@10": round(test["ndcg@10"], 4),
+            "report": model.fit_report(), "curve": curve, "test_ndcg@10": round(test["ndcg@10"], 4),
             "test_hr@10": round(test["hr@10"], 4), "threads": torch.get_num_threads()}
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from recsys_core.models.base import Recommender, family_class, load_model
+from recsys_core.models.ease import EASEConfig
 from recsys_core.models.settings import flatten_config, help_of
 from recsys_core.training.experiment import config_fields, families, run_experiment
 
@@ -86,14 +87,14 @@ def run_label(run) -> str:
     return f"#{run.id} {run.model}{score} ({run.status})"
 
 
-@st.cache_resource(show_spinner="No model yet: training a quick EASE baseline on this dataset...", max_entries=4)
+@st.cache_resource(show_spinner="No model yet: training a quick baseline on this dataset...", max_entries=4)
 def _bootstrap_run(root: str, dataset_name: str, version: str) -> str:
     """Train and record a fast baseline so model pages work with zero clicks; returns its artifact folder."""
     from pages.ui.common import workspace
 
     ws = workspace()
     ds = ws.load_dataset(dataset_name)
-    family = "ease" if ds.n_items <= 15_000 else "popularity"  # EASE's dense item-item matrix must fit
+    family = "ease" if ds.n_items <= EASEConfig().max_items else "popularity"  # EASE refuses larger catalogues
     return run_experiment(ds, family, workspace=ws, dataset_name=dataset_name).artifact_dir
 
 
@@ -101,7 +102,8 @@ def active_model(record, ds) -> tuple[Recommender, str]:
     """The model the Recommend/Explain/Embeddings pages use, and a sentence saying which one it is.
 
     The session's choice when it fits this dataset; else the best recorded run on it; else a quick
-    EASE baseline trained now (recorded like any run), so every page works on a fresh install.
+    baseline trained now (EASE, or popularity above EASE's `max_items`; recorded like any run), so every page
+    works on a fresh install.
     """
     from pages.ui.common import _root_key, workspace
 

@@ -124,17 +124,16 @@ def _load_pretrained(source: str, gguf_file: str | None, device: str, local_only
     return model.to(device).eval(), tokenizer
 
 
-def _save_converted(model, tokenizer, target: Path) -> None:
-    """Write a plain safetensors copy of a dequantised GGUF model, atomically (tmp folder + rename)."""
+def _save_converted(lm, tokenizer, target: Path) -> None:
+    """Write a plain safetensors copy of a dequantised GGUF language model, atomically (tmp folder + rename)."""
     # The GGUF quantizer stays attached after dequantising and makes save_pretrained refuse; the
     # weights are ordinary float tensors by now, so detaching it saves exactly what was loaded.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    lm.hf_quantizer = None
+    lm.config.__dict__.pop("quantization_config", None)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        lm.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, target)

@@ -361,10 +361,6 @@ class BlurbResult:
     first_token_s: float | None = None
     tokens: int = 0
 
-    @property
-    def grounded_by_llm(self) -> bool:
-        return self.source in ("llm", "llm-retry")
-
 
 class BlurbStream:
     """Iterate to receive the text of each attempt as it is generated; `result` holds the checked blurb.

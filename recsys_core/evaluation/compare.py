@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from itertools import pairwise
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from recsys_core.data.splits import EvalSet, Split
 from recsys_core.evaluation.metrics import evaluate, popularity_percentile, train_popularity
-from recsys_core.models.base import Recommender
+
+if TYPE_CHECKING:  # evaluation ranks any scorer; models import it for validation
+    from recsys_core.models.base import Recommender
 
 HISTORY_EDGES = (0, 5, 20, 50, np.inf)  # history-length buckets: 1-5, 6-20, 21-50, 51+
 POPULARITY_EDGES = (0.0, 0.5, 0.9, 1.01)  # target popularity percentile: tail, mid, head (top 10%)

@@ -11,6 +11,7 @@ MRR@K the best-ranked target.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -18,8 +19,10 @@ import torch
 
 from recsys_core.data.splits import EvalSet, Split
 from recsys_core.errors import ConfigError, DataError, ModelError
-from recsys_core.models.base import Recommender
 from recsys_core.progress import Progress
+
+if TYPE_CHECKING:  # evaluation ranks any scorer; models import it for validation
+    from recsys_core.models.base import Recommender
 
 KS = (5, 10, 20)
 # Score rows held at once; keeps a batch to ~128 MiB of float32 whatever the catalogue size.
@@ -76,7 +79,7 @@ def _all_finite(scores: torch.Tensor) -> bool:
 
 def check_finite(scores: torch.Tensor, ignore: torch.Tensor | None = None, who: str = "the model",
                  users: np.ndarray | None = None) -> None:
-    """Raise a DataError naming the users whose (non-ignored) scores are NaN or infinite."""
+    """Raise a ModelError naming the users whose (non-ignored) scores are NaN or infinite."""
     if _all_finite(scores):
         return
     bad = ~torch.isfinite(scores)

@@ -150,18 +150,6 @@ def project(vectors: np.ndarray, params: ProjectionParams | None = None, progres
     return result
 
 
-def project_items(model: Any, params: ProjectionParams | None = None, progress: Progress | None = None,
-                  **overrides: Any) -> Projection:
-    """Map of `model.item_embeddings()`."""
-    return project(model.item_embeddings(), params, progress, **overrides)
-
-
-def project_users(model: Any, histories: Sequence[np.ndarray], params: ProjectionParams | None = None,
-                  progress: Progress | None = None, **overrides: Any) -> Projection:
-    """Map of `model.user_embeddings(histories)`, one point per history."""
-    return project(model.user_embeddings(histories), params, progress, **overrides)
-
-
 def _prepare(vectors: np.ndarray, params: ProjectionParams) -> np.ndarray:
     x = np.asarray(vectors, dtype=np.float32)
     if x.ndim != 2:

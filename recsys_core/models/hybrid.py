@@ -20,6 +20,7 @@ from torch import nn
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.splits import EvalSet, Split
 from recsys_core.errors import ConfigError, ModelError
+from recsys_core.evaluation.compare import per_user_metrics, segment_breakdown
 from recsys_core.models.base import Recommender, load_model
 from recsys_core.models.bert4rec import BERT4Rec, BERT4RecConfig
 from recsys_core.models.sequential import PAD, SequenceEncoder, SequentialConfig
@@ -130,7 +131,6 @@ def segment_gain(hybrid: Recommender, baseline: Recommender, split: Split, evals
 
     One row per (kind, segment): users, the two means, `gain` (hybrid - baseline) and `gain_pct`.
     """
-    from recsys_core.evaluation.compare import per_user_metrics, segment_breakdown  # late: compare imports evaluate
 
     frames = {names[0]: per_user_metrics(hybrid, split, evalset), names[1]: per_user_metrics(baseline, split, evalset)}
     long = segment_breakdown(frames, metric)

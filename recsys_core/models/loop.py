@@ -13,7 +13,6 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -486,7 +485,3 @@ def score_chunk_rows(n_items: int, requested: int, budget_bytes: int = 256 * 2**
     """Rows of full-catalogue float32 scores per chunk, so one chunk stays under `budget_bytes`."""
     return max(1, min(requested, budget_bytes // max(1, 4 * n_items)))
 
-
-def chunks(n: int, size: int) -> Iterator[slice]:
-    for start in range(0, n, size):
-        yield slice(start, min(n, start + size))

@@ -29,6 +29,7 @@ from transformers import BertConfig, BertModel
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.splits import EvalSet, Split
 from recsys_core.errors import ConfigError, DataError, ModelError
+from recsys_core.evaluation.metrics import evaluate
 from recsys_core.models import loop
 from recsys_core.models.base import Capabilities, Recommender
 from recsys_core.models.histories import flatten
@@ -410,7 +411,6 @@ class _SequenceTask:
 
 def validation_metrics(model: Recommender, valid: EvalSet) -> dict[str, float]:
     """NDCG@10 / HR@10 with full ranking, through the project's evaluator."""
-    from recsys_core.evaluation.metrics import evaluate  # late: evaluate imports models.base
 
     result = evaluate(model, valid, ks=(10,))
     return {k: float(v) for k, v in result.items() if k in ("ndcg@10", "hr@10")}

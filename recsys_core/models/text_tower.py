@@ -33,6 +33,7 @@ from recsys_core.data.dataset import Dataset
 from recsys_core.data.item_schema import history_text, item_texts, item_titles
 from recsys_core.data.splits import EvalSet, Split
 from recsys_core.errors import ConfigError, DataError, ModelError
+from recsys_core.evaluation.metrics import evaluate
 from recsys_core.models import loop
 from recsys_core.models.base import Capabilities, Recommender
 from recsys_core.models.histories import flatten
@@ -245,7 +246,6 @@ class TextTower(Recommender):
 
     def _validate(self, valid: EvalSet, recipe: str = "history_text", reencode: bool = True) -> dict:
         """Validation metrics with the encoder as it is now, users built by `recipe`."""
-        from recsys_core.evaluation.metrics import evaluate  # late: evaluate imports models.base
 
         if reencode:
             self.item_vectors_ = self.encode(self.item_texts_)

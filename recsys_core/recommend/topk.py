@@ -288,11 +288,6 @@ def _label(status: str, move: object) -> str:
 # ---- neighbours and overlap ----------------------------------------------------------------------
 
 
-def _unit_rows(vectors: np.ndarray) -> torch.Tensor:
-    v = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
-    return torch.nn.functional.normalize(v, dim=1)
-
-
 def nearest_items(vectors: np.ndarray | torch.Tensor, item: int, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """The k items with the highest cosine to `item` (itself excluded): (indices, cosines)."""
     v = vectors if isinstance(vectors, torch.Tensor) else torch.as_tensor(np.asarray(vectors, dtype=np.float32))

@@ -18,6 +18,7 @@ from typing import Any
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.splits import Split, leave_one_out, temporal_split
 from recsys_core.errors import ConfigError
+from recsys_core.evaluation.metrics import evaluate, train_popularity
 from recsys_core.models.base import FAMILIES, Recommender, family_class
 from recsys_core.models.settings import build_config, flat_fields, flatten_config, resolve_name
 from recsys_core.progress import Progress
@@ -127,7 +128,6 @@ def run_experiment(
     dataset_name: str | None = None,
 ) -> RunResult:
     """Train `family` on `ds`, evaluate on the test split, and (with a workspace) save and record it."""
-    from recsys_core.evaluation.metrics import evaluate, train_popularity
 
     model = make_model(family, overrides)
     split = split or make_split(ds, split_kind)
