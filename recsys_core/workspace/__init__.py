@@ -1,0 +1,1 @@
+"""The workspace on disk: datasets, runs and jobs in SQLite, model folders, uploaded model zips."""
