@@ -19,6 +19,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from recsys_core.data.isolated import READ_ENV, max_read_bytes, max_rows, run_isolated, too_many_rows
 from recsys_core.data.sniff import TextLayout, looks_binary, sniff_layout, split_line
 from recsys_core.data.source import (
     DEFAULT_MAX_BYTES,
@@ -30,7 +31,7 @@ from recsys_core.data.source import (
     read_member,
     zip_members,
 )
-from recsys_core.errors import DataError
+from recsys_core.errors import DataError, ResourceError
 
 _JSON_EXT = (".jsonl", ".ndjson", ".json")
 _PARQUET_EXT = (".parquet", ".pq")
@@ -265,33 +266,62 @@ def _line_numbers(data: bytes, has_header: bool, n_rows: int) -> np.ndarray | No
 # ---- Parquet and JSON ---------------------------------------------------------------------------
 
 def _read_parquet(blob: Blob, data: bytes) -> RawTable:
-    try:
-        table = pq.read_table(pa.BufferReader(data))
-        frame = table.to_pandas()
-    except (pa.ArrowException, OSError, ValueError, TypeError) as err:
-        raise DataError(f"not a readable Parquet file ({str(err)[:200]})", file=blob.name,
-                        hint="write it again with pandas.DataFrame.to_parquet, or upload CSV") from err
+    # Untrusted bytes: parsed in a limited child process (`isolated`), so a crash cannot kill the server.
+    frame = run_isolated(_parquet_frame, Blob(data, blob.name, blob.member), max_rows(), max_read_bytes(),
+                         file=blob.name)
     if frame.empty:
         raise DataError("the Parquet file has no rows", file=blob.name, hint="upload a file with interactions")
     frame.columns = [str(c) for c in frame.columns]
     return RawTable(frame, blob.name, "parquet", None, True, None, len(frame), blob.member)
 
 
+def _parquet_frame(blob: Blob, limit_rows: int, limit_bytes: int) -> pd.DataFrame:
+    """Runs in the parse child: the Parquet file as a frame, after checking its size from the footer."""
+    try:
+        parquet = pq.ParquetFile(pa.BufferReader(blob.data))
+        meta = parquet.metadata
+        if meta.num_rows > limit_rows:
+            raise too_many_rows(blob.name, meta.num_rows, limit_rows)
+        unpacked = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+        if unpacked > limit_bytes:
+            raise ResourceError(f"the Parquet file unpacks to {unpacked / 2**20:,.0f} MB, over the "
+                                f"{limit_bytes / 2**20:,.0f} MB read limit", file=blob.name,
+                                hint=f"load a sample of the rows, or ask the operator to raise {READ_ENV}")
+        return parquet.read().to_pandas()
+    except (pa.ArrowException, OSError, ValueError, TypeError) as err:
+        if isinstance(err, MemoryError):
+            raise
+        raise DataError(f"not a readable Parquet file ({str(err)[:200]})", file=blob.name,
+                        hint="write it again with pandas.DataFrame.to_parquet, or upload CSV") from err
+
+
 def _read_json(blob: Blob, data: bytes) -> RawTable:
-    if data.lstrip()[:1] == b"[":
-        frame = _json_array(blob, data)
-        fmt = "json"
-    else:
-        try:
-            frame = pajson.read_json(io.BytesIO(data), read_options=pajson.ReadOptions(block_size=16 << 20)).to_pandas()
-        except (pa.ArrowException, ValueError) as err:
-            raise _json_line_error(blob, data, err) from err
-        fmt = "jsonl"
+    if data.count(b"\n") > max_rows():  # cheap, before any parsing: one record per line at most
+        raise too_many_rows(blob.name, data.count(b"\n"), max_rows())
+    # Untrusted bytes: pyarrow's JSON reader segfaults on deep nesting, so it runs in a limited child.
+    frame, fmt = run_isolated(_json_frame, Blob(data, blob.name, blob.member), max_rows(), file=blob.name)
     if frame.empty or frame.shape[1] == 0:
         raise DataError("the JSON file has no records", file=blob.name,
                         hint='write one object per line, e.g. {"user": "1", "item": "42", "rating": 5}')
     frame.columns = [str(c) for c in frame.columns]
     return RawTable(frame, blob.name, fmt, None, True, "utf-8", len(frame), blob.member)
+
+
+def _json_frame(blob: Blob, limit_rows: int) -> tuple[pd.DataFrame, str]:
+    """Runs in the parse child: a JSON array or JSON Lines file as a frame, and which of the two it was."""
+    if blob.data.lstrip()[:1] == b"[":
+        frame, fmt = _json_array(blob, blob.data), "json"
+    else:
+        try:
+            options = pajson.ReadOptions(block_size=16 << 20)
+            frame, fmt = pajson.read_json(io.BytesIO(blob.data), read_options=options).to_pandas(), "jsonl"
+        except (pa.ArrowException, ValueError) as err:
+            if isinstance(err, MemoryError):
+                raise
+            raise _json_line_error(blob, blob.data, err) from err
+    if len(frame) > limit_rows:
+        raise too_many_rows(blob.name, len(frame), limit_rows)
+    return frame, fmt
 
 
 def _json_array(blob: Blob, data: bytes) -> pd.DataFrame:

@@ -1,0 +1,164 @@
+"""Parsing untrusted bytes in a child process, so a parser crash or blow-up never takes the server down.
+
+pyarrow's JSON reader segfaults on deeply nested input (20,000 levels of `{"a":` on one line), and a
+small file can expand to gigabytes of objects. A Streamlit server is one process for every session, so
+parsers of user bytes run in a fresh child interpreter with an address-space limit (`RLIMIT_AS`), a CPU-time
+limit and a wall-clock timeout. The child sends back the parsed frame or the project's own error;
+a crash, a limit or a timeout becomes a `DataError` / `ResourceError` naming the file.
+
+Limits (environment variables, read at call time so an operator can tune a running deployment):
+`RECSYS_PARSE_MEMORY_MB` (default 4096), `RECSYS_PARSE_TIMEOUT_S` (default 180), `RECSYS_MAX_ROWS`
+(default 50,000,000 rows read from one file), `RECSYS_MAX_READ_MB` (default 2048: uncompressed bytes a
+compressed table such as Parquet may unpack to).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import resource
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from recsys_core import errors
+
+MEMORY_ENV, TIMEOUT_ENV, ROWS_ENV = "RECSYS_PARSE_MEMORY_MB", "RECSYS_PARSE_TIMEOUT_S", "RECSYS_MAX_ROWS"
+READ_ENV = "RECSYS_MAX_READ_MB"
+DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, DEFAULT_MAX_ROWS, DEFAULT_READ_MB = 4096, 180.0, 50_000_000, 2048
+_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding recsys_core, for the child's imports
+# At most this many parse children at once: each may use up to the memory limit.
+_SLOTS = threading.BoundedSemaphore(2)
+
+
+def _env_number(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+def max_rows() -> int:
+    """Most rows one file may yield (`RECSYS_MAX_ROWS`)."""
+    return int(_env_number(ROWS_ENV, DEFAULT_MAX_ROWS))
+
+
+def max_read_bytes() -> int:
+    """Most uncompressed bytes one compressed table may unpack to (`RECSYS_MAX_READ_MB`)."""
+    return int(_env_number(READ_ENV, DEFAULT_READ_MB) * 2**20)
+
+
+def too_many_rows(file: str, n: int, limit: int) -> errors.ResourceError:
+    return errors.ResourceError(f"the file has {n:,} rows, over the limit of {limit:,}", file=file,
+                                hint=f"load a sample of the rows, or ask the operator to raise {ROWS_ENV}")
+
+
+def run_isolated(fn: Callable[..., Any], *args: Any, file: str, memory_mb: float | None = None,
+                 timeout_s: float | None = None) -> Any:
+    """`fn(*args)` in a limited child process: its return value, or the RecsysError it raised.
+
+    `fn` must be a module-level function of `recsys_core` (the child imports it by name) and its
+    arguments and result picklable. A crash, a memory limit or a timeout in the child raises here.
+    """
+    if not fn.__module__.startswith("recsys_core."):
+        raise ValueError(f"run_isolated runs recsys_core functions only, not {fn.__module__}.{fn.__qualname__}")
+    memory_mb = memory_mb or _env_number(MEMORY_ENV, DEFAULT_MEMORY_MB)
+    timeout_s = timeout_s or _env_number(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
+    request = pickle.dumps((fn.__module__, fn.__qualname__, args, int(memory_mb * 2**20), timeout_s), protocol=5)
+    with _SLOTS:
+        out = _exchange(request, timeout_s)
+    if out is None:
+        raise errors.ResourceError(f"reading the file took longer than {timeout_s:g} s and was stopped", file=file,
+                                   hint=f"upload a smaller file or a sample, or ask the operator to raise {TIMEOUT_ENV}")
+    code, reply = out
+    if code != 0 or not reply:
+        raise _death(file, code, memory_mb)
+    return _unpack(pickle.loads(reply), file, memory_mb)
+
+
+def _exchange(request: bytes, timeout_s: float) -> tuple[int, bytes] | None:
+    """(exit code, stdout) of one child run; None on timeout (the child is killed).
+
+    A fresh interpreter (`python -m recsys_core.data.isolated`), not `multiprocessing`: that would
+    re-run the parent's `__main__` in the child, and `python -m recsys_core` has no main guard.
+    """
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env=env)
+    try:
+        stdout, _ = proc.communicate(request, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return None
+    return proc.returncode, stdout
+
+
+def _death(file: str, code: int, memory_mb: float) -> errors.RecsysError:
+    """The error for a child that died without replying (a segfault, an abort, a kill)."""
+    sig = -code if code < 0 else None
+    name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"exit code {code}"
+    if sig in (signal.SIGKILL, signal.SIGABRT, signal.SIGXCPU):
+        return errors.ResourceError(
+            f"the parser ran out of memory or time ({name}) while reading the file; the file was not loaded",
+            file=file, hint=f"upload a smaller or simpler file (a parse may use {memory_mb:,.0f} MB: {MEMORY_ENV})")
+    return errors.DataError(
+        f"the parser crashed on this file ({name}); the server is fine, the file was not loaded", file=file,
+        hint="the file is malformed or extremely deeply nested: flatten it to one object per line with plain "
+             "values, or save it as CSV")
+
+
+def _unpack(reply: tuple, file: str, memory_mb: float) -> Any:
+    kind, payload = reply
+    if kind == "ok":
+        return payload
+    if kind == "memory":
+        raise errors.ResourceError(f"reading the file needs more than the {memory_mb:,.0f} MB a parse may use",
+                                   file=file, hint=f"upload a smaller file or a sample, or ask the operator to "
+                                                   f"raise {MEMORY_ENV}")
+    if kind == "error":
+        cls_name, fields = payload
+        cls = getattr(errors, cls_name, errors.DataError)
+        message = fields.pop("message")
+        raise cls(message, **fields)
+    raise errors.DataError(f"the file could not be parsed ({payload})", file=file,
+                           hint="check the file's format, or save it as CSV")
+
+
+def _call(request: bytes) -> tuple:
+    """In the child: set the limits, run the function, return the reply (a tuple of picklable values)."""
+    module, name, args, memory_bytes, timeout_s = pickle.loads(request)
+    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    cpu = int(timeout_s * 2) + 1  # a backstop should the parent vanish; the parent's timeout is the rule
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
+    try:
+        return "ok", getattr(importlib.import_module(module), name)(*args)
+    except errors.RecsysError as err:
+        fields = {"message": err.message, "file": err.file, "line": err.line, "column": err.column,
+                  "hint": err.hint, "examples": err.examples}
+        return "error", (type(err).__name__, fields)
+    except MemoryError:
+        return "memory", None
+    except Exception as err:  # noqa: BLE001 - whatever the parser raises is reported, never a traceback
+        return "failed", f"{type(err).__name__}: {str(err)[:200]}"
+
+
+def _main() -> None:
+    out = sys.stdout.buffer
+    sys.stdout = sys.stderr  # a stray print must not corrupt the reply
+    request = sys.stdin.buffer.read()
+    try:
+        reply = pickle.dumps(_call(request), protocol=5)
+    except MemoryError:
+        reply = pickle.dumps(("memory", None))
+    out.write(reply)
+    out.flush()
+
+
+if __name__ == "__main__":
+    _main()
