@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import streamlit as st
 
 from pages.ui import charts, upload
@@ -70,8 +72,8 @@ def _mapping_form(raw) -> dict[str, str]:
     return chosen
 
 
-def _options_form():
-    with st.expander("Options: implicit feedback, k-core filtering, duplicates"):
+def _options_form(has_timestamp: bool):
+    with st.expander("Options: implicit feedback, k-core filtering, duplicates, order"):
         c1, c2, c3, c4 = st.columns(4)
         implicit = c1.checkbox("Implicit feedback", key="data_implicit",
                                help="Keep only interactions with a rating at or above the threshold, then ignore ratings.")
@@ -81,7 +83,13 @@ def _options_form():
         min_item = c3.number_input("Min. interactions per item", min_value=1, value=1, step=1, key="data_min_item")
         dedup = c4.selectbox("Repeated user-item pairs", upload.DUPLICATE_POLICIES, key="data_dedup",
                              format_func=upload.DEDUP_LABELS.get)
-    return upload.make_options(threshold if implicit else None, int(min_user), int(min_item), dedup)
+        file_order = st.checkbox(
+            "No timestamp column: the file lists each user's interactions in time order", key="data_file_order",
+            disabled=has_timestamp,
+            help="Only if it is true: then a user's last row is their latest interaction, and sequential models can "
+                 "train. Otherwise the order is unknown: a random interaction per user is held out for testing.")
+    options = upload.make_options(threshold if implicit else None, int(min_user), int(min_item), dedup)
+    return dataclasses.replace(options, file_order_is_time=bool(file_order) and not has_timestamp)
 
 
 def _load_section() -> None:
@@ -99,7 +107,7 @@ def _load_section() -> None:
         return
     _preview(state["raw"])
     mapping = _mapping_form(state["raw"])
-    options = _options_form()
+    options = _options_form(mapping.get("timestamp") not in (None, upload.NONE))
     name = st.text_input("Save as", key="data_name", help=upload.NAME_HELP)
     if st.button("Load dataset", type="primary", key="data_load"):
         _load(file, items_file, mapping, options, name)
@@ -161,8 +169,13 @@ def _stats_section() -> None:
         left.info("This dataset has no ratings (implicit feedback).")
     if "activity" in frames:
         right.plotly_chart(charts.activity_figure(frames["activity"], frames["period"]), key="chart_activity")
+    elif stats["order"] == "none":
+        right.info("This dataset has no timestamps and no declared order, so nobody knows which interaction came "
+                   "last: leave-one-out holds out a random interaction per user, and sequential models are not "
+                   "offered. There is no activity-over-time chart.")
     else:
-        right.info("This dataset has no timestamps, so there is no activity-over-time chart.")
+        right.info("This dataset has no timestamps; its file order is taken as time (declared when it was loaded). "
+                   "There is no activity-over-time chart.")
 
 
 def _saved_section() -> None:

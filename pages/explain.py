@@ -11,6 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from pages.ui.charts import chart_label
 from pages.ui.common import md_escape, show_data_error
 from pages.ui.model_state import page_dataset_and_model
 from recsys_core.errors import RecsysError
@@ -38,7 +39,7 @@ def _warm_up() -> bool:
 
 
 def _short(text: str, width: int = 42) -> str:
-    return text if len(text) <= width else text[:width - 1] + "…"
+    return chart_label(text, width)  # escaped: Plotly renders <a>/<span> tags in axis ticks
 
 
 # ---- page setup ----------------------------------------------------------------------------------
@@ -118,6 +119,7 @@ def _waterfall(expl: explain.Explanation, n_history: int) -> go.Figure:
         members = expl.members[p]
         ago = n_history - members[-1] - 1
         when = "older history" if expl.items[p] < 0 else ("newest" if ago == 0 else f"{ago} before the newest")
+        when = when if ds.is_ordered else "order unknown"  # no timestamps: "newest" would be file order
         ys.append(f"{_short(expl.labels[p])} · {when}")
         xs.append(float(expl.values[p]))
         measures.append("relative")

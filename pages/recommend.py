@@ -150,7 +150,9 @@ recs = _recs(history)
 left, right = st.columns([2, 3])
 with left:
     st.subheader(f"History of {md_escape(ds.user_ids[user])}")
-    st.caption(f"{len(history)} interactions, newest first.")
+    count = f"{len(history)} interaction{'s' if len(history) != 1 else ''}"
+    st.caption(f"{count}, newest first." if ds.is_ordered else
+               f"{count} in file order: this dataset has no timestamps, so their order is unknown.")
     timeline = history_frame(ds, user)
     shown = [c for c in ["title", "genres", "year", "rating", "date"] if c in timeline.columns]
     _table(timeline[shown], "rec_history",

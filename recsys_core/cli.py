@@ -43,7 +43,7 @@ def _tqdm_progress() -> Progress:
         post.update({k: f"{v:.4f}" for k, v in event.metrics.items() if isinstance(v, float)})
         bar.set_postfix(post, refresh=False)
         if event.message:
-            bar.write(event.message)
+            bar.write(event.message, file=sys.stderr)  # stdout carries only the JSON result
         bar.refresh()
 
     return Progress(render)
@@ -53,15 +53,12 @@ def cmd_ingest(args) -> dict:
     from recsys_core.data import LoadOptions, load_dataset
 
     options = LoadOptions(min_user_interactions=args.min_user, min_item_interactions=args.min_item,
-                          implicit_threshold=args.implicit_threshold, dedup=args.dedup)
+                          implicit_threshold=args.implicit_threshold, duplicates=args.dedup,
+                          file_order_is_time=args.file_order_is_time)
     ds, report = load_dataset(args.file, items=args.items, options=options, name=args.name)
     ws = _workspace(args)
     record = ws.save_dataset(ds, name=args.name or ds.name, source_file=str(args.file))
-    return {"dataset": record.name, "stats": ds.stats(), "report": [str(f) for f in _findings(report)]}
-
-
-def _findings(report) -> list:
-    return list(getattr(report, "findings", None) or getattr(report, "messages", None) or [])
+    return {"dataset": record.name, "stats": ds.stats(), "report": report.lines()}
 
 
 def cmd_train(args) -> dict:
@@ -112,7 +109,7 @@ def cmd_recommend(args) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m recsys_core", description="RecSys Explorer engine")
+    p = argparse.ArgumentParser(prog="recsys", description="RecSys Explorer engine (also: python -m recsys_core)")
     p.add_argument("--workspace", default=None, help="workspace folder (default $RECSYS_WORKSPACE or ./workspace)")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -122,7 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--name")
     ing.add_argument("--min-user", type=int, default=1, help="k-core: minimum interactions per user")
     ing.add_argument("--min-item", type=int, default=1, help="k-core: minimum interactions per item")
-    ing.add_argument("--implicit-threshold", type=float, default=None, help="keep ratings >= this")
+    ing.add_argument("--implicit-threshold", type=float, default=None,
+                     help="keep rows whose rating (or count) is >= this")
+    ing.add_argument("--file-order-is-time", action="store_true",
+                     help="no timestamp column, but the file lists each user's interactions in time order")
     ing.add_argument("--dedup", default="keep_last", choices=["keep_last", "keep_first", "error", "keep_all"])
     ing.set_defaults(func=cmd_ingest)
 
@@ -165,3 +165,7 @@ def _json_default(obj):
         return obj.item()
     return str(obj)
 
+
+def run() -> None:
+    """Entry point of the `recsys` console script (`pip install -e .`)."""
+    sys.exit(main())

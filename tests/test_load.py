@@ -121,7 +121,7 @@ def test_implicit_threshold() -> None:
     assert ds.interactions["rating"].min() >= 4
     assert ds.n_interactions == sum(1 for r in _grid(6, 6) if r[2] >= 4)
     assert any(f.startswith("implicit threshold: removed 22 rows") for f in report.findings)
-    with pytest.raises(DataError, match="needs a rating column"):
+    with pytest.raises(DataError, match="needs a rating or count column"):
         load_dataset(_csv([r[:2] for r in _grid()], "user,item"), "r.csv", options=LoadOptions(implicit_threshold=4))
 
 
@@ -227,7 +227,7 @@ def test_parquet_datetime_column_and_uploaded_file_object() -> None:
 
     ds, report = load_dataset(Upload(buf.getvalue()))
     assert report.mapping == {"user": "customer_id", "item": "product_id", "rating": None,
-                              "timestamp": "purchased_at"}
+                              "timestamp": "purchased_at", "count": None}
     assert ds.interactions["timestamp"].tolist() == [1577836810 + k for k in range(6)]
     assert ds.name == "orders"
 

@@ -12,7 +12,7 @@ from recsys_core.data import ColumnMapping, DataError, infer_mapping, load_datas
     ("userId,movieId,rating,timestamp", ("userId", "movieId", "rating", "timestamp")),
     ("user_id,book_id,rating", ("user_id", "book_id", "rating", None)),
     ("customer_id,product_id,score,date", ("customer_id", "product_id", "score", "date")),
-    ("uid,track,weight,ts", ("uid", "track", "weight", "ts")),
+    ("uid,track,weight,ts", ("uid", "track", None, "ts")),  # a weight is a count (see test_count_names)
     ("Customer,Product,Stars,Datetime", ("Customer", "Product", "Stars", "Datetime")),
     ("user,item,title,rating_timestamp", ("user", "item", None, "rating_timestamp")),
     ("visitorid,itemid,event_time", ("visitorid", "itemid", None, "event_time")),
@@ -24,9 +24,27 @@ def test_header_names(header: str, expected: tuple) -> None:
     assert (m.user, m.item, m.rating, m.timestamp) == expected
 
 
+@pytest.mark.parametrize("header", ["uid,track,weight,ts", "user_id,artist_id,play_count", "user,item,plays,time",
+                                    "customer,product,quantity,date"])
+def test_count_names(header: str) -> None:
+    n = header.count(",") + 1
+    frame = pd.DataFrame([["1"] * n, ["2"] * n], columns=header.split(","))
+    m = infer_mapping(frame)
+    assert m.count == header.split(",")[2] and m.rating is None
+
+
+def test_headerless_counts_are_told_from_ratings_by_their_values() -> None:
+    plays = read_table(b"u1\ta1\t3\nu1\ta2\t352698\nu2\ta1\t12\n", "plays.tsv")
+    m = infer_mapping(plays.frame)
+    assert (m.rating, m.count) == (None, 2) and "read as a count" in m.reasons[0]
+    stars = read_table(b"u1\ta1\t3\nu1\ta2\t10\nu2\ta1\t7\n", "stars.tsv")  # a 0-10 scale
+    m = infer_mapping(stars.frame)
+    assert (m.rating, m.count) == (2, None) and "read as a rating" in m.reasons[0]
+
+
 def test_headerless_movielens_order() -> None:
     raw = read_table(b"196\t242\t3\t881250949\n186\t302\t3\t891717742\n", "u.data")
-    assert infer_mapping(raw.frame).as_dict() == {"user": 0, "item": 1, "rating": 2, "timestamp": 3}
+    assert infer_mapping(raw.frame).as_dict() == {"user": 0, "item": 1, "rating": 2, "count": None, "timestamp": 3}
 
 
 @pytest.mark.parametrize(("third", "role"), [("4", "rating"), ("881250949", "timestamp"),
@@ -89,7 +107,7 @@ def test_user_override_in_load_dataset() -> None:
         load_dataset(data, "x.csv")
     ds, report = load_dataset(data, "x.csv", mapping={"user": "a", "item": "b", "rating": "c", "timestamp": "d"})
     assert ds.n_users == 4 and ds.n_items == 5 and ds.has_ratings
-    assert report.mapping == {"user": "a", "item": "b", "rating": "c", "timestamp": "d"}
+    assert report.mapping == {"user": "a", "item": "b", "rating": "c", "count": None, "timestamp": "d"}
     swapped, _ = load_dataset(data, "x.csv", mapping=ColumnMapping(user="b", item="a"))
     assert swapped.n_users == 5 and not swapped.has_ratings
 

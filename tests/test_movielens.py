@@ -35,7 +35,7 @@ def test_ml100k() -> None:
     folder = _need("ml-100k")
     ds, report = load_dataset(folder / "u.data", items=folder / "u.item")
     assert (ds.n_users, ds.n_items, ds.n_interactions) == (943, 1682, 100000)
-    assert report.mapping == {"user": 0, "item": 1, "rating": 2, "timestamp": 3}
+    assert report.mapping == {"user": 0, "item": 1, "rating": 2, "count": None, "timestamp": 3}
     assert ds.title(ds.item_index["1"]) == "Toy Story (1995)"
     assert ds.items.loc[ds.item_index["1"], "genres"] == "Animation|Children's|Comedy"
     assert (ds.items["genres"] != "").mean() > 0.99
@@ -89,7 +89,7 @@ def test_ml1m_movies_latin1() -> None:
 def test_ml1m_parquet_pairs() -> None:
     ds, report = load_dataset(_need("ml-1m", "ratings_user_movie_pairs.parquet"))
     assert (ds.n_users, ds.n_items, ds.n_interactions) == (6040, 3706, 1000209)
-    assert report.mapping == {"user": "userID", "item": "movieID", "rating": None, "timestamp": None}
+    assert report.mapping == {"user": "userID", "item": "movieID", "rating": None, "count": None, "timestamp": None}
     assert not ds.has_ratings
 
 

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from recsys_core.data import DataError, build_dataset, leave_one_out, temporal_split
+from recsys_core.errors import ConfigError
 
 
 def _dataset(lengths: list[int]):
@@ -26,7 +27,7 @@ def test_leave_one_out_holds_out_last_two() -> None:
         assert split.valid.histories[k].tolist() == seqs[u][:-2].tolist()
         assert split.train[u].tolist() == seqs[u][:-2].tolist()
     assert split.train[2].tolist() == seqs[2].tolist()  # short users train on everything
-    assert split.describe() == {"kind": "leave_one_out", "train_interactions": 3 + 1 + 2 + 2,
+    assert split.describe() == {"kind": "leave_one_out", "holdout": "last", "train_interactions": 3 + 1 + 2 + 2,
                                 "valid_users": 3, "test_users": 3}
 
 
@@ -56,7 +57,7 @@ def test_temporal_split_respects_time() -> None:
 
 def test_temporal_split_errors() -> None:
     ds = _dataset([4, 4])
-    with pytest.raises(DataError, match="bad split fractions"):
+    with pytest.raises(ConfigError, match="bad split fractions"):
         temporal_split(ds, test_fraction=0.6, valid_fraction=0.5)
     # Each user lives entirely on one side of the cut: nobody has both history and future.
     early_late = pd.DataFrame({"user": ["a"] * 9 + ["b"], "item": [f"i{k}" for k in range(10)],

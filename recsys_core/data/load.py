@@ -13,7 +13,19 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
-from recsys_core.data.dataset import ITEM, RATING, TIMESTAMP, USER, Dataset, build_dataset
+from recsys_core.data.dataset import (
+    COUNT,
+    ITEM,
+    ORDER_FILE,
+    ORDER_NONE,
+    ORDER_TIMESTAMP,
+    RATING,
+    TIE_RULE,
+    TIMESTAMP,
+    USER,
+    Dataset,
+    build_dataset,
+)
 from recsys_core.data.filters import DUPLICATE_POLICIES, duplicated_rows, duplicates_to_drop, k_core
 from recsys_core.data.items import items_from_raw, read_items
 from recsys_core.data.mapping import ColumnMapping, infer_mapping
@@ -27,12 +39,16 @@ from recsys_core.errors import DataError
 class LoadOptions:
     """How to turn a file into a dataset. Defaults keep everything the file has."""
 
-    implicit_threshold: float | None = None  # keep only rows with rating >= this (implicit feedback)
+    # keep only rows whose rating (or count, for a file of counts) is >= this: implicit feedback
+    implicit_threshold: float | None = None
     min_user_interactions: int = 1  # k-core: users with fewer are removed (iterated with items)
     min_item_interactions: int = 1
     duplicates: str = "keep_last"  # repeated (user, item): keep_last | keep_first | error | keep_all
     max_bytes: int = DEFAULT_MAX_BYTES
     min_eval_history: int = 3  # some user must have this many interactions, or no split can test anything
+    # Without a timestamp column the order of a user's rows is unknown, unless the user declares that the
+    # file lists them in time order (a file sorted by item id would otherwise look like a sequence).
+    file_order_is_time: bool = False
 
     def check(self) -> None:
         if self.duplicates not in DUPLICATE_POLICIES:
@@ -85,16 +101,41 @@ def load_dataset(source: Source, filename: str | None = None, *, mapping: Column
         report.add(f"read '{inner.member}' from the archive")
     mapping = ColumnMapping.coerce(mapping) if mapping is not None else infer_mapping(raw.frame, file=raw.file)
     report.mapping = mapping.as_dict()
+    for reason in mapping.reasons:
+        report.add(reason)
     frame, notes = to_interactions(raw, mapping)
     for note in notes:
         report.add(note)
     frame = _filter(raw, frame, options, report)
     meta = _metadata(blob, items, items_filename, options, report)
-    opts = options.to_dict() | {"mapping": {k: None if v is None else str(v) for k, v in mapping.as_dict().items()}}
+    opts = options.to_dict() | {"mapping": {k: None if v is None else str(v) for k, v in mapping.as_dict().items()},
+                                 "order": _order(mapping, options)}
     ds = build_dataset(frame, name=name or _stem(raw.file), items=meta, source=raw.file, options=opts)
     report.rows_kept = ds.n_interactions
+    _report_order(ds, report)
     _report_metadata(ds, meta, report)
     return ds, report
+
+
+def _order(mapping: ColumnMapping, options: LoadOptions) -> str:
+    if mapping.timestamp is not None:
+        return ORDER_TIMESTAMP
+    return ORDER_FILE if options.file_order_is_time else ORDER_NONE
+
+
+def _report_order(ds: Dataset, report: LoadReport) -> None:
+    """Say where "last" comes from, since splits and sequential models depend on it."""
+    if ds.order == ORDER_NONE:
+        report.add("no timestamp column: the order of each user's interactions is unknown, so leave-one-out holds "
+                   "out a random interaction per user (seeded), the temporal split is unavailable and sequential "
+                   "models (BERT4Rec, SASRec+, hybrid) are refused; if the file lists each user's interactions in "
+                   "time order, declare file order as time")
+    elif ds.order == ORDER_FILE:
+        report.add("no timestamp column: file order is taken as time, as declared (the last row of a user is "
+                   "their latest interaction)")
+    elif (tied := ds.users_with_tied_last_two()):
+        report.add(f"{tied} of {ds.n_users} users have their last two interactions at the same timestamp; "
+                   f"{TIE_RULE}, which decides which one is held out")
 
 
 def _stem(file: str) -> str:
@@ -108,12 +149,14 @@ def _filter(raw: RawTable, frame: pd.DataFrame, options: LoadOptions, report: Lo
     ts = frame[TIMESTAMP].to_numpy() if TIMESTAMP in frame.columns else None
     keep = _dedupe(raw, frame, users, items, ts, options.duplicates, report)
     if options.implicit_threshold is not None:
-        if RATING not in frame.columns:
-            raise DataError("an implicit-feedback threshold needs a rating column, and none is mapped",
-                            file=raw.file, hint="map the rating column, or clear the threshold")
-        below = keep & (frame[RATING].to_numpy() < options.implicit_threshold)
+        column = next((c for c in (RATING, COUNT) if c in frame.columns), None)
+        if column is None:
+            raise DataError("an implicit-feedback threshold needs a rating or count column, and none is mapped",
+                            file=raw.file, hint="map the rating or count column, or clear the threshold")
+        below = keep & (frame[column].to_numpy() < options.implicit_threshold)
         keep &= ~below
-        report.add(f"implicit threshold: removed {int(below.sum())} rows with rating < {options.implicit_threshold:g}")
+        report.add(f"implicit threshold: removed {int(below.sum())} rows with {column} < "
+                   f"{options.implicit_threshold:g}")
     before = int(keep.sum())
     keep, rounds = k_core(users, items, keep, options.min_user_interactions, options.min_item_interactions)
     if rounds:

@@ -1,8 +1,10 @@
-"""Which column is the user, the item, the rating and the timestamp.
+"""Which column is the user, the item, the rating or count, and the timestamp.
 
-By header name when there is a header (`userId`, `customer_id`, `book_rating`, ...); by position
-and content when there is none (MovieLens order: user, item, rating, timestamp). The user can
-always override: pages show `candidates` per role in select boxes.
+By header name when there is a header (`userId`, `customer_id`, `book_rating`, `play_count`, ...);
+by position and content when there is none (MovieLens order: user, item, rating, timestamp), where
+a numeric column of whole numbers running far past any rating scale is a count, not a rating.
+`reasons` says why, for the validation report. The user can always override: pages show
+`candidates` per role in select boxes.
 """
 
 from __future__ import annotations
@@ -19,18 +21,22 @@ from recsys_core.errors import DataError
 
 _SAMPLE = 1000
 _MIN_UNIX_SECONDS = 1e8  # 1973: below this a number is a rating or a count, not a time
+_MAX_RATING = 10  # the widest common rating scale (0-10, MovieTweetings); whole numbers beyond it are counts
 
 
 @dataclass
 class ColumnMapping:
-    """Frame column for each role; rating and timestamp are optional."""
+    """Frame column for each role; rating, count and timestamp are optional."""
 
     user: Hashable
     item: Hashable
     rating: Hashable | None = None
     timestamp: Hashable | None = None
+    count: Hashable | None = None
     # Columns offered per role, best guess first (for UI select boxes).
     candidates: dict[str, list] = field(default_factory=dict, compare=False, repr=False)
+    # Why a column got its role when that was decided from its content (for the validation report).
+    reasons: list[str] = field(default_factory=list, compare=False, repr=False)
 
     def as_dict(self) -> dict[str, Hashable | None]:
         return {role: getattr(self, role) for role in ROLES}
@@ -42,7 +48,7 @@ class ColumnMapping:
             return value
         unknown = set(value) - set(ROLES) - {"candidates"}
         if unknown or "user" not in value or "item" not in value:
-            raise DataError(f"a column mapping needs keys user and item (optional rating, timestamp); "
+            raise DataError(f"a column mapping needs keys user and item (optional rating, count, timestamp); "
                             f"got {sorted(map(str, value))}", hint="e.g. {'user': 'userId', 'item': 'movieId'}")
         return cls(**{k: value[k] for k in ROLES if k in value})
 
@@ -58,7 +64,7 @@ def mapping_candidates(frame: pd.DataFrame) -> dict[str, list]:
     out = {}
     for role in ROLES:
         if is_headerless(frame):
-            preferred = {"user": 0, "item": 1, "rating": 2, "timestamp": 3}[role]
+            preferred = {"user": 0, "item": 1, "rating": 2, "count": 2, "timestamp": 3}[role]
             out[role] = sorted(cols, key=lambda c, p=preferred: (c != p, c))
         else:
             out[role] = sorted(cols, key=lambda c, r=role: -name_score(c, r))
@@ -125,6 +131,27 @@ def _is_time(values: pd.Series) -> bool:
     return bool(nums.notna().all() and nums.min() >= _MIN_UNIX_SECONDS)
 
 
+def _amount(frame: pd.DataFrame, column: Hashable, mapping: ColumnMapping) -> ColumnMapping:
+    """Map a headerless numeric column as a rating or a count, from all its values, saying why."""
+    values = pd.to_numeric(frame[column], errors="coerce").dropna().to_numpy(dtype=np.float64)
+    label = f"column {column + 1}" if isinstance(column, (int, np.integer)) else f"column {column!r}"
+    if not len(values):
+        mapping.rating = column
+        return mapping
+    lo, hi = float(values.min()), float(values.max())
+    whole = bool(np.all(values == np.round(values)))
+    if whole and lo >= 0 and hi > _MAX_RATING:
+        mapping.count = column
+        mapping.reasons.append(
+            f"{label} read as a count, not a rating: whole numbers from {lo:,.0f} to {hi:,.0f} (median "
+            f"{float(np.median(values)):,.0f}), beyond any rating scale; choose 'rating' in the mapping if it is one")
+    else:
+        mapping.rating = column
+        mapping.reasons.append(f"{label} read as a rating: numbers from {lo:g} to {hi:g}; choose 'count' in the "
+                               "mapping if it counts plays, clicks or purchases")
+    return mapping
+
+
 def _by_position(frame: pd.DataFrame, file: str | None) -> ColumnMapping:
     n = frame.shape[1]
     if n > 4:
@@ -144,15 +171,14 @@ def _by_position(frame: pd.DataFrame, file: str | None) -> ColumnMapping:
         if third_time:
             return ColumnMapping(cols[0], cols[1], timestamp=cols[2])
         if third_num:
-            return ColumnMapping(cols[0], cols[1], rating=cols[2])
+            return _amount(frame, cols[2], ColumnMapping(cols[0], cols[1]))
     else:
         fourth_time, fourth_num = _is_time(sample[cols[3]]), _kind(sample[cols[3]]) == "number"
-        if third_num and fourth_time and not third_time:
-            return ColumnMapping(*cols[:4])  # MovieLens order: user, item, rating, timestamp
+        if third_num and (fourth_time or fourth_num) and not third_time:
+            # MovieLens order: user, item, rating, timestamp
+            return _amount(frame, cols[2], ColumnMapping(cols[0], cols[1], timestamp=cols[3]))
         if fourth_num and third_time and not fourth_time:
-            return ColumnMapping(cols[0], cols[1], rating=cols[3], timestamp=cols[2])
-        if third_num and fourth_num:
-            return ColumnMapping(*cols[:4])
+            return _amount(frame, cols[3], ColumnMapping(cols[0], cols[1], timestamp=cols[2]))
     raise DataError(
         "the file has no header line and its columns do not follow the order user, item, rating, timestamp "
         "(the rating must be a number, the timestamp a unix time or a date)",

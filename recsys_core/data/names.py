@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 
-ROLES = ("user", "item", "rating", "timestamp")
+# A rating is a bounded explicit score (1-5 stars); a count is a non-negative, unbounded, heavy-tailed
+# amount (plays, clicks, purchases) that says how much, not how good.
+ROLES = ("user", "item", "rating", "count", "timestamp")
 
 # Normalised (lowercase, alphanumerics only) names that fully identify a role.
 ALIASES: dict[str, set[str]] = {
@@ -13,8 +15,9 @@ ALIASES: dict[str, set[str]] = {
     "item": {"item", "itemid", "movie", "movieid", "product", "productid", "bookid", "book", "track",
              "trackid", "iid", "asin", "sku", "song", "songid", "artist", "artistid", "article", "articleid",
              "items", "imdbid", "i"},
-    "rating": {"rating", "ratings", "score", "weight", "stars", "star", "rate", "playcount", "plays",
-               "preference", "r"},
+    "rating": {"rating", "ratings", "score", "stars", "star", "rate", "preference", "r"},
+    "count": {"count", "counts", "playcount", "plays", "play", "listens", "listencount", "clicks", "clickcount",
+              "views", "viewcount", "quantity", "qty", "purchases", "weight", "frequency", "freq", "times", "n"},
     "timestamp": {"timestamp", "time", "date", "ts", "datetime", "ratingtimestamp", "unixtime",
                   "unixtimestamp", "createdat", "eventtime", "timestampms", "t"},
 }
@@ -22,14 +25,16 @@ ALIASES: dict[str, set[str]] = {
 _TAIL_WORDS: dict[str, set[str]] = {
     "user": {"user", "customer", "visitor", "reader", "member", "client", "account"},
     "item": {"item", "movie", "product", "book", "track", "song", "artist", "article"},
-    "rating": {"rating", "score", "weight", "stars"},
+    "rating": {"rating", "score", "stars"},
+    "count": {"count", "plays", "clicks", "views", "quantity", "weight", "frequency", "listens"},
     "timestamp": {"timestamp", "time", "date", "datetime", "ts", "at"},  # "at": created_at, purchased_at
 }
 # Spelled as people write them, for messages.
 EXAMPLE_NAMES = {
     "user": "user, userId, user_id, uid, customer_id",
     "item": "item, itemId, movieId, product_id, book_id, track",
-    "rating": "rating, score, weight, stars",
+    "rating": "rating, score, stars",
+    "count": "count, plays, play_count, clicks, quantity, weight",
     "timestamp": "timestamp, time, date, ts, datetime",
 }
 METADATA_WORDS = {"title", "name", "genres", "genre", "id", "tags", "year", "description"}

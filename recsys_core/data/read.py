@@ -176,7 +176,7 @@ def _read_delimited(blob: Blob, data: bytes, layout: TextLayout, *, forced_encod
                             hint="add interactions below the header line") from err
         if "UTF8" not in str(err) or forced_encoding or encoding != "utf-8":
             raise _parse_error(blob, err) from err
-        encoding = "latin-1"  # valid UTF-8 at the start, not further down: fall back for the whole file
+        encoding = _fallback_encoding(blob, data, line_offset)
         try:
             table, bad = _arrow_csv(parsed, layout, delim, quote, encoding)
         except pa.ArrowInvalid as err2:
@@ -194,6 +194,31 @@ def _read_delimited(blob: Blob, data: bytes, layout: TextLayout, *, forced_encod
     line_numbers = _line_numbers(data, layout.has_header, len(frame))
     return RawTable(frame, blob.name, _FORMATS.get(layout.delimiter, "csv"), layout.delimiter, layout.has_header,
                     encoding, len(frame), blob.member, line_numbers, 2 if layout.has_header else 1)
+
+
+def _fallback_encoding(blob: Blob, data: bytes, line_offset: int) -> str:
+    """The file began as UTF-8 but is not UTF-8 further down. With no multi-byte UTF-8 character anywhere it
+    is a single-byte file (latin-1), read as such; with both kinds, no single encoding fits, and reading it
+    as latin-1 would turn every earlier 'naïve' into 'naÃ¯ve' silently, so it is refused, naming the byte."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        offset = err.start
+    else:  # pragma: no cover - arrow reported invalid UTF-8, so decoding fails above
+        return "utf-8"
+    if not _UTF8_MULTIBYTE.search(data):
+        return "latin-1"
+    line = data.count(b"\n", 0, offset) + 1 + line_offset
+    sample = data[offset:offset + 1].hex()
+    raise DataError(
+        f"mixed text encodings: byte {offset:,} (0x{sample}, line {line}) is not valid UTF-8, but earlier lines "
+        "hold UTF-8 characters, so neither UTF-8 nor latin-1 / Windows-1252 reads the whole file correctly",
+        file=blob.name, line=line,
+        hint="re-save the file as UTF-8 (or choose its encoding when loading it), or fix that line")
+
+
+# A lead byte followed by continuation bytes: a character that only UTF-8 writes this way.
+_UTF8_MULTIBYTE = re.compile(rb"[\xc2-\xf4][\x80-\xbf]")
 
 
 def _arrow_csv(data: bytes, layout: TextLayout, delim: str, quote, encoding: str) -> tuple[pa.Table, list[str]]:

@@ -20,9 +20,11 @@ def resolve_dataset(spec: str, workspace, items: str | None = None):
     if not path.exists():
         raise DataError(f"no saved dataset or file named {spec!r}",
                         hint="pass 'demo', a name from the workspace, or a path to an interactions file")
+    name = None
     if path.is_dir():
+        name = path.resolve().name  # "ml-100k", not "u" after u.data
         path, items = _movielens_folder(path, items)
-    ds, _ = load_dataset(str(path), items=items)
+    ds, _ = load_dataset(str(path), items=items, name=name)
     return ds
 
 

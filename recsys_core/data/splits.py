@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recsys_core.data.dataset import TIMESTAMP, Dataset
-from recsys_core.errors import DataError
+from recsys_core.data.dataset import ORDER_TIMESTAMP, TIMESTAMP, Dataset
+from recsys_core.errors import ConfigError, DataError
 
 
 @dataclass
@@ -33,23 +33,27 @@ class Split:
     valid: EvalSet
     test: EvalSet
     n_items: int
+    holdout: str = "last"  # which items are held out: "last" (by time), "random (seed N)", "after a time cut"
 
     def describe(self) -> dict:
         return {
             "kind": self.kind,
+            "holdout": self.holdout,
             "train_interactions": int(sum(len(s) for s in self.train)),
             "valid_users": len(self.valid),
             "test_users": len(self.test),
         }
 
 
-def leave_one_out(ds: Dataset, min_history: int = 3) -> Split:
+def leave_one_out(ds: Dataset, min_history: int = 3, seed: int = 0) -> Split:
     """Last item of each user is test, second-to-last validation, the rest train.
 
-    Users with fewer than `min_history` interactions stay in train only, so every evaluated
-    user has at least one training item to be scored from.
+    "Last" needs an order: for a dataset without one (no timestamps, no declared file order) the
+    held-out items are a seeded random pick per user instead, since the file's order (often sorted by
+    item id) would otherwise decide what is tested. Users with fewer than `min_history` interactions
+    stay in train only, so every evaluated user has at least one training item to be scored from.
     """
-    seqs = ds.sequences()
+    seqs = ds.sequences() if ds.is_ordered else _shuffled_sequences(ds, seed)
     lengths = np.diff(ds.indptr)
     eval_users = np.flatnonzero(lengths >= min_history).astype(np.int32)
     if len(eval_users) == 0:
@@ -60,7 +64,15 @@ def leave_one_out(ds: Dataset, min_history: int = 3) -> Split:
     train = [s[:-2] if len(s) >= min_history else s for s in seqs]
     valid = EvalSet(eval_users, [seqs[u][:-2] for u in eval_users], [seqs[u][-2:-1] for u in eval_users])
     test = EvalSet(eval_users, [seqs[u][:-1] for u in eval_users], [seqs[u][-1:] for u in eval_users])
-    return Split("leave_one_out", train, valid, test, ds.n_items)
+    holdout = "last" if ds.is_ordered else f"random (seed {seed})"
+    return Split("leave_one_out", train, valid, test, ds.n_items, holdout)
+
+
+def _shuffled_sequences(ds: Dataset, seed: int) -> list[np.ndarray]:
+    """Each user's items in a seeded random order (one vectorised sort), so "last" is a random pick."""
+    users = np.repeat(np.arange(ds.n_users), np.diff(ds.indptr))
+    keys = np.random.default_rng(seed).random(len(users))
+    return np.split(ds.seq_items[np.lexsort((keys, users))], ds.indptr[1:-1])
 
 
 def temporal_split(ds: Dataset, test_fraction: float = 0.1, valid_fraction: float = 0.1) -> Split:
@@ -70,8 +82,11 @@ def temporal_split(ds: Dataset, test_fraction: float = 0.1, valid_fraction: floa
     they did before the cut, against every item they interacted with after it.
     """
     if not 0 < test_fraction < 1 or not 0 <= valid_fraction < 1 - test_fraction:
-        raise DataError(f"bad split fractions test={test_fraction}, valid={valid_fraction}",
-                        hint="use fractions between 0 and 1 whose sum is below 1")
+        raise ConfigError(f"bad split fractions test={test_fraction}, valid={valid_fraction}",
+                          hint="use fractions between 0 and 1 whose sum is below 1")
+    if ds.order != ORDER_TIMESTAMP:
+        raise ConfigError(f"the temporal split needs timestamps, and {ds.name!r} has none (order: {ds.order})",
+                          hint="use leave-one-out, or load the data with its timestamp column")
     ts = ds.interactions[TIMESTAMP].to_numpy()
     t_test = np.quantile(ts, 1 - test_fraction)
     t_valid = np.quantile(ts, 1 - test_fraction - valid_fraction)
@@ -83,7 +98,7 @@ def temporal_split(ds: Dataset, test_fraction: float = 0.1, valid_fraction: floa
     if len(test) == 0:
         raise DataError("no user has history both before and after the temporal cut",
                         hint="use leave-one-out, or a larger test fraction")
-    return Split("temporal", train, valid, test, ds.n_items)
+    return Split("temporal", train, valid, test, ds.n_items, "after a time cut")
 
 
 def _window(seqs: list[np.ndarray], times: list[np.ndarray], start: float, end: float) -> EvalSet:

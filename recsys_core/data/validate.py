@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from recsys_core.data.dataset import ITEM, RATING, TIMESTAMP, USER
+from recsys_core.data.dataset import COUNT, ITEM, RATING, TIMESTAMP, USER
 from recsys_core.data.mapping import ColumnMapping
 from recsys_core.data.read import RawTable
 from recsys_core.errors import DataError
@@ -26,9 +26,16 @@ def to_interactions(raw: RawTable, mapping: ColumnMapping) -> tuple[pd.DataFrame
     """Canonical interaction frame plus plain-word notes on how values were read."""
     _check_columns(raw, mapping)
     notes: list[str] = []
-    out = {USER: ids_as_strings(raw, mapping.user, "user"), ITEM: ids_as_strings(raw, mapping.item, "item")}
+    out = {}
+    for key, column, role in ((USER, mapping.user, "user"), (ITEM, mapping.item, "item")):
+        out[key], trimmed = clean_ids(raw, column, role)
+        if trimmed:
+            notes.append(f"{trimmed} {role} id(s) had spaces around them, removed (otherwise ids are kept exactly "
+                         "as written: '007' and '7' are different ids)")
     if mapping.rating is not None:
         out[RATING] = _ratings(raw, mapping.rating)
+    if mapping.count is not None:
+        out[COUNT] = _counts(raw, mapping.count)
     if mapping.timestamp is not None:
         out[TIMESTAMP], note = _timestamps(raw, mapping.timestamp)
         notes.append(note)
@@ -66,7 +73,15 @@ def _as_arrow(series: pd.Series) -> pa.ChunkedArray | pa.Array:
 
 
 def ids_as_strings(raw: RawTable, column, role: str) -> pd.Series:
-    """Ids as strings; integral floats (JSON ids next to nulls) lose their '.0'."""
+    """Ids as strings, without surrounding whitespace (see `clean_ids`)."""
+    return clean_ids(raw, column, role)[0]
+
+
+def clean_ids(raw: RawTable, column, role: str) -> tuple[pd.Series, int]:
+    """Ids as strings with surrounding whitespace removed on every row, and how many were changed.
+
+    Integral floats (JSON ids next to nulls) lose their '.0'; nothing else is normalised, so '007'
+    and '7' stay two ids."""
     s = raw.frame[column]
     if pd.api.types.is_float_dtype(s.dtype):
         vals = s.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -81,10 +96,12 @@ def ids_as_strings(raw: RawTable, column, role: str) -> pd.Series:
         if missing.any():
             raise _fail(raw, column, missing, f"an empty {role} id", f"every row needs a {role} id")
         ids = s.astype(str)
-    empty = (ids.isna() | (ids.str.len() == 0)).to_numpy(dtype=bool)
+    stripped = ids.str.strip()
+    trimmed = int((stripped != ids).sum())
+    empty = (stripped.isna() | (stripped.str.len() == 0)).to_numpy(dtype=bool)
     if empty.any():
         raise _fail(raw, column, empty, f"an empty {role} id", f"every row needs a {role} id; delete or fill those lines")
-    return ids.reset_index(drop=True)
+    return stripped.reset_index(drop=True), trimmed
 
 
 def _numbers(raw: RawTable, column) -> tuple[np.ndarray, np.ndarray]:
@@ -106,6 +123,18 @@ def _ratings(raw: RawTable, column) -> np.ndarray:
     if bad.any():
         raise _fail(raw, column, bad, "a rating that is not a number",
                     "ratings/weights must be numbers like 4 or 3.5; fix those lines or map no rating column")
+    return vals
+
+
+def _counts(raw: RawTable, column) -> np.ndarray:
+    vals, bad = _numbers(raw, column)
+    if bad.any():
+        raise _fail(raw, column, bad, "a count that is not a number",
+                    "counts (plays, clicks, purchases) must be numbers like 3 or 12; fix those lines or map no count")
+    negative = vals < 0
+    if negative.any():
+        raise _fail(raw, column, negative, "a negative count",
+                    "a count says how often; if the column is a score that can be negative, map it as the rating")
     return vals
 
 

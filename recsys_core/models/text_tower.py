@@ -116,8 +116,11 @@ class TextTower(Recommender):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(text=True, cold_items=True, order_aware=True,
-                            training_curves=self.config.mode == "fine_tune")
+        c = self.config
+        # fine-tuning learns "next item" pairs; history text and decay weigh the newest items most
+        order_free = c.mode == "zero_shot" and c.user_vector == "recency_mean" and c.recency_decay == 1.0
+        return Capabilities(text=True, cold_items=True, order_aware=not order_free,
+                            training_curves=c.mode == "fine_tune")
 
     def training_history(self) -> list[dict]:
         return self.train_history_

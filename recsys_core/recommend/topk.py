@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recsys_core.data.dataset import Dataset
+from recsys_core.data.dataset import ORDER_TIMESTAMP, Dataset
 from recsys_core.data.item_schema import ITEM_ID, TITLE
 from recsys_core.errors import ConfigError, DataError, ModelError
 from recsys_core.evaluation.metrics import top_k
@@ -375,12 +375,13 @@ def pick_user(ds: Dataset, kind: str = "random", seed: int | None = None, tail: 
 
 
 def history_frame(ds: Dataset, user: int) -> pd.DataFrame:
-    """A user's history as a timeline, newest first: step, item, item_id, title, metadata, rating, date."""
+    """A user's history, newest first when the dataset is ordered (else reversed file order): step, item,
+    item_id, title, metadata, rating, date (real timestamps only)."""
     start, stop = int(ds.indptr[user]), int(ds.indptr[user + 1])
     rows = ds.interactions.iloc[start:stop]
     columns = item_columns(rows["item"].to_numpy(), ds.items, ds.item_ids)
     columns["rating"] = rows["rating"].to_numpy()
-    if ds.options.get("has_timestamps", True):
+    if ds.order == ORDER_TIMESTAMP:
         columns["date"] = pd.to_datetime(rows["timestamp"].to_numpy(), unit="s", utc=True)
     frame = pd.DataFrame({"step": np.arange(1, stop - start + 1), **columns})
     return frame.iloc[::-1].reset_index(drop=True)

@@ -130,6 +130,9 @@ def run_experiment(
     """Train `family` on `ds`, evaluate on the test split, and (with a workspace) save and record it."""
 
     model = make_model(family, overrides)
+    if workspace is not None:
+        jail_paths(model, workspace)
+    check_order(model, ds)
     split = split or make_split(ds, split_kind)
     progress = progress or Progress()
     start = time.perf_counter()
@@ -141,6 +144,45 @@ def run_experiment(
     if workspace is not None:
         _record(result, workspace, dataset_name or ds.name, split.kind)
     return result
+
+
+def check_order(model: Recommender, ds: Dataset) -> None:
+    """Refuse an order-aware model on data whose order is unknown: it would learn the file's sort order."""
+    if model.capabilities.order_aware and not ds.is_ordered:
+        raise ConfigError(
+            f"{model.family} reads the order of each user's history, but {ds.name!r} has no timestamps, so that "
+            "order is unknown (a file sorted by item id would teach it 'next id = last id + 1')",
+            hint="load the data with a timestamp column, or declare file order as time on the Data page if the "
+                 "file lists each user's interactions in time order; or train EASE, item-kNN (no recency weights), "
+                 "popularity or the text tower with recency_decay=1")
+
+
+# Settings that name a folder the run writes or reads: with a workspace, each must lie inside it.
+_FOLDER_SETTINGS = ("train.checkpoint_dir", "text_tower_dir")
+# Settings that are a hub name or a folder: only a folder is jailed.
+_ENCODER_SETTINGS = ("model_name", "text_model_name")
+
+
+def jail_paths(model: Recommender, workspace: Any) -> None:
+    """Point every folder setting (checkpoint_dir, a saved text tower, a local encoder) at its resolved folder
+    inside the workspace or the operator's allow-list, or raise ConfigError: a form must not make the server
+    write, resume from or load any other folder."""
+    flat = flatten_config(model.config)
+    for name in (*_FOLDER_SETTINGS, *_ENCODER_SETTINGS):
+        value = flat.get(name)
+        if not value or (name in _ENCODER_SETTINGS and not _looks_like_folder(value)):
+            continue
+        target = model.config.train if name.startswith("train.") else model.config
+        setattr(target, name.rsplit(".", 1)[-1], str(workspace.resolve_inside(value, name)))
+
+
+def _looks_like_folder(value: str) -> bool:
+    return value.startswith(("/", ".", "~", "\\")) or Path(value).expanduser().exists()
+
+
+def check_paths(family: str, overrides: dict[str, Any] | None, workspace: Any) -> None:
+    """The jail check of `run_experiment`, up front: a page refuses the form before it starts a job."""
+    jail_paths(make_model(family, overrides), workspace)
 
 
 def _record(result: RunResult, workspace: Any, dataset_name: str, split_kind: str) -> None:
