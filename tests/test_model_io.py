@@ -112,7 +112,7 @@ def test_a_folder_from_a_newer_version_or_with_unknown_settings_is_refused_clear
     with pytest.raises(ModelError, match="no setting 'wormholes'"):
         load_model(unknown)
     no_count = _edited(tmp_path, "popularity", lambda m: m.pop("n_items"))
-    with pytest.raises(ModelError, match="does not match n_items"):
+    with pytest.raises(ModelError, match="no valid n_items"):
         load_model(no_count)
 
 

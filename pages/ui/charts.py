@@ -21,6 +21,16 @@ MAX_DISCRETE_RATINGS = 25
 _LAYOUT = {"margin": {"l": 10, "r": 10, "t": 40, "b": 10}, "height": 320, "showlegend": False}
 
 
+def chart_label(text: object, width: int | None = None) -> str:
+    """Any user text (a title, genre, dataset or user name) as a Plotly label: cut to `width`, then
+    HTML-escaped. Plotly renders tags such as <a> and <span style> in ticks, legends and hovers, so a
+    title `<a href=...>` would become a link. Cut first, so no entity is split."""
+    text = str(text)
+    if width is not None and len(text) > width:
+        text = text[:width - 1] + "…"
+    return html.escape(text)
+
+
 def long_tail_frame(counts: np.ndarray, labels: np.ndarray | None = None,
                     max_points: int = MAX_CURVE_POINTS) -> pd.DataFrame:
     """Counts sorted from most to least active, with 1-based rank; thinned to `max_points` rows.
@@ -46,7 +56,7 @@ def long_tail_figure(frame: pd.DataFrame, entity: str) -> go.Figure:
     custom = None
     if "label" in frame.columns:
         # Plotly renders a subset of HTML in hover labels, so titles are escaped.
-        custom = frame["label"].astype(str).map(html.escape).to_numpy()
+        custom = frame["label"].map(chart_label).to_numpy()
         hover = "%{customdata}<br>" + hover
     fig = go.Figure(go.Scatter(x=frame["rank"], y=frame["count"], mode="lines+markers",
                                  marker={"size": 3}, customdata=custom,

@@ -16,6 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from pages.ui import charts
+from pages.ui.auth import require_password
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.demo import DEMO_NAME
 from recsys_core.errors import RecsysError
@@ -120,6 +121,7 @@ def _on_sidebar_pick() -> None:
 
 def sidebar_dataset_selector() -> DatasetRecord:
     """Draw the active-dataset selector in the sidebar and return the active record."""
+    require_password()  # a page run without app.py (Streamlit's fallback) is gated too
     record = active_record()
     names = [r.name for r in workspace().list_datasets()]
     # Set before the widget exists in this run, so a page's `set_active` + rerun shows up here.

@@ -22,6 +22,7 @@ import importlib.util
 import json
 import os
 import queue
+import re
 import shutil
 import threading
 import time
@@ -156,6 +157,15 @@ def forget_loaded() -> None:
     """Drop every cached model (frees memory; the next `generate` loads again)."""
     with _LOAD_LOCK:
         _LOADED.clear()
+
+
+_HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
+
+
+def is_hub_name(source: str) -> bool:
+    """True for `org/name` that is a Hugging Face hub id and not a folder on this machine: the only
+    sources a form may pass unchecked (folders go through the workspace jail)."""
+    return bool(_HUB_NAME.fullmatch(source)) and ".." not in source and not Path(source).expanduser().exists()
 
 
 def _load_uncached(source: str, gguf_file: str | None, convert_to: Path | None, device: str) -> LoadedLM:
@@ -339,6 +349,29 @@ def chat_endpoint(url: str) -> str:
     return f"{url}/chat/completions" if url.endswith("/v1") else f"{url}/v1/chat/completions"
 
 
+def operator_key_for(url: str) -> str | None:
+    """The server's own key (`RECSYS_LLM_API_KEY`), only for the endpoint the operator configured
+    (`RECSYS_LLM_URL`): a URL typed by a visitor never receives the server's secret."""
+    key, configured = os.environ.get(ENV_KEY), os.environ.get(ENV_URL)
+    if not key or not configured:
+        return None
+    try:
+        return key if chat_endpoint(url) == chat_endpoint(configured) else None
+    except LLMError:
+        return None
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """urllib would forward the Authorization header to wherever a server redirects: refuse instead."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        raise LLMError(f"the LLM server answered HTTP {code} (a redirect); give its final URL instead")
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+MAX_REPLY_BYTES = 1 << 20  # a chat reply of a few sentences is a few KB; more is not a chat server
+
+
 class OpenAIBackend:
     """An OpenAI-compatible chat-completions server; the API key is sent, never shown or logged.
 
@@ -359,11 +392,11 @@ class OpenAIBackend:
     @classmethod
     def from_env(cls, url: str | None = None, model: str | None = None, api_key: str | None = None,
                  timeout_s: float = 30.0) -> OpenAIBackend:
-        """Arguments first, then RECSYS_LLM_URL / RECSYS_LLM_MODEL / RECSYS_LLM_API_KEY."""
+        """Arguments first, then RECSYS_LLM_URL / RECSYS_LLM_MODEL; RECSYS_LLM_API_KEY only for RECSYS_LLM_URL."""
         url = url or os.environ.get(ENV_URL)
         if not url:
             raise LLMError(f"no server URL: give one or set {ENV_URL} (e.g. http://127.0.0.1:11434 for Ollama)")
-        return cls(url, model or os.environ.get(ENV_MODEL, ""), api_key or os.environ.get(ENV_KEY), timeout_s)
+        return cls(url, model or os.environ.get(ENV_MODEL, ""), api_key or operator_key_for(url), timeout_s)
 
     def generate(self, messages: Sequence[Message], max_new_tokens: int = 120, stream: bool = True,
                  temperature: float = 0.0, guide: Guide | None = None) -> Iterator[str]:
@@ -382,7 +415,7 @@ class OpenAIBackend:
         start = time.perf_counter()
         deadline = start + self.timeout_s * (4 if stream else 1)  # a stream may take longer than one read
         try:
-            with urllib.request.urlopen(self._request(body), timeout=self.timeout_s) as resp:
+            with _OPENER.open(self._request(body), timeout=self.timeout_s) as resp:
                 chunks = _sse_chunks(resp, deadline, self.timeout_s) if stream else _whole_reply(resp)
                 for chunk in chunks:
                     if chunk:
@@ -393,8 +426,8 @@ class OpenAIBackend:
         except LLMError:
             raise
         except urllib.error.HTTPError as err:
-            raise LLMError(f"the LLM server at {self.endpoint} answered HTTP {err.code} {err.reason}: "
-                           f"{_error_detail(err)}") from err
+            # A status line only: the body of an arbitrary server is never echoed to the page.
+            raise LLMError(f"the LLM server at {self.endpoint} answered HTTP {err.code} {err.reason}") from err
         except TimeoutError as err:
             raise LLMError(f"no answer from the LLM server at {self.endpoint} within {self.timeout_s:g} s "
                            "(is the model still loading? raise the timeout)") from err
@@ -417,43 +450,33 @@ def _reason(reason: object) -> str:
     return str(reason)
 
 
-def _error_detail(err: urllib.error.HTTPError) -> str:
-    try:
-        text = err.read(2000).decode("utf-8", "replace")
-    except OSError:
-        return "(no details)"
-    try:
-        payload = json.loads(text)
-        if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
-            return str(payload["error"].get("message", text))[:300]
-    except json.JSONDecodeError:
-        pass
-    return text.strip()[:300] or "(no details)"
-
-
 def _bad_json(text: str) -> LLMError:
-    return LLMError(f"the LLM server sent a reply that is not valid JSON: {text.strip()[:120]!r}")
+    return LLMError(f"the LLM server sent a reply that is not valid JSON ({len(text):,} characters; is the URL "
+                    "an OpenAI-compatible /v1/chat/completions endpoint?)")
 
 
 def _content(payload: object, streaming: bool) -> str:
     """The text of one chat-completions reply (or stream delta); raises on error objects and odd shapes."""
     if isinstance(payload, dict) and payload.get("error"):
-        err = payload["error"]
-        raise LLMError(f"the LLM server reported an error: {err.get('message', err) if isinstance(err, dict) else err}")
+        raise LLMError("the LLM server answered with an error object instead of a reply (check the model name "
+                       "and the server's own log)")
     try:
         choice = payload["choices"][0]
         part = choice["delta"] if streaming else choice["message"]
         content = part.get("content") or ""
     except (KeyError, IndexError, TypeError, AttributeError) as err:
         raise LLMError(f"the LLM server's reply has no choices[0].{'delta' if streaming else 'message'}"
-                       f".content: {json.dumps(payload)[:160]}") from err
+                       ".content (is the URL an OpenAI-compatible chat-completions endpoint?)") from err
     if not isinstance(content, str):
         raise LLMError("the LLM server's reply content is not text")
     return content
 
 
 def _whole_reply(resp) -> Iterator[str]:
-    text = resp.read().decode("utf-8", "replace")
+    data = resp.read(MAX_REPLY_BYTES + 1)
+    if len(data) > MAX_REPLY_BYTES:
+        raise LLMError(f"the LLM server's reply is over {MAX_REPLY_BYTES >> 20} MB; a chat reply is a few KB")
+    text = data.decode("utf-8", "replace")
     try:
         payload = json.loads(text)
     except json.JSONDecodeError as err:
@@ -463,7 +486,11 @@ def _whole_reply(resp) -> Iterator[str]:
 
 def _sse_chunks(resp, deadline: float, timeout_s: float) -> Iterator[str]:
     """Deltas of a server-sent-events stream (`data: {...}` lines, ended by `data: [DONE]`)."""
+    received = 0
     for raw in resp:
+        received += len(raw)
+        if received > MAX_REPLY_BYTES:
+            raise LLMError(f"the LLM server streamed over {MAX_REPLY_BYTES >> 20} MB; a chat reply is a few KB")
         if time.perf_counter() > deadline:
             raise LLMError(f"the LLM server kept streaming for more than {4 * timeout_s:g} s")
         line = raw.decode("utf-8", "replace").strip()

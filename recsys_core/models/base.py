@@ -22,8 +22,8 @@ from safetensors.torch import load_file, save_file
 
 from recsys_core.data.dataset import Dataset, catalogue_digest
 from recsys_core.data.splits import Split
-from recsys_core.errors import ConfigError, ModelError
-from recsys_core.models.settings import FORMAT_VERSION, build_config, migrate
+from recsys_core.errors import ConfigError, ModelError, RecsysError
+from recsys_core.models.settings import FORMAT_VERSION, build_config, flatten_config, migrate
 from recsys_core.progress import Progress
 
 FAMILIES: dict[str, type[Recommender]] = {}
@@ -195,38 +195,141 @@ def config_from_dict(config_class: type, values: dict, file: str = "") -> Any:
 
 
 def load_model(directory: str | Path) -> Recommender:
-    """Load any saved model folder, validating it before use."""
+    """Load any saved model folder, validating it before use.
+
+    A folder may be hostile (an upload, a path typed in a form): every file is size-checked, the
+    safetensors header is read and checked before any tensor is, and the weights are first loaded
+    into a model on the `meta` device (no memory), so a config whose sizes do not match its weights
+    (e.g. `max_len` 16,000,000) fails before anything is allocated. Every failure is a ModelError.
+    """
     d = Path(directory)
     for name in ("config.json", "item_ids.json", "model.safetensors"):
         if not (d / name).is_file():
             raise ModelError(f"model folder is missing {name}", file=str(d),
                             hint="pick a folder saved by RecSys Explorer (config.json + model.safetensors + item_ids.json)")
-    try:
-        meta = json.loads((d / "config.json").read_text())
-        item_ids = json.loads((d / "item_ids.json").read_text())
-    except json.JSONDecodeError as err:
-        raise ModelError(f"invalid JSON ({err})", file=str(d)) from err
+    meta = _json_file(d / "config.json", dict)
+    item_ids = _json_file(d / "item_ids.json", list)
     family = meta.get("family")
     if family not in FAMILIES:
         import recsys_core.models  # noqa: F401  registers every family
 
-    if family not in FAMILIES:
+    if not isinstance(family, str) or family not in FAMILIES:
         raise ModelError(f"unknown model family {family!r}", file=str(d / "config.json"),
                         hint=f"known families: {sorted(FAMILIES)}")
     cls = FAMILIES[family]
     config_file = str(d / "config.json")
-    model = cls(config_from_dict(cls.config_class, migrate(family, cls.config_class, meta, config_file), config_file))
-    model.n_items_ = int(meta.get("n_items", -1))
+    config = config_from_dict(cls.config_class, migrate(family, cls.config_class, meta, config_file), config_file)
+    _check_sizes(config, meta, item_ids, config_file)
+    header = _tensor_header(d / "model.safetensors")
+    model = cls(config)
+    model.n_items_ = int(meta["n_items"])
     model.item_ids_ = [str(i) for i in item_ids]
-    if len(model.item_ids_) != model.n_items_:
-        raise ModelError("item_ids.json does not match n_items in config.json", file=str(d))
     if meta.get("catalogue", model.catalogue_digest()) != model.catalogue_digest():
         raise ModelError("item_ids.json is not the catalogue this model was saved with", file=str(d),
                          hint="the folder was edited or mixed with another model's files; re-export the model")
-    model.read_extra_files(d)
-    model.load_state_tensors(load_file(str(d / "model.safetensors")))
+    try:
+        model.read_extra_files(d)
+        _dry_run(cls, config, model, header)
+        model.load_state_tensors(load_file(str(d / "model.safetensors")))
+    except RecsysError:
+        raise
+    except Exception as err:  # a damaged file raises library errors: the user gets ours, not a traceback
+        raise ModelError(f"the model files could not be read ({type(err).__name__}: {str(err)[:200]})", file=str(d),
+                         hint="the folder is damaged or was not saved by RecSys Explorer; retrain the model") from err
     model.version_ = _files_digest(d)
     return model
+
+
+# Sizes a saved config may claim; far above any model this app trains, far below a memory blow-up.
+MAX_ITEMS = 50_000_000
+SIZE_LIMITS = {"max_len": 65_536, "hidden": 16_384, "layers": 128, "heads": 1_024, "n_negatives": 1_000_000}
+MAX_JSON_BYTES = 1 << 30
+MAX_HEADER_BYTES = 100 << 20
+
+
+def _json_file(path: Path, kind: type) -> Any:
+    """A small JSON file of the expected top-level type, or a ModelError naming it."""
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise ModelError(f"{path.name} is larger than {MAX_JSON_BYTES >> 20} MB", file=str(path),
+                         hint="this is not a folder saved by RecSys Explorer")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise ModelError(f"{path.name} is not valid JSON ({str(err)[:120]})", file=str(path),
+                         hint="re-export the model; the file is damaged") from err
+    if not isinstance(value, kind):
+        raise ModelError(f"{path.name} holds a {type(value).__name__}, expected a {kind.__name__}", file=str(path),
+                         hint="re-export the model; the file is damaged")
+    return value
+
+
+def _check_sizes(config: Any, meta: dict, item_ids: list, file: str) -> None:
+    """Catalogue and size settings within limits, before anything is built from them."""
+    n_items = meta.get("n_items")
+    if not isinstance(n_items, int) or isinstance(n_items, bool) or not 0 < n_items <= MAX_ITEMS:
+        raise ModelError(f"config.json has no valid n_items (got {n_items!r})", file=file,
+                         hint="re-export the model; n_items must be the number of items it scores")
+    if len(item_ids) != n_items:
+        raise ModelError(f"item_ids.json lists {len(item_ids):,} items but config.json says n_items={n_items:,}",
+                         file=file, hint="the folder was edited or mixed with another model's files")
+    flat = flatten_config(config) if is_dataclass(config) else {}
+    for name, limit in SIZE_LIMITS.items():
+        value = flat.get(name)
+        if isinstance(value, int | float) and not 0 <= value <= limit:
+            raise ModelError(f"config.json sets {name}={value:,}, outside 0..{limit:,}", file=file,
+                             hint="this folder was not saved by RecSys Explorer, or was edited; retrain the model")
+
+
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
+
+
+def _tensor_header(path: Path) -> dict[str, tuple[torch.dtype, list[int]]]:
+    """{name: (dtype, shape)} from a safetensors header, checked against the file's size, reading no tensor."""
+    size = path.stat().st_size
+    bad = ModelError("model.safetensors is not a safetensors file", file=str(path),
+                     hint="the file is damaged or is another format (never a pickle); re-export the model")
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < n <= min(MAX_HEADER_BYTES, size - 8):
+            raise bad
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+            raise bad from err
+    if not isinstance(header, dict):
+        raise bad
+    out, end = {}, 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (lo, hi) = _DTYPES[info["dtype"]], [int(x) for x in info["shape"]], info["data_offsets"]
+        except (KeyError, TypeError, ValueError) as err:
+            raise bad from err
+        count = int(np.prod(shape, dtype=np.float64)) if shape else 1
+        if min(shape, default=0) < 0 or hi - lo != count * torch.empty(0, dtype=dtype).element_size() or hi > size - 8 - n:
+            raise bad
+        out[name], end = (dtype, shape), max(end, hi)
+    return out
+
+
+def _dry_run(cls: type[Recommender], config: Any, model: Recommender, header: dict) -> None:
+    """Load weights of the header's shapes into a copy of the model on the meta device (allocates nothing):
+    a config whose sizes do not match its weights fails here. Families that need real values to load
+    (closed-form models read their arrays) cannot dry-run; their own load checks the shapes."""
+    with torch.device("meta"):
+        probe = cls(config)
+        probe.n_items_, probe.item_ids_ = model.n_items_, model.item_ids_
+        tensors = {name: torch.empty(shape, dtype=dtype) for name, (dtype, shape) in header.items()}
+        try:
+            probe.load_state_tensors(tensors)
+        except RecsysError:
+            raise
+        except (NotImplementedError, RuntimeError, TypeError, ValueError, AttributeError):
+            return
 
 
 def _files_digest(directory: Path) -> str:

@@ -13,11 +13,12 @@ import uuid
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from recsys_core.errors import DataError, ModelError, RecsysError, ResourceError
+from recsys_core.errors import ModelError, RecsysError, ResourceError
 from recsys_core.models.base import Recommender, load_model
 
 ALLOWED_SUFFIXES = {".json", ".safetensors", ".txt", ".model", ".md"}
 MAX_UNPACKED_BYTES = 2 * 1024**3
+MAX_RATIO = 100  # uncompressed / compressed size of one member above 1 MB
 
 
 def safe_member_path(name: str) -> PurePosixPath:
@@ -71,6 +72,11 @@ def _checked_members(archive: zipfile.ZipFile, filename: str) -> list[tuple[zipf
         total += info.file_size
         if total > MAX_UNPACKED_BYTES:
             raise ResourceError("the zip unpacks to more than 2 GiB", file=filename)
+        if info.file_size > 1 << 20 and info.file_size > MAX_RATIO * max(1, info.compress_size):
+            # Trained weights barely compress; a member this compressible is a zip bomb, not a model.
+            raise ResourceError(f"zip member {info.filename!r} expands {info.file_size // max(1, info.compress_size):,}"
+                                f" times (over {MAX_RATIO})", file=filename,
+                                hint="upload a zip made from a saved model folder")
         members.append((info, rel))
     if not any(rel.name == "config.json" for _, rel in members):
         raise ModelError("the zip holds no config.json", file=filename,

@@ -11,6 +11,9 @@ Why versions: POSIX cannot atomically rename a folder over a non-empty one, so a
 a new version folder and the SQLite transaction that points the name at it is the commit point.
 Readers always see either the old or the new complete folder; the old one is removed afterwards.
 
+The jail: every path a form or config names (a model folder, a checkpoint_dir, an LLM folder) goes
+through `Workspace.resolve_inside`, which refuses anything outside the workspace and `$RECSYS_ALLOWED_PATHS`.
+
 Several Streamlit sessions (threads) and processes may share a workspace: every operation opens its
 own connection (`timeout=30`), writes run in `BEGIN IMMEDIATE` transactions, queries are parametrised.
 """
@@ -35,6 +38,7 @@ from recsys_core.data.demo import DEMO_NAME, demo_source, load_demo
 from recsys_core.errors import ConfigError, DataError
 
 ENV_VAR = "RECSYS_WORKSPACE"
+ALLOWED_ENV = "RECSYS_ALLOWED_PATHS"  # extra folders forms may name, os.pathsep-separated (operator only)
 DB_FILE = "workspace.db"
 SCHEMA_VERSION = 1
 NAME_RULE = "1-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit, and no '..'"
@@ -101,6 +105,12 @@ class RunRecord:
     status: str
     created_at: str
     updated_at: str
+
+
+def allowed_roots() -> list[Path]:
+    """Folders outside the workspace that forms may still name: `$RECSYS_ALLOWED_PATHS`, set by the operator."""
+    raw = os.environ.get(ALLOWED_ENV, "")
+    return [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
 
 
 def validate_name(name: str) -> str:
@@ -184,6 +194,28 @@ class Workspace:
 
     def _abs(self, stored: str) -> Path:
         return (self.root / stored).resolve()
+
+    # ---- the jail ----------------------------------------------------------------------------
+
+    def resolve_inside(self, path: str | os.PathLike, what: str = "folder") -> Path:
+        """`path` resolved (a relative one against the workspace root, symlinks followed), or a ConfigError
+        when it lies outside the workspace and every folder of the operator's allow-list.
+
+        Every path a form or a config accepts goes through here: a visitor must not make the server
+        read or write anywhere else (another workspace, the home folder, system files).
+        """
+        text = str(path).strip()
+        if not text or "\x00" in text:
+            raise ConfigError(f"the {what} path is empty or invalid", hint="give a folder inside the workspace")
+        candidate = Path(text).expanduser()
+        resolved = (candidate if candidate.is_absolute() else self.root / candidate).resolve()
+        roots = [self.root, *allowed_roots()]
+        if any(resolved.is_relative_to(root) for root in roots):
+            return resolved
+        raise ConfigError(
+            f"the {what} {text!r} is outside the workspace", file=str(self.root),
+            hint=f"use a path inside the workspace folder (relative paths start there, e.g. 'models/...'); "
+                 f"an operator can allow more folders with {ALLOWED_ENV} (separated by '{os.pathsep}')")
 
     # ---- datasets ----------------------------------------------------------------------------
 
