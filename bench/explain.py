@@ -50,8 +50,8 @@ def get_model(args: argparse.Namespace, ds) -> tuple[object, dict]:
         return model, {"source": args.model_dir, "config": config, "test_ndcg@10": round(test["ndcg@10"], 4),
                        "test_hr@10": round(test["hr@10"], 4)}
     overrides = parse_overrides(args.set)
-    if "train.time_budget_s" in {name for name, _ in config_fields(args.model)}:
-        overrides = {"train.time_budget_s": args.budget, **overrides}
+    if "train.cpu_budget_s" in {name for name, _ in config_fields(args.model)}:
+        overrides = {"train.cpu_budget_s": args.budget, **overrides}
     result = run_experiment(ds, args.model, overrides)
     if args.save_model:
         result.model.save(args.save_model)

@@ -130,7 +130,7 @@ def main() -> None:
             artifact, model = args.bert4rec_dir, load_model(args.bert4rec_dir)
             row["loaded_from"] = str(Path(args.bert4rec_dir).resolve())
         else:
-            overrides = {"time_budget_s": args.budget_s} if family in ("bert4rec", "sasrec") else None
+            overrides = {"cpu_budget_s": args.budget_s} if family in ("bert4rec", "sasrec") else None
             start = time.perf_counter()
             run = run_experiment(ds, family, overrides, workspace=ws, dataset_name=NAME)
             row.update(train_s=round(time.perf_counter() - start, 1), ndcg_at_10=round(run.metrics["ndcg@10"], 4))

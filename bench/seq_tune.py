@@ -51,7 +51,7 @@ def ease_reference(ds, split) -> dict:
 def run(family: str, overrides: dict, budget: float, save: str = "") -> dict:
     ds, split = load_split()
     cls = FAMILIES[family]
-    cfg = build_config(cls.config_class, {"time_budget_s": budget, **overrides})
+    cfg = build_config(cls.config_class, {"cpu_budget_s": budget, **overrides})
     curve = []
 
     def on_event(e):

@@ -18,6 +18,7 @@ from recsys_core.models.sasrec import SASRec, SASRecConfig
 from recsys_core.models.sequential import SequenceWindows, init_items_from_svd
 from recsys_core.models.settings import build_config
 from recsys_core.progress import Progress
+from recsys_core.training.experiment import run_experiment
 
 N_ITEMS = 30
 
@@ -199,3 +200,12 @@ def test_svd_item_init_puts_co_consumed_items_close(data):
     neighbours = torch.stack([sim[i[f"i{k:02d}"], i[f"i{(k + 1) % N_ITEMS:02d}"]] for k in range(N_ITEMS)])
     far = torch.stack([sim[i[f"i{k:02d}"], i[f"i{(k + 15) % N_ITEMS:02d}"]] for k in range(N_ITEMS)])
     assert neighbours.mean() > far.mean() + 0.3
+
+
+def test_a_run_whose_validation_never_improves_is_flagged_not_finished(data) -> None:
+    ds, _ = data
+    frozen = {**TINY, "lr": 0.0, "epochs": 3, "eval_every": 1, "patience": 0}  # weights never move
+    result = run_experiment(ds, "sasrec", frozen)
+    assert result.status == "no_improvement" and result.extra["stop_reason"] == "all epochs run"
+    learning = run_experiment(ds, "sasrec", {**TINY, "epochs": 3, "eval_every": 1})
+    assert learning.status == "finished" and learning.cpu_s > 0 and learning.extra["holdout"] == "last"

@@ -161,10 +161,11 @@ def test_cancel_between_steps_keeps_best_weights():
     assert task.validate()["ndcg@10"] == pytest.approx(best)
 
 
-def test_time_budget_stops_after_the_epoch_that_passes_it_with_the_lr_decayed():
-    cfg = TrainConfig(epochs=10_000, batch_size=8, lr=0.01, time_budget_s=0.5)
+def test_cpu_budget_stops_after_the_epoch_that_passes_it_with_the_lr_decayed():
+    cfg = TrainConfig(epochs=10_000, batch_size=8, lr=0.01, cpu_budget_s=0.5)
     result = loop.train(ToyTask(), cfg, CPU)
-    assert result.stopped == "time_budget" and result.epochs_run < 10_000
+    assert result.stopped == "cpu_budget" and result.epochs_run < 10_000
+    assert result.cpu_seconds >= 0.5 and result.history[-1]["cpu_seconds"] == round(result.cpu_seconds, 3)
     # The decay was planned for the epochs that fit in the budget, not for 10,000 epochs.
     assert result.history[-1]["lr"] < 0.5 * cfg.lr
 

@@ -222,10 +222,12 @@ class LoopResult:
     best_metric: float
     best_epoch: int
     epochs_run: int
-    stopped: str  # "epochs", "max_steps", "early_stop", "time_budget", "cancelled"
+    stopped: str  # "epochs", "max_steps", "early_stop", "cpu_budget", "cancelled"
     batch_size: int
     steps: int
-    train_seconds: float
+    train_seconds: float  # wall-clock, validation included
+    cpu_seconds: float  # process CPU time (all threads), validation included: what the budget counts
+    improved: bool | None  # did validation ever beat its first check? None: validated fewer than twice
 
 
 class _Run:
@@ -246,6 +248,18 @@ class _Run:
         self.step = 0
         self.history: list[dict] = []
         self.train_seconds = 0.0
+        self.cpu_seconds = 0.0
+
+    def tick(self, started: tuple[float, float]) -> None:
+        """Add the wall and CPU time since `started` (a `clock()` reading)."""
+        wall, cpu = clock()
+        self.train_seconds += wall - started[0]
+        self.cpu_seconds += cpu - started[1]
+
+
+def clock() -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process over all its threads)."""
+    return time.perf_counter(), time.process_time()
 
 
 def train(task: TrainTask, cfg: TrainConfig, device: torch.device, progress: Progress | None = None, *,
@@ -263,21 +277,27 @@ def train(task: TrainTask, cfg: TrainConfig, device: torch.device, progress: Pro
     total_steps = cfg.epochs * task.n_batches(run.batch_size)
     total_steps = min(total_steps, cfg.max_steps) if cfg.max_steps > 0 else total_steps
     while run.epoch < cfg.epochs:
-        started = time.perf_counter()
+        started = clock()
         loss = _train_epoch(run, progress, total_steps)
         if loss is None:
-            run.train_seconds += time.perf_counter() - started
+            run.tick(started)
             stopped = "cancelled"
             break
         stopped = _end_of_epoch(run, loss, progress, total_steps, started) or stopped
         if stopped != "epochs":
             break
-    if stopped in ("epochs", "max_steps", "time_budget") and run.history and "metrics" not in run.history[-1]:
+    if stopped in ("epochs", "max_steps", "cpu_budget") and run.history and "metrics" not in run.history[-1]:
         # The last weights were never validated (eval_every > 1), so they never competed.
         _validate(run, progress, total_steps, loss=run.history[-1]["loss"])
     run.stopper.restore(task.module)
     return LoopResult(run.history, run.stopper.best, run.stopper.best_epoch, run.epoch, stopped,
-                      run.batch_size, run.step, run.train_seconds)
+                      run.batch_size, run.step, run.train_seconds, run.cpu_seconds, _improved(run))
+
+
+def _improved(run: _Run) -> bool | None:
+    """Whether the best validation beat the first one: a run that never did learned nothing it could show."""
+    checks = [h["metrics"][run.metric] for h in run.history if run.metric in h.get("metrics", {})]
+    return None if len(checks) < 2 else max(checks[1:]) > checks[0]
 
 
 def _train_epoch(run: _Run, progress: Progress, total_steps: int) -> float | None:
@@ -345,17 +365,19 @@ def _back_off(run: _Run, batch: np.ndarray, queue: deque, progress: Progress) ->
                         message=f"out of {run.device.type} memory: batch_size halved to {run.batch_size}")
 
 
-def _end_of_epoch(run: _Run, loss: float, progress: Progress, total_steps: int, started: float) -> str | None:
-    """Validate, checkpoint and decide whether to stop; `train_seconds` counts validation too, so a
-    time budget bounds what the user waits for."""
+def _end_of_epoch(run: _Run, loss: float, progress: Progress, total_steps: int,
+                  started: tuple[float, float]) -> str | None:
+    """Validate, checkpoint and decide whether to stop. The budget counts CPU seconds, validation included,
+    so the same budget buys the same training on an idle or a busy machine."""
     run.epoch += 1
     cfg = run.cfg
     run.history.append({"epoch": run.epoch, "loss": loss, "step": run.step, "lr": run.optimizer.param_groups[0]["lr"]})
     if run.epoch % max(1, cfg.eval_every) == 0 or run.epoch == cfg.epochs:
         _validate(run, progress, total_steps, loss)
-    run.train_seconds += time.perf_counter() - started
+    run.tick(started)
     run.history[-1]["train_seconds"] = round(run.train_seconds, 3)
-    if cfg.time_budget_s:
+    run.history[-1]["cpu_seconds"] = round(run.cpu_seconds, 3)
+    if cfg.cpu_budget_s:
         _fit_schedule_to_budget(run)
     if cfg.checkpoint_dir:
         save_checkpoint(cfg.checkpoint_dir, run)
@@ -363,21 +385,21 @@ def _end_of_epoch(run: _Run, loss: float, progress: Progress, total_steps: int, 
         return "early_stop"
     if cfg.max_steps > 0 and run.step >= cfg.max_steps:
         return "max_steps"
-    if cfg.time_budget_s and run.train_seconds >= cfg.time_budget_s:
-        return "time_budget"
+    if cfg.cpu_budget_s and run.cpu_seconds >= cfg.cpu_budget_s:
+        return "cpu_budget"
     return None
 
 
 def _fit_schedule_to_budget(run: _Run) -> None:
-    """Under a time budget, aim the decay at the step where the budget should run out, re-estimated
-    after every epoch from the time per step so far (validation included), instead of after
-    `epochs` epochs that will never run. Load on a shared machine moves the estimate; re-planning
-    each epoch keeps the lr from hitting its floor early or never decaying."""
+    """Under a CPU budget, aim the decay at the step where the budget should run out, re-estimated
+    after every epoch from the CPU time per step so far (validation included), instead of after
+    `epochs` epochs that will never run; re-planning each epoch keeps the lr from hitting its floor
+    early or never decaying."""
     schedule = run.scheduler.lr_lambdas[0]
     if not isinstance(schedule, WarmupLinear) or run.step == 0:
         return
-    per_step = run.train_seconds / run.step
-    remaining = max(0.0, run.cfg.time_budget_s - run.train_seconds)
+    per_step = run.cpu_seconds / run.step
+    remaining = max(0.0, run.cfg.cpu_budget_s - run.cpu_seconds)
     total = min(run.cfg.epochs * max(1, run.step // run.epoch), run.step + int(remaining / per_step))
     if run.epoch == 1:
         schedule.warmup_steps = max(1, min(schedule.warmup_steps, int(run.cfg.warmup_frac * total)))
@@ -420,6 +442,7 @@ def save_checkpoint(directory: str | Path, run: _Run) -> None:
             tensors[f"opt.{idx}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
     meta = {
         "epoch": run.epoch, "step": run.step, "batch_size": run.batch_size, "train_seconds": run.train_seconds,
+        "cpu_seconds": run.cpu_seconds,
         "history": run.history, "param_groups": opt["param_groups"], "scheduler": run.scheduler.state_dict(),
         "stopper": {"best": run.stopper.best, "best_epoch": run.stopper.best_epoch, "bad": run.stopper.bad},
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
@@ -472,6 +495,7 @@ def load_checkpoint(directory: str | Path, run: _Run) -> None:
         run.scaler.load_state_dict(meta["scaler"])
     run.epoch, run.step, run.batch_size = meta["epoch"], meta["step"], meta["batch_size"]
     run.train_seconds, run.history = meta["train_seconds"], meta["history"]
+    run.cpu_seconds = meta.get("cpu_seconds", 0.0)
 
 
 def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

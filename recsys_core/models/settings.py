@@ -43,7 +43,8 @@ class TrainConfig:
     seed: int = setting(0, "Seed of this run's random generators (same seed, same data: same model).")
     device: str = setting("auto", "Where to train: auto (CUDA, then Apple MPS, then CPU), cpu, cuda or mps.")
     amp: bool = setting(True, "Mixed precision (bf16/fp16) on CUDA GPUs.")
-    time_budget_s: float = setting(0.0, "Stop after the epoch that passes this many seconds (0 = no limit).")
+    cpu_budget_s: float = setting(0.0, "Stop after the epoch that passes this many CPU seconds of training "
+                                       "(all threads; 0 = no limit): a busy machine gets the same model.")
     checkpoint_dir: str = setting("", "Save a checkpoint here after every epoch ('' = none).")
     resume: bool = setting(True, "Continue from the checkpoint in checkpoint_dir when there is one.")
 
@@ -129,7 +130,8 @@ def _from_v0(family: str, config_class: type, config: dict) -> dict:
     """v0 kept the loop's settings flat in the model config, some under other names."""
     if not any(f.name == TRAIN for f in dataclasses.fields(config_class)):
         return config
-    renames = _V0_RENAMES.get(family, {})
+    # v0 budgets were wall-clock seconds; CPU seconds are the nearest meaning that does not depend on load
+    renames = {"time_budget_s": "cpu_budget_s", **_V0_RENAMES.get(family, {})}
     own, train = {}, {}
     for name, value in config.items():
         name = renames.get(name, name)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recsys_core.data.dataset import Dataset
+from recsys_core.data.dataset import TIE_RULE, Dataset
 from recsys_core.data.splits import Split, leave_one_out, temporal_split
 from recsys_core.errors import ConfigError
 from recsys_core.evaluation.metrics import evaluate, train_popularity
@@ -24,6 +24,9 @@ from recsys_core.models.settings import build_config, flat_fields, flatten_confi
 from recsys_core.progress import Progress
 
 SPLITS = {"leave_one_out": leave_one_out, "temporal": temporal_split}
+# How the loop stopped, in the words a run record uses.
+STOP_REASONS = {"early_stop": "converged (no improvement for `patience` validations)", "epochs": "all epochs run",
+                "max_steps": "step budget", "cpu_budget": "CPU budget", "cancelled": "cancelled"}
 
 
 def families() -> list[str]:
@@ -104,15 +107,17 @@ class RunResult:
     metrics: dict
     train_s: float
     device: str
-    status: str = "finished"
+    status: str = "finished"  # "finished", "cancelled" or "no_improvement" (validation never beat its start)
     run_id: int | None = None
     artifact_dir: str = ""
-    extra: dict = field(default_factory=dict)
+    cpu_s: float = 0.0
+    extra: dict = field(default_factory=dict)  # how training ended: stop_reason, best_epoch, holdout, ...
 
     def summary(self) -> dict:
         return {
             "run_id": self.run_id, "model": self.family, "status": self.status, "train_s": round(self.train_s, 2),
-            "device": self.device, "artifact_dir": self.artifact_dir, "metrics": self.metrics,
+            "cpu_s": round(self.cpu_s, 2), "device": self.device, "artifact_dir": self.artifact_dir,
+            "metrics": self.metrics, **self.extra,
         }
 
 
@@ -135,12 +140,16 @@ def run_experiment(
     check_order(model, ds)
     split = split or make_split(ds, split_kind)
     progress = progress or Progress()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     model.fit(ds, progress=progress, split=split)
-    train_s = time.perf_counter() - start
-    status = "cancelled" if progress.cancelled else "finished"
+    train_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
+    report = model.fit_report()
+    status = "cancelled" if progress.cancelled else "no_improvement" if report.get("improved") is False else "finished"
     metrics = evaluate(model, split.test, item_popularity=train_popularity(split))
-    result = RunResult(family, model, metrics, train_s, model.training_device(), status)
+    extra = {"stop_reason": STOP_REASONS.get(report.get("stopped"), report.get("stopped")),
+             "best_epoch": report.get("best_epoch"), "holdout": split.holdout, "tie_rule": TIE_RULE}
+    result = RunResult(family, model, metrics, train_s, model.training_device(), status, cpu_s=cpu_s,
+                       extra={k: v for k, v in extra.items() if v is not None})
     if workspace is not None:
         _record(result, workspace, dataset_name or ds.name, split.kind)
     return result
@@ -187,8 +196,10 @@ def check_paths(family: str, overrides: dict[str, Any] | None, workspace: Any) -
 
 def _record(result: RunResult, workspace: Any, dataset_name: str, split_kind: str) -> None:
     config = dataclasses.asdict(result.model.config)
+    # How the run ended travels with its metrics, so the leaderboard can say why a number is what it is.
+    metrics = {**result.metrics, "run": {"cpu_s": round(result.cpu_s, 2), **result.extra}}
     run_id = workspace.record_run(
-        dataset=dataset_name, model=result.family, config=config, metrics=result.metrics,
+        dataset=dataset_name, model=result.family, config=config, metrics=metrics,
         device=result.device, wall_s=result.train_s, artifact_dir="", split=split_kind, status=result.status,
     )
     folder = Path(workspace.models_dir()) / f"run-{run_id:05d}-{_slug(result.family)}"
