@@ -207,3 +207,56 @@ def test_evaluate_stops_when_cancelled(tiny) -> None:
     progress.cancel()
     res = evaluate(model, evalset, ks=(1,), batch_size=1, progress=progress)
     assert res["users"] == 1 and res["cancelled"] is True
+
+
+# ---- the sparse-exclusion path: chunking, sampling ------------------------------------------------
+
+@pytest.fixture
+def random_split():
+    from recsys_core.data.splits import temporal_split
+
+    rng = np.random.default_rng(3)
+    rows = 3000
+    frame = pd.DataFrame({"user": rng.integers(0, 150, rows), "item": rng.zipf(1.3, rows) % 90,
+                          "timestamp": rng.integers(0, 10_000, rows)})
+    ds = build_dataset(frame, name="random")
+    return ds, temporal_split(ds, test_fraction=0.3)  # several targets per user, some also in the history
+
+
+def test_evaluate_ranks_match_brute_force_in_any_chunking(random_split, monkeypatch) -> None:
+    from recsys_core.evaluation import metrics
+    from recsys_core.models.itemknn import ItemKNN
+
+    ds, split = random_split
+    model = ItemKNN().fit(ds, split=split)
+    whole = evaluate(model, split.test, ks=(1, 5, 10), per_user=True)
+    scores = model.score(split.test.histories).numpy()
+    expected = [min(sum(1 for j in range(ds.n_items) if (j in set(t) or j not in set(h)) and j != x
+                        and row[j] >= row[x]) + 1 for x in t)
+                for row, h, t in zip(scores, split.test.histories, split.test.targets)]
+    assert whole["per_user"]["rank"].tolist() == expected
+    monkeypatch.setattr(metrics, "_CHUNK_CELLS", 7)  # a row per chunk, and a few excluded cells per pass
+    monkeypatch.setattr(metrics, "_BATCH_BYTES", 4 * 13 * ds.n_items)
+    chunked = evaluate(model, split.test, ks=(1, 5, 10), per_user=True)
+    frame, reference = chunked.pop("per_user"), whole.pop("per_user")
+    assert frame["rank"].tolist() == expected
+    # Exact ranks; NDCG sums over a batch's target slots, whose count moves the last bit (as it always did).
+    pd.testing.assert_frame_equal(frame, reference, rtol=1e-12)
+    assert chunked == pytest.approx(whole, rel=1e-12)
+
+
+def test_evaluate_samples_users_reproducibly(random_split) -> None:
+    from recsys_core.evaluation.metrics import sample_users
+
+    ds, split = random_split
+    model = Popularity().fit(ds, split=split)
+    full = evaluate(model, split.test, ks=(10,))
+    assert "sampled_from" not in full
+    sampled = evaluate(model, split.test, ks=(10,), max_users=40, seed=5, per_user=True)
+    assert sampled["users"] == 40 and sampled["sampled_from"] == len(split.test)
+    subset = sample_users(split.test, 40, seed=5)
+    assert sampled["per_user"]["user"].tolist() == list(subset.users)
+    assert list(subset.users) == sorted(subset.users)  # kept in evaluation order
+    again = evaluate(model, subset, ks=(10,))
+    assert {k: v for k, v in sampled.items() if k not in ("per_user", "sampled_from")} == again
+    assert evaluate(model, split.test, ks=(10,), max_users=10**6) == full  # a cap above the count changes nothing
