@@ -165,6 +165,8 @@ def _stats_section() -> None:
     left, right = st.columns(2)
     if "ratings" in frames:
         left.plotly_chart(charts.ratings_figure(frames["ratings"]), key="chart_ratings")
+    elif "counts" in frames:
+        left.plotly_chart(charts.counts_figure(frames["counts"]), key="chart_counts")
     else:
         left.info("This dataset has no ratings (implicit feedback).")
     if "activity" in frames:

@@ -103,3 +103,16 @@ def test_movielens_folder_is_named_after_the_folder_and_its_ties_are_known() -> 
     ds = resolve_dataset(str(ML100K), None)
     assert ds.name == "ml-100k" and ds.users_with_tied_last_two() == 415 and ds.order == "timestamp"
     assert np.diff(ds.indptr).min() >= 20
+
+
+def test_counts_become_confidence_weights_for_models_that_take_them(plays) -> None:
+    ds, _ = load_dataset(plays, "plays.tsv")
+    weights = ds.confidence()
+    assert weights is not None and weights.mean() == pytest.approx(1.0)
+    counts = ds.interactions["count"].to_numpy()
+    assert weights[np.argmax(counts)] == weights.max() and weights[np.argmin(counts)] == weights.min()
+    weighted = run_experiment(ds, "popularity").model.score([np.array([], dtype=np.int64)])[0].numpy()
+    plain = run_experiment(ds, "popularity", {"use_counts": "false"}).model.score([np.array([], dtype=np.int64)])
+    train = np.concatenate(leave_one_out(ds).train)
+    assert np.allclose(plain[0].numpy(), np.bincount(train, minlength=ds.n_items))
+    assert not np.allclose(weighted, plain[0].numpy())  # popularity by how much, not only how often

@@ -7,6 +7,7 @@ everything past the head collapses onto the x axis.
 from __future__ import annotations
 
 import html
+import itertools
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,7 @@ def chart_label(text: object, width: int | None = None) -> str:
     text = str(text)
     if width is not None and len(text) > width:
         text = text[:width - 1] + "…"
-    return html.escape(text)
+    return html.escape(text, quote=False)  # Plotly shows &quot; literally; quotes are harmless once < is escaped
 
 
 def long_tail_frame(counts: np.ndarray, labels: np.ndarray | None = None,
@@ -86,6 +87,33 @@ def ratings_figure(frame: pd.DataFrame) -> go.Figure:
     fig.update_layout(title="Ratings", **_LAYOUT)
     fig.update_xaxes(type="category", title_text="Rating")
     fig.update_yaxes(title_text="Interactions")
+    return fig
+
+
+def counts_frame(counts: np.ndarray) -> pd.DataFrame:
+    """Interactions per power-of-two bin of the count (1, 2-3, 4-7, ...): counts are heavy-tailed, so equal
+    bins would put nearly everything in the first one."""
+    c = np.asarray(counts, dtype=np.float64)
+    c = c[np.isfinite(c)]
+    edges = 2.0 ** np.arange(0, max(1, int(np.ceil(np.log2(max(c.max(initial=1.0), 1.0) + 1))) + 1))
+    edges = np.concatenate([[0.0], edges])
+    hist, _ = np.histogram(c, bins=edges)
+    labels = [_count_bin(lo, hi) for lo, hi in itertools.pairwise(edges)]
+    frame = pd.DataFrame({"bin": labels, "interactions": hist, "low": edges[:-1]})
+    return frame[(frame["interactions"] > 0) | (frame["low"] > 0)].drop(columns="low").reset_index(drop=True)
+
+
+def _count_bin(lo: float, hi: float) -> str:
+    first, last = int(np.ceil(lo)), int(np.ceil(hi)) - 1
+    return f"{first:,}" if first >= last else f"{first:,}–{last:,}"
+
+
+def counts_figure(frame: pd.DataFrame) -> go.Figure:
+    fig = go.Figure(go.Bar(x=frame["bin"], y=frame["interactions"],
+                           hovertemplate="Count %{x}<br>%{y:,} interactions<extra></extra>"))
+    fig.update_layout(title="Counts (plays, clicks) per interaction", **_LAYOUT)
+    fig.update_xaxes(type="category", title_text="Count (bins double in width)")
+    fig.update_yaxes(type="log", title_text="Interactions (log scale)")
     return fig
 
 

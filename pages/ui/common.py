@@ -17,14 +17,15 @@ import streamlit as st
 
 from pages.ui import charts
 from pages.ui.auth import require_password
-from recsys_core.data.dataset import Dataset
+from recsys_core.data.dataset import ORDER_TIMESTAMP, Dataset
 from recsys_core.data.demo import DEMO_NAME
 from recsys_core.errors import RecsysError
 from recsys_core.workspace.registry import ENV_VAR, DatasetRecord, Workspace
 
 ACTIVE_KEY = "active_dataset"  # plain state: the dataset every page works on
 _SIDEBAR_KEY = "sidebar_dataset"  # the sidebar widget mirroring it
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|~$])")
+# ':' too: an escaped "https\://" is not auto-linked (GitHub-flavoured Markdown links bare URLs in text).
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|~$:@])")
 
 
 # ---- cached loaders ------------------------------------------------------------------------------
@@ -69,7 +70,9 @@ def _chart_frames(root: str, name: str, version: str) -> dict:
     }
     if ds.has_ratings:
         frames["ratings"] = charts.ratings_frame(ds.interactions["rating"].to_numpy())
-    if ds.options.get("has_timestamps", True) and ds.n_interactions:
+    if ds.has_counts:
+        frames["counts"] = charts.counts_frame(ds.interactions["count"].to_numpy())
+    if ds.order == ORDER_TIMESTAMP and ds.n_interactions:  # file positions are not times
         frames["activity"], frames["period"] = charts.activity_frame(ds.interactions["timestamp"].to_numpy())
     return frames
 

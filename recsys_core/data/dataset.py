@@ -134,8 +134,12 @@ class Dataset:
         return COUNT in self.interactions.columns and bool(self.interactions[COUNT].notna().any())
 
     def confidence(self) -> np.ndarray | None:
-        """Per-interaction weight for models that take weights: log(1 + count); None without counts."""
-        return np.log1p(self.interactions[COUNT].to_numpy(dtype=np.float64)) if self.has_counts else None
+        """Per-interaction weight for models that take weights: log(1 + count), scaled to mean 1 so that
+        regularisation tuned on 0/1 data keeps its strength; None without counts."""
+        if not self.has_counts:
+            return None
+        weights = np.log1p(np.nan_to_num(self.interactions[COUNT].to_numpy(dtype=np.float64)))
+        return weights / max(float(weights.mean()), 1e-12)
 
     def title(self, item: int) -> str:
         """The item's title as given (its original id when it has none)."""

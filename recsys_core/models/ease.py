@@ -16,7 +16,7 @@ from recsys_core.data.dataset import Dataset
 from recsys_core.data.splits import Split
 from recsys_core.errors import ConfigError, ModelError, ResourceError
 from recsys_core.models.base import Recommender
-from recsys_core.models.histories import ItemMatrix, history_matrix, low_rank, training_histories
+from recsys_core.models.histories import ItemMatrix, history_matrix, low_rank, training_matrix
 from recsys_core.models.settings import setting
 from recsys_core.progress import Progress
 
@@ -27,6 +27,8 @@ class EASEConfig:
     max_items: int = setting(15_000, "Refuse catalogues above this size (EASE needs dense n_items² matrices).")
     dtype: str = setting("float64", "Precision of the matrix inversion; float32 halves its memory.")
     embedding_dim: int = setting(64, "Rank of the truncated SVD behind item and user embeddings.")
+    use_counts: bool = setting(True, "When the data has counts (plays, clicks), weigh each interaction by "
+                                     "log(1 + count).")
 
 
 class EASE(Recommender):
@@ -43,10 +45,11 @@ class EASE(Recommender):
 
     def fit(self, dataset: Dataset, progress: Progress | None = None,
             split: Split | None = None) -> EASE:
-        """Solve for B on the binary user x item matrix of `split.train` (all sequences without a split)."""
+        """Solve for B on the user x item matrix of `split.train` (all sequences without a split): binary, or
+        log(1 + count) weighted when the data has counts."""
         self._check_config(dataset.n_items)
         self._remember_catalogue(dataset)
-        x = history_matrix(training_histories(dataset, split), self.n_items_)
+        x = training_matrix(dataset, split, self.n_items_, self.config.use_counts)
         dtype = getattr(torch, self.config.dtype)
         gram = torch.from_numpy((x.T @ x).toarray()).to(dtype)
         if progress is not None:

@@ -25,6 +25,18 @@ def training_histories(dataset: Dataset, split: Split | None) -> list[np.ndarray
     return list(split.train) if split is not None else dataset.sequences()
 
 
+def training_matrix(dataset: Dataset, split: Split | None, n_items: int, use_counts: bool) -> sp.csr_matrix:
+    """The user x item matrix a model learns from: 1 per training interaction, or log(1 + count) when the
+    data has counts and the model is asked to use them (confidence weighting, as in Hu, Koren & Volinsky 2008:
+    300 plays say more than 1, but not 300 times more)."""
+    x = history_matrix(training_histories(dataset, split), n_items)
+    if not use_counts or not dataset.has_counts:
+        return x
+    weights = sp.csr_matrix((dataset.confidence(), (dataset.interactions["user"].to_numpy(), dataset.seq_items)),
+                            shape=(dataset.n_users, n_items))
+    return x.multiply(weights).tocsr().astype(np.float32)
+
+
 def flatten(histories: Sequence[np.ndarray], n_items: int) -> tuple[np.ndarray, np.ndarray]:
     """(lengths, concatenated items) after checking every index lies in the catalogue."""
     # An empty list is float64 to NumPy; give it an integer dtype so it cannot taint the concatenation.

@@ -12,13 +12,17 @@ from recsys_core.data.dataset import Dataset
 from recsys_core.data.splits import Split
 from recsys_core.errors import ModelError
 from recsys_core.models.base import Capabilities, Recommender
-from recsys_core.models.histories import flatten, training_histories
+from recsys_core.models.histories import flatten, training_histories, training_matrix
+from recsys_core.models.settings import setting
 from recsys_core.progress import Progress
 
 
 @dataclass
 class PopularityConfig:
-    """No hyperparameters: popularity is the count of training interactions per item."""
+    """Popularity is the number of training interactions per item (their log(1 + count) sum with counts)."""
+
+    use_counts: bool = setting(True, "When the data has counts (plays, clicks), sum log(1 + count) per item "
+                                     "instead of counting interactions.")
 
 
 class Popularity(Recommender):
@@ -36,8 +40,12 @@ class Popularity(Recommender):
             split: Split | None = None) -> Popularity:
         """Count interactions per item in `split.train` (all sequences without a split)."""
         self._remember_catalogue(dataset)
-        _, flat = flatten(training_histories(dataset, split), self.n_items_)
-        self.counts_ = torch.from_numpy(np.bincount(flat, minlength=self.n_items_).astype(np.float32))
+        if self.config.use_counts and dataset.has_counts:
+            weighted = training_matrix(dataset, split, self.n_items_, use_counts=True)
+            self.counts_ = torch.from_numpy(np.asarray(weighted.sum(axis=0), dtype=np.float32).ravel())
+        else:
+            _, flat = flatten(training_histories(dataset, split), self.n_items_)
+            self.counts_ = torch.from_numpy(np.bincount(flat, minlength=self.n_items_).astype(np.float32))
         if progress is not None:
             progress.update(1, 1, message="counted item popularity")
         return self
