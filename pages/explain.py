@@ -256,7 +256,8 @@ if stored is not None and stored[0] == signature:
     summary = explain.summarise_global(frame)
     st.caption(f"{frame['row'].nunique()} users explained. Each dot is one user's top-1 recommendation.")
     st.plotly_chart(_beeswarm(frame, summary, "attribute", "share of history"), key="explain_global_attributes")
-    st.plotly_chart(_beeswarm(frame, summary, "item", "recency (1 = newest)"), key="explain_global_items")
+    recency = "recency (1 = newest)" if ds.is_ordered else "position (file order: no timestamps)"
+    st.plotly_chart(_beeswarm(frame, summary, "item", recency), key="explain_global_items")
     shown = summary.rename(columns={"mean_abs": "mean |SHAP|", "mean": "mean SHAP", "appears": "users",
                                     "top_reason": "times a top-3 reason"})
     with st.container(key="explain_global_table"):
