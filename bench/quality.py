@@ -73,12 +73,13 @@ def run_worker(args: argparse.Namespace) -> dict:
     from recsys_core.data.resolve import resolve_dataset
     from recsys_core.progress import Progress
     from recsys_core.training.experiment import run_experiment
+    from recsys_core.workspace.registry import Workspace
 
     family, overrides = VARIANTS[args.model]
     overrides = {**overrides, **PROFILES[args.profile].get(args.model, {}), **json.loads(args.overrides)}
     if args.model in SEEDED:
         overrides["seed"] = args.seed
-    ds = resolve_dataset(args.dataset, None)
+    ds = resolve_dataset(args.dataset, Workspace())  # 'demo', a saved dataset's name, a file or a folder
     progress = Progress()
     start = time.perf_counter()
     result = run_experiment(ds, family, overrides, progress=progress)
