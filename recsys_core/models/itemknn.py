@@ -22,9 +22,13 @@ from recsys_core.models.histories import ItemMatrix, history_matrix, low_rank, t
 from recsys_core.models.settings import setting
 from recsys_core.progress import Progress
 
-# Rows of the co-occurrence matrix densified at once while picking neighbours: bounds memory
+# Rows of the co-occurrence matrix densified at once while picking neighbours: bounds that step
 # to about 64 MiB whatever the catalogue size.
 _CHUNK_CELLS = 2**24
+# Bytes per co-occurrence cell of a block while it is sparse (float32 value + int32 column, plus
+# scipy's int64 row accounting slack), and the dense step's working set (a chunk and ~4 temporaries).
+_SPARSE_CELL_BYTES = 12
+_DENSE_STEP_BYTES = 5 * 4 * _CHUNK_CELLS
 # Catalogues up to this size score through a dense copy of W (<= 256 MiB): much faster than a
 # sparse-sparse product, which larger catalogues fall back to.
 _DENSE_ITEMS = 8192
@@ -37,17 +41,31 @@ class ItemKNNConfig:
     recency_half_life: float = setting(0.0, "Above 0, a history item's weight halves every this many later items "
                                             "(scoring only; needs real timestamps).")
     embedding_dim: int = setting(64, "Rank of the truncated SVD behind item and user embeddings.")
+    memory_budget_mb: int = setting(2048, "Working memory (MB) for item co-occurrences while fitting; "
+                                          "larger catalogues take more, smaller blocks.")
 
 
 def _top_neighbours(cooc: sp.csr_matrix, norms: np.ndarray, shrink: float, k: int, start: int,
-                    stop: int) -> tuple[np.ndarray, np.ndarray]:
-    """(similarities, indices), each [stop - start, k], of the k most similar items to items start..stop-1."""
-    block = torch.from_numpy(cooc[start:stop].toarray())
+                    stop: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, indices), each [stop - start, k], of the k most similar items to items start..stop-1.
+
+    `cooc` holds the co-occurrence rows of items offset..offset+len(cooc)-1 (rows = columns: it is symmetric).
+    """
+    block = torch.from_numpy(cooc[start - offset:stop - offset].toarray())
     denom = torch.from_numpy(np.outer(norms[start:stop], norms) + shrink)
     block = torch.where(denom > 0, block / denom.clamp_min(1e-12), torch.zeros(()))
     block[torch.arange(stop - start), torch.arange(start, stop)] = 0.0  # an item is not its own neighbour
     values, indices = torch.topk(block, k, dim=1)
     return values.numpy(), indices.numpy()
+
+
+def block_rows(n_items: int, budget_mb: float) -> int:
+    """Target items per co-occurrence block so one block fits `budget_mb`: a multiple of the dense
+    step's rows (so each top-k sees exactly the rows an unblocked fit would), at least one step."""
+    step = max(1, _CHUNK_CELLS // max(n_items, 1))
+    free = budget_mb * 2**20 - _DENSE_STEP_BYTES
+    rows = int(free // (_SPARSE_CELL_BYTES * max(n_items, 1)))
+    return max(step, rows // step * step)
 
 
 class ItemKNN(Recommender):
@@ -69,27 +87,40 @@ class ItemKNN(Recommender):
             split: Split | None = None) -> ItemKNN:
         """Compute every item's k nearest neighbours on `split.train` (all sequences without a split)."""
         cfg = self.config
-        if cfg.k < 1 or cfg.shrink < 0 or cfg.recency_half_life < 0:
-            raise ConfigError(f"itemknn needs k >= 1, shrink >= 0, recency_half_life >= 0; got k={cfg.k}, "
-                            f"shrink={cfg.shrink}, recency_half_life={cfg.recency_half_life}")
+        if cfg.k < 1 or cfg.shrink < 0 or cfg.recency_half_life < 0 or cfg.memory_budget_mb <= 0:
+            raise ConfigError(f"itemknn needs k >= 1, shrink >= 0, recency_half_life >= 0, memory_budget_mb > 0; "
+                            f"got k={cfg.k}, shrink={cfg.shrink}, recency_half_life={cfg.recency_half_life}, "
+                            f"memory_budget_mb={cfg.memory_budget_mb}")
         self._remember_catalogue(dataset)
         x = history_matrix(training_histories(dataset, split), self.n_items_)
-        cooc = (x.T @ x).tocsr()
-        norms = np.sqrt(cooc.diagonal()).astype(np.float32)
+        xt = x.T.tocsr()  # item x user: a block's rows are a cheap contiguous slice
+        # Diagonal of XᵀX without forming it: each item's distinct users (x is binary).
+        norms = np.sqrt(np.diff(xt.indptr).astype(np.float32))
         n, k = self.n_items_, min(cfg.k, max(self.n_items_ - 1, 1))
         neighbors = np.zeros((n, k), dtype=np.int32)
         sims = np.zeros((n, k), dtype=np.float32)
-        rows = max(1, _CHUNK_CELLS // max(n, 1))
-        for start in range(0, n, rows):
-            stop = min(n, start + rows)
-            sims[start:stop], neighbors[start:stop] = _top_neighbours(cooc, norms, cfg.shrink, k, start, stop)
-            if progress is not None:
-                progress.update(stop, n, message="finding item neighbours")
-                if progress.cancelled:  # items not reached keep no neighbours (score 0), like a partial run
-                    break
+        self._fill_neighbours(x, xt, norms, neighbors, sims, progress)
         self.neighbors_, self.similarities_ = torch.from_numpy(neighbors), torch.from_numpy(sims)
         self._build_w()
         return self
+
+    def _fill_neighbours(self, x: sp.csr_matrix, xt: sp.csr_matrix, norms: np.ndarray, neighbors: np.ndarray,
+                         sims: np.ndarray, progress: Progress | None) -> None:
+        """Neighbours block by block: a block's co-occurrence rows (Xᵀ X[:, block], sparse) live only while
+        its items pick their top k, so memory follows the budget, not the catalogue."""
+        cfg, (n, k) = self.config, neighbors.shape
+        rows, step = block_rows(n, cfg.memory_budget_mb), max(1, _CHUNK_CELLS // max(n, 1))
+        for start in range(0, n, rows):
+            stop = min(n, start + rows)
+            cooc = (xt[start:stop] @ x).tocsr()
+            for lo in range(start, stop, step):
+                hi = min(stop, lo + step)
+                sims[lo:hi], neighbors[lo:hi] = _top_neighbours(cooc, norms, cfg.shrink, k, lo, hi, offset=start)
+            del cooc
+            if progress is not None:
+                progress.update(stop, n, message=f"item neighbours: block {start // rows + 1} of {-(-n // rows)}")
+                if progress.cancelled:  # items not reached keep no neighbours (score 0), like a partial run
+                    return
 
     def _build_w(self) -> None:
         n, k = self.neighbors_.shape
