@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import io
 import os
+import tomllib
+from pathlib import Path
 
 import pandas as pd
 import pytest
+from llm_loopback import LoopbackLLM
 
+from bench.attacks import HTML_TITLES, crafted_model_folders, nested_jsonl, tiny_dataset, zip_of
+from pages.ui import charts
+from recsys_core.blurbs.llm import LLMError, OpenAIBackend, is_hub_name
 from recsys_core.data.isolated import run_isolated
 from recsys_core.data.read import _json_frame, read_table
-from recsys_core.data.source import Blob
-from recsys_core.errors import DataError, RecsysError, ResourceError
-
-
-def nested_jsonl(depth: int = 20_000) -> bytes:
-    """One line of `depth` nested objects: segfaults pyarrow.json.read_json in the process that parses it."""
-    return b'{"a":' * depth + b"1" + b"}" * depth + b"\n"
-
+from recsys_core.data.source import DEFAULT_MAX_BYTES, Blob
+from recsys_core.errors import ConfigError, DataError, ModelError, RecsysError, ResourceError
+from recsys_core.models.base import load_model
+from recsys_core.training.experiment import check_paths, run_experiment
+from recsys_core.workspace.artifacts import import_model_zip
+from recsys_core.workspace.registry import Workspace
 
 # ---- untrusted parsing --------------------------------------------------------------------------------
 
@@ -64,3 +68,142 @@ def test_rows_read_are_capped(monkeypatch) -> None:
         with pytest.raises(ResourceError, match="over the limit of 100") as caught:
             read_table(data, name)
         assert "RECSYS_MAX_ROWS" in caught.value.hint and isinstance(caught.value, RecsysError)
+
+
+# ---- the workspace jail --------------------------------------------------------------------------------
+
+@pytest.fixture()
+def ws(tmp_path):
+    return Workspace(tmp_path / "workspace")
+
+
+def test_paths_inside_the_workspace_resolve_there(ws) -> None:
+    assert ws.resolve_inside("models/run-1", "model folder") == ws.root / "models" / "run-1"
+    assert ws.resolve_inside(ws.root / "models", "model folder") == ws.root / "models"
+
+
+@pytest.mark.parametrize("path", ["/etc", "..", "../other/models", "models/../../x", "~", "link", "link/sub", "a\x00b"])
+def test_paths_outside_the_workspace_are_refused(ws, tmp_path, path) -> None:
+    (tmp_path / "other").mkdir()
+    (ws.root / "link").symlink_to(tmp_path / "other")  # a symlink inside pointing out is outside
+    with pytest.raises(ConfigError) as caught:
+        ws.resolve_inside(path, "model folder")
+    assert "RECSYS_ALLOWED_PATHS" in caught.value.hint or "inside the workspace" in caught.value.hint
+
+
+def test_the_operator_allow_list_opens_more_folders(ws, tmp_path, monkeypatch) -> None:
+    shared = tmp_path / "shared-models"
+    shared.mkdir()
+    with pytest.raises(ConfigError):
+        ws.resolve_inside(shared)
+    monkeypatch.setenv("RECSYS_ALLOWED_PATHS", f"{tmp_path / 'nope'}{os.pathsep}{shared}")
+    assert ws.resolve_inside(shared / "m") == shared / "m"
+
+
+def test_checkpoint_dir_outside_is_refused_before_training(ws, tmp_path) -> None:
+    target = tmp_path / "elsewhere"
+    with pytest.raises(ConfigError, match="checkpoint_dir .* is outside the workspace"):
+        run_experiment(tiny_dataset(), "sasrec", {"epochs": 1, "checkpoint_dir": str(target)}, workspace=ws)
+    assert not target.exists()
+    with pytest.raises(ConfigError, match="text_tower_dir"):
+        check_paths("hybrid", {"text_tower_dir": str(tmp_path)}, ws)
+
+
+def test_checkpoint_dir_inside_is_resolved_there(ws) -> None:
+    result = run_experiment(tiny_dataset(), "sasrec", {"epochs": 1, "hidden": 8, "max_len": 8, "layers": 1,
+                                                       "heads": 1, "checkpoint_dir": "ckpt"}, workspace=ws)
+    assert result.model.config.train.checkpoint_dir == str(ws.root / "ckpt") and (ws.root / "ckpt").is_dir()
+
+
+def test_llm_folders_are_not_hub_names() -> None:
+    assert is_hub_name("HuggingFaceTB/SmolLM2-360M-Instruct")
+    for source in ("/etc", "../../etc", "~/models", "a/../../b", "."):
+        assert not is_hub_name(source)
+
+
+# ---- crafted model folders -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def crafted(tmp_path_factory):
+    return crafted_model_folders(tmp_path_factory.mktemp("crafted"))
+
+
+@pytest.mark.parametrize("name", ["missing_n_items", "n_items_text", "max_len_16m", "max_len_mismatch", "hidden_mismatch",
+                                  "sizes_unlike_weights", "unknown_family", "config_is_a_list", "item_ids_not_a_list",
+                                  "pickle_as_safetensors", "header_length_lie", "truncated_weights",
+                                  "weights_of_another_shape", "nested_config_json", "ease_wrong_shape"])
+def test_crafted_model_folders_are_model_errors_without_allocating(crafted, name) -> None:
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ModelError) as caught:
+        load_model(crafted[name])
+    assert caught.value.hint  # says what to do
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 1024  # KB: no big allocation
+
+
+def test_model_zip_bombs_are_refused(ws) -> None:
+    data = zip_of({"m/config.json": b"{}", "m/model.safetensors": bytes(64 << 20)})
+    with pytest.raises(ResourceError, match="expands"):
+        import_model_zip(data, ws.models_dir(), filename="bomb.zip")
+    assert list(ws.models_dir().iterdir()) == []
+
+
+# ---- LLM endpoints -------------------------------------------------------------------------------------
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def test_the_server_key_goes_only_to_the_operators_url(monkeypatch) -> None:
+    with LoopbackLLM("ok") as operator, LoopbackLLM("ok") as visitor:
+        monkeypatch.setenv("RECSYS_LLM_URL", operator.url)
+        monkeypatch.setenv("RECSYS_LLM_API_KEY", "sk-operator")
+        list(OpenAIBackend.from_env(visitor.url, "m").generate(MESSAGES))
+        list(OpenAIBackend.from_env(operator.url + "/v1", "m").generate(MESSAGES))
+        list(OpenAIBackend.from_env(visitor.url, "m", api_key="sk-visitor-own").generate(MESSAGES))
+    assert "Authorization" not in visitor.headers[0]
+    assert operator.headers[0]["Authorization"] == "Bearer sk-operator"
+    assert visitor.headers[1]["Authorization"] == "Bearer sk-visitor-own"  # a visitor's own key is theirs
+
+
+def test_remote_error_bodies_are_not_echoed() -> None:
+    with LoopbackLLM(mode="bad-json") as server, pytest.raises(LLMError) as caught:
+        list(OpenAIBackend(server.url, "m").generate(MESSAGES, stream=False))
+    assert "<html>" not in str(caught.value) and "not valid JSON" in str(caught.value)
+
+
+def test_non_streaming_replies_are_capped() -> None:
+    with LoopbackLLM("x" * (2 << 20)) as server, pytest.raises(LLMError, match="over 1 MB"):
+        list(OpenAIBackend(server.url, "m").generate(MESSAGES, stream=False))
+
+
+# ---- HTML and serving defaults ---------------------------------------------------------------------------
+
+def test_chart_labels_are_escaped() -> None:
+    ds = tiny_dataset(HTML_TITLES)
+    figure = charts.long_tail_figure(charts.long_tail_frame(ds.item_popularity, labels=ds.labels), "item")
+    text = figure.to_json() + "".join(charts.chart_label(t, 42) for t in HTML_TITLES)
+    assert "<a " not in text and "<span" not in text and "<img" not in text and "&lt;a href=" in text
+    assert charts.chart_label("<b>" + "x" * 50, 10).endswith("…") and "&lt;b&gt;" in charts.chart_label("<b>x", 10)
+
+
+def test_upload_limit_is_the_engines_and_the_server_binds_localhost() -> None:
+    config = tomllib.loads((Path(__file__).resolve().parents[1] / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["maxUploadSize"] == DEFAULT_MAX_BYTES // 2**20
+    assert config["server"]["address"] == "localhost" and config["server"]["fileWatcherType"] == "none"
+    assert config["server"]["runOnSave"] is False and config["client"]["toolbarMode"] == "minimal"
+
+
+def test_a_shared_password_is_asked_once_before_any_page(monkeypatch, tmp_path) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("RECSYS_WORKSPACE", str(tmp_path / "ws"))
+    monkeypatch.setenv("RECSYS_PASSWORD", "open sesame")
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=60).run()
+    assert [t.value for t in at.title] == ["RecSys Explorer"] and not at.sidebar.selectbox  # nothing else shown
+    at.text_input(key="auth_password").set_value("wrong")  # inside a form: sent by the submit button
+    at.button[0].click().run()
+    assert "Wrong password" in at.error[0].value and not at.sidebar.selectbox
+    at.text_input(key="auth_password").set_value("open sesame")
+    at.button[0].click().run()
+    assert not at.exception and at.sidebar.selectbox(key="sidebar_dataset").value  # the home page, unlocked

@@ -24,8 +24,8 @@ from recsys_core.workspace.registry import ENV_VAR, DatasetRecord, Workspace
 
 ACTIVE_KEY = "active_dataset"  # plain state: the dataset every page works on
 _SIDEBAR_KEY = "sidebar_dataset"  # the sidebar widget mirroring it
-# ':' too: an escaped "https\://" is not auto-linked (GitHub-flavoured Markdown links bare URLs in text).
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|~$:@])")
+_AUTOLINK = re.compile(r"(?i)\b(https?|ftp|mailto|www)(?=[:.])")
 
 
 # ---- cached loaders ------------------------------------------------------------------------------
@@ -140,7 +140,10 @@ def sidebar_dataset_selector() -> DatasetRecord:
 
 def md_escape(text: object) -> str:
     """Escape user-supplied text (file names, titles, error messages) for Streamlit Markdown."""
-    return _MD_SPECIAL.sub(r"\\\1", str(text))
+    # Streamlit's Markdown links bare URLs even when escaped: an invisible word joiner after the scheme
+    # (or "www") keeps a title such as `<a href="https://...">` plain text.
+    text = _AUTOLINK.sub("\\1\u2060", str(text))
+    return _MD_SPECIAL.sub(r"\\\1", text)
 
 
 def show_data_error(err: RecsysError, what: str = "Could not load the data") -> None:

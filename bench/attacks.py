@@ -1,0 +1,423 @@
+"""The project's own attack set, run against the engine functions the pages call; counts what happened.
+
+    python bench/attacks.py                 # every case, one fresh child process each
+    python bench/attacks.py --case NAME     # one case in this process (prints its JSON line)
+
+Each case plays a hostile or unlucky visitor (a file, a zip, a form path, a model folder, an LLM URL, a
+title) and ends as one of:
+
+- clear_error: the project refused it with its own error, or handled it safely (no secret sent, escaped);
+- traceback:   any other exception reached the caller (a page would show a Python traceback);
+- crash:       the process running the case died (a server would lose every session);
+- blowup:      the case raised this process's peak memory by more than BLOWUP_MB;
+- loss:        data the workspace held was lost or overwritten;
+- hole:        the attack worked (a file outside the workspace was read or written, a secret leaked, HTML
+               survived into a chart label).
+
+Prints and writes `{tried, clear_error, traceback, crash, blowup, loss, hole, cases}` to
+bench/results/attacks-<YYYYMMDD>.json. The goal is zeros except `tried` and `clear_error`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import pickle
+import resource
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BLOWUP_MB = 1024
+OUTCOMES = ("clear_error", "traceback", "crash", "blowup", "loss", "hole")
+CASES: dict[str, Callable[[Path], str]] = {}
+HTML_TITLES = ['<a href="https://evil.example/">CLICKME</a>',
+               '<span style="position:fixed;top:0;left:0;width:100%;height:100%;background:red">COVER</span>',
+               "<img src=x onerror=alert(1)>", "<b>bold</b> & <i>italic</i>"]
+
+
+def case(fn: Callable[[Path], str]) -> Callable[[Path], str]:
+    CASES[fn.__name__] = fn
+    return fn
+
+
+class Hole(Exception):
+    """The attack worked."""
+
+
+# ---- builders (also used by tests/test_attacks.py) ----------------------------------------------------
+
+
+def nested_jsonl(depth: int = 20_000) -> bytes:
+    """One line of `depth` nested objects: segfaults pyarrow.json.read_json in the process that parses it."""
+    return b'{"a":' * depth + b"1" + b"}" * depth + b"\n"
+
+
+def zip_of(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def tiny_dataset(titles: list[str] | None = None):
+    """Twelve users over six items, with timestamps; item titles from `titles` when given."""
+    import pandas as pd
+
+    from recsys_core.data.dataset import build_dataset
+
+    rows = [(f"u{u}", f"i{(u + k) % 6}", 4.0, 100 * u + k) for u in range(12) for k in range(4)]
+    frame = pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"])
+    titles = titles or [f"Movie {i}" for i in range(6)]
+    items = pd.DataFrame({"item_id": [f"i{i}" for i in range(6)], "title": [titles[i % len(titles)] for i in range(6)],
+                          "genres": ["<b>Drama</b>|Comedy"] * 6})
+    return build_dataset(frame, name="attack", items=items)
+
+
+def saved_model(folder: Path, family: str = "sasrec") -> Path:
+    """A real trained model folder (one tiny epoch) to tamper with."""
+    from recsys_core.training.experiment import make_model
+
+    overrides = {"epochs": 1, "hidden": 8, "max_len": 8, "layers": 1, "heads": 1} if family == "sasrec" else {}
+    return make_model(family, overrides).fit(tiny_dataset()).save(folder)
+
+
+def _edit_config(folder: Path, edit: Callable[[dict], object]) -> Path:
+    meta = json.loads((folder / "config.json").read_text())
+    edit(meta)
+    (folder / "config.json").write_text(json.dumps(meta))
+    return folder
+
+
+def crafted_model_folders(tmp: Path) -> dict[str, Path]:
+    """Model folders a visitor could craft: each must load as a ModelError, with no big allocation."""
+    import torch
+    from safetensors.torch import save_file
+
+    def fresh(name: str, family: str = "sasrec") -> Path:
+        return saved_model(tmp / name, family)
+
+    out = {
+        "missing_n_items": _edit_config(fresh("a"), lambda m: m.pop("n_items")),
+        "n_items_text": _edit_config(fresh("b"), lambda m: m.update(n_items="6")),
+        "max_len_16m": _edit_config(fresh("c"), lambda m: m["config"].update(max_len=16_000_000)),
+        "max_len_mismatch": _edit_config(fresh("d"), lambda m: m["config"].update(max_len=60_000)),
+        "hidden_mismatch": _edit_config(fresh("e"), lambda m: m["config"].update(hidden=4096)),
+        # Within the size limits, but ~1 GB of positional embeddings if built: the meta dry run must stop it.
+        "sizes_unlike_weights": _edit_config(fresh("o"), lambda m: m["config"].update(max_len=60_000, hidden=4096)),
+        "unknown_family": _edit_config(fresh("f"), lambda m: m.update(family="os.system")),
+        "config_is_a_list": fresh("g"),
+        "item_ids_not_a_list": fresh("h"),
+        "pickle_as_safetensors": fresh("i"),
+        "header_length_lie": fresh("j"),
+        "truncated_weights": fresh("k"),
+        "weights_of_another_shape": fresh("l"),
+        "nested_config_json": fresh("m"),
+        "ease_wrong_shape": fresh("n", "ease"),
+    }
+    (out["config_is_a_list"] / "config.json").write_text("[1, 2, 3]")
+    (out["item_ids_not_a_list"] / "item_ids.json").write_text('{"0": "i0"}')
+    (out["pickle_as_safetensors"] / "model.safetensors").write_bytes(pickle.dumps({"w": list(range(100))}))
+    weights = out["header_length_lie"] / "model.safetensors"
+    weights.write_bytes((2**62).to_bytes(8, "little") + weights.read_bytes()[8:])
+    weights = out["truncated_weights"] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])
+    save_file({"module.items.weight": torch.zeros(3, 3)}, str(out["weights_of_another_shape"] / "model.safetensors"))
+    (out["nested_config_json"] / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    save_file({"B": torch.zeros(2, 2)}, str(out["ease_wrong_shape"] / "model.safetensors"))
+    return out
+
+
+def _workspace(tmp: Path):
+    from recsys_core.workspace.registry import Workspace
+
+    return Workspace(tmp / "workspace")
+
+
+def _expect_refusal(fn: Callable[[], object], *, words: str = "") -> str:
+    """clear_error when `fn` raises the project's error (mentioning `words`); a hole when it succeeds."""
+    from recsys_core.errors import RecsysError
+
+    try:
+        fn()
+    except RecsysError as err:
+        if words and words not in str(err):
+            raise Hole(f"refused for another reason: {err.message}") from err
+        return "clear_error"
+    raise Hole("accepted")
+
+
+# ---- untrusted files -------------------------------------------------------------------------------
+
+
+@case
+def nested_jsonl_segfault(tmp: Path) -> str:
+    from recsys_core.data.read import read_table
+
+    return _expect_refusal(lambda: read_table(nested_jsonl(), "nested.jsonl"))
+
+
+@case
+def nested_json_array(tmp: Path) -> str:
+    from recsys_core.data.read import read_table
+
+    return _expect_refusal(lambda: read_table(b"[" * 200_000 + b"]" * 200_000, "nested.json"))
+
+
+@case
+def parquet_that_is_not_parquet(tmp: Path) -> str:
+    from recsys_core.data.read import read_table
+
+    return _expect_refusal(lambda: read_table(b"PAR1" + os.urandom(4096) + b"PAR1", "r.parquet"))
+
+
+@case
+def zip_expansion_ratio(tmp: Path) -> str:
+    """A ~60 KB zip of 40 MB of short rows: the reader must refuse the ratio or stay within memory."""
+    from recsys_core.data.read import read_table
+
+    data = zip_of({"ratings.csv": b"user,item\n" + b"1,2\n" * 10_000_000})
+    read_table(data, "bomb.zip")  # the project's error is a clear_error (the runner classifies it)
+    raise Hole(f"a {len(data) // 1024} KB zip expanding {40_000_000 // len(data)}x was read without a ratio limit")
+
+
+@case
+def zip_path_traversal_data(tmp: Path) -> str:
+    from recsys_core.data.read import read_table
+
+    return _expect_refusal(lambda: read_table(zip_of({"../../etc/ratings.csv": b"user,item\n1,2\n"}), "t.zip"),
+                           words="unsafe member")
+
+
+@case
+def zip_path_traversal_model(tmp: Path) -> str:
+    from recsys_core.workspace.artifacts import import_model_zip
+
+    ws = _workspace(tmp)
+    data = zip_of({"m/config.json": b"{}", "../../escaped.json": b"{}"})
+    result = _expect_refusal(lambda: import_model_zip(data, ws.models_dir(), filename="t.zip"))
+    if (ws.models_dir().parent.parent / "escaped.json").exists():
+        raise Hole("a member was written outside the models folder")
+    return result
+
+
+@case
+def zip_ratio_model(tmp: Path) -> str:
+    from recsys_core.workspace.artifacts import import_model_zip
+
+    ws = _workspace(tmp)
+    data = zip_of({"m/config.json": b"{}", "m/model.safetensors": bytes(200 << 20)})
+    return _expect_refusal(lambda: import_model_zip(data, ws.models_dir(), filename="bomb.zip"), words="expands")
+
+
+# ---- the workspace jail ---------------------------------------------------------------------------
+
+
+@case
+def outside_paths(tmp: Path) -> str:
+    ws = _workspace(tmp)
+    outside = tmp / "other-workspace" / "models"
+    outside.mkdir(parents=True)
+    (ws.root / "link").symlink_to(outside)
+    for path in ("/etc", str(outside), "../other-workspace", "link/..", "link", "~", "models/../../x", "a\x00b"):
+        _expect_refusal(lambda p=path: ws.resolve_inside(p, "model folder"))
+    return "clear_error"
+
+
+@case
+def checkpoint_dir_outside(tmp: Path) -> str:
+    from recsys_core.training.experiment import run_experiment
+
+    target = tmp / "outside-checkpoints"
+    overrides = {"epochs": 1, "hidden": 8, "max_len": 8, "checkpoint_dir": str(target)}
+    result = _expect_refusal(lambda: run_experiment(tiny_dataset(), "sasrec", overrides, workspace=_workspace(tmp)),
+                             words="outside the workspace")
+    if target.exists():
+        raise Hole("a checkpoint was written outside the workspace")
+    return result
+
+
+@case
+def text_tower_dir_outside(tmp: Path) -> str:
+    from recsys_core.training.experiment import check_paths
+
+    folder = saved_model(tmp / "elsewhere", "popularity")
+    return _expect_refusal(lambda: check_paths("hybrid", {"text_tower_dir": str(folder)}, _workspace(tmp)),
+                           words="outside the workspace")
+
+
+@case
+def llm_folder_outside(tmp: Path) -> str:
+    from recsys_core.blurbs.llm import is_hub_name
+
+    ws = _workspace(tmp)
+    for source in ("/etc", "../../home", str(tmp)):
+        if is_hub_name(source):
+            raise Hole(f"{source!r} passes as a hub name")
+        _expect_refusal(lambda s=source: ws.resolve_inside(s, "language model folder"))
+    return "clear_error"
+
+
+def _crafted(name: str) -> Callable[[Path], str]:
+    def run(tmp: Path) -> str:
+        from recsys_core.models.base import load_model
+
+        ws = _workspace(tmp)
+        folder = crafted_model_folders(ws.models_dir())[name]
+        return _expect_refusal(lambda: load_model(ws.resolve_inside(folder, "model folder")))
+
+    run.__name__ = f"model_folder_{name}"
+    return run
+
+
+for _name in ("missing_n_items", "n_items_text", "max_len_16m", "max_len_mismatch", "hidden_mismatch",
+              "sizes_unlike_weights",
+              "unknown_family", "config_is_a_list", "item_ids_not_a_list", "pickle_as_safetensors",
+              "header_length_lie", "truncated_weights", "weights_of_another_shape", "nested_config_json",
+              "ease_wrong_shape"):
+    case(_crafted(_name))
+
+
+# ---- LLM endpoints ---------------------------------------------------------------------------------
+
+
+@case
+def ssrf_key_leak(tmp: Path) -> str:
+    from recsys_core.blurbs.llm import LLMError, OpenAIBackend
+    from tests.llm_loopback import LoopbackLLM
+
+    with LoopbackLLM("ok") as operator, LoopbackLLM("ok") as visitor:
+        os.environ.update(RECSYS_LLM_URL=operator.url, RECSYS_LLM_API_KEY="sk-operator-secret")
+        try:
+            list(OpenAIBackend.from_env(visitor.url, "m").generate([{"role": "user", "content": "hi"}]))
+            list(OpenAIBackend.from_env(None, "m").generate([{"role": "user", "content": "hi"}]))
+        except LLMError:
+            pass
+    if any("sk-operator-secret" in str(h) for h in visitor.headers):
+        raise Hole("the operator's key was sent to a visitor's URL")
+    if operator.headers[0].get("Authorization") != "Bearer sk-operator-secret":
+        raise Hole("the operator's own server no longer gets its key")  # a broken feature, counted as a hole
+    return "clear_error"
+
+
+@case
+def llm_error_body_echo(tmp: Path) -> str:
+    from recsys_core.blurbs.llm import LLMError, OpenAIBackend
+    from tests.llm_loopback import LoopbackLLM
+
+    with LoopbackLLM(mode="500") as server:
+        try:
+            list(OpenAIBackend(server.url, "m").generate([{"role": "user", "content": "hi"}]))
+        except LLMError as err:
+            if "model crashed" in str(err):
+                raise Hole("the remote body was echoed") from err
+            return "clear_error"
+    raise Hole("no error")
+
+
+@case
+def llm_huge_reply(tmp: Path) -> str:
+    from recsys_core.blurbs.llm import LLMError, OpenAIBackend
+    from tests.llm_loopback import LoopbackLLM
+
+    with LoopbackLLM("x" * (8 << 20)) as server:
+        try:
+            list(OpenAIBackend(server.url, "m").generate([{"role": "user", "content": "hi"}], stream=False))
+        except LLMError:
+            return "clear_error"
+    raise Hole("an 8 MB reply was accepted")
+
+
+# ---- HTML in chart labels ----------------------------------------------------------------------------
+
+
+@case
+def html_titles_in_chart_labels(tmp: Path) -> str:
+    import numpy as np
+
+    from pages.ui import charts
+
+    ds = tiny_dataset(HTML_TITLES)
+    figure = charts.long_tail_figure(charts.long_tail_frame(ds.item_popularity, labels=ds.labels), "item")
+    labels = [charts.chart_label(t, 42) for t in ds.labels] + [charts.chart_label(g) for g in ds.items["genres"]]
+    text = figure.to_json() + json.dumps(labels) + json.dumps(np.asarray(ds.labels).tolist())
+    raw = figure.to_json() + json.dumps(labels)
+    for tag in ("<a ", "<span", "<img", "<b>"):
+        if tag in raw:
+            raise Hole(f"{tag!r} reached a chart label")
+    assert "CLICKME" in text
+    return "clear_error"
+
+
+# ---- runner ------------------------------------------------------------------------------------------
+
+
+def run_case(name: str, tmp: Path) -> dict:
+    """One case in this process: its outcome, a detail line and the peak memory it added."""
+    import plotly.graph_objects  # noqa: F401  imports are not the case's memory
+    import pyarrow.json  # noqa: F401
+
+    import recsys_core.models  # noqa: F401
+    from recsys_core.errors import RecsysError
+
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        outcome, detail = CASES[name](tmp), ""
+    except Hole as err:
+        outcome, detail = "hole", str(err)
+    except RecsysError as err:
+        outcome, detail = "clear_error", err.message
+    except Exception as err:  # noqa: BLE001 - counted, not raised
+        outcome, detail = "traceback", f"{type(err).__name__}: {str(err)[:200]}"
+    added = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    if added > BLOWUP_MB:
+        outcome, detail = "blowup", f"peak memory +{added:,.0f} MB; {detail}"
+    return {"case": name, "outcome": outcome, "detail": detail, "added_mb": round(added)}
+
+
+def _child(name: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        for var in ("RECSYS_LLM_URL", "RECSYS_LLM_API_KEY", "RECSYS_LLM_MODEL", "RECSYS_ALLOWED_PATHS"):
+            env.pop(var, None)
+        proc = subprocess.run([sys.executable, __file__, "--case", name, "--tmp", tmp], capture_output=True,
+                              check=False, text=True, env=env, cwd=ROOT, timeout=900)
+    if proc.returncode != 0:
+        return {"case": name, "outcome": "crash", "detail": f"exit {proc.returncode}: {proc.stderr[-300:]}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--case", choices=sorted(CASES))
+    parser.add_argument("--tmp", type=Path)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    if args.case:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(json.dumps(run_case(args.case, args.tmp or Path(tmp))))
+        return
+    cases = []
+    for name in CASES:
+        cases.append(_child(name))
+        print(f"{name}: {cases[-1]['outcome']} {cases[-1].get('detail', '')[:120]}", file=sys.stderr)
+    summary = {"tried": len(cases), **{o: sum(c["outcome"] == o for c in cases) for o in OUTCOMES},
+               "date": datetime.now().strftime("%Y-%m-%d"), "cases": cases}
+    out = args.out or ROOT / "bench" / "results" / f"attacks-{datetime.now():%Y%m%d}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in summary.items() if k != "cases"}))
+
+
+if __name__ == "__main__":
+    main()
