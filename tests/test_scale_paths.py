@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from recsys_core.data.dataset import Dataset, build_dataset
-from recsys_core.errors import ConfigError
+from recsys_core.errors import ConfigError, DataError
 from recsys_core.models import itemknn
 from recsys_core.models.itemknn import ItemKNN, ItemKNNConfig, block_rows
 from recsys_core.progress import Progress
@@ -117,3 +118,67 @@ def test_itemknn_reports_each_block_and_stops_when_cancelled(zipf: Dataset, monk
 def test_itemknn_rejects_a_non_positive_budget(zipf: Dataset) -> None:
     with pytest.raises(ConfigError, match="memory_budget_mb"):
         ItemKNN(ItemKNNConfig(memory_budget_mb=0)).fit(zipf)
+
+
+# ---- score_items: the scores of a few items, equal to the full scores' columns -------------------
+
+SMALL_SEQ = {"max_len": 12, "hidden": 32, "layers": 1, "heads": 2, "batch_size": 32, "device": "cpu", "epochs": 2,
+             "eval_every": 5}
+
+
+def _family_model(name: str, ds: Dataset):
+    from recsys_core.models.bert4rec import BERT4Rec, BERT4RecConfig
+    from recsys_core.models.ease import EASE
+    from recsys_core.models.hybrid import Hybrid, HybridConfig
+    from recsys_core.models.popularity import Popularity
+    from recsys_core.models.sasrec import SASRec, SASRecConfig
+    from recsys_core.models.settings import build_config
+    from recsys_core.models.text_tower import TextTower
+
+    makers = {
+        "popularity": lambda: Popularity(), "ease": lambda: EASE(), "itemknn": lambda: ItemKNN(),
+        "itemknn-recency": lambda: ItemKNN(ItemKNNConfig(k=5, recency_half_life=2.0)),
+        "sasrec-bias": lambda: SASRec(build_config(SASRecConfig, {**SMALL_SEQ, "output_bias": True})),
+        "bert4rec": lambda: BERT4Rec(build_config(BERT4RecConfig, SMALL_SEQ)),
+        "hybrid": lambda: Hybrid(build_config(HybridConfig, SMALL_SEQ)),
+        "text_tower": lambda: TextTower(),
+    }
+    return makers[name]().fit(ds)
+
+
+def _histories(n_items: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(1)
+    return [np.array([], dtype=np.int64), np.array([3]), rng.integers(0, n_items, 30), *[
+        rng.choice(n_items, int(rng.integers(1, 10)), replace=False) for _ in range(20)]]
+
+
+EXACT = {"popularity", "ease", "itemknn", "itemknn-recency"}
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("family", ["popularity", "ease", "itemknn", "itemknn-recency", "sasrec-bias", "bert4rec",
+                                    "hybrid", "text_tower"])
+def test_score_items_equals_the_full_scores_columns(family: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from movie_fixtures import movie_dataset
+
+    ds = movie_dataset()
+    model = _family_model(family, ds)
+    histories = _histories(ds.n_items)
+    for items in (np.array([7]), np.array([0, ds.n_items - 1, 5, 5, 2]), np.arange(ds.n_items)):
+        full = model.score(histories)[:, torch.from_numpy(items)]
+        part = model.score_items(histories, items)
+        assert part.shape == (len(histories), len(items)) and part.dtype == torch.float32
+        if family in EXACT:
+            assert torch.equal(part, full)
+        else:  # another matrix shape may take another BLAS kernel: equal up to float32 rounding
+            torch.testing.assert_close(part, full, rtol=1e-5, atol=1e-6)
+    with pytest.raises(DataError, match="outside the catalogue"):
+        model.score_items(histories, [ds.n_items])
+
+
+def test_itemknn_score_items_on_the_sparse_path(zipf: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(itemknn, "_DENSE_ITEMS", 0)  # what a catalogue too big for a dense W takes
+    model = ItemKNN(ItemKNNConfig(k=10)).fit(zipf)
+    histories = _histories(zipf.n_items)
+    items = np.array([0, 1, 500, zipf.n_items - 1, 1])
+    assert torch.equal(model.score_items(histories, items), model.score(histories)[:, torch.from_numpy(items)])

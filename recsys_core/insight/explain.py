@@ -194,9 +194,14 @@ def warm_up() -> None:
 
 
 def score_column(model: Recommender, histories: Sequence[np.ndarray], item: int) -> np.ndarray:
-    """`model.score(histories)[:, item]` as float64, in chunks that keep each score matrix ~64 MiB."""
+    """`model.score(histories)[:, item]` as float64, scoring only that item (`score_items`).
+
+    Chunked as if the full catalogue were scored, so a model without a cheaper `score_items` (it then
+    scores everything and keeps one column) still holds ~64 MiB of scores at a time.
+    """
     rows = max(1, _MAX_CELLS // max(model.n_items_, 1))
-    parts = [model.score(histories[s:s + rows])[:, item].double().numpy() for s in range(0, len(histories), rows)]
+    parts = [model.score_items(histories[s:s + rows], [item])[:, 0].double().numpy()
+             for s in range(0, len(histories), rows)]
     return np.concatenate(parts) if parts else np.zeros(0)
 
 

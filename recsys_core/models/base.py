@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from recsys_core.data.dataset import Dataset, catalogue_digest
 from recsys_core.data.splits import Split
-from recsys_core.errors import ConfigError, ModelError, RecsysError
+from recsys_core.errors import ConfigError, DataError, ModelError, RecsysError
 from recsys_core.models.settings import FORMAT_VERSION, build_config, flatten_config, migrate
 from recsys_core.progress import Progress
 
@@ -77,6 +77,19 @@ class Recommender(ABC):
     @abstractmethod
     def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
         """Float32 scores [len(histories), n_items] on the CPU; higher is better."""
+
+    def score_items(self, histories: Sequence[np.ndarray], items: Sequence[int] | np.ndarray) -> torch.Tensor:
+        """Float32 scores [len(histories), len(items)] of the given item indices: `score(histories)[:, items]`."""
+        return self.score(histories)[:, torch.from_numpy(self._check_items(items))]
+
+    def _check_items(self, items: Sequence[int] | np.ndarray) -> np.ndarray:
+        """`items` as int64 indices (DataError naming the first one outside the catalogue)."""
+        index = np.asarray(items, dtype=np.int64).reshape(-1)
+        bad = index[(index < 0) | (index >= self.n_items_)]
+        if len(bad):
+            raise DataError(f"item index {int(bad[0])} is outside the catalogue of {self.n_items_} items",
+                            hint="score items of this model's own catalogue (Dataset.item_index)")
+        return index
 
     @abstractmethod
     def item_embeddings(self) -> np.ndarray:

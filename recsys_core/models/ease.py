@@ -31,6 +31,16 @@ class EASEConfig:
                                      "log(1 + count).")
 
 
+def matrix_columns(matrix: ItemMatrix, items: np.ndarray) -> np.ndarray:
+    """matrix[:, items] as float32 [n, len(items)], read block by block (never the whole matrix)."""
+    out = np.empty((matrix.shape[0], len(items)), dtype=np.float32)
+    block, col = np.divmod(items, ItemMatrix.WIDTH)
+    for b in np.unique(block):  # at most n_items / WIDTH blocks, usually one per explained item
+        where = np.flatnonzero(block == b)
+        out[:, where] = matrix.blocks[b].numpy()[:, col[where]]
+    return out
+
+
 class EASE(Recommender):
     """Linear item-item autoencoder with a zero diagonal, solved in closed form."""
 
@@ -96,6 +106,14 @@ class EASE(Recommender):
         if self._weights is None:
             return torch.zeros((x.shape[0], self.n_items_), dtype=torch.float32)
         return self._weights.left_multiply(x)
+
+    def score_items(self, histories: Sequence[np.ndarray], items: Sequence[int] | np.ndarray) -> torch.Tensor:
+        """x·B[:, items]: only the requested columns of B are read."""
+        x = history_matrix(histories, self.n_items_)
+        index = self._check_items(items)
+        if self._weights is None:
+            return torch.zeros((x.shape[0], len(index)), dtype=torch.float32)
+        return ItemMatrix(matrix_columns(self._weights, index)).left_multiply(x)
 
     def _low_rank(self) -> tuple[np.ndarray, np.ndarray]:
         if self._factors is None:

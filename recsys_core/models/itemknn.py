@@ -18,6 +18,7 @@ from recsys_core.data.dataset import Dataset
 from recsys_core.data.splits import Split
 from recsys_core.errors import ConfigError, ModelError
 from recsys_core.models.base import Capabilities, Recommender
+from recsys_core.models.ease import matrix_columns
 from recsys_core.models.histories import ItemMatrix, history_matrix, low_rank, training_histories
 from recsys_core.models.settings import setting
 from recsys_core.progress import Progress
@@ -143,6 +144,23 @@ class ItemKNN(Recommender):
         if self._dense is not None:
             return self._dense.left_multiply(x)
         return torch.from_numpy(np.asarray((x @ self.similarity()).toarray(), dtype=np.float32))
+
+    def score_items(self, histories: Sequence[np.ndarray], items: Sequence[int] | np.ndarray) -> torch.Tensor:
+        """x·W[:, items]: only the requested columns of W (each target's k neighbours) are read."""
+        x = history_matrix(histories, self.n_items_, self.config.recency_half_life)
+        index = self._check_items(items)
+        if self._dense is not None:
+            return ItemMatrix(matrix_columns(self._dense, index)).left_multiply(x)
+        return torch.from_numpy(np.asarray((x @ self._columns(index)).toarray(), dtype=np.float32))
+
+    def _columns(self, index: np.ndarray) -> sp.csr_matrix:
+        """W[:, index] straight from the neighbour lists (column j of W holds target j's neighbours)."""
+        k = self.neighbors_.shape[1] if self.neighbors_.ndim == 2 else 0
+        rows = self.neighbors_.numpy()[index].ravel().astype(np.int64)
+        cols = np.repeat(np.arange(len(index), dtype=np.int64), k)
+        w = sp.csr_matrix((self.similarities_.numpy()[index].ravel(), (rows, cols)), shape=(self.n_items_, len(index)))
+        w.eliminate_zeros()
+        return w
 
     def _low_rank(self) -> tuple[np.ndarray, np.ndarray]:
         if self._factors is None:

@@ -59,6 +59,11 @@ class Popularity(Recommender):
         flatten(histories, self.n_items_)  # same validation as every model, though histories are unused
         return self.counts_.unsqueeze(0).repeat(len(histories), 1)
 
+    def score_items(self, histories: Sequence[np.ndarray], items: Sequence[int] | np.ndarray) -> torch.Tensor:
+        """The training counts of `items`, one row per history."""
+        flatten(histories, self.n_items_)
+        return self.counts_[torch.from_numpy(self._check_items(items))].unsqueeze(0).repeat(len(histories), 1)
+
     def item_embeddings(self) -> np.ndarray:
         """[n_items, 1]: the training count itself."""
         return self.counts_.numpy()[:, None].copy()

@@ -364,6 +364,20 @@ class SequentialRecommender(Recommender):
         self._require_fitted()
         return self._map_chunks(histories, self.module_.logits, self.n_items_)
 
+    def score_items(self, histories: Sequence[np.ndarray], items: Sequence[int] | np.ndarray) -> torch.Tensor:
+        """User vectors against the output weights (and biases) of `items` only."""
+        self._require_fitted()
+        index = torch.from_numpy(self._check_items(items)).to(self.device)
+        with torch.no_grad():
+            weights = self.module_.item_weights()[index]
+            bias = self.module_.bias[index] if self.module_.bias is not None else None
+
+        def logits(user: torch.Tensor) -> torch.Tensor:
+            out = user @ weights.T
+            return out + bias if bias is not None else out
+
+        return self._map_chunks(histories, logits, len(index))
+
     def user_embeddings(self, histories: Sequence[np.ndarray]) -> np.ndarray:
         return self._map_chunks(histories, lambda u: u, self.config.hidden).numpy()
 

@@ -327,6 +327,15 @@ class TextTower(Recommender):
                   for s in range(0, len(histories), batch)]
         return torch.cat(chunks) if chunks else torch.zeros(0, self.n_items_)
 
+    def score_items(self, histories: Sequence[np.ndarray], items: Sequence[int] | np.ndarray,
+                    batch: int = 1024) -> torch.Tensor:
+        """Cosine of each history's user vector with the text vectors of `items` only."""
+        if self.item_vectors_ is None:
+            raise ModelError("the text tower is not fitted yet")
+        vectors = self.item_vectors_[torch.from_numpy(self._check_items(items))]
+        chunks = [self._user_vectors(histories[s : s + batch]) @ vectors.T for s in range(0, len(histories), batch)]
+        return torch.cat(chunks) if chunks else torch.zeros(0, len(vectors))
+
     def item_embeddings(self) -> np.ndarray:
         if self.item_vectors_ is None:
             raise ModelError("the text tower is not fitted yet")
