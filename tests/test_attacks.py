@@ -207,3 +207,13 @@ def test_a_shared_password_is_asked_once_before_any_page(monkeypatch, tmp_path) 
     at.text_input(key="auth_password").set_value("open sesame")
     at.button[0].click().run()
     assert not at.exception and at.sidebar.selectbox(key="sidebar_dataset").value  # the home page, unlocked
+
+
+def test_a_data_zip_that_expands_a_thousandfold_is_refused_before_inflating_it() -> None:
+    bomb = zip_of({"ratings.csv": b"user,item\n" + b"1,2\n" * 10_000_000})  # 40 MB from ~40 KB
+    with pytest.raises(ResourceError, match="expands .* times .* over the 100x limit") as err:
+        read_table(bomb, "bomb.zip")
+    assert "bomb.zip/ratings.csv" in str(err.value)
+    ordinary = zip_of({"ratings.csv": "".join(f"u{i % 97},i{(i * 7919) % 1000},{i % 5 + 1}\n"
+                                              for i in range(200_000)).encode()})
+    assert read_table(ordinary, "fine.zip").n_rows == 200_000  # real tables compress far less than 100x

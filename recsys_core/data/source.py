@@ -153,13 +153,37 @@ def read_member(blob: Blob, info: zipfile.ZipInfo, *, max_bytes: int) -> Blob:
     label = f"{blob.name}/{info.filename}"
     if info.file_size > max_bytes:
         raise _too_big(label, info.file_size, max_bytes)
+    # Real tables compress 3-20x; a member inflating far more is a zip bomb, whatever its header says.
+    ratio_cap = max(1 << 20, MAX_EXPANSION * max(1, info.compress_size))
+    if info.file_size > ratio_cap:
+        raise _bomb(label, info.file_size, info.compress_size)
     try:
         with zipfile.ZipFile(io.BytesIO(blob.data)) as zf, zf.open(info) as fh:
-            # Read at most one byte past the limit: a lying header cannot make us inflate a bomb.
-            data = fh.read(max_bytes + 1)
+            data = _read_capped(fh, min(max_bytes, ratio_cap) + 1)  # a lying header cannot inflate a bomb
     except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, NotImplementedError, RuntimeError) as err:
         raise DataError(f"cannot decompress member '{info.filename}' ({err})", file=blob.name,
                         hint="re-create the archive without encryption, using ordinary deflate compression") from err
     if len(data) > max_bytes:
         raise _too_big(label, len(data), max_bytes)
+    if len(data) > ratio_cap:
+        raise _bomb(label, len(data), info.compress_size)
     return Blob(data, label, member=info.filename)
+
+
+MAX_EXPANSION = 100  # uncompressed / compressed size of one archive member (above 1 MB)
+
+
+def _read_capped(fh, limit: int) -> bytes:
+    """At most `limit` bytes, read in 1 MB pieces so a lying header costs no more than the limit."""
+    parts, total = [], 0
+    while total < limit and (piece := fh.read(min(1 << 20, limit - total))):
+        parts.append(piece)
+        total += len(piece)
+    return b"".join(parts)
+
+
+def _bomb(label: str, size: int, compressed: int) -> ResourceError:
+    return ResourceError(
+        f"the archive member expands {size / max(1, compressed):,.0f} times ({_mb(size)} from {_mb(compressed)}), "
+        f"over the {MAX_EXPANSION}x limit for archives", file=label,
+        hint="upload the file itself, or an archive made with ordinary compression")
