@@ -53,22 +53,29 @@ def _preview(raw) -> None:
         f"header **{'yes' if raw.has_header else 'no'}**, encoding **{md_escape(raw.encoding)}**, "
         f"{raw.n_rows:,} rows. First rows:"
     )
-    st.dataframe(raw.frame.head(10), hide_index=True, key="data_preview")
+    head = raw.frame.head(10)  # headed as the mapping names them ("column 1"), not pandas' 0-based labels
+    st.dataframe(head.rename(columns={c: upload.column_label(c) for c in head.columns}), hide_index=True,
+                 key="data_preview")
 
 
 def _mapping_form(raw) -> dict[str, str]:
-    defaults, problem = upload.default_mapping(raw)
+    defaults, problem, reasons = upload.default_mapping(raw)
     if problem is not None:
         st.warning(f"Column detection needs your help: {md_escape(problem)}", icon=":material/help:")
+    for reason in reasons:
+        st.caption(md_escape(reason))
     columns = list(raw.frame.columns)
     labels = {"user": "User column", "item": "Item column", "rating": "Rating column (optional)",
-              "timestamp": "Timestamp column (optional)"}
+              "count": "Count column (optional)", "timestamp": "Timestamp column (optional)"}
+    helps = {"rating": "A bounded score (1-5 stars, 0-10).",
+             "count": "How much, not how good: plays, clicks, purchases. Counts weigh interactions as log(1 + count).",
+             "timestamp": "Without one, the order of each user's interactions is unknown (see the options below)."}
     chosen = {}
-    for col, role in zip(st.columns(4), upload.ROLES, strict=True):
+    for col, role in zip(st.columns(len(upload.ROLES)), upload.ROLES, strict=True):
         options = columns + [upload.NONE] if role in upload.OPTIONAL_ROLES else columns
         default = defaults[role] if defaults[role] in options else options[0]
         chosen[role] = col.selectbox(labels[role], options, index=options.index(default), key=f"data_map_{role}",
-                                     format_func=upload.column_label)
+                                     format_func=upload.column_label, help=helps.get(role))
     return chosen
 
 
@@ -76,8 +83,10 @@ def _options_form(has_timestamp: bool):
     with st.expander("Options: implicit feedback, k-core filtering, duplicates, order"):
         c1, c2, c3, c4 = st.columns(4)
         implicit = c1.checkbox("Implicit feedback", key="data_implicit",
-                               help="Keep only interactions with a rating at or above the threshold, then ignore ratings.")
-        threshold = c1.number_input("Keep ratings ≥", value=4.0, step=0.5, key="data_threshold", disabled=not implicit)
+                               help="Keep only interactions whose rating (or, for a file of counts, count) is at or "
+                                    "above the threshold.")
+        threshold = c1.number_input("Keep rating or count ≥", value=4.0, step=0.5, key="data_threshold",
+                                    disabled=not implicit)
         min_user = c2.number_input("Min. interactions per user", min_value=1, value=1, step=1, key="data_min_user",
                                    help="k-core: users and items below these counts are removed repeatedly.")
         min_item = c3.number_input("Min. interactions per item", min_value=1, value=1, step=1, key="data_min_item")
@@ -168,7 +177,7 @@ def _stats_section() -> None:
     elif "counts" in frames:
         left.plotly_chart(charts.counts_figure(frames["counts"]), key="chart_counts")
     else:
-        left.info("This dataset has no ratings (implicit feedback).")
+        left.info("This dataset has no ratings or counts (implicit feedback: each row says the user chose the item).")
     if "activity" in frames:
         right.plotly_chart(charts.activity_figure(frames["activity"], frames["period"]), key="chart_activity")
     elif stats["order"] == "none":

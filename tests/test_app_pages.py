@@ -19,6 +19,7 @@ from streamlit.testing.v1 import AppTest
 from recsys_core.data.dataset import build_dataset
 from recsys_core.data.demo import DEMO_NAME, load_demo
 from recsys_core.workspace.registry import Workspace
+from tests.own_data import as_tsv, listening_log
 
 
 @pytest.fixture
@@ -201,3 +202,19 @@ def test_delete_asks_for_confirmation_and_demo_cannot_be_deleted(ws_root: Path) 
     assert [r.name for r in Workspace(ws_root).list_datasets()] == [DEMO_NAME]
     # The deleted dataset was active: the app falls back to the demo.
     assert at.sidebar.selectbox(key="sidebar_dataset").value == DEMO_NAME
+
+
+def test_a_play_count_log_without_timestamps_is_read_as_counts_and_said_to_be_unordered(ws_root: Path) -> None:
+    at = open_app("pages/data.py")
+    at.file_uploader(key="data_file").set_value(("plays.tsv", as_tsv(listening_log(200, 120)), "text/plain")).run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="data_map_count").value == 2 and at.selectbox(key="data_map_rating").value == "(none)"
+    assert "read as a count, not a rating" in " ".join(c.value for c in at.caption)
+    assert at.dataframe[0].value.columns.tolist() == ["column 1", "column 2", "column 3"]  # the preview
+    at.button(key="data_load").click().run()
+    assert not at.error, _errors(at)
+    report = _texts(at)
+    assert "order of each user's interactions is unknown" in report and "random interaction per user" in report
+    assert any("no declared order" in i.value for i in at.info)  # no activity chart, and why
+    titles = [c.proto.spec for c in at.get("plotly_chart")]
+    assert any("Counts (plays, clicks)" in spec for spec in titles)

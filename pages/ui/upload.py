@@ -28,8 +28,8 @@ __all__ = ["DEDUP_LABELS", "DUPLICATE_POLICIES", "INTERACTION_TYPES", "ITEM_TYPE
            "UploadResult", "column_label", "default_mapping", "ingest", "make_options", "preview", "safe_name"]
 
 NONE = "(none)"  # selectbox entry for an optional column the file does not have
-ROLES = ("user", "item", "rating", "timestamp")
-OPTIONAL_ROLES = ("rating", "timestamp")
+ROLES = ("user", "item", "rating", "count", "timestamp")
+OPTIONAL_ROLES = ("rating", "count", "timestamp")
 # Extensions offered by the uploaders (what `read_table` / `read_items` understand).
 INTERACTION_TYPES = ["csv", "tsv", "txt", "dat", "data", "base", "test", "parquet", "pq", "jsonl", "ndjson", "json",
                      "zip"]
@@ -57,8 +57,9 @@ def column_label(column: Hashable) -> str:
     return f"column {column + 1}" if isinstance(column, int) else str(column)
 
 
-def default_mapping(raw: RawTable) -> tuple[dict[str, Hashable], DataError | None]:
-    """Auto-detected column per role (NONE for absent optional roles) and the detection problem, if any.
+def default_mapping(raw: RawTable) -> tuple[dict[str, Hashable], DataError | None, list[str]]:
+    """Auto-detected column per role (NONE for absent optional roles), the detection problem if any, and
+    why columns got their roles when that came from their content (a count is not a rating).
 
     When detection fails (e.g. two columns could both be the user), each role gets its best-ranked
     candidate so the user corrects a proposal instead of facing an empty form.
@@ -68,9 +69,9 @@ def default_mapping(raw: RawTable) -> tuple[dict[str, Hashable], DataError | Non
     except RecsysError as err:
         cands = mapping_candidates(raw.frame)
         first = {role: (cands.get(role) or [NONE])[0] for role in ("user", "item")}
-        return {**first, "rating": NONE, "timestamp": NONE}, err
+        return {**first, **dict.fromkeys(OPTIONAL_ROLES, NONE)}, err, []
     found = m.as_dict()
-    return {role: NONE if found[role] is None else found[role] for role in ROLES}, None
+    return {role: NONE if found[role] is None else found[role] for role in ROLES}, None, m.reasons
 
 
 def make_options(implicit_threshold: float | None, min_user: int, min_item: int, duplicates: str) -> LoadOptions:
