@@ -74,3 +74,15 @@ def test_compare_page_ranks_runs_and_breaks_them_down(ws_root: Path) -> None:
     assert table["NDCG@10"].tolist() == pytest.approx(sorted(scores.values(), reverse=True))
     # bar chart + two segment charts (history length, target popularity)
     assert len(at.get("plotly_chart")) == 3, time.perf_counter() - start
+
+
+def test_a_cancelled_run_is_never_served_as_the_best_model(ws_root: Path) -> None:
+    ws = Workspace(ws_root)
+    ws.ensure_demo()
+    ds = ws.load_dataset(DEMO_NAME)
+    finished = run_experiment(ds, "popularity", workspace=ws, dataset_name=DEMO_NAME)
+    cancelled = run_experiment(ds, "ease", workspace=ws, dataset_name=DEMO_NAME)
+    ws.update_run(cancelled.run_id, status="cancelled", metrics={**cancelled.metrics, "ndcg@10": 0.99})
+    at = open_app("pages/recommend.py")
+    assert not at.exception, at.exception
+    assert f"run #{finished.run_id} (popularity, the best NDCG@10 on this dataset)" in _texts(at).replace("\\", "")

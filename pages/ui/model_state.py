@@ -115,7 +115,9 @@ def active_model(record, ds) -> tuple[Recommender, str]:
                 return model, f"the model you chose ({model.family}, {chosen})"
         except Exception:  # noqa: BLE001  a deleted or damaged folder: fall back below
             st.session_state.pop(ACTIVE_MODEL_KEY, None)
-    runs = [r for r in workspace().list_runs(dataset=record.name) if r.artifact_dir and r.metrics]
+    # Only finished runs compete: a cancelled or never-improving run is kept and labelled, never "the best".
+    runs = [r for r in workspace().list_runs(dataset=record.name)
+            if r.artifact_dir and r.metrics and r.status == "finished"]
     runs.sort(key=lambda r: r.metrics.get("ndcg@10", 0.0), reverse=True)
     for run in runs:
         try:
