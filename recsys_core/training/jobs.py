@@ -1,28 +1,92 @@
-"""Training in a background thread (`background.BackgroundJob`), so a page can poll progress and
-other sessions stay responsive; cancelling is the cooperative flag on `Progress`."""
+"""Training jobs: one child process per run (`training.worker`), recorded in the workspace's job store.
+
+`TrainingJob.start` creates the job's row, starts the process and returns a handle; the row, not the
+handle, is the truth, so any tab (or another server on the same workspace) sees the job and can cancel
+it through `store.request_cancel`. The handle adds what only the launching process can do: wait for
+the child (so it never lingers as a zombie) and record a child that died without a word.
+
+The store is passed in (a `recsys_core.workspace.jobs.JobStore`): training sits below the workspace.
+"""
 
 from __future__ import annotations
 
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
 from typing import Any
 
-from recsys_core.background import BackgroundJob
-from recsys_core.data.dataset import Dataset
-from recsys_core.training.experiment import RunResult, run_experiment
+WORKER = "recsys_core.training.worker"
+_POLL_S = 0.1
 
 
-class TrainingJob(BackgroundJob):
-    """One run of `run_experiment` on its own thread; `result` is its `RunResult`."""
+class TrainingJob:
+    """Handle on one training job: its state comes from the job store, so it is the same from any tab."""
 
-    def __init__(self, ds: Dataset, family: str, overrides: dict[str, Any] | None = None, *,
-                 workspace: Any = None, dataset_name: str | None = None, split_kind: str = "leave_one_out") -> None:
-        super().__init__(name=f"train-{family}")
-        self.family = family
-        self.overrides = dict(overrides or {})
-        self.result: RunResult | None = None
-        self._args = (ds, workspace, dataset_name, split_kind)
+    def __init__(self, store: Any, job_id: int, process: subprocess.Popen | None = None) -> None:
+        self.store, self.id, self.process = store, job_id, process
 
-    def work(self) -> tuple[RunResult, str]:
-        ds, workspace, dataset_name, split_kind = self._args
-        result = run_experiment(ds, self.family, self.overrides, split_kind=split_kind, progress=self.progress,
-                                workspace=workspace, dataset_name=dataset_name)
-        return result, result.status
+    @classmethod
+    def start(cls, store: Any, dataset: str, family: str, overrides: dict[str, Any] | None = None, *,
+              split_kind: str = "leave_one_out") -> TrainingJob:
+        """Record a job on the saved dataset `dataset` and start its process; returns at once."""
+        job_id = store.create(dataset, family, dict(overrides or {}), split_kind)
+        with open(store.log_path(job_id), "ab") as log:
+            process = subprocess.Popen([sys.executable, "-m", WORKER], stdin=subprocess.PIPE, stdout=log,
+                                       stderr=subprocess.STDOUT)
+        store.set_pid(job_id, process.pid)
+        process.stdin.write(pickle.dumps((store, job_id)))
+        process.stdin.close()
+        job = cls(store, job_id, process)
+        threading.Thread(target=job._reap, name=f"job-{job_id}-reaper", daemon=True).start()
+        return job
+
+    def _reap(self) -> None:
+        """Wait for the child; if it died without recording an end (killed, segfault), record one."""
+        code = self.process.wait()
+        if code < 0:
+            name = signal.Signals(-code).name
+            self.store.end_if_active(self.id, "interrupted", f"the training process was stopped by {name} "
+                                     "(killed, or out of memory); start it again")
+        elif code:
+            self.store.end_if_active(self.id, "failed", f"the training process exited with code {code}; "
+                                     f"see {self.store.log_path(self.id)}")
+
+    def record(self) -> Any:
+        return self.store.get(self.id)
+
+    @property
+    def state(self) -> str:
+        return self.record().status
+
+    @property
+    def error(self) -> str:
+        return self.record().error
+
+    @property
+    def running(self) -> bool:
+        return self.record().active
+
+    @property
+    def result(self) -> dict:
+        """The recorded run's summary (`RunResult.summary()`), empty until the run is recorded."""
+        return self.record().result
+
+    def cancel(self) -> bool:
+        return self.store.request_cancel(self.id)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until the job has ended (as recorded); True if it did within `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.running:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(_POLL_S)
+        if self.process is not None:  # the row is final; let the process exit too
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        return True

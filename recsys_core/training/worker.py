@@ -1,0 +1,175 @@
+"""The process a training job runs in: `python -m recsys_core.training.worker`, with the pickled
+(job store, job id) on stdin (see `training.jobs.TrainingJob.start`).
+
+Why a process of its own: torch seeds and draws dropout masks from one process-wide generator, so two
+runs sharing a process change each other's results; a crash (segfault, OOM kill) here cannot take the
+web server down; and the server's threads stay free for interactive work.
+
+The store is handed in, not imported: training sits below the workspace (tests/test_layout.py), and
+needs of it only `workspace` (load_dataset, record_run, ...) and the job methods `mark_running`,
+`report`, `cancel_requested` and `finish`.
+
+`run_experiment` stays the one code path: the run is recorded and saved exactly as from the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+from recsys_core.errors import RecsysError
+from recsys_core.models.settings import flatten_config
+from recsys_core.progress import Progress, ProgressEvent
+from recsys_core.training.experiment import make_model, run_experiment
+
+POLL_S = 0.2  # how often the cancel flag is read: cancel is honoured well within 2 s
+WRITE_S = 0.5  # at most two progress writes a second, whatever the step rate
+MAX_LOSS_POINTS = 400  # the loss curve is thinned to this many points
+METRIC = "ndcg@10"
+
+
+class Reporter:
+    """Collects progress events from the training thread and, on its own thread, writes the latest one to
+    the job's row (throttled) and turns the row's cancel flag into `progress.cancel()`."""
+
+    def __init__(self, store: Any, job_id: int, cpu_budget_s: float = 0.0) -> None:
+        self.store, self.job_id, self.cpu_budget_s = store, job_id, cpu_budget_s
+        self.progress = Progress(callback=self._on_event)
+        self._lock = threading.Lock()
+        self._latest: ProgressEvent | None = None
+        self._first: ProgressEvent | None = None  # first event with steps: the step rate is measured from it
+        self._total = 0
+        self._dirty = False
+        self._loss: list[list[float]] = []
+        self._val: list[list] = []
+        self._metrics: dict = {}
+        self._wall0, self._cpu0 = time.perf_counter(), time.process_time()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name=f"job-{job_id}-reporter", daemon=True)
+
+    def _on_event(self, event: ProgressEvent) -> None:
+        with self._lock:
+            self._latest, self._dirty = event, True
+            if event.total:
+                self._total = event.total
+                self._first = self._first or event
+            if event.loss is not None and not event.metrics:
+                self._loss.append([event.step, round(event.loss, 5)])
+                if len(self._loss) > MAX_LOSS_POINTS:
+                    self._loss = self._loss[::2]  # keep the shape, halve the points
+            if event.metrics:
+                self._metrics = {k: v for k, v in event.metrics.items() if isinstance(v, (int, float))}
+                self._val.append([event.epoch, self._metrics, round(event.elapsed_s, 1)])
+
+    def start(self) -> Reporter:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.flush()
+
+    def _watch(self) -> None:
+        last_write = 0.0
+        while not self._stop.wait(POLL_S):
+            if not self.progress.cancelled and self.store.cancel_requested(self.job_id):
+                self.progress.cancel()
+                self.store.report(self.job_id, message="cancelling: stopping after this step")
+            if time.perf_counter() - last_write >= WRITE_S:
+                self.flush()
+                last_write = time.perf_counter()
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self._dirty or self._latest is None:
+                return
+            fields = self._fields(self._latest)
+            self._dirty = False
+        self.store.report(self.job_id, **fields)
+
+    def _fields(self, event: ProgressEvent) -> dict:
+        eta, bounded = self._eta(event)
+        total = event.total or self._total
+        return {"step": event.step, "total": total, "fraction": min(1.0, event.step / total) if total else 0.0,
+                "epoch": event.epoch, "loss": self._loss[-1][1] if self._loss else None,
+                "metrics": self._metrics, "message": event.message, "eta_s": eta, "eta_bounded": int(bounded),
+                "elapsed_s": round(time.perf_counter() - self._wall0, 2),
+                "curve": {"loss": list(self._loss), "val": list(self._val)}}
+
+    def _eta(self, event: ProgressEvent) -> tuple[float | None, bool]:
+        """Seconds left at the step rate since the first step (start-up excluded), capped by what is left of
+        the CPU budget at the CPU rate so far; (seconds, capped by the budget)."""
+        first, total = self._first, event.total or self._total
+        eta = None
+        if first is not None and total and event.step > first.step:
+            rate = (event.elapsed_s - first.elapsed_s) / (event.step - first.step)
+            eta = rate * max(total - event.step, 0)
+        if not self.cpu_budget_s:
+            return eta, False
+        wall, cpu = time.perf_counter() - self._wall0, time.process_time() - self._cpu0
+        cores = max(cpu / wall, 0.05) if wall > 0 else 1.0
+        left = max(self.cpu_budget_s - cpu, 0.0) / cores
+        return (left, True) if eta is None or left < eta else (eta, False)
+
+
+def cpu_budget(family: str, overrides: dict) -> float:
+    """The run's CPU budget in seconds (0 when none, or the model has no training loop)."""
+    try:
+        return float(flatten_config(make_model(family, overrides).config).get("train.cpu_budget_s") or 0.0)
+    except RecsysError:
+        return 0.0  # a bad setting: run_experiment reports it with its own message
+
+
+def run_job(store: Any, job_id: int) -> int:
+    """Run job `job_id` to its end and record how it ended; the process's exit code."""
+    store.mark_running(job_id, os.getpid())
+    job = store.get(job_id)
+    reporter = Reporter(store, job_id, cpu_budget(job.family, job.overrides)).start()
+    try:
+        ds = store.workspace.load_dataset(job.dataset)
+        result = run_experiment(ds, job.family, job.overrides, split_kind=job.split, progress=reporter.progress,
+                                workspace=store.workspace, dataset_name=job.dataset)
+        reporter.stop()
+        status = "cancelled" if result.status == "cancelled" else "finished"
+        store.finish(job_id, status, run_id=result.run_id, result=result.summary())
+        return 0
+    except RecsysError as err:
+        return _failed(store, job_id, reporter, str(err), "failed")
+    except (KeyboardInterrupt, SystemExit):
+        return _failed(store, job_id, reporter, "stopped by a signal (server shut down?); start it again",
+                       "interrupted")
+    except Exception as err:  # noqa: BLE001  the page must show why, not a dead row
+        traceback.print_exc()  # into the job's log file
+        return _failed(store, job_id, reporter, f"{type(err).__name__}: {err}", "failed")
+
+
+def _failed(store: Any, job_id: int, reporter: Reporter, error: str, status: str) -> int:
+    reporter.stop()
+    store.finish(job_id, status, error=error)
+    return 1
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds through run_job, which records the job as interrupted
+
+
+def main() -> None:
+    store, job_id = pickle.load(sys.stdin.buffer)
+    signal.signal(signal.SIGTERM, _terminate)
+    code = run_job(store, job_id)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Everything is recorded and every connection closed: skip the interpreter's teardown (over a second
+    # with torch loaded), so a cancelled job frees its CPU and memory at once.
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()
