@@ -119,7 +119,7 @@ def main() -> None:
     ws = Workspace(root)
     ds = resolve_dataset(args.data, None)
     ds.name = NAME
-    ws.save_dataset(ds, NAME)
+    ws.save_dataset(ds, NAME, overwrite=True)
     rng = np.random.default_rng(0)
     users = rng.choice(ds.n_users, min(args.users, ds.n_users), replace=False)
     page_users = rng.choice(ds.n_users, min(args.page_users, ds.n_users), replace=False)

@@ -118,19 +118,22 @@ def _load_section() -> None:
     mapping = _mapping_form(state["raw"])
     options = _options_form(mapping.get("timestamp") not in (None, upload.NONE))
     name = st.text_input("Save as", key="data_name", help=upload.NAME_HELP)
+    taken = bool(name.strip()) and workspace().get_dataset(name.strip()) is not None
+    overwrite = st.checkbox(f"Replace the saved dataset “{md_escape(name.strip())}”", key="data_overwrite",
+                            help="Runs trained on it are kept.") if taken else False
     if st.button("Load dataset", type="primary", key="data_load"):
-        _load(file, items_file, mapping, options, name)
+        _load(file, items_file, mapping, options, name, overwrite)
     _show_outcome()
 
 
-def _load(file, items_file, mapping, options, name) -> None:
+def _load(file, items_file, mapping, options, name, overwrite: bool) -> None:
     try:
         with st.spinner("Validating and indexing..."):
             result = upload.ingest(
                 workspace(), file.getvalue(), file.name, mapping=mapping,
                 items=items_file.getvalue() if items_file is not None else None,
                 items_filename=items_file.name if items_file is not None else None,
-                options=options, name=name,
+                options=options, name=name, overwrite=overwrite,
             )
     except RecsysError as err:
         st.session_state[_OUTCOME] = ("error", err)

@@ -57,7 +57,7 @@ def cmd_ingest(args) -> dict:
                           file_order_is_time=args.file_order_is_time)
     ds, report = load_dataset(args.file, items=args.items, options=options, name=args.name)
     ws = _workspace(args)
-    record = ws.save_dataset(ds, name=args.name or ds.name, source_file=str(args.file))
+    record = ws.save_dataset(ds, name=args.name or ds.name, source_file=str(args.file), overwrite=args.overwrite)
     return {"dataset": record.name, "stats": ds.stats(), "report": report.lines()}
 
 
@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--min-item", type=int, default=1, help="k-core: minimum interactions per item")
     ing.add_argument("--implicit-threshold", type=float, default=None,
                      help="keep rows whose rating (or count) is >= this")
+    ing.add_argument("--overwrite", action="store_true", help="replace a saved dataset of the same name")
     ing.add_argument("--file-order-is-time", action="store_true",
                      help="no timestamp column, but the file lists each user's interactions in time order")
     ing.add_argument("--dedup", default="keep_last", choices=["keep_last", "keep_first", "error", "keep_all"])

@@ -64,7 +64,7 @@ def test_list_is_newest_first_and_resave_moves_to_top(ws):
     for name in ("a", "b", "c"):
         ws.save_dataset(make_dataset(), name)
     assert [r.name for r in ws.list_datasets()] == ["c", "b", "a"]
-    ws.save_dataset(make_dataset(), "a")
+    ws.save_dataset(make_dataset(), "a", overwrite=True)
     assert [r.name for r in ws.list_datasets()] == ["a", "c", "b"]
 
 
@@ -101,7 +101,7 @@ def test_database_uses_wal(ws):
 
 def test_overwrite_replaces_and_leaves_one_version(ws):
     ws.save_dataset(make_dataset(n_users=3), "toy")
-    ws.save_dataset(make_dataset(n_users=5), "toy")
+    ws.save_dataset(make_dataset(n_users=5), "toy", overwrite=True)
     assert ws.load_dataset("toy").n_users == 5
     assert [r.n_users for r in ws.list_datasets()] == [5]
     assert len(list((ws.root / "datasets" / "toy").iterdir())) == 1
@@ -110,7 +110,7 @@ def test_overwrite_replaces_and_leaves_one_version(ws):
 def test_failed_overwrite_keeps_previous_dataset(ws):
     before = ws.save_dataset(make_dataset(n_users=3), "toy")
     with pytest.raises(OSError, match="No space left"):
-        ws.save_dataset(failing_copy(make_dataset(n_users=5)), "toy")
+        ws.save_dataset(failing_copy(make_dataset(n_users=5)), "toy", overwrite=True)
     assert ws.list_datasets() == [before]
     assert ws.load_dataset("toy").n_users == 3
     assert list((ws.root / ".tmp").iterdir()) == []
@@ -132,7 +132,7 @@ def test_failed_database_write_removes_new_files_and_keeps_old(ws):
     conn.commit()
     conn.close()
     with pytest.raises(sqlite3.DatabaseError, match="db refused"):
-        ws.save_dataset(make_dataset(n_users=5), "toy")
+        ws.save_dataset(make_dataset(n_users=5), "toy", overwrite=True)
     assert ws.list_datasets() == [before]
     assert ws.load_dataset("toy").n_users == 3
     assert list((ws.root / "datasets" / "toy").iterdir()) == [before.path]
@@ -261,7 +261,7 @@ def test_concurrent_sessions_write_and_read_without_errors(ws):
             mine = Workspace(ws.root)  # each Streamlit session may hold its own Workspace
             for j in range(5):
                 mine.record_run("shared", f"m{i}", {"j": j}, {}, "cpu", 0.0, None)
-                mine.save_dataset(make_dataset(n_users=3 + i), "shared")
+                mine.save_dataset(make_dataset(n_users=3 + i), "shared", overwrite=True)
                 assert mine.load_dataset("shared").n_users in range(3, 7)
         except Exception as err:  # noqa: BLE001  surfaced in the main thread below
             errors.append(err)
@@ -274,3 +274,34 @@ def test_concurrent_sessions_write_and_read_without_errors(ws):
     assert errors == []
     assert len(ws.list_runs("shared")) == 20
     assert len(list((ws.root / "datasets" / "shared").iterdir())) == 1
+
+
+def test_a_taken_name_is_refused_unless_replacing_is_asked_for(ws):
+    first = ws.save_dataset(make_dataset(n_users=3), "team")
+    with pytest.raises(ConfigError, match="a dataset named 'team' already exists") as err:
+        ws.save_dataset(make_dataset(n_users=5), "team")
+    assert "replace" in err.value.hint
+    assert ws.list_datasets() == [first] and ws.load_dataset("team").n_users == 3
+    assert list((ws.root / ".tmp").iterdir()) == []
+
+
+def test_two_sessions_saving_one_new_name_at_once_get_one_success_and_one_clear_refusal(ws):
+    results: list[object] = []
+    barrier = threading.Barrier(2)
+
+    def save(n_users: int) -> None:
+        barrier.wait()
+        try:
+            results.append(Workspace(ws.root).save_dataset(make_dataset(n_users=n_users), "race"))
+        except ConfigError as err:
+            results.append(err)
+
+    threads = [threading.Thread(target=save, args=(n,)) for n in (3, 5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    saved = [r for r in results if not isinstance(r, ConfigError)]
+    assert len(saved) == 1 and len(results) == 2
+    assert ws.load_dataset("race").n_users == saved[0].n_users
+    assert len(list((ws.root / "datasets" / "race").iterdir())) == 1  # the loser's files are gone

@@ -42,7 +42,7 @@ DEDUP_LABELS = {
 }
 # The browser-side limit matches the engine's, so a file is never accepted by one and refused by the other.
 MAX_UPLOAD_MB = DEFAULT_MAX_BYTES // 2**20
-NAME_HELP = f"Name in the workspace ({NAME_RULE}). Saving under an existing name replaces that dataset."
+NAME_HELP = f"Name in the workspace ({NAME_RULE}). A name already taken is refused unless you choose to replace it."
 
 
 def preview(data: bytes, filename: str) -> RawTable:
@@ -95,6 +95,7 @@ def ingest(
     items_filename: str | None = None,
     options: LoadOptions | None = None,
     name: str | None = None,
+    overwrite: bool = False,
 ) -> UploadResult:
     """Load, validate and save an uploaded interactions file (plus optional item metadata).
 
@@ -107,5 +108,5 @@ def ingest(
         mapping = {role: None if mapping.get(role, NONE) == NONE else mapping[role] for role in ROLES}
     ds, report = load_dataset(data, filename, mapping=mapping, items=items, items_filename=items_filename,
                               options=options or LoadOptions(), name=name)
-    record = ws.save_dataset(ds, name=name, source_file=filename)
+    record = ws.save_dataset(ds, name=name, source_file=filename, overwrite=overwrite)
     return UploadResult(record, report)

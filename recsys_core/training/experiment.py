@@ -7,9 +7,7 @@ browser is produced by the same code as a number in a benchmark.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,17 +196,11 @@ def _record(result: RunResult, workspace: Any, dataset_name: str, split_kind: st
     config = dataclasses.asdict(result.model.config)
     # How the run ended travels with its metrics, so the leaderboard can say why a number is what it is.
     metrics = {**result.metrics, "run": {"cpu_s": round(result.cpu_s, 2), **result.extra}}
-    run_id = workspace.record_run(
-        dataset=dataset_name, model=result.family, config=config, metrics=metrics,
-        device=result.device, wall_s=result.train_s, artifact_dir="", split=split_kind, status=result.status,
-    )
-    folder = Path(workspace.models_dir()) / f"run-{run_id:05d}-{_slug(result.family)}"
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    result.model.save(tmp)
-    os.replace(tmp, folder)  # a half-written artifact never appears under its final name
-    workspace.update_run(run_id, artifact_dir=str(folder))
-    result.run_id, result.artifact_dir = run_id, str(folder)
+    # The workspace writes the files first and records the run with them in one step (crash-safe).
+    run = workspace.record_run_with_artifact(
+        result.model.save, _slug(result.family), dataset=dataset_name, model=result.family, config=config,
+        metrics=metrics, device=result.device, wall_s=result.train_s, split=split_kind, status=result.status)
+    result.run_id, result.artifact_dir = run.id, str(run.artifact_dir)
 
 
 def _slug(text: str) -> str:

@@ -27,11 +27,12 @@ import shutil
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.demo import DEMO_NAME, demo_source, load_demo
@@ -129,6 +130,22 @@ def safe_name(text: str) -> str:
     return slug or "dataset"
 
 
+def fsync_tree(folder: Path) -> None:
+    """Flush every file under `folder`, then the folders themselves, so a rename publishes complete files
+    even if the machine loses power right after."""
+    for path in sorted(folder.rglob("*"), key=lambda p: -len(p.parts)):
+        _fsync(path)
+    _fsync(folder)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -176,16 +193,26 @@ class Workspace:
         finally:
             conn.close()
 
-    def _sweep_tmp(self) -> None:
-        """Remove temp folders left by writers that crashed (old enough not to be in progress)."""
-        cutoff = time.time() - _STALE_TMP_S
-        for entry in (self.root / ".tmp").iterdir():
+    def _sweep_tmp(self, grace_s: float = _STALE_TMP_S) -> None:
+        """Remove what crashed writers left: temp folders, run folders no run points at, dataset versions no
+        dataset points at. Only things older than `grace_s`, so a save in progress elsewhere is never touched."""
+        cutoff = time.time() - grace_s
+        recorded = self._recorded_folders()
+        leftovers = [*(self.root / ".tmp").iterdir(),
+                     *(p for p in (self.root / "models").glob("run-*") if p not in recorded),
+                     *(p for p in (self.root / "datasets").glob("*/*") if p not in recorded)]
+        for entry in leftovers:
             try:
                 stale = entry.stat().st_mtime < cutoff
             except FileNotFoundError:  # another process swept it first
                 continue
             if stale:
                 shutil.rmtree(entry, ignore_errors=True)
+
+    def _recorded_folders(self) -> set[Path]:
+        with self._connect() as conn:
+            rows = conn.execute("SELECT path FROM datasets UNION ALL SELECT artifact_dir FROM runs").fetchall()
+        return {self._abs(r[0]) for r in rows if r[0]}
 
     def _rel(self, path: Path) -> str:
         """Paths inside the workspace are stored relative, so the folder can be moved."""
@@ -219,16 +246,22 @@ class Workspace:
 
     # ---- datasets ----------------------------------------------------------------------------
 
-    def save_dataset(self, ds: Dataset, name: str | None = None, source_file: str = "") -> DatasetRecord:
-        """Save `ds` under `name` (default: a safe form of `ds.name`), replacing any dataset of that name.
+    def save_dataset(self, ds: Dataset, name: str | None = None, source_file: str = "", *,
+                     overwrite: bool = False) -> DatasetRecord:
+        """Save `ds` under `name` (default: a safe form of `ds.name`). A name already taken is a ConfigError
+        unless `overwrite`: two sessions saving under one name must not both be told "saved".
 
-        All or nothing: if writing fails, the previous dataset of that name (if any) is untouched.
+        All or nothing: the files are written and synced in a temp folder, renamed into place, and only
+        then recorded; if anything fails, the previous dataset of that name (if any) is untouched.
         """
         name = validate_name(name) if name is not None else safe_name(ds.name)
+        if not overwrite:
+            self._refuse_taken(name)
         tmp = self.root / ".tmp" / uuid.uuid4().hex
         final = self.root / "datasets" / name / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
         try:
             ds.save(tmp)
+            fsync_tree(tmp)
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, final)
         except BaseException:
@@ -236,7 +269,7 @@ class Workspace:
             raise
         record = DatasetRecord(name, source_file, ds.n_users, ds.n_items, ds.n_interactions, _now(), final)
         try:
-            old = self._upsert_dataset(record)
+            old = self._upsert_dataset(record, overwrite)
         except BaseException:
             shutil.rmtree(final, ignore_errors=True)
             raise
@@ -244,10 +277,19 @@ class Workspace:
             shutil.rmtree(old, ignore_errors=True)
         return record
 
-    def _upsert_dataset(self, rec: DatasetRecord) -> Path | None:
-        """Point `rec.name` at its new folder; return the folder it pointed at before (if any)."""
+    def _refuse_taken(self, name: str) -> None:
+        if self.get_dataset(name) is not None:
+            raise ConfigError(f"a dataset named {name!r} already exists", file=str(self.root),
+                              hint="choose another name, or choose to replace the existing dataset")
+
+    def _upsert_dataset(self, rec: DatasetRecord, overwrite: bool) -> Path | None:
+        """Point `rec.name` at its new folder; return the folder it pointed at before (if any). The check for
+        a taken name repeats inside the write lock, so of two concurrent saves exactly one succeeds."""
         with self._connect(write=True) as conn:
             row = conn.execute("SELECT path FROM datasets WHERE name = ?", (rec.name,)).fetchone()
+            if row is not None and not overwrite:
+                raise ConfigError(f"a dataset named {rec.name!r} was saved by someone else a moment ago",
+                                  file=str(self.root), hint="choose another name, or choose to replace it")
             conn.execute(
                 "INSERT OR REPLACE INTO datasets (name, source_file, n_users, n_items, n_interactions, created_at, path)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -323,7 +365,7 @@ class Workspace:
         source = demo_source()
         if record is not None and record.source_file == source and (record.path / "dataset.json").is_file():
             return record
-        return self.save_dataset(load_demo(), name=DEMO_NAME, source_file=source)
+        return self.save_dataset(load_demo(), name=DEMO_NAME, source_file=source, overwrite=True)
 
     # ---- runs --------------------------------------------------------------------------------
 
@@ -346,16 +388,43 @@ class Workspace:
         status: str = "finished",
     ) -> int:
         """Store one run; returns its id. `config`/`metrics` must be JSON-serialisable."""
+        with self._connect(write=True) as conn:
+            return self._insert_run(conn, dataset=dataset, model=model, config=config, metrics=metrics,
+                                    device=device, wall_s=wall_s, artifact_dir=artifact_dir, split=split,
+                                    status=status)
+
+    def _insert_run(self, conn: sqlite3.Connection, *, dataset: str, model: str, config: dict, metrics: dict,
+                    device: str, wall_s: float | None, artifact_dir: str | os.PathLike | None,
+                    split: str = "leave_one_out", status: str = "finished") -> int:
         now = _now()
         values = (dataset, model, json.dumps(config), json.dumps(metrics), device, wall_s,
                   self._rel(artifact_dir) if artifact_dir else "", split, status, now, now)
-        with self._connect(write=True) as conn:
-            cur = conn.execute(
-                "INSERT INTO runs (dataset, model, config, metrics, device, wall_s, artifact_dir, split, status,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                values,
-            )
-            return int(cur.lastrowid)
+        cur = conn.execute(
+            "INSERT INTO runs (dataset, model, config, metrics, device, wall_s, artifact_dir, split, status,"
+            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            values,
+        )
+        return int(cur.lastrowid)
+
+    def record_run_with_artifact(self, save: Callable[[Path], object], slug: str, **fields: Any) -> RunRecord:
+        """Write a run's model files, then record the run and move the files into place in one transaction.
+
+        A kill at any point leaves either no run (and a temp or unrecorded folder that `sweep` removes later)
+        or a run whose files are complete: never a "finished" run without its model.
+        """
+        tmp = self.root / ".tmp" / uuid.uuid4().hex
+        try:
+            save(tmp)
+            fsync_tree(tmp)
+            with self._connect(write=True) as conn:
+                run_id = self._insert_run(conn, artifact_dir=None, **fields)
+                folder = self.models_dir() / f"run-{run_id:05d}-{slug}"
+                conn.execute("UPDATE runs SET artifact_dir = ? WHERE id = ?", (self._rel(folder), run_id))
+                os.replace(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return self.get_run(run_id)
 
     def update_run(self, run_id: int, **fields: object) -> RunRecord:
         """Change some fields of a run (e.g. status='finished', metrics={...}); returns the updated run."""
