@@ -19,7 +19,7 @@ from recsys_core.data.splits import Split
 from recsys_core.errors import ConfigError, ModelError
 from recsys_core.models.base import Capabilities, Recommender
 from recsys_core.models.ease import matrix_columns
-from recsys_core.models.histories import ItemMatrix, history_matrix, low_rank, training_histories
+from recsys_core.models.histories import ItemMatrix, history_matrix, low_rank, training_matrix
 from recsys_core.models.settings import setting
 from recsys_core.progress import Progress
 
@@ -44,6 +44,8 @@ class ItemKNNConfig:
     embedding_dim: int = setting(64, "Rank of the truncated SVD behind item and user embeddings.")
     memory_budget_mb: int = setting(2048, "Working memory (MB) for item co-occurrences while fitting; "
                                           "larger catalogues take more, smaller blocks.")
+    use_counts: bool = setting(True, "When the data has counts (plays, clicks), weigh each interaction by "
+                                     "log(1 + count) in the co-occurrences.")
 
 
 def _top_neighbours(cooc: sp.csr_matrix, norms: np.ndarray, shrink: float, k: int, start: int,
@@ -93,7 +95,7 @@ class ItemKNN(Recommender):
                             f"got k={cfg.k}, shrink={cfg.shrink}, recency_half_life={cfg.recency_half_life}, "
                             f"memory_budget_mb={cfg.memory_budget_mb}")
         self._remember_catalogue(dataset)
-        x = history_matrix(training_histories(dataset, split), self.n_items_)
+        x = training_matrix(dataset, split, self.n_items_, cfg.use_counts)
         xt = x.T.tocsr()  # item x user: a block's rows are a cheap contiguous slice
         # Diagonal of XᵀX without forming it: each item's distinct users (x is binary).
         norms = np.sqrt(np.diff(xt.indptr).astype(np.float32))
