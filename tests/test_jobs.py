@@ -1,17 +1,30 @@
-"""Background training: a run finishes and is recorded; cancel stops a long run within seconds,
-keeps a usable model and records the run as cancelled."""
+"""Training jobs run in their own process and live in the workspace's `jobs` table: a finished job
+records a loadable run; the cancel flag, set through another store (as another tab or server would),
+stops a real SASRec+/BERT4Rec run within 2 s; two jobs with the same seed started together give exactly
+what each gives alone; a job whose process was killed is marked interrupted."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from recsys_core.data.dataset import build_dataset
 from recsys_core.models.base import load_model
 from recsys_core.training.jobs import TrainingJob
+from recsys_core.training.worker import Reporter
+from recsys_core.workspace.jobs import JobStore
 from recsys_core.workspace.registry import Workspace
+
+SMALL = {"hidden": 16, "layers": 1, "max_len": 12, "batch_size": 16}
+ENDLESS = {**SMALL, "epochs": 10_000, "patience": 10_000}
+START_S = 120  # a child imports torch before its first step: generous on a busy 2-core box
 
 
 def _sequences(n_users: int = 80, n_items: int = 30, length: int = 12):
@@ -23,37 +36,124 @@ def _sequences(n_users: int = 80, n_items: int = 30, length: int = 12):
     return build_dataset(pd.DataFrame(rows, columns=["user", "item", "timestamp"]), name="cycle")
 
 
-def test_finished_job_is_recorded_with_a_loadable_artifact(tmp_path):
+@pytest.fixture
+def store(tmp_path) -> JobStore:
     ws = Workspace(tmp_path / "ws")
-    job = TrainingJob(_sequences(), "ease", {"l2": 10.0}, workspace=ws, dataset_name="cycle").start()
-    job.join(60)
-    assert job.state == "finished", job.error
-    run = ws.get_run(job.result.run_id)
-    assert run.status == "finished" and run.metrics["ndcg@10"] == job.result.metrics["ndcg@10"]
-    model = load_model(run.artifact_dir)
-    assert model.score([np.array([0, 1])]).shape == (1, 30)
+    ws.save_dataset(_sequences(), "cycle")
+    return JobStore(ws)
 
 
-def test_cancel_stops_a_long_run_quickly_and_keeps_the_best_model(tmp_path):
-    ws = Workspace(tmp_path / "ws")
-    overrides = {"epochs": 10_000, "patience": 10_000, "hidden": 16, "layers": 1, "max_len": 12, "batch_size": 16}
-    job = TrainingJob(_sequences(), "sasrec", overrides, workspace=ws, dataset_name="cycle").start()
-    deadline = time.monotonic() + 60
-    while not any("ndcg@10" in e.metrics for e in job.progress.snapshot()) and time.monotonic() < deadline:
-        time.sleep(0.1)  # wait for one validation, so a best checkpoint exists
-    assert job.running
-    cancelled_at = time.monotonic()
-    job.cancel()
-    job.join(30)
-    assert not job.running and time.monotonic() - cancelled_at < 15
-    assert job.state == "cancelled", job.error
-    run = ws.get_run(job.result.run_id)
+def _wait_for(predicate, timeout_s: float = START_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_job_runs_in_another_process_and_records_a_loadable_run(store):
+    job = TrainingJob.start(store, "cycle", "ease", {"l2": 10.0})
+    assert job.process.pid != os.getpid()
+    assert job.join(START_S)
+    record = job.record()
+    assert record.status == "finished", record.error
+    run = store.workspace.get_run(record.run_id)
+    assert run.status == "finished" and run.metrics["ndcg@10"] == record.result["metrics"]["ndcg@10"]
+    assert load_model(run.artifact_dir).score([np.array([0, 1])]).shape == (1, 30)
+    assert record.pid is None and job.process.returncode == 0
+
+
+@pytest.mark.parametrize("family", ["sasrec", "bert4rec"])
+def test_the_cancel_flag_from_another_store_stops_a_real_run_within_2_s(store, family):
+    job = TrainingJob.start(store, "cycle", family, ENDLESS)
+    other_tab = JobStore(Workspace(store.workspace.root))  # a second server process would open its own
+    _wait_for(lambda: other_tab.get(job.id).curve.get("val"))  # one validation: a best checkpoint exists
+    running = other_tab.get(job.id)
+    assert running.status == "running" and 0 < running.step < running.total
+    assert running.eta_s is not None and running.curve["loss"]
+    asked = time.monotonic()
+    assert other_tab.request_cancel(job.id)
+    _wait_for(lambda: not other_tab.get(job.id).active, timeout_s=10)
+    latency = time.monotonic() - asked
+    job.process.wait(10)
+    assert latency < 2.0, f"cancel took {latency:.2f} s"
+    record = other_tab.get(job.id)
+    assert record.status == "cancelled" and record.result["status"] == "cancelled"
+    run = store.workspace.get_run(record.run_id)
     assert run.status == "cancelled"
-    scores = load_model(run.artifact_dir).score([np.array([3, 4, 5])])
-    assert np.isfinite(scores.numpy()).all()
+    assert np.isfinite(load_model(run.artifact_dir).score([np.array([3, 4, 5])]).numpy()).all()
 
 
-def test_a_bad_setting_fails_with_a_message_not_a_dead_thread(tmp_path):
-    job = TrainingJob(_sequences(), "ease", {"no_such_setting": 1}, workspace=Workspace(tmp_path / "ws")).start()
-    job.join(30)
+def test_two_jobs_with_one_seed_at_once_give_exactly_what_one_gives_alone(store):
+    store.workspace.save_dataset(_sequences(n_users=240), "cycle240")  # a few seconds of training per job
+    settings = {**SMALL, "epochs": 4, "patience": 100, "seed": 7}
+    alone = TrainingJob.start(store, "cycle240", "sasrec", settings)
+    assert alone.join(START_S) and alone.state == "finished", alone.error
+    together = [TrainingJob.start(store, "cycle240", "sasrec", settings) for _ in range(2)]
+    overlapped = False
+    while any(job.running for job in together):
+        rows = [job.record() for job in together]
+        overlapped |= all(r.status == "running" and r.step > 0 for r in rows)
+        time.sleep(0.05)
+    assert overlapped, "the two jobs never trained at the same time"
+    for job in together:
+        assert job.state == "finished", job.error
+    expected = alone.result["metrics"]
+    assert [j.result["metrics"] for j in together] == [expected, expected]
+    assert expected["ndcg@10"] > 0
+
+
+def test_a_job_whose_process_was_killed_is_marked_interrupted(store):
+    job = TrainingJob.start(store, "cycle", "sasrec", ENDLESS)
+    _wait_for(lambda: store.get(job.id).step > 0)
+    os.kill(job.process.pid, signal.SIGKILL)
+    _wait_for(lambda: not store.get(job.id).active, timeout_s=10)
+    record = store.get(job.id)
+    assert record.status == "interrupted" and "SIGKILL" in record.error
+
+
+def test_a_running_row_whose_process_is_gone_is_marked_interrupted_when_listed(store):
+    """The launching server died too, so nobody reaped the child: the next listing notices."""
+    job_id = store.create("cycle", "sasrec", ENDLESS)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    store.mark_running(job_id, int(gone.stdout))
+    assert [j.id for j in store.list(dataset="cycle", active_only=True)] == []
+    record = store.get(job_id)
+    assert record.status == "interrupted" and "start it again" in record.error
+
+
+def test_a_bad_setting_fails_with_a_message(store):
+    job = TrainingJob.start(store, "cycle", "ease", {"no_such_setting": 1})
+    assert job.join(START_S)
     assert job.state == "failed" and "no_such_setting" in job.error
+    assert store.request_cancel(job.id) is False  # an ended job has nothing to cancel
+
+
+class _FakeStore:
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    def report(self, job_id: int, **fields) -> None:
+        self.rows.append(fields)
+
+    def cancel_requested(self, job_id: int) -> bool:
+        return False
+
+
+def test_the_eta_is_measured_from_the_step_rate_and_capped_by_the_cpu_budget():
+    store = _FakeStore()
+    reporter = Reporter(store, 1)
+    progress = reporter.progress
+    progress.update(10, 1000, epoch=1, loss=5.0)
+    time.sleep(0.1)
+    progress.update(20, 1000, epoch=1, loss=4.0)
+    reporter.flush()
+    row = store.rows[-1]
+    assert row["fraction"] == 0.02 and row["loss"] == 4.0 and row["curve"]["loss"] == [[10, 5.0], [20, 4.0]]
+    assert 5 < row["eta_s"] < 60 and not row["eta_bounded"]  # ~0.01 s a step, 980 steps left
+    budgeted = Reporter(_FakeStore(), 2, cpu_budget_s=0.001)
+    budgeted.progress.update(10, 1000)
+    sum(range(300_000))  # spend more than the 1 ms of CPU budget
+    budgeted.progress.update(20, 1000)
+    budgeted.flush()
+    assert budgeted.store.rows[-1]["eta_s"] == 0.0 and budgeted.store.rows[-1]["eta_bounded"] == 1
