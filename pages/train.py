@@ -1,11 +1,16 @@
-"""Train: pick a model, set hyperparameters, train with live progress and cancel, or load a saved model."""
+"""Train: pick a model, set hyperparameters, train with live progress and cancel, or load a saved model.
+
+Training jobs belong to the workspace, not to this tab: each runs in its own process and is recorded in
+the workspace's `jobs` table, so every tab (and a reload) shows every running job of the dataset with its
+progress and a Cancel button, and a job started here keeps its handle when this tab is closed.
+"""
 
 from __future__ import annotations
 
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages.ui.common import load_dataset, md_escape, show_data_error, sidebar_dataset_selector, workspace
+from pages.ui.common import _root_key, load_dataset, md_escape, show_data_error, sidebar_dataset_selector, workspace
 from pages.ui.model_state import (
     ACTIVE_MODEL_KEY,
     cached_model,
@@ -15,13 +20,17 @@ from pages.ui.model_state import (
     runs_frame,
 )
 from recsys_core.errors import RecsysError
-from recsys_core.models.base import family_class, load_model
+from recsys_core.models.base import capabilities_of, family_class, load_model
 from recsys_core.training.experiment import check_paths, memory_estimate_mb
 from recsys_core.training.jobs import TrainingJob
 from recsys_core.workspace.artifacts import import_model_zip
+from recsys_core.workspace.jobs import JobRecord, JobStore
 
-JOB_KEY = "train_job"  # session state: the TrainingJob of this session (one at a time)
-ESTIMATE_KEY = "train_memory_mb"  # session state: estimated peak memory of the running job
+JOB_KEY = "train_job"  # session state: handle (TrainingJob) of the last job this session started
+WATCH_KEY = "train_watched"  # session state: {job id: started here} of jobs shown until dismissed
+SEEN_KEY = "train_seen_running"  # session state: ids running at the last redraw (to notice one ending)
+ACTIVATED_KEY = "train_activated"  # session state: ids of own jobs whose model was made active
+METRIC = "ndcg@10"
 
 st.title("Train")
 record = sidebar_dataset_selector()
@@ -30,74 +39,201 @@ st.caption(f"Dataset **{md_escape(record.name)}**: {ds.n_users:,} users, {ds.n_i
            f"{ds.n_interactions:,} interactions. Evaluation is full ranking over all items on the test split.")
 
 
-def _start(family: str, overrides: dict, split_kind: str) -> None:
+@st.cache_resource(show_spinner=False)
+def _job_store(root: str) -> JobStore:
+    return JobStore(workspace())  # creating it marks jobs a previous server left running as interrupted
+
+
+def job_store() -> JobStore:
+    return _job_store(_root_key())
+
+
+def _watched() -> dict[int, bool]:
+    return st.session_state.setdefault(WATCH_KEY, {})
+
+
+def _start(family: str, overrides: dict, split_kind: str) -> bool:
+    """Start a job, or show why the settings are refused; whether it started."""
     try:
         check_paths(family, overrides, workspace())  # the jail: checkpoints and encoders live in the workspace
-        mb = memory_estimate_mb(family, overrides, ds.n_items)
+        memory_estimate_mb(family, overrides, ds.n_items)  # a bad setting is refused here, before a process starts
     except RecsysError as err:
         show_data_error(err, "Check the settings")
+        return False
+    job = TrainingJob.start(job_store(), record.name, family, overrides, split_kind=split_kind)
+    st.session_state[JOB_KEY] = job
+    _watched()[job.id] = True
+    return True
+
+
+def human_duration(seconds: float) -> str:
+    """'40 s', '2 min', '1 h 5 min': what a person reads at a glance."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{max(5, 5 * round(seconds / 5))} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
+def _eta_text(job: JobRecord) -> str:
+    if job.eta_s is None:
+        return ""
+    if job.eta_bounded:
+        return f"at most {human_duration(job.eta_s)} left (CPU budget)"
+    early = " (early stopping may end it sooner)" if capabilities_of(job.family).training_curves else ""
+    return f"about {human_duration(job.eta_s)} left{early}"
+
+
+def _progress_text(job: JobRecord) -> str:
+    if job.status == "pending":
+        return "starting: loading the libraries and the dataset in the job's own process"
+    if job.cancel:
+        return "cancel requested: stopping after the current step, then evaluating the best weights"
+    parts = [f"epoch {job.epoch:,}"] if job.epoch else []
+    if job.total:
+        parts.append(f"step {job.step:,} of {job.total:,} ({job.fraction:.0%})")
+    parts += [t for t in (_eta_text(job),) if t]
+    if job.loss is not None:
+        parts.append(f"loss {job.loss:.4f}")
+    if METRIC in job.metrics:
+        parts.append(f"validation NDCG@10 {job.metrics[METRIC]:.4f}")
+    if not parts:
+        return md_escape(job.message) if job.message else f"running for {human_duration(job.elapsed_s)}"
+    return " · ".join(parts)
+
+
+def _fitted(values: list[float], floor: float | None = None) -> list[float]:
+    """An axis range around the data (never Plotly's empty -1..4), from `floor` when given."""
+    lo, hi = min(values), max(values)
+    pad = max((hi - lo) * 0.1, abs(hi) * 0.05, 1e-4)
+    return [floor if floor is not None else lo - pad, hi + pad]
+
+
+def _loss_figure(job: JobRecord) -> go.Figure:
+    points = job.curve.get("loss", [])
+    steps, losses = [p[0] for p in points], [p[1] for p in points]
+    fig = go.Figure(go.Scatter(x=steps, y=losses, mode="lines+markers" if len(points) < 3 else "lines",
+                               hovertemplate="step %{x:,}<br>loss %{y:.4f}<extra></extra>"))
+    fig.update_layout(title="Training loss", height=280, margin={"t": 40, "b": 10})
+    fig.update_xaxes(title_text="Optimizer step", range=[0, max(job.total, max(steps))])
+    fig.update_yaxes(title_text="Loss", range=_fitted(losses))
+    return fig
+
+
+def _validation_figure(job: JobRecord) -> go.Figure:
+    points = [p for p in job.curve.get("val", []) if METRIC in p[1]]
+    epochs, values = [p[0] for p in points], [p[1][METRIC] for p in points]
+    fig = go.Figure(go.Scatter(x=epochs, y=values, mode="lines+markers", customdata=[p[2] for p in points],
+                               hovertemplate="epoch %{x}<br>NDCG@10 %{y:.4f}<br>after %{customdata} s<extra></extra>"))
+    fig.update_layout(title="Validation NDCG@10", height=280, margin={"t": 40, "b": 10})
+    fig.update_xaxes(title_text="Epoch", range=[0.5, max(epochs) + 0.5], dtick=max(1, round(max(epochs) / 10)))
+    fig.update_yaxes(title_text="NDCG@10 (validation, full ranking)", range=_fitted(values, floor=0.0))
+    return fig
+
+
+def _curves(job: JobRecord) -> None:
+    """Live curves, only for models that have them (the training loop's loss and validation)."""
+    if not capabilities_of(job.family).training_curves:
         return
-    st.session_state[ESTIMATE_KEY] = mb
-    job = TrainingJob(ds, family, overrides, workspace=workspace(), dataset_name=record.name, split_kind=split_kind)
-    st.session_state[JOB_KEY] = job.start()
-
-
-def _curves(events) -> tuple[go.Figure, go.Figure]:
-    loss = [(e.step, e.loss) for e in events if e.loss is not None]
-    val = [(e.epoch, e.metrics["ndcg@10"], e.elapsed_s) for e in events if "ndcg@10" in e.metrics]
-    fig_loss = go.Figure(go.Scatter(x=[s for s, _ in loss], y=[v for _, v in loss], mode="lines",
-                                    hovertemplate="step %{x}<br>loss %{y:.4f}<extra></extra>"))
-    fig_loss.update_layout(title="Training loss", height=300, margin={"t": 40, "b": 10})
-    fig_loss.update_xaxes(title_text="Step")
-    fig_loss.update_yaxes(title_text="Loss")
-    fig_val = go.Figure(go.Scatter(x=[e for e, _, _ in val], y=[v for _, v, _ in val], mode="lines+markers",
-                                   customdata=[round(t, 1) for _, _, t in val],
-                                   hovertemplate="epoch %{x}<br>NDCG@10 %{y:.4f}<br>%{customdata}s<extra></extra>"))
-    fig_val.update_layout(title="Validation NDCG@10", height=300, margin={"t": 40, "b": 10})
-    fig_val.update_xaxes(title_text="Epoch")
-    fig_val.update_yaxes(title_text="NDCG@10 (validation, full ranking)")
-    return fig_loss, fig_val
-
-
-@st.fragment(run_every=1.0)
-def _job_panel() -> None:
-    """Redrawn every second while a job exists; the rest of the page is not rerun."""
-    job: TrainingJob | None = st.session_state.get(JOB_KEY)
-    if job is None:
+    has_loss = bool(job.curve.get("loss"))
+    has_val = any(METRIC in p[1] for p in job.curve.get("val", []))
+    if not has_loss:
+        st.caption("The loss curve appears after the first optimizer steps.")
         return
-    events = job.progress.snapshot()
-    last = events[-1] if events else None
-    eta = f", about {last.eta_s:,.0f} s left" if last and last.eta_s is not None and job.running else ""
-    text = f"{job.family}: {job.state}" + (f" · {md_escape(last.message)}" if last and last.message else "") + eta
-    st.progress(last.fraction if last else 0.0, text=text)
-    mb = st.session_state.get(ESTIMATE_KEY)
+    left, right = st.columns(2)
+    left.plotly_chart(_loss_figure(job), key=f"train_loss_{job.id}")
+    if has_val:
+        right.plotly_chart(_validation_figure(job), key=f"train_val_{job.id}")
+    else:
+        right.caption("Validation NDCG@10 appears after the first epoch.")
+
+
+def _outcome(job: JobRecord, mine: bool) -> None:
+    """How an ended job ended, in words; a finished run of this session becomes the active model."""
+    if job.status in ("failed", "interrupted"):
+        st.error(f"Training {job.status}: {md_escape(job.error)}")
+        return
+    res, run = job.result, f"Run #{job.run_id}"
+    scores = (f"NDCG@10 {res['metrics']['ndcg@10']:.4f}, HR@10 {res['metrics']['hr@10']:.4f} "
+              f"({res['train_s']:,.1f} s on {res['device']})")
+    if job.status == "cancelled":
+        st.warning(f"{run} was **cancelled**; the best weights so far were kept, evaluated and saved, labelled "
+                   f"'cancelled' (not made the active model): {scores}.")
+    elif res.get("status") == "no_improvement":
+        st.warning(f"{run} finished with **no improvement**: validation never beat its first check, so the model "
+                   f"learned little it could show (labelled 'no_improvement'): {scores}.")
+    else:
+        st.success(f"{run} finished and was evaluated: {scores}.")
+        activated = st.session_state.setdefault(ACTIVATED_KEY, set())
+        if mine and job.id not in activated:
+            st.session_state[ACTIVE_MODEL_KEY] = res["artifact_dir"]
+            activated.add(job.id)
+
+
+def _job_card(job: JobRecord, mine: bool) -> None:
+    with st.container(border=True, key=f"train_job_card_{job.id}"):
+        st.markdown(f"**Job #{job.id}: {md_escape(family_class(job.family).description)}** · "
+                    f"{job.status}{' · started in this tab' if mine else ''}")
+        if job.active:
+            st.progress(job.fraction, text=_progress_text(job))
+            st.button("Cancel", key=f"train_cancel_{job.id}", on_click=job_store().request_cancel, args=(job.id,),
+                      disabled=job.cancel, type="secondary",
+                      help="Stops within 2 s, from any tab; the best weights so far are kept, evaluated and "
+                           "recorded as 'cancelled'.")
+            _memory_caption(job)
+        else:
+            _outcome(job, mine)
+        _curves(job)
+        if not job.active:
+            st.button("Dismiss", key=f"train_dismiss_{job.id}", on_click=_watched().pop, args=(job.id, None))
+
+
+def _memory_caption(job: JobRecord) -> None:
+    try:
+        mb = memory_estimate_mb(job.family, job.overrides, ds.n_items)
+    except RecsysError:
+        return
     if mb:
         st.caption(f"Estimated peak training memory: {mb:,.0f} MB (batch size is halved automatically on a "
                    "GPU out-of-memory error).")
-    if job.running:
-        st.button("Cancel training", key="train_cancel", on_click=job.cancel, type="secondary",
-                  help="Stops within a few seconds; the best weights so far are kept and evaluated.")
-    if events:
-        fig_loss, fig_val = _curves(events)
-        left, right = st.columns(2)
-        left.plotly_chart(fig_loss, key="train_loss_chart")
-        right.plotly_chart(fig_val, key="train_val_chart")
-    if job.state == "failed":
-        st.error(f"Training failed: {md_escape(job.error)}")
-    elif job.result is not None:
-        res = job.result
-        verb = "was cancelled; the best weights so far were kept and" if res.status == "cancelled" else "finished and"
-        st.success(f"Run #{res.run_id} {verb} evaluated in {res.train_s:,.1f} s on {res.device}: "
-                   f"NDCG@10 {res.metrics['ndcg@10']:.4f}, HR@10 {res.metrics['hr@10']:.4f}.")
-        st.session_state[ACTIVE_MODEL_KEY] = res.artifact_dir
-        if st.button("Train another model", key="train_clear"):
-            del st.session_state[JOB_KEY]
-            st.rerun()
 
 
-job = st.session_state.get(JOB_KEY)
-if job is None or not job.running:
-    with st.form("train_form"):
+@st.fragment(run_every=1.0)
+def _jobs_panel() -> None:
+    """Every job of this dataset that runs, from any tab, plus ended ones this tab watched; redrawn every
+    second without rerunning the page, and the whole page once a job ends (fresh 'Saved runs')."""
+    store = job_store()
+    active = store.list(dataset=record.name, active_only=True)
+    watched = _watched()
+    for job in active:
+        watched.setdefault(job.id, False)
+    jobs = {job.id: job for job in active}
+    for job_id in [i for i in watched if i not in jobs]:
+        try:
+            job = store.get(job_id)
+        except RecsysError:  # the workspace was replaced under us
+            watched.pop(job_id)
+            continue
+        if job.dataset == record.name:
+            jobs[job_id] = job
+    if jobs:
+        st.subheader("Training jobs")
+    for job in sorted(jobs.values(), key=lambda j: -j.id):
+        _job_card(job, watched.get(job.id, False))
+    running = {job.id for job in active}
+    ended = st.session_state.get(SEEN_KEY, set()) - running
+    st.session_state[SEEN_KEY] = running
+    if ended:
+        st.rerun()  # a job ended: redraw the page, so 'Saved runs' lists its run and the form is back
+
+
+def _form(any_running: bool) -> None:
+    box = st.expander("Start another training job (it shares the CPU with the running one)") if any_running \
+        else st.container()
+    with box, st.form("train_form"):
         family = st.selectbox("Model", family_options(), key="train_family",
                               format_func=lambda f: family_class(f).description)
         split_kind = st.selectbox("Split", ["leave_one_out", "temporal"], key="train_split",
@@ -106,11 +242,12 @@ if job is None or not job.running:
         with st.expander("Hyperparameters (defaults work on MovieLens-sized data)"):
             overrides = config_form(family, "train_cfg")
         submitted = st.form_submit_button("Start training", type="primary")
-    if submitted:
-        _start(family, overrides, split_kind)
-        if JOB_KEY in st.session_state:
-            st.rerun()
-_job_panel()
+    if submitted and _start(family, overrides, split_kind):
+        st.rerun()
+
+
+_form(bool(job_store().list(dataset=record.name, active_only=True)))
+_jobs_panel()
 
 st.divider()
 st.subheader("Saved runs")
