@@ -9,7 +9,7 @@ import os
 import numpy as np
 import streamlit as st
 
-from pages.ui.common import md_escape, workspace
+from pages.ui.common import md_escape, plural, workspace
 from pages.ui.model_state import page_dataset_and_model
 from recsys_core.blurbs import llm
 from recsys_core.blurbs import writer as blurbs
@@ -95,7 +95,7 @@ if not isinstance(st.session_state.get(USER_KEY), int) or not 0 <= st.session_st
 
 cols = st.columns([2, 3, 2])
 user = int(cols[0].selectbox("User", range(ds.n_users), key=USER_KEY, help="Type to search by user id.",
-                             format_func=lambda u: f"{ds.user_ids[u]} ({lengths[u]} items)"))
+                             format_func=lambda u: f"{ds.user_ids[u]} ({plural(int(lengths[u]), 'item')})"))
 history = ds.history(user)
 recs = recommend(model, history, 10, popularity=ds.item_popularity, items=ds.items)
 if recs.empty:

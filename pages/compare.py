@@ -6,6 +6,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from pages.ui import charts
 from pages.ui.common import load_dataset, md_escape, sidebar_dataset_selector, workspace
 from pages.ui.model_state import cached_model, run_label, runs_frame
 from recsys_core.evaluation.compare import per_user_metrics, segment_breakdown
@@ -34,7 +35,9 @@ st.dataframe(table, hide_index=True, key="compare_table")
 bars = pd.DataFrame({"run": [run_label(r) for r in runs], "model": [r.model for r in runs],
                      metric: [r.metrics.get(metric) for r in runs], "train s": [r.wall_s for r in runs]})
 bars = bars.sort_values(metric, ascending=False)
-fig = px.bar(bars, x="run", y=metric, color="model", hover_data={"train s": ":.1f", metric: ":.4f"},
+RUN_COLOURS = charts.category_colours([run_label(r) for r in runs])  # one colour per run on every chart
+fig = px.bar(bars, x="run", y=metric, color="run", color_discrete_map=RUN_COLOURS,
+             hover_data={"model": True, "train s": ":.1f", metric: ":.4f"},
              title=f"{metric.upper()} by run (test split)")
 fig.update_layout(xaxis_title="Run", yaxis_title=metric.upper(), height=380)
 st.plotly_chart(fig, key="compare_bar")
@@ -59,7 +62,7 @@ if chosen:
                         ("target popularity", "by popularity of the held-out item")):
         part = breakdown[breakdown["kind"] == kind]
         fig = px.bar(part, x="segment", y=seg_metric, color="model", barmode="group", hover_data=["users"],
-                     title=f"{seg_metric.upper()} {title}")
+                     color_discrete_map=RUN_COLOURS, labels={"model": "run"}, title=f"{seg_metric.upper()} {title}")
         fig.update_layout(xaxis_title=kind.capitalize(), yaxis_title=seg_metric.upper(), height=360)
         st.plotly_chart(fig, key=f"compare_{kind.replace(' ', '_')}")
     st.caption("Users per segment are in the hover text; segments with few users are noisy.")

@@ -15,7 +15,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages.ui.common import md_escape, show_data_error, workspace
+from pages.ui import charts
+from pages.ui.common import md_escape, plural, show_data_error, workspace
 from pages.ui.model_state import cached_model, page_dataset_and_model, run_label
 from recsys_core.errors import RecsysError
 from recsys_core.insight import project
@@ -223,10 +224,13 @@ def _figure(proj: project.Projection, space: dict, title: str, focus: dict | Non
     template = "%{hovertext}<extra></extra>"
     if kind == "category":
         cats, counts = np.unique(values.astype(str), return_counts=True)
-        for cat in cats[np.argsort(-counts, kind="stable")]:
+        ordered = cats[np.argsort(-counts, kind="stable")]
+        colours = charts.category_colours(ordered)
+        for cat in ordered:
             sel = values.astype(str) == cat
             fig.add_trace(_marker_trace(coords[sel], gl, mode="markers", name=html.escape(cat), hovertext=hover[sel],
-                                        hovertemplate=template, marker={"size": size, "opacity": 0.7}))
+                                        hovertemplate=template,
+                                        marker={"size": size, "opacity": 0.7, "color": colours[cat]}))
     else:
         fig.add_trace(_marker_trace(coords, gl, mode="markers", name=colour, hovertext=hover, hovertemplate=template,
                                     marker={"size": size, "opacity": 0.75, "color": values, "colorscale": "Viridis",
@@ -328,7 +332,7 @@ def _user_overlay() -> np.ndarray | None:
         cols[2].warning(f"No user {md_escape(typed)} in this dataset.")
         return None
     history = ds.history(user)
-    cols[2].caption(f"User {md_escape(typed)}: {len(history):,} items in the history"
+    cols[2].caption(f"User {md_escape(typed)}: {plural(len(history), 'item')} in the history"
                     + (f" (last {MAX_OVERLAY_HISTORY} drawn)" if len(history) > MAX_OVERLAY_HISTORY else "")
                     + "; arrows point from the latest item to the model's top-10.")
     return history

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages.ui.charts import chart_label
-from pages.ui.common import md_escape, show_data_error
+from pages.ui.common import md_escape, plural, show_data_error
 from pages.ui.model_state import page_dataset_and_model
 from recsys_core.errors import RecsysError
 from recsys_core.insight import explain
@@ -88,7 +88,7 @@ rank_of = {int(i): r for i, r in zip(recs["item"], recs["rank"])}
 
 cols = st.columns([2, 3])
 if ds.n_users <= MAX_USER_OPTIONS:
-    cols[0].selectbox("User", range(ds.n_users), format_func=lambda u: f"{ds.user_ids[u]} ({lengths[u]} items)",
+    cols[0].selectbox("User", range(ds.n_users), format_func=lambda u: f"{ds.user_ids[u]} ({plural(int(lengths[u]), 'item')})",
                       key="explain_user_select", on_change=_on_user, help="Type to search by user id.")
 else:  # a list of this many options would be slow to send to the browser
     typed = cols[0].text_input("User id", value=str(ds.user_ids[user]), key="explain_user_typed")
@@ -125,7 +125,7 @@ def _waterfall(expl: explain.Explanation, n_history: int) -> go.Figure:
         measures.append("relative")
         hovers.append(f"{html.escape(expl.labels[p])}<br>{when}<br>SHAP {expl.values[p]:+.4f}")
     if len(rest):
-        ys.append(f"{len(rest)} other items")
+        ys.append(f"{plural(len(rest), 'other item')}")
         xs.append(float(expl.values[rest].sum()))
         measures.append("relative")
         hovers.append(f"{len(rest)} smaller contributions together: {expl.values[rest].sum():+.4f}")
@@ -203,11 +203,12 @@ st.subheader("Deletion check: are these reasons faithful?")
 k = st.slider("Items to delete (k)", 1, 5, 3, key="explain_k")
 check = explainer.deletion_check(history, item, k=k, n_random=10, explanation=h_expl)
 cols = st.columns(3)
-cols[0].metric("Score now", f"{check.score:.4f}", f"rank {check.rank}", delta_color="off")
-cols[1].metric(f"Without the top {check.k} reasons", f"{check.top_score:.4f}", f"rank {check.top_rank}",
-               delta_color="off")
+cols[0].metric(f"Score now (rank {check.rank})", f"{check.score:.4f}")
+# A rank that gets worse is a larger number: the delta counts places moved up, so a fall shows ↓ in red.
+cols[1].metric(f"Without the top {check.k} reasons", f"{check.top_score:.4f}",
+               f"{check.rank - check.top_rank:+,} places (rank {check.top_rank:,})")
 cols[2].metric(f"Without {check.k} random items (mean of {check.n_random})", f"{check.random_score:.4f}",
-               f"rank {check.random_rank:.1f}", delta_color="off")
+               f"{check.rank - check.random_rank:+,.1f} places (rank {check.random_rank:,.1f})")
 verdict = ("the attributions pick items the score really depends on" if check.top_drop > check.random_drop
            else "here the attributions do no better than random items (interactions between items dominate)")
 st.caption(f"Score drop {check.top_drop:+.4f} after deleting the top {check.k} attributed items vs "

@@ -9,14 +9,14 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pages.ui.common import md_escape, show_data_error, workspace
+from pages.ui.common import md_escape, plural, show_data_error, workspace
 from pages.ui.model_state import cached_model, page_dataset_and_model, run_label
 from pages.ui.nav import PAGES
 from recsys_core.data.item_schema import attribute_values
 from recsys_core.errors import RecsysError
 from recsys_core.models.base import capabilities_of
 from recsys_core.progress import Progress
-from recsys_core.recommend.export import export_bytes, recommendations_for_users
+from recsys_core.recommend.export import export_bytes, export_table, recommendations_for_users
 from recsys_core.recommend.topk import (
     Filters,
     candidate_mask,
@@ -57,6 +57,8 @@ def _table(frame: pd.DataFrame, key: str, **kw) -> None:
 
 def _show(frame: pd.DataFrame, key: str, extra: tuple[str, ...] = ()) -> None:
     cols = [c for c in [*SHOWN[:2], *extra, *SHOWN[2:]] if c in frame.columns]
+    if frame.attrs.get("fallback"):  # the "scores" are interaction counts: the popularity column says it plainly
+        cols = [c for c in cols if c != "score"]
     _table(frame[cols], key, column_config={"score": st.column_config.NumberColumn(format="%.4f"),
                                             "similarity": st.column_config.NumberColumn(format="%.3f")})
 
@@ -193,7 +195,7 @@ if removed or added:
     changes = rank_changes(recs, after)
     changes["title"] = titles[changes["item"].to_numpy()]
     changes["item_id"] = ds.item_ids[changes["item"].to_numpy()].astype(str)
-    st.caption(f"Scored on the edited history of {len(edited)} items. ↑/↓: places moved since the original list; "
+    st.caption(f"Scored on the edited history of {plural(len(edited), 'item')}. ↑/↓: places moved since the original list; "
                "new: not in it before; dropped: fell out of the top K.")
     _table(changes[["rank", "label", "title", "old_rank", "item_id"]], "rec_whatif",
            column_config={"label": "change", "old_rank": "rank before"})
@@ -279,7 +281,7 @@ if second is not None:
 
 st.subheader("Export")
 stem = f"recs-{record.name}-{ds.user_ids[user]}"
-mine = recs.assign(user_id=str(ds.user_ids[user]))
+mine = export_table(recs, ds.user_ids[user])  # the same columns as the all-users export
 cols = st.columns(2)
 cols[0].download_button("This user's list (CSV)", export_bytes(mine, "csv"), f"{stem}.csv", "text/csv",
                         key="rec_dl_user_csv")

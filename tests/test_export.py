@@ -89,3 +89,14 @@ def test_export_round_trip_csv_and_parquet(ds: Dataset, model: EASE, tmp_path: P
     with pytest.raises(ConfigError, match="unknown export format"):
         write_export(table, tmp_path / "recs.xlsx")
     assert export_bytes(table, "csv").startswith("\ufeff".encode())
+
+
+def test_one_users_export_has_the_columns_of_the_all_users_export(ds: Dataset, model: EASE) -> None:
+    from recsys_core.recommend.export import EXPORT_COLUMNS, export_table
+    from recsys_core.recommend.topk import recommend
+
+    everyone = recommendations_for_users(model, ds, 5, users=[0])
+    one = export_table(recommend(model, ds.history(0), k=5, items=ds.items, popularity=ds.item_popularity),
+                       ds.user_ids[0])
+    assert tuple(everyone.columns) == tuple(one.columns) == EXPORT_COLUMNS
+    pd.testing.assert_frame_equal(one.reset_index(drop=True), everyone.reset_index(drop=True), check_dtype=False)

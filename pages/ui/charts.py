@@ -11,6 +11,7 @@ import itertools
 
 import numpy as np
 import pandas as pd
+import plotly.express as px
 import plotly.graph_objects as go
 
 # A long-tail curve with more points than this is thinned on log-spaced ranks: the shape is
@@ -18,6 +19,19 @@ import plotly.graph_objects as go
 MAX_CURVE_POINTS = 2000
 # Fewer distinct rating values than this are drawn one bar per value instead of binned.
 MAX_DISCRETE_RATINGS = 25
+
+# 24 distinct colours (Plotly's Dark24): a map of 12 genres or a leaderboard of runs never repeats one.
+PALETTE = tuple(px.colors.qualitative.Dark24)
+MUTED = {"other": "#b0b0b0", "(none)": "#d9d9d9"}  # catch-all categories recede
+
+
+def category_colours(labels: list[str] | np.ndarray) -> dict[str, str]:
+    """One fixed colour per label, in the order given (the same labels get the same colours on every chart)."""
+    out, distinct = {}, [str(x) for x in dict.fromkeys(str(v) for v in labels)]
+    for label in distinct:
+        out[label] = MUTED.get(label) or PALETTE[len([k for k in out if k not in MUTED]) % len(PALETTE)]
+    return out
+
 
 _LAYOUT = {"margin": {"l": 10, "r": 10, "t": 40, "b": 10}, "height": 320, "showlegend": False}
 

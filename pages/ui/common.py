@@ -146,6 +146,11 @@ def md_escape(text: object) -> str:
     return _MD_SPECIAL.sub(r"\\\1", text)
 
 
+def plural(count: int, noun: str) -> str:
+    """"1 item", "2 items", "1,214 items": counts in words, never "1 items"."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def show_data_error(err: RecsysError, what: str = "Could not load the data") -> None:
     """One error box: where and what went wrong, a few offending values, and what to do. No traceback."""
     headline = str(err)

@@ -7,6 +7,7 @@ the run id (or uploaded folder) stored in `st.session_state`.
 from __future__ import annotations
 
 import typing
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -112,7 +113,8 @@ def active_model(record, ds) -> tuple[Recommender, str]:
         try:
             model = cached_model(chosen)
             if model.fits(ds):
-                return model, f"the model you chose ({model.family}, {chosen})"
+                # the folder's name, not its server path: visitors need not see the server's file layout
+                return model, f"the model you chose ({model.family}, {Path(chosen).name})"
         except Exception:  # noqa: BLE001  a deleted or damaged folder: fall back below
             st.session_state.pop(ACTIVE_MODEL_KEY, None)
     # Only finished runs compete: a cancelled or never-improving run is kept and labelled, never "the best".

@@ -23,6 +23,8 @@ from recsys_core.recommend.topk import item_table, recommend_many
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 FORMATS = ("csv", "parquet")
+# Every export of recommendations, one user's or everyone's, has exactly these columns.
+EXPORT_COLUMNS = ("user_id", "rank", "item_id", "title", "score", "fallback")
 
 
 def recommendations_for_users(model: Recommender, ds: Dataset, k: int = 10, users: Sequence[int] | None = None, *,
@@ -49,6 +51,18 @@ def recommendations_for_users(model: Recommender, ds: Dataset, k: int = 10, user
         "title": meta["title"].to_numpy(),
         "score": top.scores[real],
         "fallback": top.fallback[rows],
+    })
+
+
+def export_table(recs: pd.DataFrame, user_id: str) -> pd.DataFrame:
+    """One user's `topk.recommend` frame in the columns of `recommendations_for_users` (`EXPORT_COLUMNS`)."""
+    return pd.DataFrame({
+        "user_id": np.full(len(recs), str(user_id), dtype=object),
+        "rank": recs["rank"].to_numpy(),
+        "item_id": recs["item_id"].astype(str).to_numpy(),
+        "title": recs["title"].to_numpy(),
+        "score": recs["score"].to_numpy(),
+        "fallback": np.full(len(recs), bool(recs.attrs.get("fallback", False))),
     })
 
 
