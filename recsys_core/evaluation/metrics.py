@@ -27,7 +27,9 @@ if TYPE_CHECKING:  # evaluation ranks any scorer; models import it for validatio
 KS = (5, 10, 20)
 # Bytes of scores per evaluation batch (float32): large enough to amortise a model's per-call cost,
 # small enough (32 MiB) that the allocator reuses the block instead of mapping fresh pages per batch
-# (measured 220 vs 176 M cells/s against 256 MiB). The passes below work on cache-sized row chunks.
+# (one thread, 1M rows/20k items: 220 vs 176 M cells/s with 256 MiB). The passes below work on
+# cache-sized row chunks. On a busy shared box torch's second OpenMP thread stalls every chunk op at
+# its barrier (same data: 26 M cells/s on 2 threads vs 300 on one); there, set_num_threads(1) pays.
 _BATCH_BYTES = 2**25
 # Cells per chunk in the comparison/top-k passes: ~1 MiB of bool or 4 MiB of float32 stays in
 # cache; one 2048 x 20k compare measured 7x faster in such chunks than in one piece.
