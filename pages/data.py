@@ -122,18 +122,19 @@ def _load_section() -> None:
     overwrite = st.checkbox(f"Replace the saved dataset “{md_escape(name.strip())}”", key="data_overwrite",
                             help="Runs trained on it are kept.") if taken else False
     if st.button("Load dataset", type="primary", key="data_load"):
-        _load(file, items_file, mapping, options, name, overwrite)
+        _load(file, items_file, mapping, options, name, overwrite, state["raw"])
     _show_outcome()
 
 
-def _load(file, items_file, mapping, options, name, overwrite: bool) -> None:
+def _load(file, items_file, mapping, options, name, overwrite: bool, parsed) -> None:
+    """Validate and save; `parsed` is the preview's table of this very file, so it is not parsed twice."""
     try:
         with st.spinner("Validating and indexing..."):
             result = upload.ingest(
                 workspace(), file.getvalue(), file.name, mapping=mapping,
                 items=items_file.getvalue() if items_file is not None else None,
                 items_filename=items_file.name if items_file is not None else None,
-                options=options, name=name, overwrite=overwrite,
+                options=options, name=name, overwrite=overwrite, parsed=parsed,
             )
     except RecsysError as err:
         st.session_state[_OUTCOME] = ("error", err)

@@ -96,6 +96,7 @@ def ingest(
     options: LoadOptions | None = None,
     name: str | None = None,
     overwrite: bool = False,
+    parsed: RawTable | None = None,
 ) -> UploadResult:
     """Load, validate and save an uploaded interactions file (plus optional item metadata).
 
@@ -107,6 +108,6 @@ def ingest(
     if mapping is not None:
         mapping = {role: None if mapping.get(role, NONE) == NONE else mapping[role] for role in ROLES}
     ds, report = load_dataset(data, filename, mapping=mapping, items=items, items_filename=items_filename,
-                              options=options or LoadOptions(), name=name)
+                              options=options or LoadOptions(), name=name, parsed=parsed)
     record = ws.save_dataset(ds, name=name, source_file=filename, overwrite=overwrite)
     return UploadResult(record, report)

@@ -89,13 +89,16 @@ class LoadReport:
 
 def load_dataset(source: Source, filename: str | None = None, *, mapping: ColumnMapping | Mapping | None = None,
                  items: Source | pd.DataFrame | None = None, items_filename: str | None = None,
-                 options: LoadOptions | None = None, name: str | None = None) -> tuple[Dataset, LoadReport]:
-    """Read `source` (path, or bytes + filename), validate, filter and index it into a Dataset."""
+                 options: LoadOptions | None = None, name: str | None = None,
+                 parsed: RawTable | None = None) -> tuple[Dataset, LoadReport]:
+    """Read `source` (path, or bytes + filename), validate, filter and index it into a Dataset.
+
+    `parsed` is the table a preview already read from this same source: a big upload is parsed once."""
     options = options or LoadOptions()
     options.check()
     blob = load_blob(source, filename, max_bytes=options.max_bytes)
     inner = open_member(blob, "interactions", max_bytes=options.max_bytes)
-    raw = parse_blob(inner)
+    raw = parsed if parsed is not None else parse_blob(inner)
     report = LoadReport(file=raw.file, detected=raw.describe(), rows_read=raw.n_rows)
     if inner.member:
         report.add(f"read '{inner.member}' from the archive")
