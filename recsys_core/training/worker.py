@@ -31,7 +31,7 @@ from recsys_core.training.experiment import make_model, run_experiment
 POLL_S = 0.2  # how often the cancel flag is read: cancel is honoured well within 2 s
 WRITE_S = 0.5  # at most two progress writes a second, whatever the step rate
 MAX_LOSS_POINTS = 400  # the loss curve is thinned to this many points
-METRIC = "ndcg@10"
+NICENESS = 10
 
 
 class Reporter:
