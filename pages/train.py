@@ -118,7 +118,7 @@ def _loss_figure(job: JobRecord) -> go.Figure:
     fig = go.Figure(go.Scatter(x=steps, y=losses, mode="lines+markers" if len(points) < 3 else "lines",
                                hovertemplate="step %{x:,}<br>loss %{y:.4f}<extra></extra>"))
     fig.update_layout(title="Training loss", height=280, margin={"t": 40, "b": 10})
-    fig.update_xaxes(title_text="Optimizer step", range=[0, max(job.total, max(steps))])
+    fig.update_xaxes(title_text="Optimizer step", range=[0, max(steps) * 1.05 + 1])  # the data, not the plan
     fig.update_yaxes(title_text="Loss", range=_fitted(losses))
     return fig
 
