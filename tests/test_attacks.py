@@ -56,7 +56,7 @@ def test_a_parse_over_the_time_limit_is_stopped() -> None:
 
 def test_only_engine_functions_run_in_the_child() -> None:
     with pytest.raises(ValueError, match="recsys_core functions only"):
-        run_isolated(os.getpid, file="x")
+        run_isolated(os.getpid, Blob(b"", "x"), file="x")
 
 
 def test_rows_read_are_capped(monkeypatch) -> None:

@@ -15,8 +15,8 @@ compressed table such as Parquet may unpack to).
 from __future__ import annotations
 
 import importlib
+import json
 import os
-import pickle
 import resource
 import signal
 import subprocess
@@ -26,7 +26,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from recsys_core import errors
+from recsys_core.data.source import Blob
 
 MEMORY_ENV, TIMEOUT_ENV, ROWS_ENV = "RECSYS_PARSE_MEMORY_MB", "RECSYS_PARSE_TIMEOUT_S", "RECSYS_MAX_ROWS"
 READ_ENV = "RECSYS_MAX_READ_MB"
@@ -58,18 +61,23 @@ def too_many_rows(file: str, n: int, limit: int) -> errors.ResourceError:
                                 hint=f"load a sample of the rows, or ask the operator to raise {ROWS_ENV}")
 
 
-def run_isolated(fn: Callable[..., Any], *args: Any, file: str, memory_mb: float | None = None,
+def run_isolated(fn: Callable[..., Any], blob: Blob, *numbers: int, file: str, memory_mb: float | None = None,
                  timeout_s: float | None = None) -> Any:
-    """`fn(*args)` in a limited child process: its return value, or the RecsysError it raised.
+    """`fn(blob, *numbers)` in a limited child process: its frame (or (frame, tag)), or the RecsysError it raised.
 
-    `fn` must be a module-level function of `recsys_core` (the child imports it by name) and its
-    arguments and result picklable. A crash, a memory limit or a timeout in the child raises here.
+    `fn` must be a module-level function of `recsys_core` (the child imports it by name). Nothing crosses
+    the pipe as pickle: the request is a JSON header plus the raw bytes, the reply a JSON header plus an
+    Arrow IPC stream, so a child that a malicious file subverted still cannot run code in the server.
+    A crash, a memory limit or a timeout in the child raises here.
     """
     if not fn.__module__.startswith("recsys_core."):
         raise ValueError(f"run_isolated runs recsys_core functions only, not {fn.__module__}.{fn.__qualname__}")
     memory_mb = memory_mb or _env_number(MEMORY_ENV, DEFAULT_MEMORY_MB)
     timeout_s = timeout_s or _env_number(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
-    request = pickle.dumps((fn.__module__, fn.__qualname__, args, int(memory_mb * 2**20), timeout_s), protocol=5)
+    header = {"module": fn.__module__, "name": fn.__qualname__, "numbers": [int(n) for n in numbers],
+              "blob_name": blob.name, "member": blob.member, "memory_bytes": int(memory_mb * 2**20),
+              "timeout_s": timeout_s}
+    request = json.dumps(header).encode() + b"\n" + bytes(blob.data)
     with _SLOTS:
         out = _exchange(request, timeout_s)
     if out is None:
@@ -78,7 +86,7 @@ def run_isolated(fn: Callable[..., Any], *args: Any, file: str, memory_mb: float
     code, reply = out
     if code != 0 or not reply:
         raise _death(file, code, memory_mb)
-    return _unpack(pickle.loads(reply), file, memory_mb)
+    return _unpack(reply, file, memory_mb)
 
 
 def _exchange(request: bytes, timeout_s: float) -> tuple[int, bytes] | None:
@@ -113,10 +121,17 @@ def _death(file: str, code: int, memory_mb: float) -> errors.RecsysError:
              "values, or save it as CSV")
 
 
-def _unpack(reply: tuple, file: str, memory_mb: float) -> Any:
-    kind, payload = reply
+def _unpack(reply: bytes, file: str, memory_mb: float) -> Any:
+    """The child's reply: a JSON header line, then (for a result) the frame as an Arrow IPC stream."""
+    head, _, body = reply.partition(b"\n")
+    try:
+        message = json.loads(head)
+        kind, payload = message["kind"], message.get("payload")
+    except (ValueError, KeyError, TypeError):
+        kind, payload = "failed", "an unreadable reply"
     if kind == "ok":
-        return payload
+        frame = pa.ipc.open_stream(body).read_all().to_pandas()
+        return frame if payload is None else (frame, payload)
     if kind == "memory":
         raise errors.ResourceError(f"reading the file needs more than the {memory_mb:,.0f} MB a parse may use",
                                    file=file, hint=f"upload a smaller file or a sample, or ask the operator to "
@@ -131,21 +146,26 @@ def _unpack(reply: tuple, file: str, memory_mb: float) -> Any:
 
 
 def _call(request: bytes) -> tuple:
-    """In the child: set the limits, run the function, return the reply (a tuple of picklable values)."""
-    module, name, args, memory_bytes, timeout_s = pickle.loads(request)
+    """In the child: set the limits, run the function, return (kind, payload[, frame])."""
+    head, _, data = request.partition(b"\n")
+    spec = json.loads(head)
+    memory_bytes, timeout_s = spec["memory_bytes"], spec["timeout_s"]
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     cpu = int(timeout_s * 2) + 1  # a backstop should the parent vanish; the parent's timeout is the rule
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
     try:
-        return "ok", getattr(importlib.import_module(module), name)(*args)
+        fn = getattr(importlib.import_module(spec["module"]), spec["name"])
+        result = fn(Blob(data, spec["blob_name"], spec["member"]), *spec["numbers"])
+        frame, tag = result if isinstance(result, tuple) else (result, None)
+        return "ok", tag, frame
     except errors.RecsysError as err:
         fields = {"message": err.message, "file": err.file, "line": err.line, "column": err.column,
                   "hint": err.hint, "examples": err.examples}
-        return "error", (type(err).__name__, fields)
+        return "error", [type(err).__name__, fields], None
     except MemoryError:
-        return "memory", None
+        return "memory", None, None
     except Exception as err:  # noqa: BLE001 - whatever the parser raises is reported, never a traceback
-        return "failed", f"{type(err).__name__}: {str(err)[:200]}"
+        return "failed", f"{type(err).__name__}: {str(err)[:200]}", None
 
 
 def _main() -> None:
@@ -153,11 +173,20 @@ def _main() -> None:
     sys.stdout = sys.stderr  # a stray print must not corrupt the reply
     request = sys.stdin.buffer.read()
     try:
-        reply = pickle.dumps(_call(request), protocol=5)
+        kind, payload, frame = _call(request)
+        body = b"" if frame is None else _ipc(frame)
     except MemoryError:
-        reply = pickle.dumps(("memory", None))
-    out.write(reply)
+        kind, payload, body = "memory", None, b""
+    out.write(json.dumps({"kind": kind, "payload": payload}).encode() + b"\n" + body)
     out.flush()
+
+
+def _ipc(frame: Any) -> bytes:
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
 
 
 if __name__ == "__main__":
