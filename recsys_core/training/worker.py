@@ -161,7 +161,10 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 def main() -> None:
-    store, job_id = pickle.load(sys.stdin.buffer)
+    store, job_id = pickle.load(sys.stdin.buffer)  # written by our own parent, TrainingJob.start
+    # Below the web server's priority: a page redraw (or a Cancel click) must not wait behind training
+    # that takes every core; on an otherwise idle machine the job still gets all of them.
+    os.nice(NICENESS)
     signal.signal(signal.SIGTERM, _terminate)
     code = run_job(store, job_id)
     sys.stdout.flush()
