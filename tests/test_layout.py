@@ -27,6 +27,10 @@ ALLOWED = {
 }
 
 
+# Entry points of child processes open what they are handed by path: above the layer they live in.
+ENTRY_POINTS = {"training/worker.py": {"workspace"}}
+
+
 def _part(path: Path) -> str:
     rel = path.relative_to(ENGINE)
     if len(rel.parts) == 1:
@@ -63,7 +67,7 @@ def test_imports_point_down_the_pipeline() -> None:
         part = _part(path)
         if part in ("cli", "init"):
             continue
-        allowed = {"base"} | ALLOWED[part] | {part}
+        allowed = {"base"} | ALLOWED[part] | {part} | ENTRY_POINTS.get(path.relative_to(ENGINE).as_posix(), set())
         wrong += [f"{path.relative_to(ROOT)} imports {bad}" for bad in _engine_imports(path) - allowed]
     assert wrong == []
 

@@ -22,6 +22,7 @@ from recsys_core.models.settings import build_config, flat_fields, flatten_confi
 from recsys_core.progress import Progress
 
 SPLITS = {"leave_one_out": leave_one_out, "temporal": temporal_split}
+CANCELLED_EVAL_USERS = 500
 # How the loop stopped, in the words a run record uses.
 STOP_REASONS = {"early_stop": "converged (no improvement for `patience` validations)", "epochs": "all epochs run",
                 "max_steps": "step budget", "cpu_budget": "CPU budget", "cancelled": "cancelled"}
@@ -143,7 +144,10 @@ def run_experiment(
     train_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
     report = model.fit_report()
     status = "cancelled" if progress.cancelled else "no_improvement" if report.get("improved") is False else "finished"
-    metrics = evaluate(model, split.test, item_popularity=train_popularity(split))
+    # A cancelled run is scored on a seeded sample of users, so Cancel frees the machine within seconds;
+    # the metrics say how many users they cover.
+    sample = CANCELLED_EVAL_USERS if progress.cancelled else None
+    metrics = evaluate(model, split.test, item_popularity=train_popularity(split), max_users=sample, seed=0)
     extra = {"stop_reason": STOP_REASONS.get(report.get("stopped"), report.get("stopped")),
              "best_epoch": report.get("best_epoch"), "holdout": split.holdout, "tie_rule": TIE_RULE}
     result = RunResult(family, model, metrics, train_s, model.training_device(), status, cpu_s=cpu_s,

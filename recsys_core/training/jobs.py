@@ -10,7 +10,6 @@ The store is passed in (a `recsys_core.workspace.jobs.JobStore`): training sits 
 
 from __future__ import annotations
 
-import pickle
 import signal
 import subprocess
 import sys
@@ -34,11 +33,10 @@ class TrainingJob:
         """Record a job on the saved dataset `dataset` and start its process; returns at once."""
         job_id = store.create(dataset, family, dict(overrides or {}), split_kind)
         with open(store.log_path(job_id), "ab") as log:
-            process = subprocess.Popen([sys.executable, "-m", WORKER], stdin=subprocess.PIPE, stdout=log,
-                                       stderr=subprocess.STDOUT)
+            # The child opens the same workspace by its path: nothing but a path and an id crosses over.
+            process = subprocess.Popen([sys.executable, "-m", WORKER, str(store.workspace.root), str(job_id)],
+                                       stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         store.set_pid(job_id, process.pid)
-        process.stdin.write(pickle.dumps((store, job_id)))
-        process.stdin.close()
         job = cls(store, job_id, process)
         threading.Thread(target=job._reap, name=f"job-{job_id}-reaper", daemon=True).start()
         return job

@@ -1,13 +1,14 @@
-"""The process a training job runs in: `python -m recsys_core.training.worker`, with the pickled
-(job store, job id) on stdin (see `training.jobs.TrainingJob.start`).
+"""The process a training job runs in: `python -m recsys_core.training.worker WORKSPACE JOB_ID`
+(see `training.jobs.TrainingJob.start`).
 
 Why a process of its own: torch seeds and draws dropout masks from one process-wide generator, so two
 runs sharing a process change each other's results; a crash (segfault, OOM kill) here cannot take the
 web server down; and the server's threads stay free for interactive work.
 
-The store is handed in, not imported: training sits below the workspace (tests/test_layout.py), and
-needs of it only `workspace` (load_dataset, record_run, ...) and the job methods `mark_running`,
-`report`, `cancel_requested` and `finish`.
+`run_job` takes the store as an argument and needs of it only `workspace` (load_dataset, record_run, ...)
+and the job methods `mark_running`, `report`, `cancel_requested` and `finish`; only `main`, the entry point of
+the process, opens the workspace it is given (the one exception to "training sits below the workspace",
+named in tests/test_layout.py).
 
 `run_experiment` stays the one code path: the run is recorded and saved exactly as from the CLI.
 """
@@ -15,7 +16,6 @@ needs of it only `workspace` (load_dataset, record_run, ...) and the job methods
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import sys
 import threading
@@ -79,12 +79,18 @@ class Reporter:
     def _watch(self) -> None:
         last_write = 0.0
         while not self._stop.wait(POLL_S):
-            if not self.progress.cancelled and self.store.cancel_requested(self.job_id):
+            if not self.progress.cancelled and self._cancel_requested():
                 self.progress.cancel()
                 self.store.report(self.job_id, message="cancelling: stopping after this step")
             if time.perf_counter() - last_write >= WRITE_S:
                 self.flush()
                 last_write = time.perf_counter()
+
+    def _cancel_requested(self) -> bool:
+        try:
+            return bool(self.store.cancel_requested(self.job_id))
+        except Exception:  # noqa: BLE001  the workspace is gone (deleted, unmounted): no tab can see this job
+            return True
 
     def flush(self) -> None:
         with self._lock:
@@ -161,7 +167,11 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 def main() -> None:
-    store, job_id = pickle.load(sys.stdin.buffer)  # written by our own parent, TrainingJob.start
+    from recsys_core.workspace.jobs import JobStore
+    from recsys_core.workspace.registry import Workspace
+
+    root, job_id = sys.argv[1], int(sys.argv[2])
+    store = JobStore(Workspace(root))
     # Below the web server's priority: a page redraw (or a Cancel click) must not wait behind training
     # that takes every core; on an otherwise idle machine the job still gets all of them.
     os.nice(NICENESS)

@@ -125,7 +125,7 @@ def process_alive(pid: int | None) -> bool:
 
 
 class JobStore:
-    """The `jobs` table of a workspace. Picklable (it holds only paths), so a child process gets its own."""
+    """The `jobs` table of a workspace; a job process opens its own from the workspace path."""
 
     def __init__(self, workspace: Any) -> None:
         self.workspace = workspace
