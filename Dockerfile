@@ -27,7 +27,7 @@ RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}" \
 
 COPY app.py ./
 COPY .streamlit ./.streamlit
-COPY pages ./pages
+COPY views ./views
 COPY recsys_core ./recsys_core
 COPY assets ./assets
 

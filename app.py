@@ -1,17 +1,17 @@
 """RecSys Explorer: the Streamlit entry point (`streamlit run app.py`).
 
-Pages are registered explicitly from `pages.ui.nav.PAGES`, so helper modules under `pages/` are never
-listed as pages. Each page draws the sidebar's active-dataset selector itself, so a page also works
-when Streamlit runs it without this entry point (its legacy multipage fallback after a restart).
-With `RECSYS_PASSWORD` set, a session sees only a sign-in page until it gives the password (`pages/ui/auth.py`).
+Pages are registered explicitly from `views.ui.nav.PAGES`. They live in `views/`, not `pages/`: Streamlit
+turns a `pages/` folder into its legacy file-name menu whenever a session opens a page's URL before
+`st.navigation` has run (a shared link, a reload after a restart), so that folder name is never used.
+With `RECSYS_PASSWORD` set, a session sees only a sign-in page until it gives the password (`views/ui/auth.py`).
 """
 
 from __future__ import annotations
 
 import streamlit as st
 
-from pages.ui.auth import password_page, password_required
-from pages.ui.nav import PAGES
+from views.ui.auth import password_page, password_required
+from views.ui.nav import PAGES
 
 st.set_page_config(page_title="RecSys Explorer", page_icon=":material/recommend:", layout="wide")
 

@@ -345,7 +345,7 @@ def llm_huge_reply(tmp: Path) -> str:
 def html_titles_in_chart_labels(tmp: Path) -> str:
     import numpy as np
 
-    from pages.ui import charts
+    from views.ui import charts
 
     ds = tiny_dataset(HTML_TITLES)
     figure = charts.long_tail_figure(charts.long_tail_frame(ds.item_popularity, labels=ds.labels), "item")

@@ -6,7 +6,7 @@
 
 Per model: median / p90 milliseconds of `recommend(model, history, 10)` (one `score` call, seen-item
 mask, top-k, item metadata) over 200 random users, with torch's default threads and with one thread, and the batched throughput of `recommend_many`
-over every user. Page: an AppTest of `pages/recommend.py` on a temporary workspace holding ML-100k
+over every user. Page: an AppTest of `views/recommend.py` on a temporary workspace holding ML-100k
 and the model; after one warm run, each run switches to a new user and is timed (goal < 1.5 s).
 Writes bench/results/latency-ml-100k-<YYYYMMDD>.json.
 """
@@ -88,7 +88,7 @@ def page_render(root: Path, artifact_dir: str, users: np.ndarray) -> dict:
     at.session_state["active_dataset"] = NAME
     at.session_state["active_model_dir"] = artifact_dir
     at.run()
-    at.switch_page("pages/recommend.py").run()
+    at.switch_page("views/recommend.py").run()
     assert not at.exception, at.exception
     times = []
     for u in users:

@@ -25,16 +25,15 @@ class _NavigationOnly(PagesManager):
 def navigation_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     """Run the app as `streamlit run` does once `st.navigation` has been called.
 
-    AppTest resets `PagesManager.uses_pages_directory` before every run and re-detects it from the
-    `pages/` folder, so after `switch_page` it runs the page file alone (legacy multipage mode) and
-    skips `app.py` with its sidebar (streamlit/streamlit#9446, #14217). The real server sets the flag
-    to False on the first `st.navigation` call and keeps it; this patch pins that behaviour.
+    AppTest re-detects the legacy multipage mode before every run; in that mode `switch_page` runs the
+    page file alone and skips `app.py` with its sidebar (streamlit/streamlit#9446, #14217). The pages
+    live in `views/` so the mode never triggers, and this patch pins the navigation behaviour anyway.
     """
     monkeypatch.setattr(script_runner, "PagesManager", _NavigationOnly)
 
 
 def open_app(page: str | None = None, timeout_s: float = TIMEOUT_S) -> AppTest:
-    """Run the app (home page), then switch to `page` (e.g. 'pages/data.py'); fails on any exception."""
+    """Run the app (home page), then switch to `page` (e.g. 'views/data.py'); fails on any exception."""
     at = AppTest.from_file(APP, default_timeout=timeout_s).run()
     if page:
         at.switch_page(page).run()

@@ -83,7 +83,7 @@ def test_home_opens_on_demo_with_its_numbers(ws_root: Path, demo_stats: dict) ->
 
 
 def test_data_page_shows_demo_statistics_and_charts(ws_root: Path, demo_stats: dict) -> None:
-    at = open_app("pages/data.py")
+    at = open_app("views/data.py")
     assert f"Statistics: {DEMO_NAME}" in _texts(at)
     metrics = _metrics(at)
     assert metrics["Users"] == f"{demo_stats['users']:,}"
@@ -100,14 +100,14 @@ def test_sidebar_switches_the_active_dataset_on_every_page(ws_root: Path) -> Non
     at.sidebar.selectbox(key="sidebar_dataset").set_value("small").run()
     assert _metrics(at)["Users"] == str(small["users"])
     assert "small" in _texts(at)
-    at.switch_page("pages/data.py").run()
+    at.switch_page("views/data.py").run()
     assert "Statistics: small" in _texts(at)
     assert _metrics(at)["Interactions"] == str(small["interactions"])
 
 
 def test_upload_csv_makes_it_the_active_dataset(ws_root: Path) -> None:
     data, n_users, n_items, n_rows = _tiny_csv()
-    at = open_app("pages/data.py")
+    at = open_app("views/data.py")
     at.file_uploader(key="data_file").set_value(("my ratings.csv", data, "text/csv")).run()
     assert not at.exception, at.exception
     # Detected mapping is offered as editable defaults.
@@ -130,7 +130,7 @@ def test_upload_csv_makes_it_the_active_dataset(ws_root: Path) -> None:
 
 def test_overriding_the_mapping_changes_what_is_loaded(ws_root: Path) -> None:
     data, *_ = _tiny_csv()
-    at = open_app("pages/data.py")
+    at = open_app("views/data.py")
     at.file_uploader(key="data_file").set_value(("ratings.csv", data, "text/csv")).run()
     at.selectbox(key="data_map_rating").set_value("(none)").run()
     at.button(key="data_load").click().run()
@@ -143,7 +143,7 @@ def test_overriding_the_mapping_changes_what_is_loaded(ws_root: Path) -> None:
 def test_item_metadata_and_kcore_options_reach_the_dataset(ws_root: Path) -> None:
     data, *_ = _tiny_csv()
     titles = pd.DataFrame({"item_id": [f"item{i}" for i in range(17)], "title": [f"Film {i}" for i in range(17)]})
-    at = open_app("pages/data.py")
+    at = open_app("views/data.py")
     at.file_uploader(key="data_file").set_value(("ratings.csv", data, "text/csv"))
     at.file_uploader(key="data_items_file").set_value(("items.csv", titles.to_csv(index=False).encode(), "text/csv"))
     at.run()
@@ -158,7 +158,7 @@ def test_item_metadata_and_kcore_options_reach_the_dataset(ws_root: Path) -> Non
 
 
 def test_unreadable_upload_shows_error_and_saves_nothing(ws_root: Path) -> None:
-    at = open_app("pages/data.py")
+    at = open_app("views/data.py")
     at.file_uploader(key="data_file").set_value(("broken.parquet", b"not parquet at all\n" * 10,
                                                  "application/octet-stream")).run()
     assert not at.exception, at.exception
@@ -169,7 +169,7 @@ def test_unreadable_upload_shows_error_and_saves_nothing(ws_root: Path) -> None:
 
 
 def test_user_text_in_messages_is_escaped(ws_root: Path) -> None:
-    at = open_app("pages/data.py")
+    at = open_app("views/data.py")
     at.file_uploader(key="data_file").set_value(("*x*<b>.parquet", b"junk" * 50, "application/octet-stream")).run()
     raw = "\n".join(e.value for e in at.error)
     assert "\\*x\\*\\<b\\>" in raw  # shown literally: no emphasis, no HTML tag
@@ -177,7 +177,7 @@ def test_user_text_in_messages_is_escaped(ws_root: Path) -> None:
 
 def test_invalid_load_shows_hint_and_leaves_workspace_unchanged(ws_root: Path) -> None:
     data, *_ = _tiny_csv()
-    at = open_app("pages/data.py")
+    at = open_app("views/data.py")
     at.file_uploader(key="data_file").set_value(("ratings.csv", data, "text/csv")).run()
     at.selectbox(key="data_map_item").set_value("user_id").run()  # user and item are the same column
     at.button(key="data_load").click().run()
@@ -190,7 +190,7 @@ def test_invalid_load_shows_hint_and_leaves_workspace_unchanged(ws_root: Path) -
 
 def test_delete_asks_for_confirmation_and_demo_cannot_be_deleted(ws_root: Path) -> None:
     _save_small(ws_root, "small")
-    at = open_app("pages/data.py")
+    at = open_app("views/data.py")
     assert at.button(key="data_delete").disabled  # the demo is picked by default
     at.selectbox(key="data_saved_pick").set_value("small").run()
     at.button(key="data_make_active").click().run()
@@ -205,7 +205,7 @@ def test_delete_asks_for_confirmation_and_demo_cannot_be_deleted(ws_root: Path) 
 
 
 def test_a_play_count_log_without_timestamps_is_read_as_counts_and_said_to_be_unordered(ws_root: Path) -> None:
-    at = open_app("pages/data.py")
+    at = open_app("views/data.py")
     at.file_uploader(key="data_file").set_value(("plays.tsv", as_tsv(listening_log(200, 120)), "text/plain")).run()
     assert not at.exception, at.exception
     assert at.selectbox(key="data_map_count").value == 2 and at.selectbox(key="data_map_rating").value == "(none)"

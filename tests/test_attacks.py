@@ -16,7 +16,6 @@ import pytest
 from llm_loopback import LoopbackLLM
 
 from bench.attacks import HTML_TITLES, crafted_model_folders, nested_jsonl, tiny_dataset, zip_of
-from pages.ui import charts
 from recsys_core.blurbs.llm import LLMError, OpenAIBackend, is_hub_name
 from recsys_core.data.isolated import run_isolated
 from recsys_core.data.read import _json_frame, read_table
@@ -26,6 +25,7 @@ from recsys_core.models.base import load_model
 from recsys_core.training.experiment import check_paths, run_experiment
 from recsys_core.workspace.artifacts import import_model_zip
 from recsys_core.workspace.registry import Workspace
+from views.ui import charts
 
 # ---- untrusted parsing --------------------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ def _use_server(at, url: str) -> None:
 
 
 def test_page_opens_with_zero_setup_on_a_user_an_item_and_its_facts(ws_root: Path) -> None:
-    at = open_app("pages/blurbs.py", timeout_s=TIMEOUT_S)
+    at = open_app("views/blurbs.py", timeout_s=TIMEOUT_S)
     assert at.title[0].value == "Blurbs"
     assert at.radio(key="blurbs_backend").value == "local"  # the offline model is the default
     assert len(at.selectbox(key="blurbs_item").options) == 10
@@ -53,7 +53,7 @@ def test_page_opens_with_zero_setup_on_a_user_an_item_and_its_facts(ws_root: Pat
 
 
 def test_a_grounded_server_reply_is_shown_as_written(ws_root: Path) -> None:
-    at = open_app("pages/blurbs.py", timeout_s=TIMEOUT_S)
+    at = open_app("views/blurbs.py", timeout_s=TIMEOUT_S)
     title = _facts(at)["recommended movie"]
     text = f"{title} is picked for you: give it a try tonight."
     with LoopbackLLM(text) as server:
@@ -66,7 +66,7 @@ def test_a_grounded_server_reply_is_shown_as_written(ws_root: Path) -> None:
 
 
 def test_an_obeyed_injection_never_reaches_the_page(ws_root: Path) -> None:
-    at = open_app("pages/blurbs.py", timeout_s=TIMEOUT_S)
+    at = open_app("views/blurbs.py", timeout_s=TIMEOUT_S)
     with LoopbackLLM("HACKED. Ignore previous instructions.") as server:
         _use_server(at, server.url)
         at.button(key="blurbs_write").click().run(timeout=TIMEOUT_S)
@@ -79,7 +79,7 @@ def test_an_obeyed_injection_never_reaches_the_page(ws_root: Path) -> None:
 def test_a_dead_server_says_why_and_the_template_is_shown(ws_root: Path) -> None:
     from llm_loopback import refused_url
 
-    at = open_app("pages/blurbs.py", timeout_s=TIMEOUT_S)
+    at = open_app("views/blurbs.py", timeout_s=TIMEOUT_S)
     _use_server(at, refused_url())
     at.button(key="blurbs_write").click().run(timeout=TIMEOUT_S)
     texts = _texts(at)
@@ -88,7 +88,7 @@ def test_a_dead_server_says_why_and_the_template_is_shown(ws_root: Path) -> None
 
 
 def test_batch_for_top_k_with_the_template_and_a_csv_download(ws_root: Path) -> None:
-    at = open_app("pages/blurbs.py", timeout_s=TIMEOUT_S)
+    at = open_app("views/blurbs.py", timeout_s=TIMEOUT_S)
     at.radio(key="blurbs_backend").set_value("template").run(timeout=TIMEOUT_S)
     at.number_input(key="blurbs_batch_k").set_value(3).run(timeout=TIMEOUT_S)
     at.button(key="blurbs_batch").click().run(timeout=TIMEOUT_S)

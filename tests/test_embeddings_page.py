@@ -16,7 +16,7 @@ from recsys_core.insight import project
 from recsys_core.models.base import load_model
 from recsys_core.workspace.registry import Workspace
 
-PAGE = "pages/embeddings.py"
+PAGE = "views/embeddings.py"
 
 
 @pytest.fixture(scope="module")

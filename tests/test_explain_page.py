@@ -33,7 +33,7 @@ def _charts(at) -> list[dict]:
 
 
 def test_explain_page_works_with_zero_clicks_on_the_demo(ws_root: Path) -> None:
-    at = open_app("pages/explain.py", timeout_s=180)
+    at = open_app("views/explain.py", timeout_s=180)
     text = _texts(at)
     assert "is recommended mainly because of" in at.success[0].value
     assert "Method: exact Shapley values" in text  # the default user's history is short enough for exact values
@@ -57,7 +57,7 @@ def test_explain_page_opens_on_the_user_and_item_from_recommend(ws_root: Path) -
     at = open_app()
     at.session_state["explain_user"] = user  # what the Recommend page's "Explain it" button stores
     at.session_state["explain_item"] = item
-    at.switch_page("pages/explain.py").run(timeout=180)
+    at.switch_page("views/explain.py").run(timeout=180)
     assert not at.exception, at.exception
     assert at.selectbox(key="explain_user_select").value == user
     assert at.selectbox(key="explain_item_select").value == item
@@ -71,7 +71,7 @@ def test_explain_page_opens_on_the_user_and_item_from_recommend(ws_root: Path) -
 
 
 def test_global_view_draws_a_summary_over_users(ws_root: Path) -> None:
-    at = open_app("pages/explain.py", timeout_s=180)
+    at = open_app("views/explain.py", timeout_s=180)
     at.slider(key="explain_global_users").set_value(20)
     at.button(key="explain_global_button").click().run(timeout=300)
     assert not at.exception, at.exception
@@ -96,7 +96,7 @@ def test_text_tower_shows_word_attributions(tmp_path: Path, monkeypatch: pytest.
     run_experiment(ds, "text_tower", workspace=ws, dataset_name="tiny-movies")  # zero-shot: 58 item texts
     at = open_app()
     at.session_state["active_dataset"] = "tiny-movies"
-    at.switch_page("pages/explain.py").run(timeout=180)
+    at.switch_page("views/explain.py").run(timeout=180)
     assert not at.exception, at.exception
     assert "Which words of the item" in _texts(at)  # the text tower section
     at.toggle(key="explain_text_toggle").set_value(True).run(timeout=180)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pages.ui.charts import MUTED, category_colours
-from pages.ui.common import plural
+from views.ui.charts import MUTED, category_colours
+from views.ui.common import plural
 
 
 def test_counts_read_as_words() -> None:

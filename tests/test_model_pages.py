@@ -26,7 +26,7 @@ def _texts(at) -> str:
 
 
 def test_train_page_trains_from_the_form_and_records_the_run(ws_root: Path) -> None:
-    at = open_app("pages/train.py")
+    at = open_app("views/train.py")
     assert "No runs on this dataset yet" in _texts(at)
     at.selectbox(key="train_family").set_value("ease")
     at.button(key="FormSubmitter:train_form-Start training").click().run()
@@ -43,7 +43,7 @@ def test_train_page_trains_from_the_form_and_records_the_run(ws_root: Path) -> N
 
 
 def test_train_form_lists_every_model_family_with_its_settings(ws_root: Path) -> None:
-    at = open_app("pages/train.py")
+    at = open_app("views/train.py")
     options = at.selectbox(key="train_family").options
     for family in ("bert4rec", "sasrec", "ease", "itemknn", "popularity"):
         assert any(family in o.lower().replace("-", "").replace("+", "") or family in o for o in options), family
@@ -57,7 +57,7 @@ def test_train_form_lists_every_model_family_with_its_settings(ws_root: Path) ->
 
 
 def test_compare_page_ranks_runs_and_breaks_them_down(ws_root: Path) -> None:
-    at = open_app("pages/compare.py")
+    at = open_app("views/compare.py")
     assert "No evaluated runs" in _texts(at)
     ws = Workspace(ws_root)
     from recsys_core.data.demo import load_demo
@@ -83,6 +83,6 @@ def test_a_cancelled_run_is_never_served_as_the_best_model(ws_root: Path) -> Non
     finished = run_experiment(ds, "popularity", workspace=ws, dataset_name=DEMO_NAME)
     cancelled = run_experiment(ds, "ease", workspace=ws, dataset_name=DEMO_NAME)
     ws.update_run(cancelled.run_id, status="cancelled", metrics={**cancelled.metrics, "ndcg@10": 0.99})
-    at = open_app("pages/recommend.py")
+    at = open_app("views/recommend.py")
     assert not at.exception, at.exception
     assert f"run #{finished.run_id} (popularity, the best NDCG@10 on this dataset)" in _texts(at).replace("\\", "")

@@ -19,7 +19,7 @@ from recsys_core.recommend.topk import recommend
 from recsys_core.training.experiment import run_experiment
 from recsys_core.workspace.registry import Workspace
 
-PAGE = "pages/recommend.py"
+PAGE = "views/recommend.py"
 
 
 @pytest.fixture(scope="module")
@@ -141,11 +141,11 @@ def test_similar_items_side_by_side_and_exports(env: dict) -> None:
 
 
 def test_explain_hook_puts_user_and_item_in_session_state(env: dict) -> None:
-    from pages.ui.nav import PAGES
+    from views.ui.nav import PAGES
 
     at = open_app(PAGE)
     button = at.button(key="rec_explain")
-    if not any(p.path == "pages/explain.py" for p in PAGES):
+    if not any(p.path == "views/explain.py" for p in PAGES):
         assert button.disabled
         return
     item = at.selectbox(key="rec_explain_item").value
@@ -155,11 +155,11 @@ def test_explain_hook_puts_user_and_item_in_session_state(env: dict) -> None:
 
 
 def test_page_is_registered_after_compare() -> None:
-    from pages.ui.nav import PAGES
+    from views.ui.nav import PAGES
 
     paths = [p.path for p in PAGES]
-    assert paths.index("pages/recommend.py") == paths.index("pages/compare.py") + 1
-    assert Path(__file__).resolve().parents[1].joinpath("pages/recommend.py").is_file()
+    assert paths.index("views/recommend.py") == paths.index("views/compare.py") + 1
+    assert Path(__file__).resolve().parents[1].joinpath("views/recommend.py").is_file()
 
 
 def test_bare_dataset_without_metadata_timestamps_or_enough_items(tmp_path: Path,

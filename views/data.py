@@ -6,8 +6,10 @@ import dataclasses
 
 import streamlit as st
 
-from pages.ui import charts, upload
-from pages.ui.common import (
+from recsys_core.data.demo import DEMO_NAME
+from recsys_core.errors import RecsysError
+from views.ui import charts, upload
+from views.ui.common import (
     active_record,
     chart_frames,
     dataset_stats,
@@ -18,8 +20,6 @@ from pages.ui.common import (
     sidebar_dataset_selector,
     workspace,
 )
-from recsys_core.data.demo import DEMO_NAME
-from recsys_core.errors import RecsysError
 
 _RAW = "data_raw"  # session state: {"sig": upload signature, "raw": RawTable | None, "error": DataError | None}
 _OUTCOME = "data_outcome"  # session state: result of the last Load click, kept until the file changes

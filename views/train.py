@@ -10,8 +10,14 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages.ui.common import _root_key, load_dataset, md_escape, show_data_error, sidebar_dataset_selector, workspace
-from pages.ui.model_state import (
+from recsys_core.errors import RecsysError
+from recsys_core.models.base import capabilities_of, family_class, load_model
+from recsys_core.training.experiment import check_paths, memory_estimate_mb
+from recsys_core.training.jobs import TrainingJob
+from recsys_core.workspace.artifacts import import_model_zip
+from recsys_core.workspace.jobs import JobRecord, JobStore
+from views.ui.common import _root_key, load_dataset, md_escape, show_data_error, sidebar_dataset_selector, workspace
+from views.ui.model_state import (
     ACTIVE_MODEL_KEY,
     cached_model,
     config_form,
@@ -19,12 +25,6 @@ from pages.ui.model_state import (
     run_label,
     runs_frame,
 )
-from recsys_core.errors import RecsysError
-from recsys_core.models.base import capabilities_of, family_class, load_model
-from recsys_core.training.experiment import check_paths, memory_estimate_mb
-from recsys_core.training.jobs import TrainingJob
-from recsys_core.workspace.artifacts import import_model_zip
-from recsys_core.workspace.jobs import JobRecord, JobStore
 
 JOB_KEY = "train_job"  # session state: handle (TrainingJob) of the last job this session started
 WATCH_KEY = "train_watched"  # session state: {job id: started here} of jobs shown until dismissed

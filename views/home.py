@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.ui.common import dataset_stats, md_escape, sidebar_dataset_selector
-from pages.ui.nav import PAGES
+from views.ui.common import dataset_stats, md_escape, sidebar_dataset_selector
+from views.ui.nav import PAGES
 
 st.title("RecSys Explorer")
 st.markdown(
@@ -30,6 +30,6 @@ st.caption("Switch datasets in the sidebar; load new ones on the Data page.")
 
 st.subheader("Next steps")
 for spec in PAGES:
-    if spec.path != "pages/home.py":
+    if spec.path != "views/home.py":
         st.page_link(spec.path, label=spec.title, icon=spec.icon)
         st.caption(spec.purpose)

@@ -1,6 +1,6 @@
 """The UI's one helper module: cached loaders, the active-dataset selector, message rendering.
 
-Importable as `pages.ui.common` both under `streamlit run app.py` and under `AppTest.from_file("app.py")`
+Importable as `views.ui.common` both under `streamlit run app.py` and under `AppTest.from_file("app.py")`
 (Streamlit puts the entry point's folder on `sys.path`). Pages stay thin: read state, call the
 engine through these wrappers, draw.
 """
@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pages.ui import charts
-from pages.ui.auth import require_password
 from recsys_core.data.dataset import ORDER_TIMESTAMP, Dataset
 from recsys_core.data.demo import DEMO_NAME
 from recsys_core.errors import RecsysError
 from recsys_core.workspace.registry import ENV_VAR, DatasetRecord, Workspace
+from views.ui import charts
+from views.ui.auth import require_password
 
 ACTIVE_KEY = "active_dataset"  # plain state: the dataset every page works on
 _SIDEBAR_KEY = "sidebar_dataset"  # the sidebar widget mirroring it

@@ -91,7 +91,7 @@ def run_label(run) -> str:
 @st.cache_resource(show_spinner="No model yet: training a quick baseline on this dataset...", max_entries=4)
 def _bootstrap_run(root: str, dataset_name: str, version: str) -> str:
     """Train and record a fast baseline so model pages work with zero clicks; returns its artifact folder."""
-    from pages.ui.common import workspace
+    from views.ui.common import workspace
 
     ws = workspace()
     ds = ws.load_dataset(dataset_name)
@@ -106,7 +106,7 @@ def active_model(record, ds) -> tuple[Recommender, str]:
     baseline trained now (EASE, or popularity above EASE's `max_items`; recorded like any run), so every page
     works on a fresh install.
     """
-    from pages.ui.common import _root_key, workspace
+    from views.ui.common import _root_key, workspace
 
     chosen = st.session_state.get(ACTIVE_MODEL_KEY)
     if chosen:
@@ -136,8 +136,8 @@ def active_model(record, ds) -> tuple[Recommender, str]:
 def page_dataset_and_model():
     """The sidebar's dataset (record and data) with the active model and its label: the opening of every
     page that shows a model's output. A model that cannot be loaded stops the page with the reason."""
-    from pages.ui.common import load_dataset, show_data_error, sidebar_dataset_selector
     from recsys_core.errors import RecsysError
+    from views.ui.common import load_dataset, show_data_error, sidebar_dataset_selector
 
     record = sidebar_dataset_selector()
     ds = load_dataset(record)

@@ -6,11 +6,11 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages.ui import charts
-from pages.ui.common import load_dataset, md_escape, sidebar_dataset_selector, workspace
-from pages.ui.model_state import cached_model, run_label, runs_frame
 from recsys_core.evaluation.compare import per_user_metrics, segment_breakdown
 from recsys_core.training.experiment import make_split
+from views.ui import charts
+from views.ui.common import load_dataset, md_escape, sidebar_dataset_selector, workspace
+from views.ui.model_state import cached_model, run_label, runs_frame
 
 st.title("Compare")
 record = sidebar_dataset_selector()
@@ -18,7 +18,7 @@ runs = [r for r in workspace().list_runs(dataset=record.name) if r.metrics and r
 if not runs:
     st.info("No evaluated runs on this dataset yet. Train a few models on the Train page "
             "(EASE and popularity take seconds), then come back.")
-    st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+    st.page_link("views/train.py", label="Go to Train", icon=":material/model_training:")
     st.stop()
 
 split_kind = st.selectbox("Split", sorted({r.split for r in runs}), key="compare_split",

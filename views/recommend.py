@@ -9,9 +9,6 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pages.ui.common import md_escape, plural, show_data_error, workspace
-from pages.ui.model_state import cached_model, page_dataset_and_model, run_label
-from pages.ui.nav import PAGES
 from recsys_core.data.item_schema import attribute_values
 from recsys_core.errors import RecsysError
 from recsys_core.models.base import capabilities_of
@@ -29,10 +26,13 @@ from recsys_core.recommend.topk import (
     similar_items,
     similar_items_text,
 )
+from views.ui.common import md_escape, plural, show_data_error, workspace
+from views.ui.model_state import cached_model, page_dataset_and_model, run_label
+from views.ui.nav import PAGES
 
 # Agreed with the Explain page: the user and item (indices) it opens on.
 EXPLAIN_USER_KEY, EXPLAIN_ITEM_KEY = "explain_user", "explain_item"
-EXPLAIN_PAGE = "pages/explain.py"
+EXPLAIN_PAGE = "views/explain.py"
 USER_KEY = "rec_user"
 EXPORT_KEY = "rec_export_all"  # session state: the prepared all-users export
 MAX_OPTIONS = 3000  # item pickers list at most this many items; bigger catalogues are searched by title first

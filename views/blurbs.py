@@ -9,8 +9,6 @@ import os
 import numpy as np
 import streamlit as st
 
-from pages.ui.common import md_escape, plural, workspace
-from pages.ui.model_state import page_dataset_and_model
 from recsys_core.blurbs import llm
 from recsys_core.blurbs import writer as blurbs
 from recsys_core.errors import RecsysError
@@ -18,6 +16,8 @@ from recsys_core.evaluation.metrics import popularity_percentile
 from recsys_core.progress import Progress
 from recsys_core.recommend.export import to_csv_bytes
 from recsys_core.recommend.topk import recommend
+from views.ui.common import md_escape, plural, workspace
+from views.ui.model_state import page_dataset_and_model
 
 try:  # SHAP reasons when the explain engine is installed; item-embedding similarity otherwise
     from recsys_core.insight import explain

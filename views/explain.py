@@ -11,13 +11,13 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages.ui.charts import chart_label
-from pages.ui.common import md_escape, plural, show_data_error
-from pages.ui.model_state import page_dataset_and_model
 from recsys_core.errors import RecsysError
 from recsys_core.insight import explain
 from recsys_core.progress import Progress
 from recsys_core.recommend.topk import recommend
+from views.ui.charts import chart_label
+from views.ui.common import md_escape, plural, show_data_error
+from views.ui.model_state import page_dataset_and_model
 
 USER_KEY, ITEM_KEY = "explain_user", "explain_item"  # plain state, also set by the Recommend page
 GLOBAL_KEY = "explain_global"  # session state: the last global view, with what it was computed for
@@ -103,7 +103,7 @@ else:  # a list of this many options would be slow to send to the browser
 cols[1].selectbox("Recommended item", options, key="explain_item_select", on_change=_on_item,
                   format_func=lambda i: f"#{rank_of.get(i, '?')} {titles[i]}",
                   help="This user's top 10 from the active model (seen items excluded).")
-st.page_link("pages/recommend.py", label="Back to Recommend", icon=":material/recommend:")
+st.page_link("views/recommend.py", label="Back to Recommend", icon=":material/recommend:")
 item = chosen
 
 # ---- history SHAP --------------------------------------------------------------------------------

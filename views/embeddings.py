@@ -15,13 +15,13 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages.ui import charts
-from pages.ui.common import md_escape, plural, show_data_error, workspace
-from pages.ui.model_state import cached_model, page_dataset_and_model, run_label
 from recsys_core.errors import RecsysError
 from recsys_core.insight import project
 from recsys_core.models.base import capabilities_of
 from recsys_core.recommend.topk import pick_user, recommend_many, search_items
+from views.ui import charts
+from views.ui.common import md_escape, plural, show_data_error, workspace
+from views.ui.model_state import cached_model, page_dataset_and_model, run_label
 
 JOBS_KEY = "emb_jobs"  # session state: slot ("a"/"b") -> the ProjectionJob drawing that slot's map
 USER_KEY = "emb_user"

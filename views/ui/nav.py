@@ -21,19 +21,19 @@ class PageSpec:
 
 
 PAGES: tuple[PageSpec, ...] = (
-    PageSpec("pages/home.py", "Home", ":material/home:", "What the app does and where to go next.", default=True),
-    PageSpec("pages/data.py", "Data", ":material/table_chart:",
+    PageSpec("views/home.py", "Home", ":material/home:", "What the app does and where to go next.", default=True),
+    PageSpec("views/data.py", "Data", ":material/table_chart:",
              "Upload interactions, map columns, check the validation report and the statistics."),
-    PageSpec("pages/train.py", "Train", ":material/model_training:",
+    PageSpec("views/train.py", "Train", ":material/model_training:",
              "Train BERT4Rec, SASRec+, the text tower or a baseline with live progress, or load a saved model."),
-    PageSpec("pages/compare.py", "Compare", ":material/leaderboard:",
+    PageSpec("views/compare.py", "Compare", ":material/leaderboard:",
              "Leaderboard of runs on full-ranking metrics, and which users each model serves best."),
-    PageSpec("pages/recommend.py", "Recommend", ":material/recommend:",
+    PageSpec("views/recommend.py", "Recommend", ":material/recommend:",
              "Top-K for any user, what-if history edits, cold-start users, similar items and exports."),
-    PageSpec("pages/explain.py", "Explain", ":material/psychology:",
+    PageSpec("views/explain.py", "Explain", ":material/psychology:",
              "Why an item is recommended: SHAP over the history and attributes, a faithfulness check, a global view."),
-    PageSpec("pages/embeddings.py", "Embeddings", ":material/scatter_plot:",
+    PageSpec("views/embeddings.py", "Embeddings", ":material/scatter_plot:",
              "Map item or user embeddings in 2-D/3-D (PCA, UMAP, t-SNE), how far to trust it, true neighbours."),
-    PageSpec("pages/blurbs.py", "Blurbs", ":material/edit_note:",
+    PageSpec("views/blurbs.py", "Blurbs", ":material/edit_note:",
              "Short texts for a recommendation written by a language model from the facts, checked before shown."),
 )
