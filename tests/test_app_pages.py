@@ -215,6 +215,7 @@ def test_a_play_count_log_without_timestamps_is_read_as_counts_and_said_to_be_un
     assert not at.error, _errors(at)
     report = _texts(at)
     assert "order of each user's interactions is unknown" in report and "random interaction per user" in report
+    assert "read as a count, not a rating" in " ".join(m.value for m in at.markdown)  # in the report too
     assert any("no declared order" in i.value for i in at.info)  # no activity chart, and why
     titles = [c.proto.spec for c in at.get("plotly_chart")]
     assert any("Counts (plays, clicks)" in spec for spec in titles)

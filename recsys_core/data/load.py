@@ -102,7 +102,7 @@ def load_dataset(source: Source, filename: str | None = None, *, mapping: Column
     report = LoadReport(file=raw.file, detected=raw.describe(), rows_read=raw.n_rows)
     if inner.member:
         report.add(f"read '{inner.member}' from the archive")
-    mapping = ColumnMapping.coerce(mapping) if mapping is not None else infer_mapping(raw.frame, file=raw.file)
+    mapping = _mapping(raw, mapping)
     report.mapping = mapping.as_dict()
     for reason in mapping.reasons:
         report.add(reason)
@@ -118,6 +118,19 @@ def load_dataset(source: Source, filename: str | None = None, *, mapping: Column
     _report_order(ds, report)
     _report_metadata(ds, meta, report)
     return ds, report
+
+
+def _mapping(raw: RawTable, chosen: ColumnMapping | Mapping | None) -> ColumnMapping:
+    """The mapping to load with: the chosen one, or the inferred one. When a page passes back exactly what was
+    inferred, the reasons for it (a count told from a rating) still reach the report."""
+    if chosen is None:
+        return infer_mapping(raw.frame, file=raw.file)
+    mapping = ColumnMapping.coerce(chosen)
+    try:
+        inferred = infer_mapping(raw.frame, file=raw.file)
+    except DataError:
+        return mapping
+    return inferred if inferred == mapping else mapping
 
 
 def _order(mapping: ColumnMapping, options: LoadOptions) -> str:
