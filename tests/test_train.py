@@ -194,3 +194,17 @@ def test_checkpoint_for_another_model_is_refused(tmp_path):
     other.module = nn.Linear(8, 2)
     with pytest.raises(ModelError, match="does not match"):
         loop.train(other, TrainConfig(epochs=2, batch_size=32, checkpoint_dir=str(tmp_path)), CPU)
+
+
+def test_a_run_neither_depends_on_nor_changes_the_process_wide_generator():
+    cfg = TrainConfig(epochs=3, batch_size=32, lr=0.01, patience=0)
+    first = ToyTask()
+    torch.manual_seed(1)  # the process's own state, after ToyTask seeded its init
+    before = torch.get_rng_state()
+    loop.train(first, cfg, CPU)
+    assert torch.equal(torch.get_rng_state(), before)  # whatever else the process draws is undisturbed
+    second = ToyTask()
+    torch.rand(1000)  # another session drawing in between
+    loop.train(second, cfg, CPU)
+    for a, b in zip(first.module.parameters(), second.module.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.splits import Split
 from recsys_core.errors import DataError
+from recsys_core.models.loop import seeded
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -130,8 +131,7 @@ def low_rank(matrix: torch.Tensor | sp.spmatrix, dim: int, seed: int = 0) -> tup
         a = matrix.float()
     n = min(a.shape)
     dim = max(1, min(dim, n))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         if a.is_sparse or n > 2 * dim + 10:
             u, s, v = torch.svd_lowrank(a, q=min(dim + 10, n), niter=4)
         else:

@@ -13,6 +13,7 @@ import math
 import os
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -70,9 +71,19 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device | None = None) -> Iterator[None]:
+    """torch seeded for one piece of work, inside a fork of the process-wide generator that is restored
+    afterwards, so a run neither depends on nor changes what other code in the process draws.
+
+    NumPy draws all go through `np.random.default_rng(seed)` Generators. torch's own operations
+    (parameter init, dropout) can only draw from the process-wide generator, so two runs *at the same
+    time in one process* would still interleave their draws: the app trains each job in a process of its
+    own (`training/jobs.py`, tested to give exactly the solo result)."""
+    devices = [device.index or 0] if device is not None and device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -269,7 +280,11 @@ def train(task: TrainTask, cfg: TrainConfig, device: torch.device, progress: Pro
     business: the loop trains on `device`. Progress is reported every `log_every` steps."""
     progress = progress or Progress()
     configure_backends(device)
-    run = _Run(task, cfg, device, log_every, metric)
+    with seeded(cfg.seed, device):  # each epoch reseeds inside, so a resumed run replays an unbroken one
+        return _train(task, cfg, device, progress, _Run(task, cfg, device, log_every, metric))
+
+
+def _train(task: TrainTask, cfg: TrainConfig, device: torch.device, progress: Progress, run: _Run) -> LoopResult:
     if cfg.checkpoint_dir and cfg.resume and checkpoint_exists(cfg.checkpoint_dir):
         load_checkpoint(cfg.checkpoint_dir, run)
         progress.update(run.step, 0, epoch=run.epoch, message=f"resumed from checkpoint at epoch {run.epoch}")

@@ -269,9 +269,9 @@ class SequentialRecommender(Recommender):
         progress = progress or Progress()
         self._remember_catalogue(dataset)
         device = loop.pick_device(cfg.train.device)
-        loop.seed_everything(cfg.train.seed)
         train_seqs = split.train if split is not None else dataset.sequences()
-        self.module_ = self._init_module(train_seqs).to(device)
+        with loop.seeded(cfg.train.seed, device):  # parameter init draws from torch's generator
+            self.module_ = self._init_module(train_seqs).to(device)
         windows = SequenceWindows(train_seqs, cfg.max_len, cfg.window_stride or max(1, cfg.max_len // 2))
         if len(windows) == 0:
             raise DataError("no training sequences: every user history is empty",

@@ -199,8 +199,7 @@ class TextTower(Recommender):
         self._remember_catalogue(dataset)
         self.item_texts_ = item_texts(dataset.items)
         self.item_titles_ = item_titles(dataset.items)
-        torch.manual_seed(self.config.train.seed)
-        self._encoder, self._encoder_dir = None, None
+        self._encoder, self._encoder_dir = None, None  # fine-tuning is seeded by the loop (`loop.seeded`)
         self.user_recipe_ = "recency_mean" if self.config.user_vector == "auto" else self.config.user_vector
         if self.config.mode == "fine_tune":
             train = split.train if split is not None else dataset.sequences()
