@@ -31,10 +31,8 @@ TIE_RULE = "equal timestamps keep the order of the file"
 
 def catalogue_digest(item_ids: Sequence[object]) -> str:
     """A digest of the item ids in index order: a model fits a dataset exactly when the two digests are equal."""
-    digest = hashlib.sha256()
-    for item_id in item_ids:
-        digest.update(str(item_id).encode("utf-8", "surrogatepass") + b"\0")
-    return digest.hexdigest()[:16]
+    text = "".join(f"{item_id}\0" for item_id in item_ids)  # ~10 ms per 100k ids: models keep theirs
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 @dataclass
@@ -263,7 +261,6 @@ def build_dataset(
     })
     item_ids = np.asarray(item_ids, dtype=object)
     opts = dict(options or {})
-    opts.setdefault("has_timestamps", has_ts)
     opts.setdefault("order", ORDER_TIMESTAMP if has_ts else ORDER_NONE)
     if opts["order"] not in ORDERS or (opts["order"] == ORDER_TIMESTAMP and not has_ts):
         raise DataError(f"order {opts['order']!r} does not fit this data (timestamps: {'yes' if has_ts else 'no'})",

@@ -54,6 +54,7 @@ class Recommender(ABC):
         self.n_items_: int = 0
         self.item_ids_: list[str] = []
         self.version_: str = uuid.uuid4().hex  # new on every fit; a digest of the files for a loaded model
+        self._digest: tuple[tuple, str] | None = None  # (what it was computed for, catalogue digest)
 
     @property
     def identity(self) -> str:
@@ -151,8 +152,12 @@ class Recommender(ABC):
         self.item_ids_ = [str(i) for i in dataset.item_ids]
 
     def catalogue_digest(self) -> str:
-        """Identity of the catalogue the model scores (its item ids in index order)."""
-        return catalogue_digest(self.item_ids_)
+        """Identity of the catalogue the model scores (its item ids in index order). Pages ask on every rerun,
+        so it is kept until the weights' version or the id list itself changes (fit, load, add_items)."""
+        key = (self.version_, id(self.item_ids_), len(self.item_ids_))
+        if self._digest is None or self._digest[0] != key:
+            self._digest = (key, catalogue_digest(self.item_ids_))
+        return self._digest[1]
 
     def fits(self, dataset: Dataset) -> bool:
         """True when the model scores exactly this dataset's items, in the same index order."""
