@@ -1,10 +1,17 @@
 """Long jobs owned by the workspace, not by a browser tab: table `jobs` in `workspace.db`.
 
-A page creates a row, a child process (`recsys_core.training.worker`) runs the job and writes its
-progress here; any tab of any server on this workspace lists the rows, shows progress and sets the
-cancel flag, which the child polls between steps. A row still `pending`/`running` whose process is
-gone (server killed, machine rebooted, OOM killer) is marked `interrupted` whenever jobs are listed,
-so no job is ever shown as running without a live process behind it.
+A page creates a row; training runs in a child process (`recsys_core.training.worker`), other long
+work (maps, global explanations, exports, blurb batches) on a thread of the server process
+(`recsys_core.background.WorkspaceJob`). Either writes its progress here; any tab of any server on
+this workspace lists the rows, shows progress and sets the cancel flag, which the job polls between
+steps. A row still `pending`/`running` whose process is gone (server killed, machine rebooted, OOM
+killer) is marked `interrupted` whenever jobs are listed, so no job is ever shown as running without
+a live process behind it. A thread job is also lost when its row names this very process but no
+thread of it runs the job (a restarted container often gets the same pid back).
+
+A job's result lives in the workspace too: small values in the row's `result` (JSON), arrays as
+`.npy` and tables as `.parquet` in `jobs/job-<id>/` (written to a temporary folder, then renamed),
+so a reload or another tab reads the last finished result without recomputing it. No pickle.
 
 Writes are single UPDATE statements (atomic in SQLite's autocommit mode); every operation opens
 its own connection, as the registry does, so threads and processes can share one store.
@@ -14,8 +21,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +32,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import pandas as pd
 
 from recsys_core.errors import ConfigError
 
@@ -61,6 +73,14 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_dataset_status ON jobs(dataset, status);
 """
+# Columns added after the first release: workspaces created before them get them on open.
+_ADDED_COLUMNS = (
+    ("owner", "TEXT NOT NULL DEFAULT ''"),  # the browser session that started the job (any tab may cancel it)
+    ("runner", "TEXT NOT NULL DEFAULT 'process'"),  # 'process' (a child of its own) or 'thread' (in the server)
+    ("title", "TEXT NOT NULL DEFAULT ''"),  # what a jobs panel shows, in words
+)
+_IN_PROCESS: set[tuple[str, int]] = set()  # (db path, job id) of thread jobs this process is running now
+_IN_PROCESS_LOCK = threading.Lock()
 # Progress columns the child may write; column names cannot be bound as parameters, so they are whitelisted.
 _PROGRESS_FIELDS = ("fraction", "step", "total", "epoch", "loss", "metrics", "curve", "message", "eta_s",
                     "eta_bounded", "elapsed_s")
@@ -94,9 +114,17 @@ class JobRecord:
     pid: int | None
     error: str
     run_id: int | None
-    result: dict  # `RunResult.summary()` once the run is recorded
+    result: dict  # `RunResult.summary()` once the run is recorded; a thread job's small results
     created_at: str
     updated_at: str
+    owner: str = ""
+    runner: str = "process"
+    title: str = ""
+
+    @property
+    def params(self) -> dict:
+        """A thread job's parameters (stored where a training job keeps its overrides)."""
+        return self.overrides
 
     @property
     def active(self) -> bool:
@@ -134,6 +162,7 @@ class JobStore:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         with self._connect() as conn:
             conn.executescript(_SCHEMA)
+            _migrate(conn)
         self.sweep()  # a server starting up marks the jobs its predecessor left behind
 
     @contextmanager
@@ -155,15 +184,17 @@ class JobStore:
 
     # ---- the launcher's side -----------------------------------------------------------------
 
-    def create(self, dataset: str, family: str, overrides: dict | None = None, split: str = "leave_one_out",
-               kind: str = "train") -> int:
-        """A new `pending` job; returns its id."""
+    def create(self, dataset: str, family: str = "", overrides: dict | None = None, split: str = "leave_one_out",
+               kind: str = "train", *, params: dict | None = None, owner: str = "", runner: str = "process",
+               title: str = "") -> int:
+        """A new `pending` job; returns its id. `params` (a thread job's settings) share the `overrides` column."""
         now = _now()
+        settings = json.dumps(params if params is not None else overrides or {}, sort_keys=True)
         with self._connect() as conn:
             cur = conn.execute(
-                "INSERT INTO jobs (kind, dataset, family, overrides, split, host, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (kind, dataset, family, json.dumps(overrides or {}), split, socket.gethostname(), now, now))
+                "INSERT INTO jobs (kind, dataset, family, overrides, split, host, owner, runner, title, created_at,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (kind, dataset, family, settings, split, socket.gethostname(), owner, runner, title, now, now))
             return int(cur.lastrowid)
 
     def log_path(self, job_id: int) -> Path:
@@ -186,6 +217,12 @@ class JobStore:
     def mark_running(self, job_id: int, pid: int) -> None:
         self._update(job_id, status="running", pid=pid, host=socket.gethostname())
 
+    def claim(self, job_id: int) -> None:
+        """This process runs thread job `job_id` now (until `finish`): the sweep leaves it alone."""
+        with _IN_PROCESS_LOCK:
+            _IN_PROCESS.add((str(self.db_path), job_id))
+        self.mark_running(job_id, os.getpid())
+
     def report(self, job_id: int, **progress: Any) -> None:
         """Write progress fields (see `_PROGRESS_FIELDS`); the caller throttles how often."""
         unknown = set(progress) - set(_PROGRESS_FIELDS)
@@ -204,8 +241,48 @@ class JobStore:
         if status not in ENDED:
             raise ValueError(f"finish: status {status!r} is not one of {ENDED}")
         extra = {"message": message} if message is not None else {}
+        if status == "finished":
+            extra["fraction"] = 1.0
         self._update(job_id, status=status, run_id=run_id, result=result or {}, error=error, pid=None,
                      eta_s=None, **extra)
+        with _IN_PROCESS_LOCK:
+            _IN_PROCESS.discard((str(self.db_path), job_id))
+
+    # ---- results of thread jobs --------------------------------------------------------------
+
+    def result_dir(self, job_id: int) -> Path:
+        return self.logs_dir / f"job-{job_id:05d}"
+
+    def save_result(self, job_id: int, result: dict[str, Any]) -> dict:
+        """Write arrays (.npy) and tables (.parquet) of `result` to the job's folder; returns the rest
+        (JSON-able values, for `finish(result=...)`). The folder appears complete or not at all."""
+        final, tmp = self.result_dir(job_id), self.logs_dir / f".job-{job_id:05d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        small: dict = {}
+        for name, value in result.items():
+            if not name.isidentifier():
+                raise ValueError(f"save_result: result name {name!r} must be a plain identifier")
+            if isinstance(value, np.ndarray):
+                np.save(tmp / f"{name}.npy", value, allow_pickle=False)
+            elif isinstance(value, pd.DataFrame):
+                value.to_parquet(tmp / f"{name}.parquet", index=False)
+            else:
+                small[name] = value
+        json.dumps(small)  # fail here, before the row is touched, if a value is not JSON
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        return small
+
+    def load_result(self, job_id: int) -> dict[str, Any]:
+        """A finished job's result: its JSON values, arrays and tables (never unpickled)."""
+        out = dict(self.get(job_id).result)
+        folder = self.result_dir(job_id)
+        for path in sorted(folder.glob("*.npy")) if folder.is_dir() else []:
+            out[path.stem] = np.load(path, allow_pickle=False)
+        for path in sorted(folder.glob("*.parquet")) if folder.is_dir() else []:
+            out[path.stem] = pd.read_parquet(path)
+        return out
 
     # ---- reading -----------------------------------------------------------------------------
 
@@ -217,13 +294,16 @@ class JobStore:
                               hint="pick a job from the list on the Train page")
         return _record(row)
 
-    def list(self, dataset: str | None = None, active_only: bool = False, limit: int = 50) -> list[JobRecord]:
-        """Jobs, newest first (after marking dead ones `interrupted`)."""
+    def list(self, dataset: str | None = None, active_only: bool = False, limit: int = 50,
+             kind: str | None = "train", owner: str | None = None) -> list[JobRecord]:
+        """Jobs of one kind ('train' unless asked; None for every kind), newest first, after marking dead
+        ones `interrupted`."""
         self.sweep()
         clauses, params = [], []
-        if dataset is not None:
-            clauses.append("dataset = ?")
-            params.append(dataset)
+        for column, value in (("dataset", dataset), ("kind", kind), ("owner", owner)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
         if active_only:
             clauses.append("status IN ('pending', 'running')")
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
@@ -231,16 +311,46 @@ class JobStore:
             rows = conn.execute(f"SELECT * FROM jobs{where} ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
         return [_record(r) for r in rows]
 
+    def latest(self, kind: str, dataset: str, params: dict, status: str | None = "finished") -> JobRecord | None:
+        """The newest job of `kind` on `dataset` with exactly these parameters (and `status`, unless None)."""
+        self.sweep()
+        sql = "SELECT * FROM jobs WHERE kind = ? AND dataset = ? AND overrides = ?"
+        args: list = [kind, dataset, json.dumps(params, sort_keys=True)]
+        if status is not None:
+            sql += " AND status = ?"
+            args.append(status)
+        with self._connect() as conn:
+            row = conn.execute(sql + " ORDER BY id DESC LIMIT 1", args).fetchone()
+        return _record(row) if row is not None else None
+
     def sweep(self) -> list[int]:
         """Mark `interrupted` every active job of this machine whose process is gone; returns their ids."""
         with self._connect() as conn:
-            rows = conn.execute("SELECT id, pid, host, created_at FROM jobs WHERE status IN ('pending', 'running')"
-                                " AND host = ?", (socket.gethostname(),)).fetchall()
-        gone = [r["id"] for r in rows if _lost(r["pid"], r["created_at"])]
+            rows = conn.execute("SELECT id, pid, host, runner, created_at FROM jobs WHERE status IN"
+                                " ('pending', 'running') AND host = ?", (socket.gethostname(),)).fetchall()
+        gone = [r["id"] for r in rows if _lost(r["pid"], r["created_at"])
+                or (r["runner"] == "thread" and r["pid"] == os.getpid() and not self._runs_here(r["id"]))]
         for job_id in gone:
             self.end_if_active(job_id, "interrupted", "the job's process stopped without recording a result "
                                                       "(server restarted or process killed); start it again")
         return gone
+
+    def _runs_here(self, job_id: int) -> bool:
+        with _IN_PROCESS_LOCK:
+            return (str(self.db_path), job_id) in _IN_PROCESS
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Add the columns a workspace made by an older version lacks (SQLite has no ADD COLUMN IF NOT EXISTS)."""
+    have = {row["name"] for row in conn.execute("PRAGMA table_info(jobs)")}
+    for name, ddl in _ADDED_COLUMNS:
+        if name in have:
+            continue
+        try:
+            conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {ddl}")
+        except sqlite3.OperationalError as err:  # another process added it between our look and our write
+            if "duplicate column" not in str(err):
+                raise
 
 
 def _lost(pid: int | None, created_at: str) -> bool:
