@@ -71,6 +71,10 @@ CREATE TABLE IF NOT EXISTS runs (
     updated_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS runs_dataset ON runs(dataset);
+CREATE TABLE IF NOT EXISTS settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 # Columns `update_run` may set; column names cannot be bound as parameters, so they are whitelisted.
 _RUN_FIELDS = ("dataset", "model", "config", "metrics", "device", "wall_s", "artifact_dir", "split", "status")
@@ -357,6 +361,19 @@ class Workspace:
             except OSError:
                 pass
         return True
+
+    # ---- workspace-wide settings ---------------------------------------------------------------
+
+    def get_setting(self, key: str, default: str | None = None) -> str | None:
+        """A workspace-wide value (e.g. the last active dataset, so a new tab opens where colleagues left off)."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return row["value"] if row else default
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self._connect(write=True) as conn:
+            conn.execute("INSERT INTO settings (key, value) VALUES (?, ?) "
+                         "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, str(value)))
 
     def ensure_demo(self) -> DatasetRecord:
         """The built-in demo's record, saving it on first use so the app opens on it with zero clicks, and

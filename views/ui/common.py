@@ -19,11 +19,12 @@ from recsys_core.data.dataset import ORDER_TIMESTAMP, Dataset
 from recsys_core.data.demo import DEMO_NAME
 from recsys_core.errors import RecsysError
 from recsys_core.workspace.registry import ENV_VAR, DatasetRecord, Workspace
-from views.ui import charts
+from views.ui import charts, state
 from views.ui.auth import require_password
 
 ACTIVE_KEY = "active_dataset"  # plain state: the dataset every page works on
 _SIDEBAR_KEY = "sidebar_dataset"  # the sidebar widget mirroring it
+LAST_ACTIVE_SETTING = "last_active_dataset"  # workspace setting: where a new tab opens
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|~$:@])")
 _AUTOLINK = re.compile(r"(?i)\b(https?|ftp|mailto|www)(?=[:.])")
 
@@ -108,18 +109,23 @@ def active_record() -> DatasetRecord:
         records = {r.name: r for r in ws.list_datasets()}
     name = st.session_state.get(ACTIVE_KEY)
     if name not in records:
-        name = DEMO_NAME if DEMO_NAME in records else next(iter(records))
+        # A new session (reload, shared link, new tab): the link's dataset, else where the workspace's
+        # users last were, else the demo.
+        candidates = (state.url_value("dataset"), ws.get_setting(LAST_ACTIVE_SETTING), DEMO_NAME)
+        name = next((c for c in candidates if c in records), next(iter(records)))
         st.session_state[ACTIVE_KEY] = name
     return records[name]
 
 
 def set_active(name: str) -> None:
-    """Make `name` the active dataset (takes effect in the sidebar on the next run)."""
+    """Make `name` the active dataset (takes effect in the sidebar on the next run) and remember it in the
+    workspace, so a new tab opens on it too."""
     st.session_state[ACTIVE_KEY] = name
+    workspace().set_setting(LAST_ACTIVE_SETTING, name)
 
 
 def _on_sidebar_pick() -> None:
-    st.session_state[ACTIVE_KEY] = st.session_state[_SIDEBAR_KEY]
+    set_active(st.session_state[_SIDEBAR_KEY])
 
 
 def sidebar_dataset_selector() -> DatasetRecord:
@@ -131,6 +137,7 @@ def sidebar_dataset_selector() -> DatasetRecord:
     st.session_state[_SIDEBAR_KEY] = record.name
     st.sidebar.selectbox("Active dataset", names, key=_SIDEBAR_KEY, on_change=_on_sidebar_pick,
                          help="Every page works on this dataset. Load new ones on the Data page.")
+    state.write_url("dataset", record.name)
     st.sidebar.caption(f"{record.n_users:,} users · {record.n_items:,} items · {record.n_interactions:,} interactions")
     return record
 

@@ -12,10 +12,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from recsys_core.errors import RecsysError
 from recsys_core.models.base import Recommender, family_class, load_model
 from recsys_core.models.ease import EASEConfig
 from recsys_core.models.settings import flatten_config, help_of
 from recsys_core.training.experiment import config_fields, families, run_experiment
+from views.ui import state
 
 ACTIVE_MODEL_KEY = "active_model_dir"  # artifact folder of the model the Recommend/Explain pages use
 
@@ -108,15 +110,18 @@ def active_model(record, ds) -> tuple[Recommender, str]:
     """
     from views.ui.common import _root_key, workspace
 
-    chosen = st.session_state.get(ACTIVE_MODEL_KEY)
+    chosen = st.session_state.get(ACTIVE_MODEL_KEY) or _run_folder_from_url(record.name)
     if chosen:
         try:
             model = cached_model(chosen)
             if model.fits(ds):
+                st.session_state[ACTIVE_MODEL_KEY] = chosen
+                state.write_url("run", _run_id_of(chosen, record.name))  # a shared link opens this model
                 # the folder's name, not its server path: visitors need not see the server's file layout
                 return model, f"the model you chose ({model.family}, {Path(chosen).name})"
         except Exception:  # noqa: BLE001  a deleted or damaged folder: fall back below
             st.session_state.pop(ACTIVE_MODEL_KEY, None)
+    state.write_url("run", None)  # no explicit choice: the link follows the best run
     # Only finished runs compete: a cancelled or never-improving run is kept and labelled, never "the best".
     runs = [r for r in workspace().list_runs(dataset=record.name)
             if r.artifact_dir and r.metrics and r.status == "finished"]
@@ -133,10 +138,32 @@ def active_model(record, ds) -> tuple[Recommender, str]:
     return model, f"a quick {model.family} baseline trained automatically (train others on the Train page)"
 
 
+def _run_folder_from_url(dataset: str) -> str | None:
+    """The model folder of the URL's `run`, when it is a run of this dataset with saved files."""
+    from views.ui.common import workspace
+
+    raw = state.url_value("run")
+    if raw is None or not raw.isdigit():
+        return None
+    try:
+        run = workspace().get_run(int(raw))
+    except RecsysError:  # deleted since the link was shared: fall back to the best run
+        return None
+    return str(run.artifact_dir) if run.dataset == dataset and run.artifact_dir else None
+
+
+def _run_id_of(folder: str, dataset: str) -> int | None:
+    """The run whose files are `folder` (None for a folder loaded from disk, which a link cannot name)."""
+    from views.ui.common import workspace
+
+    target = Path(folder).resolve()
+    return next((r.id for r in workspace().list_runs(dataset=dataset)
+                 if r.artifact_dir and Path(r.artifact_dir).resolve() == target), None)
+
+
 def page_dataset_and_model():
     """The sidebar's dataset (record and data) with the active model and its label: the opening of every
     page that shows a model's output. A model that cannot be loaded stops the page with the reason."""
-    from recsys_core.errors import RecsysError
     from views.ui.common import load_dataset, show_data_error, sidebar_dataset_selector
 
     record = sidebar_dataset_selector()

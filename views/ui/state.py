@@ -1,0 +1,67 @@
+"""View state that survives a reload and travels in a shared link: `st.query_params` mirrors it.
+
+A page binds a widget to a URL parameter *before* drawing it: on the session's first run the URL's
+value (if valid) seeds the widget, and after every run the widget's value is written back, so the
+address bar always describes what is on screen. Session state stays the source of truth while a tab
+lives; the URL is only read when the session has no value yet (a reload, a link from a colleague).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import streamlit as st
+
+
+def url_value(param: str) -> str | None:
+    """The URL's value for `param`, or None."""
+    value = st.query_params.get(param)
+    return None if value in (None, "") else str(value)
+
+
+def write_url(param: str, value: Any) -> None:
+    """Put `value` in the URL (or remove `param` when None); a no-op when it is already there, so a
+    rerun does not rewrite the address bar."""
+    if value is None:
+        if param in st.query_params:
+            del st.query_params[param]
+        return
+    text = str(value)
+    if st.query_params.get(param) != text:
+        st.query_params[param] = text
+
+
+def seed_from_url(key: str, param: str, parse: Callable[[str], Any] = str,
+                  options: Sequence[Any] | None = None) -> None:
+    """Before the widget `key` is drawn: take its value from the URL when the session has none yet.
+    A value that does not parse, or is not among `options`, is ignored (a stale or hand-edited link)."""
+    if key in st.session_state:
+        return
+    raw = url_value(param)
+    if raw is None:
+        return
+    try:
+        value = parse(raw)
+    except (TypeError, ValueError):
+        return
+    if options is not None and value not in options:
+        return
+    st.session_state[key] = value
+
+
+def bind(key: str, param: str, parse: Callable[[str], Any] = str,
+         options: Sequence[Any] | None = None) -> None:
+    """Seed widget `key` from the URL now and write its value back at the end of the run's drawing.
+
+    Call before the widget; the value is written back right away when the session already has one,
+    and after the widget exists on later runs (Streamlit keeps widget values in session state)."""
+    seed_from_url(key, param, parse, options)
+    if key in st.session_state:
+        write_url(param, st.session_state[key])
+
+
+def sync(key: str, param: str) -> None:
+    """After the widget `key` is drawn: mirror its current value into the URL."""
+    if key in st.session_state:
+        write_url(param, st.session_state[key])
