@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from recsys_core.blurbs import llm
+from recsys_core.threads import INTERACTIVE_ENV, cores
+
+# The app limits interactive work to one thread; page tests run in this process beside training tests,
+# which keep torch's default. tests/test_threads.py checks the server's default in a process of its own.
+os.environ.setdefault(INTERACTIVE_ENV, str(cores()))
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,7 @@ from typing import Any
 from recsys_core.errors import RecsysError
 from recsys_core.models.settings import flatten_config
 from recsys_core.progress import Progress, ProgressEvent
+from recsys_core.threads import training_threads, use_threads
 from recsys_core.training.experiment import make_model, run_experiment
 
 POLL_S = 0.2  # how often the cancel flag is read: cancel is honoured well within 2 s
@@ -175,6 +176,8 @@ def main() -> None:
     # Below the web server's priority: a page redraw (or a Cancel click) must not wait behind training
     # that takes every core; on an otherwise idle machine the job still gets all of them.
     os.nice(NICENESS)
+    # The cores shared between the training jobs running now (recsys_core/threads.py says why).
+    use_threads(training_threads(max(1, len(store.list(active_only=True, kind="train")))))
     signal.signal(signal.SIGTERM, _terminate)
     code = run_job(store, job_id)
     sys.stdout.flush()
