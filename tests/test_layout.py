@@ -13,7 +13,7 @@ ENGINE = ROOT / "recsys_core"
 # are below everything; then the pipeline data -> evaluation -> models -> training / workspace ->
 # recommend, insight -> blurbs. Evaluation ranks any scorer, so it sits below the models whose training
 # loop validates with it. The CLI, at the top, may import anything.
-BASE = {"errors", "progress", "cache", "background"}
+BASE = {"errors", "progress", "cache", "background", "threads"}
 ALLOWED = {
     "base": BASE,
     "data": BASE,
