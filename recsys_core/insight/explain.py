@@ -128,24 +128,44 @@ class _Shapley:
     n_evals: int
 
 
-def _counting(value_fn: ValueFn) -> tuple[ValueFn, list[int]]:
-    count = [0]
+@dataclass(frozen=True, eq=False)
+class Coalitions:
+    """The coalitions to score for one game, and how to turn their values into Shapley values.
 
-    def wrapped(masks: np.ndarray) -> np.ndarray:
-        count[0] += len(masks)
-        return np.asarray(value_fn(masks), dtype=np.float64).reshape(-1)
+    Planning and solving are split so that the games of many users can be scored together, in one
+    model call per batch of coalitions (`Explainer.global_view`), and still give exactly the values
+    each game gives alone.
+    """
 
-    return wrapped, count
+    n: int
+    masks: np.ndarray  # bool [m, n]: which players each coalition keeps
+    method: str  # "exact" | "permutation"
+    orders: np.ndarray  # int [n_permutations, n]: permutation method only
+
+    def solve(self, v: np.ndarray) -> _Shapley:
+        v = np.asarray(v, dtype=np.float64).reshape(-1)
+        if self.method == "exact":
+            values, base, full = _solve_exact(v, self.n)
+        else:
+            values, base, full = _solve_permutations(v, self.orders)
+        return _Shapley(values, base, full, self.method, len(self.masks))
 
 
-def exact_shapley(value_fn: ValueFn, n: int) -> tuple[np.ndarray, float, float]:
-    """(values, v(empty), v(all)) by scoring all 2^n coalitions in one batch."""
+def plan_coalitions(n: int, max_exact: int = MAX_EXACT, max_evals: int = MAX_EVALS, seed: int = 0) -> Coalitions:
+    """All 2^n coalitions up to `max_exact` players, else antithetic permutations within `max_evals`."""
+    if n <= max_exact:
+        codes = np.arange(2**n, dtype=np.int64)
+        return Coalitions(n, ((codes[:, None] >> np.arange(n)) & 1).astype(bool), "exact", np.zeros((0, n), np.int64))
+    orders = permutation_orders(n, max(max_evals, 2 * (2 * n + 1)) // (2 * n + 1), seed)
+    return Coalitions(n, _permutation_masks(orders), "permutation", orders)
+
+
+def _solve_exact(v: np.ndarray, n: int) -> tuple[np.ndarray, float, float]:
     codes = np.arange(2**n, dtype=np.int64)
-    masks = ((codes[:, None] >> np.arange(n)) & 1).astype(bool)
-    v = value_fn(masks)
+    sizes = ((codes[:, None] >> np.arange(n)) & 1).sum(1)
     fact = [math.factorial(s) for s in range(n + 1)]
     # Weight of a coalition S without player i: |S|! (n - |S| - 1)! / n!
-    weight = np.array([fact[s] * fact[n - s - 1] / fact[n] for s in range(n)] + [0.0])[masks.sum(1)]
+    weight = np.array([fact[s] * fact[n - s - 1] / fact[n] for s in range(n)] + [0.0])[sizes]
     values = np.empty(n)
     for i in range(n):  # n <= MAX_EXACT: a loop over players, each step vectorised over coalitions
         without = codes[(codes >> i) & 1 == 0]
@@ -153,41 +173,53 @@ def exact_shapley(value_fn: ValueFn, n: int) -> tuple[np.ndarray, float, float]:
     return values, float(v[0]), float(v[-1])
 
 
-def permutation_shapley(value_fn: ValueFn, n: int, max_evals: int, seed: int = 0) -> tuple[np.ndarray, float]:
-    """(values, v(empty)) from shap's antithetic Permutation explainer over a 0/1 presence vector."""
-    import shap
+def exact_shapley(value_fn: ValueFn, n: int) -> tuple[np.ndarray, float, float]:
+    """(values, v(empty), v(all)) by scoring all 2^n coalitions in one batch."""
+    plan = plan_coalitions(n, max_exact=n)
+    return _solve_exact(np.asarray(value_fn(plan.masks), dtype=np.float64).reshape(-1), n)
 
-    masker = shap.maskers.Independent(np.zeros((1, n)), max_samples=1)  # absent = the all-zero background
-    state = np.random.get_state()  # shap seeds NumPy's global generator; leave the caller's untouched
-    try:
-        explainer = shap.explainers.Permutation(lambda x: value_fn(x > 0.5), masker, seed=seed)
-        out = explainer(np.ones((1, n)), max_evals=max(max_evals, 2 * (2 * n + 1)), silent=True)
-    finally:
-        np.random.set_state(state)
-    return np.asarray(out.values[0], dtype=np.float64), float(np.asarray(out.base_values).reshape(-1)[0])
+
+def permutation_orders(n: int, n_permutations: int, seed: int = 0) -> np.ndarray:
+    """[n_permutations, n] player orders, the sequence shap's Permutation explainer draws for this seed
+    (each order shuffles the previous one in place), so values match the shap-based version exactly."""
+    rng = np.random.RandomState(seed)  # shap's legacy stream, without touching NumPy's global generator
+    order, out = np.arange(n), np.empty((n_permutations, n), dtype=np.int64)
+    for p in range(n_permutations):  # a few dozen draws; each shuffle depends on the one before
+        rng.shuffle(order)
+        out[p] = order
+    return out
+
+
+def _permutation_masks(orders: np.ndarray) -> np.ndarray:
+    """Per order: the empty coalition, then players added in order up to all, then removed in the same order."""
+    n_perm, n = orders.shape
+    position = np.empty_like(orders)
+    position[np.arange(n_perm)[:, None], orders] = np.arange(n)
+    steps = np.arange(n + 1)[:, None, None]
+    forward = position[None] < steps  # [n + 1, P, n]: the first j players of the order present
+    backward = position[None] >= steps[1:]  # [n, P, n]: all but the first j
+    return np.concatenate([forward, backward]).transpose(1, 0, 2).reshape(-1, n)
+
+
+def _solve_permutations(v: np.ndarray, orders: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Mean marginal contribution of each player over the forward and the reversed (antithetic) passes."""
+    n_perm, n = orders.shape
+    out = v.reshape(n_perm, 2 * n + 1)
+    gains = (out[:, 1:n + 1] - out[:, :n]) + (out[:, n:2 * n] - out[:, n + 1:])  # by position in the order
+    values = np.zeros(n)
+    np.add.at(values, orders.ravel(), gains.ravel())
+    return values / (2 * n_perm), float(out[-1, 0]), float(out[-1, n])
 
 
 def shapley(value_fn: ValueFn, n: int, max_exact: int = MAX_EXACT, max_evals: int = MAX_EVALS,
             seed: int = 0) -> _Shapley:
     """Shapley values of an n-player game: exact up to `max_exact` players, else permutation sampling."""
-    counted, count = _counting(value_fn)
-    if n <= max_exact:
-        values, base, full = exact_shapley(counted, n)
-        return _Shapley(values, base, full, "exact", count[0])
-    values, base = permutation_shapley(counted, n, max_evals, seed)
-    full = float(counted(np.ones((1, n), dtype=bool))[0])
-    return _Shapley(values, base, full, "permutation", count[0])
-
-
-_WARM = [False]
+    plan = plan_coalitions(n, max_exact, max_evals, seed)
+    return plan.solve(value_fn(plan.masks))
 
 
 def warm_up() -> None:
-    """Pay shap's one-off JIT compilation (~5 s) now, once per process, instead of on the first click."""
-    if not _WARM[0]:
-        weights = np.arange(1.0, MAX_EXACT + 3)
-        permutation_shapley(lambda m: m @ weights, len(weights), 4 * len(weights) + 2)
-        _WARM[0] = True
+    """Kept for callers that warmed shap's JIT: the sampler is plain NumPy now, nothing to compile."""
 
 
 # ---- games over a history ------------------------------------------------------------------------
@@ -281,6 +313,33 @@ def item_attributes(items: pd.DataFrame, item_popularity: np.ndarray) -> ItemAtt
 # ---- the explainer -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, eq=False)
+class _Game:
+    """One history or attribute game, planned: the coalitions to score and how to read the values back."""
+
+    item: int
+    kind: str  # "history" | "attributes"
+    labels: tuple[str, ...]
+    membership: np.ndarray  # bool [n_labels, len(history)]: the positions each player stands for
+    active: np.ndarray  # players in the game (the others are null players, value 0)
+    plan: Coalitions
+    members: tuple[np.ndarray, ...]
+    items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def keep(self) -> np.ndarray:
+        """bool [n_coalitions, len(history)]: the history positions each coalition keeps."""
+        member = self.membership[self.active].astype(np.float32)
+        return ((~self.plan.masks).astype(np.float32) @ member) == 0
+
+    def explanation(self, v: np.ndarray, start: float) -> Explanation:
+        result = self.plan.solve(v)
+        values = np.zeros(len(self.labels))
+        values[self.active] = result.values
+        return Explanation(self.item, self.kind, self.labels, values, result.base, result.full, result.method,
+                           result.n_evals, time.perf_counter() - start, self.members, self.items)
+
+
+
 class Explainer:
     """Explanations of one model's recommendations on one dataset, cached per (kind, history, item, budget).
 
@@ -324,6 +383,10 @@ class Explainer:
 
     def _explain_history(self, history: np.ndarray, item: int, budget: int) -> Explanation:
         start = time.perf_counter()
+        game = self._history_game(history, item, budget)
+        return game.explanation(score_column(self.model, masked_histories(history, game.keep()), item), start)
+
+    def _history_game(self, history: np.ndarray, item: int, budget: int) -> _Game:
         n = len(history)
         older = max(0, n - self.max_players)
         # Player of each position: the older ones share player 0 when there are too many to explain one by one.
@@ -332,13 +395,11 @@ class Explainer:
         n_players = int(players.max()) + 1 if n else 0
         membership = np.zeros((n_players, n), dtype=bool)
         membership[players, np.arange(n)] = True
-        result = shapley(history_game(self.model, history, item, membership), n_players,
-                         self.max_exact, budget, self.seed)
         members = tuple(np.flatnonzero(row) for row in membership)
         items = np.array([history[m[0]] if len(m) == 1 else -1 for m in members], dtype=np.int64)
         labels = tuple(self.titles[i] if i >= 0 else f"Older history ({older} items)" for i in items)
-        return Explanation(item, "history", labels, result.values, result.base, result.full, result.method,
-                           result.n_evals, time.perf_counter() - start, members, items)
+        plan = plan_coalitions(n_players, self.max_exact, budget, self.seed)
+        return _Game(item, "history", labels, membership, np.arange(n_players), plan, members, items)
 
     # -- attributes
 
@@ -350,19 +411,19 @@ class Explainer:
 
     def _explain_attributes(self, history: np.ndarray, item: int) -> Explanation:
         start = time.perf_counter()
+        game = self._attribute_game(history, item)
+        return game.explanation(score_column(self.model, masked_histories(history, game.keep()), item), start)
+
+    def _attribute_game(self, history: np.ndarray, item: int) -> _Game:
         own = self.attributes.of(item)
         shared = self.attributes.matrix[history][:, own].toarray().T if len(history) else np.zeros((len(own), 0), bool)
         other = ~shared.any(axis=0)
         membership = np.vstack([shared, other[None, :]]).astype(bool)
         labels = tuple(self.attributes.names[a] for a in own) + ("Other history items",)
         active = np.flatnonzero(membership.any(axis=1))  # attributes nobody in the history shares are null players
-        result = shapley(history_game(self.model, history, item, membership[active]), len(active),
-                         self.max_exact, self.max_evals, self.seed)
-        values = np.zeros(len(labels))
-        values[active] = result.values
+        plan = plan_coalitions(len(active), self.max_exact, self.max_evals, self.seed)
         members = tuple(np.flatnonzero(row) for row in membership)
-        return Explanation(item, "attributes", labels, values, result.base, result.full, result.method,
-                           result.n_evals, time.perf_counter() - start, members)
+        return _Game(item, "attributes", labels, membership, active, plan, members)
 
     # -- text (text tower)
 
@@ -453,34 +514,99 @@ class Explainer:
 
         Columns: row (which pair), kind ("item" | "attribute"), label, value, feature (the colour of a
         SHAP summary plot: recency 0..1 of a history item, or the share of the history carrying an attribute).
-        `items` defaults to each history's top-1 recommendation.
+        `items` defaults to each history's top-1 recommendation. The coalitions of many users are scored
+        together, one `score_items` call per batch, with exactly the values `explain_history` and
+        `explain_attributes` give user by user; `progress` counts users and its cancel flag is read
+        between batches.
         """
         histories = [_as_history(h) for h in histories]
         items = self.top_items(histories, 1)[:, 0] if items is None else np.asarray(items)
-        parts = []
-        for row, (history, item) in enumerate(zip(histories, items)):
-            if progress is not None and progress.cancelled:
+        todo = [row for row, (h, item) in enumerate(zip(histories, items)) if item >= 0 and len(h)]
+        scorer = _PairScorer(self.model, progress)
+        parts, done = [], 0
+        for group in _groups(todo, [self._n_coalitions(histories[r], max_evals) for r in todo], GROUP_ROWS):
+            games = [(row, self._history_game(histories[row], int(items[row]), max_evals or self.max_evals),
+                      self._attribute_game(histories[row], int(items[row]))) for row in group]
+            values = scorer.values([(histories[row], game) for row, *pair in games for game in pair])
+            if values is None:  # cancelled
                 break
-            if item < 0 or not len(history):
-                continue
-            parts.append(self._global_rows(row, history, int(item), max_evals))
+            solved = iter(values)
+            for row, h_game, a_game in games:
+                h = h_game.explanation(next(solved), time.perf_counter())
+                parts.append(_global_rows(row, histories[row], h, a_game.explanation(next(solved), time.perf_counter())))
+            done += len(group)
             if progress is not None:
-                progress.update(row + 1, len(histories), message=f"explained {row + 1} of {len(histories)}")
+                progress.update(done, len(todo), message=f"explained {done} of {len(todo)} users")
         columns = ["row", "kind", "label", "value", "feature", "item"]
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
 
-    def _global_rows(self, row: int, history: np.ndarray, item: int, max_evals: int | None) -> pd.DataFrame:
-        h = self.explain_history(history, item, max_evals)
-        a = self.explain_attributes(history, item)
-        single = h.items >= 0
-        recency = np.array([m[-1] for m in h.members]) / max(len(history) - 1, 1)
-        share = np.array([len(m) for m in a.members]) / len(history)
-        return pd.DataFrame({
-            "row": row, "kind": ["item"] * int(single.sum()) + ["attribute"] * len(a.labels),
-            "label": [h.labels[i] for i in np.flatnonzero(single)] + list(a.labels),
-            "value": np.concatenate([h.values[single], a.values]),
-            "feature": np.concatenate([recency[single], share]), "item": item,
-        })
+    def _n_coalitions(self, history: np.ndarray, max_evals: int | None) -> int:
+        n = min(len(history), self.max_players + 1)
+        return 2**n if n <= self.max_exact else max(max_evals or self.max_evals, 2 * (2 * n + 1))
+
+
+GROUP_ROWS = 16_384  # coalitions planned at a time: bounds memory, and progress moves every group
+
+
+def _groups(rows: list[int], sizes: list[int], limit: int) -> list[list[int]]:
+    """Consecutive runs of `rows` whose sizes add up to at most `limit` (at least one row each)."""
+    out: list[list[int]] = []
+    total = limit
+    for row, size in zip(rows, sizes):
+        if total + size > limit:
+            out.append([])
+            total = 0
+        out[-1].append(row)
+        total += size
+    return out
+
+
+class _PairScorer:
+    """Scores (masked history, item) pairs of many games in few `score_items` calls, each sized to take
+    about `TARGET_S` (measured as it goes), so a cancel is read at least that often."""
+
+    TARGET_S = 0.5
+
+    def __init__(self, model: Recommender, progress: Progress | None) -> None:
+        self.model, self.progress = model, progress
+        self.max_rows = max(1, _MAX_CELLS // max(model.n_items_, 1))
+        self.rows = min(256, self.max_rows)
+
+    def values(self, games: list[tuple[np.ndarray, _Game]]) -> list[np.ndarray] | None:
+        """Each game's coalition values, in order; None once cancelled."""
+        masked = [masked_histories(history, game.keep()) for history, game in games]
+        histories = [h for part in masked for h in part]
+        items = np.repeat([game.item for _, game in games], [len(part) for part in masked])
+        out = np.empty(len(histories))
+        start = 0
+        while start < len(histories):
+            if self.progress is not None and self.progress.cancelled:
+                return None
+            stop = start + self.rows
+            tick = time.perf_counter()
+            out[start:stop] = self._score(histories[start:stop], items[start:stop])
+            rate = (time.perf_counter() - tick) / max(len(out[start:stop]), 1)
+            self.rows = int(min(self.max_rows, max(64, self.TARGET_S / max(rate, 1e-7))))
+            start = stop
+        return np.split(out, np.cumsum([len(part) for part in masked])[:-1])
+
+    def _score(self, histories: list[np.ndarray], items: np.ndarray) -> np.ndarray:
+        """One model call: the scores of each history's own item."""
+        wanted, column = np.unique(items, return_inverse=True)
+        scores = self.model.score_items(histories, wanted)
+        return scores[torch.arange(len(histories)), torch.from_numpy(column)].double().numpy()
+
+
+def _global_rows(row: int, history: np.ndarray, h: Explanation, a: Explanation) -> pd.DataFrame:
+    single = h.items >= 0
+    recency = np.array([m[-1] for m in h.members]) / max(len(history) - 1, 1)
+    share = np.array([len(m) for m in a.members]) / len(history)
+    return pd.DataFrame({
+        "row": row, "kind": ["item"] * int(single.sum()) + ["attribute"] * len(a.labels),
+        "label": [h.labels[i] for i in np.flatnonzero(single)] + list(a.labels),
+        "value": np.concatenate([h.values[single], a.values]),
+        "feature": np.concatenate([recency[single], share]), "item": h.item,
+    })
 
 
 def summarise_global(frame: pd.DataFrame, top: int = 3) -> pd.DataFrame:
