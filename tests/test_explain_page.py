@@ -3,6 +3,7 @@ the deletion check; it opens on the user and item the Recommend page hands over;
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -70,15 +71,36 @@ def test_explain_page_opens_on_the_user_and_item_from_recommend(ws_root: Path) -
     assert at.selectbox(key="explain_item_select").options[0].startswith("#1 ")
 
 
-def test_global_view_draws_a_summary_over_users(ws_root: Path) -> None:
+def _wait_until_ended(root: Path, timeout_s: float = 120):
+    from recsys_core.workspace.jobs import JobStore
+    from recsys_core.workspace.registry import Workspace
+
+    store = JobStore(Workspace(root))
+    deadline = time.monotonic() + timeout_s
+    while (job := store.list(kind="global_view", limit=1)[0]).active:
+        assert time.monotonic() < deadline, "the global view job did not end"
+        time.sleep(0.2)
+    return job
+
+
+def test_global_view_runs_as_a_workspace_job_and_a_new_tab_shows_its_result(ws_root: Path) -> None:
     at = open_app("views/explain.py", timeout_s=180)
     at.slider(key="explain_global_users").set_value(20)
     at.button(key="explain_global_button").click().run(timeout=300)
     assert not at.exception, at.exception
+    job = _wait_until_ended(ws_root)
+    assert job.status == "finished" and job.owner == at.session_state["jobs_owner"] and job.total == 20
+    at.run(timeout=180)  # what the page's one-second poll does once the job has ended
     specs = _charts(at)
     assert len(specs) == 4 and all('"SHAP value (change in model score)"' in s for s in specs[2:])
     table = at.dataframe[0].value
     assert set(table["kind"]) == {"item", "attribute"} and table["users"].max() <= 20
+    other = open_app("views/explain.py", timeout_s=180)  # another tab, or this one reloaded: no click
+    other.slider(key="explain_global_users").set_value(20).run(timeout=180)
+    assert not other.exception, other.exception
+    assert len(_charts(other)) == 4
+    assert other.dataframe[0].value.equals(table)
+    assert "measured on the last run" in other.button(key="explain_global_button").help
 
 
 def test_text_tower_shows_word_attributions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,12 +15,12 @@ from recsys_core.errors import RecsysError
 from recsys_core.insight import explain
 from recsys_core.progress import Progress
 from recsys_core.recommend.topk import recommend
+from views.ui import jobs
 from views.ui.charts import chart_label
 from views.ui.common import md_escape, plural, show_data_error
 from views.ui.model_state import page_dataset_and_model
 
 USER_KEY, ITEM_KEY = "explain_user", "explain_item"  # plain state, also set by the Recommend page
-GLOBAL_KEY = "explain_global"  # session state: the last global view, with what it was computed for
 MAX_USER_OPTIONS = 50_000  # above this many users, the user is typed rather than picked from a list
 TOP_BARS = 12  # history items drawn one by one in the waterfall; the rest are summed
 POSITIVE, NEGATIVE = "#2e7d32", "#c62828"
@@ -32,12 +32,6 @@ def _explainer(_model, _ds, model_key: str) -> explain.Explainer:
     return explain.Explainer(_model, _ds)
 
 
-@st.cache_resource(show_spinner="Preparing SHAP (once per server process, a few seconds)...")
-def _warm_up() -> bool:
-    explain.warm_up()
-    return True
-
-
 def _short(text: str, width: int = 42) -> str:
     return chart_label(text, width)  # escaped: Plotly renders <a>/<span> tags in axis ticks
 
@@ -47,6 +41,7 @@ def _short(text: str, width: int = 42) -> str:
 st.title("Explain")
 record, ds, model, which = page_dataset_and_model()
 st.caption(f"Dataset **{md_escape(record.name)}** · model: {md_escape(which)}.")
+jobs.running_jobs_panel("explain")
 explainer = _explainer(model, ds, f"{model.identity}|{record.name}|{record.created_at}|{record.path}")
 titles = ds.labels
 lengths = np.diff(ds.indptr)
@@ -162,8 +157,6 @@ def _method(expl: explain.Explanation) -> str:
     return f"{how}; {expl.n_evals:,} model evaluations in {expl.seconds:.2f} s"
 
 
-if len(history) > explain.MAX_EXACT:
-    _warm_up()
 try:
     with st.spinner("Explaining..."):
         h_expl = explainer.explain_history(history, item)
@@ -190,7 +183,6 @@ if model.capabilities.text:
     st.subheader("Which words of the item's text matter")
     if st.toggle("Explain the item's words", key="explain_text_toggle",
                  help="Re-encodes the item text with words blanked out; a few seconds on a CPU, then cached."):
-        _warm_up()
         with st.spinner("Re-encoding the item text..."):
             t_expl = explainer.explain_text(history, item)
         st.plotly_chart(_bars(t_expl, "Words of the item text (SHAP)", "Word", [""] * len(t_expl.labels)),
@@ -219,16 +211,47 @@ st.caption(f"Score drop {check.top_drop:+.4f} after deleting the top {check.k} a
 st.subheader("Global view: what drives recommendations across users")
 n_users = st.slider("Users (random, each with their top-1 recommendation)", 20, 200, 100, step=20,
                     key="explain_global_users")
-signature = (model.identity, record.name, record.created_at, n_users)
-if st.button("Compute the global view", key="explain_global_button"):
-    _warm_up()
-    rng = np.random.default_rng(0)
-    sample = np.sort(rng.choice(ds.n_users, min(n_users, ds.n_users), replace=False))
-    bar = st.progress(0.0, text="Explaining users...")
-    progress = Progress(lambda e: bar.progress(e.fraction, text=f"Explained {e.step} of {e.total} users"))
-    frame = explainer.global_view([ds.history(int(u)) for u in sample], progress=progress, max_evals=500)
-    bar.empty()
-    st.session_state[GLOBAL_KEY] = (signature, frame)
+GLOBAL_EVALS = 500  # permutation budget per user: the global view trades a little precision for speed
+
+
+def _global_params(n: int) -> dict:
+    """What a global view is found by, from any tab: same model, dataset version and settings."""
+    return {"model": model.identity, "version": f"{record.created_at}|{record.path}", "users": n,
+            "max_evals": GLOBAL_EVALS}
+
+
+global_params = _global_params(n_users)
+
+
+def _global_work(explainer: explain.Explainer, histories: list[np.ndarray]):
+    """The job's work, bound to this run's explainer and users (it outlives the script run)."""
+    def work(progress: Progress) -> dict:
+        return {"frame": explainer.global_view(histories, progress=progress, max_evals=GLOBAL_EVALS)}
+    return work
+
+
+def _start_global() -> None:
+    n = st.session_state["explain_global_users"]  # callbacks run before the script: read the slider itself
+    sample = np.sort(np.random.default_rng(0).choice(ds.n_users, min(n, ds.n_users), replace=False))
+    work = _global_work(explainer, [ds.history(int(u)) for u in sample])
+    jobs.start("global_view", record.name, _global_params(n), work, f"Global explanation of {n} users ({which})")
+
+
+def _time_hint() -> str:
+    """From the last global view of this model on this machine; the running job shows its own ETA."""
+    rate = jobs.seconds_per_unit("global_view", record.name, lambda p: p.get("model") == model.identity)
+    if rate is None:
+        return "the first run measures how long it takes on this machine"
+    return f"about {jobs.human_duration(rate * n_users)} for {n_users} users (measured on the last run)"
+
+
+job = jobs.current("global_view", record.name, global_params)
+if job is not None and job.active:
+    jobs.follow("global_view", record.name, global_params, "explain_global")
+else:
+    st.button("Compute the global view", key="explain_global_button", on_click=_start_global,
+              help=f"Runs as a job of the workspace: {_time_hint()}. Any tab sees its progress and can cancel it.")
+    jobs.ended_note(job)
 
 
 def _beeswarm(frame: pd.DataFrame, summary: pd.DataFrame, kind: str, colour: str, top: int = 15) -> go.Figure:
@@ -251,9 +274,9 @@ def _beeswarm(frame: pd.DataFrame, summary: pd.DataFrame, kind: str, colour: str
     return fig
 
 
-stored = st.session_state.get(GLOBAL_KEY)
-if stored is not None and stored[0] == signature:
-    frame = stored[1]
+stored = jobs.last_result("global_view", record.name, global_params)
+if stored is not None and not (job is not None and job.active):
+    frame = stored["frame"]
     summary = explain.summarise_global(frame)
     st.caption(f"{frame['row'].nunique()} users explained. Each dot is one user's top-1 recommendation.")
     st.plotly_chart(_beeswarm(frame, summary, "attribute", "share of history"), key="explain_global_attributes")
@@ -267,4 +290,4 @@ if stored is not None and stored[0] == signature:
                                     "mean SHAP": st.column_config.NumberColumn(format="%.4f")})
 else:
     st.caption("Explains each sampled user's top-1 recommendation (history and attribute SHAP) and aggregates: "
-               "a few seconds for EASE, longer for transformers.")
+               f"{_time_hint()}.")
