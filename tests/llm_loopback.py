@@ -2,7 +2,8 @@
 
 `LoopbackLLM` runs `http.server` in a thread. Its `reply(request_body) -> str` decides the text; `mode`
 picks the behaviour: "ok" (SSE when the request asks for `stream`, else one JSON reply), "sleep"
-(answers after `sleep_s`), "500", "bad-json". Every request body and its headers are recorded.
+(answers after `sleep_s`), "500", "bad-json". `word_delay_s` paces a streamed reply word by word, so a
+test can look at a page while a draft is being written. Every request body and its headers are recorded.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from typing import Self
 
 class LoopbackLLM:
     def __init__(self, reply: Callable[[dict], str] | str = "Hello there.", mode: str = "ok",
-                 sleep_s: float = 3.0) -> None:
+                 sleep_s: float = 3.0, word_delay_s: float = 0.0) -> None:
         self.reply = reply if callable(reply) else (lambda body, text=reply: text)
-        self.mode, self.sleep_s = mode, sleep_s
+        self.mode, self.sleep_s, self.word_delay_s = mode, sleep_s, word_delay_s
         self.requests: list[dict] = []
         self.headers: list[dict] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -81,6 +82,7 @@ class LoopbackLLM:
                     event = {"choices": [{"index": 0, "delta": {"content": piece}}]}
                     self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
                     self.wfile.flush()
+                    time.sleep(owner.word_delay_s)
                 self.wfile.write(b"data: [DONE]\n\n")
 
             def _send(self, code: int, content_type: str, data: bytes) -> None:

