@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from apptest_util import navigation_mode, open_app  # noqa: F401
 from recsys_core.data.demo import DEMO_NAME, load_demo
 from recsys_core.insight import project
 from recsys_core.models.base import load_model
+from recsys_core.workspace.jobs import JobStore
 from recsys_core.workspace.registry import Workspace
 
 PAGE = "views/embeddings.py"
@@ -105,17 +107,30 @@ def test_tsne_runs_in_the_background_with_progress_then_replaces_pca(ws_root: Pa
     at.button(key="FormSubmitter:emb_settings-Apply").click().run()
     at.selectbox(key="emb_method").set_value("tsne").run()
     assert not at.exception, at.exception
-    job = at.session_state["emb_jobs"]["a"]
+    job_id = at.session_state["emb_jobs"]["a"]
     assert any("PCA until t-SNE" in c.value for c in at.caption)  # PCA stands in while t-SNE runs
     assert _figures(at)[0]["layout"]["title"]["text"].startswith("PCA of users")
-    job.join(120)
-    assert job.state == "finished", job.error
+    store = JobStore(Workspace(ws_root))
+    deadline = time.monotonic() + 120
+    while store.get(job_id).active:
+        assert time.monotonic() < deadline, "t-SNE job did not end"
+        time.sleep(0.2)
+    assert store.get(job_id).status == "finished", store.get(job_id).error
     at.run()
     assert not at.exception, at.exception
     fig = _figures(at)[0]
     assert fig["layout"]["title"]["text"].startswith("t-SNE of users")
     assert sum(len(_xs(t)) for t in fig["data"]) == 150
     assert _metric(at, "Points") == "150"
+    project.clear_cache()  # a fresh server process: the map now comes from the workspace, not memory
+    other = open_app(PAGE)
+    other.radio(key="emb_points").set_value("users")
+    other.number_input(key="emb_max_users").set_value(150)
+    other.button(key="FormSubmitter:emb_settings-Apply").click().run()
+    other.selectbox(key="emb_method").set_value("tsne").run()
+    assert not other.exception, other.exception
+    assert _figures(other)[0]["layout"]["title"]["text"].startswith("t-SNE of users")
+    assert "emb_jobs" not in other.session_state or not other.session_state["emb_jobs"]  # nothing recomputed
 
 
 def test_two_models_side_by_side_with_their_own_neighbours(ws_root: Path) -> None:

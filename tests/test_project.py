@@ -3,13 +3,19 @@ original space, colourings, cancellable background jobs. Small data keeps t-SNE/
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
+from recsys_core.background import WorkspaceJob
 from recsys_core.errors import ConfigError, DataError, ModelError
 from recsys_core.insight import project as P
 from recsys_core.progress import Progress
+from recsys_core.workspace.jobs import JobStore
+from recsys_core.workspace.registry import Workspace
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +52,7 @@ def test_same_seed_same_map(method: str) -> None:
     np.testing.assert_array_equal(a.coords, b.coords)
 
 
-def test_umap_shapes_determinism_progress_and_cancel() -> None:
+def test_umap_shapes_determinism_progress_and_cancel(tmp_path) -> None:
     """One test for UMAP: its first call in a process compiles numba kernels (tens of seconds)."""
     x, _ = _clusters()
     events: list = []
@@ -65,6 +71,50 @@ def test_umap_shapes_determinism_progress_and_cancel() -> None:
     job.start().join(60)
     assert job.state == "cancelled" and job.result is None
     assert P.cached_projection(x, job.params) is None
+    _tqdm_lock_is_free()  # stopping UMAP mid-run left no progress bar of the process waiting forever
+
+    # As a workspace job: a cancel from another store (another tab) stops a long UMAP within 2 s.
+    store = JobStore(Workspace(tmp_path / "ws"))
+    params = P.ProjectionParams(method="umap", seed=3, n_epochs=100_000)
+    map_job = WorkspaceJob.start(store, "projection", "clusters", P.projection_work(x, params))
+    other = JobStore(Workspace(tmp_path / "ws"))
+    deadline = time.monotonic() + 60
+    while other.get(map_job.id).step == 0:
+        assert time.monotonic() < deadline, "UMAP never reported an epoch"
+        time.sleep(0.05)
+    asked = time.monotonic()
+    other.request_cancel(map_job.id)
+    assert map_job.join(10)
+    assert time.monotonic() - asked < 2.0 and other.get(map_job.id).status == "cancelled"
+    _tqdm_lock_is_free()
+
+    # A finished map is stored in the workspace and read back, identical, by a process that never computed it.
+    done = WorkspaceJob.start(store, "projection", "clusters", P.projection_work(x, P.ProjectionParams(
+        method="umap", seed=1, n_epochs=50)))
+    assert done.join(60) and done.record().status == "finished"
+    P.clear_cache()
+    back = P.from_result(other.load_result(done.id), P.fingerprint(x))
+    direct = P.project(x, method="umap", seed=1, n_epochs=50, use_cache=False)
+    np.testing.assert_array_equal(back.coords, direct.coords)
+    assert back.method == "umap" and back.trustworthiness == pytest.approx(direct.trustworthiness)
+    assert P.cached_projection(x, P.ProjectionParams(method="umap", seed=1, n_epochs=50)) is back
+
+
+def _tqdm_lock_is_free() -> None:
+    from tqdm import tqdm
+
+    got = []
+
+    def probe() -> None:  # from another thread: the lock is re-entrant for the thread that holds it
+        lock = tqdm.get_lock().locks[-1]
+        got.append(lock.acquire(timeout=5))
+        if got[-1]:
+            lock.release()
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
+    assert got == [True]
 
 
 def test_pca_of_intrinsically_2d_data_is_fully_trustworthy_and_of_noise_is_not() -> None:

@@ -2,7 +2,8 @@
 neighbours, a user's history and recommendations on the map, and two models side by side.
 
 Maps, neighbours and clusters come from `recsys_core.insight.project` (which caches them per embedding
-fingerprint and settings); UMAP and t-SNE run in a background `ProjectionJob` while PCA is shown.
+fingerprint and settings); UMAP and t-SNE run as workspace jobs while PCA is shown: any tab sees their
+progress and can cancel them, and a reload shows the stored map.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from recsys_core.errors import RecsysError
 from recsys_core.insight import project
 from recsys_core.models.base import capabilities_of
 from recsys_core.recommend.topk import pick_user, recommend_many, search_items
-from views.ui import charts
+from views.ui import charts, jobs
 from views.ui.common import md_escape, plural, show_data_error, workspace
 from views.ui.model_state import cached_model, page_dataset_and_model, run_label
 
-JOBS_KEY = "emb_jobs"  # session state: slot ("a"/"b") -> the ProjectionJob drawing that slot's map
+JOBS_KEY = "emb_jobs"  # session state: slot ("a"/"b") -> id of the map job this tab started for that slot
 USER_KEY = "emb_user"
 ACTIVE = "__active__"
 GL_THRESHOLD = 1500  # more points than this are drawn with WebGL (Scattergl)
@@ -31,6 +32,7 @@ MAX_OVERLAY_HISTORY = 30  # the last items of a long history, so the path stays 
 
 st.title("Embeddings")
 record, ds, active, which = page_dataset_and_model()
+jobs.running_jobs_panel("emb")
 runs = sorted((r for r in workspace().list_runs(dataset=record.name) if r.artifact_dir),
               key=lambda r: -(r.metrics or {}).get("ndcg@10", 0.0))
 run_by_dir = {r.artifact_dir: r for r in runs}
@@ -154,56 +156,46 @@ def _colour(vectors: np.ndarray, rows: np.ndarray) -> tuple[str, np.ndarray]:
 # ---- projections: PCA inline, UMAP / t-SNE in the background --------------------------------------
 
 
-def _projection(space: dict, slot: str) -> project.Projection | None:
-    """The map if ready. PCA is computed now; UMAP/t-SNE start (or keep following) this slot's job."""
+def _map_params(space: dict) -> dict:
+    """What a map job is found by, from any tab: the embedding space's fingerprint and the settings used."""
+    return {"fp": space["fp"], "points": points, "settings": list(params.key())}
+
+
+def _start_map(space: dict, slot: str, title: str) -> None:
+    work = project.projection_work(space["vectors"], params)
+    st.session_state.setdefault(JOBS_KEY, {})[slot] = jobs.start("projection", record.name, _map_params(space),
+                                                                  work, title)
+
+
+def _projection(space: dict, slot: str, title: str) -> project.Projection | None:
+    """The map if ready. PCA is computed now; UMAP/t-SNE come from a workspace job (started here if none
+    ran for these settings, followed if one runs, from any tab), or from its stored result."""
     hit = project.cached_projection(space["vectors"], params, space["fp"])
     if hit is not None or method == "pca":
         return hit or project.project(space["vectors"], params)
-    jobs = st.session_state.setdefault(JOBS_KEY, {})
-    key = (space["fp"], params.key())
-    job = jobs.get(slot)
-    if job is not None and job.key != key:
-        job.cancel()  # the settings changed mid-run: stop spending CPU on a map nobody will see
-        job = None
+    key = _map_params(space)
+    stored = jobs.last_result("projection", record.name, key)
+    if stored is not None:
+        return project.from_result(stored, space["fp"])
+    job = jobs.current("projection", record.name, key)
+    mine = st.session_state.setdefault(JOBS_KEY, {})
+    if mine.get(slot) is not None and (job is None or mine[slot] != job.id):
+        jobs.store().request_cancel(mine.pop(slot))  # settings changed mid-run: stop a map nobody will see
     if job is None:
-        job = jobs[slot] = project.ProjectionJob(space["vectors"], params, space["fp"]).start()
-    if job.state == "finished":
-        return job.result
+        _start_map(space, slot, title)
     return None
 
 
-def _restart(slot: str) -> None:
-    st.session_state.get(JOBS_KEY, {}).pop(slot, None)
-
-
-@st.fragment(run_every=1.0)
-def _job_panel(slot: str) -> None:
-    """Progress of this slot's background map, redrawn every second; the page reruns once it is done."""
-    job = st.session_state.get(JOBS_KEY, {}).get(slot)
-    if job is None:
+def _job_panel(space: dict, slot: str, title: str) -> None:
+    """Progress of this slot's map job (any tab's), or why the last one left no map."""
+    key = _map_params(space)
+    job = jobs.current("projection", record.name, key)
+    if job is not None and not job.active:
+        jobs.ended_note(job)
+        st.button(f"Run {project.METHODS[method]} again", key=f"emb_rerun_{slot}", on_click=_start_map,
+                  args=(space, slot, title))
         return
-    if job.state == "finished":
-        st.rerun()
-    events = job.progress.snapshot()
-    last = events[-1] if events else None
-    label = project.METHODS[job.params.method]
-    if job.running and job.progress.cancelled:
-        why = ("t-SNE cannot stop early: it finishes in the background and its result is dropped"
-               if job.params.method == "tsne" else "stopping after the current step")
-        st.info(f"Cancelling {label}... ({why}, {job.elapsed_s:,.0f} s so far)")
-    elif job.running:
-        text = f"{label} running for {job.elapsed_s:,.0f} s" + (f" · {md_escape(last.message)}" if last else "")
-        if last and last.total:
-            text += f" ({last.step}/{last.total})"
-        st.progress(last.fraction if last else 0.0, text=text)
-        st.button("Cancel", key=f"emb_cancel_{slot}", on_click=job.cancel,
-                  help="UMAP stops within an epoch; t-SNE cannot stop early, its result is discarded when it ends.")
-    elif job.state == "cancelled":
-        st.info(f"{label} was cancelled after {job.elapsed_s:,.0f} s.")
-        st.button(f"Run {label} again", key=f"emb_rerun_{slot}", on_click=_restart, args=(slot,))
-    elif job.state == "failed":
-        st.error(f"{label} failed: {md_escape(job.error)}")
-        st.button("Try again", key=f"emb_retry_{slot}", on_click=_restart, args=(slot,))
+    jobs.follow("projection", record.name, key, f"emb_{slot}")
 
 
 # ---- the figure -----------------------------------------------------------------------------------
@@ -377,9 +369,10 @@ for (slot, key), col in zip(slots, columns, strict=True):
         try:
             model = _load(key)
             space = _space(model)
-            proj = _projection(space, slot)
+            map_title = f"{project.METHODS[method]} map of {points}: {_model_label(key)}"
+            proj = _projection(space, slot, map_title)
             if proj is None:  # a background map is on its way: show progress, and PCA meanwhile
-                _job_panel(slot)
+                _job_panel(space, slot, map_title)
                 proj = project.project(space["vectors"], params, method="pca")
                 st.caption(f"Showing PCA until {project.METHODS[method]} is ready.")
         except RecsysError as err:

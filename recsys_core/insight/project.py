@@ -9,10 +9,11 @@ their bytes) and the parameters, so the page, the CLI and the benchmark share it
 with identical embeddings share an entry. Rows are L2-normalised first by default, so every
 method sees the cosine geometry that the neighbour search uses.
 
-UMAP has no progress callback and holds the GIL in numba code, so `ProjectionJob` runs a
-projection on its own thread; UMAP's epoch bar (tqdm) is routed into `Progress`;
-a cancel discards the result when UMAP returns. scikit-learn's t-SNE reports nothing: its job shows
-elapsed time only, and a cancel discards the result when the run ends (it cannot stop early).
+UMAP has no progress callback and holds the GIL in numba code, so a projection runs on a thread of
+its own (`projection_work`, as a workspace job; `ProjectionJob` for scripts); UMAP's epoch bar (tqdm)
+is routed into `Progress`, and a cancel stops it at the next epoch report. scikit-learn's t-SNE
+reports nothing: its job shows elapsed time only, and a cancel discards the result when the run ends
+(it cannot stop early).
 """
 
 from __future__ import annotations
@@ -234,20 +235,33 @@ def _import_umap() -> Any:
 
 
 class _EpochWriter:
-    """A file for UMAP's tqdm bar ("n/total"): turns each refresh into a progress event."""
+    """A file for UMAP's tqdm bar ("n/total"): turns each refresh into a progress event, and a cancel into
+    `ProjectionCancelled` at the next epoch report, so UMAP stops within about `mininterval` seconds."""
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
+        self._raised = False
 
     def write(self, text: str) -> None:
-        # Never raise here: tqdm calls this while holding its process-wide write lock and does not
-        # release it on an exception, which would deadlock every later progress bar in the process.
-        # A cancel is honoured when UMAP returns (`_umap` checks right after `fit_transform`).
-        if self.progress.cancelled:
-            return
         done, _, total = text.strip().partition("/")
-        if done.isdigit() and total.isdigit():
-            self.progress.update(int(done), int(total), message="UMAP: optimising the layout (epochs)")
+        if not (done.isdigit() and total.isdigit()):
+            return
+        if self.progress.cancelled:
+            if not self._raised and int(done) < int(total):
+                self._stop()
+            return
+        self.progress.update(int(done), int(total), message="UMAP: optimising the layout (epochs)")
+
+    def _stop(self) -> None:
+        # A mid-run report comes from `tqdm.refresh`, which holds tqdm's process-wide write lock once and
+        # would skip releasing it when this raises (it has no try/finally): release it here, or every
+        # later progress bar in the process would wait forever. The final report ("n/n", from `close`,
+        # inside a `with` block) never raises, and neither does any report after the first raise.
+        from tqdm import tqdm
+
+        self._raised = True
+        tqdm.get_lock().release()
+        raise ProjectionCancelled("projection cancelled")
 
     def flush(self) -> None:
         pass
@@ -391,3 +405,36 @@ class ProjectionJob(BackgroundJob):
     def message(self) -> str:
         events = self.progress.snapshot()
         return events[-1].message if events else ""
+
+
+# ---- workspace jobs ------------------------------------------------------------------------------
+
+
+def projection_work(vectors: np.ndarray, params: ProjectionParams):
+    """The work of a workspace job (`background.WorkspaceJob`) drawing this map: its result is the map as
+    arrays and numbers (`projection_result`), or None when cancelled."""
+
+    def work(progress: Progress) -> dict[str, Any] | None:
+        try:
+            result = project(vectors, params, progress)
+        except ProjectionCancelled:
+            return None
+        return None if progress.cancelled else projection_result(result)
+
+    return work
+
+
+def projection_result(proj: Projection) -> dict[str, Any]:
+    """A map as a job result: `coords` as an array, the rest as JSON values."""
+    return {"coords": proj.coords, "method": proj.method, "params": proj.params, "seconds": proj.seconds,
+            "trustworthiness": proj.trustworthiness, "trust_sample": proj.trust_sample,
+            "trust_seconds": proj.trust_seconds, "explained_variance": proj.explained_variance}
+
+
+def from_result(result: dict[str, Any], fp: str) -> Projection:
+    """The map a job stored, put back in this process's cache under its vectors' fingerprint `fp`."""
+    proj = Projection(np.asarray(result["coords"], dtype=np.float32), result["method"], dict(result["params"]),
+                      float(result["seconds"]), float(result["trustworthiness"]), int(result["trust_sample"]),
+                      float(result["trust_seconds"]), result["explained_variance"])
+    _PROJECTIONS.put((fp, ProjectionParams(**proj.params).key()), proj)
+    return proj
