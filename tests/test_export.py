@@ -100,3 +100,30 @@ def test_one_users_export_has_the_columns_of_the_all_users_export(ds: Dataset, m
                        ds.user_ids[0])
     assert tuple(everyone.columns) == tuple(one.columns) == EXPORT_COLUMNS
     pd.testing.assert_frame_equal(one.reset_index(drop=True), everyone.reset_index(drop=True), check_dtype=False)
+
+
+def test_the_all_users_export_runs_as_a_workspace_job_and_stores_its_table(ds: Dataset, model: EASE,
+                                                                          tmp_path: Path) -> None:
+    from recsys_core.background import WorkspaceJob
+    from recsys_core.recommend.export import export_work
+    from recsys_core.workspace.jobs import JobStore
+    from recsys_core.workspace.registry import Workspace
+
+    store = JobStore(Workspace(tmp_path / "ws"))
+    job = WorkspaceJob.start(store, "export", ds.name, export_work(model, ds, 5), params={"k": 5})
+    assert job.join(60) and job.record().status == "finished"
+    record = job.record()
+    assert record.message == f"scored {ds.n_users:,} of {ds.n_users:,} users" and record.total == ds.n_users
+    stored = JobStore(Workspace(tmp_path / "ws")).load_result(job.id)["table"]
+    pd.testing.assert_frame_equal(stored, recommendations_for_users(model, ds, 5), check_dtype=False)
+
+
+def test_a_cancelled_export_stops_after_the_batch_and_stores_nothing(ds: Dataset, model: EASE) -> None:
+    from recsys_core.progress import Progress
+    from recsys_core.recommend.export import export_work
+
+    seen, holder = [], []
+    outer = Progress(callback=lambda e: (seen.append(e.step), holder[0].cancel()))
+    holder.append(outer)
+    assert export_work(model, ds, 5)(outer) is None
+    assert len(seen) == 1  # batch_size=1024 > users here: one batch, then it stops

@@ -3,7 +3,7 @@ cold-start list equal the engine; filters, similar items, side by side and expor
 
 from __future__ import annotations
 
-import io
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ from recsys_core.data.demo import DEMO_NAME, load_demo
 from recsys_core.models.base import load_model
 from recsys_core.recommend.topk import recommend
 from recsys_core.training.experiment import run_experiment
+from recsys_core.workspace.jobs import JobStore
 from recsys_core.workspace.registry import Workspace
 
 PAGE = "views/recommend.py"
@@ -131,13 +132,23 @@ def test_similar_items_side_by_side_and_exports(env: dict) -> None:
     assert {d.label for d in at.download_button} >= {"This user's list (CSV)", "This user's list (Parquet)"}
     at.button(key="rec_export_prepare").click().run()
     assert not at.exception, at.exception
-    prepared = at.session_state["rec_export_all"]
-    table = pd.read_csv(io.BytesIO(prepared["csv"]), encoding="utf-8-sig", dtype={"user_id": str, "item_id": str})
-    assert prepared["rows"] == len(table) == 10 * ds.n_users
+    store = JobStore(Workspace(env["root"]))  # the export is a workspace job: its table is stored there
+    job = store.list(kind="export", limit=1)[0]
+    deadline = time.monotonic() + 120
+    while store.get(job.id).active:
+        assert time.monotonic() < deadline, "the export job did not end"
+        time.sleep(0.2)
+    assert store.get(job.id).status == "finished", store.get(job.id).error
+    table = store.load_result(job.id)["table"]
+    assert len(table) == 10 * ds.n_users
     mine = table[table["user_id"] == str(ds.user_ids[0])]
     assert mine["item_id"].tolist() == _items(at, "rec_topk")
-    assert pd.read_parquet(io.BytesIO(prepared["parquet"]))["item_id"].tolist() == table["item_id"].tolist()
+    at.run()
     assert {"All users (CSV)", "All users (Parquet)"} <= {d.label for d in at.download_button}
+    assert any(f"{10 * ds.n_users:,} rows ready" in str(c.value) for c in at.caption)
+    reloaded = open_app(PAGE)  # a reload (or another tab) finds the prepared export without scoring again
+    assert {"All users (CSV)", "All users (Parquet)"} <= {d.label for d in reloaded.download_button}
+    assert len(store.list(kind="export")) == 1
 
 
 def test_explain_hook_puts_user_and_item_in_session_state(env: dict) -> None:

@@ -12,8 +12,7 @@ import streamlit as st
 from recsys_core.data.item_schema import attribute_values
 from recsys_core.errors import RecsysError
 from recsys_core.models.base import capabilities_of
-from recsys_core.progress import Progress
-from recsys_core.recommend.export import export_bytes, export_table, recommendations_for_users
+from recsys_core.recommend.export import export_bytes, export_table, export_work
 from recsys_core.recommend.topk import (
     Filters,
     candidate_mask,
@@ -26,6 +25,7 @@ from recsys_core.recommend.topk import (
     similar_items,
     similar_items_text,
 )
+from views.ui import jobs
 from views.ui.common import md_escape, plural, show_data_error, workspace
 from views.ui.model_state import cached_model, page_dataset_and_model, run_label
 from views.ui.nav import PAGES
@@ -34,7 +34,6 @@ from views.ui.nav import PAGES
 EXPLAIN_USER_KEY, EXPLAIN_ITEM_KEY = "explain_user", "explain_item"
 EXPLAIN_PAGE = "views/explain.py"
 USER_KEY = "rec_user"
-EXPORT_KEY = "rec_export_all"  # session state: the prepared all-users export
 MAX_OPTIONS = 3000  # item pickers list at most this many items; bigger catalogues are searched by title first
 MAX_USER_OPTIONS = 50_000  # above this many users, the user is typed rather than picked from a list
 SHOWN = ["rank", "title", "score", "genres", "year", "popularity", "item_id"]
@@ -42,6 +41,7 @@ SHOWN = ["rank", "title", "score", "genres", "year", "popularity", "item_id"]
 st.title("Recommend")
 record, ds, model, which = page_dataset_and_model()
 st.caption(f"Dataset **{md_escape(record.name)}** · model: {md_escape(which)}. Change the model on the Train page.")
+jobs.running_jobs_panel("rec")
 titles = ds.labels
 
 
@@ -287,23 +287,43 @@ cols[0].download_button("This user's list (CSV)", export_bytes(mine, "csv"), f"{
                         key="rec_dl_user_csv")
 cols[1].download_button("This user's list (Parquet)", export_bytes(mine, "parquet"), f"{stem}.parquet",
                         "application/octet-stream", key="rec_dl_user_parquet")
-export_id = (model.identity, k, hide_pct, tuple(chosen_genres), years, record.name)
-prepared = st.session_state.get(EXPORT_KEY)
-if st.button(f"Prepare top {k} for all {ds.n_users:,} users", key="rec_export_prepare",
-             help="Scores every user in batches with the settings above; takes a few seconds."):
-    bar = st.progress(0.0, text="Scoring users...")
-    progress = Progress(lambda e: bar.progress(e.fraction, text=f"Scored {e.step:,} of {e.total:,} users"))
-    allowed = candidate_mask(ds.n_items, items=ds.items, filters=filters, popularity=ds.item_popularity,
-                             hide_popular_top=hide_pct / 100)
-    table = recommendations_for_users(model, ds, k, allowed=allowed, progress=progress)
-    prepared = {"id": export_id, "csv": export_bytes(table, "csv"), "parquet": export_bytes(table, "parquet"),
-                "rows": len(table)}
-    st.session_state[EXPORT_KEY] = prepared
-    bar.empty()
-if prepared and prepared["id"] == export_id:
-    st.caption(f"{prepared['rows']:,} rows ready (CSV cells that look like formulas get a leading apostrophe).")
-    cols = st.columns(2)
-    cols[0].download_button("All users (CSV)", prepared["csv"], f"recs-{record.name}-all.csv", "text/csv",
-                            key="rec_dl_all_csv")
-    cols[1].download_button("All users (Parquet)", prepared["parquet"], f"recs-{record.name}-all.parquet",
-                            "application/octet-stream", key="rec_dl_all_parquet")
+export_params = {"model": model.identity, "version": f"{record.created_at}|{record.path}", "k": k,
+                 "hide_pct": hide_pct, "genres": sorted(chosen_genres), "years": list(years) if years else None}
+
+
+def _start_export(params: dict, allowed: np.ndarray) -> None:
+    work = export_work(model, ds, params["k"], allowed=allowed)
+    jobs.start("export", record.name, params, work, f"Top {params['k']} for all {ds.n_users:,} users ({which})")
+
+
+@st.cache_data(show_spinner=False, max_entries=2)
+def _export_files(root: str, job_id: int, updated_at: str) -> tuple[bytes, bytes, int]:
+    """(CSV, Parquet, rows) of a finished export job; keyed by the job, so each tab converts it once."""
+    table = jobs.store().load_result(job_id)["table"]
+    return export_bytes(table, "csv"), export_bytes(table, "parquet"), len(table)
+
+
+export_job = jobs.current("export", record.name, export_params)
+if export_job is not None and export_job.active:
+    jobs.follow("export", record.name, export_params, "rec_export")
+else:
+    export_allowed = candidate_mask(ds.n_items, items=ds.items, filters=filters, popularity=ds.item_popularity,
+                                    hide_popular_top=hide_pct / 100)
+    st.button(f"Prepare top {k} for all {ds.n_users:,} users", key="rec_export_prepare", on_click=_start_export,
+              args=(export_params, export_allowed),
+              help="Scores every user in batches with the settings above, as a job of the workspace: any tab "
+                   "sees its progress and can cancel it, and the file stays ready after a reload.")
+    jobs.ended_note(export_job)
+done = jobs.store().latest("export", record.name, export_params)
+if done is not None and not (export_job is not None and export_job.active):
+    try:
+        csv_bytes, parquet_bytes, n_rows = _export_files(str(workspace().root), done.id, done.updated_at)
+    except (OSError, ValueError, KeyError):
+        st.warning("The prepared export's file is gone from the workspace; prepare it again.")
+    else:
+        st.caption(f"{n_rows:,} rows ready (CSV cells that look like formulas get a leading apostrophe).")
+        cols = st.columns(2)
+        cols[0].download_button("All users (CSV)", csv_bytes, f"recs-{record.name}-all.csv", "text/csv",
+                                key="rec_dl_all_csv")
+        cols[1].download_button("All users (Parquet)", parquet_bytes, f"recs-{record.name}-all.parquet",
+                                "application/octet-stream", key="rec_dl_all_parquet")

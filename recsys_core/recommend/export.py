@@ -142,3 +142,20 @@ def read_export(path_or_bytes: str | Path | bytes, fmt: str | None = None) -> pd
     if fmt == "parquet":
         return pd.read_parquet(source)
     raise ConfigError(f"unknown export format {fmt!r}", hint=f"choose one of {', '.join(FORMATS)}")
+
+
+def export_work(model: Recommender, ds: Dataset, k: int = 10, *, allowed: np.ndarray | None = None):
+    """The work of a workspace job (`background.WorkspaceJob`) preparing the all-users export: its result
+    is the table (stored as Parquet in the workspace), or None when cancelled."""
+
+    def work(progress: Progress) -> dict | None:
+        def relay(event) -> None:  # progress in users, and the job's cancel flag read after every batch
+            progress.update(event.step, event.total, message=f"scored {event.step:,} of {event.total:,} users")
+            if progress.cancelled:
+                inner.cancel()
+
+        inner = Progress(callback=relay)
+        table = recommendations_for_users(model, ds, k, allowed=allowed, progress=inner)
+        return None if progress.cancelled else {"table": table}
+
+    return work
