@@ -13,9 +13,11 @@ import streamlit as st
 from recsys_core.threads import interactive_threads, use_threads
 from views.ui.auth import password_page, password_required
 from views.ui.nav import PAGES
+from views.ui.warmup import start_warmups
 
 st.set_page_config(page_title="RecSys Explorer", page_icon=":material/recommend:", layout="wide")
 use_threads(interactive_threads())  # clicks use one thread by default: see recsys_core/threads.py
+start_warmups()  # once per process, in the background: the local LLM now, not on a visitor's first blurb
 
 if password_required():  # RECSYS_PASSWORD is set: a session sees only the sign-in page until it gives it
     navigation = st.navigation([st.Page(password_page, title="Sign in", icon=":material/lock:")])

@@ -13,6 +13,9 @@ from recsys_core.threads import INTERACTIVE_ENV, cores
 # The app limits interactive work to one thread; page tests run in this process beside training tests,
 # which keep torch's default. tests/test_threads.py checks the server's default in a process of its own.
 os.environ.setdefault(INTERACTIVE_ENV, str(cores()))
+# app.py warms the local LLM in the background (views/ui/warmup.py); page and browser tests that do not
+# test the warm-up would each pay a GGUF conversion (~25 CPU s) beside their own work. Its tests set it to 1.
+os.environ.setdefault("RECSYS_WARMUP", "0")
 
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,22 @@
 """Blurbs page with AppTest on the demo: it opens with zero setup on a user, their top recommendation
 and the facts; a blurb from an OpenAI-compatible server (a real one on loopback) is shown when it is
-grounded and replaced by the template when it is not; a batch for the top K comes with a download."""
+grounded and replaced by the template when it is not, and a rejected draft is nowhere on the page; a
+batch for the top K runs as a workspace job with progress, a download and a Cancel that stops it within
+2 s; a typed hub name is refused without a download; the server's warm-up loads the bundled model once
+per process from the workspace's converted copy."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 from apptest_util import navigation_mode, open_app  # noqa: F401
 from llm_loopback import LoopbackLLM
+
+from recsys_core.blurbs import llm
+from recsys_core.workspace.jobs import JobStore
+from recsys_core.workspace.registry import Workspace
 
 TIMEOUT_S = 180
 
@@ -87,14 +95,105 @@ def test_a_dead_server_says_why_and_the_template_is_shown(ws_root: Path) -> None
     assert "we think you will like" in _final(at)
 
 
-def test_batch_for_top_k_with_the_template_and_a_csv_download(ws_root: Path) -> None:
+def _batch_jobs(root: Path) -> list:
+    return JobStore(Workspace(root)).list(kind="blurbs")
+
+
+def _wait_until(condition, timeout_s: float = TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_a_rejected_draft_is_nowhere_on_the_page(ws_root: Path) -> None:
+    at = open_app("views/blurbs.py", timeout_s=TIMEOUT_S)
+    title = _facts(at)["recommended movie"]
+
+    def reply(body: dict) -> str:
+        if "previous draft was rejected" in body["messages"][-1]["content"]:
+            return f"{title} is picked for you: give it a try tonight."
+        return f"{title} is the latest installment in the Star Trek universe: https://startrek.example"
+
+    with LoopbackLLM(reply) as server:
+        _use_server(at, server.url)
+        at.button(key="blurbs_write").click().run(timeout=TIMEOUT_S)
+    assert len(server.requests) == 2 and "**llm-retry**" in _texts(at)
+    everything = _texts(at) + "\n".join(str(e.value) for e in at.get("expandable")) + _final(at)
+    assert "latest installment" not in everything and "startrek.example" not in everything
+    assert "give it a try tonight" in _final(at)
+
+
+def test_batch_for_top_k_runs_as_a_workspace_job_with_a_csv_download(ws_root: Path) -> None:
     at = open_app("views/blurbs.py", timeout_s=TIMEOUT_S)
     at.radio(key="blurbs_backend").set_value("template").run(timeout=TIMEOUT_S)
     at.number_input(key="blurbs_batch_k").set_value(3).run(timeout=TIMEOUT_S)
     at.button(key="blurbs_batch").click().run(timeout=TIMEOUT_S)
     assert not at.exception, at.exception
+    _wait_until(lambda: not _batch_jobs(ws_root)[0].active)
+    job = _batch_jobs(ws_root)[0]
+    assert job.status == "finished" and job.total == 3 and job.fraction == 1.0
+    at.run(timeout=TIMEOUT_S)
     table = at.dataframe[0].value  # the only table on the page
     assert len(table) == 3 and (table["blurb_source"] == "template").all()
     assert table["rank"].tolist() == [1, 2, 3]
     assert "3 template" in _texts(at)
     assert at.get("download_button")
+    fresh = open_app("views/blurbs.py", timeout_s=TIMEOUT_S)  # another tab: the result is the workspace's
+    fresh.radio(key="blurbs_backend").set_value("template").run(timeout=TIMEOUT_S)
+    fresh.number_input(key="blurbs_batch_k").set_value(3).run(timeout=TIMEOUT_S)
+    assert len(fresh.dataframe[0].value) == 3 and len(_batch_jobs(ws_root)) == 1
+
+
+def test_a_running_batch_shows_progress_and_cancel_stops_it_within_2_s(ws_root: Path) -> None:
+    at = open_app("views/blurbs.py", timeout_s=TIMEOUT_S)
+    title_words = "is picked for you and it is a fine choice for a quiet evening at home tonight."
+    with LoopbackLLM(lambda body: title_words, word_delay_s=0.4) as server:  # ~7 s a draft
+        _use_server(at, server.url)
+        at.button(key="blurbs_batch").click().run(timeout=TIMEOUT_S)
+        _wait_until(lambda: server.requests and _batch_jobs(ws_root)[0].total)
+        job = _batch_jobs(ws_root)[0]
+        assert job.active and job.total == 5 and job.title.startswith("Blurbs for user")
+        at.run(timeout=TIMEOUT_S)
+        assert at.button(key="blurbs_batch").disabled  # one batch of this view at a time
+        at.button(key=f"blurbs_batch_job_cancel_{job.id}").click().run(timeout=TIMEOUT_S)
+        clicked = time.monotonic()
+        _wait_until(lambda: not _batch_jobs(ws_root)[0].active)
+        took = time.monotonic() - clicked
+    assert _batch_jobs(ws_root)[0].status == "cancelled" and took < 2.0, took
+    assert len(server.requests) == 1  # the first blurb's generation was stopped, no second one started
+    at.run(timeout=TIMEOUT_S)
+    assert "was cancelled" in _texts(at) and not at.dataframe
+
+
+def test_a_typed_hub_name_is_refused_with_what_to_do(ws_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(llm.ENV_ALLOW_HUB, raising=False)
+    at = open_app("views/blurbs.py", timeout_s=TIMEOUT_S)
+    at.radio(key="blurbs_backend").set_value("hf").run(timeout=TIMEOUT_S)
+    at.text_input(key="blurbs_hf_model").input("someorg/not-a-real-model").run(timeout=TIMEOUT_S)
+    errors = "\n".join(str(e.value) for e in at.error).replace("\\", "")  # markdown escapes dropped
+    assert "downloading models from the Hugging Face hub is off" in errors and llm.ENV_ALLOW_HUB in errors
+    assert not any("someorg/not-a-real-model" in str(k) for k in llm._STATUS)  # no load was even started
+
+
+def test_the_servers_warm_up_loads_the_bundled_model_once_from_the_workspace_copy(
+        ws_root: Path, local_backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    from views.ui import warmup
+
+    *_, cache = local_backend
+    (ws_root / "llm").mkdir(parents=True)
+    (ws_root / "llm" / llm.DEFAULT_DIRNAME).symlink_to(cache / llm.DEFAULT_DIRNAME)  # converted by a previous run
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv(warmup.WARMUP_ENV, "1")
+    monkeypatch.setattr(warmup, "_started", {})
+    first, second = warmup.start_warmups(), warmup.start_warmups()
+    assert list(first) == ["local-llm"] and first["local-llm"] is second["local-llm"]  # once per process
+    first["local-llm"].join(TIMEOUT_S)
+    backend = llm.local_default_backend(Workspace(ws_root).root / "llm")
+    try:
+        assert backend.is_loaded() and backend.status().state == "loaded"
+        assert backend.load().loaded_from == "converted"
+        at = open_app("views/blurbs.py", timeout_s=TIMEOUT_S)  # a visitor arriving now waits for nothing
+        assert "Model ready" in _texts(at)
+    finally:
+        llm.forget_loaded(backend.key())

@@ -5,6 +5,7 @@ is `recsys_core.blurbs.writer` (facts, prompt, check, template) and `recsys_core
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import streamlit as st
@@ -16,6 +17,7 @@ from recsys_core.evaluation.metrics import popularity_percentile
 from recsys_core.progress import Progress
 from recsys_core.recommend.export import to_csv_bytes
 from recsys_core.recommend.topk import recommend
+from views.ui import jobs
 from views.ui.common import md_escape, plural, workspace
 from views.ui.model_state import page_dataset_and_model
 
@@ -25,7 +27,8 @@ except ImportError:  # pragma: no cover - explain ships with the app; this keeps
     explain = None
 
 USER_KEY, ITEM_KEY = "blurbs_user", "blurbs_item"
-RESULT_KEY, BATCH_KEY = "blurbs_result", "blurbs_batch_table"
+RESULT_KEY = "blurbs_result"
+BATCH_KIND = "blurbs"  # workspace job kind of a top-K batch
 BACKENDS = {
     "local": f"Local: {llm.DEFAULT_LABEL} (offline, bundled)",
     "hf": "Hugging Face model (hub name or local folder)",
@@ -60,9 +63,11 @@ def _explainer(_model, _ds, model_key: str):
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _hf_backend(source: str, cache_dir: str | None) -> llm.TransformersBackend:
-    """One backend object per model; the weights themselves are cached in `recsys_core.blurbs.llm`."""
+    """One backend object per model; the weights themselves are loaded once per process and shared by
+    every session (`recsys_core.blurbs.llm.load_lm`; the server's warm-up loads the local one at start)."""
     if source == "":
         return llm.local_default_backend(cache_dir)
+    llm.check_hub_source(source)  # a typed hub name never downloads unless the operator allows it
     return llm.TransformersBackend(source)
 
 
@@ -121,10 +126,12 @@ def _backend() -> tuple[object | None, str]:
         if kind == "local":
             return _hf_backend("", str(workspace().root / "llm")), ""
         if kind == "hf":
+            hub = "allowed on this server" if llm.hub_downloads_allowed() else \
+                f"read from this server's cache only (downloads need {llm.ENV_ALLOW_HUB}=1 from the operator)"
             source = st.text_input("Model name or folder", key="blurbs_hf_model",
-                                   placeholder="HuggingFaceTB/SmolLM2-360M-Instruct or /models/my-llm",
-                                   help="Any causal language model transformers can load; a hub name needs "
-                                        "internet access once.")
+                                   placeholder="llm/my-model (inside the workspace) or HuggingFaceTB/SmolLM2-360M-Instruct",
+                                   help=f"Any causal language model transformers can load: a folder inside the "
+                                        f"workspace, or a hub name ({hub}).")
             return (_hf_backend(_jailed_source(source.strip()), None) if source.strip() else None), ""
         if kind == "openai":
             c = st.columns([3, 2, 2, 1])
@@ -159,7 +166,21 @@ if backend_error:
     st.error(f"**Language model settings:** {md_escape(backend_error)} The template will be used.")
 elif backend is None and kind != "template":
     st.info("Fill in the settings above to use this language model; until then the template is used.")
-elif getattr(backend, "supports_guide", False):
+elif isinstance(backend, llm.TransformersBackend):
+    status = backend.status()
+    if status.state == "loaded" or backend.is_loaded():
+        st.caption(f"Model ready: {md_escape(backend.label)} is loaded in this server process and shared by every "
+                   "session.")
+    elif status.state == "loading":
+        st.caption(f"Loading {md_escape(backend.label)} in the background ({status.waited_s:.0f} s so far); a blurb "
+                   "asked for now waits for it.")
+    elif status.state == "idle":
+        once = ("converts the bundled GGUF file into the workspace first (once, about 20-60 s)"
+                if backend.will_convert() else "reads the workspace's converted copy (a few seconds)")
+        st.caption(f"{md_escape(backend.label)} is not loaded yet: the first blurb {once}.")
+    elif status.state == "failed":
+        st.error(f"**The language model did not load:** {md_escape(status.error)} The template will be used.")
+if getattr(backend, "supports_guide", False):
     st.caption("In-process models are steered as they write: the blurb opens with the liked item and the "
                "recommendation, and names, numbers and genres outside the facts are masked out token by token. "
                "A server only gets the prompt; every draft, from either, is checked.")
@@ -186,33 +207,50 @@ with st.expander("Facts the model may use (nothing else is sent)", expanded=True
 # ---- one blurb -----------------------------------------------------------------------------------
 
 
-def _loading_note(b) -> str:
-    if isinstance(b, llm.TransformersBackend) and not b.is_loaded():
-        if b.will_convert():
-            return "Loading the model for the first time: converting the GGUF file (about 20-60 s, once)..."
-        return "Loading the model (a few seconds, once per server process)..."
-    return ""
+def _wait_for_model(b) -> None:
+    """Load an in-process model (or wait for the server's warm-up that is loading it), showing how long."""
+    if not isinstance(b, llm.TransformersBackend) or b.is_loaded():
+        return
+    llm.start_loading(b, warm=False)  # no-op while the warm-up already loads it: one load per process
+    note = st.empty()
+    while (status := b.status()).state == "loading":
+        what = ("converting the bundled GGUF file into the workspace (once per workspace, about 20-60 s)"
+                if status.converting else "reading the converted copy (once per server process, a few seconds)")
+        note.info(f"Loading {md_escape(b.label)}: {what}; {status.waited_s:.0f} s so far.",
+                  icon=":material/hourglass_top:")
+        time.sleep(0.5)
+    note.empty()
 
 
-def _load_with_spinner(b) -> None:
-    """Load an in-process model before writing, with a note on how long it takes."""
-    note = _loading_note(b)
-    if note:
-        with st.spinner(note):
-            try:
-                b.load()
-            except llm.LLMError:
-                pass  # the writer meets the same error and falls back with the reason
+def _status_line(event: blurbs.BlurbEvent, words: int, rejected: list[tuple[str, ...]]) -> str:
+    why = ""
+    if rejected:
+        why = f"Draft {len(rejected)} was rejected ({md_escape('; '.join(rejected[-1]))}), so it is not shown. "
+    if event.kind == "checking":
+        return why + f"Checking draft {event.draft} against the facts..."
+    return why + f"Writing draft {event.draft}... {plural(words, 'word')} so far (shown once it passes the check)."
 
 
 def _write(b) -> blurbs.BlurbResult:
-    _load_with_spinner(b)
+    """Write with the drafts kept in a hidden buffer: the page shows only status until the check passes, so
+    no rejected draft ever reaches the browser."""
+    _wait_for_model(b)
     run = blurbs.BlurbStream(facts, tone, b, catalogue)
-    live = st.empty()
-    with live.container(), st.spinner("Writing..."):
-        st.caption("Draft, being written (checked when complete):")
-        st.write_stream(md_escape(chunk) for chunk in run)
-    live.empty()
+    status = st.empty()
+    buffer: list[str] = []
+    rejected: list[tuple[str, ...]] = []
+    shown_at = 0.0
+    for event in run.events():
+        if event.kind == "draft":
+            buffer = []
+        elif event.kind == "text":
+            buffer.append(event.text)
+        elif event.kind == "rejected":
+            rejected.append(event.problems)
+        if event.kind != "text" or time.monotonic() - shown_at > 0.25:  # a few redraws a second is enough
+            status.info(_status_line(event, len("".join(buffer).split()), rejected), icon=":material/edit_note:")
+            shown_at = time.monotonic()
+    status.empty()
     return run.result
 
 
@@ -245,23 +283,44 @@ if shown and shown[0] == key:
 # ---- batch ---------------------------------------------------------------------------------------
 
 st.subheader("Blurbs for this user's top K")
+st.caption("One workspace job writes them all with the model loaded once: every tab sees its progress and can "
+           "cancel it, and a reload finds the result.")
 c = st.columns([1, 3], vertical_alignment="bottom")
 k = int(c[0].number_input("K", 1, 20, 5, key="blurbs_batch_k"))
-if c[1].button(f"Write blurbs for the top {k}", key="blurbs_batch"):
-    bar = st.progress(0.0, text="Starting...")
-    progress = Progress(lambda e: bar.progress(e.fraction, text=e.message))
-    _load_with_spinner(backend)
-    table = blurbs.batch_blurbs(
-        ds, model, [user], k, backend, tone, model_id=model_key, catalogue=catalogue, cache=_cache(),
-        liked=lambda h, it: blurbs.influential_history_items(model, h, it, explainer=explainer), progress=progress)
-    bar.empty()
-    st.session_state[BATCH_KEY] = ((user, tone, backend.id if backend else "none", k), table)
+batch_params = {"model": model_key, "user": str(ds.user_ids[user]), "k": k, "tone": tone,
+                "backend": backend.id if backend is not None else "none", "shap": bool(use_shap)}
+running = jobs.current(BATCH_KIND, record.name, batch_params)
 
-batch = st.session_state.get(BATCH_KEY)
-if batch and batch[0][:2] == (user, tone):
-    table = batch[1]
+
+def _batch_work(b, u: int, top: int, tone_name: str, shap_explainer):
+    """The job's work, with this run's choices bound (a rerun of the page must not change a running job)."""
+    def work(progress: Progress) -> dict:
+        if isinstance(b, llm.TransformersBackend) and not b.is_loaded():
+            progress.update(0, top, message="loading the language model (once per server process)")
+            try:
+                b.load()  # waits for the warm-up's load if it is still running: one copy per process
+            except llm.LLMError:
+                pass  # every blurb then falls back to the template, with this reason
+        table = blurbs.batch_blurbs(
+            ds, model, [u], top, b, tone_name, model_id=model_key, catalogue=catalogue, cache=_cache(),
+            liked=lambda h, it: blurbs.influential_history_items(model, h, it, explainer=shap_explainer),
+            progress=progress)
+        return {"table": table}
+    return work
+
+
+if c[1].button(f"Write blurbs for the top {k}", key="blurbs_batch", disabled=bool(running and running.active)):
+    jobs.start(BATCH_KIND, record.name, batch_params, _batch_work(backend, user, k, tone, explainer),
+               title=f"Blurbs for user {ds.user_ids[user]}, top {k} ({tone})")
+    st.rerun()
+jobs.follow(BATCH_KIND, record.name, batch_params, key="blurbs_batch_job")
+jobs.ended_note(running)
+done = jobs.last_result(BATCH_KIND, record.name, batch_params)
+if done is not None and "table" in done:
+    table = done["table"]
     counts = table["blurb_source"].value_counts().to_dict()
-    st.caption(" · ".join(f"{n} {src}" for src, n in counts.items()) + f" (backend {md_escape(batch[0][2])}).")
+    st.caption(" · ".join(f"{n} {src}" for src, n in counts.items()) +
+               f" (backend {md_escape(batch_params['backend'])}).")
     with st.container(key="blurbs_batch_result"):
         st.dataframe(table[["rank", "title", "blurb", "blurb_source", "because", "blurb_reason"]], hide_index=True,
                      key="blurbs_batch_frame")

@@ -1,0 +1,57 @@
+"""Work the server does once per process, in the background, so a visitor's first click does not pay it.
+
+`start_warmups()` runs every task of `WARM_TASKS` in a daemon thread of its own, once per process
+(later calls return at once: `app.py` calls it on every rerun of every session). Each task must be cheap
+to call twice and safe beside a page that needs the same object: the objects it warms are the shared,
+locked ones pages use (e.g. `recsys_core.blurbs.llm.load_lm`), so a page that arrives first just waits
+for the same load instead of starting another.
+
+`RECSYS_WARMUP=0` turns every warm-up off (a CI run of page tests that never use them; a server that
+must start with the least memory).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+
+WARMUP_ENV = "RECSYS_WARMUP"
+_started: dict[str, threading.Thread] = {}
+_lock = threading.Lock()
+
+
+def _local_llm() -> None:
+    """Load the bundled SmolLM2 (from the workspace's converted copy; converting the GGUF into it the
+    first time) and write one token, so the Blurbs page's first blurb pays neither."""
+    from recsys_core.blurbs import llm
+    from views.ui.common import workspace
+
+    try:
+        backend = llm.local_default_backend(workspace().root / "llm")
+    except llm.LLMError:
+        return  # the package is missing: the Blurbs page says so and offers the template
+    thread = llm.start_loading(backend)
+    if thread is not None:
+        thread.join()
+
+
+WARM_TASKS: dict[str, Callable[[], None]] = {
+    "local-llm": _local_llm,
+}
+
+
+def warmups_enabled() -> bool:
+    return os.environ.get(WARMUP_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def start_warmups() -> dict[str, threading.Thread]:
+    """Start each warm-up task once per process, each in a daemon thread; returns the threads started so far."""
+    if not warmups_enabled():
+        return {}
+    with _lock:
+        for name, task in WARM_TASKS.items():
+            if name not in _started:
+                _started[name] = threading.Thread(target=task, name=f"warmup-{name}", daemon=True)
+                _started[name].start()
+        return dict(_started)
