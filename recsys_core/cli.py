@@ -2,11 +2,13 @@
 
     python -m recsys_core ingest FILE [--items FILE] [--name NAME]
     python -m recsys_core train --dataset demo --model bert4rec [--set epochs=5 ...]
+    torchrun --nproc_per_node N -m recsys_core train --dataset demo --model sasrec [--set ...]
     python -m recsys_core evaluate --model-dir DIR --dataset demo
     python -m recsys_core recommend --model-dir DIR --dataset demo --user 42 [-k 10]
 
 Results are printed as JSON on stdout; progress goes to stderr; bad input exits with status 2 and
-a message that says what to fix.
+a message that says what to fix. Under torchrun, BERT4Rec, SASRec+ and the text tower train data-
+parallel (one process per GPU, or gloo on CPU) and rank 0 alone prints, saves and records the run.
 """
 
 from __future__ import annotations
@@ -61,15 +63,20 @@ def cmd_ingest(args) -> dict:
     return {"dataset": record.name, "stats": ds.stats(), "report": report.lines()}
 
 
-def cmd_train(args) -> dict:
+def cmd_train(args) -> dict | None:
+    from recsys_core.models import distributed
     from recsys_core.training.experiment import parse_overrides, run_experiment
 
-    ws = _workspace(args)
+    distributed.init_from_env()  # a no-op without torchrun
+    main = distributed.is_main()
+    ws = _workspace(args) if main else None
+    distributed.barrier()  # rank 0 creates the workspace before the others open it
+    ws = ws or _workspace(args)
     ds = resolve_dataset(args.dataset, ws, args.items)
     result = run_experiment(ds, args.model, parse_overrides(args.set), split_kind=args.split,
-                            progress=_tqdm_progress(), workspace=None if args.no_save else ws,
-                            dataset_name=ds.name)
-    return result.summary()
+                            progress=_tqdm_progress() if main else Progress(),
+                            workspace=None if args.no_save else ws, dataset_name=ds.name)
+    return result.summary() if main else None
 
 
 def cmd_evaluate(args) -> dict:
@@ -108,6 +115,15 @@ def cmd_recommend(args) -> dict:
                                  "score": float(scores[i])} for r, i in enumerate(top)]}
 
 
+TRAIN_HELP = """train, evaluate and save a model
+
+distributed (data-parallel) training of bert4rec, sasrec and text_tower (fine_tune):
+  torchrun --nproc_per_node N -m recsys_core train --dataset NAME --model sasrec [--set ...]
+one process per GPU (nccl), or per CPU share with gloo; each step's batch of batch_size examples is
+split among the N processes, so the run matches one process with the same batch_size; rank 0 prints
+the result, writes checkpoints and saves the model."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="recsys", description="RecSys Explorer engine (also: python -m recsys_core)")
     p.add_argument("--workspace", default=None, help="workspace folder (default $RECSYS_WORKSPACE or ./workspace)")
@@ -130,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, help_ in (("train", cmd_train, "train, evaluate and save a model"),
                               ("evaluate", cmd_evaluate, "full-ranking metrics of a saved model"),
                               ("recommend", cmd_recommend, "top-K for a user or a history")):
-        c = sub.add_parser(name, help=help_)
+        c = sub.add_parser(name, help=help_, description=TRAIN_HELP if name == "train" else None,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         c.add_argument("--dataset", default="demo", help="'demo', a saved dataset name, or a file/folder path")
         c.add_argument("--items", help="item metadata file when --dataset is a path")
         c.set_defaults(func=func)
@@ -157,7 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     except RecsysError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(out, indent=2, default=_json_default))
+    finally:
+        if "torch.distributed" in sys.modules:  # only a command that trained has loaded it
+            from recsys_core.models import distributed
+
+            distributed.close()
+    if out is not None:  # None: a torchrun process other than rank 0
+        print(json.dumps(out, indent=2, default=_json_default))
     return 0
 
 

@@ -24,7 +24,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from recsys_core.data.splits import EvalSet
 from recsys_core.errors import ConfigError, ModelError, ResourceError
+from recsys_core.models import distributed
 from recsys_core.models.settings import TrainConfig
 from recsys_core.progress import Progress
 
@@ -37,7 +39,8 @@ def pick_device(device: str = "auto") -> torch.device:
     mps_ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if choice == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            # under torchrun each process owns the GPU of its local rank
+            return torch.device("cuda", distributed.local_rank()) if distributed.world() > 1 else torch.device("cuda")
         return torch.device("mps" if mps_ok else "cpu")
     if choice.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={device!r} but this machine has no usable CUDA GPU", column="device",
@@ -47,6 +50,8 @@ def pick_device(device: str = "auto") -> torch.device:
                         hint='use device="auto" or "cpu"')
     if choice not in ("cpu", "mps") and not choice.startswith("cuda"):
         raise ConfigError(f"unknown device {device!r}", column="device", hint='one of "auto", "cpu", "cuda", "mps"')
+    if choice == "cuda" and distributed.world() > 1:
+        return torch.device("cuda", distributed.local_rank())
     return torch.device(choice)
 
 
@@ -214,9 +219,14 @@ class EarlyStopping:
 
 class TrainTask(Protocol):
     """What a model gives the loop. Batches are arrays of example indices so the loop can split
-    one in two when the GPU runs out of memory."""
+    one in two when the GPU runs out of memory, or share one among the processes of a torchrun.
+
+    Under torchrun, `valid` (the users `validate` scores) is split among the processes, and a task may
+    define `loss_units(batch) -> float`, the number of terms its loss averages over in `batch` (default:
+    the batch's length), so each process's share of a batch weighs what it weighs in one process."""
 
     module: nn.Module
+    valid: EvalSet | None
 
     def n_batches(self, batch_size: int) -> int: ...
 
@@ -248,8 +258,12 @@ class _Run:
         self.task, self.cfg, self.device = task, cfg, device
         self.log_every, self.metric = log_every, metric
         self.batch_size = cfg.batch_size
+        # Under torchrun: every process must cut the same batches, so the smallest planned size wins.
+        self.ddp = distributed.wrap(task.module, task.loss, device) if distributed.world() > 1 else None
+        if self.ddp is not None:
+            self.batch_size = distributed.min_over_ranks(self.batch_size)
         self.optimizer = make_optimizer(task.module, cfg.lr, cfg.weight_decay)
-        total = cfg.epochs * task.n_batches(cfg.batch_size)
+        total = cfg.epochs * task.n_batches(self.batch_size)
         total = min(total, cfg.max_steps) if cfg.max_steps > 0 else total
         self.scheduler = warmup_linear(self.optimizer, int(cfg.warmup_frac * total), total)
         self.dtype = amp_dtype(device, cfg.amp)
@@ -305,6 +319,7 @@ def _train(task: TrainTask, cfg: TrainConfig, device: torch.device, progress: Pr
         # The last weights were never validated (eval_every > 1), so they never competed.
         _validate(run, progress, total_steps, loss=run.history[-1]["loss"])
     run.stopper.restore(task.module)
+    distributed.check_in_sync(task.module)
     return LoopResult(run.history, run.stopper.best, run.stopper.best_epoch, run.epoch, stopped,
                       run.batch_size, run.step, run.train_seconds, run.cpu_seconds, _improved(run))
 
@@ -332,7 +347,8 @@ def _train_epoch(run: _Run, progress: Progress, total_steps: int) -> float | Non
         try:
             losses.append(_step(run, batch, rng))
         except (torch.OutOfMemoryError, RuntimeError) as err:
-            if not is_oom(err) or len(batch) <= 1:
+            # Under torchrun one process halving alone would leave the others waiting for it forever.
+            if not is_oom(err) or len(batch) <= 1 or run.ddp is not None:
                 raise
             _back_off(run, batch, queue, progress)
             continue
@@ -345,8 +361,12 @@ def _train_epoch(run: _Run, progress: Progress, total_steps: int) -> float | Non
 def _step(run: _Run, batch: np.ndarray, rng: np.random.Generator) -> float:
     optimizer = run.optimizer
     optimizer.zero_grad(set_to_none=True)
+    reported = None
     with autocast(run.device, run.dtype):
-        loss = run.task.loss(batch, rng)
+        if run.ddp is None:
+            loss = run.task.loss(batch, rng)
+        else:
+            loss, reported = _share_of_loss(run, batch, rng)
     if run.scaler is not None:
         run.scaler.scale(loss).backward()
         run.scaler.unscale_(optimizer)
@@ -360,7 +380,26 @@ def _step(run: _Run, batch: np.ndarray, rng: np.random.Generator) -> float:
     else:
         optimizer.step()
     run.scheduler.step()
-    return float(loss.detach())
+    return float(loss.detach()) if reported is None else reported
+
+
+def _share_of_loss(run: _Run, batch: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, float]:
+    """This process's part of the global batch's loss, scaled so that DDP's average of the gradients is
+    the gradient of the global batch's mean loss; and that mean loss, for the record.
+
+    Each process computes the loss of its contiguous slice of `batch`, weighted by the slice's share of
+    the loss terms. Every process draws from the same `rng`, so draws that do not depend on the slice's
+    shape (SASRec+'s shared negatives) are the ones one process would make. A process whose slice is
+    empty (a batch smaller than the world) computes rank 0's slice with weight 0: its generator advances
+    as the others' do, and it joins any collective the loss makes (the text tower gathers docs)."""
+    cuts = distributed.shards(len(batch))
+    count = getattr(run.task, "loss_units", len)
+    units = [float(count(batch[c])) if c.stop > c.start else 0.0 for c in cuts]
+    share = units[distributed.rank()] / (sum(units) or 1.0)
+    mine = cuts[distributed.rank()]
+    loss = run.ddp(batch[mine if mine.stop > mine.start else cuts[0]], rng)
+    (mean,) = distributed.sum_over_ranks([float(loss.detach()) * share])
+    return loss * (share * distributed.world()), mean
 
 
 def _back_off(run: _Run, batch: np.ndarray, queue: deque, progress: Progress) -> None:
@@ -390,12 +429,16 @@ def _end_of_epoch(run: _Run, loss: float, progress: Progress, total_steps: int,
     if run.epoch % max(1, cfg.eval_every) == 0 or run.epoch == cfg.epochs:
         _validate(run, progress, total_steps, loss)
     run.tick(started)
+    if run.ddp is not None:  # budget decisions and the schedule follow rank 0's clock, identically everywhere
+        run.train_seconds, run.cpu_seconds = distributed.from_main([run.train_seconds, run.cpu_seconds])
     run.history[-1]["train_seconds"] = round(run.train_seconds, 3)
     run.history[-1]["cpu_seconds"] = round(run.cpu_seconds, 3)
     if cfg.cpu_budget_s:
         _fit_schedule_to_budget(run)
     if cfg.checkpoint_dir:
-        save_checkpoint(cfg.checkpoint_dir, run)
+        if distributed.is_main():
+            save_checkpoint(cfg.checkpoint_dir, run)
+        distributed.barrier()  # no process runs ahead of (or resumes from) a half-written checkpoint
     if run.stopper.should_stop:
         return "early_stop"
     if cfg.max_steps > 0 and run.step >= cfg.max_steps:
@@ -421,8 +464,25 @@ def _fit_schedule_to_budget(run: _Run) -> None:
     schedule.total_steps = max(schedule.warmup_steps + 1, total)
 
 
+def _task_metrics(task: TrainTask) -> dict[str, float]:
+    """`task.validate()`; under torchrun each process scores its share of the validation users and the
+    means are combined (rank 0's result, so every process makes the same early-stopping decision)."""
+    if distributed.world() == 1 or task.valid is None:
+        return task.validate()
+
+    def on(part: EvalSet) -> dict[str, float]:
+        whole, task.valid = task.valid, part
+        try:
+            return task.validate()
+        finally:
+            task.valid = whole
+
+    metrics = distributed.sharded_mean(task.valid, on)
+    return dict(zip(metrics, distributed.from_main(list(metrics.values()))))
+
+
 def _validate(run: _Run, progress: Progress, total_steps: int, loss: float | None) -> None:
-    metrics = run.task.validate()
+    metrics = _task_metrics(run.task)
     if not metrics:
         return
     run.history[-1]["metrics"] = metrics

@@ -34,7 +34,7 @@ from recsys_core.data.item_schema import history_text, item_texts, item_titles
 from recsys_core.data.splits import EvalSet, Split
 from recsys_core.errors import ConfigError, DataError, ModelError
 from recsys_core.evaluation.metrics import evaluate
-from recsys_core.models import loop
+from recsys_core.models import distributed, loop
 from recsys_core.models.base import Capabilities, Recommender
 from recsys_core.models.histories import flatten
 from recsys_core.models.settings import TrainConfig, setting, train_defaults
@@ -158,6 +158,11 @@ class TextTower(Recommender):
     def _device(self) -> torch.device:
         return next(self.encoder.parameters()).device
 
+    def _encode_catalogue(self) -> torch.Tensor:
+        """Every item's vector; under torchrun each process encodes its share of the catalogue."""
+        part = distributed.shards(len(self.item_texts_))[distributed.rank()]
+        return distributed.gather_rows(self.encode(self.item_texts_[part]), len(self.item_texts_))
+
     @torch.no_grad()
     def encode(self, texts: Sequence[str], max_tokens: int | None = None) -> torch.Tensor:
         """Unit-length vectors [len(texts), dim] on the CPU."""
@@ -206,7 +211,7 @@ class TextTower(Recommender):
             self._fine_tune(train, split.valid if split is not None else None, progress)
         else:
             progress.update(0, 1, message="encoding item texts")
-            self.item_vectors_ = self.encode(self.item_texts_)
+            self.item_vectors_ = self._encode_catalogue()
             progress.update(1, 1, message="item texts encoded")
         return self
 
@@ -237,20 +242,24 @@ class TextTower(Recommender):
         """In-batch-negatives loss of (history, next item) pairs under the current encoder (differentiable).
 
         `log_q` (per item index) is each item's log sampling frequency, removed from the logits when given.
+        Under torchrun the pairs are this process's share of the batch, and the candidates are the docs of
+        every process (gathered with their gradients), as they are for the same batch in one process.
         """
         queries = [history_text(self.item_titles_, h, self.config.text_history_items) for h in histories]
         docs = [self.item_texts_[int(t)] for t in targets]
         q = self._embed_with_grad(queries, self.config.max_history_tokens)
         d = self._embed_with_grad(docs, self.config.max_item_tokens)
         targets = torch.as_tensor(np.asarray(targets), device=q.device)
-        correction = log_q.to(q.device)[targets] if log_q is not None else None
-        return in_batch_loss(q, d, targets, self.config.scale, correction)
+        d, offset = distributed.gather_with_grad(d)
+        doc_targets, _ = distributed.gather_with_grad(targets)
+        correction = log_q.to(q.device)[doc_targets] if log_q is not None else None
+        return in_batch_loss(q, d, targets, self.config.scale, correction, doc_targets, offset)
 
     def _validate(self, valid: EvalSet, recipe: str = "history_text", reencode: bool = True) -> dict:
         """Validation metrics with the encoder as it is now, users built by `recipe`."""
 
         if reencode:
-            self.item_vectors_ = self.encode(self.item_texts_)
+            self.item_vectors_ = self._encode_catalogue()
         previous, self.user_recipe_ = self.user_recipe_, recipe
         try:
             return evaluate(self, valid, ks=(10,))
@@ -259,13 +268,14 @@ class TextTower(Recommender):
 
     def _finish_fine_tune(self, valid: EvalSet | None, progress: Progress) -> None:
         progress.update(0, 0, message="encoding item texts with the fine-tuned encoder")
-        self.item_vectors_ = self.encode(self.item_texts_)
+        self.item_vectors_ = self._encode_catalogue()
         if self.config.user_vector != "auto":
             return
         if valid is None or progress.cancelled:
             self.user_recipe_ = "history_text"  # the recipe the encoder was trained for
             return
-        scores = {r: self._validate(valid, r, reencode=False)["ndcg@10"] for r in RECIPES}
+        scores = {r: distributed.sharded_mean(valid, lambda part, r=r: {
+            "ndcg@10": self._validate(part, r, reencode=False)["ndcg@10"]})["ndcg@10"] for r in RECIPES}
         self.user_recipe_ = max(scores, key=scores.get)
         self.recipe_scores_ = scores
 
@@ -391,18 +401,24 @@ def trainable_parameters(encoder: torch.nn.Module, top_layers: int) -> list[torc
 
 
 def in_batch_loss(queries: torch.Tensor, docs: torch.Tensor, targets: torch.Tensor, scale: float,
-                  log_q: torch.Tensor | None = None) -> torch.Tensor:
+                  log_q: torch.Tensor | None = None, doc_targets: torch.Tensor | None = None,
+                  offset: int = 0) -> torch.Tensor:
     """Cross-entropy of each query against every doc in the batch, its own doc being the answer.
 
     A doc for the same item as the query's own target is not a negative, so it is masked out. `log_q`
-    ([batch], the log frequency of each doc's item) corrects for docs being sampled by popularity.
+    ([docs], the log frequency of each doc's item) corrects for docs being sampled by popularity. When the
+    docs are more than the queries' own (other processes' docs), `doc_targets` are their items and query
+    i's own doc is doc `offset + i`.
     """
+    doc_targets = targets if doc_targets is None else doc_targets
     logits = scale * queries @ docs.T
     if log_q is not None:
         logits = logits - log_q[None, :]
-    same = (targets[:, None] == targets[None, :]) & ~torch.eye(len(targets), dtype=torch.bool, device=logits.device)
+    own = torch.arange(len(targets), device=logits.device) + offset
+    same = targets[:, None] == doc_targets[None, :]
+    same[torch.arange(len(targets), device=logits.device), own] = False
     logits = logits.masked_fill(same, float("-inf"))
-    return F.cross_entropy(logits, torch.arange(len(targets), device=logits.device))
+    return F.cross_entropy(logits, own)
 
 
 def recency_mean(vectors: torch.Tensor, histories: Sequence[np.ndarray], decay: float, max_len: int) -> torch.Tensor:

@@ -13,10 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from recsys_core.data.dataset import TIE_RULE, Dataset
 from recsys_core.data.splits import Split, leave_one_out, temporal_split
 from recsys_core.errors import ConfigError
+from recsys_core.evaluation.compare import per_user_table, save_per_user
 from recsys_core.evaluation.metrics import evaluate, train_popularity
+from recsys_core.models import distributed
 from recsys_core.models.base import FAMILIES, Recommender, family_class
 from recsys_core.models.settings import build_config, flat_fields, flatten_config, resolve_name
 from recsys_core.progress import Progress
@@ -111,6 +115,7 @@ class RunResult:
     artifact_dir: str = ""
     cpu_s: float = 0.0
     extra: dict = field(default_factory=dict)  # how training ended: stop_reason, best_epoch, holdout, ...
+    per_user: pd.DataFrame | None = field(default=None, repr=False)  # test metrics per user, saved with the run
 
     def summary(self) -> dict:
         return {
@@ -131,7 +136,10 @@ def run_experiment(
     workspace: Any = None,
     dataset_name: str | None = None,
 ) -> RunResult:
-    """Train `family` on `ds`, evaluate on the test split, and (with a workspace) save and record it."""
+    """Train `family` on `ds`, evaluate on the test split, and (with a workspace) save and record it.
+
+    Under torchrun every process trains; rank 0 alone evaluates the test split, saves and records (the
+    others get empty metrics and wait for it), so a run is recorded once."""
 
     model = make_model(family, overrides)
     if workspace is not None:
@@ -147,13 +155,18 @@ def run_experiment(
     # A cancelled run is scored on a seeded sample of users, so Cancel frees the machine within seconds;
     # the metrics say how many users they cover.
     sample = CANCELLED_EVAL_USERS if progress.cancelled else None
-    metrics = evaluate(model, split.test, item_popularity=train_popularity(split), max_users=sample, seed=0)
+    metrics = evaluate(model, split.test, item_popularity=train_popularity(split), max_users=sample,
+                       seed=0, per_user=True) if distributed.is_main() else {}
     extra = {"stop_reason": STOP_REASONS.get(report.get("stopped"), report.get("stopped")),
              "best_epoch": report.get("best_epoch"), "holdout": split.holdout, "tie_rule": TIE_RULE}
+    per_user = metrics.pop("per_user", None)
     result = RunResult(family, model, metrics, train_s, model.training_device(), status, cpu_s=cpu_s,
                        extra={k: v for k, v in extra.items() if v is not None})
-    if workspace is not None:
+    if per_user is not None:  # kept for Compare, which then never re-scores this run
+        result.per_user = per_user_table(per_user, split.test, train_popularity(split))
+    if workspace is not None and distributed.is_main():
         _record(result, workspace, dataset_name or ds.name, split.kind)
+    distributed.barrier()
     return result
 
 
@@ -202,9 +215,15 @@ def _record(result: RunResult, workspace: Any, dataset_name: str, split_kind: st
     metrics = {**result.metrics, "run": {"cpu_s": round(result.cpu_s, 2), **result.extra}}
     # The workspace writes the files first and records the run with them in one step (crash-safe).
     run = workspace.record_run_with_artifact(
-        result.model.save, _slug(result.family), dataset=dataset_name, model=result.family, config=config,
+        lambda folder: _save(result, folder), _slug(result.family), dataset=dataset_name, model=result.family, config=config,
         metrics=metrics, device=result.device, wall_s=result.train_s, split=split_kind, status=result.status)
     result.run_id, result.artifact_dir = run.id, str(run.artifact_dir)
+
+
+def _save(result: RunResult, folder: Path) -> None:
+    result.model.save(folder)
+    if result.per_user is not None:
+        save_per_user(folder, result.per_user)
 
 
 def _slug(text: str) -> str:
