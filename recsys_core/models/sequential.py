@@ -412,6 +412,11 @@ class _SequenceTask:
     def epoch_batches(self, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
         return self.windows.batches(batch_size, rng)
 
+    def loss_units(self, batch: np.ndarray) -> float:
+        """Positions in `batch`: what SASRec+'s loss averages over (BERT4Rec's masks, about a fixed share of
+        them); under torchrun, how much one process's slice of a batch weighs."""
+        return float(self.windows.length[batch].sum())
+
     def loss(self, batch: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         tokens, lengths = self.windows.padded(batch)
         device = self.model.device
