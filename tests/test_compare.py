@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from recsys_core.data.dataset import build_dataset
 from recsys_core.data.splits import leave_one_out
@@ -45,3 +46,33 @@ def test_breakdown_partitions_users_and_weighted_means_match_overall():
         filled = part[part["users"] > 0]
         weighted = (filled["ndcg@10"] * filled["users"]).sum() / filled["users"].sum()
         assert np.isclose(weighted, overall, atol=1e-6), kind
+
+
+def test_a_recorded_run_stores_its_per_user_metrics_equal_to_re_scoring(tmp_path) -> None:
+    from recsys_core.evaluation.compare import PER_USER_FILE, load_per_user
+    from recsys_core.models.base import load_model
+    from recsys_core.training.experiment import run_experiment
+    from recsys_core.workspace.registry import Workspace
+
+    ds = _dataset()
+    ws = Workspace(tmp_path / "ws")
+    result = run_experiment(ds, "ease", {"l2": 5.0}, workspace=ws, dataset_name="synthetic")
+    run = ws.get_run(result.run_id)
+    assert (run.artifact_dir / PER_USER_FILE).is_file()  # in the run's folder, written before it became visible
+    stored = load_per_user(run.artifact_dir)
+    fresh = per_user_metrics(load_model(run.artifact_dir), leave_one_out(ds))
+    assert len(stored) == len(fresh) == ds.n_users
+    for column in ("user", "history_len", "rank", "ndcg@10", "hr@10", "target_pct"):
+        np.testing.assert_allclose(stored[column].to_numpy(float), fresh[column].to_numpy(float), rtol=1e-6)
+    for column in ("history segment", "target popularity"):
+        assert stored[column].astype(str).tolist() == fresh[column].astype(str).tolist()
+    assert stored["ndcg@10"].mean() == pytest.approx(result.metrics["ndcg@10"])
+    assert "per_user" not in result.metrics and "per_user" not in run.metrics
+
+
+def test_a_damaged_or_missing_per_user_file_reads_as_none(tmp_path) -> None:
+    from recsys_core.evaluation.compare import PER_USER_FILE, load_per_user
+
+    assert load_per_user(tmp_path) is None
+    (tmp_path / PER_USER_FILE).write_bytes(b"not a numpy file")
+    assert load_per_user(tmp_path) is None

@@ -6,7 +6,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from recsys_core.evaluation.compare import per_user_metrics, segment_breakdown
+from recsys_core.evaluation.compare import load_per_user, per_user_metrics, save_per_user, segment_breakdown
 from recsys_core.training.experiment import make_split
 from views.ui import charts
 from views.ui.common import load_dataset, md_escape, sidebar_dataset_selector, workspace
@@ -43,10 +43,22 @@ fig.update_layout(xaxis_title="Run", yaxis_title=metric.upper(), height=380)
 st.plotly_chart(fig, key="compare_bar")
 
 
-@st.cache_data(show_spinner="Evaluating per user...", max_entries=32)
 def _per_user(artifact_dir: str, dataset_version: str, split_kind: str) -> pd.DataFrame:
+    """The run's per-user test metrics as stored with it; a run recorded before they were stored is
+    re-scored once, and the result kept in its folder for every later visit."""
+    stored = load_per_user(artifact_dir)
+    return stored if stored is not None else _rescored(artifact_dir, dataset_version, split_kind)
+
+
+@st.cache_data(show_spinner="Evaluating per user (once for this older run)...", max_entries=32)
+def _rescored(artifact_dir: str, dataset_version: str, split_kind: str) -> pd.DataFrame:
     ds = load_dataset(record)
-    return per_user_metrics(cached_model(artifact_dir), make_split(ds, split_kind))
+    frame = per_user_metrics(cached_model(artifact_dir), make_split(ds, split_kind))
+    try:
+        save_per_user(artifact_dir, frame)
+    except OSError:  # a read-only workspace still gets the breakdown, just not cached on disk
+        pass
+    return frame
 
 
 st.subheader("Where each model wins")

@@ -2,12 +2,19 @@
 
 A leaderboard mean hides that sequence models and text towers win on different users; the
 segments here are the two axes users ask about (short vs long histories, head vs tail items).
+
+A run stores its per-user metrics at evaluation time (`PER_USER_FILE` in the run's folder, written with
+the model files, so it appears complete or not at all): the Compare page reads them instead of loading
+and re-scoring every model. Runs recorded before that are re-scored once and the file is added.
 """
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Mapping
 from itertools import pairwise
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,6 +29,7 @@ if TYPE_CHECKING:  # evaluation ranks any scorer; models import it for validatio
 HISTORY_EDGES = (0, 5, 20, 50, np.inf)  # history-length buckets: 1-5, 6-20, 21-50, 51+
 POPULARITY_EDGES = (0.0, 0.5, 0.9, 1.01)  # target popularity percentile: tail, mid, head (top 10%)
 POPULARITY_LABELS = ("tail (bottom 50%)", "mid (50-90%)", "head (top 10%)")
+PER_USER_FILE = "per_user.npy"  # a structured array: one record per evaluated user, numbers only
 
 
 def history_segment(lengths: np.ndarray) -> pd.Categorical:
@@ -35,15 +43,55 @@ def popularity_segment(percentiles: np.ndarray) -> pd.Categorical:
 
 
 def per_user_metrics(model: Recommender, split: Split, evalset: EvalSet | None = None) -> pd.DataFrame:
-    """One row per evaluated user with its metrics and both segment labels."""
+    """One row per evaluated user with its metrics and both segment labels (scores the model)."""
     evalset = evalset or split.test
     popularity = train_popularity(split)
     frame = evaluate(model, evalset, item_popularity=popularity, per_user=True)["per_user"]
+    return with_segments(per_user_table(frame, evalset, popularity))
+
+
+def per_user_table(frame: pd.DataFrame, evalset: EvalSet, popularity: np.ndarray) -> pd.DataFrame:
+    """`evaluate(..., per_user=True)["per_user"]` plus `target_pct`, the training-popularity percentile of
+    each user's (first) held-out item: all a breakdown needs, without the split or the model."""
     pct = popularity_percentile(popularity)
-    first_target = np.fromiter((int(np.asarray(t).reshape(-1)[0]) for t in evalset.targets), np.int64, len(evalset))
-    frame["history segment"] = history_segment(frame["history_len"].to_numpy())
-    frame["target popularity"] = popularity_segment(pct[first_target[: len(frame)]])
-    return frame
+    done = len(frame)
+    users = np.asarray(frame["user"])
+    position = {int(u): i for i, u in enumerate(evalset.users)}  # a sampled evaluation covers some users only
+    first = np.fromiter((int(np.asarray(evalset.targets[position[int(u)]]).reshape(-1)[0]) for u in users),
+                        np.int64, done)
+    return frame.assign(target_pct=pct[first] if done else np.zeros(0))
+
+
+def with_segments(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with its "history segment" and "target popularity" labels."""
+    return table.assign(**{"history segment": history_segment(table["history_len"].to_numpy()),
+                           "target popularity": popularity_segment(table["target_pct"].to_numpy())})
+
+
+def save_per_user(folder: str | Path, table: pd.DataFrame) -> Path:
+    """Write a run's per-user table into its folder; atomic (temp file, fsync, rename). No pickle."""
+    numeric = table[[c for c in table.columns if pd.api.types.is_numeric_dtype(table[c])]]
+    path = Path(folder) / PER_USER_FILE
+    tmp = path.with_name(f".{PER_USER_FILE}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as handle:
+        np.save(handle, numeric.to_records(index=False), allow_pickle=False)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_per_user(folder: str | Path) -> pd.DataFrame | None:
+    """A run's stored per-user metrics with segment labels, or None when the run has none (or it is damaged)."""
+    path = Path(folder) / PER_USER_FILE
+    try:
+        records = np.load(path, allow_pickle=False)
+        table = pd.DataFrame.from_records(records)
+    except (OSError, ValueError):
+        return None
+    if not {"history_len", "target_pct"} <= set(table.columns):
+        return None
+    return with_segments(table)
 
 
 def segment_breakdown(frames: Mapping[str, pd.DataFrame], metric: str = "ndcg@10") -> pd.DataFrame:
