@@ -76,3 +76,19 @@ def test_a_damaged_or_missing_per_user_file_reads_as_none(tmp_path) -> None:
     assert load_per_user(tmp_path) is None
     (tmp_path / PER_USER_FILE).write_bytes(b"not a numpy file")
     assert load_per_user(tmp_path) is None
+
+
+def test_per_user_table_of_a_sampled_evaluation_uses_each_users_own_target() -> None:
+    from recsys_core.evaluation.compare import per_user_table
+    from recsys_core.evaluation.metrics import popularity_percentile, train_popularity
+
+    ds = _dataset()
+    split = leave_one_out(ds)
+    model = Popularity().fit(ds, split=split)
+    popularity = train_popularity(split)
+    frame = evaluate(model, split.test, item_popularity=popularity, per_user=True, max_users=15, seed=3)["per_user"]
+    table = per_user_table(frame, split.test, popularity)
+    pct = popularity_percentile(popularity)
+    where = {int(u): i for i, u in enumerate(split.test.users)}
+    expected = [pct[int(split.test.targets[where[int(u)]][0])] for u in table["user"]]
+    assert len(table) == 15 and np.allclose(table["target_pct"], expected)

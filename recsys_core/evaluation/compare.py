@@ -54,12 +54,12 @@ def per_user_table(frame: pd.DataFrame, evalset: EvalSet, popularity: np.ndarray
     """`evaluate(..., per_user=True)["per_user"]` plus `target_pct`, the training-popularity percentile of
     each user's (first) held-out item: all a breakdown needs, without the split or the model."""
     pct = popularity_percentile(popularity)
-    done = len(frame)
-    users = np.asarray(frame["user"])
-    position = {int(u): i for i, u in enumerate(evalset.users)}  # a sampled evaluation covers some users only
-    first = np.fromiter((int(np.asarray(evalset.targets[position[int(u)]]).reshape(-1)[0]) for u in users),
-                        np.int64, done)
-    return frame.assign(target_pct=pct[first] if done else np.zeros(0))
+    everyone = np.asarray(evalset.users)
+    order = np.argsort(everyone, kind="stable")
+    # Where each evaluated user sits in the evaluation set: a sampled evaluation covers some users only.
+    rows = order[np.searchsorted(everyone[order], np.asarray(frame["user"]))]
+    first = np.fromiter((int(np.asarray(evalset.targets[r]).reshape(-1)[0]) for r in rows), np.int64, len(rows))
+    return frame.assign(target_pct=pct[first])
 
 
 def with_segments(table: pd.DataFrame) -> pd.DataFrame:
