@@ -1,6 +1,7 @@
 """BERT4Rec (Sun et al., CIKM 2019): a bidirectional transformer over item sequences trained by
-Cloze (masked-item) prediction with a full softmax over the catalogue; a user is scored by
-appending [MASK] to their history and reading the prediction there.
+Cloze (masked-item) prediction with a full softmax over the catalogue (over a large one, a sampled
+softmax or gBCE: `loss`, see `losses.py`); a user is scored by appending [MASK] to their history and
+reading the prediction there.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 
 from recsys_core.errors import ConfigError
-from recsys_core.models.sequential import PAD, SequentialConfig, SequentialRecommender, full_softmax_loss, pad_right
+from recsys_core.models.sequential import PAD, SequentialConfig, SequentialRecommender, pad_right
 from recsys_core.models.settings import setting
 
 
@@ -32,7 +33,7 @@ class BERT4Rec(SequentialRecommender):
     causal = False
     positions_from_end = True
 
-    def _output_positions(self, n_items: int) -> float:
+    def _target_positions(self) -> float:
         return self.config.mask_prob * self.config.max_len + 1
 
     def _context(self, flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -55,4 +56,4 @@ class BERT4Rec(SequentialRecommender):
         also_last = torch.from_numpy(rng.random(n) < cfg.mask_last_prob).to(device)[:, None]
         masked |= last & (also_last | ~masked.any(dim=1, keepdim=True))  # and every sequence teaches something
         hidden = self._hidden(tokens.masked_fill(masked, self.module_.special_token), lengths)
-        return full_softmax_loss(self.module_.head(hidden[masked]), tokens[masked] - 1, self.module_)
+        return self._objective(self.module_.head(hidden[masked]), tokens[masked] - 1, rng)

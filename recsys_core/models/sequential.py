@@ -3,7 +3,8 @@ bucketed batches over time-ordered histories, a `transformers` BertModel fed our
 embeddings (so the output layer is tied to them), chunked full-catalogue scoring, persistence.
 
 The families differ only in attention mask (bidirectional vs causal), where the readout token sits
-and the training objective; everything else lives here.
+and which positions they train on; the objective over those positions (full softmax, sampled softmax,
+gBCE, or auto) is shared and its math lives in `losses.py`.
 
 Token ids: 0 = padding, 1..n_items = item index + 1, n_items + 1 = [MASK] (BERT4Rec) / [BOS] (SASRec).
 Sequences are left-aligned (padding on the right), so position 0 is always a real token and no
@@ -21,7 +22,6 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.sparse as sps
 import torch
-import torch.nn.functional as F
 from sklearn.utils.extmath import randomized_svd
 from torch import nn
 from transformers import BertConfig, BertModel
@@ -30,13 +30,16 @@ from recsys_core.data.dataset import Dataset
 from recsys_core.data.splits import EvalSet, Split
 from recsys_core.errors import ConfigError, DataError, ModelError
 from recsys_core.evaluation.metrics import evaluate
-from recsys_core.models import loop
+from recsys_core.models import loop, losses
 from recsys_core.models.base import Capabilities, Recommender
 from recsys_core.models.histories import flatten
 from recsys_core.models.settings import TrainConfig, setting, train_defaults
 from recsys_core.progress import Progress
 
 PAD = 0
+# loss="auto" switches to the sampled softmax above this many items; chosen on `bench/scale.py --loss-sweep`
+# (CPU seconds per step of ce vs sampled by catalogue size, bench/results/loss-sweep-*.json).
+AUTO_SAMPLED_ITEMS = 30_000
 
 
 @dataclass
@@ -62,6 +65,18 @@ class SequentialConfig:
     window_stride: int = setting(0, "Long histories also train as earlier crops every this many items "
                                     "(0 = max_len / 2).")
     score_batch_size: int = setting(512, "Users scored per batch at inference.")
+    loss: str = setting("auto", "Training objective: auto (ce up to auto_sampled_items items, sampled above), "
+                                "ce (softmax over the whole catalogue), sampled (softmax over n_negatives "
+                                "popularity-drawn items, logQ-corrected) or gbce (gSASRec's calibrated binary "
+                                "loss over n_negatives uniform items).")
+    n_negatives: int = setting(1024, "Negative items drawn per batch, shared by its rows (sampled and gbce losses).")
+    neg_alpha: float = setting(0.75, "Sampled loss: negatives drawn in proportion to count^neg_alpha (0 = uniform).")
+    neg_uniform_share: float = setting(0.1, "Sampled loss: share of the draws spread uniformly over the catalogue, "
+                                            "so every item can be a negative.")
+    gbce_t: float = setting(0.75, "gBCE calibration t: 0 = plain binary cross-entropy, 1 = as calibrated as the "
+                                  "full softmax.")
+    auto_sampled_items: int = setting(AUTO_SAMPLED_ITEMS, "loss=auto trains with the full softmax up to this "
+                                                          "many items and with the sampled one above.")
     train: TrainConfig = train_defaults(epochs=200, batch_size=32, lr=2e-3, patience=10, eval_every=0)
 
 
@@ -206,17 +221,18 @@ class SequentialRecommender(Recommender):
 
     causal: ClassVar[bool]
     positions_from_end: ClassVar[bool]
-    sampled_loss: ClassVar[bool] = False
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
         self.module_: SequenceEncoder | None = None
         self.history_: list[dict] = []
         self.fit_report_: dict = {}
+        self.loss_: losses.LossChoice | None = None  # the objective of the last fit
+        self.sampler_: losses.NegativeSampler | None = None  # training only: the negatives' proposal
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(order_aware=True, training_curves=True, sampled_loss=self.sampled_loss)
+        return Capabilities(order_aware=True, training_curves=True, sampled_loss=True)
 
     def training_history(self) -> list[dict]:
         return self.history_
@@ -241,9 +257,49 @@ class SequentialRecommender(Recommender):
     def _batch_loss(self, tokens: torch.Tensor, lengths: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         raise NotImplementedError
 
-    def _output_positions(self, n_items: int) -> float:
-        """Positions per sequence that get full-catalogue logits in training (for memory planning)."""
+    def _target_positions(self) -> float:
+        """Positions per sequence that the objective predicts an item at, on average."""
         return float(self.config.max_len)
+
+    # -- the objective
+
+    def _output_positions(self, n_items: int) -> float:
+        """Positions per sequence that cost full-catalogue logits in training (for memory planning): a
+        sampled objective computes (n_negatives + 1) of the n_items logits at each target position."""
+        targets = self._target_positions()
+        if self.loss_choice(n_items).loss == "ce":
+            return targets
+        return targets * losses.sampled_share(self.config.n_negatives, n_items)
+
+    def loss_choice(self, n_items: int) -> losses.LossChoice:
+        """The objective a fit on `n_items` items uses, and why (`loss="auto"` decides on the catalogue size)."""
+        cfg = self.config
+        if cfg.n_negatives < 1:
+            raise ConfigError(f"n_negatives={cfg.n_negatives} must be at least 1", column="n_negatives")
+        share = losses.softmax_share(n_items, self._target_positions(), cfg.max_len, cfg.hidden, cfg.layers,
+                                     cfg.max_len)
+        return losses.choose_loss(cfg.loss, n_items, cfg.auto_sampled_items, share)
+
+    def _objective(self, user: torch.Tensor, labels: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """The loss of user vectors (after the head) predicting item indices `labels`."""
+        module, kind = self.module_, self.loss_.loss
+        if kind == "ce":
+            return losses.full_softmax(module.logits(user), labels)
+        k = self.config.n_negatives
+        drawn = self.sampler_.draw(k, rng)
+        negatives = torch.from_numpy(drawn).to(user.device)
+        pos, neg = losses.candidate_logits(user, module.item_weights(), module.bias, labels, negatives)
+        if kind == "gbce":
+            return losses.gbce(pos, neg, labels, negatives, losses.gbce_beta(k, self.n_items_, self.config.gbce_t))
+        log_expected = torch.from_numpy(self.sampler_.log_expected_count(drawn, k)).to(user.device, torch.float32)
+        return losses.sampled_softmax(pos, neg, labels, negatives, log_expected)
+
+    def _make_sampler(self, kind: str, train_seqs: Sequence[np.ndarray]) -> losses.NegativeSampler | None:
+        cfg = self.config
+        if kind == "sampled":
+            return losses.NegativeSampler.from_sequences(train_seqs, self.n_items_, cfg.neg_alpha,
+                                                         cfg.neg_uniform_share)
+        return losses.NegativeSampler.uniform(self.n_items_) if kind == "gbce" else None
 
     # -- shared machinery
 
@@ -270,6 +326,8 @@ class SequentialRecommender(Recommender):
         self._remember_catalogue(dataset)
         device = loop.pick_device(cfg.train.device)
         train_seqs = split.train if split is not None else dataset.sequences()
+        self.loss_ = choice = self.loss_choice(self.n_items_)
+        self.sampler_ = self._make_sampler(choice.loss, train_seqs)
         with loop.seeded(cfg.train.seed, device):  # parameter init draws from torch's generator
             self.module_ = self._init_module(train_seqs).to(device)
         windows = SequenceWindows(train_seqs, cfg.max_len, cfg.window_stride or max(1, cfg.max_len // 2))
@@ -281,10 +339,12 @@ class SequentialRecommender(Recommender):
         steps_per_epoch = task.n_batches(batch_size)
         lcfg = self._loop_config(batch_size, steps_per_epoch, has_valid=task.valid is not None)
         progress.update(0, cfg.train.epochs * steps_per_epoch, message=(
-            f"training {self.family} on {device.type}: {len(windows)} sequences, {steps_per_epoch} steps/epoch"))
+            f"training {self.family} on {device.type}: {len(windows)} sequences, {steps_per_epoch} steps/epoch; "
+            f"loss {choice.reason}"))
         result = loop.train(task, lcfg, device, progress)
         self.history_ = result.history
-        self.fit_report_ = {k: v for k, v in asdict(result).items() if k != "history"}
+        self.fit_report_ = {"loss": choice.loss, "loss_reason": choice.reason,
+                            **{k: v for k, v in asdict(result).items() if k != "history"}}
         self.module_.eval()
         return self
 
@@ -433,9 +493,3 @@ def validation_metrics(model: Recommender, valid: EvalSet) -> dict[str, float]:
 
     result = evaluate(model, valid, ks=(10,))
     return {k: float(v) for k, v in result.items() if k in ("ndcg@10", "hr@10")}
-
-
-def full_softmax_loss(user: torch.Tensor, labels: torch.Tensor, module: SequenceEncoder) -> torch.Tensor:
-    """Cross-entropy over the whole catalogue for the given rows only (fp32 softmax)."""
-    return F.cross_entropy(module.logits(user).float(), labels)
-
