@@ -2,7 +2,7 @@
 
     python -m recsys_core ingest FILE [--items FILE] [--name NAME]
     python -m recsys_core train --dataset demo --model bert4rec [--set epochs=5 ...]
-    torchrun --nproc_per_node N -m recsys_core train --dataset demo --model sasrec [--set ...]
+    torchrun --standalone --nproc_per_node N -m recsys_core train --dataset demo --model sasrec [--set ...]
     python -m recsys_core evaluate --model-dir DIR --dataset demo
     python -m recsys_core recommend --model-dir DIR --dataset demo --user 42 [-k 10]
 
@@ -118,7 +118,7 @@ def cmd_recommend(args) -> dict:
 TRAIN_HELP = """train, evaluate and save a model
 
 distributed (data-parallel) training of bert4rec, sasrec and text_tower (fine_tune):
-  torchrun --nproc_per_node N -m recsys_core train --dataset NAME --model sasrec [--set ...]
+  torchrun --standalone --nproc_per_node N -m recsys_core train --dataset NAME --model sasrec [--set ...]
 one process per GPU (nccl), or per CPU share with gloo; each step's batch of batch_size examples is
 split among the N processes, so the run matches one process with the same batch_size; rank 0 prints
 the result, writes checkpoints and saves the model."""
