@@ -1,152 +1,178 @@
-"""Ingestion benchmark: read + validate + build a Dataset, timed and memory-measured per run.
+"""Ingestion benchmark at scale: a ratings CSV file of 1M, 5M or 20M rows -> `load_dataset` -> Dataset.
 
-Each run is a fresh subprocess, so peak RSS (what a user's machine feels) of one run never mixes
-with another's. Datasets: MovieLens 100K from ../shared/data (skipped when absent) and generated
-CSVs of 1M and 10M rows shaped like MovieLens (header user,item,rating,timestamp; popular items
-and heavy users; a few repeated pairs that the default keep_last policy drops).
+Data comes from `bench.scale.generate` (seeded Zipf item popularity, lognormal user activity, random
+timestamps; the issue-13 sizes 1M/20k items, 5M/100k, 20M/500k) plus a seeded 1-5 rating, written once
+as CSV (`user,item,rating,timestamp`) to a cache folder. Each measured load is a fresh subprocess, so its
+peak RSS is its own; it records wall seconds, CPU seconds (user+sys of the process and its children),
+peak RSS, the load average at start and end, and a digest of the built Dataset, so the code before and
+after a change can be checked to build the same thing.
 
-    python bench/ingest.py                      # ml-100k, 1m (3 runs each), 10m (1 run)
-    python bench/ingest.py --only 1m --runs 5
-    python bench/ingest.py --profile 1m         # cProfile of one in-process load
+    python bench/ingest.py --size 1m                       # current tree, result under "after"
+    python bench/ingest.py --size 1m --src /tmp/base --label before   # another source tree
+    python bench/ingest.py --size 5m --profile             # cProfile of one in-process load
+
+Results merge into bench/results/ingest-<size>-<YYYYMMDD>.json keyed by label. The machine is
+shared: read wall seconds against the recorded load, CPU seconds are the steadier figure.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "bench" / "results"
-SIZES = {"1m": 1_000_000, "10m": 10_000_000}
-sys.path.insert(0, str(ROOT))  # runnable as a plain script from any folder
+CACHE = Path(os.environ.get("RECSYS_BENCH_CACHE", "/tmp/recsys-ingest-bench"))
+SIZES = {"1m": (1_000_000, 20_000), "5m": (5_000_000, 100_000), "20m": (20_000_000, 500_000)}
+if "--worker" not in sys.argv:  # a worker imports recsys_core from --src (its PYTHONPATH), not this checkout
+    sys.path.insert(0, str(ROOT))
 
 
-def generate_csv(path: Path, rows: int, seed: int = 0) -> Path:
-    """A MovieLens-shaped ratings CSV: ~150 ratings per user, Zipf-like item popularity."""
+def data_file(size: str, seed: int = 0) -> Path:
+    """The cached CSV for `size`, generated on first use."""
+    path = CACHE / f"ratings-{size}-seed{seed}.csv"
+    if path.exists():
+        return path
     import numpy as np
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    rng = np.random.default_rng(seed)
-    n_users = max(rows // 150, 10)
-    n_items = max(int(4 * rows ** 0.5), 100)
-    activity = rng.lognormal(0, 1, n_users)
-    users = rng.choice(n_users, size=rows, p=activity / activity.sum()) + 1
-    popularity = 1.0 / np.arange(1, n_items + 1) ** 0.8
-    items = rng.permutation(n_items)[rng.choice(n_items, size=rows, p=popularity / popularity.sum())] + 1
-    ratings = rng.choice(np.arange(1, 6), size=rows, p=[0.06, 0.11, 0.27, 0.35, 0.21])
-    stamps = rng.integers(946_684_800, 1_072_915_200, size=rows)  # 2000..2003
-    table = pa.table({"user": users, "item": items, "rating": ratings, "timestamp": stamps})
-    pacsv.write_csv(table, path, write_options=pacsv.WriteOptions(quoting_style="none"))
+    from bench.scale import generate
+
+    rows, n_items = SIZES[size]
+    frame = generate(rows, n_items, seed)
+    rng = np.random.default_rng(seed + 1)
+    rating = rng.choice(np.arange(1, 6, dtype=np.int8), size=rows, p=[0.06, 0.11, 0.27, 0.35, 0.21])
+    table = pa.table({"user": frame["user"].to_numpy(), "item": frame["item"].to_numpy(), "rating": rating,
+                      "timestamp": frame["timestamp"].to_numpy()})
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    pacsv.write_csv(table, tmp, write_options=pacsv.WriteOptions(quoting_style="none"))
+    tmp.rename(path)
     return path
 
 
-def worker(path: str, items: str | None) -> None:
-    """One measured load, in this (fresh) process; prints one JSON line."""
+def digest(ds) -> str:
+    """Identity of what was built: ids in index order and every interaction column."""
+    h = hashlib.sha256()
+    for ids in (ds.user_ids, ds.item_ids):
+        h.update("\0".join(map(str, ids)).encode())
+    for column in ds.interactions.columns:
+        h.update(column.encode())
+        h.update(ds.interactions[column].to_numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def worker(path: str) -> None:
+    """One measured load in this fresh process; prints one JSON line."""
     import resource
 
-    import psutil
+    from recsys_core.data import LoadOptions, load_dataset
 
-    from recsys_core.data import load_dataset
+    base_rss = _vm_hwm_mb()
+    load_start = os.getloadavg()
+    t0, c0 = time.perf_counter(), _cpu()
+    ds, report = load_dataset(path, options=LoadOptions(max_bytes=8 << 30))
+    seconds, cpu = time.perf_counter() - t0, _cpu() - c0
+    peak = _vm_hwm_mb()
+    child_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(json.dumps({"wall_s": round(seconds, 2), "cpu_s": round(cpu, 2), "peak_rss_mb": round(peak, 1),
+                      "peak_rss_children_mb": round(child_peak, 1), "rss_after_imports_mb": round(base_rss, 1),
+                      "load_avg_start": [round(x, 2) for x in load_start],
+                      "load_avg_end": [round(x, 2) for x in os.getloadavg()],
+                      "rows_read": report.rows_read, "rows_kept": ds.n_interactions, "users": ds.n_users,
+                      "items": ds.n_items, "order": ds.order, "digest": digest(ds)}))
 
-    base = psutil.Process().memory_info().rss
-    t0 = time.perf_counter()
-    ds, report = load_dataset(path, items=items)
-    seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    print(json.dumps({"seconds": seconds, "rows_read": report.rows_read, "rows_kept": ds.n_interactions,
-                      "users": ds.n_users, "items": ds.n_items, "peak_mem_mb": peak / 2**20,
-                      "rss_after_imports_mb": base / 2**20}))
+
+def _vm_hwm_mb() -> float:
+    """Peak RSS of this process image. Not ru_maxrss: Linux carries that over exec from the parent."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
-def measure(path: Path, items: Path | None, runs: int) -> dict:
-    results = []
+def _cpu() -> float:
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def measure(size: str, src: Path, runs: int) -> dict:
+    path = data_file(size)
+    out = {"code": str(src), "git": _git(src), "file": path.name, "file_mb": round(path.stat().st_size / 2**20, 1),
+           "rows": SIZES[size][0], "items_requested": SIZES[size][1], "cpus": os.cpu_count(),
+           "python": platform.python_version(), "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+           "runs": []}
     for _ in range(runs):
-        cmd = [sys.executable, __file__, "--worker", str(path)] + (["--items", str(items)] if items else [])
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    seconds = statistics.median(r["seconds"] for r in results)
-    rows = results[0]["rows_read"]
-    return {"rows": rows, "seconds_median": round(seconds, 3), "rows_per_s": round(rows / seconds),
-            "peak_mem_mb": round(statistics.median(r["peak_mem_mb"] for r in results), 1),
-            "rss_after_imports_mb": round(statistics.median(r["rss_after_imports_mb"] for r in results), 1),
-            "file_mb": round(path.stat().st_size / 2**20, 1), "runs": results}
-
-
-def _context() -> dict:
-    return {"device": "cpu", "cpus": os.cpu_count(), "python": platform.python_version(),
-            "load_avg_before": [round(x, 2) for x in os.getloadavg()]}
-
-
-def run(only: list[str], runs: int, runs_10m: int, write: bool) -> dict:
-    out = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in only:
-            ctx = _context()
-            if name == "ml-100k":
-                data = SHARED / "ml-100k"
-                if not (data / "u.data").exists():
-                    print(f"skip ml-100k: {data} not found", file=sys.stderr)
-                    continue
-                res = measure(data / "u.data", data / "u.item", runs)
-            else:
-                t0 = time.perf_counter()
-                path = generate_csv(Path(tmp) / f"ratings-{name}.csv", SIZES[name])
-                ctx["generate_seconds"] = round(time.perf_counter() - t0, 1)
-                res = measure(path, None, runs_10m if name == "10m" else runs)
-                path.unlink()
-            res |= ctx | {"load_avg_after": [round(x, 2) for x in os.getloadavg()],
-                          "dataset": name if name == "ml-100k" else f"synthetic-{name}"}
-            out[res["dataset"]] = res
-            if write:
-                RESULTS.mkdir(parents=True, exist_ok=True)
-                stamp = dt.date.today().strftime("%Y%m%d")
-                (RESULTS / f"ingest-{res['dataset']}-{stamp}.json").write_text(json.dumps(res, indent=2) + "\n")
-            print(json.dumps({k: v for k, v in res.items() if k != "runs"}), file=sys.stderr)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(path)]
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=src, env={**os.environ, "PYTHONPATH": str(src)})
+        if done.returncode:
+            raise SystemExit(f"worker failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        out["runs"].append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(json.dumps(out["runs"][-1]), file=sys.stderr, flush=True)
+    best = min(out["runs"], key=lambda r: r["cpu_s"])
+    out |= {k: best[k] for k in ("wall_s", "cpu_s", "peak_rss_mb", "digest")}
     return out
 
 
-def profile(name: str) -> None:
+def _git(src: Path) -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=src)
+    return done.stdout.strip() or "not a git checkout"
+
+
+def write(size: str, label: str, result: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"ingest-{size}-{dt.date.today():%Y%m%d}.json"
+    record = json.loads(path.read_text()) if path.exists() else {"size": size, "benchmark": "bench/ingest.py"}
+    record[label] = result
+    if "before" in record and "after" in record:
+        record["same_dataset"] = record["before"]["digest"] == record["after"]["digest"]
+        record["speedup_wall"] = round(record["before"]["wall_s"] / record["after"]["wall_s"], 2)
+        record["speedup_cpu"] = round(record["before"]["cpu_s"] / record["after"]["cpu_s"], 2)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def profile(size: str) -> None:
     import cProfile
     import pstats
 
-    from recsys_core.data import load_dataset
+    from recsys_core.data import LoadOptions, load_dataset
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = generate_csv(Path(tmp) / "r.csv", SIZES[name]) if name in SIZES else SHARED / "ml-100k" / "u.data"
-        prof = cProfile.Profile()
-        prof.runcall(load_dataset, path)
-        pstats.Stats(prof).sort_stats("cumulative").print_stats(30)
+    prof = cProfile.Profile()
+    prof.runcall(load_dataset, data_file(size), options=LoadOptions(max_bytes=8 << 30))
+    pstats.Stats(prof).sort_stats("cumulative").print_stats(35)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worker", help=argparse.SUPPRESS)
-    ap.add_argument("--items", help=argparse.SUPPRESS)
-    ap.add_argument("--only", default="ml-100k,1m,10m", help="comma list of ml-100k, 1m, 10m")
-    ap.add_argument("--runs", type=int, default=3, help="runs per dataset (median is reported)")
-    ap.add_argument("--runs-10m", type=int, default=1)
-    ap.add_argument("--no-write", action="store_true", help="do not write bench/results/*.json")
-    ap.add_argument("--profile", choices=["ml-100k", *SIZES], help="cProfile one in-process load instead")
+    ap.add_argument("--size", choices=list(SIZES), default="1m")
+    ap.add_argument("--runs", type=int, default=1, help="runs (the one with least CPU is the headline)")
+    ap.add_argument("--src", default=str(ROOT), help="source tree holding recsys_core (default: this checkout)")
+    ap.add_argument("--label", default="after", help="key of this result in the JSON (e.g. before, after)")
+    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="cProfile one in-process load instead")
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker, args.items)
+        worker(args.worker)
     elif args.profile:
-        profile(args.profile)
+        profile(args.size)
     else:
-        result = run(args.only.split(","), args.runs, args.runs_10m, not args.no_write)
-        print(json.dumps({k: {m: v for m, v in r.items() if m != "runs"} for k, r in result.items()}, indent=2))
+        result = measure(args.size, Path(args.src).resolve(), args.runs)
+        if not args.no_write:
+            print(write(args.size, args.label, result), file=sys.stderr)
+        print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
 
 
 if __name__ == "__main__":

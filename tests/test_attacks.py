@@ -18,7 +18,7 @@ from llm_loopback import LoopbackLLM
 from bench.attacks import HTML_TITLES, crafted_model_folders, nested_jsonl, tiny_dataset, zip_of
 from recsys_core.blurbs.llm import LLMError, OpenAIBackend, is_hub_name
 from recsys_core.data.isolated import run_isolated
-from recsys_core.data.read import _json_frame, read_table
+from recsys_core.data.read import _json_frame, _text_child, read_table
 from recsys_core.data.source import DEFAULT_MAX_BYTES, Blob
 from recsys_core.errors import ConfigError, DataError, ModelError, RecsysError, ResourceError
 from recsys_core.models.base import load_model
@@ -68,6 +68,71 @@ def test_rows_read_are_capped(monkeypatch) -> None:
         with pytest.raises(ResourceError, match="over the limit of 100") as caught:
             read_table(data, name)
         assert "RECSYS_MAX_ROWS" in caught.value.hint and isinstance(caught.value, RecsysError)
+
+
+HOSTILE_CSV = {
+    # One 40 MB field: the reader refuses a row that straddles its 16 MB blocks.
+    "giant_field.csv": b"user,item\n1," + b"x" * (40 << 20) + b"\n2,3\n",
+    # An unclosed quote swallows every later line into one field.
+    "open_quote.csv": b'user,item\n"1,2\n' + b"3,4\n" * 300_000,
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_CSV))
+def test_hostile_csv_uploads_are_data_errors_and_this_process_survives(name) -> None:
+    with pytest.raises(DataError) as caught:
+        read_table(HOSTILE_CSV[name], name)
+    assert caught.value.file == name and caught.value.hint
+    assert read_table(b"user,item\n1,2\n3,4\n", "ok.csv").n_rows == 2
+
+
+def test_csv_uploads_parse_under_the_childs_memory_limit(monkeypatch) -> None:
+    # ~85 MB of text needs more than 300 MB to parse and send back: only a limited child can fail this way.
+    rows = b"user,item,note\n" + b"".join(b"%d,%d,%s\n" % (i, i, b"y" * 200) for i in range(400_000))
+    monkeypatch.setenv("RECSYS_PARSE_MEMORY_MB", "300")
+    with pytest.raises(ResourceError, match="memory|MB") as caught:
+        read_table(rows, "big.csv")
+    assert caught.value.file == "big.csv"
+    monkeypatch.delenv("RECSYS_PARSE_MEMORY_MB")
+    assert read_table(rows, "big.csv").n_rows == 400_000  # the same upload within the default limit
+
+
+def test_csv_rows_and_bytes_read_are_capped(monkeypatch) -> None:
+    rows = b"user,item\n" + b"".join(b"%d,%d\n" % (i, i % 97) for i in range(100_000))  # > INLINE_TEXT_BYTES
+    monkeypatch.setenv("RECSYS_MAX_ROWS", "5000")
+    with pytest.raises(ResourceError, match="over the limit of 5,000") as caught:
+        read_table(rows, "many.csv")
+    assert "RECSYS_MAX_ROWS" in caught.value.hint
+    with pytest.raises(ResourceError, match="over the limit of 5,000"):  # small uploads too (parsed in-process)
+        read_table(b"user,item\n" + b"1,2\n" * 6_000, "small.csv")
+    # The child's reader stops at the first 16 MB block past a cap, rows or decoded bytes alike.
+    with pytest.raises(ResourceError, match="at least"):
+        run_isolated(_text_child, Blob(rows, "many.csv"), 5_000, 2**40, file="many.csv")
+    with pytest.raises(ResourceError, match="read limit") as caught:
+        run_isolated(_text_child, Blob(rows, "many.csv"), 10**9, 1 << 20, file="many.csv")
+    assert "RECSYS_MAX_READ_MB" in caught.value.hint
+
+
+def test_a_local_path_is_trusted_and_parsed_in_process(tmp_path, monkeypatch) -> None:
+    rows = b"user,item\n" + b"".join(b"%d,%d\n" % (i, i % 97) for i in range(100_000))
+    path = tmp_path / "r.csv"
+    path.write_bytes(rows)
+    monkeypatch.setenv("RECSYS_MAX_ROWS", "5000")
+    monkeypatch.setenv("RECSYS_PARSE_MEMORY_MB", "1")  # a child could not even start: none is used
+    assert read_table(path).n_rows == 100_000
+
+
+def test_an_upload_is_parsed_once_for_preview_and_save(monkeypatch) -> None:
+    from recsys_core.data import load_dataset
+    from recsys_core.data import read as read_module
+
+    data = b"user,item,rating\n" + b"".join(b"u%d,i%d,%d\n" % (i % 900, i % 311, i % 5 + 1) for i in range(30_000))
+    calls = []
+    real = read_module.run_isolated
+    monkeypatch.setattr(read_module, "run_isolated", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    raw = read_table(data, "r.csv")  # the Data page's preview
+    ds, _ = load_dataset(data, "r.csv", parsed=raw)  # its Save step
+    assert len(calls) == 1 and ds.n_interactions == 30_000
 
 
 # ---- the workspace jail --------------------------------------------------------------------------------

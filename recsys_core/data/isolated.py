@@ -56,14 +56,17 @@ def max_read_bytes() -> int:
     return int(_env_number(READ_ENV, DEFAULT_READ_MB) * 2**20)
 
 
-def too_many_rows(file: str, n: int, limit: int) -> errors.ResourceError:
-    return errors.ResourceError(f"the file has {n:,} rows, over the limit of {limit:,}", file=file,
+def too_many_rows(file: str, n: int, limit: int, *, at_least: bool = False) -> errors.ResourceError:
+    """`at_least`: the reader stopped at `n` rows, the file may hold more."""
+    count = f"at least {n:,}" if at_least else f"{n:,}"
+    return errors.ResourceError(f"the file has {count} rows, over the limit of {limit:,}", file=file,
                                 hint=f"load a sample of the rows, or ask the operator to raise {ROWS_ENV}")
 
 
 def run_isolated(fn: Callable[..., Any], blob: Blob, *numbers: int, file: str, memory_mb: float | None = None,
-                 timeout_s: float | None = None) -> Any:
-    """`fn(blob, *numbers)` in a limited child process: its frame (or (frame, tag)), or the RecsysError it raised.
+                 timeout_s: float | None = None, params: dict | None = None) -> Any:
+    """`fn(blob, *numbers, **params)` in a limited child process: its frame (or (frame, tag)), or the RecsysError
+    it raised. `params` and a tag must be JSON values; the frame may be pandas or an Arrow table.
 
     `fn` must be a module-level function of `recsys_core` (the child imports it by name). Nothing crosses
     the pipe as pickle: the request is a JSON header plus the raw bytes, the reply a JSON header plus an
@@ -76,7 +79,7 @@ def run_isolated(fn: Callable[..., Any], blob: Blob, *numbers: int, file: str, m
     timeout_s = timeout_s or _env_number(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
     header = {"module": fn.__module__, "name": fn.__qualname__, "numbers": [int(n) for n in numbers],
               "blob_name": blob.name, "member": blob.member, "memory_bytes": int(memory_mb * 2**20),
-              "timeout_s": timeout_s}
+              "timeout_s": timeout_s, "params": params or {}}
     request = json.dumps(header).encode() + b"\n" + bytes(blob.data)
     with _SLOTS:
         out = _exchange(request, timeout_s)
@@ -130,7 +133,11 @@ def _unpack(reply: bytes, file: str, memory_mb: float) -> Any:
     except (ValueError, KeyError, TypeError):
         kind, payload = "failed", "an unreadable reply"
     if kind == "ok":
-        frame = pa.ipc.open_stream(body).read_all().to_pandas()
+        try:
+            frame = pa.ipc.open_stream(body).read_all().to_pandas()
+        except (pa.ArrowException, ValueError) as err:  # a child killed while writing its reply
+            raise errors.ResourceError("the parser stopped while sending the table back; the file was not loaded",
+                                       file=file, hint="upload a smaller file or a sample") from err
         return frame if payload is None else (frame, payload)
     if kind == "memory":
         raise errors.ResourceError(f"reading the file needs more than the {memory_mb:,.0f} MB a parse may use",
@@ -155,17 +162,24 @@ def _call(request: bytes) -> tuple:
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
     try:
         fn = getattr(importlib.import_module(spec["module"]), spec["name"])
-        result = fn(Blob(data, spec["blob_name"], spec["member"]), *spec["numbers"])
+        result = fn(Blob(data, spec["blob_name"], spec["member"]), *spec["numbers"], **spec.get("params", {}))
         frame, tag = result if isinstance(result, tuple) else (result, None)
         return "ok", tag, frame
     except errors.RecsysError as err:
         fields = {"message": err.message, "file": err.file, "line": err.line, "column": err.column,
                   "hint": err.hint, "examples": err.examples}
         return "error", [type(err).__name__, fields], None
-    except MemoryError:
+    except (MemoryError, pa.ArrowMemoryError):
         return "memory", None, None
     except Exception as err:  # noqa: BLE001 - whatever the parser raises is reported, never a traceback
+        if any(text in str(err) for text in _OUT_OF_ROOM):
+            return "memory", None, None
         return "failed", f"{type(err).__name__}: {str(err)[:200]}", None
+
+
+# What Arrow says when the address-space limit stops it (a thread stack or a buffer it could not map).
+_OUT_OF_ROOM = ("Failed to launch worker thread", "Resource temporarily unavailable", "Cannot allocate memory",
+                "malloc of size", "realloc of size")
 
 
 def _main() -> None:
@@ -174,19 +188,19 @@ def _main() -> None:
     request = sys.stdin.buffer.read()
     try:
         kind, payload, frame = _call(request)
-        body = b"" if frame is None else _ipc(frame)
+        del request
+        table = None if frame is None else _arrow(frame)
     except MemoryError:
-        kind, payload, body = "memory", None, b""
-    out.write(json.dumps({"kind": kind, "payload": payload}).encode() + b"\n" + body)
+        kind, payload, table = "memory", None, None
+    out.write(json.dumps({"kind": kind, "payload": payload}).encode() + b"\n")
+    if table is not None:  # streamed to the pipe: no second copy of the table in the child
+        with pa.ipc.new_stream(out, table.schema) as writer:
+            writer.write_table(table)
     out.flush()
 
 
-def _ipc(frame: Any) -> bytes:
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
+def _arrow(frame: Any) -> pa.Table:
+    return frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
 
 
 if __name__ == "__main__":

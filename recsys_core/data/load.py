@@ -7,7 +7,7 @@ non-fatal finding (what was detected, what was dropped and why) lands in the `Lo
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -109,6 +109,8 @@ def load_dataset(source: Source, filename: str | None = None, *, mapping: Column
     frame, notes = to_interactions(raw, mapping)
     for note in notes:
         report.add(note)
+    if parsed is None:  # the raw text columns are no longer needed: free them before indexing
+        raw = replace(raw, frame=raw.frame.iloc[:0])
     frame = _filter(raw, frame, options, report)
     meta = _metadata(blob, items, items_filename, options, report)
     opts = options.to_dict() | {"mapping": {k: None if v is None else str(v) for k, v in mapping.as_dict().items()},
@@ -160,8 +162,7 @@ def _stem(file: str) -> str:
 
 def _filter(raw: RawTable, frame: pd.DataFrame, options: LoadOptions, report: LoadReport) -> pd.DataFrame:
     """De-duplicate, threshold and k-core; returns the kept rows (original order)."""
-    users = pd.factorize(frame[USER])[0]
-    items = pd.factorize(frame[ITEM])[0]
+    users, items = _codes(frame[USER]), _codes(frame[ITEM])
     ts = frame[TIMESTAMP].to_numpy() if TIMESTAMP in frame.columns else None
     keep = _dedupe(raw, frame, users, items, ts, options.duplicates, report)
     if options.implicit_threshold is not None:
@@ -180,6 +181,13 @@ def _filter(raw: RawTable, frame: pd.DataFrame, options: LoadOptions, report: Lo
                    f"removed {before - int(keep.sum())} rows in {rounds} round(s)")
     _check_left(raw, users[keep], items[keep], options, report)
     return frame if keep.all() else frame.loc[keep].reset_index(drop=True)
+
+
+def _codes(ids: pd.Series) -> np.ndarray:
+    """Integer codes of an id column: the Categorical's own when `to_interactions` made one (no re-hashing)."""
+    if isinstance(ids.dtype, pd.CategoricalDtype):
+        return ids.cat.codes.to_numpy()
+    return pd.factorize(ids)[0]
 
 
 def _dedupe(raw: RawTable, frame: pd.DataFrame, users: np.ndarray, items: np.ndarray, ts: np.ndarray | None, policy: str,
@@ -213,7 +221,7 @@ def _check_left(raw: RawTable, users: np.ndarray, items: np.ndarray, options: Lo
     if len(users) == 0:
         raise DataError("no interactions are left after filtering" + (f" ({what})" if what else ""), file=raw.file,
                         hint="lower the implicit threshold or the k-core minimums")
-    n_items = len(np.unique(items))
+    n_items = int(np.count_nonzero(np.bincount(items)))
     per_user = np.bincount(users)
     evaluable = int((per_user >= options.min_eval_history).sum())
     if n_items < 2:

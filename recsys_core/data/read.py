@@ -107,6 +107,17 @@ def open_member(blob: Blob, kind: str, *, member: str | None = None, max_bytes: 
 
 def parse_blob(blob: Blob, *, delimiter: str | None = None, has_header: bool | None = None,
                encoding: str | None = None) -> RawTable:
+    """Parse a blob into a RawTable.
+
+    Where parsing runs depends on trust (`source`): an upload (bytes, a file object, a member of an
+    uploaded zip) is parsed in a limited child process (`isolated`), whatever its format, with the rows and
+    the decoded bytes it may yield capped (`RECSYS_MAX_ROWS`, `RECSYS_MAX_READ_MB`), so a hostile file costs
+    the child, never the server. A local path is trusted: parsed in this process, a big text file streamed
+    from disk, with no row cap. One exception: uploaded text up to `INLINE_TEXT_BYTES` is parsed here, under
+    the same caps: pyarrow's CSV reader is linear in its input, so 256 KB cannot cost more than a few MB and
+    milliseconds, while a child interpreter costs ~0.6 s of CPU to start (pandas and pyarrow imports)."""
+    if blob.path is not None and not _streamable(blob):
+        blob = blob.whole()
     data = _strip_bom(blob)
     name = blob.name.lower()
     if data[:4] == b"PAR1" or name.endswith(_PARQUET_EXT):
@@ -123,15 +134,28 @@ def parse_blob(blob: Blob, *, delimiter: str | None = None, has_header: bool | N
                         hint="upload CSV, TSV, Parquet, JSON Lines, MovieLens .dat/u.data, or a .zip of one")
     if name.endswith(_JSON_EXT) or data.lstrip()[:1] in (b"{", b"["):
         return _read_json(blob, data)
-    # Leading blank lines would be taken for the header row; drop them and keep line numbers right.
-    body = data.lstrip(b" \t\r\n") if data[:1] in (b" ", b"\t", b"\r", b"\n") else data
-    skipped = data[: len(data) - len(body)].count(b"\n")
-    layout = sniff_layout(body, blob.name, delimiter=delimiter, has_header=has_header, encoding=encoding)
-    table = _read_delimited(blob, body, layout, forced_encoding=encoding is not None, line_offset=skipped)
-    table.first_line += skipped
-    if table.line_numbers is not None:
-        table.line_numbers = table.line_numbers + skipped
-    return table
+    options = {"delimiter": delimiter, "has_header": has_header, "encoding": encoding}
+    if blob.trusted:
+        frame, info, line_numbers = _text_table(blob, 0, 0, **options)
+    elif len(data) <= INLINE_TEXT_BYTES:
+        frame, info, line_numbers = _text_table(Blob(data, blob.name, blob.member), max_rows(), max_read_bytes(),
+                                                **options)
+    else:
+        if data.count(b"\n") > max_rows():  # cheap, before any parsing: a row needs a line
+            raise too_many_rows(blob.name, data.count(b"\n"), max_rows())
+        frame, info = run_isolated(_text_child, Blob(data, blob.name, blob.member), max_rows(), max_read_bytes(),
+                                   params=options, file=blob.name)
+        frame, line_numbers = _split_line_column(frame, info)
+    return RawTable(frame, blob.name, info["format"], info["delimiter"], info["has_header"], info["encoding"],
+                    len(frame), blob.member, line_numbers, info["first_line"])
+
+
+def _streamable(blob: Blob) -> bool:
+    """A big local file whose text the CSV reader can take straight from disk: not Parquet or JSON (read
+    whole), no byte-order mark or leading blank lines (both shift what the reader would see)."""
+    head, name = blob.data, blob.name.lower()
+    return not (head[:4] == b"PAR1" or name.endswith(_PARQUET_EXT + _JSON_EXT) or head[:1] in b" \t\r\n{["
+                or head.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")))
 
 
 def _strip_bom(blob: Blob) -> bytes:
@@ -149,7 +173,70 @@ def _strip_bom(blob: Blob) -> bytes:
 
 # ---- delimited text ---------------------------------------------------------------------------
 
+INLINE_TEXT_BYTES = 256 << 10  # uploaded text at most this big is parsed in-process (see `parse_blob`)
 _FORMATS = {",": "csv", "\t": "tsv", "::": "dat", "|": "psv", ";": "ssv", " ": "txt"}
+_LINE_COLUMN = "\x00line"  # the child's extra column: file line per row, when blank lines shift them
+
+
+def _text_child(blob: Blob, limit_rows: int, limit_bytes: int, delimiter: str | None = None,
+                has_header: bool | None = None, encoding: str | None = None) -> tuple[pa.Table, dict]:
+    """Runs in the parse child: a text table as Arrow, its line numbers as an extra column when needed."""
+    frame, info, line_numbers = _text_table(blob, limit_rows, limit_bytes, delimiter=delimiter,
+                                            has_header=has_header, encoding=encoding)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    if line_numbers is not None:
+        table = table.append_column(_LINE_COLUMN, pa.array(line_numbers, pa.int64()))
+    return table, info
+
+
+def _split_line_column(frame: pd.DataFrame, info: dict) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """The child's frame without its line column, and that column; integer labels back on headerless tables."""
+    line_numbers = None
+    if _LINE_COLUMN in frame.columns:
+        line_numbers = frame.pop(_LINE_COLUMN).to_numpy(dtype=np.int64)
+    if not info["has_header"]:
+        frame.columns = list(range(frame.shape[1]))
+    return frame, line_numbers
+
+
+def _text_table(blob: Blob, limit_rows: int, limit_bytes: int, *, delimiter: str | None = None,
+                has_header: bool | None = None, encoding: str | None = None) -> tuple[pd.DataFrame, dict, np.ndarray | None]:
+    """Sniff and read a delimited text blob: (frame, how it was read, file line per row or None).
+    `limit_rows` / `limit_bytes` (0: none) stop the reader as soon as it has produced more."""
+    data = _strip_bom(blob)
+    # Leading blank lines would be taken for the header row; drop them and keep line numbers right.
+    body = data.lstrip(b" \t\r\n") if data[:1] in (b" ", b"\t", b"\r", b"\n") else data
+    skipped = data[: len(data) - len(body)].count(b"\n")
+    layout = sniff_layout(body, blob.name, delimiter=delimiter, has_header=has_header, encoding=encoding)
+    if blob.path is not None and len(layout.delimiter) > 1:
+        blob = blob.whole()  # '::' is rewritten in memory before the reader sees it
+        body = _strip_bom(blob)
+    text = _Text(blob, body, skipped, limit_rows, limit_bytes)
+    frame, used_encoding, line_numbers = _read_delimited(text, layout, forced_encoding=encoding is not None)
+    if line_numbers is not None:
+        line_numbers = line_numbers + skipped
+    info = {"format": _FORMATS.get(layout.delimiter, "csv"), "delimiter": layout.delimiter,
+            "has_header": layout.has_header, "encoding": used_encoding,
+            "first_line": (2 if layout.has_header else 1) + skipped}
+    return frame, info, line_numbers
+
+
+@dataclass
+class _Text:
+    """The text to read: in memory, or (a trusted big file) on disk with only its head in memory."""
+
+    blob: Blob
+    head: bytes  # the whole text, unless `blob.path` is set
+    line_offset: int
+    limit_rows: int
+    limit_bytes: int
+
+    def source(self):
+        return str(self.blob.path) if self.blob.path is not None else io.BytesIO(self.head)
+
+    def whole(self) -> bytes:
+        """All the text (read from disk for a streamed file: error paths and blank-line files only)."""
+        return self.head if self.blob.path is None else _strip_bom(self.blob.whole())
 
 
 def _single_char_delimiter(data: bytes, delimiter: str, file: str) -> tuple[bytes, str]:
@@ -163,37 +250,41 @@ def _single_char_delimiter(data: bytes, delimiter: str, file: str) -> tuple[byte
                     file=file, hint="save the table as plain CSV")
 
 
-def _read_delimited(blob: Blob, data: bytes, layout: TextLayout, *, forced_encoding: bool,
-                    line_offset: int = 0) -> RawTable:
+def _read_delimited(text: _Text, layout: TextLayout, *, forced_encoding: bool
+                    ) -> tuple[pd.DataFrame, str, np.ndarray | None]:
+    blob = text.blob
     quote = '"' if len(layout.delimiter) == 1 else False  # MovieLens '::' files never quote
-    parsed, delim = _single_char_delimiter(data, layout.delimiter, blob.name)
+    if len(layout.delimiter) > 1:
+        parsed, delim = _single_char_delimiter(text.head, layout.delimiter, blob.name)
+        text = _Text(blob, parsed, text.line_offset, text.limit_rows, text.limit_bytes)
+    else:
+        delim = layout.delimiter
     encoding = layout.encoding
     try:
-        table, bad = _arrow_csv(parsed, layout, delim, quote, encoding)
+        table, bad = _arrow_csv(text, layout, delim, quote, encoding)
     except pa.ArrowInvalid as err:
         if "Could not skip" in str(err):  # the header is the only line
             raise DataError("the file has a header but no data rows", file=blob.name, line=2,
                             hint="add interactions below the header line") from err
         if "UTF8" not in str(err) or forced_encoding or encoding != "utf-8":
             raise _parse_error(blob, err) from err
-        encoding = _fallback_encoding(blob, data, line_offset)
+        encoding = _fallback_encoding(blob, text.whole(), text.line_offset)
         try:
-            table, bad = _arrow_csv(parsed, layout, delim, quote, encoding)
+            table, bad = _arrow_csv(text, layout, delim, quote, encoding)
         except pa.ArrowInvalid as err2:
             raise _parse_error(blob, err2) from err2
     if bad:
-        raise _field_count_error(blob, data, layout, encoding, bad, line_offset)
+        raise _field_count_error(blob, text.whole(), layout, encoding, bad, text.line_offset)
     if layout.strip:
         table = pa.table({n: pc.utf8_trim_whitespace(table[n]) for n in table.column_names})
-    frame = table.to_pandas()
+    frame = table.to_pandas(self_destruct=True)
+    del table
     if not layout.has_header:
         frame.columns = list(range(frame.shape[1]))
     if frame.empty:
         raise DataError("the file has a header but no data rows", file=blob.name, line=2,
                         hint="add interactions below the header line")
-    line_numbers = _line_numbers(data, layout.has_header, len(frame))
-    return RawTable(frame, blob.name, _FORMATS.get(layout.delimiter, "csv"), layout.delimiter, layout.has_header,
-                    encoding, len(frame), blob.member, line_numbers, 2 if layout.has_header else 1)
+    return frame, encoding, _line_numbers_of(text, layout.has_header, len(frame))
 
 
 def _fallback_encoding(blob: Blob, data: bytes, line_offset: int) -> str:
@@ -221,7 +312,9 @@ def _fallback_encoding(blob: Blob, data: bytes, line_offset: int) -> str:
 _UTF8_MULTIBYTE = re.compile(rb"[\xc2-\xf4][\x80-\xbf]")
 
 
-def _arrow_csv(data: bytes, layout: TextLayout, delim: str, quote, encoding: str) -> tuple[pa.Table, list[str]]:
+def _arrow_csv(text: _Text, layout: TextLayout, delim: str, quote, encoding: str) -> tuple[pa.Table, list[str]]:
+    """Every column as text (large_string: what pandas keeps, so no copy on the way to the frame).
+    With limits the file is read in blocks and abandoned at the first block past them."""
     bad: list[str] = []
 
     def on_invalid(row) -> str:
@@ -230,15 +323,27 @@ def _arrow_csv(data: bytes, layout: TextLayout, delim: str, quote, encoding: str
         return "skip"  # whitespace-only lines are skipped silently, like empty ones
 
     names = layout.header
-    table = pacsv.read_csv(
-        io.BytesIO(data),
-        read_options=pacsv.ReadOptions(column_names=names, skip_rows=1 if layout.has_header else 0,
-                                       encoding=encoding, block_size=16 << 20),
-        parse_options=pacsv.ParseOptions(delimiter=delim, quote_char=quote, invalid_row_handler=on_invalid),
-        convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
-                                             strings_can_be_null=False, quoted_strings_can_be_null=False),
-    )
-    return table, bad
+    options = {
+        "read_options": pacsv.ReadOptions(column_names=names, skip_rows=1 if layout.has_header else 0,
+                                          encoding=encoding, block_size=16 << 20),
+        "parse_options": pacsv.ParseOptions(delimiter=delim, quote_char=quote, invalid_row_handler=on_invalid),
+        "convert_options": pacsv.ConvertOptions(column_types={n: pa.large_string() for n in names},
+                                                strings_can_be_null=False, quoted_strings_can_be_null=False),
+    }
+    if not (text.limit_rows or text.limit_bytes):
+        return pacsv.read_csv(text.source(), **options), bad
+    reader = pacsv.open_csv(text.source(), **options)
+    batches, rows, size = [], 0, 0
+    for batch in reader:
+        rows, size = rows + batch.num_rows, size + batch.nbytes
+        if text.limit_rows and rows > text.limit_rows:
+            raise too_many_rows(text.blob.name, rows, text.limit_rows, at_least=True)
+        if text.limit_bytes and size > text.limit_bytes:
+            raise ResourceError(f"the table's text takes more than {text.limit_bytes / 2**20:,.0f} MB once read, "
+                                "over the read limit", file=text.blob.name,
+                                hint=f"load a sample of the rows, or ask the operator to raise {READ_ENV}")
+        batches.append(batch)
+    return pa.Table.from_batches(batches, schema=reader.schema), bad
 
 
 def _parse_error(blob: Blob, err: Exception) -> DataError:
@@ -264,7 +369,7 @@ def _field_count_error(blob: Blob, data: bytes, layout: TextLayout, encoding: st
         if n != layout.n_fields:
             first = first or number
             examples.append(f"line {number} ({n} fields): {line[:120]}")
-            if len(examples) >= 5:
+            if len(examples) >= min(5, len(bad)):  # found them all: the rest of a big file is not read
                 break
     return DataError(
         f"{len(bad)} row(s) have the wrong number of fields (expected {layout.n_fields}, "
@@ -272,6 +377,21 @@ def _field_count_error(blob: Blob, data: bytes, layout: TextLayout, encoding: st
         file=blob.name, line=first, examples=examples or [b[:120] for b in bad[:5]],
         hint="fix or delete those lines; a field containing the delimiter must be quoted",
     )
+
+
+def _line_numbers_of(text: _Text, has_header: bool, n_rows: int) -> np.ndarray | None:
+    """`_line_numbers` of the text; a streamed file is first scanned for blank lines in 16 MB pieces, and
+    read whole only when it has some."""
+    if text.blob.path is None:
+        return _line_numbers(text.head, has_header, n_rows)
+    newlines, last = 0, b"\n"
+    with text.blob.path.open("rb") as fh:
+        while piece := fh.read(16 << 20):
+            newlines, last = newlines + piece.count(b"\n"), piece[-1:]
+    lines = newlines + (last != b"\n")
+    if lines == n_rows + has_header:  # every line is a row: nothing shifts
+        return None
+    return _line_numbers(text.whole(), has_header, n_rows)
 
 
 def _line_numbers(data: bytes, has_header: bool, n_rows: int) -> np.ndarray | None:

@@ -1,7 +1,12 @@
 """Getting a file's bytes: from a path, raw bytes (a Streamlit upload) or a zip member.
 
-Everything is read into memory and checked against a size limit first; zip members are never
-extracted to disk, and a member whose name tries to escape (`../x`, `/etc/x`) rejects the archive.
+Everything is checked against a size limit first; zip members are never extracted to disk, and a
+member whose name tries to escape (`../x`, `/etc/x`) rejects the archive.
+
+Trust: bytes and file objects are uploads, untrusted: their tables are parsed in a limited child
+process (`isolated`). A path is a file the operator or the CLI named on this machine, trusted: it is
+parsed in this process, and a big plain table is not read into memory at all (`Blob.path`: the parser
+streams it from disk), so a 20M-row CSV costs its parsed columns, not also a copy of its text.
 """
 
 from __future__ import annotations
@@ -40,6 +45,19 @@ class Blob:
     data: bytes
     name: str
     member: str | None = None  # set when the bytes came out of a zip
+    trusted: bool = False  # a local path (or a member of one): parsed in-process; else an upload
+    # Set when `data` holds only the first HEAD_BYTES of a big local file; `whole()` reads the rest.
+    path: Path | None = None
+
+    def whole(self) -> Blob:
+        """This blob with all its bytes in memory."""
+        if self.path is None:
+            return self
+        return Blob(self.path.read_bytes(), self.name, self.member, self.trusted)
+
+
+HEAD_BYTES = 1 << 20  # what a big local file shows of itself before it is streamed
+_STREAM_FROM = 32 << 20  # local files above this size are streamed from disk, not read into memory
 
 
 def _mb(n: int) -> str:
@@ -79,7 +97,12 @@ def load_blob(source: Source, filename: str | None = None, *, max_bytes: int = D
                             hint="pick the ratings file inside it (e.g. u.data or ratings.dat)")
         if size > max_bytes:
             raise _too_big(name, size, max_bytes)
-        return Blob(path.read_bytes(), name)
+        if size > _STREAM_FROM and not name.lower().endswith(".zip"):
+            with path.open("rb") as fh:
+                head = fh.read(HEAD_BYTES)
+            if head[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):
+                return Blob(head, name, trusted=True, path=path)
+        return Blob(path.read_bytes(), name, trusted=True)
     except FileNotFoundError as err:
         raise DataError("file not found", file=str(path), hint="check the path") from err
     except PermissionError as err:
@@ -167,7 +190,7 @@ def read_member(blob: Blob, info: zipfile.ZipInfo, *, max_bytes: int) -> Blob:
         raise _too_big(label, len(data), max_bytes)
     if len(data) > ratio_cap:
         raise _bomb(label, len(data), info.compress_size)
-    return Blob(data, label, member=info.filename)
+    return Blob(data, label, member=info.filename, trusted=blob.trusted)
 
 
 MAX_EXPANSION = 100  # uncompressed / compressed size of one archive member (above 1 MB)
