@@ -16,6 +16,7 @@ import torch
 
 from recsys_core.data import load_dataset
 from recsys_core.data.item_schema import history_text
+from recsys_core.errors import ModelError
 from recsys_core.models import distributed, loop
 from recsys_core.models.text_tower import PairSampler, _ContrastiveTask, in_batch_loss, trainable_parameters
 from recsys_core.training.experiment import make_model, make_split, run_experiment
@@ -32,6 +33,17 @@ def bert4rec(ds, split, out: Path) -> None:
         report = result.model.fit_report()
         (out / "bert4rec.json").write_text(json.dumps({"metrics": result.metrics, "stopped": report["stopped"],
                                                        "history": result.model.training_history()}))
+    # The guard at the end of training: weights that differ between processes must not pass silently.
+    module = result.model.module_
+    with torch.no_grad():
+        if distributed.rank() == 1:
+            next(module.parameters()).view(-1)[0] += 1e-3
+    try:
+        distributed.check_in_sync(module)
+        caught = ""
+    except ModelError as err:
+        caught = str(err)
+    (out / f"sync-{distributed.rank()}.txt").write_text(caught)
 
 
 def tower_gradient(ds, split, out: Path) -> None:

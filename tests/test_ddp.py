@@ -136,6 +136,12 @@ def test_bert4rec_on_two_processes_learns_as_one_process_does(data, worker) -> N
     assert abs(two["metrics"]["ndcg@10"] - np.mean(seeds)) < spread, (two["metrics"], seeds)
 
 
+def test_processes_whose_weights_differ_are_caught(worker) -> None:
+    """Every process checks that they all ended with the same weights (here rank 1's were nudged by 1e-3)."""
+    for rank in (0, 1):
+        assert "ended with different weights" in (worker / f"sync-{rank}.txt").read_text()
+
+
 def test_text_tower_loss_and_gradient_on_two_processes_equal_the_whole_batch(worker) -> None:
     """Each process encodes half of the pairs; the other half's docs still serve as its negatives."""
     out = json.loads((worker / "tower_gradient.json").read_text())
