@@ -186,6 +186,7 @@ def test_the_servers_warm_up_loads_the_bundled_model_once_from_the_workspace_cop
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv(warmup.WARMUP_ENV, "1")
     monkeypatch.setattr(warmup, "_started", {})
+    monkeypatch.setattr(warmup, "WARM_TASKS", {"local-llm": warmup.WARM_TASKS["local-llm"]})  # UMAP: test_warmup.py
     first, second = warmup.start_warmups(), warmup.start_warmups()
     assert list(first) == ["local-llm"] and first["local-llm"] is second["local-llm"]  # once per process
     first["local-llm"].join(TIMEOUT_S)

@@ -8,7 +8,7 @@ lives; the URL is only read when the session has no value yet (a reload, a link 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import streamlit as st
@@ -50,15 +50,30 @@ def seed_from_url(key: str, param: str, parse: Callable[[str], Any] = str,
     st.session_state[key] = value
 
 
-def bind(key: str, param: str, parse: Callable[[str], Any] = str,
+def bind(key: str, param: str, default: Any, parse: Callable[[str], Any] = str,
          options: Sequence[Any] | None = None) -> None:
-    """Seed widget `key` from the URL now and write its value back at the end of the run's drawing.
-
-    Call before the widget; the value is written back right away when the session already has one,
-    and after the widget exists on later runs (Streamlit keeps widget values in session state)."""
+    """Before drawing widget `key`: its value comes from the session, else the URL, else `default`, and
+    goes back into the URL. Draw the widget *without* its own default value (`value=`/`index=`):
+    Streamlit warns on screen when a widget gets both a default and a value set through session state."""
     seed_from_url(key, param, parse, options)
+    if key not in st.session_state or (options is not None and st.session_state[key] not in options):
+        st.session_state[key] = default
+    write_url(param, st.session_state[key])
+
+
+def seed_index_from_url(key: str, param: str, index: Mapping[str, int]) -> None:
+    """Plain state `key` holding a row number (a user, an item) from the URL's id, when the session has
+    none yet. Ids travel in the URL, not row numbers: a link stays right after the dataset is re-saved."""
     if key in st.session_state:
-        write_url(param, st.session_state[key])
+        return
+    raw = url_value(param)
+    if raw is not None and raw in index:
+        st.session_state[key] = int(index[raw])
+
+
+def write_id(param: str, ids: Sequence[Any], row: int | None) -> None:
+    """Put the id of row `row` of `ids` in the URL (remove the parameter when None)."""
+    write_url(param, None if row is None else str(ids[row]))
 
 
 def sync(key: str, param: str) -> None:

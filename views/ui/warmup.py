@@ -36,8 +36,20 @@ def _local_llm() -> None:
         thread.join()
 
 
+def _umap() -> None:
+    """Compile UMAP's numba kernels on a tiny map, so a visitor's first UMAP does not pay it: about 30 s on a
+    busy 2-core box. (Explanations need no warm-up: their permutation sampler is plain NumPy.)"""
+    import numpy as np
+
+    from recsys_core.insight.project import project
+
+    points = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
+    project(points, method="umap", dims=2, n_neighbors=5, n_epochs=20, use_cache=False)
+
+
 WARM_TASKS: dict[str, Callable[[], None]] = {
     "local-llm": _local_llm,
+    "umap": _umap,
 }
 
 
