@@ -142,3 +142,8 @@ def _from_v0(family: str, config_class: type, config: dict) -> dict:
     if isinstance(train.get("epochs"), float):
         train["epochs"] = max(1, math.ceil(train["epochs"]))  # the text tower allowed fractional passes
     return {**own, TRAIN: train}
+
+
+def has_training_loop(config_class: type) -> bool:
+    """Whether models of this config train in the shared loop (they embed a `TrainConfig` as `train`)."""
+    return any(f.name == TRAIN for f in dataclasses.fields(config_class))

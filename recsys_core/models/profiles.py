@@ -1,0 +1,242 @@
+"""Training profiles: settings that fit the machine, and how long a run will take on it.
+
+A profile is a preset of training settings: `demo` (fast, near-full quality; the CPU's proposal) or `full`
+(the models' own defaults, tuned for quality; the GPU's proposal). Every budget is in optimizer steps or CPU
+seconds, never wall-clock alone, so a busy machine trains the same model, only slower.
+
+`estimate_training` says how long a run will take before it starts, from a few real training steps and one
+small validation on the actual data, timed on this machine and cached per dataset, model and settings.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from recsys_core.background import BackgroundJob
+from recsys_core.cache import KeyedCache
+from recsys_core.data.dataset import Dataset
+from recsys_core.data.splits import Split
+from recsys_core.models import loop
+from recsys_core.models.base import capabilities_of, family_class
+from recsys_core.models.settings import TRAIN, build_config, has_training_loop
+from recsys_core.progress import Progress, ProgressEvent
+
+CPU, GPU = "cpu", "gpu"
+DEMO, FULL = "demo", "full"
+
+# Shared by every family trained by the sequential transformers' recipe.
+_SEQUENTIAL_DEMO = {"train.patience": 5, "train.max_steps": 2700}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A named preset of training settings; `settings` are flat overrides per family (`train.patience`)."""
+
+    name: str
+    label: str
+    help: str
+    cpu_budget_s: float  # the time budget proposed for every model with a training loop (0 = none)
+    settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def overrides(self, family: str) -> dict[str, Any]:
+        """The flat settings this profile gives `family` (nothing for a model without a training loop)."""
+        if not has_training_loop(family_class(family).config_class):
+            return {}
+        return {**self.settings.get(family, {}), "train.cpu_budget_s": float(self.cpu_budget_s)}
+
+
+PROFILES: dict[str, Profile] = {
+    # Measured on the demo data (bench/quality.py, see the commit): the models peak after 7-13 epochs of
+    # ~137 steps, so 5 validations without improvement and a cap of 2,700 steps (~20 epochs) keep
+    # near-full quality. The CPU budget bounds a larger dataset (ML-100k's steps are ~6x dearer).
+    DEMO: Profile(DEMO, "Demo: fast, near-full quality",
+                  "Early stopping after 5 validations without improvement, at most 2,700 steps and 4 CPU-minutes: "
+                  "a few minutes on a 2-core CPU.",
+                  cpu_budget_s=240.0,
+                  settings={"bert4rec": _SEQUENTIAL_DEMO, "sasrec": _SEQUENTIAL_DEMO, "hybrid": _SEQUENTIAL_DEMO}),
+    FULL: Profile(FULL, "Full: best quality, slower",
+                  "The models' own defaults (tuned on ML-100k), with a safety cap of 30 CPU-minutes.",
+                  cpu_budget_s=1800.0),
+}
+# What each device class proposes: a CPU gets the demo profile, a GPU (CUDA or Apple MPS) the full one.
+DEFAULT_PROFILE = {CPU: DEMO, GPU: FULL}
+
+
+def device_class(device: str = "auto") -> str:
+    """"gpu" when `device` resolves to CUDA or Apple MPS, else "cpu"."""
+    return CPU if loop.pick_device(device).type == "cpu" else GPU
+
+
+def describe_device(device: str = "auto") -> str:
+    """The training device in words: 'CPU (2 cores)', 'CUDA GPU (NVIDIA H200)'."""
+    resolved = loop.pick_device(device)
+    if resolved.type == "cuda":
+        return f"CUDA GPU ({torch.cuda.get_device_name(resolved)})"
+    if resolved.type == "mps":
+        return "Apple GPU (MPS)"
+    return f"CPU ({os.cpu_count() or 1} cores)"
+
+
+def profile_for(device: str = "auto", name: str | None = None) -> Profile:
+    """The profile `name`, or the one the device proposes."""
+    return PROFILES[name or DEFAULT_PROFILE[device_class(device)]]
+
+
+# ---- how long a run takes ---------------------------------------------------------------------------
+
+PROBE_STEPS = 10  # steps timed per estimate; the rate is taken over the last 5 (the first pay warm-up)
+PROBE_VALID_USERS = 100  # users of the timed validation
+# A job's process imports torch and transformers and loads the dataset before its first step:
+# 7-8 CPU s measured on the 2-core box (`python -c "import recsys_core.training.worker, ..."`).
+START_CPU_S = 8.0
+_ESTIMATES: KeyedCache[Estimate] = KeyedCache(max_entries=64)
+_JOBS: KeyedCache[EstimateJob] = KeyedCache(max_entries=64)
+_PROBING = threading.Lock()  # one probe at a time: sessions asking at once must not slow each other's
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """How long a run will take at the rates measured on this machine."""
+
+    upper_s: float  # wall seconds at most (start-up, training, the final evaluation)
+    upper_cpu_s: float
+    bound: str  # what ends the run at the latest: "cpu_budget", "max_steps" or "epochs"
+    early_stopping: bool  # validation may end it sooner
+    steps_per_epoch: int
+    step_cpu_s: float
+    step_wall_s: float
+    validation_cpu_s: float  # one validation of the run's validation users
+    measured_load: float  # 1-minute load average when measured
+
+    def text(self) -> str:
+        """'at most 2 min; usually less (early stopping)'."""
+        sooner = "; usually less (early stopping)" if self.early_stopping else ""
+        return f"at most {human_duration(self.upper_s)}{sooner}"
+
+
+def human_duration(seconds: float) -> str:
+    """'40 s', '2 min', '1 h 5 min': what a person reads at a glance."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{max(5, 5 * round(seconds / 5))} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
+def can_estimate(family: str) -> bool:
+    """Whether `estimate_training` measures this family: models with a training loop that need no text
+    encoder (probing one would load and run the encoder over the catalogue while the page waits)."""
+    return has_training_loop(family_class(family).config_class) and not capabilities_of(family).text
+
+
+def estimate_training(ds: Dataset, family: str, overrides: Mapping[str, Any], split: Split) -> Estimate | None:
+    """How long training `family` with flat `overrides` on `split` of `ds` takes here, at most; None for a
+    model `can_estimate` does not cover. Measured once per dataset, model, settings and split."""
+    if not can_estimate(family):
+        return None
+    return _ESTIMATES.get_or_compute(_key(ds, family, overrides, split),
+                                     lambda: _estimate(ds, family, dict(overrides), split))
+
+
+class EstimateJob(BackgroundJob):
+    """`estimate_training` on a daemon thread, so a page shows the form while the steps are timed."""
+
+    def __init__(self, ds: Dataset, family: str, overrides: Mapping[str, Any], split: Split) -> None:
+        super().__init__(f"estimate-{family}")
+        self.args = (ds, family, dict(overrides), split)
+
+    def work(self) -> tuple[Estimate | None, str]:
+        with _PROBING:
+            return estimate_training(*self.args), "finished"
+
+    def release(self) -> None:
+        self.args = ()  # the dataset and split stay alive only while measuring
+
+
+def estimate_job(ds: Dataset, family: str, overrides: Mapping[str, Any], split: Split) -> EstimateJob | None:
+    """The measurement of `estimate_training` on its own thread, started once per dataset, model, settings
+    and split (a finished one answers at once); None for a model `can_estimate` does not cover."""
+    if not can_estimate(family):
+        return None
+    return _JOBS.get_or_compute(_key(ds, family, overrides, split),
+                                lambda: EstimateJob(ds, family, overrides, split).start())
+
+
+def _key(ds: Dataset, family: str, overrides: Mapping[str, Any], split: Split) -> tuple:
+    return (ds.name, ds.n_users, ds.n_interactions, ds.catalogue_digest, family,
+            tuple(sorted((k, repr(v)) for k, v in overrides.items())), split.kind, len(split.valid))
+
+
+def _estimate(ds: Dataset, family: str, overrides: dict[str, Any], split: Split) -> Estimate:
+    cls = family_class(family)
+    train = build_config(cls.config_class, overrides).train
+    rates = _probe(ds, family, overrides, split)
+    n_valid = min(len(split.valid), train.max_valid_users or len(split.valid))
+    validation_cpu = rates.valid_cpu_per_user * n_valid
+    steps, epochs = _planned_steps(train, rates.steps_per_epoch)
+    every = train.eval_every or max(1, round(50 / rates.steps_per_epoch))
+    validations = math.ceil(epochs / every) if n_valid else 0
+    training_cpu = steps * rates.step_cpu + validations * validation_cpu
+    bound = "max_steps" if train.max_steps and steps == train.max_steps else "epochs"
+    if train.cpu_budget_s:
+        # the loop stops after the epoch that passes the budget
+        epoch_cpu = rates.steps_per_epoch * rates.step_cpu + validation_cpu / every
+        if train.cpu_budget_s + epoch_cpu < training_cpu:
+            training_cpu, bound = train.cpu_budget_s + epoch_cpu, "cpu_budget"
+    final_eval_cpu = rates.valid_cpu_per_user * len(split.test)
+    cpu = START_CPU_S + rates.setup_cpu + training_cpu + final_eval_cpu
+    return Estimate(upper_s=cpu * rates.wall_per_cpu, upper_cpu_s=cpu, bound=bound,
+                    early_stopping=bool(train.patience > 0 and n_valid), steps_per_epoch=rates.steps_per_epoch,
+                    step_cpu_s=rates.step_cpu, step_wall_s=rates.step_cpu * rates.wall_per_cpu,
+                    validation_cpu_s=validation_cpu, measured_load=os.getloadavg()[0])
+
+
+def _planned_steps(train: Any, steps_per_epoch: int) -> tuple[int, int]:
+    """(optimizer steps, epochs) a run makes when neither early stopping nor the budget ends it."""
+    steps = train.epochs * steps_per_epoch
+    if train.max_steps > 0:
+        steps = min(steps, train.max_steps)
+    return steps, math.ceil(steps / max(1, steps_per_epoch))
+
+
+@dataclass
+class _Rates:
+    steps_per_epoch: int
+    setup_cpu: float  # model build and item init before the first step
+    step_cpu: float
+    valid_cpu_per_user: float
+    wall_per_cpu: float  # wall seconds per CPU second while training here
+
+
+def _probe(ds: Dataset, family: str, overrides: dict[str, Any], split: Split) -> _Rates:
+    """Train `PROBE_STEPS` real steps and validate `PROBE_VALID_USERS` users, timing each phase."""
+    cls = family_class(family)
+    probe = {**overrides, f"{TRAIN}.epochs": 1, f"{TRAIN}.max_steps": PROBE_STEPS, f"{TRAIN}.patience": 0,
+             f"{TRAIN}.eval_every": 1, f"{TRAIN}.cpu_budget_s": 0.0, f"{TRAIN}.checkpoint_dir": "",
+             f"{TRAIN}.max_valid_users": PROBE_VALID_USERS}
+    marks: list[tuple[float, float, ProgressEvent]] = []
+    progress = Progress(callback=lambda event: marks.append((*loop.clock(), event)))
+    started = loop.clock()
+    cls(build_config(cls.config_class, probe)).fit(ds, progress=progress, split=split)
+    first = next(m for m in marks if m[2].step == 0 and m[2].total)
+    steps = [m for m in marks if m[2].step > 0 and not m[2].metrics]
+    valid = next((m for m in marks if m[2].metrics), None)
+    lo, hi = (steps[0] if len(steps) > 1 else first), steps[-1]
+    n = max(1, hi[2].step - lo[2].step)
+    step_cpu, step_wall = (hi[1] - lo[1]) / n, (hi[0] - lo[0]) / n
+    users = min(PROBE_VALID_USERS, len(split.valid))
+    valid_cpu = (valid[1] - hi[1]) / users if valid is not None and users else 0.0
+    return _Rates(steps_per_epoch=first[2].total, setup_cpu=max(0.0, first[1] - started[1]),
+                  step_cpu=max(step_cpu, 1e-6), valid_cpu_per_user=max(valid_cpu, 0.0),
+                  wall_per_cpu=max(step_wall, 1e-6) / max(step_cpu, 1e-6))
+
