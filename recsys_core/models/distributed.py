@@ -164,10 +164,26 @@ def gather_with_grad(local: torch.Tensor) -> tuple[torch.Tensor, int]:
     sizes = [int(s) for s in sum_over_ranks([float(i == rank()) * len(local) for i in range(world())])]
     longest = max(sizes)
     padded = torch.cat([local, local.new_zeros((longest - len(local), *local.shape[1:]))])
-    from torch.distributed.nn.functional import all_gather
+    gathered = _GatherRows.apply(padded)
+    return torch.cat([gathered[i * longest:i * longest + s] for i, s in enumerate(sizes)]), sum(sizes[:rank()])
 
-    parts = all_gather(padded)
-    return torch.cat([p[:s] for p, s in zip(parts, sizes)]), sum(sizes[:rank()])
+
+class _GatherRows(torch.autograd.Function):
+    """all_gather of equal-sized row blocks; backward sums every rank's gradient and keeps this rank's block
+    (an all-reduce: gloo has no reduce-scatter, and the blocks are small)."""
+
+    @staticmethod
+    def forward(ctx, local: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(local) for _ in range(world())]
+        dist.all_gather(parts, local.contiguous())
+        ctx.rows = len(local)
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[rank() * ctx.rows:(rank() + 1) * ctx.rows]
 
 
 class LossModule(nn.Module):
