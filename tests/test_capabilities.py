@@ -29,7 +29,8 @@ def test_every_family_declares_its_capabilities() -> None:
         assert isinstance(caps.order_aware, bool) and family_has_description(family)
     assert capabilities_of("text_tower").text and capabilities_of("text_tower").cold_items
     assert not capabilities_of("ease").text and not capabilities_of("popularity").item_embeddings
-    assert capabilities_of("sasrec").sampled_loss and not capabilities_of("bert4rec").sampled_loss
+    assert capabilities_of("sasrec").sampled_loss and capabilities_of("bert4rec").sampled_loss
+    assert not capabilities_of("ease").sampled_loss
 
 
 def family_has_description(family: str) -> bool:

@@ -127,6 +127,16 @@ def test_save_then_load_gives_identical_scores(trained, family, tmp_path):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_a_model_trained_on_a_sampled_loss_saves_loads_and_scores_alike(data, family, tmp_path):
+    ds, split = data
+    model = make(family, epochs=2, loss="gbce", n_negatives=8).fit(ds, split=split)
+    assert model.fit_report()["loss"] == "gbce"
+    loaded = load_model(model.save(tmp_path / family))
+    assert loaded.config.loss == "gbce" and loaded.config == model.config
+    torch.testing.assert_close(loaded.score(split.test.histories), model.score(split.test.histories), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_same_seed_same_model_other_seed_other_model(data, family):
     ds, split = data
     runs = [make(family, epochs=2, seed=s).fit(ds, split=split) for s in (7, 7, 8)]
@@ -209,3 +219,4 @@ def test_a_run_whose_validation_never_improves_is_flagged_not_finished(data) -> 
     assert result.status == "no_improvement" and result.extra["stop_reason"] == "all epochs run"
     learning = run_experiment(ds, "sasrec", {**TINY, "epochs": 3, "eval_every": 1})
     assert learning.status == "finished" and learning.cpu_s > 0 and learning.extra["holdout"] == "last"
+    assert learning.extra["loss"].startswith(f"ce: {ds.n_items:,} items <= auto_sampled_items=")  # the record says why

@@ -65,10 +65,8 @@ class SequentialConfig:
     window_stride: int = setting(0, "Long histories also train as earlier crops every this many items "
                                     "(0 = max_len / 2).")
     score_batch_size: int = setting(512, "Users scored per batch at inference.")
-    loss: str = setting("auto", "Training objective: auto (ce up to auto_sampled_items items, sampled above), "
-                                "ce (softmax over the whole catalogue), sampled (softmax over n_negatives "
-                                "popularity-drawn items, logQ-corrected) or gbce (gSASRec's calibrated binary "
-                                "loss over n_negatives uniform items).")
+    loss: str = setting("auto", "auto (ce up to auto_sampled_items items), ce (full softmax), sampled (over "
+                                "n_negatives popular items, logQ-corrected) or gbce (gSASRec).")
     n_negatives: int = setting(1024, "Negative items drawn per batch, shared by its rows (sampled and gbce losses).")
     neg_alpha: float = setting(0.75, "Sampled loss: negatives drawn in proportion to count^neg_alpha (0 = uniform).")
     neg_uniform_share: float = setting(0.1, "Sampled loss: share of the draws spread uniformly over the catalogue, "

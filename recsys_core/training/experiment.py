@@ -158,7 +158,8 @@ def run_experiment(
     metrics = evaluate(model, split.test, item_popularity=train_popularity(split), max_users=sample,
                        seed=0, per_user=True) if distributed.is_main() else {}
     extra = {"stop_reason": STOP_REASONS.get(report.get("stopped"), report.get("stopped")),
-             "best_epoch": report.get("best_epoch"), "holdout": split.holdout, "tie_rule": TIE_RULE}
+             "best_epoch": report.get("best_epoch"), "holdout": split.holdout, "tie_rule": TIE_RULE,
+             "loss": report.get("loss_reason")}  # which training objective, and why (loss="auto" decides)
     per_user = metrics.pop("per_user", None)
     result = RunResult(family, model, metrics, train_s, model.training_device(), status, cpu_s=cpu_s,
                        extra={k: v for k, v in extra.items() if v is not None})
