@@ -182,6 +182,55 @@ def parquet_that_is_not_parquet(tmp: Path) -> str:
 
 
 @case
+def csv_giant_single_field(tmp: Path) -> str:
+    """A 200 MB CSV upload whose second line is one field: parsed in the child, refused there."""
+    from recsys_core.data.read import read_table
+
+    return _expect_refusal(lambda: read_table(b"user,item\n1," + b"x" * (200 << 20) + b"\n", "field.csv"))
+
+
+@case
+def csv_unclosed_quote(tmp: Path) -> str:
+    """An unclosed quote on line 2 swallows 8M later lines into one field."""
+    from recsys_core.data.read import read_table
+
+    return _expect_refusal(lambda: read_table(b'user,item\n"1,2\n' + b"3,4\n" * 8_000_000, "quote.csv"))
+
+
+@case
+def csv_quote_storm(tmp: Path) -> str:
+    """Millions of doubled quotes and quoted delimiters: the sniffer and the child must both stay linear."""
+    from recsys_core.data.read import read_table
+
+    rows = b'user,item,note\n' + b'1,2,"a"",""b"",""c"""\n' * 3_000_000
+    read_table(rows, "quotes.csv")  # legal CSV: reading it within the limits is the right outcome
+    return "clear_error"
+
+
+@case
+def csv_short_rows_over_the_row_cap(tmp: Path) -> str:
+    """More rows than RECSYS_MAX_ROWS (lowered to 1M here): refused before or while reading, not after."""
+    from recsys_core.data.read import read_table
+
+    os.environ["RECSYS_MAX_ROWS"] = "1000000"
+    return _expect_refusal(lambda: read_table(b"u,i\n" + b"1,2\n" * 5_000_000, "rows.csv"), words="over the limit")
+
+
+@case
+def csv_short_rows_in_a_zip(tmp: Path) -> str:
+    """Short random rows in a zip, under the expansion-ratio cap: the rows cap still holds once inflated."""
+    import numpy as np
+
+    from recsys_core.data.read import read_table
+
+    os.environ["RECSYS_MAX_ROWS"] = "1000000"
+    pairs = np.random.default_rng(0).integers(0, 10**6, size=(1_500_000, 2))
+    body = "\n".join(f"{u},{i}" for u, i in pairs.tolist()).encode() + b"\n"
+    return _expect_refusal(lambda: read_table(zip_of({"ratings.csv": b"u,i\n" + body}), "rows.zip"),
+                           words="over the limit")
+
+
+@case
 def zip_expansion_ratio(tmp: Path) -> str:
     """A ~60 KB zip of 40 MB of short rows: the reader must refuse the ratio or stay within memory."""
     from recsys_core.data.read import read_table

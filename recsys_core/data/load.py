@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from recsys_core.data.dataset import (
     COUNT,
@@ -109,8 +110,9 @@ def load_dataset(source: Source, filename: str | None = None, *, mapping: Column
     frame, notes = to_interactions(raw, mapping)
     for note in notes:
         report.add(note)
-    if parsed is None:  # the raw text columns are no longer needed: free them before indexing
-        raw = replace(raw, frame=raw.frame.iloc[:0])
+    if parsed is None:  # the raw text columns are no longer needed: free them before indexing (not a slice,
+        raw = replace(raw, frame=pd.DataFrame(columns=raw.frame.columns))  # which would keep their buffers)
+        pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed pages until asked
     frame = _filter(raw, frame, options, report)
     meta = _metadata(blob, items, items_filename, options, report)
     opts = options.to_dict() | {"mapping": {k: None if v is None else str(v) for k, v in mapping.as_dict().items()},
