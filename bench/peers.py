@@ -129,6 +129,7 @@ def run_peer(args: argparse.Namespace, library: str, model: str, seed: int, fold
     data = read_split(folder)
     scores = np.load(row["scores_file"])
     row.update(score_test(scores, data))
+    print(f"[peers] {library} {model} seed {seed}: test ndcg@10={row['ndcg@10']:.4f}", file=sys.stderr, flush=True)
     return row
 
 
@@ -139,7 +140,8 @@ def _run(cmd: list[str], out: Path, library: str, model: str, seed: int) -> dict
         if proc.returncode != 0 or not out.is_file():
             return {"library": library, "model": model, "seed": seed, "error": f"worker exited with {proc.returncode}"}
     row = json.loads(out.read_text())
-    print(f"[peers] {library} {model} seed {seed}: ndcg@10={row.get('ndcg@10')}", file=sys.stderr, flush=True)
+    print(f"[peers] {library} {model} seed {seed}: trained, best epoch {row.get('best_epoch')}", file=sys.stderr,
+          flush=True)
     return row
 
 
@@ -283,6 +285,24 @@ def run_all(args: argparse.Namespace) -> dict:
     }
 
 
+def table(report: dict) -> str:
+    """The side-by-side table of one results file, as Markdown."""
+    head = ("| library | model | NDCG@10 | HR@10 | seeds | CPU s to best | CPU s/epoch | peak MB | stopped "
+            "| our CPU s to match |\n|---|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in report["results"]:
+        if "error" in r:
+            lines.append(f"| {r['library']} | {r['model']} | error: {r['error']} |||||||| ")
+            continue
+        n, h = r["ndcg@10"], r["hr@10"]
+        spread = (lambda m: f"{m['mean']:.4f}" + (f" ± {m['std']:.4f}" if m["std"] is not None else ""))
+        stops = ",".join(sorted({str(x.get("stopped")) for x in r["runs"]}))
+        lines.append(f"| {r['library']} | {r['model']} | {spread(n)} | {spread(h)} | {len(n['seeds'])} "
+                     f"| {r['cpu_s_to_best']} | {r['cpu_s_per_epoch']} | {r['peak_mem_mb']} | {stops} "
+                     f"| {r.get('our_cpu_s_to_match', '')} |")
+    return "\n".join(lines)
+
+
 # ---- setup -------------------------------------------------------------------------------------------------
 
 
@@ -316,6 +336,7 @@ def main() -> None:
     p.add_argument("--peers", default=",".join(f"{lib}:{m}" for lib, m in PEERS))
     p.add_argument("--subset-users", type=int, default=0, help="only the first N users (smoke test)")
     p.add_argument("--out", help="JSON path (default bench/results/peers-<dataset>-<date>.json)")
+    p.add_argument("--table", help="print the Markdown table of a results JSON and exit")
     p.add_argument("--jobs", type=int, default=1, help="trainings run at once (each on one thread)")
     p.add_argument("--worker-ours", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--eval-server", action="store_true", help=argparse.SUPPRESS)
@@ -325,6 +346,9 @@ def main() -> None:
     args = p.parse_args()
     if args.setup:
         setup()
+        return
+    if args.table:
+        print(table(json.loads(Path(args.table).read_text())))
         return
     if args.eval_server:
         eval_server(args)
