@@ -125,15 +125,15 @@ def worker(data) -> Path:
 
 
 def test_bert4rec_on_two_processes_learns_as_one_process_does(data, worker) -> None:
-    """Different Cloze masks, same training: metrics within the spread of one process over seeds."""
+    """Different Cloze masks, same training: held to the spread of one process over three seeds."""
     two = json.loads((worker / "bert4rec.json").read_text())
     seeds = [run_experiment(data["ds"], "bert4rec", {**BERT4REC, "seed": s}, split=data["split"]).metrics["ndcg@10"]
-             for s in (0, 1)]
-    assert two["stopped"] == "epochs"
-    losses = [h["loss"] for h in two["history"]]
-    assert losses[-1] < losses[0]
-    spread = max(0.03, 2 * abs(seeds[0] - seeds[1]))
-    assert abs(two["metrics"]["ndcg@10"] - np.mean(seeds)) < spread, (two["metrics"], seeds)
+             for s in (0, 1, 2)]
+    assert two["stopped"] == "epochs" and len(two["history"]) == BERT4REC["epochs"]
+    ndcg = two["metrics"]["ndcg@10"]
+    assert ndcg > 0.6  # learnt the successor rule, as every seed does (a popularity ranking scores ~0.22)
+    margin = max(0.05, max(seeds) - min(seeds))
+    assert min(seeds) - margin < ndcg < max(seeds) + margin, (ndcg, seeds)
 
 
 def test_processes_whose_weights_differ_are_caught(worker) -> None:
