@@ -6,10 +6,12 @@ import io
 import json
 import zipfile
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from recsys_core.data import DataError, read_table
+from recsys_core.data.read import INLINE_TEXT_BYTES
 from recsys_core.errors import ResourceError
 
 CSV = b"user,item,rating,timestamp\n1,10,5,978300760\n1,20,3,978300761\n2,10,4,978300762\n"
@@ -227,3 +229,18 @@ def test_bad_json_lines_names_line() -> None:
 def test_bad_parquet() -> None:
     with pytest.raises(DataError, match="Parquet"):
         read_table(b"PAR1 this is not really parquet PAR1", "r.parquet")
+
+
+@pytest.mark.parametrize("delimiter", [b"\t", b"::"])
+def test_an_upload_parsed_in_the_child_reads_like_the_local_file(tmp_path, delimiter) -> None:
+    """Uploads over INLINE_TEXT_BYTES go through the parse child (Arrow IPC back); a local path is read
+    in-process. Headerless column labels, blank-line line numbers and the layout must agree."""
+    rows = [delimiter.join(b"%d" % v for v in (k % 300, k % 77, k % 5 + 1, 881250949 + k)) for k in range(40_000)]
+    data = b"\n".join(rows[:100]) + b"\n\n\n" + b"\n".join(rows[100:]) + b"\n"
+    assert len(data) > INLINE_TEXT_BYTES
+    path = tmp_path / "u.data"
+    path.write_bytes(data)
+    local, upload = read_table(path), read_table(data, "u.data")
+    assert upload.describe() == local.describe() and list(upload.frame.columns) == [0, 1, 2, 3]
+    pd.testing.assert_frame_equal(upload.frame, local.frame)
+    assert upload.line_of(np.array([99, 100]))[1] == local.line_of(np.array([99, 100]))[1] == 103  # two blank lines
