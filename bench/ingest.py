@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 CACHE = Path(os.environ.get("RECSYS_BENCH_CACHE", "/tmp/recsys-ingest-bench"))
 SIZES = {"1m": (1_000_000, 20_000), "5m": (5_000_000, 100_000), "20m": (20_000_000, 500_000)}
+NOTE = ("2 shared cores: wall seconds follow the load average recorded with each run (other sessions' jobs), "
+        "so compare cpu_s (user+sys, all threads) and peak_rss_mb (VmHWM); digest equal = the same Dataset built")
 if "--worker" not in sys.argv:  # a worker imports recsys_core from --src (its PYTHONPATH), not this checkout
     sys.path.insert(0, str(ROOT))
 
@@ -115,7 +117,7 @@ def measure(size: str, src: Path, runs: int) -> dict:
            "runs": []}
     for _ in range(runs):
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(path)]
-        done = subprocess.run(cmd, capture_output=True, text=True, cwd=src, env={**os.environ, "PYTHONPATH": str(src)})
+        done = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=src, env={**os.environ, "PYTHONPATH": str(src)})
         if done.returncode:
             raise SystemExit(f"worker failed ({done.returncode}):\n{done.stderr[-3000:]}")
         out["runs"].append(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -126,7 +128,7 @@ def measure(size: str, src: Path, runs: int) -> dict:
 
 
 def _git(src: Path) -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=src)
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True, cwd=src)
     return done.stdout.strip() or "not a git checkout"
 
 
@@ -135,6 +137,7 @@ def write(size: str, label: str, result: dict) -> Path:
     path = RESULTS / f"ingest-{size}-{dt.date.today():%Y%m%d}.json"
     record = json.loads(path.read_text()) if path.exists() else {"size": size, "benchmark": "bench/ingest.py"}
     record[label] = result
+    record["note"] = NOTE
     if "before" in record and "after" in record:
         record["same_dataset"] = record["before"]["digest"] == record["after"]["digest"]
         record["speedup_wall"] = round(record["before"]["wall_s"] / record["after"]["wall_s"], 2)
