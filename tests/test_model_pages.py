@@ -3,6 +3,7 @@ recorded; the leaderboard ranks runs and breaks them down by user segment."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -10,7 +11,9 @@ import pytest
 from apptest_util import navigation_mode, open_app  # noqa: F401
 
 from recsys_core.data.demo import DEMO_NAME
-from recsys_core.training.experiment import run_experiment
+from recsys_core.models.bert4rec import BERT4RecConfig
+from recsys_core.models.profiles import profile_for
+from recsys_core.training.experiment import config_fields, run_experiment
 from recsys_core.workspace.registry import Workspace
 
 
@@ -21,6 +24,9 @@ def ws_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
+ESTIMATE_KEY = "train_estimate"
+
+
 def _texts(at) -> str:
     return "\n".join(str(e.value) for e in [*at.markdown, *at.caption, *at.success, *at.info, *at.error])
 
@@ -29,9 +35,9 @@ def test_train_page_trains_from_the_form_and_records_the_run(ws_root: Path) -> N
     at = open_app("views/train.py")
     assert "No runs on this dataset yet" in _texts(at)
     at.selectbox(key="train_family").set_value("ease")
-    at.button(key="FormSubmitter:train_form-Start training").click().run()
+    at.button(key="train_start").click().run()
     job = at.session_state["train_job"]
-    job.join(120)
+    job.join(300)  # the job's process imports torch first: minutes on a 2-core box at load 25
     assert job.state == "finished", job.error
     at.run()
     assert not at.exception, at.exception
@@ -48,12 +54,53 @@ def test_train_form_lists_every_model_family_with_its_settings(ws_root: Path) ->
     for family in ("bert4rec", "sasrec", "ease", "itemknn", "popularity"):
         assert any(family in o.lower().replace("-", "").replace("+", "") or family in o for o in options), family
     at.selectbox(key="train_family").set_value("bert4rec").run()
-    from recsys_core.models.bert4rec import BERT4RecConfig
-
-    max_len = at.number_input(key="train_cfg_bert4rec_max_len")
+    preset = profile_for().name
+    max_len = at.number_input(key=f"train_cfg_{preset}_bert4rec_max_len")
     assert max_len.value == BERT4RecConfig().max_len and max_len.help == "Most recent items of a history the model reads."
-    lr = at.number_input(key="train_cfg_bert4rec_train_lr")  # the loop's settings, once, under Training
+    lr = at.number_input(key=f"train_cfg_{preset}_bert4rec_train_lr")  # the loop's settings, once, under Training
     assert lr.value == BERT4RecConfig().train.lr and "learning rate" in lr.help
+
+
+def _widget_keys(block) -> set[str]:
+    return {w.key for kind in ("selectbox", "number_input", "text_input", "checkbox", "radio")
+            for w in getattr(block, kind) if w.key}
+
+
+def test_train_page_puts_basic_settings_first_and_every_other_field_under_advanced(ws_root: Path) -> None:
+    """Model, quality/speed preset (the device's proposal) and time budget at the top; every hyperparameter
+    in the Advanced expander with its help; the expected time, measured on this machine, before starting."""
+    at = open_app("views/train.py")
+    assert at.selectbox(key="train_family").value == "bert4rec"  # the first model: its time is being measured
+    proposed = profile_for()
+    assert at.radio(key="train_preset").value == proposed.name
+    assert "Training device:" in _texts(at) and proposed.label in _texts(at)
+    budget = at.number_input(key=f"train_budget_{proposed.name}")
+    assert budget.value * 60 == proposed.cpu_budget_s and "CPU time" in budget.help
+    advanced = next(e for e in at.expander if e.label == "Advanced settings")
+    inside = _widget_keys(advanced)
+    prefix = f"train_cfg_{proposed.name}_bert4rec_"
+    expected = {prefix + name.replace(".", "_") for name, _ in config_fields("bert4rec") if name != "train.cpu_budget_s"}
+    assert expected | {"train_split"} <= inside
+    assert not {"train_family", "train_preset", budget.key} & inside  # the basic fields stay outside
+    for kind in ("number_input", "text_input", "checkbox"):
+        for widget in getattr(advanced, kind):
+            assert widget.help and "\n" not in widget.help, widget.key  # one line of help each
+    # The profile's settings are what the Advanced fields start from (and what a job gets).
+    patience = at.number_input(key=prefix + "train_patience")
+    assert patience.value == proposed.overrides("bert4rec").get("train.patience", BERT4RecConfig().train.patience)
+    at.session_state[ESTIMATE_KEY].join(600)  # the step-rate measurement runs beside the page
+    at.run()
+    assert not at.exception, at.exception
+    shown = _texts(at)
+    assert re.search(r"Expected time: at most \d+ (s|min|h)", shown), shown
+    assert "usually less (early stopping)" in shown
+
+
+def test_train_page_says_a_one_pass_model_has_no_epochs(ws_root: Path) -> None:
+    at = open_app("views/train.py")
+    at.selectbox(key="train_family").set_value("ease").run()
+    assert "Expected time: one pass over the data" in _texts(at)
+    assert not [w for w in at.number_input if w.key and w.key.startswith("train_budget_")]
 
 
 def test_compare_page_ranks_runs_and_breaks_them_down(ws_root: Path) -> None:

@@ -10,9 +10,21 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
+from recsys_core.data.splits import Split
 from recsys_core.errors import RecsysError
 from recsys_core.models.base import capabilities_of, family_class, load_model
-from recsys_core.training.experiment import check_paths, memory_estimate_mb
+from recsys_core.models.profiles import (
+    PROFILES,
+    Estimate,
+    Profile,
+    can_estimate,
+    describe_device,
+    estimate_job,
+    human_duration,
+    profile_for,
+)
+from recsys_core.models.settings import has_training_loop
+from recsys_core.training.experiment import check_paths, make_split, memory_estimate_mb
 from recsys_core.training.jobs import TrainingJob
 from recsys_core.workspace.artifacts import import_model_zip
 from recsys_core.workspace.jobs import JobRecord, JobStore
@@ -30,6 +42,7 @@ JOB_KEY = "train_job"  # session state: handle (TrainingJob) of the last job thi
 WATCH_KEY = "train_watched"  # session state: {job id: started here} of jobs shown until dismissed
 SEEN_KEY = "train_seen_running"  # session state: ids running at the last redraw (to notice one ending)
 ACTIVATED_KEY = "train_activated"  # session state: ids of own jobs whose model was made active
+ESTIMATE_KEY = "train_estimate"  # session state: the expected-time measurement of the settings shown
 METRIC = "ndcg@10"
 
 st.title("Train")
@@ -66,25 +79,14 @@ def _start(family: str, overrides: dict, split_kind: str) -> bool:
     return True
 
 
-def human_duration(seconds: float) -> str:
-    """'40 s', '2 min', '1 h 5 min': what a person reads at a glance."""
-    seconds = max(0.0, float(seconds))
-    if seconds < 60:
-        return f"{max(5, 5 * round(seconds / 5))} s"
-    minutes = round(seconds / 60)
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-
-
 def _eta_text(job: JobRecord) -> str:
+    """The time left at most (the steps left at the rate so far, or the time budget left when that is sooner),
+    and that early stopping usually ends it sooner, for models that validate as they go."""
     if job.eta_s is None:
         return ""
-    if job.eta_bounded:
-        return f"at most {human_duration(job.eta_s)} left (CPU budget)"
-    early = " (early stopping may end it sooner)" if capabilities_of(job.family).training_curves else ""
-    return f"about {human_duration(job.eta_s)} left{early}"
+    why = " (time budget)" if job.eta_bounded else ""
+    sooner = "; usually less (early stopping)" if capabilities_of(job.family).training_curves else ""
+    return f"at most {human_duration(job.eta_s)} left{why}{sooner}"
 
 
 def _progress_text(job: JobRecord) -> str:
@@ -230,18 +232,89 @@ def _jobs_panel() -> None:
         st.rerun()  # a job ended: redraw the page, so 'Saved runs' lists its run and the form is back
 
 
+@st.cache_resource(show_spinner="Splitting the data...", max_entries=4)
+def _split(root: str, name: str, version: str, kind: str, _ds) -> Split:
+    return make_split(_ds, kind)  # the estimate's probe trains and validates on the run's own split
+
+
+def _basic_settings(family: str) -> tuple[Profile, float | None]:
+    """The quality/speed preset (the device's proposal first) and, for a model with a training loop, its
+    time budget in CPU seconds."""
+    proposed = profile_for()
+    names = list(PROFILES)
+    preset = st.radio("Quality / speed", names, index=names.index(proposed.name), key="train_preset",
+                      horizontal=True, format_func=lambda n: PROFILES[n].label,
+                      help=" ".join(f"{p.label}: {p.help}" for p in PROFILES.values()))
+    profile = PROFILES[preset]
+    st.caption(f"Training device: **{md_escape(describe_device())}**, which proposes the *{proposed.label}* "
+               f"profile. {md_escape(profile.help)}")
+    if not has_training_loop(family_class(family).config_class):
+        return profile, None
+    minutes = st.number_input("Time budget (CPU minutes)", min_value=0.0, value=profile.cpu_budget_s / 60,
+                              step=1.0, format="%g", key=f"train_budget_{preset}",
+                              help="Training stops after the epoch that passes this much CPU time, all threads "
+                                   "counted (0 = no limit); CPU time, so a busy machine trains the same model, only "
+                                   "slower.")
+    return profile, minutes * 60
+
+
+def _expected_time(family: str, overrides: dict, split_kind: str) -> None:
+    """The expected time, measured on this machine in the background (a few real steps on this data)."""
+    if not has_training_loop(family_class(family).config_class):
+        st.caption("Expected time: one pass over the data (no epochs, so no budget).")
+        return
+    if not can_estimate(family):
+        budget = overrides.get("train.cpu_budget_s") or 0
+        bound = f"at most about {human_duration(budget)} of CPU time (the budget)" if budget else "no bound set"
+        st.caption(f"Expected time: {bound}; this model reads item texts, so no quick step-rate measurement.")
+        return
+    try:
+        split = _split(_root_key(), record.name, f"{record.created_at}|{record.path}", split_kind, ds)
+        job = estimate_job(ds, family, overrides, split)
+    except RecsysError as err:
+        st.caption(f"Expected time: unknown ({md_escape(str(err))}).")
+        return
+    st.session_state[ESTIMATE_KEY] = job
+    if job.running:
+        _estimate_pending(job)
+    elif job.state == "failed":
+        st.caption(f"Expected time: could not be measured ({md_escape(job.error)}).")
+    else:
+        _estimate_caption(job.result)
+
+
+@st.fragment(run_every=1.0)
+def _estimate_pending(job) -> None:
+    if job.running:
+        st.caption("Expected time: timing a few training steps on this machine...")
+    else:
+        st.rerun()  # measured: redraw the page with it
+
+
+def _estimate_caption(estimate: Estimate) -> None:
+    step = f"{estimate.step_wall_s * 1000:,.0f} ms" if estimate.step_wall_s < 1 else f"{estimate.step_wall_s:.1f} s"
+    bound = {"cpu_budget": "the time budget", "max_steps": "the step cap", "epochs": "the epochs"}[estimate.bound]
+    st.markdown(f"**Expected time: {estimate.text()}** (measured on this machine now: {step} a step, "
+                f"{estimate.steps_per_epoch:,} steps an epoch; the end is bounded by {bound}).")
+
+
 def _form(any_running: bool) -> None:
     box = st.expander("Start another training job (it shares the CPU with the running one)") if any_running \
         else st.container()
-    with box, st.form("train_form"):
+    with box:
         family = st.selectbox("Model", family_options(), key="train_family",
                               format_func=lambda f: family_class(f).description)
-        split_kind = st.selectbox("Split", ["leave_one_out", "temporal"], key="train_split",
-                                  help="Leave-one-out: each user's last item is test, second-to-last validation. "
-                                       "Temporal: a global time cut.")
-        with st.expander("Hyperparameters (defaults work on MovieLens-sized data)"):
-            overrides = config_form(family, "train_cfg")
-        submitted = st.form_submit_button("Start training", type="primary")
+        profile, budget_s = _basic_settings(family)
+        with st.expander("Advanced settings"):
+            split_kind = st.selectbox("Split", ["leave_one_out", "temporal"], key="train_split",
+                                      help="Leave-one-out: each user's last item is test, second-to-last "
+                                           "validation. Temporal: a global time cut.")
+            overrides = config_form(family, f"train_cfg_{profile.name}", base=profile.overrides(family),
+                                    skip={"train.cpu_budget_s"})
+        if budget_s is not None:
+            overrides["train.cpu_budget_s"] = float(budget_s)
+        _expected_time(family, overrides, split_kind)
+        submitted = st.button("Start training", type="primary", key="train_start")
     if submitted and _start(family, overrides, split_kind):
         st.rerun()
 

@@ -35,11 +35,14 @@ def cached_model(artifact_dir: str) -> Recommender:
     return load_model(artifact_dir)
 
 
-def config_form(family: str, key_prefix: str) -> dict[str, typing.Any]:
-    """Widgets for every hyperparameter of `family` (the model's, then the training loop's), defaults
-    pre-filled and each with its help; returns the values changed, by flat name (`hidden`, `train.lr`)."""
-    fields = config_fields(family)
+def config_form(family: str, key_prefix: str, base: dict[str, typing.Any] | None = None,
+                skip: typing.Collection[str] = ()) -> dict[str, typing.Any]:
+    """Widgets for every hyperparameter of `family` (the model's, then the training loop's) but those in `skip`,
+    pre-filled from `base` (flat names) over the defaults, each with its help; returns the values that differ
+    from the defaults, by flat name (`hidden`, `train.lr`)."""
+    fields = [f for f in config_fields(family) if f[0] not in skip]
     defaults = flatten_config(family_class(family).config_class())
+    start = {**defaults, **(base or {})}
     changed = {}
     for title, group in (("Model", [f for f in fields if "." not in f[0]]),
                          ("Training", [f for f in fields if "." in f[0]])):
@@ -50,7 +53,7 @@ def config_form(family: str, key_prefix: str) -> dict[str, typing.Any]:
         for i, (name, field) in enumerate(group):
             key = f"{key_prefix}_{family}_{name.replace('.', '_')}"
             with cols[i % 3]:
-                value = _widget(name.rsplit(".", 1)[-1], defaults[name], key, help_of(field) or None)
+                value = _widget(name.rsplit(".", 1)[-1], start[name], key, help_of(field) or None)
             if value != defaults[name]:
                 changed[name] = value
     return changed
