@@ -1,15 +1,17 @@
 """Parsing untrusted bytes in a child process, so a parser crash or blow-up never takes the server down.
 
 pyarrow's JSON reader segfaults on deeply nested input (20,000 levels of `{"a":` on one line), and a
-small file can expand to gigabytes of objects. A Streamlit server is one process for every session, so
-parsers of user bytes run in a fresh child interpreter with an address-space limit (`RLIMIT_AS`), a CPU-time
+small file can expand to gigabytes of objects; a CSV can hold one 400 MB field or a hundred million short
+rows. A Streamlit server is one process for every session, so parsers of uploaded bytes (Parquet, JSON,
+and delimited text over `read.INLINE_TEXT_BYTES`) run in a fresh child interpreter with an address-space limit (`RLIMIT_AS`), a CPU-time
 limit and a wall-clock timeout. The child sends back the parsed frame or the project's own error;
 a crash, a limit or a timeout becomes a `DataError` / `ResourceError` naming the file.
 
 Limits (environment variables, read at call time so an operator can tune a running deployment):
 `RECSYS_PARSE_MEMORY_MB` (default 4096), `RECSYS_PARSE_TIMEOUT_S` (default 180), `RECSYS_MAX_ROWS`
-(default 50,000,000 rows read from one file), `RECSYS_MAX_READ_MB` (default 2048: uncompressed bytes a
-compressed table such as Parquet may unpack to).
+(default 50,000,000 rows read from one file), `RECSYS_MAX_READ_MB` (default 2048: bytes a Parquet file may
+unpack to, or a text table may take once read into columns; text is read in blocks and stopped at the
+first block past either cap). Local paths named by the operator or the CLI are trusted and not sent here.
 """
 
 from __future__ import annotations
