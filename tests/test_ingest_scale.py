@@ -104,3 +104,17 @@ def test_no_timestamps_keeps_file_order_and_says_so() -> None:
     first_user = min(u for u, _ in rows)
     want = [it for u, it in rows if u == first_user]
     assert [ds.item_ids[i] for i in ds.history(0)] == want
+
+
+def test_a_local_parquet_file_is_read_from_disk_like_its_bytes(tmp_path, monkeypatch) -> None:
+    data = _csv(rows=3_000, seed=2)
+    frame = pd.read_csv(pd.io.common.BytesIO(data), dtype=str)
+    path = tmp_path / "ratings.parquet"
+    frame.to_parquet(path, index=False)
+    monkeypatch.setattr(source_module, "_STREAM_FROM", 1_000)
+    monkeypatch.setattr(source_module, "HEAD_BYTES", 512)
+    assert source_module.load_blob(path).path == path
+    from_disk, _ = load_dataset(path)
+    from_bytes, _ = load_dataset(path.read_bytes(), "ratings.parquet")  # an upload: parsed in the child
+    pd.testing.assert_frame_equal(from_disk.interactions, from_bytes.interactions)
+    assert list(from_disk.user_ids) == list(from_bytes.user_ids)

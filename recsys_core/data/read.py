@@ -112,10 +112,11 @@ def parse_blob(blob: Blob, *, delimiter: str | None = None, has_header: bool | N
     Where parsing runs depends on trust (`source`): an upload (bytes, a file object, a member of an
     uploaded zip) is parsed in a limited child process (`isolated`), whatever its format, with the rows and
     the decoded bytes it may yield capped (`RECSYS_MAX_ROWS`, `RECSYS_MAX_READ_MB`), so a hostile file costs
-    the child, never the server. A local path is trusted: parsed in this process, a big text file streamed
-    from disk, with no row cap. One exception: uploaded text up to `INLINE_TEXT_BYTES` is parsed here, under
-    the same caps: pyarrow's CSV reader is linear in its input, so 256 KB cannot cost more than a few MB and
-    milliseconds, while a child interpreter costs ~0.6 s of CPU to start (pandas and pyarrow imports)."""
+    the child, never the server. A local path is trusted: parsed in this process (a big text or Parquet
+    file straight from disk), with no row cap; JSON keeps the child even then, as its reader can segfault.
+    One exception: uploaded text up to `INLINE_TEXT_BYTES` is parsed here, under the same caps: pyarrow's CSV
+    reader is linear in its input, so 256 KB cannot cost more than a few MB and milliseconds, while a child
+    interpreter costs ~0.6 s of CPU to start (pandas and pyarrow imports)."""
     if blob.path is not None and not _streamable(blob):
         blob = blob.whole()
     data = _strip_bom(blob)
@@ -151,10 +152,12 @@ def parse_blob(blob: Blob, *, delimiter: str | None = None, has_header: bool | N
 
 
 def _streamable(blob: Blob) -> bool:
-    """A big local file whose text the CSV reader can take straight from disk: not Parquet or JSON (read
-    whole), no byte-order mark or leading blank lines (both shift what the reader would see)."""
+    """A big local file pyarrow can take straight from disk: Parquet, or text with no byte-order mark or
+    leading blank lines (both shift what the CSV reader would see); JSON is read whole."""
     head, name = blob.data, blob.name.lower()
-    return not (head[:4] == b"PAR1" or name.endswith(_PARQUET_EXT + _JSON_EXT) or head[:1] in b" \t\r\n{["
+    if head[:4] == b"PAR1" or name.endswith(_PARQUET_EXT):
+        return True  # read by pyarrow from the path
+    return not (name.endswith(_JSON_EXT) or head[:1] in b" \t\r\n{["
                 or head.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")))
 
 
@@ -411,9 +414,11 @@ def _line_numbers(data: bytes, has_header: bool, n_rows: int) -> np.ndarray | No
 # ---- Parquet and JSON ---------------------------------------------------------------------------
 
 def _read_parquet(blob: Blob, data: bytes) -> RawTable:
-    # Untrusted bytes: parsed in a limited child process (`isolated`), so a crash cannot kill the server.
-    frame = run_isolated(_parquet_frame, Blob(data, blob.name, blob.member), max_rows(), max_read_bytes(),
-                         file=blob.name)
+    if blob.trusted:  # a local file: read here, from disk when it is big (`Blob.path`), with no caps
+        frame = _parquet_frame(blob, 0, 0)
+    else:  # untrusted bytes: parsed in a limited child process (`isolated`), so a crash cannot kill the server
+        frame = run_isolated(_parquet_frame, Blob(data, blob.name, blob.member), max_rows(), max_read_bytes(),
+                             file=blob.name)
     if frame.empty:
         raise DataError("the Parquet file has no rows", file=blob.name, hint="upload a file with interactions")
     frame.columns = [str(c) for c in frame.columns]
@@ -421,14 +426,15 @@ def _read_parquet(blob: Blob, data: bytes) -> RawTable:
 
 
 def _parquet_frame(blob: Blob, limit_rows: int, limit_bytes: int) -> pd.DataFrame:
-    """Runs in the parse child: the Parquet file as a frame, after checking its size from the footer."""
+    """Runs in the parse child: the Parquet file as a frame, after checking its size from the footer.
+    Limits of 0 mean none (a trusted local file, read from `blob.path` when set)."""
     try:
-        parquet = pq.ParquetFile(pa.BufferReader(blob.data))
+        parquet = pq.ParquetFile(str(blob.path) if blob.path is not None else pa.BufferReader(blob.data))
         meta = parquet.metadata
-        if meta.num_rows > limit_rows:
+        if limit_rows and meta.num_rows > limit_rows:
             raise too_many_rows(blob.name, meta.num_rows, limit_rows)
         unpacked = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-        if unpacked > limit_bytes:
+        if limit_bytes and unpacked > limit_bytes:
             raise ResourceError(f"the Parquet file unpacks to {unpacked / 2**20:,.0f} MB, over the "
                                 f"{limit_bytes / 2**20:,.0f} MB read limit", file=blob.name,
                                 hint=f"load a sample of the rows, or ask the operator to raise {READ_ENV}")
