@@ -102,6 +102,29 @@ def test_the_converted_copy_is_reused_by_a_fresh_process_and_no_temp_folder_is_l
     assert not [p.name for p in cache.iterdir() if ".tmp-" in p.name]  # published by rename: whole or absent
 
 
+def test_a_killed_conversion_leaves_no_copy_and_its_leftovers_are_swept(local_backend, tmp_path: Path) -> None:
+    """A conversion killed mid-write leaves only a temp folder (never a half copy under the real name); the
+    next conversion removes it and publishes a whole copy; a second writer never replaces a published one."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _, lm, _ = local_backend
+    tiny = LlamaForCausalLM(LlamaConfig(vocab_size=lm.tokenizer.vocab_size + 64, hidden_size=16, intermediate_size=32,
+                                        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True, capture_output=True,
+                          text=True)
+    target = tmp_path / "llm" / llm.DEFAULT_DIRNAME
+    torn = target.with_name(f".{target.name}.tmp-{int(dead.stdout)}-1")  # what a kill during the write leaves
+    torn.mkdir(parents=True)
+    (torn / "model.safetensors").write_bytes(b"half a file")
+    assert not llm._is_converted(target)  # nothing under the real name: the next load converts again
+    llm._save_converted(tiny, lm.tokenizer, target)
+    assert llm._is_converted(target) and not torn.exists()
+    first = (target / "model.safetensors").stat().st_mtime_ns
+    llm._save_converted(tiny, lm.tokenizer, target)  # another process converting at the same time, finishing later
+    assert (target / "model.safetensors").stat().st_mtime_ns == first
+    assert [p.name for p in target.parent.iterdir()] == [target.name]
+
+
 _HUB_CHILD = """
 import json, os, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer

@@ -131,6 +131,18 @@ def _is_converted(folder: Path) -> bool:
     return all((folder / f).is_file() for f in ("config.json", "model.safetensors", "tokenizer.json"))
 
 
+def import_transformers() -> None:
+    """Import every transformers class this module uses, in the calling thread. transformers resolves names
+    lazily, and two threads resolving them at once can fail ("cannot import name 'BertConfig'", seen when
+    the server's warm-up loaded the model while a page imported the models): call this before loading on
+    a background thread."""
+    import transformers
+
+    for name in ("AutoModelForCausalLM", "AutoTokenizer", "TextIteratorStreamer", "StoppingCriteria",
+                 "StoppingCriteriaList", "LogitsProcessorList", "LlamaForCausalLM"):
+        getattr(transformers, name)
+
+
 def _quiet_transformers() -> None:
     import transformers
 
@@ -196,10 +208,10 @@ def _tmp_owner_alive(tmp: Path) -> bool:
     if pid == os.getpid():
         return True
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except PermissionError:  # alive, owned by someone else
         return True
     return True
 
@@ -224,7 +236,7 @@ def load_lm(source: str, gguf_file: str | None = None, convert_to: Path | str | 
             _STATUS[key] = status
         try:
             loaded = _load_uncached(source, gguf_file, target, _device(device))
-        except LLMError as err:
+        except Exception as err:  # any failure must end "loading": a page waits on that state
             status.state, status.error = "failed", str(err)
             raise
         with _LOAD_LOCK:
