@@ -212,8 +212,8 @@ def _wait_for_model(b) -> None:
     if not isinstance(b, llm.TransformersBackend) or b.is_loaded():
         return
     llm.start_loading(b, warm=False)  # no-op while the warm-up already loads it: one load per process
-    note = st.empty()
-    while (status := b.status()).state == "loading":
+    note, deadline = st.empty(), time.monotonic() + 900
+    while (status := b.status()).state == "loading" and time.monotonic() < deadline:
         what = ("converting the bundled GGUF file into the workspace (once per workspace, about 20-60 s)"
                 if status.converting else "reading the converted copy (once per server process, a few seconds)")
         note.info(f"Loading {md_escape(b.label)}: {what}; {status.waited_s:.0f} s so far.",

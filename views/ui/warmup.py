@@ -57,11 +57,23 @@ def warmups_enabled() -> bool:
     return os.environ.get(WARMUP_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+def _imports() -> None:
+    """What the tasks import, imported here in the caller's thread first: transformers resolves names lazily
+    and is not safe to import from two threads at once (a page thread importing the models beside the LLM
+    warm-up failed with "cannot import name 'BertConfig'"). Every page imports the models anyway."""
+    import recsys_core.models  # noqa: F401  (the pages' own transformers imports)
+    from recsys_core.blurbs import llm
+
+    llm.import_transformers()
+
+
 def start_warmups() -> dict[str, threading.Thread]:
     """Start each warm-up task once per process, each in a daemon thread; returns the threads started so far."""
     if not warmups_enabled():
         return {}
     with _lock:
+        if not _started:
+            _imports()
         for name, task in WARM_TASKS.items():
             if name not in _started:
                 _started[name] = threading.Thread(target=task, name=f"warmup-{name}", daemon=True)
