@@ -77,6 +77,7 @@ class BackgroundJob:
 
 POLL_S = 0.2  # how often the cancel flag is read: work that checks `progress.cancelled` stops within 2 s
 WRITE_S = 0.5  # at most two progress writes a second, whatever the step rate
+TICK_S = 2.0  # the elapsed time is written this often even when the work reports nothing
 Work = Callable[[Progress], "dict[str, Any] | None"]
 
 
@@ -151,7 +152,7 @@ class _Reporter:
             self._latest, self._dirty = event, True
 
     def _watch(self) -> None:
-        last_write = 0.0
+        last_write = last_tick = 0.0
         while not self._stop.wait(POLL_S):
             if not self.progress.cancelled and self._cancel_requested():
                 self.progress.cancel()
@@ -159,6 +160,9 @@ class _Reporter:
             if time.perf_counter() - last_write >= WRITE_S:
                 self.flush()
                 last_write = time.perf_counter()
+            if time.perf_counter() - last_tick >= TICK_S:  # "running for 40 s" even between progress events
+                self.store.report(self.job_id, elapsed_s=round(time.perf_counter() - self._wall0, 1))
+                last_tick = time.perf_counter()
 
     def _cancel_requested(self) -> bool:
         try:

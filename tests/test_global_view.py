@@ -4,8 +4,6 @@ Permutation explainer; cancel stops it between batches."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -109,12 +107,20 @@ def test_global_view_scores_many_users_per_model_call(demo_ease) -> None:
     assert spy.calls < 40  # user by user it is 200 calls (one history and one attribute game each)
 
 
-def test_cancel_stops_the_global_view_between_batches(demo_ease) -> None:
+def test_progress_moves_within_a_group_and_cancel_stops_between_batches(demo_ease) -> None:
     ds, model = demo_ease
-    seen, holder = [], []
-    progress = Progress(callback=lambda event: (seen.append(event.step), holder[0].cancel()))
+    events, holder = [], []
+
+    def on_event(event) -> None:
+        events.append(event)
+        if not event.message.startswith("explained 0 "):
+            holder[0].cancel()  # as soon as the first group of users is done
+
+    progress = Progress(callback=on_event)
     holder.append(progress)
-    tick = time.perf_counter()
     frame = Explainer(model, ds).global_view(_sample(ds, 200), progress=progress, max_evals=500)
-    assert time.perf_counter() - tick < 30
-    assert len(seen) == 1 and 0 < frame["row"].nunique() < 200
+    done = int(events[-1].message.split()[1])
+    assert 0 < done < 200 and frame["row"].nunique() == done  # nothing scored after the cancel
+    within_first_group = [e for e in events if e.message.startswith("explained 0 ")]
+    assert len(within_first_group) > 2  # the bar moves batch by batch, not only once per group
+    assert [e.step for e in events] == sorted(e.step for e in events) and events[-1].total > events[-1].step

@@ -516,33 +516,29 @@ class Explainer:
         SHAP summary plot: recency 0..1 of a history item, or the share of the history carrying an attribute).
         `items` defaults to each history's top-1 recommendation. The coalitions of many users are scored
         together, one `score_items` call per batch, with exactly the values `explain_history` and
-        `explain_attributes` give user by user; `progress` counts users and its cancel flag is read
-        between batches.
+        `explain_attributes` give user by user; `progress` moves after every batch (its fraction counts
+        coalitions, its message users) and its cancel flag is read between batches.
         """
         histories = [_as_history(h) for h in histories]
         items = self.top_items(histories, 1)[:, 0] if items is None else np.asarray(items)
         todo = [row for row, (h, item) in enumerate(zip(histories, items)) if item >= 0 and len(h)]
-        scorer = _PairScorer(self.model, progress)
-        parts, done = [], 0
-        for group in _groups(todo, [self._n_coalitions(histories[r], max_evals) for r in todo], GROUP_ROWS):
-            games = [(row, self._history_game(histories[row], int(items[row]), max_evals or self.max_evals),
-                      self._attribute_game(histories[row], int(items[row]))) for row in group]
-            values = scorer.values([(histories[row], game) for row, *pair in games for game in pair])
+        games = {row: (self._history_game(histories[row], int(items[row]), max_evals or self.max_evals),
+                       self._attribute_game(histories[row], int(items[row]))) for row in todo}
+        sizes = [sum(len(game.plan.masks) for game in games[row]) for row in todo]
+        scorer = _PairScorer(self.model, progress, sum(sizes), len(todo))
+        parts = []
+        for group in _groups(todo, sizes, GROUP_ROWS):
+            values = scorer.values([(histories[row], game) for row in group for game in games[row]])
             if values is None:  # cancelled
                 break
             solved = iter(values)
-            for row, h_game, a_game in games:
-                h = h_game.explanation(next(solved), time.perf_counter())
-                parts.append(_global_rows(row, histories[row], h, a_game.explanation(next(solved), time.perf_counter())))
-            done += len(group)
-            if progress is not None:
-                progress.update(done, len(todo), message=f"explained {done} of {len(todo)} users")
+            for row in group:
+                h, a = (game.explanation(next(solved), time.perf_counter()) for game in games[row])
+                parts.append(_global_rows(row, histories[row], h, a))
+            scorer.users_done += len(group)
+            scorer.report()
         columns = ["row", "kind", "label", "value", "feature", "item"]
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
-
-    def _n_coalitions(self, history: np.ndarray, max_evals: int | None) -> int:
-        n = min(len(history), self.max_players + 1)
-        return 2**n if n <= self.max_exact else max(max_evals or self.max_evals, 2 * (2 * n + 1))
 
 
 GROUP_ROWS = 16_384  # coalitions planned at a time: bounds memory, and progress moves every group
@@ -563,14 +559,22 @@ def _groups(rows: list[int], sizes: list[int], limit: int) -> list[list[int]]:
 
 class _PairScorer:
     """Scores (masked history, item) pairs of many games in few `score_items` calls, each sized to take
-    about `TARGET_S` (measured as it goes), so a cancel is read at least that often."""
+    about `TARGET_S` (measured as it goes), so a cancel is read, and progress reported, at least that often.
+    Progress counts coalitions (so the ETA is right however uneven the users are) and says it in users."""
 
     TARGET_S = 0.5
 
-    def __init__(self, model: Recommender, progress: Progress | None) -> None:
+    def __init__(self, model: Recommender, progress: Progress | None, rows_total: int, n_users: int) -> None:
         self.model, self.progress = model, progress
         self.max_rows = max(1, _MAX_CELLS // max(model.n_items_, 1))
         self.rows = min(256, self.max_rows)
+        self.rows_total, self.rows_done, self.n_users, self.users_done = rows_total, 0, n_users, 0
+        self.report()
+
+    def report(self) -> None:
+        if self.progress is not None:
+            self.progress.update(self.rows_done, self.rows_total,
+                                 message=f"explained {self.users_done} of {self.n_users} users")
 
     def values(self, games: list[tuple[np.ndarray, _Game]]) -> list[np.ndarray] | None:
         """Each game's coalition values, in order; None once cancelled."""
@@ -582,11 +586,13 @@ class _PairScorer:
         while start < len(histories):
             if self.progress is not None and self.progress.cancelled:
                 return None
-            stop = start + self.rows
+            stop = min(start + self.rows, len(histories))
             tick = time.perf_counter()
             out[start:stop] = self._score(histories[start:stop], items[start:stop])
-            rate = (time.perf_counter() - tick) / max(len(out[start:stop]), 1)
+            rate = (time.perf_counter() - tick) / (stop - start)
             self.rows = int(min(self.max_rows, max(64, self.TARGET_S / max(rate, 1e-7))))
+            self.rows_done += stop - start
+            self.report()
             start = stop
         return np.split(out, np.cumsum([len(part) for part in masked])[:-1])
 
