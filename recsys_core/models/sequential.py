@@ -37,9 +37,12 @@ from recsys_core.models.settings import TrainConfig, setting, train_defaults
 from recsys_core.progress import Progress
 
 PAD = 0
-# loss="auto" switches to the sampled softmax above this many items; chosen on `bench/scale.py --loss-sweep`
-# (CPU seconds per step of ce vs sampled by catalogue size, bench/results/loss-sweep-*.json).
-AUTO_SAMPLED_ITEMS = 30_000
+# loss="auto" switches to the sampled softmax above this many items, where the full softmax is already ~3/4 of
+# a SASRec+ step on a CPU. `bench/scale.py --loss-sweep` (1 thread, batch 128, max_len 100, hidden 64, full-length
+# sequences; bench/results/loss-sweep-20261202.json), CPU s/step sampled vs ce: 4,988 items 0.77 vs 1.39 (1.8x),
+# 16,700 items 0.77 vs 4.75 (6.2x), 28,539 items 0.66 vs 5.7 (ce at batch 32 x 4; 8.7x). Sampled stays flat.
+# The demo (2.4k items), ML-100k and ML-1M stay on the full softmax.
+AUTO_SAMPLED_ITEMS = 10_000
 
 
 @dataclass
