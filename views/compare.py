@@ -8,7 +8,7 @@ import streamlit as st
 
 from recsys_core.evaluation.compare import load_per_user, per_user_metrics, save_per_user, segment_breakdown
 from recsys_core.training.experiment import make_split
-from views.ui import charts
+from views.ui import charts, state
 from views.ui.common import load_dataset, md_escape, sidebar_dataset_selector, workspace
 from views.ui.model_state import cached_model, run_label, runs_frame
 
@@ -24,7 +24,9 @@ if not runs:
 split_kind = st.selectbox("Split", sorted({r.split for r in runs}), key="compare_split",
                           help="Only runs evaluated on the same split are comparable.")
 runs = [r for r in runs if r.split == split_kind]
-metric = st.selectbox("Metric", ["ndcg@10", "hr@10", "recall@20", "mrr@10", "ndcg@20"], key="compare_metric")
+METRICS = ["ndcg@10", "hr@10", "recall@20", "mrr@10", "ndcg@20"]
+state.bind("compare_metric", "metric", METRICS[0], options=METRICS)
+metric = st.selectbox("Metric", METRICS, key="compare_metric")
 
 table = runs_frame(runs).sort_values("NDCG@10", ascending=False)
 st.subheader("Leaderboard")

@@ -20,7 +20,7 @@ from recsys_core.errors import RecsysError
 from recsys_core.insight import project
 from recsys_core.models.base import capabilities_of
 from recsys_core.recommend.topk import pick_user, recommend_many, search_items
-from views.ui import charts, jobs
+from views.ui import charts, jobs, state
 from views.ui.common import md_escape, plural, show_data_error, workspace
 from views.ui.model_state import cached_model, page_dataset_and_model, run_label
 
@@ -70,15 +70,19 @@ st.caption(f"Dataset **{md_escape(record.name)}**. Each point is an item (or a u
 top = st.columns([3, 1.2, 1.2, 1], vertical_alignment="bottom")
 model_key = top[0].selectbox("Model", [ACTIVE, *run_by_dir], format_func=_model_label, key="emb_model",
                              help="The active model (chosen on the Train page) or any run on this dataset.")
+state.bind("emb_points", "points", "items", options=["items", "users"])
 points = top[1].radio("Points", ["items", "users"], horizontal=True, key="emb_points")
+state.bind("emb_method", "method", next(iter(project.METHODS)), options=list(project.METHODS))
 method = top[2].selectbox("Method", list(project.METHODS), format_func=project.METHODS.get, key="emb_method",
                           help="PCA: linear, instant, keeps global layout. UMAP / t-SNE: non-linear, keep local "
                                "neighbourhoods better, take seconds to minutes (they run in the background).")
+state.bind("emb_dims", "dims", 2, parse=int, options=[2, 3])
 dims = top[3].radio("Map", [2, 3], format_func=lambda d: f"{d}-D", horizontal=True, key="emb_dims")
 
 has_genres = bool((ds.items["genres"] != "").any())
 colourings = [*(["first genre"] if has_genres else []), "popularity (log)", "k-means cluster"]
 row = st.columns([2, 1, 2], vertical_alignment="bottom")
+state.bind("emb_colour", "colour", colourings[0], options=colourings)
 colour = row[0].selectbox("Colour by", colourings, key="emb_colour",
                           help="Popularity: log10(1 + interactions) (history length for users). k-means runs in "
                                "the original embedding space, not on the map.")
@@ -314,6 +318,7 @@ def _pick_random_user() -> None:
 def _user_overlay() -> np.ndarray | None:
     """The chosen user's history (item indices, oldest first), or None."""
     cols = st.columns([2, 1, 3], vertical_alignment="bottom")
+    state.bind(USER_KEY, "overlay", "")  # the overlay survives a reload and travels in a link
     typed = cols[0].text_input("Overlay a user", key=USER_KEY, placeholder="user id",
                                help="Draws the user's history (in order) and each model's top-10 on the item map.")
     cols[1].button("Random user", key="emb_user_random", on_click=_pick_random_user)

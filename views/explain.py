@@ -15,7 +15,7 @@ from recsys_core.errors import RecsysError
 from recsys_core.insight import explain
 from recsys_core.progress import Progress
 from recsys_core.recommend.topk import recommend
-from views.ui import jobs
+from views.ui import jobs, state
 from views.ui.charts import chart_label
 from views.ui.common import md_escape, plural, show_data_error
 from views.ui.model_state import page_dataset_and_model
@@ -62,6 +62,8 @@ def _on_item() -> None:
     st.session_state[ITEM_KEY] = st.session_state["explain_item_select"]
 
 
+state.seed_index_from_url(USER_KEY, "user", ds.user_index)  # a reload or a shared link keeps user and item
+state.seed_index_from_url(ITEM_KEY, "item", ds.item_index)
 if not isinstance(st.session_state.get(USER_KEY), int) or not 0 <= st.session_state[USER_KEY] < ds.n_users:
     st.session_state[USER_KEY] = _default_user()
 user = st.session_state[USER_KEY]
@@ -79,6 +81,8 @@ if chosen is None:
     st.stop()
 st.session_state[ITEM_KEY] = chosen
 st.session_state["explain_item_select"] = chosen
+state.write_id("user", ds.user_ids, user)
+state.write_id("item", ds.item_ids, chosen)
 rank_of = {int(i): r for i, r in zip(recs["item"], recs["rank"])}
 
 cols = st.columns([2, 3])

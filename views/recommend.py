@@ -25,7 +25,7 @@ from recsys_core.recommend.topk import (
     similar_items,
     similar_items_text,
 )
-from views.ui import jobs
+from views.ui import jobs, state
 from views.ui.common import md_escape, plural, show_data_error, workspace
 from views.ui.model_state import cached_model, page_dataset_and_model, run_label
 from views.ui.nav import PAGES
@@ -88,6 +88,7 @@ def _pick(kind: str) -> None:
 
 
 def _user_picker() -> int:
+    state.seed_index_from_url(USER_KEY, "user", ds.user_index)  # a reload or a shared link keeps the user
     if st.session_state.get(USER_KEY, 0) >= ds.n_users:
         st.session_state[USER_KEY] = 0  # the dataset changed under the session
     cols = st.columns([3, 1, 1, 1], vertical_alignment="bottom")
@@ -112,13 +113,15 @@ def _user_picker() -> int:
 
 
 user = _user_picker()
+state.write_id("user", ds.user_ids, user)
 history = ds.history(user)
 
 # ---- settings and filters -------------------------------------------------------------------------
 
 with st.sidebar:
     st.subheader("Recommendations")
-    k = st.slider("How many (K)", 5, 50, 10, step=5, key="rec_k")
+    state.bind("rec_k", "k", 10, parse=int, options=range(5, 51, 5))
+    k = st.slider("How many (K)", 5, 50, step=5, key="rec_k")
     genres = attribute_values(ds.items, "genres")
     chosen_genres = st.multiselect("Genres (any of)", genres, key="rec_genres") if genres else []
     years = None

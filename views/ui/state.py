@@ -13,6 +13,8 @@ from typing import Any
 
 import streamlit as st
 
+_SEEDED_KEY = "_url_seeded"  # session state: keys already offered the URL's value
+
 
 def url_value(param: str) -> str | None:
     """The URL's value for `param`, or None."""
@@ -21,9 +23,9 @@ def url_value(param: str) -> str | None:
 
 
 def write_url(param: str, value: Any) -> None:
-    """Put `value` in the URL (or remove `param` when None); a no-op when it is already there, so a
+    """Put `value` in the URL (or remove `param` when None or empty); a no-op when it is already there, so a
     rerun does not rewrite the address bar."""
-    if value is None:
+    if value is None or value == "":
         if param in st.query_params:
             del st.query_params[param]
         return
@@ -32,11 +34,21 @@ def write_url(param: str, value: Any) -> None:
         st.query_params[param] = text
 
 
+def _first_look(key: str) -> bool:
+    """True the first time a session asks for `key`: the URL describes how a tab opened, so a page that
+    later clears its own state (a new user drops the old item) must not get the link's value back."""
+    seen = st.session_state.setdefault(_SEEDED_KEY, set())
+    if key in seen:
+        return False
+    seen.add(key)
+    return True
+
+
 def seed_from_url(key: str, param: str, parse: Callable[[str], Any] = str,
                   options: Sequence[Any] | None = None) -> None:
     """Before the widget `key` is drawn: take its value from the URL when the session has none yet.
     A value that does not parse, or is not among `options`, is ignored (a stale or hand-edited link)."""
-    if key in st.session_state:
+    if not _first_look(key) or key in st.session_state:
         return
     raw = url_value(param)
     if raw is None:
@@ -64,7 +76,7 @@ def bind(key: str, param: str, default: Any, parse: Callable[[str], Any] = str,
 def seed_index_from_url(key: str, param: str, index: Mapping[str, int]) -> None:
     """Plain state `key` holding a row number (a user, an item) from the URL's id, when the session has
     none yet. Ids travel in the URL, not row numbers: a link stays right after the dataset is re-saved."""
-    if key in st.session_state:
+    if not _first_look(key) or key in st.session_state:
         return
     raw = url_value(param)
     if raw is not None and raw in index:
