@@ -562,12 +562,12 @@ class _PairScorer:
     about `TARGET_S` (measured as it goes), so a cancel is read, and progress reported, at least that often.
     Progress counts coalitions (so the ETA is right however uneven the users are) and says it in users."""
 
-    TARGET_S = 0.5
+    TARGET_S = 0.25
 
     def __init__(self, model: Recommender, progress: Progress | None, rows_total: int, n_users: int) -> None:
         self.model, self.progress = model, progress
         self.max_rows = max(1, _MAX_CELLS // max(model.n_items_, 1))
-        self.rows = min(256, self.max_rows)
+        self.rows = min(64, self.max_rows)
         self.rows_total, self.rows_done, self.n_users, self.users_done = rows_total, 0, n_users, 0
         self.report()
 
@@ -590,7 +590,9 @@ class _PairScorer:
             tick = time.perf_counter()
             out[start:stop] = self._score(histories[start:stop], items[start:stop])
             rate = (time.perf_counter() - tick) / (stop - start)
-            self.rows = int(min(self.max_rows, max(64, self.TARGET_S / max(rate, 1e-7))))
+            # At most double per call: one fast call on a machine that then gets busy must not become a
+            # call of many seconds, during which a cancel waits.
+            self.rows = int(min(self.max_rows, 2 * self.rows, max(16, self.TARGET_S / max(rate, 1e-7))))
             self.rows_done += stop - start
             self.report()
             start = stop
