@@ -258,7 +258,8 @@ def stage_memory_mb(stage: str, rows: int, n_items: int) -> float:
         return ItemKNNConfig().memory_budget_mb + rows * 3 * 12 / 2**20  # co-occurrence blocks + matrices
     if stage in SEQUENTIAL:
         cls, config_cls = SEQUENTIAL[stage]
-        return cls(build_config(config_cls, {"loss": "sampled"})).training_memory(n_items) / 2**20 + rows * 16 / 2**20
+        model = cls(build_config(config_cls, {"loss": "sampled", "batch_size": BATCH}))
+        return model.training_memory(n_items) / 2**20 + rows * 16 / 2**20
     return 0.0
 
 

@@ -175,13 +175,13 @@ def test_auto_switches_to_sampled_above_the_threshold_and_the_report_says_why(de
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_memory_plan_counts_only_the_sampled_logits(family):
-    auto, full = make(family), make(family, loss="ce")
+    auto, full = make(family, batch_size=128), make(family, loss="ce", batch_size=128)
     assert auto.training_memory(2_000) == full.training_memory(2_000)  # auto is ce on a small catalogue
     big = 100_000
     assert auto.loss_choice(big).loss == "sampled"
     assert auto.training_memory(big) < full.training_memory(big) / 5
     assert auto.training_memory(big) < 2 * 2**30  # batch 128 at 100k items under 2 GB (estimate)
-    assert make(family, loss="gbce").training_memory(big) == auto.training_memory(big)
+    assert make(family, loss="gbce", batch_size=128).training_memory(big) == auto.training_memory(big)
 
 
 @pytest.mark.parametrize("loss", ["sampled", "gbce"])
