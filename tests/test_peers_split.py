@@ -58,3 +58,20 @@ def test_peers_validate_on_the_users_our_model_validates_on(demo_split, seed):
     rows = peers.valid_rows(len(demo_split.valid), cap, seed)
     assert len(rows) == cap
     assert np.array_equal(demo_split.valid.users[rows], ours.users)
+
+
+def test_peer_scores_are_ranked_with_history_excluded_and_pessimistic_ties(demo_split, tmp_path):
+    peers.export_split(demo_split, tmp_path, seeds=[0], max_valid_users=5000, name="demo")
+    data = read_split(tmp_path)
+    n_users, n_items = len(data["test_targets"]), demo_split.n_items
+    rows = np.arange(n_users)
+    # The user's own history scores highest, the held-out item next: a library that forgot to drop seen
+    # items would look like this, and only excluding the history ranks the target first.
+    scores = np.zeros((n_users, n_items), np.float32)
+    scores[rows, data["test_targets"]] = 1.0
+    for i, history in enumerate(data["test_histories"]):
+        scores[i, history[history != data["test_targets"][i]]] = 2.0
+    assert peers.score_test(scores, data) == {"ndcg@10": 1.0, "hr@10": 1.0, "users": n_users}
+    # Every item tied: pessimistic ranks put the target behind all unseen items, so no credit.
+    flat = peers.score_test(np.ones((n_users, n_items), np.float32), data)
+    assert flat["hr@10"] == 0.0
