@@ -89,7 +89,8 @@ def test_global_view_runs_as_a_workspace_job_and_a_new_tab_shows_its_result(ws_r
     at.button(key="explain_global_button").click().run(timeout=300)
     assert not at.exception, at.exception
     job = _wait_until_ended(ws_root)
-    assert job.status == "finished" and job.owner == at.session_state["jobs_owner"] and job.total == 20
+    assert job.status == "finished" and job.owner == at.session_state["jobs_owner"]
+    assert job.params["users"] == 20 and job.message == "explained 20 of 20 users"
     at.run(timeout=180)  # what the page's one-second poll does once the job has ended
     specs = _charts(at)
     assert len(specs) == 4 and all('"SHAP value (change in model score)"' in s for s in specs[2:])

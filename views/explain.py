@@ -243,7 +243,8 @@ def _start_global() -> None:
 
 def _time_hint() -> str:
     """From the last global view of this model on this machine; the running job shows its own ETA."""
-    rate = jobs.seconds_per_unit("global_view", record.name, lambda p: p.get("model") == model.identity)
+    rate = jobs.seconds_per_unit("global_view", record.name, lambda p: p.get("model") == model.identity,
+                                 lambda p: p.get("users", 0))
     if rate is None:
         return "the first run measures how long it takes on this machine"
     return f"about {jobs.human_duration(rate * n_users)} for {n_users} users (measured on the last run)"

@@ -3,7 +3,8 @@
 Every explanation is a cooperative game whose players are parts of the input and whose value is the
 model's own score for the item, `model.score(histories)[:, item]`. Nothing about the model is assumed
 beyond that method, so the same code explains EASE, item-kNN, BERT4Rec, SASRec, the text tower and the
-hybrid. All coalitions of one explanation are scored in a few large `score` calls.
+hybrid. All coalitions of one explanation are scored in a few large `score_items` calls; the global view
+plans the games of many users first and scores their coalitions together.
 
 * **History** (`Explainer.explain_history`): a player is one past interaction (a position in the
   time-ordered history, so a re-watched item is two players). A coalition keeps its players' items in
@@ -20,9 +21,11 @@ hybrid. All coalitions of one explanation are scored in a few large `score` call
   user's vector, i.e. the model's score of the item with part of its text blanked out.
 
 Up to `max_exact` players the Shapley values are computed exactly by enumerating all 2^n coalitions.
-Above that the `shap` library's Permutation explainer estimates them with antithetic permutations; each
-full pass telescopes from the empty to the full coalition, so the estimate still adds up exactly
-(efficiency) and only the split between players carries sampling noise. The method and the number of
+Above that they are estimated with antithetic permutations, drawn exactly as the `shap` library's
+Permutation explainer draws them (same seed, same values: tested against it), in plain NumPy so nothing
+is JIT-compiled on a visitor's first click; each full pass telescopes from the empty to the full
+coalition, so the estimate still adds up exactly (efficiency) and only the split between players
+carries sampling noise. The method and the number of
 model evaluations are part of every result.
 
 `deletion_check` tests faithfulness: it removes the k most positively attributed history items and,

@@ -73,12 +73,12 @@ def last_result(kind: str, dataset: str, params: dict) -> dict[str, Any] | None:
         return None
 
 
-def seconds_per_unit(kind: str, dataset: str, match: Callable[[dict], bool]) -> float | None:
-    """Measured seconds per unit of work (user, batch, ...) of the newest finished job of `kind` whose
-    parameters `match`: the time a page promises comes from this machine, not from a guess."""
+def seconds_per_unit(kind: str, dataset: str, match: Callable[[dict], bool], units: Callable[[dict], float]) -> float | None:
+    """Measured seconds per unit of work (`units(params)`: users, items, ...) of the newest finished job of
+    `kind` whose parameters `match`: the time a page promises comes from this machine, not from a guess."""
     for job in store().list(dataset=dataset, kind=kind, limit=20):
-        if job.status == "finished" and job.total and match(job.params):
-            return job.elapsed_s / job.total
+        if job.status == "finished" and match(job.params) and units(job.params) > 0:
+            return job.elapsed_s / units(job.params)
     return None
 
 
