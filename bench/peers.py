@@ -45,6 +45,7 @@ PEERS = [("rectools", "SASRecModel"), ("rectools", "BERT4RecModel"), ("recbole",
 # The peer each of our models is matched against (same architecture family).
 MATCH = {"SASRecModel": "sasrec", "SASRec": "sasrec", "BERT4RecModel": "bert4rec", "BERT4Rec": "bert4rec"}
 METRICS = ("ndcg@10", "hr@10")
+REUSE_ONLY = False  # --reuse-only: report the runs already in --split-dir, train nothing
 
 
 # ---- the split, exported ---------------------------------------------------------------------------
@@ -134,6 +135,8 @@ def run_peer(args: argparse.Namespace, library: str, model: str, seed: int, fold
 
 
 def _run(cmd: list[str], out: Path, library: str, model: str, seed: int) -> dict:
+    if not out.is_file() and REUSE_ONLY:
+        return {"library": library, "model": model, "seed": seed, "error": "not run (--reuse-only)"}
     if not out.is_file():  # a kept --split-dir resumes: finished runs are not trained again
         print(f"[peers] {library} {model} seed {seed} ...", file=sys.stderr, flush=True)
         proc = subprocess.run(cmd, check=False, stdout=sys.stderr, env=_nice_env())
@@ -336,6 +339,7 @@ def main() -> None:
     p.add_argument("--peers", default=",".join(f"{lib}:{m}" for lib, m in PEERS))
     p.add_argument("--subset-users", type=int, default=0, help="only the first N users (smoke test)")
     p.add_argument("--out", help="JSON path (default bench/results/peers-<dataset>-<date>.json)")
+    p.add_argument("--reuse-only", action="store_true", help="with --split-dir: report finished runs, train nothing")
     p.add_argument("--table", help="print the Markdown table of a results JSON and exit")
     p.add_argument("--jobs", type=int, default=1, help="trainings run at once (each on one thread)")
     p.add_argument("--worker-ours", action="store_true", help=argparse.SUPPRESS)
@@ -362,6 +366,8 @@ def main() -> None:
     if not PEERS_PY.exists():
         sys.exit("[peers] bench/.venv-peers is missing: run `.venv/bin/python bench/peers.py --setup` first")
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    global REUSE_ONLY
+    REUSE_ONLY = args.reuse_only
     args.ours = [m for m in args.ours.split(",") if m]
     args.peers = [tuple(x.split(":")) for x in args.peers.split(",") if x]
     report = run_all(args)
