@@ -182,13 +182,9 @@ def extra_stages(stages: list[str], ws: Workspace, store: JobStore, out: dict, n
 
 
 def ease_model(ws: Workspace):
-    """The model a PM has after the EASE step: the best EASE run on the demo, trained now if missing."""
-    from recsys_core.models.base import load_model
+    """The model a PM explains after the EASE step (trained here in a second: the stage may run alone)."""
     from recsys_core.training.experiment import run_experiment
 
-    runs = [r for r in ws.list_runs(dataset=DEMO_NAME) if r.model == "ease" and r.artifact_dir]
-    if runs:
-        return load_model(runs[0].artifact_dir)
     return run_experiment(ws.load_dataset(DEMO_NAME), "ease", workspace=ws, dataset_name=DEMO_NAME).model
 
 
