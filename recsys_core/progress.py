@@ -57,6 +57,13 @@ class Progress:
     def cancel(self) -> None:
         self._cancel.set()
 
+    def quiet(self) -> Progress:
+        """A view sharing this cancel flag with events of its own: inner work (validation inside training)
+        stops on Cancel without overwriting the outer progress a page shows."""
+        inner = Progress()
+        inner._cancel = self._cancel
+        return inner
+
     @property
     def cancelled(self) -> bool:
         return self._cancel.is_set()

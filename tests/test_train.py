@@ -42,7 +42,7 @@ class ToyTask:
         idx = torch.from_numpy(batch)
         return ((self.module(self.x[idx]).squeeze(-1) - self.y[idx]) ** 2).mean()
 
-    def validate(self) -> dict[str, float]:
+    def validate(self, progress: Progress | None = None) -> dict[str, float]:
         with torch.no_grad():
             return {"ndcg@10": -float(((self.module(self.x).squeeze(-1) - self.y) ** 2).mean())}
 
@@ -159,6 +159,46 @@ def test_cancel_between_steps_keeps_best_weights():
     assert result.stopped == "cancelled" and result.epochs_run <= 3
     best = max(h["metrics"]["ndcg@10"] for h in result.history if "metrics" in h)
     assert task.validate()["ndcg@10"] == pytest.approx(best)
+
+
+def test_a_cancel_during_validation_stops_it_and_its_partial_score_is_never_the_best():
+    class CancelledMidValidation(ToyTask):
+        """Cancel arrives while epoch 3 validates: the evaluator stops early with a partial (here absurd) mean."""
+
+        def validate(self, progress: Progress | None = None) -> dict[str, float]:
+            self.validations = getattr(self, "validations", 0) + 1
+            if self.validations == 3:
+                progress.cancel()  # the inner progress shares the outer cancel flag
+                return {"ndcg@10": 1e9}
+            return super().validate(progress)
+
+    task = CancelledMidValidation()
+    events = []
+    result = loop.train(task, TrainConfig(epochs=1000, batch_size=32, lr=0.05), CPU, Progress(events.append),
+                        log_every=1)
+    assert result.stopped == "cancelled" and result.epochs_run == 3
+    assert task.validations == 3  # nothing validated after the cancel
+    assert all(e.message != "evaluating" for e in events)  # validation never overwrote the training's progress
+    assert result.best_metric < 1e9  # the partial mean was not taken as the best
+    assert task.validate()["ndcg@10"] == pytest.approx(result.best_metric)  # best weights restored
+
+
+def test_validation_of_a_sequential_model_reads_cancel_between_batches_of_users() -> None:
+    from recsys_core.data.demo import load_demo
+    from recsys_core.data.splits import leave_one_out
+    from recsys_core.models.sasrec import SASRec, SASRecConfig
+    from recsys_core.models.sequential import VALIDATION_BATCH_USERS, validation_metrics
+    from recsys_core.models.settings import build_config
+
+    ds = load_demo()
+    split = leave_one_out(ds)
+    config = {"hidden": 16, "layers": 1, "heads": 1, "max_len": 20, "epochs": 1, "max_steps": 2, "device": "cpu"}
+    model = SASRec(build_config(SASRecConfig, config)).fit(ds, split=split)
+    stop = Progress()
+    stop.cancel()
+    validation_metrics(model, split.valid, stop)
+    assert stop.events[-1].total == len(split.valid) > VALIDATION_BATCH_USERS
+    assert stop.events[-1].step <= VALIDATION_BATCH_USERS  # stopped after the first batch of users
 
 
 def test_cpu_budget_stops_after_the_epoch_that_passes_it_with_the_lr_decayed():

@@ -255,14 +255,15 @@ class TextTower(Recommender):
         correction = log_q.to(q.device)[doc_targets] if log_q is not None else None
         return in_batch_loss(q, d, targets, self.config.scale, correction, doc_targets, offset)
 
-    def _validate(self, valid: EvalSet, recipe: str = "history_text", reencode: bool = True) -> dict:
+    def _validate(self, valid: EvalSet, recipe: str = "history_text", reencode: bool = True,
+                  progress: Progress | None = None) -> dict:
         """Validation metrics with the encoder as it is now, users built by `recipe`."""
 
         if reencode:
             self.item_vectors_ = self._encode_catalogue()
         previous, self.user_recipe_ = self.user_recipe_, recipe
         try:
-            return evaluate(self, valid, ks=(10,))
+            return evaluate(self, valid, ks=(10,), progress=progress)
         finally:
             self.user_recipe_ = previous
 
@@ -486,10 +487,10 @@ class _ContrastiveTask:
     def loss(self, batch: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         return self.model.pair_loss(*self.sampler.pairs(batch), log_q=self.log_q)
 
-    def validate(self) -> dict[str, float]:
+    def validate(self, progress: Progress | None = None) -> dict[str, float]:
         if self.valid is None:
             return {}
-        metrics = self.model._validate(self.valid)
+        metrics = self.model._validate(self.valid, progress=progress)
         return {k: float(metrics[k]) for k in ("ndcg@10", "hr@10")}
 
 
