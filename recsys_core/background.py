@@ -130,9 +130,10 @@ class WorkspaceJob:
         return True
 
 
-class _Reporter:
+class JobReporter:
     """Writes the latest progress event to the job's row (throttled) and turns the row's cancel flag into
-    `progress.cancel()`, on its own thread, so the work never waits on SQLite."""
+    `progress.cancel()`, on its own thread, so the work never waits on SQLite. The one reporter of every
+    job: a training job's (`training.worker.Reporter`) adds loss curves and a budget-bounded ETA."""
 
     def __init__(self, store: Any, job_id: int) -> None:
         self.store, self.job_id = store, job_id
@@ -144,7 +145,10 @@ class _Reporter:
         self._wall0 = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name=f"job-{job_id}-reporter", daemon=True)
+
+    def start(self) -> JobReporter:
         self._thread.start()
+        return self
 
     def _on_event(self, event: ProgressEvent) -> None:
         with self._lock:
@@ -167,22 +171,26 @@ class _Reporter:
     def _cancel_requested(self) -> bool:
         try:
             return bool(self.store.cancel_requested(self.job_id))
-        except Exception:  # noqa: BLE001  the workspace is gone: no tab can see this job any more
+        except Exception:  # noqa: BLE001  the workspace is gone (deleted, unmounted): no tab can see this job
             return True
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(5)
+        if self._thread.is_alive():
+            self._thread.join(5)
         self.flush()
 
     def flush(self) -> None:
         with self._lock:
-            event, first, dirty = self._latest, self._first, self._dirty
+            if not self._dirty or self._latest is None:
+                return
+            fields = self._fields(self._latest)
             self._dirty = False
-        if dirty and event is not None:
-            self.store.report(self.job_id, step=event.step, total=event.total, fraction=event.fraction,
-                              message=event.message, eta_s=_eta(first, event),
-                              elapsed_s=round(time.perf_counter() - self._wall0, 2))
+        self.store.report(self.job_id, **fields)
+
+    def _fields(self, event: ProgressEvent) -> dict:
+        return {"step": event.step, "total": event.total, "fraction": event.fraction, "message": event.message,
+                "eta_s": _eta(self._first, event), "elapsed_s": round(time.perf_counter() - self._wall0, 2)}
 
 
 def _eta(first: ProgressEvent | None, event: ProgressEvent) -> float | None:
@@ -194,7 +202,7 @@ def _eta(first: ProgressEvent | None, event: ProgressEvent) -> float | None:
 
 
 def _run(store: Any, job_id: int, work: Work) -> None:
-    reporter = _Reporter(store, job_id)
+    reporter = JobReporter(store, job_id).start()
     status, result, error = "failed", {}, ""
     try:
         out = work(reporter.progress)

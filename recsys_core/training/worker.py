@@ -18,46 +18,38 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
 import time
 import traceback
 from typing import Any
 
+from recsys_core.background import JobReporter
 from recsys_core.errors import RecsysError
 from recsys_core.models.settings import flatten_config
-from recsys_core.progress import Progress, ProgressEvent
+from recsys_core.progress import ProgressEvent
 from recsys_core.threads import training_threads, use_threads
 from recsys_core.training.experiment import make_model, run_experiment
 
-POLL_S = 0.2  # how often the cancel flag is read: cancel is honoured well within 2 s
-WRITE_S = 0.5  # at most two progress writes a second, whatever the step rate
 MAX_LOSS_POINTS = 400  # the loss curve is thinned to this many points
 NICENESS = 10
 
 
-class Reporter:
-    """Collects progress events from the training thread and, on its own thread, writes the latest one to
-    the job's row (throttled) and turns the row's cancel flag into `progress.cancel()`."""
+class Reporter(JobReporter):
+    """The job reporter of a training run: also keeps the loss and validation curves (thinned) and bounds
+    the ETA by what is left of the CPU budget."""
 
     def __init__(self, store: Any, job_id: int, cpu_budget_s: float = 0.0) -> None:
-        self.store, self.job_id, self.cpu_budget_s = store, job_id, cpu_budget_s
-        self.progress = Progress(callback=self._on_event)
-        self._lock = threading.Lock()
-        self._latest: ProgressEvent | None = None
-        self._first: ProgressEvent | None = None  # first event with steps: the step rate is measured from it
+        super().__init__(store, job_id)
+        self.cpu_budget_s = cpu_budget_s
         self._total = 0
-        self._dirty = False
         self._loss: list[list[float]] = []
         self._val: list[list] = []
         self._metrics: dict = {}
-        self._wall0, self._cpu0 = time.perf_counter(), time.process_time()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name=f"job-{job_id}-reporter", daemon=True)
+        self._cpu0 = time.process_time()
 
     def _on_event(self, event: ProgressEvent) -> None:
         with self._lock:
             self._latest, self._dirty = event, True
-            if event.total:
+            if event.total:  # the first event with steps: the step rate is measured from it
                 self._total = event.total
                 self._first = self._first or event
             if event.loss is not None and not event.metrics:
@@ -67,39 +59,6 @@ class Reporter:
             if event.metrics:
                 self._metrics = {k: v for k, v in event.metrics.items() if isinstance(v, (int, float))}
                 self._val.append([event.epoch, self._metrics, round(event.elapsed_s, 1)])
-
-    def start(self) -> Reporter:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.flush()
-
-    def _watch(self) -> None:
-        last_write = 0.0
-        while not self._stop.wait(POLL_S):
-            if not self.progress.cancelled and self._cancel_requested():
-                self.progress.cancel()
-                self.store.report(self.job_id, message="cancelling: stopping after this step")
-            if time.perf_counter() - last_write >= WRITE_S:
-                self.flush()
-                last_write = time.perf_counter()
-
-    def _cancel_requested(self) -> bool:
-        try:
-            return bool(self.store.cancel_requested(self.job_id))
-        except Exception:  # noqa: BLE001  the workspace is gone (deleted, unmounted): no tab can see this job
-            return True
-
-    def flush(self) -> None:
-        with self._lock:
-            if not self._dirty or self._latest is None:
-                return
-            fields = self._fields(self._latest)
-            self._dirty = False
-        self.store.report(self.job_id, **fields)
 
     def _fields(self, event: ProgressEvent) -> dict:
         eta, bounded = self._eta(event)
