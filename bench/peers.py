@@ -106,7 +106,7 @@ def _timed(fn, args: argparse.Namespace, lib_model: tuple[str, str], seed: int, 
     """Run one training; note the load average when it ends (timings under load are indicative only)."""
     row = fn(args, *lib_model, seed, folder) if fn is run_peer else fn(args, lib_model[1], seed, folder)
     loads.append(os.getloadavg())
-    row["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+    row.setdefault("load_avg_end", None)  # runs reused from a kept --split-dir carry their own
     return row
 
 
@@ -136,12 +136,15 @@ def run_peer(args: argparse.Namespace, library: str, model: str, seed: int, fold
 
 def _run(cmd: list[str], out: Path, library: str, model: str, seed: int) -> dict:
     if not out.is_file() and REUSE_ONLY:
-        return {"library": library, "model": model, "seed": seed, "error": "not run (--reuse-only)"}
+        return {"library": library, "model": model, "seed": seed, "error": "no finished run in --split-dir (--reuse-only)"}
     if not out.is_file():  # a kept --split-dir resumes: finished runs are not trained again
         print(f"[peers] {library} {model} seed {seed} ...", file=sys.stderr, flush=True)
         proc = subprocess.run(cmd, check=False, stdout=sys.stderr, env=_nice_env())
         if proc.returncode != 0 or not out.is_file():
             return {"library": library, "model": model, "seed": seed, "error": f"worker exited with {proc.returncode}"}
+        row = json.loads(out.read_text())
+        row["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]  # kept with the run, so a resume keeps it
+        out.write_text(json.dumps(row))
     row = json.loads(out.read_text())
     print(f"[peers] {library} {model} seed {seed}: trained, best epoch {row.get('best_epoch')}", file=sys.stderr,
           flush=True)
