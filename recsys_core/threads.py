@@ -8,9 +8,10 @@ always has other work beside a click (other sessions, a training job), so:
 
 - interactive work in the server process (scoring, top-K, SHAP, maps) uses `RECSYS_INTERACTIVE_THREADS`
   threads, default 1: a click never fights itself, and several sessions share the cores fairly;
-- a training job (its own process) uses `RECSYS_TRAINING_THREADS`, default the cores this process may
-  run on divided by the number of training jobs running at its start, at least 1 — the rest of the box
-  for one job at a time.
+- a training job (its own process, below the server's priority) uses `RECSYS_TRAINING_THREADS`, default
+  the cores this process may run on — and never fewer because other jobs run: torch's CPU results depend
+  on the thread count (reduction order), and a run must give exactly the result it gives alone (a test
+  trains two same-seed jobs at once and compares them with the solo run).
 
 The same count goes to torch and to the BLAS/OpenMP pools numpy and scikit-learn use (threadpoolctl).
 """
@@ -46,8 +47,8 @@ def interactive_threads() -> int:
     return _from_env(INTERACTIVE_ENV, 1)
 
 
-def training_threads(running_jobs: int = 1) -> int:
-    return _from_env(TRAINING_ENV, max(1, cores() // max(1, running_jobs)))
+def training_threads() -> int:
+    return _from_env(TRAINING_ENV, cores())
 
 
 def use_threads(n: int) -> int:

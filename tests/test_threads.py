@@ -1,5 +1,5 @@
-"""Thread policy of a shared server: a click uses one thread unless the operator says otherwise, and a
-training job takes the cores left to it; bad settings fall back instead of stopping the server."""
+"""Thread policy of a shared server: a click uses one thread unless the operator says otherwise, a training
+job a fixed count; bad settings fall back instead of stopping the server."""
 
 from __future__ import annotations
 
@@ -50,9 +50,9 @@ def test_interactive_setting_is_read_forgivingly(monkeypatch: pytest.MonkeyPatch
     assert threads.interactive_threads() == expected
 
 
-def test_training_jobs_share_the_cores_they_may_run_on(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_training_job_uses_the_cores_it_may_run_on_unless_the_operator_says(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(threads.TRAINING_ENV, raising=False)
     monkeypatch.setattr(threads, "cores", lambda: 8)
-    assert [threads.training_threads(n) for n in (0, 1, 2, 3, 16)] == [8, 8, 4, 2, 1]
+    assert threads.training_threads() == 8  # never fewer because other jobs run: results depend on it
     monkeypatch.setenv(threads.TRAINING_ENV, "5")
-    assert threads.training_threads(2) == 5
+    assert threads.training_threads() == 5

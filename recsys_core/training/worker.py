@@ -135,8 +135,8 @@ def main() -> None:
     # Below the web server's priority: a page redraw (or a Cancel click) must not wait behind training
     # that takes every core; on an otherwise idle machine the job still gets all of them.
     os.nice(NICENESS)
-    # The cores shared between the training jobs running now (recsys_core/threads.py says why).
-    use_threads(training_threads(max(1, len(store.list(active_only=True, kind="train")))))
+    # A fixed thread count, whatever else runs: results depend on it (recsys_core/threads.py says why).
+    use_threads(training_threads())
     signal.signal(signal.SIGTERM, _terminate)
     code = run_job(store, job_id)
     sys.stdout.flush()
