@@ -331,10 +331,14 @@ def _improved(run: _Run) -> bool | None:
 
 
 def _train_epoch(run: _Run, progress: Progress, total_steps: int) -> float | None:
-    """One pass; returns the mean loss, or None when cancelled."""
+    """One pass; returns the mean loss, or None when cancelled. Seeded per epoch (dropout draws from torch's
+    generator, inside a fork `seeded` restores), so a resumed run replays exactly what an unbroken run does."""
     seed = epoch_seed(run.cfg.seed, run.epoch)
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
+    with seeded(seed, run.device):
+        return _epoch_steps(run, progress, total_steps, np.random.default_rng(seed))
+
+
+def _epoch_steps(run: _Run, progress: Progress, total_steps: int, rng: np.random.Generator) -> float | None:
     run.task.module.train()
     queue = deque(run.task.epoch_batches(run.batch_size, rng))
     losses: list[float] = []
