@@ -1,12 +1,12 @@
 """Quality against peer libraries (RecTools, RecBole) on exactly our leave-one-out split, one evaluator.
 
-    .venv/bin/python bench/peers.py --setup                       # once: bench/.venv-peers (see README)
+    .venv/bin/python bench/peers.py --setup                       # once: ~/.cache/recsys-explorer/peers-venv (see README)
     .venv/bin/python bench/peers.py --dataset ../shared/data/ml-100k --seeds 0 --cpu-cap 900
 
 This process (main venv) builds the split with `leave_one_out`, writes it as NPY/JSON to a temp folder,
 and runs every training in a subprocess of its own, niced, on one torch thread, under a CPU-second cap:
 our models through `run_experiment` in the main venv, the peers through `bench/peers_worker.py` in
-bench/.venv-peers (RecTools pins numpy < 2, so the peers cannot share our venv). Peers early-stop on
+its own venv, ~/.cache/recsys-explorer/peers-venv or $RECSYS_PEERS_VENV (RecTools pins numpy < 2, so the peers cannot share our venv). Peers early-stop on
 our NDCG@10 over the same validation users our models validate on, and write full-catalogue test
 scores as NPY; this process ranks them with `rank_metrics` (full ranking, history excluded, pessimistic
 ties), the same code that scores our models. No pickle crosses the boundary.
@@ -38,7 +38,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from peers_worker import read_split
 
-PEERS_VENV = ROOT / "bench" / ".venv-peers"
+# Outside the checkout: a venv of third-party code inside the tree would be read by every repo-wide check.
+PEERS_VENV = Path(os.environ.get("RECSYS_PEERS_VENV") or Path.home() / ".cache" / "recsys-explorer" / "peers-venv")
 PEERS_PY = PEERS_VENV / "bin" / "python"
 OURS = {"sasrec": "sasrec", "bert4rec": "bert4rec"}  # benchmark name -> our family
 PEERS = [("rectools", "SASRecModel"), ("rectools", "BERT4RecModel"), ("recbole", "SASRec"), ("recbole", "BERT4Rec")]
@@ -313,7 +314,7 @@ def table(report: dict) -> str:
 
 
 def setup() -> None:
-    """bench/.venv-peers: its own numpy<2 and peers, reusing the main venv's torch through a .pth file that
+    """The peers venv (`PEERS_VENV`): its own numpy<2 and peers, reusing the main venv's torch through a .pth file that
     sys.path appends after the venv's own site-packages (so the peers' pins win, torch is found)."""
     import sysconfig
 
@@ -332,7 +333,7 @@ def setup() -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--setup", action="store_true", help="create bench/.venv-peers and install the peers")
+    p.add_argument("--setup", action="store_true", help="create the peers venv (PEERS_VENV) and install the peers")
     p.add_argument("--dataset", help="'demo' or a MovieLens/MovieTweetings folder or file")
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
     p.add_argument("--cpu-cap", type=float, default=900.0, help="CPU seconds per training run (all libraries)")
@@ -367,7 +368,7 @@ def main() -> None:
         print(f"[peers] dataset {args.dataset!r} not found: skipped", file=sys.stderr)
         return
     if not PEERS_PY.exists():
-        sys.exit("[peers] bench/.venv-peers is missing: run `.venv/bin/python bench/peers.py --setup` first")
+        sys.exit(f"[peers] {PEERS_VENV} is missing: run `.venv/bin/python bench/peers.py --setup` first")
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     global REUSE_ONLY
     REUSE_ONLY = args.reuse_only

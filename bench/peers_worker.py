@@ -1,6 +1,6 @@
-"""One peer training run (RecTools or RecBole) on the split `bench/peers.py` exported; runs in bench/.venv-peers.
+"""One peer training run (RecTools or RecBole) on the split `bench/peers.py` exported; runs in the peers venv (bench/peers.py: PEERS_VENV).
 
-    bench/.venv-peers/bin/python bench/peers_worker.py --library recbole --model SASRec --seed 0 \
+    ~/.cache/recsys-explorer/peers-venv/bin/python bench/peers_worker.py --library recbole --model SASRec --seed 0 \
         --split-dir /tmp/peers-x --cpu-cap 900 --patience 5 --out /tmp/peers-x/recbole-SASRec-0.json
 
 Each library trains with its own defaults (architecture, optimiser, loss, masking) on exactly our training
