@@ -13,6 +13,7 @@ import streamlit as st
 
 from recsys_core.errors import RecsysError
 from recsys_core.insight import explain
+from recsys_core.models.profiles import human_duration
 from recsys_core.progress import Progress
 from recsys_core.recommend.topk import recommend
 from views.ui import jobs, state
@@ -247,7 +248,7 @@ def _time_hint() -> str:
                                  lambda p: p.get("users", 0))
     if rate is None:
         return "the first run measures how long it takes on this machine"
-    return f"about {jobs.human_duration(rate * n_users)} for {n_users} users (measured on the last run)"
+    return f"about {human_duration(rate * n_users)} for {n_users} users (measured on the last run)"
 
 
 job = jobs.current("global_view", record.name, global_params)

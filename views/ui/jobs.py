@@ -18,6 +18,7 @@ import streamlit as st
 
 from recsys_core.background import WorkspaceJob
 from recsys_core.errors import RecsysError
+from recsys_core.models.profiles import human_duration
 from recsys_core.progress import Progress
 from recsys_core.workspace.jobs import JobRecord, JobStore
 from views.ui.common import md_escape, workspace
@@ -38,18 +39,6 @@ def store() -> JobStore:
 def owner() -> str:
     """This browser session's token (a new tab or a reload is a new session)."""
     return st.session_state.setdefault(OWNER_KEY, secrets.token_hex(8))
-
-
-def human_duration(seconds: float) -> str:
-    """12 s, 3 min 20 s, 1 h 5 min: never raw thousands of seconds."""
-    seconds = max(0.0, float(seconds))
-    if seconds < 60:
-        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
-    minutes, secs = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs} s" if secs and minutes < 10 else f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
 
 
 def start(kind: str, dataset: str, params: dict, work: Callable[[Progress], dict | None], title: str) -> int:
