@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from recsys_core.errors import ConfigError
-from recsys_core.models.sequential import PAD, SequentialConfig, SequentialRecommender, pad_right
+from recsys_core.models.sequential import PAD, SequentialConfig, SequentialRecommender, crop_rows, pad_right
 from recsys_core.models.settings import setting
 
 
@@ -43,7 +43,16 @@ class BERT4Rec(SequentialRecommender):
         out[np.arange(len(lens)), lens] = self.module_.special_token
         return out, lens + 1
 
-    def _batch_loss(self, tokens: torch.Tensor, lengths: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    def _batch_loss(self, tokens: torch.Tensor, lengths: torch.Tensor, rng: np.random.Generator,
+                    rows: slice = slice(None)) -> torch.Tensor:
+        masked = self._cloze_masks(tokens, lengths, rng)  # drawn for the whole batch: see `rows`
+        total = masked.sum()
+        tokens, lengths, masked = crop_rows(rows, tokens, lengths, masked)
+        hidden = self._hidden(tokens.masked_fill(masked, self.module_.special_token), lengths)
+        loss = self._objective(self.module_.head(hidden[masked]), tokens[masked] - 1, rng)
+        return loss * (masked.sum() / total)
+
+    def _cloze_masks(self, tokens: torch.Tensor, lengths: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         cfg = self.config
         if not 0 < cfg.mask_prob < 1:
             raise ConfigError(f"mask_prob={cfg.mask_prob} must lie strictly between 0 and 1", column="mask_prob")
@@ -54,6 +63,4 @@ class BERT4Rec(SequentialRecommender):
         # Cloze masks see both neighbours; scoring sees only the left one. Masking the last item as
         # well in some sequences trains that case without giving up the Cloze signal.
         also_last = torch.from_numpy(rng.random(n) < cfg.mask_last_prob).to(device)[:, None]
-        masked |= last & (also_last | ~masked.any(dim=1, keepdim=True))  # and every sequence teaches something
-        hidden = self._hidden(tokens.masked_fill(masked, self.module_.special_token), lengths)
-        return self._objective(self.module_.head(hidden[masked]), tokens[masked] - 1, rng)
+        return masked | (last & (also_last | ~masked.any(dim=1, keepdim=True)))  # every sequence teaches something

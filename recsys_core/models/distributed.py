@@ -190,13 +190,13 @@ class LossModule(nn.Module):
     """What DistributedDataParallel wraps: the task's network as a submodule, its loss as the forward,
     so DDP's gradient hooks fire on the parameters the task's own loss code uses."""
 
-    def __init__(self, module: nn.Module, loss: Callable[[np.ndarray, np.random.Generator], torch.Tensor]) -> None:
+    def __init__(self, module: nn.Module, loss: Callable[[np.ndarray, np.random.Generator, slice], torch.Tensor]) -> None:
         super().__init__()
         self.network = module
         self._loss = loss
 
-    def forward(self, batch: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
-        return self._loss(batch, rng)
+    def forward(self, batch: np.ndarray, rng: np.random.Generator, rows: slice) -> torch.Tensor:
+        return self._loss(batch, rng, rows)
 
 
 def wrap(module: nn.Module, loss: Callable, device: torch.device) -> nn.Module:

@@ -221,9 +221,10 @@ class TrainTask(Protocol):
     """What a model gives the loop. Batches are arrays of example indices so the loop can split
     one in two when the GPU runs out of memory, or share one among the processes of a torchrun.
 
-    Under torchrun, `valid` (the users `validate` scores) is split among the processes, and a task may
-    define `loss_units(batch) -> float`, the number of terms its loss averages over in `batch` (default:
-    the batch's length), so each process's share of a batch weighs what it weighs in one process."""
+    Under torchrun, `valid` (the users `validate` scores) is split among the processes, and `loss` gets
+    `rows`, this process's slice of the global `batch`: it returns those rows' terms summed over the
+    whole batch's number of terms (so the processes' parts add up to the one-process mean loss), with
+    any random draws made for the whole batch first (so each process draws what one process would)."""
 
     module: nn.Module
     valid: EvalSet | None
@@ -232,7 +233,7 @@ class TrainTask(Protocol):
 
     def epoch_batches(self, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]: ...
 
-    def loss(self, batch: np.ndarray, rng: np.random.Generator) -> torch.Tensor: ...
+    def loss(self, batch: np.ndarray, rng: np.random.Generator, rows: slice = slice(None)) -> torch.Tensor: ...
 
     def validate(self, progress: Progress | None = None) -> dict[str, float]: ...
 
@@ -388,22 +389,19 @@ def _step(run: _Run, batch: np.ndarray, rng: np.random.Generator) -> float:
 
 
 def _share_of_loss(run: _Run, batch: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, float]:
-    """This process's part of the global batch's loss, scaled so that DDP's average of the gradients is
-    the gradient of the global batch's mean loss; and that mean loss, for the record.
+    """This process's part of the global batch's mean loss (see `TrainTask.loss`), scaled so that DDP's
+    average of the gradients is the gradient of that mean; and the mean itself, for the record.
 
-    Each process computes the loss of its contiguous slice of `batch`, weighted by the slice's share of
-    the loss terms. Every process draws from the same `rng`, so draws that do not depend on the slice's
-    shape (SASRec+'s shared negatives) are the ones one process would make. A process whose slice is
-    empty (a batch smaller than the world) computes rank 0's slice with weight 0: its generator advances
-    as the others' do, and it joins any collective the loss makes (the text tower gathers docs)."""
+    Every process draws from the same `rng` for the whole batch, so the draws are the ones one process
+    would make. A process whose slice is empty (a batch smaller than the world) computes rank 0's rows
+    with weight 0: its generator advances as the others' do, and it joins any collective the loss makes
+    (the text tower gathers docs)."""
     cuts = distributed.shards(len(batch))
-    count = getattr(run.task, "loss_units", len)
-    units = [float(count(batch[c])) if c.stop > c.start else 0.0 for c in cuts]
-    share = units[distributed.rank()] / (sum(units) or 1.0)
     mine = cuts[distributed.rank()]
-    loss = run.ddp(batch[mine if mine.stop > mine.start else cuts[0]], rng)
-    (mean,) = distributed.sum_over_ranks([float(loss.detach()) * share])
-    return loss * (share * distributed.world()), mean
+    empty = mine.stop == mine.start
+    part = run.ddp(batch, rng, cuts[0] if empty else mine) * (0.0 if empty else 1.0)
+    (mean,) = distributed.sum_over_ranks([float(part.detach())])
+    return part * distributed.world(), mean
 
 
 def _back_off(run: _Run, batch: np.ndarray, queue: deque, progress: Progress) -> None:

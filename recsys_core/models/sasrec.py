@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from recsys_core.models.sequential import PAD, SequentialConfig, SequentialRecommender, pad_right
+from recsys_core.models.sequential import PAD, SequentialConfig, SequentialRecommender, crop_rows, pad_right
 
 
 @dataclass
@@ -35,10 +35,13 @@ class SASRec(SequentialRecommender):
         out[:, 1:] = tokens
         return out, lens + 1
 
-    def _batch_loss(self, tokens: torch.Tensor, lengths: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    def _batch_loss(self, tokens: torch.Tensor, lengths: torch.Tensor, rng: np.random.Generator,
+                    rows: slice = slice(None)) -> torch.Tensor:
         # Input is [BOS, i1 .. i(L-1)], target [i1 .. iL]: every real position predicts its successor.
+        total = lengths.sum()
+        tokens, lengths = crop_rows(rows, tokens, lengths)
         bos = torch.full_like(tokens[:, :1], self.module_.special_token)
         inputs = torch.cat([bos, tokens[:, :-1]], dim=1)
         target = tokens != PAD
         user = self.module_.head(self._hidden(inputs, lengths)[target])
-        return self._objective(user, tokens[target] - 1, rng)
+        return self._objective(user, tokens[target] - 1, rng) * (lengths.sum() / total)

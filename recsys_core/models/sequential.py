@@ -116,6 +116,14 @@ class SequenceWindows:
         return pad_right(self.tokens, self.start[idx], self.length[idx])
 
 
+def crop_rows(rows: slice, tokens: torch.Tensor, lengths: torch.Tensor, *more: torch.Tensor
+              ) -> tuple[torch.Tensor, ...]:
+    """Rows `rows` of a right-padded batch (and of same-shaped `more`), cut to their own longest length."""
+    lengths = lengths[rows]
+    width = int(lengths.max()) if len(lengths) else 0
+    return (tokens[rows, :width], lengths, *(m[rows, :width] for m in more))
+
+
 def pad_right(flat: np.ndarray, start: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     width = int(length.max()) if len(length) else 0
     cols = np.arange(width)
@@ -256,7 +264,12 @@ class SequentialRecommender(Recommender):
         """Token matrix and lengths the model reads for scoring; the readout is the last real token."""
         raise NotImplementedError
 
-    def _batch_loss(self, tokens: torch.Tensor, lengths: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    def _batch_loss(self, tokens: torch.Tensor, lengths: torch.Tensor, rng: np.random.Generator,
+                    rows: slice = slice(None)) -> torch.Tensor:
+        """The loss of rows `rows` of a padded batch as their part of the whole batch's mean loss (the
+        sum of their terms over the batch's number of terms): all rows give the mean. Random draws are
+        made for the whole batch before the rows are taken, so under torchrun each process computes its
+        rows exactly as one process would."""
         raise NotImplementedError
 
     def _target_positions(self) -> float:
@@ -474,15 +487,11 @@ class _SequenceTask:
     def epoch_batches(self, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
         return self.windows.batches(batch_size, rng)
 
-    def loss_units(self, batch: np.ndarray) -> float:
-        """Positions in `batch`: what SASRec+'s loss averages over (BERT4Rec's masks, about a fixed share of
-        them); under torchrun, how much one process's slice of a batch weighs."""
-        return float(self.windows.length[batch].sum())
-
-    def loss(self, batch: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+    def loss(self, batch: np.ndarray, rng: np.random.Generator, rows: slice = slice(None)) -> torch.Tensor:
         tokens, lengths = self.windows.padded(batch)
         device = self.model.device
-        return self.model._batch_loss(torch.from_numpy(tokens).to(device), torch.from_numpy(lengths).to(device), rng)
+        return self.model._batch_loss(torch.from_numpy(tokens).to(device), torch.from_numpy(lengths).to(device), rng,
+                                      rows)
 
     def validate(self, progress: Progress | None = None) -> dict[str, float]:
         if self.valid is None:

@@ -484,8 +484,11 @@ class _ContrastiveTask:
         drawn = self.sampler.draw(rng, self.steps * batch_size)
         return [drawn[i:i + batch_size] for i in range(0, len(drawn), batch_size)]
 
-    def loss(self, batch: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
-        return self.model.pair_loss(*self.sampler.pairs(batch), log_q=self.log_q)
+    def loss(self, batch: np.ndarray, rng: np.random.Generator, rows: slice = slice(None)) -> torch.Tensor:
+        """The mean loss of pairs `batch[rows]` weighted by their share of `batch` (the loop's contract);
+        under torchrun the documents are gathered from every process's rows."""
+        part = batch[rows]
+        return self.model.pair_loss(*self.sampler.pairs(part), log_q=self.log_q) * (len(part) / len(batch))
 
     def validate(self, progress: Progress | None = None) -> dict[str, float]:
         if self.valid is None:
