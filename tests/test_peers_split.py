@@ -54,7 +54,7 @@ def test_peers_validate_on_the_users_our_model_validates_on(demo_split, seed):
     cap = 1000  # below the demo's evaluated users, so a seeded sample is drawn
     model = SASRec()
     model.config.train.max_valid_users, model.config.train.seed = cap, seed
-    ours = model._valid_subset(demo_split)
+    ours = model._valid_subset(demo_split, cap)
     rows = peers.valid_rows(len(demo_split.valid), cap, seed)
     assert len(rows) == cap
     assert np.array_equal(demo_split.valid.users[rows], ours.users)

@@ -15,7 +15,7 @@ from recsys_core.errors import DataError
 from recsys_core.models.base import load_model
 from recsys_core.models.bert4rec import BERT4Rec, BERT4RecConfig
 from recsys_core.models.sasrec import SASRec, SASRecConfig
-from recsys_core.models.sequential import SequenceWindows, init_items_from_svd
+from recsys_core.models.sequential import MIN_VALID_USERS, SequenceWindows, init_items_from_svd
 from recsys_core.models.settings import build_config
 from recsys_core.progress import Progress
 from recsys_core.training.experiment import run_experiment
@@ -220,3 +220,34 @@ def test_a_run_whose_validation_never_improves_is_flagged_not_finished(data) -> 
     learning = run_experiment(ds, "sasrec", {**TINY, "epochs": 3, "eval_every": 1})
     assert learning.status == "finished" and learning.cpu_s > 0 and learning.extra["holdout"] == "last"
     assert learning.extra["loss"].startswith(f"ce: {ds.n_items:,} items <= auto_sampled_items=")  # the record says why
+
+
+def test_validation_is_planned_to_take_at_most_its_share_of_training_compute():
+    """Many validation users and little training between validations: a seeded sample of them, no fewer
+    than MIN_VALID_USERS, then validation every few epochs; the plan is recorded with the run."""
+    ds, split = successor_dataset(n_users=3000)
+    model = make("sasrec", eval_every=0, epochs=12)
+    model._remember_catalogue(ds)
+    windows = model.windows(split.train)
+    plan = model.validation_plan(split, windows, steps_per_epoch=100)
+    assert plan.of == 3000 and MIN_VALID_USERS <= plan.users < 3000
+    assert plan.share <= 0.1 + 1e-9
+    off = make("sasrec", eval_every=0, valid_share=0.0)
+    off._remember_catalogue(ds)
+    assert off.validation_plan(split, windows, steps_per_epoch=100).users == 3000  # 0 = every user, as before
+    loose = make("sasrec", eval_every=0, valid_share=0.9)
+    loose._remember_catalogue(ds)
+    assert loose.validation_plan(split, windows, steps_per_epoch=100).users == 3000
+
+
+def test_a_small_validation_set_is_validated_less_often_unless_the_cadence_was_chosen(data):
+    ds, split = data
+    auto = make("sasrec", eval_every=0, epochs=6, patience=0).fit(ds, split=split)
+    plan = auto.fit_report_["validation"]
+    assert plan["users"] == len(split.valid) and plan["every"] > 1 and plan["share"] <= 0.1
+    validated = [h["epoch"] for h in auto.history_ if "metrics" in h]
+    assert validated == sorted({*range(plan["every"], 7, plan["every"]), 6})  # and always after the last epoch
+    assert all(h["validation_cpu_seconds"] > 0 for h in auto.history_ if "metrics" in h)
+    chosen = make("sasrec", eval_every=1, epochs=3, patience=0).fit(ds, split=split)
+    assert chosen.fit_report_["validation"]["every"] == 1
+    assert [h["epoch"] for h in chosen.history_ if "metrics" in h] == [1, 2, 3]

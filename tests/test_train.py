@@ -210,6 +210,18 @@ def test_cpu_budget_stops_after_the_epoch_that_passes_it_with_the_lr_decayed():
     assert result.history[-1]["lr"] < 0.5 * cfg.lr
 
 
+def test_a_step_cap_inside_the_cpu_budget_makes_the_same_model_as_no_budget():
+    """The demo profile caps steps and budgets CPU seconds: when the cap comes first, the schedule must not
+    follow the measured CPU rate, or a busy machine would train another model."""
+    cfg = TrainConfig(epochs=50, batch_size=32, lr=0.01, patience=0, max_steps=40)
+    plain, budgeted = ToyTask(), ToyTask()
+    a = loop.train(plain, cfg, CPU)
+    b = loop.train(budgeted, TrainConfig(**{**cfg.__dict__, "cpu_budget_s": 3600.0}), CPU)
+    assert a.stopped == b.stopped == "max_steps"
+    assert [h["lr"] for h in b.history] == [h["lr"] for h in a.history]
+    torch.testing.assert_close(budgeted.module.weight, plain.module.weight, rtol=0, atol=0)
+
+
 def test_resume_from_checkpoint_replays_an_unbroken_run(tmp_path):
     cfg = TrainConfig(epochs=6, batch_size=32, lr=0.01, patience=0, checkpoint_dir=str(tmp_path))
     straight = ToyTask()

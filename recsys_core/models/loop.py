@@ -429,7 +429,9 @@ def _end_of_epoch(run: _Run, loss: float, progress: Progress, total_steps: int,
     cfg = run.cfg
     run.history.append({"epoch": run.epoch, "loss": loss, "step": run.step, "lr": run.optimizer.param_groups[0]["lr"]})
     if run.epoch % max(1, cfg.eval_every) == 0 or run.epoch == cfg.epochs:
+        before = time.process_time()
         _validate(run, progress, total_steps, loss)
+        run.history[-1]["validation_cpu_seconds"] = round(time.process_time() - before, 3)  # its share, for the record
     run.tick(started)
     if run.ddp is not None:  # budget decisions and the schedule follow rank 0's clock, identically everywhere
         run.train_seconds, run.cpu_seconds = distributed.from_main([run.train_seconds, run.cpu_seconds])
@@ -461,6 +463,8 @@ def _fit_schedule_to_budget(run: _Run) -> None:
     per_step = run.cpu_seconds / run.step
     remaining = max(0.0, run.cfg.cpu_budget_s - run.cpu_seconds)
     total = min(run.cfg.epochs * max(1, run.step // run.epoch), run.step + int(remaining / per_step))
+    if run.cfg.max_steps > 0:  # a step cap the budget cannot reach keeps the schedule off the clock (and the load)
+        total = min(total, run.cfg.max_steps)
     if run.epoch == 1:
         schedule.warmup_steps = max(1, min(schedule.warmup_steps, int(run.cfg.warmup_frac * total)))
     schedule.total_steps = max(schedule.warmup_steps + 1, total)

@@ -184,10 +184,9 @@ def _estimate(ds: Dataset, family: str, overrides: dict[str, Any], split: Split)
     cls = family_class(family)
     train = build_config(cls.config_class, overrides).train
     rates = _probe(ds, family, overrides, split)
-    n_valid = min(len(split.valid), train.max_valid_users or len(split.valid))
+    n_valid, every = _validation_plan(ds, family, overrides, split, rates.steps_per_epoch)
     validation_cpu = rates.valid_cpu_per_user * n_valid
     steps, epochs = _planned_steps(train, rates.steps_per_epoch)
-    every = train.eval_every or max(1, round(50 / rates.steps_per_epoch))
     validations = math.ceil(epochs / every) if n_valid else 0
     training_cpu = steps * rates.step_cpu + validations * validation_cpu
     bound = "max_steps" if train.max_steps and steps == train.max_steps else "epochs"
@@ -202,6 +201,15 @@ def _estimate(ds: Dataset, family: str, overrides: dict[str, Any], split: Split)
                     early_stopping=bool(train.patience > 0 and n_valid), steps_per_epoch=rates.steps_per_epoch,
                     step_cpu_s=rates.step_cpu, step_wall_s=rates.step_cpu * rates.wall_per_cpu,
                     validation_cpu_s=validation_cpu, measured_load=os.getloadavg()[0])
+
+
+def _validation_plan(ds: Dataset, family: str, overrides: dict[str, Any], split: Split,
+                     steps_per_epoch: int) -> tuple[int, int]:
+    """(validation users, epochs between validations): the plan the fit itself makes."""
+    model = family_class(family)(build_config(family_class(family).config_class, overrides))
+    model._remember_catalogue(ds)
+    plan = model.validation_plan(split, model.windows(split.train), steps_per_epoch)
+    return plan.users, plan.every
 
 
 def _planned_steps(train: Any, steps_per_epoch: int) -> tuple[int, int]:
@@ -226,7 +234,7 @@ def _probe(ds: Dataset, family: str, overrides: dict[str, Any], split: Split) ->
     cls = family_class(family)
     probe = {**overrides, f"{TRAIN}.epochs": 1, f"{TRAIN}.max_steps": PROBE_STEPS, f"{TRAIN}.patience": 0,
              f"{TRAIN}.eval_every": 1, f"{TRAIN}.cpu_budget_s": 0.0, f"{TRAIN}.checkpoint_dir": "",
-             f"{TRAIN}.max_valid_users": PROBE_VALID_USERS}
+             f"{TRAIN}.max_valid_users": PROBE_VALID_USERS, "valid_share": 0.0}
     marks: list[tuple[float, float, ProgressEvent]] = []
     progress = Progress(callback=lambda event: marks.append((*loop.clock(), event)))
     started = loop.clock()

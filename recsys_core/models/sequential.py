@@ -29,7 +29,7 @@ from transformers import BertConfig, BertModel
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.splits import EvalSet, Split
 from recsys_core.errors import ConfigError, DataError, ModelError
-from recsys_core.evaluation.metrics import evaluate
+from recsys_core.evaluation.metrics import evaluate, sample_users
 from recsys_core.models import loop, losses
 from recsys_core.models.base import Capabilities, Recommender
 from recsys_core.models.histories import flatten
@@ -44,6 +44,9 @@ PAD = 0
 # The demo (2.4k items), ML-100k and ML-1M stay on the full softmax.
 AUTO_SAMPLED_ITEMS = 10_000
 VALIDATION_BATCH_USERS = 512  # Cancel is read between batches: ~0.5 CPU s each on the demo
+# Below this many validation users the sample's noise starts to blur early stopping (NDCG@10's standard
+# error ~0.3/sqrt(n)); a validation that would need fewer to stay within `valid_share` runs less often.
+MIN_VALID_USERS = 1000
 
 
 @dataclass
@@ -79,7 +82,20 @@ class SequentialConfig:
                                   "full softmax.")
     auto_sampled_items: int = setting(AUTO_SAMPLED_ITEMS, "loss=auto trains with the full softmax up to this "
                                                           "many items and with the sampled one above.")
+    valid_share: float = setting(0.1, "Most of the training compute validation may take: fewer users (down to "
+                                      "1,000), then less often. 0 = off.")
     train: TrainConfig = train_defaults(epochs=200, batch_size=32, lr=2e-3, patience=10, eval_every=0)
+
+
+@dataclass(frozen=True)
+class ValidationPlan:
+    """Which validation users, and every how many epochs, a fit scores; `share` is validation's estimated
+    share of the compute (multiply-adds from the model's shape, see `SequentialRecommender.validation_plan`)."""
+
+    users: int
+    of: int
+    every: int
+    share: float
 
 
 # ---- data: windows over histories, padded batches ---------------------------------------------
@@ -345,23 +361,28 @@ class SequentialRecommender(Recommender):
         self.sampler_ = self._make_sampler(choice.loss, train_seqs)
         with loop.seeded(cfg.train.seed, device):  # parameter init draws from torch's generator
             self.module_ = self._init_module(train_seqs).to(device)
-        windows = SequenceWindows(train_seqs, cfg.max_len, cfg.window_stride or max(1, cfg.max_len // 2))
+        windows = self.windows(train_seqs)
         if len(windows) == 0:
             raise DataError("no training sequences: every user history is empty",
                             hint="load a dataset with interactions, or relax the filters")
         batch_size = self._plan_batch(device, progress)
-        task = _SequenceTask(self, windows, self._valid_subset(split))
-        steps_per_epoch = task.n_batches(batch_size)
-        lcfg = self._loop_config(batch_size, steps_per_epoch, has_valid=task.valid is not None)
+        steps_per_epoch = math.ceil(len(windows) / batch_size)
+        plan = self.validation_plan(split, windows, steps_per_epoch)
+        task = _SequenceTask(self, windows, self._valid_subset(split, plan.users))
+        lcfg = self._loop_config(batch_size, plan.every, has_valid=task.valid is not None)
         progress.update(0, cfg.train.epochs * steps_per_epoch, message=(
             f"training {self.family} on {device.type}: {len(windows)} sequences, {steps_per_epoch} steps/epoch; "
             f"loss {choice.reason}"))
         result = loop.train(task, lcfg, device, progress)
         self.history_ = result.history
-        self.fit_report_ = {"loss": choice.loss, "loss_reason": choice.reason,
+        self.fit_report_ = {"loss": choice.loss, "loss_reason": choice.reason, "validation": asdict(plan),
                             **{k: v for k, v in asdict(result).items() if k != "history"}}
         self.module_.eval()
         return self
+
+    def windows(self, train_seqs: Sequence[np.ndarray]) -> SequenceWindows:
+        cfg = self.config
+        return SequenceWindows(train_seqs, cfg.max_len, cfg.window_stride or max(1, cfg.max_len // 2))
 
     def _init_module(self, train_seqs: Sequence[np.ndarray]) -> SequenceEncoder:
         module = self._build()
@@ -372,12 +393,51 @@ class SequentialRecommender(Recommender):
                             hint='use "svd" or "random"')
         return module
 
-    def _loop_config(self, batch_size: int, steps_per_epoch: int, has_valid: bool) -> TrainConfig:
-        """The loop's settings as given, with the batch that fits, auto validation cadence, and no early stop
-        without validation users."""
+    def _loop_config(self, batch_size: int, every: int, has_valid: bool) -> TrainConfig:
+        """The loop's settings as given, with the batch that fits, the planned validation cadence, and no
+        early stop without validation users."""
         train = self.config.train
         return dataclasses.replace(train, batch_size=batch_size, patience=train.patience if has_valid else 0,
-                                   eval_every=train.eval_every or max(1, round(50 / steps_per_epoch)))
+                                   eval_every=every)
+
+    def validation_plan(self, split: Split | None, windows: SequenceWindows, steps_per_epoch: int) -> ValidationPlan:
+        """How many validation users (a seeded sample) and how often, so that validation costs at most
+        `valid_share` of the training compute between two validations.
+
+        Costs are multiply-adds from the model's shape: the encoder per token (layers x (12 hidden^2 +
+        2 tokens x hidden)); training a window is three passes (forward, backward) over its tokens plus the
+        output layer at its target positions (the catalogue, or the sampled candidates); validating a user
+        is one pass over their history plus scoring and ranking the catalogue. The default cadence
+        (`eval_every=0`) is about every 50 optimizer steps; past that, fewer users down to MIN_VALID_USERS,
+        then (unless `eval_every` was set) validation every few epochs. Counts, not clocks: the plan is the same on a busy machine."""
+        cfg, train = self.config, self.config.train
+        n_valid = len(split.valid) if split is not None else 0
+        cap = min(n_valid, train.max_valid_users or n_valid)
+        every = train.eval_every or max(1, round(50 / max(1, steps_per_epoch)))
+        if not cap or cfg.valid_share <= 0:
+            return ValidationPlan(cap, n_valid, every, 0.0)
+        per_user = self._validation_cost(split.valid.histories)
+        per_epoch = self._training_cost(windows)
+        afford = cfg.valid_share / (1 - cfg.valid_share) * per_epoch / per_user  # users per epoch of training
+        users = min(cap, max(int(afford * every), min(cap, MIN_VALID_USERS)))
+        if not train.eval_every:  # a cadence the user chose stays; the automatic one stretches
+            every = max(every, math.ceil(users / afford))
+        return ValidationPlan(users, n_valid, every, round(users * per_user / (users * per_user + every * per_epoch), 4))
+
+    def _encoder_cost(self, tokens: np.ndarray) -> float:
+        cfg = self.config
+        return float((cfg.layers * tokens * (12 * cfg.hidden ** 2 + 2 * tokens * cfg.hidden)).sum())
+
+    def _training_cost(self, windows: SequenceWindows) -> float:
+        cfg, tokens = self.config, windows.length.astype(np.float64)
+        targets = tokens.sum() * self._target_positions() / cfg.max_len
+        candidates = self.n_items_ if self.loss_choice(self.n_items_).loss == "ce" else cfg.n_negatives + 1
+        return 3 * (self._encoder_cost(tokens) + targets * candidates * cfg.hidden)
+
+    def _validation_cost(self, histories: Sequence[np.ndarray]) -> float:
+        tokens = np.minimum(np.fromiter((len(h) for h in histories), np.float64, len(histories)), self.config.max_len)
+        per_user_ranking = self.n_items_ * (self.config.hidden + 8)  # scores, history mask, rank counts
+        return self._encoder_cost(tokens) / max(1, len(tokens)) + per_user_ranking
 
     def _plan_batch(self, device: torch.device, progress: Progress) -> int:
         cfg = self.config
@@ -389,14 +449,10 @@ class SequentialRecommender(Recommender):
         knobs = {"batch_size": cfg.train.batch_size, "max_len": cfg.max_len, "hidden": cfg.hidden, "n_items": self.n_items_}
         return loop.plan_batch_size(cfg.train.batch_size, need, device, knobs, progress=progress)
 
-    def _valid_subset(self, split: Split | None) -> EvalSet | None:
-        if split is None or len(split.valid) == 0:
+    def _valid_subset(self, split: Split | None, users: int) -> EvalSet | None:
+        if split is None or len(split.valid) == 0 or users <= 0:
             return None
-        valid, cap = split.valid, self.config.train.max_valid_users
-        if cap and len(valid) > cap:
-            keep = np.sort(np.random.default_rng(self.config.train.seed).choice(len(valid), cap, replace=False))
-            valid = EvalSet(valid.users[keep], [valid.histories[i] for i in keep], [valid.targets[i] for i in keep])
-        return valid
+        return sample_users(split.valid, users, self.config.train.seed)
 
     # -- inference
 
