@@ -251,3 +251,23 @@ def test_a_small_validation_set_is_validated_less_often_unless_the_cadence_was_c
     chosen = make("sasrec", eval_every=1, epochs=3, patience=0).fit(ds, split=split)
     assert chosen.fit_report_["validation"]["every"] == 1
     assert [h["epoch"] for h in chosen.history_ if "metrics" in h] == [1, 2, 3]
+
+
+def test_bert_style_masking_shows_mask_random_or_the_item_itself_at_the_chosen_shares(trained):
+    model = trained["bert4rec"]
+    tokens = torch.from_numpy(np.random.default_rng(0).integers(1, N_ITEMS + 1, (400, 12)))
+    lengths = torch.full((400,), 12)
+    special = model.module_.special_token
+    inputs, masked = model._cloze_inputs(tokens, lengths, np.random.default_rng(1))
+    assert (inputs[masked] == special).all() and (inputs[~masked] == tokens[~masked]).all()  # default: all [MASK]
+    model.config.mask_token_share = 0.8
+    try:
+        inputs, masked = model._cloze_inputs(tokens, lengths, np.random.default_rng(1))
+    finally:
+        model.config.mask_token_share = 1.0
+    shown = inputs[masked]
+    as_mask = float((shown == special).float().mean())
+    as_itself = float((shown == tokens[masked]).float().mean())
+    assert 0.77 < as_mask < 0.83 and 0.07 < as_itself < 0.14  # a random item may also equal the target
+    assert ((shown >= 1) & (shown <= N_ITEMS) | (shown == special)).all()
+    assert (inputs[~masked] == tokens[~masked]).all()  # unmasked positions untouched

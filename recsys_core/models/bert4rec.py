@@ -21,6 +21,8 @@ class BERT4RecConfig(SequentialConfig):
     # 0.4 beat 0.2 on ML-100k validation
     mask_prob: float = setting(0.4, "Share of a training sequence's items replaced by [MASK].")
     mask_last_prob: float = setting(0.1, "Share of sequences whose last item is masked too (the scoring case).")
+    mask_token_share: float = setting(1.0, "Share of masked positions shown as [MASK]; the rest half a random item, "
+                                           "half unchanged (BERT's 80/10/10 = 0.8).")
 
 
 class BERT4Rec(SequentialRecommender):
@@ -45,17 +47,22 @@ class BERT4Rec(SequentialRecommender):
 
     def _batch_loss(self, tokens: torch.Tensor, lengths: torch.Tensor, rng: np.random.Generator,
                     rows: slice = slice(None)) -> torch.Tensor:
-        masked = self._cloze_masks(tokens, lengths, rng)  # drawn for the whole batch: see `rows`
+        inputs, masked = self._cloze_inputs(tokens, lengths, rng)  # drawn for the whole batch: see `rows`
         total = masked.sum()
-        tokens, lengths, masked = crop_rows(rows, tokens, lengths, masked)
-        hidden = self._hidden(tokens.masked_fill(masked, self.module_.special_token), lengths)
+        tokens, lengths, masked, inputs = crop_rows(rows, tokens, lengths, masked, inputs)
+        hidden = self._hidden(inputs, lengths)
         loss = self._objective(self.module_.head(hidden[masked]), tokens[masked] - 1, rng)
         return loss * (masked.sum() / total)
 
-    def _cloze_masks(self, tokens: torch.Tensor, lengths: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    def _cloze_inputs(self, tokens: torch.Tensor, lengths: torch.Tensor, rng: np.random.Generator
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(what the model reads, which positions it must predict)."""
         cfg = self.config
         if not 0 < cfg.mask_prob < 1:
             raise ConfigError(f"mask_prob={cfg.mask_prob} must lie strictly between 0 and 1", column="mask_prob")
+        if not 0 <= cfg.mask_token_share <= 1:
+            raise ConfigError(f"mask_token_share={cfg.mask_token_share} must lie between 0 and 1",
+                              column="mask_token_share")
         device = tokens.device
         n, width = tokens.shape
         masked = torch.from_numpy(rng.random((n, width)) < cfg.mask_prob).to(device) & (tokens != PAD)
@@ -63,4 +70,12 @@ class BERT4Rec(SequentialRecommender):
         # Cloze masks see both neighbours; scoring sees only the left one. Masking the last item as
         # well in some sequences trains that case without giving up the Cloze signal.
         also_last = torch.from_numpy(rng.random(n) < cfg.mask_last_prob).to(device)[:, None]
-        return masked | (last & (also_last | ~masked.any(dim=1, keepdim=True)))  # every sequence teaches something
+        masked |= last & (also_last | ~masked.any(dim=1, keepdim=True))  # and every sequence teaches something
+        inputs = tokens.masked_fill(masked, self.module_.special_token)
+        if cfg.mask_token_share < 1:  # BERT's 80/10/10: some targets show a random item, some themselves
+            u = torch.from_numpy(rng.random((n, width))).to(device)
+            swap = masked & (u >= cfg.mask_token_share) & (u < (1 + cfg.mask_token_share) / 2)
+            keep = masked & (u >= (1 + cfg.mask_token_share) / 2)
+            random_items = torch.from_numpy(rng.integers(1, self.n_items_ + 1, (n, width))).to(device)
+            inputs = torch.where(swap, random_items, torch.where(keep, tokens, inputs))
+        return inputs, masked

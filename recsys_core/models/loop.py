@@ -152,7 +152,7 @@ def is_oom(err: BaseException) -> bool:
 # ---- optimisation ------------------------------------------------------------------------------
 
 
-def make_optimizer(module: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+def make_optimizer(module: nn.Module, lr: float, weight_decay: float, beta2: float = 0.999) -> torch.optim.AdamW:
     """AdamW with no decay on biases and LayerNorm weights (decaying them only hurts)."""
     decay, no_decay = [], []
     for name, p in module.named_parameters():
@@ -160,7 +160,7 @@ def make_optimizer(module: nn.Module, lr: float, weight_decay: float) -> torch.o
             continue
         (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower() else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr)
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, beta2))
 
 
 class WarmupLinear:
@@ -263,7 +263,7 @@ class _Run:
         self.ddp = distributed.wrap(task.module, task.loss, device) if distributed.world() > 1 else None
         if self.ddp is not None:
             self.batch_size = distributed.min_over_ranks(self.batch_size)
-        self.optimizer = make_optimizer(task.module, cfg.lr, cfg.weight_decay)
+        self.optimizer = make_optimizer(task.module, cfg.lr, cfg.weight_decay, cfg.adam_beta2)
         total = cfg.epochs * task.n_batches(self.batch_size)
         total = min(total, cfg.max_steps) if cfg.max_steps > 0 else total
         self.scheduler = warmup_linear(self.optimizer, int(cfg.warmup_frac * total), total)

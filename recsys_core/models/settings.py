@@ -35,6 +35,7 @@ class TrainConfig:
     batch_size: int = setting(128, "Training examples per optimizer step (halved automatically if memory runs out).")
     lr: float = setting(1e-3, "Peak learning rate of AdamW, reached after the warm-up.")
     weight_decay: float = setting(0.01, "AdamW weight decay (not applied to biases and norms).")
+    adam_beta2: float = setting(0.999, "AdamW's second-moment decay (BERT4Rec's paper used 0.98: it adapts faster).")
     warmup_frac: float = setting(0.05, "Share of the steps spent warming the learning rate up from zero.")
     grad_clip: float = setting(5.0, "Clip the gradient norm to this (0 = no clipping).")
     patience: int = setting(5, "Validations without improvement before stopping early (0 = never stop early).")
