@@ -1,0 +1,150 @@
+"""Training tricks the peers use, swept on the validation split only (never the test split).
+
+    .venv/bin/python bench/sweep.py --dataset demo --seeds 0,1 --jobs 2
+    .venv/bin/python bench/sweep.py --dataset ../shared/data/ml-100k --seeds 0,1 --jobs 2
+    .venv/bin/python bench/sweep.py --table bench/results/sweep-demo-20261202.json
+
+Each variant changes one setting of our model's defaults and trains with the CPU demo profile (early
+stopping after 5 validations without gain, at most 2,700 steps, 240 CPU s), validating every user
+(`valid_share=0`, so variants are compared on the same users). The score is the best validation
+NDCG@10 the loop kept; the model is never scored on the test split here. Each run is a child process on
+one torch thread, `--jobs` at a time. Rows: variant, seeds' mean/min/max, its difference from the
+baseline of the same seeds, CPU seconds. JSON to bench/results/sweep-<dataset>-<date>.json.
+
+Variants (from RecBole, RecTools and the BERT4Rec/gSASRec papers):
+  mask_token_share=0.8   BERT's 80/10/10: a masked target shows [MASK], a random item or itself
+  mask_last_prob=0.5     more sequences also mask their last item (RecBole masks only the last in half)
+  adam_beta2=0.98        Adam betas (0.9, 0.98) as in BERT4Rec's code
+  loss=gbce              gBCE over 1,024 uniform negatives (gSASRec; our default here is the full softmax)
+  mask_prob=0.2 / 0.6    BERT4Rec's Cloze rate (ours 0.4)
+  max_len=50 / 200       history length read (ours 100)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_PROFILE = {"patience": 5, "max_steps": 2700, "cpu_budget_s": 240, "valid_share": 0.0}
+VARIANTS = {
+    "bert4rec": [{}, {"mask_token_share": 0.8}, {"mask_last_prob": 0.5}, {"adam_beta2": 0.98}, {"loss": "gbce"},
+                 {"mask_prob": 0.2}, {"mask_prob": 0.6}, {"max_len": 50}, {"max_len": 200}],
+    "sasrec": [{}, {"adam_beta2": 0.98}, {"loss": "gbce"}, {"max_len": 50}, {"max_len": 200}],
+}
+
+
+def name(variant: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in variant.items()) or "baseline"
+
+
+def worker(args: argparse.Namespace) -> dict:
+    """One training in this (child) process: best validation NDCG@10, CPU seconds; no test scoring."""
+    import torch
+
+    torch.set_num_threads(1)
+    from recsys_core.data.resolve import resolve_dataset
+    from recsys_core.training.experiment import make_model, make_split
+
+    ds = resolve_dataset(args.dataset, None)
+    split = make_split(ds)
+    variant = json.loads(args.variant)
+    started = time.process_time()
+    model = make_model(args.model, {**DEMO_PROFILE, **variant, "seed": args.seed}).fit(ds, split=split)
+    report = model.fit_report()
+    return {"model": args.model, "variant": name(variant), "seed": args.seed,
+            "best_valid_ndcg@10": round(report["best_metric"], 5), "best_epoch": report["best_epoch"],
+            "stopped": report["stopped"], "steps": report["steps"], "cpu_s": round(time.process_time() - started, 1),
+            "peak_mem_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def child(args: argparse.Namespace, model: str, variant: dict, seed: int) -> dict:
+    cmd = [sys.executable, __file__, "--worker", "--dataset", args.dataset, "--model", model,
+           "--variant", json.dumps(variant), "--seed", str(seed)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        return {"model": model, "variant": name(variant), "seed": seed, "error": proc.stderr[-2000:]}
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    row["load_avg_end"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(row), file=sys.stderr, flush=True)
+    return row
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    ok = [r for r in runs if "error" not in r]
+    base = {(r["model"], r["seed"]): r["best_valid_ndcg@10"] for r in ok if r["variant"] == "baseline"}
+    rows = []
+    for model, variant in dict.fromkeys((r["model"], r["variant"]) for r in ok):
+        mine = [r for r in ok if r["model"] == model and r["variant"] == variant]
+        values = [r["best_valid_ndcg@10"] for r in mine]
+        deltas = [r["best_valid_ndcg@10"] - base[(model, r["seed"])] for r in mine if (model, r["seed"]) in base]
+        rows.append({"model": model, "variant": variant, "seeds": [r["seed"] for r in mine],
+                     "valid_ndcg@10": {"mean": round(statistics.mean(values), 4), "min": min(values), "max": max(values)},
+                     "delta_vs_baseline": {"mean": round(statistics.mean(deltas), 4), "min": round(min(deltas), 4),
+                                           "max": round(max(deltas), 4)} if deltas else None,
+                     "cpu_s_median": statistics.median(r["cpu_s"] for r in mine)})
+    return rows
+
+
+def table(report: dict) -> str:
+    lines = [f"{report['dataset']} (validation NDCG@10, seeds {report['seeds']})", "",
+             "| model | variant | valid NDCG@10 mean (min-max) | vs baseline, same seeds: mean (min..max) | CPU s |",
+             "|---|---|---|---|---|"]
+    for r in report["summary"]:
+        v, d = r["valid_ndcg@10"], r["delta_vs_baseline"]
+        delta = f"{d['mean']:+.4f} ({d['min']:+.4f}..{d['max']:+.4f})" if d else ""
+        lines.append(f"| {r['model']} | {r['variant']} | {v['mean']:.4f} ({v['min']:.4f}-{v['max']:.4f}) | {delta} "
+                     f"| {r['cpu_s_median']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="demo")
+    p.add_argument("--models", default="bert4rec,sasrec")
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--table", help="print the Markdown table of a results JSON and exit")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--model", help=argparse.SUPPRESS)
+    p.add_argument("--variant", help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.table:
+        print(table(json.loads(Path(args.table).read_text())))
+        return
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+    if args.dataset != "demo" and not Path(args.dataset).exists():
+        print(f"[sweep] dataset {args.dataset!r} not found: skipped", file=sys.stderr)
+        return
+    seeds = [int(s) for s in args.seeds.split(",")]
+    todo = [(m, v, s) for m in args.models.split(",") for v in VARIANTS[m] for s in seeds]
+    started, load_start = time.perf_counter(), os.getloadavg()
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # threads only wait on child processes
+        runs = list(pool.map(lambda job: child(args, *job), todo))
+    dataset = Path(args.dataset).name if args.dataset != "demo" else "demo"
+    report = {"benchmark": "sweep", "dataset": dataset, "split": "leave_one_out; scored on validation only",
+              "profile": DEMO_PROFILE, "threads_per_run": 1, "jobs": args.jobs, "seeds": seeds,
+              "date": dt.date.today().isoformat(), "summary": summarise(runs), "runs": runs,
+              "wall_s": round(time.perf_counter() - started, 1), "load_avg_start": [round(x, 2) for x in load_start],
+              "load_avg_end": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count()}
+    out = ROOT / "bench" / "results" / f"sweep-{dataset}-{dt.date.today():%Y%m%d}.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(table(report))
+    print(f"[sweep] wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
