@@ -210,6 +210,17 @@ def test_cpu_budget_stops_after_the_epoch_that_passes_it_with_the_lr_decayed():
     assert result.history[-1]["lr"] < 0.5 * cfg.lr
 
 
+def test_out_of_memory_under_torchrun_stops_with_the_batch_size_to_use():
+    """Processes under torchrun cannot halve their batch one by one (the others would wait forever): the run
+    stops with a clear error naming a smaller batch size, instead of hanging or a bare CUDA message."""
+    task = ToyTask(oom_above=20)
+    run = loop._Run(task, TrainConfig(epochs=1, batch_size=64, lr=0.01), CPU, 5, "ndcg@10")
+    run.ddp = lambda batch, rng, rows: task.loss(batch[rows], rng)  # what DDP's forward calls
+    with pytest.raises(ResourceError, match="ran out of cpu memory at batch size 64") as info:
+        loop._epoch_steps(run, Progress(), 10, np.random.default_rng(0))
+    assert "batch_size=32" in info.value.hint and run.step == 0
+
+
 def test_a_step_cap_inside_the_cpu_budget_makes_the_same_model_as_no_budget():
     """The demo profile caps steps and budgets CPU seconds: when the cap comes first, the schedule must not
     follow the measured CPU rate, or a busy machine would train another model."""

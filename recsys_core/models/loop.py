@@ -352,8 +352,14 @@ def _epoch_steps(run: _Run, progress: Progress, total_steps: int, rng: np.random
         try:
             losses.append(_step(run, batch, rng))
         except (torch.OutOfMemoryError, RuntimeError) as err:
-            # Under torchrun one process halving alone would leave the others waiting for it forever.
-            if not is_oom(err) or len(batch) <= 1 or run.ddp is not None:
+            if is_oom(err) and run.ddp is not None:
+                # One process halving alone would leave the others waiting for it forever: stop, and say how.
+                raise ResourceError(
+                    f"process {distributed.rank()} of {distributed.world()} ran out of {run.device.type} memory at "
+                    f"batch size {run.batch_size}",
+                    hint=f"restart torchrun with a smaller global batch, e.g. --set batch_size={max(1, run.batch_size // 2)} "
+                         "(one process halves it by itself; processes under torchrun cannot)") from err
+            if not is_oom(err) or len(batch) <= 1:
                 raise
             _back_off(run, batch, queue, progress)
             continue
