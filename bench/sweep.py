@@ -18,6 +18,10 @@ Variants (from RecBole, RecTools and the BERT4Rec/gSASRec papers):
   loss=gbce              gBCE over 1,024 uniform negatives (gSASRec; our default here is the full softmax)
   mask_prob=0.2 / 0.6    BERT4Rec's Cloze rate (ours 0.4)
   max_len=50 / 200       history length read (ours 100)
+  and the single winners together (one combination per model)
+
+Runs already in today's results file for the dataset are kept and not trained again, so adding a
+variant or a seed trains only what is new.
 """
 
 from __future__ import annotations
@@ -38,8 +42,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO_PROFILE = {"patience": 5, "max_steps": 2700, "cpu_budget_s": 240, "valid_share": 0.0}
 VARIANTS = {
     "bert4rec": [{}, {"mask_token_share": 0.8}, {"mask_last_prob": 0.5}, {"adam_beta2": 0.98}, {"loss": "gbce"},
-                 {"mask_prob": 0.2}, {"mask_prob": 0.6}, {"max_len": 50}, {"max_len": 200}],
-    "sasrec": [{}, {"adam_beta2": 0.98}, {"loss": "gbce"}, {"max_len": 50}, {"max_len": 200}],
+                 {"mask_prob": 0.2}, {"mask_prob": 0.6}, {"max_len": 50}, {"max_len": 200},
+                 {"mask_token_share": 0.8, "mask_last_prob": 0.5, "adam_beta2": 0.98}],  # the single winners together
+    "sasrec": [{}, {"adam_beta2": 0.98}, {"loss": "gbce"}, {"max_len": 50}, {"max_len": 200},
+               {"adam_beta2": 0.98, "max_len": 200}],
 }
 
 
@@ -130,17 +136,21 @@ def main() -> None:
         print(f"[sweep] dataset {args.dataset!r} not found: skipped", file=sys.stderr)
         return
     seeds = [int(s) for s in args.seeds.split(",")]
-    todo = [(m, v, s) for m in args.models.split(",") for v in VARIANTS[m] for s in seeds]
+    dataset = Path(args.dataset).name if args.dataset != "demo" else "demo"
+    out = ROOT / "bench" / "results" / f"sweep-{dataset}-{dt.date.today():%Y%m%d}.json"
+    # Runs already in today's file for this dataset are kept, not trained again (a sweep can grow).
+    done = json.loads(out.read_text())["runs"] if out.is_file() else []
+    have = {(r["model"], r["variant"], r["seed"]) for r in done if "error" not in r}
+    todo = [(m, v, s) for m in args.models.split(",") for v in VARIANTS[m] for s in seeds
+            if (m, name(v), s) not in have]
     started, load_start = time.perf_counter(), os.getloadavg()
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # threads only wait on child processes
-        runs = list(pool.map(lambda job: child(args, *job), todo))
-    dataset = Path(args.dataset).name if args.dataset != "demo" else "demo"
+        runs = [r for r in done if "error" not in r] + list(pool.map(lambda job: child(args, *job), todo))
     report = {"benchmark": "sweep", "dataset": dataset, "split": "leave_one_out; scored on validation only",
               "profile": DEMO_PROFILE, "threads_per_run": 1, "jobs": args.jobs, "seeds": seeds,
               "date": dt.date.today().isoformat(), "summary": summarise(runs), "runs": runs,
               "wall_s": round(time.perf_counter() - started, 1), "load_avg_start": [round(x, 2) for x in load_start],
               "load_avg_end": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count()}
-    out = ROOT / "bench" / "results" / f"sweep-{dataset}-{dt.date.today():%Y%m%d}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(table(report))
     print(f"[sweep] wrote {out}", file=sys.stderr)
