@@ -114,7 +114,8 @@ def _timed(fn, args: argparse.Namespace, lib_model: tuple[str, str], seed: int, 
 def run_ours(args: argparse.Namespace, model: str, seed: int, folder: Path) -> dict:
     out = folder / f"ours-{model}-{seed}.json"
     cmd = ["nice", "-n", "19", sys.executable, __file__, "--worker-ours", "--dataset", args.dataset, "--model", model,
-           "--seed", str(seed), "--cpu-cap", str(args.cpu_cap), "--split-dir", str(folder), "--out", str(out)]
+           "--seed", str(seed), "--cpu-cap", str(args.cpu_cap), "--split-dir", str(folder), "--out", str(out),
+           "--ours-overrides", args.ours_overrides]
     if args.subset_users:
         cmd += ["--subset-users", str(args.subset_users)]
     return _run(cmd, out, "recsys_core", model, seed)
@@ -175,7 +176,8 @@ def worker_ours(args: argparse.Namespace) -> dict:
     check_export(split, Path(args.split_dir))
     # valid_share=0: validate on every exported validation user, as the peers do (our default plan would
     # validate fewer users on a large set; this costs our models CPU, it never saves them any).
-    overrides = {"seed": args.seed, "cpu_budget_s": args.cpu_cap, "device": "cpu", "valid_share": 0.0}
+    overrides = {"seed": args.seed, "cpu_budget_s": args.cpu_cap, "device": "cpu", "valid_share": 0.0,
+                 **json.loads(args.ours_overrides)}
     result = run_experiment(ds, OURS[args.model], overrides, split=split, progress=Progress())
     history = result.model.training_history()
     curve = [{"epoch": h["epoch"], "cpu_s": h["cpu_seconds"], "valid_ndcg@10": h["metrics"]["ndcg@10"]}
@@ -288,6 +290,7 @@ def run_all(args: argparse.Namespace) -> dict:
         "protocol": "full ranking over all items, history excluded, pessimistic ties (recsys_core rank_metrics)",
         "early_stopping": f"validation NDCG@10 on our validation users, patience {args.patience}",
         "cpu_cap_s": args.cpu_cap, "threads": 1, "nice": 19, "seeds": args.seeds,
+        "ours_overrides": json.loads(args.ours_overrides),
         "date": dt.date.today().isoformat(), "results": rows, "wall_s": round(time.perf_counter() - started, 1),
         "load_avg": [[round(x, 2) for x in la] for la in loads], "cpus": os.cpu_count(),
         "our_cpu_s_to_match_means": "CPU s until our validation NDCG@10 first reaches the peer's best validation NDCG@10",
@@ -342,6 +345,8 @@ def main() -> None:
     p.add_argument("--patience", type=int, default=5, help="validations without improvement before a peer stops")
     p.add_argument("--max-valid-users", type=int, default=5000, help="our loop's default validation sample")
     p.add_argument("--ours", default="sasrec,bert4rec")
+    p.add_argument("--ours-overrides", default="{}",
+                   help='JSON settings for our models, e.g. the CPU demo profile: \'{"patience": 5, "max_steps": 2700}\'')
     p.add_argument("--peers", default=",".join(f"{lib}:{m}" for lib, m in PEERS))
     p.add_argument("--subset-users", type=int, default=0, help="only the first N users (smoke test)")
     p.add_argument("--out", help="JSON path (default bench/results/peers-<dataset>-<date>.json)")
