@@ -284,7 +284,8 @@ def run(size: str, stages: set[str], seed: int, sasrec_steps: int = 30,
     record: dict = {"size": size, "rows": rows, "items_requested": n_items, "seed": seed, "stages": {},
                     "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "load_avg_start": [round(x, 2) for x in os.getloadavg()],
-                    "date": dt.date.today().isoformat(), "skipped": memory_skips(stages, rows, n_items)}
+                    "date": dt.date.today().isoformat(), "skipped": memory_skips(stages, rows, n_items),
+                    "not_requested": sorted(set(STAGES) - stages)}
     if "ingest" in record["skipped"]:
         return record
     stages = stages - set(record["skipped"])
