@@ -7,7 +7,8 @@ at most 2,700 steps, 240 CPU s) twice per seed: `valid_share=0` (every validatio
 validation, the behaviour before the plan) and the default `valid_share=0.1`, in the same process one
 after the other. Records test NDCG@10/HR@10 (full ranking), CPU seconds of training and of validation
 (the loop's own per-epoch record), the plan, the best epoch and why it stopped; medians and the seeds'
-spread per setting. JSON to bench/results/validation-<dataset>-<date>.json.
+spread per setting. JSON to bench/results/validation-<dataset>-<date>.json; runs already in today's file
+are kept, so `--shares 0.08` adds a setting next to the earlier ones.
 """
 
 from __future__ import annotations
@@ -63,10 +64,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     ds = resolve_dataset(args.dataset, None)
     split = make_split(ds)
-    loads, rows, started = [os.getloadavg()], [], time.perf_counter()
+    out = ROOT / "bench" / "results" / f"validation-{ds.name}-{dt.date.today():%Y%m%d}.json"
+    # Runs already in today's file are kept (another share can be added later, compared with the same seeds).
+    rows = json.loads(out.read_text())["runs"] if out.is_file() else []
+    have = {(r["model"], r["valid_share"], r["seed"]) for r in rows}
+    loads, started = [os.getloadavg()], time.perf_counter()
     for family in args.models.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             for share in (float(s) for s in args.shares.split(",")):
+                if (family, share, seed) in have:
+                    continue
                 rows.append(one_run(ds, split, family, share, seed))
                 loads.append(os.getloadavg())
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
@@ -78,7 +85,6 @@ def main() -> None:
               "load_avg": [[round(x, 2) for x in la] for la in loads], "cpus": os.cpu_count()}
     text = json.dumps(report, indent=2)
     print(text)
-    out = ROOT / "bench" / "results" / f"validation-{ds.name}-{dt.date.today():%Y%m%d}.json"
     out.write_text(text + "\n")
     print(f"wrote {out}", file=sys.stderr)
 
