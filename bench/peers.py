@@ -258,7 +258,7 @@ def our_cpu_s_to_match(ours: dict, target: float | None) -> float | None:
     if target is None or "runs" not in ours:
         return None
     hits = []
-    for run in ours["runs"]:
+    for run in (r for r in ours["runs"] if "error" not in r):  # the seeds that finished
         hit = next((c["cpu_s"] for c in run.get("curve", []) if c["valid_ndcg@10"] >= target), None)
         if hit is None:
             return None
