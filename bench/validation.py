@@ -78,7 +78,7 @@ def main() -> None:
                 loads.append(os.getloadavg())
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     groups = {f"{f}/valid_share={s}": summary([r for r in rows if r["model"] == f and r["valid_share"] == s])
-              for f in dict.fromkeys(r["model"] for r in rows) for s in dict.fromkeys(r["valid_share"] for r in rows)}
+              for f, s in dict.fromkeys((r["model"], r["valid_share"]) for r in rows)}  # only pairs that ran
     report = {"benchmark": "validation", "dataset": ds.name, "valid_users": len(split.valid), "profile": DEMO_PROFILE,
               "threads": args.threads, "device": "cpu", "date": dt.date.today().isoformat(), "summary": groups,
               "runs": rows, "wall_s": round(time.perf_counter() - started, 1),
