@@ -183,3 +183,28 @@ def test_linear_baselines_beat_popularity_on_ml100k(ml100k: Dataset) -> None:
     assert results["itemknn"]["ndcg@10"] > 1.2 * base
     # The personalised models spread recommendations over far more of the catalogue.
     assert results["ease"]["coverage@10"] > 3 * results["popularity"]["coverage@10"]
+
+
+def test_embedding_factors_do_not_depend_on_other_threads_using_torchs_generator(monkeypatch):
+    """EASE / item-kNN embeddings come from a randomized SVD: with its random start drawn from torch's
+    process-wide generator, another session's thread reseeding it at the wrong moment changed them."""
+    import scipy.sparse as sp
+    import torch
+
+    from recsys_core.models.histories import low_rank
+
+    matrix = sp.random(600, 400, density=0.05, random_state=1, format="csr")
+    alone = low_rank(matrix, 16, seed=3)
+    dense = torch.from_numpy(matrix.toarray()).float()
+    u, s, v = torch.svd_lowrank(dense, q=26, niter=4)
+    reference = float(torch.linalg.norm(dense - (u[:, :16] * s[:16]) @ v[:, :16].T))
+    assert float(np.linalg.norm(matrix.toarray() - alone[0] @ alone[1].T)) < 1.01 * reference  # as good as torch's
+    randn = torch.randn
+
+    def another_thread_reseeds_first(*args, **kwargs):
+        torch.manual_seed(12345)  # what a concurrent session may do just before our draw
+        return randn(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "randn", another_thread_reseeds_first)
+    again = low_rank(matrix, 16, seed=3)
+    assert np.array_equal(again[0], alone[0]) and np.array_equal(again[1], alone[1])

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.splits import Split
 from recsys_core.errors import DataError
-from recsys_core.models.loop import seeded
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -131,11 +130,24 @@ def low_rank(matrix: torch.Tensor | sp.spmatrix, dim: int, seed: int = 0) -> tup
         a = matrix.float()
     n = min(a.shape)
     dim = max(1, min(dim, n))
-    with seeded(seed):
-        if a.is_sparse or n > 2 * dim + 10:
-            u, s, v = torch.svd_lowrank(a, q=min(dim + 10, n), niter=4)
-        else:
-            u, s, vh = torch.linalg.svd(a, full_matrices=False)
-            v = vh.T
+    if a.is_sparse or n > 2 * dim + 10:
+        u, s, v = _randomized_svd(a, min(dim + 10, n), 4, torch.Generator().manual_seed(seed))
+    else:
+        u, s, vh = torch.linalg.svd(a, full_matrices=False)
+        v = vh.T
     root = s[:dim].clamp_min(0).sqrt()
     return (u[:, :dim] * root).numpy().astype(np.float32), (v[:, :dim] * root).numpy().astype(np.float32)
+
+
+def _randomized_svd(a: torch.Tensor, q: int, niter: int, generator: torch.Generator
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Halko et al.'s randomized SVD (what `torch.svd_lowrank` computes) with its random start drawn from
+    this call's own generator: `svd_lowrank` draws from torch's process-wide one, so two pages computing
+    embeddings at the same time on the server would change each other's result."""
+    at = a.t()
+    basis, _ = torch.linalg.qr(a @ torch.randn(a.shape[1], q, generator=generator, dtype=torch.float32))
+    for _ in range(niter):  # power iterations sharpen the basis where singular values decay slowly
+        back, _ = torch.linalg.qr(at @ basis)
+        basis, _ = torch.linalg.qr(a @ back)
+    u, s, vh = torch.linalg.svd((at @ basis).t(), full_matrices=False)
+    return basis @ u, s, vh.t()
