@@ -15,6 +15,7 @@ from recsys_core.errors import DataError
 from recsys_core.models.base import load_model
 from recsys_core.models.bert4rec import BERT4Rec, BERT4RecConfig
 from recsys_core.models.sasrec import SASRec, SASRecConfig
+from recsys_core.models import sequential
 from recsys_core.models.sequential import MIN_VALID_USERS, SequenceWindows, init_items_from_svd
 from recsys_core.models.settings import build_config
 from recsys_core.progress import Progress
@@ -91,6 +92,32 @@ def test_padding_never_changes_a_users_scores(trained, family):
     batched = model.score(short + [np.arange(40) % N_ITEMS, np.arange(9)])[:3]
     assert torch.isfinite(batched).all()
     torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_short_histories_are_not_padded_to_a_long_ones_length(trained, family, monkeypatch):
+    """Scoring cost follows the users' real lengths: one long history among many short ones is scored in
+    a chunk of its own (a validation sample cost 3x its share when the whole batch was padded to it), and
+    the scores come back in the caller's order, equal to scoring each user alone."""
+    model = trained[family]
+    rng = np.random.default_rng(0)
+    histories = [rng.integers(0, N_ITEMS, size=n) for n in [2] * 300 + [model.config.max_len] + [3] * 200]
+    padded: list[int] = []
+    real_context = model._context
+
+    def counting(flat, starts, lengths):
+        tokens, lens = real_context(flat, starts, lengths)
+        padded.append(tokens.size)
+        return tokens, lens
+
+    monkeypatch.setattr(model, "_context", counting)
+    monkeypatch.setattr(sequential, "SCORE_CHUNK_TOKENS", 512)
+    scores = model.score(histories)
+    real = sum(min(len(h), model.config.max_len - 1) + 1 for h in histories)
+    assert sum(padded) <= 1.2 * real and max(padded) <= 512  # padded to a chunk's longest only
+    monkeypatch.setattr(sequential, "SCORE_CHUNK_TOKENS", 10**6)
+    picked = [0, 299, 300, 301, 500]
+    torch.testing.assert_close(scores[picked], model.score([histories[i] for i in picked]), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
