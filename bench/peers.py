@@ -111,8 +111,23 @@ def _timed(fn, args: argparse.Namespace, lib_model: tuple[str, str], seed: int, 
     return row
 
 
+def ours_variant(entry: str) -> tuple[str, dict]:
+    """`--ours` entry -> (our family, extra settings): "bert4rec" or "bert4rec@max_len=50;mask_token_share=0.8"
+    (a variant, to confirm a validation sweep's winner on the test split next to the default)."""
+    model, _, rest = entry.partition("@")
+    extra = {}
+    for pair in filter(None, rest.split(";")):
+        key, _, value = pair.partition("=")
+        try:
+            extra[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            extra[key.strip()] = value.strip()
+    return OURS[model], extra
+
+
 def run_ours(args: argparse.Namespace, model: str, seed: int, folder: Path) -> dict:
-    out = folder / f"ours-{model}-{seed}.json"
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in model)
+    out = folder / f"ours-{safe}-{seed}.json"
     cmd = ["nice", "-n", "19", sys.executable, __file__, "--worker-ours", "--dataset", args.dataset, "--model", model,
            "--seed", str(seed), "--cpu-cap", str(args.cpu_cap), "--split-dir", str(folder), "--out", str(out),
            "--ours-overrides", args.ours_overrides]
@@ -176,9 +191,10 @@ def worker_ours(args: argparse.Namespace) -> dict:
     check_export(split, Path(args.split_dir))
     # valid_share=0: validate on every exported validation user, as the peers do (our default plan would
     # validate fewer users on a large set; this costs our models CPU, it never saves them any).
+    family, extra = ours_variant(args.model)
     overrides = {"seed": args.seed, "cpu_budget_s": args.cpu_cap, "device": "cpu", "valid_share": 0.0,
-                 **json.loads(args.ours_overrides)}
-    result = run_experiment(ds, OURS[args.model], overrides, split=split, progress=Progress())
+                 **json.loads(args.ours_overrides), **extra}
+    result = run_experiment(ds, family, overrides, split=split, progress=Progress())
     history = result.model.training_history()
     curve = [{"epoch": h["epoch"], "cpu_s": h["cpu_seconds"], "valid_ndcg@10": h["metrics"]["ndcg@10"]}
              for h in history if "ndcg@10" in h.get("metrics", {})]
@@ -344,7 +360,8 @@ def main() -> None:
     p.add_argument("--cpu-cap", type=float, default=900.0, help="CPU seconds per training run (all libraries)")
     p.add_argument("--patience", type=int, default=5, help="validations without improvement before a peer stops")
     p.add_argument("--max-valid-users", type=int, default=5000, help="our loop's default validation sample")
-    p.add_argument("--ours", default="sasrec,bert4rec")
+    p.add_argument("--ours", default="sasrec,bert4rec",
+                   help='our models, comma-separated; a variant adds settings after @: "sasrec@max_len=50;dropout=0.2"')
     p.add_argument("--ours-overrides", default="{}",
                    help='JSON settings for our models, e.g. the CPU demo profile: \'{"patience": 5, "max_steps": 2700}\'')
     p.add_argument("--peers", default=",".join(f"{lib}:{m}" for lib, m in PEERS))
@@ -380,6 +397,8 @@ def main() -> None:
     global REUSE_ONLY
     REUSE_ONLY = args.reuse_only
     args.ours = [m for m in args.ours.split(",") if m]
+    for entry in args.ours:
+        ours_variant(entry)  # an unknown model stops here, before any training
     args.peers = [tuple(x.split(":")) for x in args.peers.split(",") if x]
     report = run_all(args)
     text = json.dumps(report, indent=2)

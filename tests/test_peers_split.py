@@ -75,3 +75,13 @@ def test_peer_scores_are_ranked_with_history_excluded_and_pessimistic_ties(demo_
     # Every item tied: pessimistic ranks put the target behind all unseen items, so no credit.
     flat = peers.score_test(np.ones((n_users, n_items), np.float32), data)
     assert flat["hr@10"] == 0.0
+
+
+def test_a_variant_of_our_model_carries_its_settings_and_an_unknown_model_is_refused():
+    """`--ours "bert4rec@max_len=50;mask_token_share=0.8"` trains our BERT4Rec with those settings (numbers stay
+    numbers), so a sweep's winner is confirmed on the test split beside the default."""
+    assert peers.ours_variant("bert4rec") == ("bert4rec", {})
+    assert peers.ours_variant("bert4rec@max_len=50;mask_token_share=0.8;loss=gbce") == (
+        "bert4rec", {"max_len": 50, "mask_token_share": 0.8, "loss": "gbce"})
+    with pytest.raises(KeyError):
+        peers.ours_variant("gru4rec@hidden=64")
