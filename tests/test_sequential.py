@@ -12,10 +12,10 @@ import torch
 from recsys_core.data.dataset import build_dataset
 from recsys_core.data.splits import leave_one_out
 from recsys_core.errors import DataError
+from recsys_core.models import sequential
 from recsys_core.models.base import load_model
 from recsys_core.models.bert4rec import BERT4Rec, BERT4RecConfig
 from recsys_core.models.sasrec import SASRec, SASRecConfig
-from recsys_core.models import sequential
 from recsys_core.models.sequential import MIN_VALID_USERS, SequenceWindows, init_items_from_svd
 from recsys_core.models.settings import build_config
 from recsys_core.progress import Progress
