@@ -17,6 +17,7 @@ import torch
 from recsys_core.data import load_dataset
 from recsys_core.data.item_schema import history_text
 from recsys_core.errors import ModelError
+from recsys_core.evaluation.metrics import evaluate, train_popularity
 from recsys_core.models import distributed, loop
 from recsys_core.models.text_tower import PairSampler, _ContrastiveTask, in_batch_loss, trainable_parameters
 from recsys_core.training.experiment import make_model, make_split, run_experiment
@@ -30,6 +31,7 @@ TOWER = {"mode": "fine_tune", "max_steps": 4, "batch_size": 8, "steps_per_valida
 
 def bert4rec(ds, split, out: Path) -> None:
     result = run_experiment(ds, "bert4rec", BERT4REC, split=split)
+    sharded_test_evaluation(result.model, split, out)
     if distributed.is_main():
         report = result.model.fit_report()
         (out / "bert4rec.json").write_text(json.dumps({"metrics": result.metrics, "stopped": report["stopped"],
@@ -45,6 +47,21 @@ def bert4rec(ds, split, out: Path) -> None:
     except ModelError as err:
         caught = str(err)
     (out / f"sync-{distributed.rank()}.txt").write_text(caught)
+
+
+def sharded_test_evaluation(model, split, out: Path) -> None:
+    """The test split scored by both processes (each its share of the users) against one process scoring
+    every user; each rank writes both, so the test sees that every process got the whole result."""
+    pop = train_popularity(split)
+    both = evaluate(model, split.test, item_popularity=pop, per_user=True, shards=distributed.evaluation_shards())
+    alone = evaluate(model, split.test, item_popularity=pop, per_user=True)
+    few = distributed.eval_subset(split.test, slice(0, 6))  # 3 users each: top-1 coverage needs the union
+    few_both, few_alone = (evaluate(model, few, ks=(1,), per_user=True, shards=s)
+                           for s in (distributed.evaluation_shards(), None))
+    runs = {"sharded": both, "one": alone, "few_sharded": few_both, "few_one": few_alone}
+    (out / f"test-eval-{distributed.rank()}.json").write_text(json.dumps(
+        {name: {"metrics": {k: v for k, v in r.items() if k != "per_user"},
+                "per_user": r["per_user"].to_dict(orient="list")} for name, r in runs.items()}))
 
 
 def tower_gradient(ds, split, out: Path) -> None:

@@ -135,6 +135,21 @@ def test_bert4rec_on_two_processes_matches_one_process_with_the_same_global_batc
     assert two["metrics"]["ndcg@10"] > 0.6  # learnt the successor rule (a popularity ranking scores ~0.22)
 
 
+def test_the_test_split_is_scored_by_both_processes_and_equals_one_process(worker) -> None:
+    """Each process ranks its share of the test users; both end with every user's row, in the caller's order,
+    and the same metrics (coverage from the union of their top-K items) as one process scoring them all."""
+    for rank in (0, 1):
+        out = json.loads((worker / f"test-eval-{rank}.json").read_text())
+        for name, users in (("", 160), ("few_", 6)):
+            sharded, one = out[f"{name}sharded"], out[f"{name}one"]
+            assert sharded["per_user"]["user"] == one["per_user"]["user"] and len(one["per_user"]["user"]) == users
+            assert sharded["per_user"]["rank"] == one["per_user"]["rank"]
+            assert set(sharded["metrics"]) == set(one["metrics"])
+            for key, value in one["metrics"].items():
+                assert sharded["metrics"][key] == pytest.approx(value, abs=1e-9), key
+        assert out["few_one"]["metrics"]["coverage@1"] * N_ITEMS >= 4  # more top-1 items than 3 users could give
+
+
 def test_processes_whose_weights_differ_are_caught(worker) -> None:
     """Every process checks that they all ended with the same weights (here rank 1's were nudged by 1e-3)."""
     for rank in (0, 1):

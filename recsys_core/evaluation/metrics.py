@@ -11,7 +11,7 @@ MRR@K the best-ranked target.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pandas as pd
@@ -268,13 +268,16 @@ def sample_users(evalset: EvalSet, max_users: int | None, seed: int = 0) -> Eval
     return _subset(evalset, keep)
 
 
-def _length_order(evalset: EvalSet) -> np.ndarray:
+def _length_order(evalset: EvalSet, world: int = 1) -> np.ndarray:
     """Users by history length, longest first, so a batch pads its histories to similar lengths: a
     sequential model's batch of 512 random users padded to the longest cost 4.5x the CPU on the demo.
     Longest first: each batch's temporaries then fit in memory the previous batch freed, where batches
-    growing steadily defeat the allocator (400k users x 500k items passed 20 GB shortest first)."""
+    growing steadily defeat the allocator (400k users x 500k items passed 20 GB shortest first).
+    For `world` processes, contiguous shards of the order take every world-th user, so each process
+    gets users of every length (the first shard would otherwise hold all the long histories)."""
     lengths = np.fromiter((len(h) for h in evalset.histories), np.int64, len(evalset))
-    return np.argsort(-lengths, kind="stable")
+    order = np.argsort(-lengths, kind="stable")
+    return order[np.concatenate([np.arange(r, len(order), world) for r in range(world)])] if world > 1 else order
 
 
 def _subset(evalset: EvalSet, keep: np.ndarray) -> EvalSet:
@@ -282,9 +285,23 @@ def _subset(evalset: EvalSet, keep: np.ndarray) -> EvalSet:
                    [evalset.targets[i] for i in keep])
 
 
+class Shards(Protocol):
+    """How processes under torchrun split `evaluate`'s users (`models.distributed.Shards`): each scores
+    rows `rows(n)` of the length-ordered users, then every process gets every process's rows and the
+    union of their top-K items, so all of them return the whole result."""
+
+    world: int
+
+    def rows(self, n: int) -> slice: ...
+
+    def gather(self, local: torch.Tensor, n: int) -> torch.Tensor: ...
+
+    def union(self, seen: torch.Tensor) -> torch.Tensor: ...
+
+
 def evaluate(model: Recommender, evalset: EvalSet, ks: Sequence[int] = KS, item_popularity: np.ndarray | None = None,
              batch_size: int | None = None, progress: Progress | None = None, per_user: bool = False,
-             max_users: int | None = None, seed: int = 0) -> dict:
+             max_users: int | None = None, seed: int = 0, shards: Shards | None = None) -> dict:
     """Mean full-ranking metrics of `model` on `evalset`.
 
     Keys: "users", and per K: "hr@K", "recall@K", "ndcg@K", "mrr@K", "coverage@K" (fraction of the
@@ -294,7 +311,8 @@ def evaluate(model: Recommender, evalset: EvalSet, ks: Sequence[int] = KS, item_
     target_popularity) for breakdowns. A cancelled `progress` stops early: "cancelled" is then True
     and the means cover the users done. With `max_users` (e.g. for validation) a seeded sample of
     that many users is evaluated: "users" is the sample size and "sampled_from" the full count.
-    `batch_size` caps the users scored per model call (default: as many as ~32 MiB of scores).
+    `batch_size` caps the users scored per model call (default: as many as ~32 MiB of scores). With
+    `shards` (torchrun), each process scores its share of the users and all return the same whole result.
     """
     ks = _check_ks(ks)
     n_items = model.n_items_
@@ -306,27 +324,36 @@ def evaluate(model: Recommender, evalset: EvalSet, ks: Sequence[int] = KS, item_
         pct = torch.from_numpy(popularity_percentile(item_popularity))
     population = len(evalset)
     evalset = sample_users(evalset, max_users, seed)
-    order = _length_order(evalset)
+    if shards is not None and len(evalset) < shards.world:
+        shards = None  # fewer users than processes: each scores them all
+    order = _length_order(evalset, shards.world if shards is not None else 1)
     evalset = _subset(evalset, order)
+    mine = shards.rows(len(evalset)) if shards is not None else slice(0, len(evalset))
     batch = max(1, min(int(batch_size or len(evalset) or 1), _BATCH_BYTES // 4 // max(n_items, 1)))
     parts: list[dict[str, torch.Tensor]] = []
     seen = torch.zeros((len(ks), n_items), dtype=torch.bool)
-    total, done = len(evalset), 0
-    for start in range(0, total, batch):
-        stop = min(total, start + batch)
-        part = _evaluate_batch(model, evalset, start, stop, ks, pct, seen)
-        parts.append(part)
+    total, done = len(evalset), mine.start
+    for start in range(mine.start, mine.stop, batch):
+        stop = min(mine.stop, start + batch)
+        parts.append(_evaluate_batch(model, evalset, start, stop, ks, pct, seen))
         done = stop
         if progress is not None:
-            progress.update(done, total, message="evaluating")
-            if progress.cancelled:
+            progress.update(done - mine.start, mine.stop - mine.start, message="evaluating")
+            if progress.cancelled and shards is None:  # processes stop together or not at all
                 break
+    if shards is not None:
+        parts, seen, done = _gathered(parts, shards, total), shards.union(seen), total
     result = _summarise(parts, evalset, done, ks, seen, item_popularity, per_user)
     if per_user and done == len(order):  # back in the caller's order (a cancelled run lists the users it did)
         result["per_user"] = result["per_user"].iloc[np.argsort(order)].reset_index(drop=True)
     if len(evalset) < population:
         result["sampled_from"] = population
     return result
+
+
+def _gathered(parts: list[dict[str, torch.Tensor]], shards: Shards, total: int) -> list[dict[str, torch.Tensor]]:
+    """Every process's per-user columns, in the order of `evalset` (one part holding them all)."""
+    return [{key: shards.gather(torch.cat([p[key] for p in parts]), total) for key in parts[0]}]
 
 
 def _evaluate_batch(model: Recommender, evalset: EvalSet, start: int, stop: int, ks: list[int],

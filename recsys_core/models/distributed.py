@@ -156,6 +156,32 @@ def gather_rows(local: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat([o[:s.stop - s.start] for o, s in zip(out, cuts)]).to(local.device)
 
 
+class Shards:
+    """The processes' split of `evaluate`'s users (`evaluation.metrics.Shards`): the test split is scored
+    N ways, and every process gets the whole result."""
+
+    @property
+    def world(self) -> int:
+        return world()
+
+    def rows(self, n: int) -> slice:
+        return shards(n)[rank()]
+
+    def gather(self, local: torch.Tensor, n: int) -> torch.Tensor:
+        return gather_rows(local, n)
+
+    def union(self, seen: torch.Tensor) -> torch.Tensor:
+        """Items in any process's top K (bool [len(ks), n_items]); gloo reduces no bools, so as counts."""
+        counts = seen.to(torch.int32).to(_comm_device())
+        dist.all_reduce(counts)
+        return (counts > 0).to(seen.device)
+
+
+def evaluation_shards() -> Shards | None:
+    """How `evaluate` splits the users between processes under torchrun; None in one process."""
+    return Shards() if world() > 1 else None
+
+
 def gather_with_grad(local: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Every rank's rows of `local` concatenated in rank order, differentiable (a rank's loss sends
     gradient back to the rows other ranks computed), and where this rank's rows start."""

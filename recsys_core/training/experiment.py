@@ -138,8 +138,8 @@ def run_experiment(
 ) -> RunResult:
     """Train `family` on `ds`, evaluate on the test split, and (with a workspace) save and record it.
 
-    Under torchrun every process trains; rank 0 alone evaluates the test split, saves and records (the
-    others get empty metrics and wait for it), so a run is recorded once."""
+    Under torchrun every process trains and scores its share of the test users (each gets the whole
+    metrics); rank 0 alone saves and records, so a run is recorded once."""
 
     model = make_model(family, overrides)
     if workspace is not None:
@@ -154,9 +154,10 @@ def run_experiment(
     status = "cancelled" if progress.cancelled else "no_improvement" if report.get("improved") is False else "finished"
     # A cancelled run is scored on a seeded sample of users, so Cancel frees the machine within seconds;
     # the metrics say how many users they cover.
-    sample = CANCELLED_EVAL_USERS if progress.cancelled else None
-    metrics = evaluate(model, split.test, item_popularity=train_popularity(split), max_users=sample,
-                       seed=0, per_user=True) if distributed.is_main() else {}
+    # Under torchrun the processes split the test users; rank 0's Cancel decides for all of them.
+    cancelled = bool(distributed.from_main([float(progress.cancelled)])[0])
+    metrics = evaluate(model, split.test, item_popularity=train_popularity(split), seed=0, per_user=True,
+                       max_users=CANCELLED_EVAL_USERS if cancelled else None, shards=distributed.evaluation_shards())
     extra = {"stop_reason": STOP_REASONS.get(report.get("stopped"), report.get("stopped")),
              "best_epoch": report.get("best_epoch"), "holdout": split.holdout, "tie_rule": TIE_RULE,
              "loss": report.get("loss_reason")}  # which training objective, and why (loss="auto" decides)
