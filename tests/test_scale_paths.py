@@ -66,7 +66,14 @@ def _many_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(itemknn, "_CHUNK_CELLS", 2**8)
 
 
-def test_blocked_itemknn_matches_the_dense_reference(zipf: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+# Neighbours picked from every cell of a row chunk (dense) or from the nonzero co-occurrences only (sparse,
+# large sparse catalogues): the same neighbours, whatever the blocks.
+PATHS = {"dense": 0.0, "sparse": float("inf")}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_blocked_itemknn_matches_the_dense_reference(zipf: Dataset, monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    monkeypatch.setattr(itemknn, "_SPARSE_TOPK_DENSITY", PATHS[path])
     sim = _reference_similarity(_binary(zipf), 10.0)
     whole = ItemKNN(ItemKNNConfig(k=20, shrink=10.0)).fit(zipf)
     _assert_neighbours_match(whole, sim)
@@ -77,9 +84,11 @@ def test_blocked_itemknn_matches_the_dense_reference(zipf: Dataset, monkeypatch:
     assert (blocked.similarity() != whole.similarity()).nnz == 0
 
 
-def test_blocked_itemknn_matches_the_dense_reference_on_ml100k(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_blocked_itemknn_matches_the_dense_reference_on_ml100k(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
     if not ML100K.is_file():
         pytest.skip("ML-100k not found under ../shared/data")
+    monkeypatch.setattr(itemknn, "_SPARSE_TOPK_DENSITY", PATHS[path])
     frame = pd.read_csv(ML100K, sep="\t", names=["user", "item", "rating", "timestamp"])
     ds = build_dataset(frame, name="ml-100k")
     sim = _reference_similarity(_binary(ds), 10.0)

@@ -17,6 +17,7 @@ import torch
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.splits import Split
 from recsys_core.errors import ConfigError, ModelError
+from recsys_core.models import loop
 from recsys_core.models.base import Capabilities, Recommender
 from recsys_core.models.ease import matrix_columns
 from recsys_core.models.histories import ItemMatrix, history_matrix, low_rank, training_matrix
@@ -30,6 +31,11 @@ _CHUNK_CELLS = 2**24
 # scipy's int64 row accounting slack), and the dense step's working set (a chunk and ~4 temporaries).
 _SPARSE_CELL_BYTES = 12
 _DENSE_STEP_BYTES = 5 * 4 * _CHUNK_CELLS
+# Co-occurrences that fill less than this share of catalogue x catalogue pick neighbours from their
+# nonzero cells (`_top_neighbours_sparse`): 5M rows / 100k items (2.7% filled) 0.2-0.6 s per 1,503-item
+# block instead of 1.3 s; ML-100k (70% filled) stays dense, 0.1 s instead of 0.3. The sparse path's
+# temporaries (~24 bytes per nonzero) stay inside what `block_rows` budgets for a full block (12 per cell).
+_SPARSE_TOPK_DENSITY = 0.25
 # Catalogues up to this size score through a dense copy of W (<= 256 MiB): much faster than a
 # sparse-sparse product, which larger catalogues fall back to.
 _DENSE_ITEMS = 8192
@@ -60,6 +66,72 @@ def _top_neighbours(cooc: sp.csr_matrix, norms: np.ndarray, shrink: float, k: in
     block[torch.arange(stop - start), torch.arange(start, stop)] = 0.0  # an item is not its own neighbour
     values, indices = torch.topk(block, k, dim=1)
     return values.numpy(), indices.numpy()
+
+
+def _top_neighbours_sparse(cooc: sp.csr_matrix, norms: np.ndarray, shrink: float, k: int, start: int,
+                           stop: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`_top_neighbours` on the block's nonzero co-occurrences only (the same float32 similarities): rows
+    sorted by their count of co-occurring items, padded to the longest of a chunk of similar rows, then
+    top-k. Its cost follows the co-occurring pairs, not rows x catalogue. A row with fewer than k
+    co-occurring items is completed with distinct zero-similarity items, as the dense top-k does."""
+    part, rows = cooc[start - offset:stop - offset], stop - start
+    counts = np.diff(part.indptr)
+    r = np.repeat(np.arange(rows), counts)
+    c = part.indices.astype(np.int64)
+    denom = norms[start + r] * norms[c] + np.float32(shrink)
+    sim = np.where(denom > 0, part.data / np.maximum(denom, np.float32(1e-12)), np.float32(0)).astype(np.float32)
+    sim[c == start + r] = 0.0  # an item is not its own neighbour
+    values, indices = np.zeros((rows, k), np.float32), np.full((rows, k), -1, np.int64)
+    order, done = np.argsort(counts, kind="stable"), 0
+    while done < rows:
+        end = loop.chunk_end(counts[order], done, rows, _CHUNK_CELLS)
+        idx = order[done:end]
+        vals, cols = _padded_rows(part.indptr, counts, idx, sim, c)
+        _, pos = torch.topk(torch.from_numpy(_tie_broken(vals, cols)), min(k, vals.shape[1]), dim=1)
+        top, got = np.take_along_axis(vals, pos.numpy(), axis=1), np.take_along_axis(cols, pos.numpy(), axis=1)
+        found = top > 0  # padding is -inf, and zero similarity is no neighbour
+        values[idx, :found.shape[1]] = np.where(found, top, 0.0)
+        indices[idx, :found.shape[1]] = np.where(found, got, -1)
+        done = end
+    _fill_with_unrelated(indices, len(norms))
+    return values, indices
+
+
+def _tie_broken(vals: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """float64 keys in the order of the float32 `vals`, equal values ordered lower item first: a scale of
+    1 + (2^24 - item) 2^-50 moves a value by < 2^-26 of itself, less than the 2^-24 between two float32s,
+    so ties break by item index whatever the padding or chunk a row is picked in."""
+    return vals.astype(np.float64) * (1.0 + (2.0**24 - cols) * 2.0**-50)
+
+
+def _padded_rows(indptr: np.ndarray, counts: np.ndarray, idx: np.ndarray, sim: np.ndarray, c: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Rows `idx` of a CSR block's similarities and columns as [len(idx), longest] (padding: -inf, 0)."""
+    width = max(1, int(counts[idx].max()))
+    rr = np.repeat(np.arange(len(idx)), counts[idx])
+    pos = np.arange(len(rr)) - np.repeat(np.cumsum(counts[idx]) - counts[idx], counts[idx])
+    src = indptr[idx][rr] + pos
+    vals, cols = np.full((len(idx), width), -np.inf, np.float32), np.zeros((len(idx), width), np.int64)
+    vals[rr, pos], cols[rr, pos] = sim[src], c[src]
+    return vals, cols
+
+
+def _fill_with_unrelated(indices: np.ndarray, n_items: int) -> None:
+    """Fill each row's trailing -1 slots with the lowest item indices the row does not hold yet."""
+    short = np.flatnonzero(indices[:, -1] < 0)
+    if not len(short):
+        return
+    k = indices.shape[1]
+    held = indices[short]
+    width = min(n_items, 2 * k + 1)  # a row holds < k items: at least k + 1 - held of these are free
+    present = np.zeros((len(short), width), dtype=bool)
+    rr, cc = np.nonzero((held >= 0) & (held < width))
+    present[rr, held[rr, cc]] = True
+    free = ~present
+    need = (held < 0).sum(axis=1)
+    pick = free & (np.cumsum(free, axis=1) <= need[:, None])
+    held[held < 0] = np.nonzero(pick)[1]  # both in row-major order: each row's free items fill its slots
+    indices[short] = held
 
 
 def block_rows(n_items: int, budget_mb: float) -> int:
@@ -113,12 +185,19 @@ class ItemKNN(Recommender):
         its items pick their top k, so memory follows the budget, not the catalogue."""
         cfg, (n, k) = self.config, neighbors.shape
         rows, step = block_rows(n, cfg.memory_budget_mb), max(1, _CHUNK_CELLS // max(n, 1))
+        # One path per fit, so ties among equal similarities break the same way in every block. The
+        # pairs each user's history makes bound the co-occurrences from above, so doubt keeps it dense.
+        sparse = float((np.diff(x.indptr).astype(np.float64) ** 2).sum()) < _SPARSE_TOPK_DENSITY * float(n) ** 2
         for start in range(0, n, rows):
             stop = min(n, start + rows)
             cooc = (xt[start:stop] @ x).tocsr()
-            for lo in range(start, stop, step):
-                hi = min(stop, lo + step)
-                sims[lo:hi], neighbors[lo:hi] = _top_neighbours(cooc, norms, cfg.shrink, k, lo, hi, offset=start)
+            if sparse:
+                sims[start:stop], neighbors[start:stop] = _top_neighbours_sparse(cooc, norms, cfg.shrink, k, start,
+                                                                                 stop, offset=start)
+            else:
+                for lo in range(start, stop, step):
+                    hi = min(stop, lo + step)
+                    sims[lo:hi], neighbors[lo:hi] = _top_neighbours(cooc, norms, cfg.shrink, k, lo, hi, offset=start)
             del cooc
             if progress is not None:
                 progress.update(stop, n, message=f"item neighbours: block {start // rows + 1} of {-(-n // rows)}")

@@ -597,3 +597,11 @@ def score_chunk_rows(n_items: int, requested: int, budget_bytes: int = 256 * 2**
     """Rows of full-catalogue float32 scores per chunk, so one chunk stays under `budget_bytes`."""
     return max(1, min(requested, budget_bytes // max(1, 4 * n_items)))
 
+
+def chunk_end(sizes: np.ndarray, start: int, max_rows: int, max_cells: int) -> int:
+    """End of the chunk of ascending `sizes` from `start` when each row is padded to the chunk's largest:
+    at most `max_rows` rows and rows x largest <= `max_cells`, and at least one row."""
+    ends = np.arange(start + 1, min(len(sizes), start + max_rows) + 1)
+    fits = np.searchsorted((ends - start) * sizes[ends - 1], max_cells, side="right")
+    return start + max(1, int(fits))
+

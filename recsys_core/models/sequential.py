@@ -147,14 +147,6 @@ def crop_rows(rows: slice, tokens: torch.Tensor, lengths: torch.Tensor, *more: t
     return (tokens[rows, :width], lengths, *(m[rows, :width] for m in more))
 
 
-def chunk_end(padded: np.ndarray, start: int, max_rows: int, max_tokens: int) -> int:
-    """End of the chunk of ascending `padded` lengths from `start`: at most `max_rows` rows and rows x
-    longest <= `max_tokens`, and at least one row."""
-    ends = np.arange(start + 1, min(len(padded), start + max_rows) + 1)
-    fits = np.searchsorted((ends - start) * padded[ends - 1], max_tokens, side="right")
-    return start + max(1, int(fits))
-
-
 def padded_widths(lengths: np.ndarray, batch: int, max_rows: int, max_tokens: int = SCORE_CHUNK_TOKENS) -> np.ndarray:
     """The padded width of each row (in no particular order) when histories of `lengths` come longest
     first in batches of `batch`, as `evaluate` sends them, and each batch is cut as `_map_chunks` cuts it."""
@@ -163,7 +155,7 @@ def padded_widths(lengths: np.ndarray, batch: int, max_rows: int, max_tokens: in
     for b in range(0, len(ordered), batch):
         part, done = np.sort(ordered[b:b + batch]), 0
         while done < len(part):
-            end = chunk_end(part, done, max_rows, max_tokens)
+            end = loop.chunk_end(part, done, max_rows, max_tokens)
             widths.append(np.full(end - done, part[end - 1]))
             done = end
     return np.concatenate(widths) if widths else np.zeros(0, np.int64)
@@ -505,7 +497,7 @@ class SequentialRecommender(Recommender):
         rows = loop.score_chunk_rows(max(width, self.config.hidden), self.config.score_batch_size)
         tokens_cap, done = SCORE_CHUNK_TOKENS, 0
         while done < len(order):
-            end = chunk_end(padded, done, rows, tokens_cap)
+            end = loop.chunk_end(padded, done, rows, tokens_cap)
             idx = order[done:end]
             try:
                 tokens, lens = self._context(flat, starts[idx], lengths[idx])
