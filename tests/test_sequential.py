@@ -285,13 +285,15 @@ def test_bert_style_masking_shows_mask_random_or_the_item_itself_at_the_chosen_s
     tokens = torch.from_numpy(np.random.default_rng(0).integers(1, N_ITEMS + 1, (400, 12)))
     lengths = torch.full((400,), 12)
     special = model.module_.special_token
-    inputs, masked = model._cloze_inputs(tokens, lengths, np.random.default_rng(1))
-    assert (inputs[masked] == special).all() and (inputs[~masked] == tokens[~masked]).all()  # default: all [MASK]
-    model.config.mask_token_share = 0.8
+    assert BERT4RecConfig().mask_token_share == 0.8  # BERT's 80/10/10 by default
+    model.config.mask_token_share = 1.0
     try:
         inputs, masked = model._cloze_inputs(tokens, lengths, np.random.default_rng(1))
+        assert (inputs[masked] == special).all() and (inputs[~masked] == tokens[~masked]).all()  # 1.0: all [MASK]
+        model.config.mask_token_share = 0.8
+        inputs, masked = model._cloze_inputs(tokens, lengths, np.random.default_rng(1))
     finally:
-        model.config.mask_token_share = 1.0
+        model.config.mask_token_share = BERT4RecConfig().mask_token_share
     shown = inputs[masked]
     as_mask = float((shown == special).float().mean())
     as_itself = float((shown == tokens[masked]).float().mean())
