@@ -4,6 +4,8 @@ resume the way a user expects."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -170,6 +172,17 @@ def test_same_seed_same_model_other_seed_other_model(data, family):
     scores = [m.score(split.test.histories[:20]) for m in runs]
     torch.testing.assert_close(scores[0], scores[1], rtol=0, atol=0)
     assert not torch.allclose(scores[0], scores[2])
+
+
+def test_two_runs_at_once_in_one_process_give_the_solo_models(data):
+    """Two sessions training in the same server process (threads) with dropout, which draws from torch's
+    process-wide generator: each gets exactly the model it gets alone."""
+    ds, split = data
+    solo = {s: make("sasrec", epochs=2, seed=s).fit(ds, split=split).score(split.test.histories[:20]) for s in (7, 8)}
+    with ThreadPoolExecutor(2) as pool:
+        both = dict(zip((7, 8), pool.map(lambda s: make("sasrec", epochs=2, seed=s).fit(ds, split=split), (7, 8))))
+    for s in (7, 8):
+        torch.testing.assert_close(both[s].score(split.test.histories[:20]), solo[s], rtol=0, atol=0)
 
 
 def test_cancel_stops_within_a_few_steps_and_leaves_a_usable_model(data):

@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -76,17 +77,21 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+# torch's process-wide generator is the only one parameter init and dropout can draw from, so it is one
+# resource: a seeded piece of work holds it to the end. Two runs in one process (two sessions in the
+# Streamlit server) then take turns instead of interleaving their draws and changing each other's models.
+_GENERATOR_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def seeded(seed: int, device: torch.device | None = None) -> Iterator[None]:
     """torch seeded for one piece of work, inside a fork of the process-wide generator that is restored
-    afterwards, so a run neither depends on nor changes what other code in the process draws.
-
-    NumPy draws all go through `np.random.default_rng(seed)` Generators. torch's own operations
-    (parameter init, dropout) can only draw from the process-wide generator, so two runs *at the same
-    time in one process* would still interleave their draws: the app trains each job in a process of its
-    own (`training/jobs.py`, tested to give exactly the solo result)."""
+    afterwards, so a run neither depends on nor changes what other code in the process draws. A run holds
+    the generator while it draws (`_GENERATOR_LOCK`, reentrant for the loop's per-epoch reseeding), so runs
+    in other threads wait rather than draw between its draws. NumPy draws all go through
+    `np.random.default_rng(seed)` Generators."""
     devices = [device.index or 0] if device is not None and device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with _GENERATOR_LOCK, torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
 
