@@ -3,6 +3,7 @@
     .venv/bin/python bench/sweep.py --dataset demo --seeds 0,1 --jobs 2
     .venv/bin/python bench/sweep.py --dataset ../shared/data/ml-100k --seeds 0,1 --jobs 2
     .venv/bin/python bench/sweep.py --table bench/results/sweep-demo-20261202.json
+    .venv/bin/python bench/sweep.py --dataset demo --models sasrec --variants '[{"hidden": 128}]' --out F.json
 
 Each variant changes one setting of our model's defaults and trains with the CPU demo profile (early
 stopping after 5 validations without gain, at most 2,700 steps, 240 CPU s), validating every user
@@ -17,7 +18,7 @@ Variants (from RecBole, RecTools and the BERT4Rec/gSASRec papers):
   adam_beta2=0.98        Adam betas (0.9, 0.98) as in BERT4Rec's code
   loss=gbce              gBCE over 1,024 uniform negatives (gSASRec; our default here is the full softmax)
   mask_prob=0.2 / 0.6    BERT4Rec's Cloze rate (ours 0.4)
-  max_len=50 / 200       history length read (ours 100)
+  max_len=50 / 200       history length read (ours 100 when first swept; 50 since)
   and the single winners together (one combination per model)
 
 Runs already in today's results file for the dataset are kept and not trained again, so adding a
@@ -65,7 +66,8 @@ def worker(args: argparse.Namespace) -> dict:
     split = make_split(ds)
     variant = json.loads(args.variant)
     started = time.process_time()
-    model = make_model(args.model, {**DEMO_PROFILE, **variant, "seed": args.seed}).fit(ds, split=split)
+    settings = {**DEMO_PROFILE, **json.loads(args.profile), **variant, "seed": args.seed}
+    model = make_model(args.model, settings).fit(ds, split=split)
     report = model.fit_report()
     return {"model": args.model, "variant": name(variant), "seed": args.seed,
             "best_valid_ndcg@10": round(report["best_metric"], 5), "best_epoch": report["best_epoch"],
@@ -75,7 +77,7 @@ def worker(args: argparse.Namespace) -> dict:
 
 def child(args: argparse.Namespace, model: str, variant: dict, seed: int) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--dataset", args.dataset, "--model", model,
-           "--variant", json.dumps(variant), "--seed", str(seed)]
+           "--variant", json.dumps(variant), "--seed", str(seed), "--profile", args.profile]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
@@ -120,6 +122,11 @@ def main() -> None:
     p.add_argument("--models", default="bert4rec,sasrec")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--variants", help='JSON list of variants to run instead of the built-in ones, e.g. '
+                                      '\'[{"hidden": 128}, {"hidden": 256, "dropout": 0.2}]\' (the baseline always runs)')
+    p.add_argument("--profile", default="{}", help="JSON settings over the demo profile for every run "
+                                                   "(e.g. a larger cpu_budget_s for wider models)")
+    p.add_argument("--out", help="results JSON (default bench/results/sweep-<dataset>-<date>.json)")
     p.add_argument("--table", help="print the Markdown table of a results JSON and exit")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
@@ -137,17 +144,18 @@ def main() -> None:
         return
     seeds = [int(s) for s in args.seeds.split(",")]
     dataset = Path(args.dataset).name if args.dataset != "demo" else "demo"
-    out = ROOT / "bench" / "results" / f"sweep-{dataset}-{dt.date.today():%Y%m%d}.json"
+    out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"sweep-{dataset}-{dt.date.today():%Y%m%d}.json"
+    variants = {m: [{}] + json.loads(args.variants) for m in VARIANTS} if args.variants else VARIANTS
     # Runs already in today's file for this dataset are kept, not trained again (a sweep can grow).
     done = json.loads(out.read_text())["runs"] if out.is_file() else []
     have = {(r["model"], r["variant"], r["seed"]) for r in done if "error" not in r}
-    todo = [(m, v, s) for m in args.models.split(",") for v in VARIANTS[m] for s in seeds
+    todo = [(m, v, s) for m in args.models.split(",") for v in variants[m] for s in seeds
             if (m, name(v), s) not in have]
     started, load_start = time.perf_counter(), os.getloadavg()
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # threads only wait on child processes
         runs = [r for r in done if "error" not in r] + list(pool.map(lambda job: child(args, *job), todo))
     report = {"benchmark": "sweep", "dataset": dataset, "split": "leave_one_out; scored on validation only",
-              "profile": DEMO_PROFILE, "threads_per_run": 1, "jobs": args.jobs, "seeds": seeds,
+              "profile": {**DEMO_PROFILE, **json.loads(args.profile)}, "threads_per_run": 1, "jobs": args.jobs, "seeds": seeds,
               "date": dt.date.today().isoformat(), "summary": summarise(runs), "runs": runs,
               "wall_s": round(time.perf_counter() - started, 1), "load_avg_start": [round(x, 2) for x in load_start],
               "load_avg_end": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count()}
