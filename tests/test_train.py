@@ -112,6 +112,15 @@ def test_warmup_then_linear_decay():
     assert lrs[10] > lrs[60] > lrs[109] >= 0.05 - 1e-9
 
 
+def test_lr_floor_one_keeps_the_peak_lr_after_the_warm_up():
+    task = ToyTask()
+    flat = loop.train(task, TrainConfig(epochs=6, batch_size=32, lr=0.01, warmup_frac=0.1, lr_floor=1.0,
+                                        patience=0), CPU)
+    decayed = loop.train(ToyTask(), TrainConfig(epochs=6, batch_size=32, lr=0.01, warmup_frac=0.1, patience=0), CPU)
+    assert [h["lr"] for h in flat.history[1:]] == pytest.approx([0.01] * (len(flat.history) - 1))
+    assert decayed.history[-1]["lr"] < 0.2 * 0.01
+
+
 def test_early_stopping_keeps_the_best_weights():
     module = nn.Linear(2, 1)
     stopper = loop.EarlyStopping(patience=2)

@@ -271,7 +271,7 @@ class _Run:
         self.optimizer = make_optimizer(task.module, cfg.lr, cfg.weight_decay, cfg.adam_beta2)
         total = cfg.epochs * task.n_batches(self.batch_size)
         total = min(total, cfg.max_steps) if cfg.max_steps > 0 else total
-        self.scheduler = warmup_linear(self.optimizer, int(cfg.warmup_frac * total), total)
+        self.scheduler = warmup_linear(self.optimizer, int(cfg.warmup_frac * total), total, cfg.lr_floor)
         self.dtype = amp_dtype(device, cfg.amp)
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
         self.stopper = EarlyStopping(cfg.patience)

@@ -37,6 +37,8 @@ class TrainConfig:
     weight_decay: float = setting(0.01, "AdamW weight decay (not applied to biases and norms).")
     adam_beta2: float = setting(0.999, "AdamW's second-moment decay (BERT4Rec's paper used 0.98: it adapts faster).")
     warmup_frac: float = setting(0.05, "Share of the steps spent warming the learning rate up from zero.")
+    lr_floor: float = setting(0.05, "Learning rate at the end of the linear decay, as a share of the peak "
+                                    "(1 = constant after the warm-up, as RecTools trains).")
     grad_clip: float = setting(5.0, "Clip the gradient norm to this (0 = no clipping).")
     patience: int = setting(5, "Validations without improvement before stopping early (0 = never stop early).")
     eval_every: int = setting(1, "Epochs between validations (0 = about every 50 optimizer steps).")
