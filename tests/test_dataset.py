@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from recsys_core.data import DataError, Dataset, build_dataset
+from recsys_core.data.dataset import FORMAT_VERSION
 
 
 def _frame() -> pd.DataFrame:
@@ -81,3 +85,46 @@ def test_save_load_round_trip(tmp_path) -> None:
 def test_load_of_broken_folder_is_a_data_error(tmp_path) -> None:
     with pytest.raises(DataError, match="unreadable"):
         Dataset.load(tmp_path)
+
+
+def _saved_meta(tmp_path, **edit) -> Path:
+    folder = build_dataset(_frame(), name="tiny", options={"k": 1}).save(tmp_path / "ds")
+    meta = json.loads((folder / "dataset.json").read_text())
+    meta.update(edit)
+    meta = {k: v for k, v in meta.items() if v is not None}
+    (folder / "dataset.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_a_saved_dataset_records_the_format_version(tmp_path) -> None:
+    folder = build_dataset(_frame(), name="tiny").save(tmp_path / "ds")
+    assert json.loads((folder / "dataset.json").read_text())["format_version"] == FORMAT_VERSION
+
+
+def test_a_dataset_saved_without_a_format_version_loads_as_version_0(tmp_path) -> None:
+    back = Dataset.load(_saved_meta(tmp_path, format_version=None))
+    ds = build_dataset(_frame(), name="tiny", options={"k": 1})
+    pd.testing.assert_frame_equal(back.interactions, ds.interactions)
+    assert (back.name, back.options["k"], back.order) == ("tiny", 1, ds.order)
+
+
+def test_a_dataset_from_a_newer_version_is_refused_with_what_to_do(tmp_path) -> None:
+    with pytest.raises(DataError, match="newer version") as caught:
+        Dataset.load(_saved_meta(tmp_path, format_version=99))
+    assert "upgrade" in caught.value.hint and caught.value.file.endswith("dataset.json")
+
+
+@pytest.mark.parametrize("version", ["1", 1.5, -1, True, [1]])
+def test_a_garbled_format_version_is_a_data_error_naming_the_file(tmp_path, version) -> None:
+    with pytest.raises(DataError, match="format_version") as caught:
+        Dataset.load(_saved_meta(tmp_path, format_version=version))
+    assert caught.value.file.endswith("dataset.json") and caught.value.hint
+
+
+@pytest.mark.parametrize("meta", ["[1, 2]", '{"format_version": 1}', "{not json"])
+def test_a_damaged_dataset_json_is_a_data_error(tmp_path, meta) -> None:
+    folder = _saved_meta(tmp_path)
+    (folder / "dataset.json").write_text(meta)
+    with pytest.raises(DataError) as caught:
+        Dataset.load(folder)
+    assert caught.value.hint

@@ -206,14 +206,17 @@ class Dataset:
 
     @classmethod
     def load(cls, directory: str | Path) -> Dataset:
+        """Read a folder written by `save`, by this version or an older one (`migrate_meta`)."""
         d = Path(directory)
         try:
-            meta = json.loads((d / "dataset.json").read_text())
+            meta = migrate_meta(json.loads((d / "dataset.json").read_text()), str(d / "dataset.json"))
             interactions = pd.read_parquet(d / "interactions.parquet")
             if COUNT not in interactions.columns:  # saved before counts existed
                 interactions[COUNT] = np.float32(np.nan)
             users = pd.read_parquet(d / "users.parquet")["user_id"].astype(str).to_numpy(dtype=object)
             items = pd.read_parquet(d / "items.parquet")
+        except DataError:
+            raise
         except (OSError, ValueError, KeyError) as err:
             raise DataError(f"saved dataset is unreadable ({err})", file=str(d),
                             hint="delete it from the workspace and load the source file again") from err
@@ -226,6 +229,25 @@ class Dataset:
             source=meta.get("source", ""),
             options=meta.get("options", {}),
         )
+
+
+def migrate_meta(meta: object, file: str) -> dict:
+    """A saved `dataset.json`, checked and brought to `FORMAT_VERSION`.
+
+    Version 0 (no `format_version`) has the layout of version 1: every save has written 1 since the first one,
+    and what older saves of either lack (counts, the item schema, `order`) `Dataset.load` fills in for both.
+    """
+    redo = "delete the dataset from the workspace and load its source file again"
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+        raise DataError("dataset.json is not a saved dataset's description (no name)", file=file, hint=redo)
+    version = meta.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise DataError(f"dataset.json has format_version {version!r}, not a whole number", file=file,
+                        hint=f"the file was edited or damaged; {redo}")
+    if version > FORMAT_VERSION:
+        raise DataError(f"this dataset was saved by a newer version of RecSys Explorer (format {version}; this "
+                        f"version reads up to {FORMAT_VERSION})", file=file, hint=f"upgrade RecSys Explorer, or {redo}")
+    return {**meta, "format_version": FORMAT_VERSION}
 
 
 def build_dataset(
