@@ -3,6 +3,7 @@ back-off, cancel and checkpoint/resume, on a toy regression task (the loop never
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -266,6 +267,62 @@ def test_checkpoint_for_another_model_is_refused(tmp_path):
     other.module = nn.Linear(8, 2)
     with pytest.raises(ModelError, match="does not match"):
         loop.train(other, TrainConfig(epochs=2, batch_size=32, checkpoint_dir=str(tmp_path)), CPU)
+
+
+def _edit_checkpoint_meta(directory, edit) -> None:
+    path = directory / "checkpoint.json"
+    meta = json.loads(path.read_text())
+    path.write_text(edit(meta) if callable(edit) else edit)
+
+
+def test_a_checkpoint_without_a_format_version_resumes_as_version_0(tmp_path):
+    cfg = TrainConfig(epochs=4, batch_size=32, lr=0.01, patience=0, checkpoint_dir=str(tmp_path))
+    straight = ToyTask()
+    loop.train(straight, TrainConfig(**{**cfg.__dict__, "checkpoint_dir": ""}), CPU)
+    progress = Progress(lambda e: progress.cancel() if e.epoch >= 2 else None)
+    loop.train(ToyTask(), cfg, CPU, progress)
+    assert json.loads((tmp_path / "checkpoint.json").read_text())["format_version"] == loop.CHECKPOINT_FORMAT_VERSION
+    _edit_checkpoint_meta(tmp_path, lambda m: json.dumps({k: v for k, v in m.items() if k != "format_version"}))
+
+    resumed = ToyTask()
+    result = loop.train(resumed, cfg, CPU)
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+    for a, b in zip(resumed.module.parameters(), straight.module.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_checkpoint_from_a_newer_version_is_refused_with_what_to_do(tmp_path):
+    cfg = TrainConfig(epochs=1, batch_size=32, checkpoint_dir=str(tmp_path))
+    loop.train(ToyTask(), cfg, CPU)
+    _edit_checkpoint_meta(tmp_path, lambda m: json.dumps({**m, "format_version": 99}))
+    with pytest.raises(ModelError, match="newer version") as caught:
+        loop.train(ToyTask(), TrainConfig(epochs=2, batch_size=32, checkpoint_dir=str(tmp_path)), CPU)
+    assert caught.value.file.endswith("checkpoint.json")
+    assert "upgrade" in caught.value.hint and "delete the checkpoint folder" in caught.value.hint
+
+
+@pytest.mark.parametrize("edit", [
+    "[1, 2]", "{", lambda m: json.dumps({**m, "format_version": "1"}),
+    lambda m: json.dumps({k: v for k, v in m.items() if k != "stopper"}),
+    lambda m: json.dumps({**m, "epoch": "3"}), lambda m: json.dumps({**m, "batch_size": 0}),
+    lambda m: json.dumps({**m, "param_groups": [{"lr": 0.1}]}),
+], ids=["list", "torn", "version_text", "no_stopper", "epoch_text", "batch_zero", "groups_garbled"])
+def test_a_damaged_checkpoint_meta_is_a_model_error(tmp_path, edit):
+    cfg = TrainConfig(epochs=1, batch_size=32, checkpoint_dir=str(tmp_path))
+    loop.train(ToyTask(), cfg, CPU)
+    _edit_checkpoint_meta(tmp_path, edit)
+    with pytest.raises(ModelError) as caught:
+        loop.train(ToyTask(), TrainConfig(epochs=2, batch_size=32, checkpoint_dir=str(tmp_path)), CPU)
+    assert "delete the checkpoint folder" in caught.value.hint
+
+
+def test_a_torn_checkpoint_tensor_file_is_a_model_error(tmp_path):
+    cfg = TrainConfig(epochs=1, batch_size=32, checkpoint_dir=str(tmp_path))
+    loop.train(ToyTask(), cfg, CPU)
+    weights = tmp_path / "checkpoint.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8])
+    with pytest.raises(ModelError, match="unreadable"):
+        loop.train(ToyTask(), TrainConfig(epochs=2, batch_size=32, checkpoint_dir=str(tmp_path)), CPU)
 
 
 def test_a_run_neither_depends_on_nor_changes_the_process_wide_generator():

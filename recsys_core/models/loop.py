@@ -22,6 +22,7 @@ from typing import Protocol
 import numpy as np
 import psutil
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -515,6 +516,10 @@ def _validate(run: _Run, progress: Progress, total_steps: int, loss: float | Non
 # ---- checkpoints (safetensors + JSON, never pickle) --------------------------------------------
 
 _CKPT_TENSORS, _CKPT_META = "checkpoint.safetensors", "checkpoint.json"
+# Layout of a checkpoint. 0: written before versions were recorded, the layout of 1 (which adds only the
+# version); `load_checkpoint` migrates older layouts and refuses newer ones.
+CHECKPOINT_FORMAT_VERSION = 1
+_FRESH = "delete the checkpoint folder to start training from scratch"
 
 
 def checkpoint_exists(directory: str | Path) -> bool:
@@ -534,6 +539,7 @@ def save_checkpoint(directory: str | Path, run: _Run) -> None:
         for name, value in state.items():
             tensors[f"opt.{idx}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
     meta = {
+        "format_version": CHECKPOINT_FORMAT_VERSION,
         "epoch": run.epoch, "step": run.step, "batch_size": run.batch_size, "train_seconds": run.train_seconds,
         "cpu_seconds": run.cpu_seconds,
         "history": run.history, "param_groups": opt["param_groups"], "scheduler": run.scheduler.state_dict(),
@@ -557,19 +563,46 @@ def _json_default(value: object) -> object:
 
 
 def load_checkpoint(directory: str | Path, run: _Run) -> None:
+    """Restore `run` from a checkpoint of this version or an older one; anything else is a ModelError."""
     d = Path(directory)
+    meta = _checkpoint_meta(d / _CKPT_META)
     try:
-        meta = json.loads((d / _CKPT_META).read_text())
         tensors = load_file(str(d / _CKPT_TENSORS))
-    except (OSError, ValueError) as err:
-        raise ModelError(f"checkpoint is unreadable ({err})", file=str(d),
-                        hint="delete the checkpoint folder to start training from scratch") from err
-    module = run.task.module
+    except (OSError, SafetensorError) as err:
+        raise ModelError(f"checkpoint is unreadable ({err})", file=str(d / _CKPT_TENSORS), hint=_FRESH) from err
     try:
-        module.load_state_dict(_strip(tensors, "model."))
+        run.task.module.load_state_dict(_strip(tensors, "model."))
     except RuntimeError as err:
         raise ModelError("checkpoint does not match this model (different catalogue or sizes)", file=str(d),
                         hint="delete the checkpoint folder or set resume=False") from err
+    try:
+        _restore(run, meta, tensors)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+        raise ModelError(f"checkpoint is damaged or belongs to another run ({type(err).__name__}: {str(err)[:200]})",
+                         file=str(d / _CKPT_META), hint=_FRESH) from err
+
+
+def _checkpoint_meta(path: Path) -> dict:
+    """checkpoint.json, checked against `CHECKPOINT_FORMAT_VERSION` (version 0 has the layout of 1: as is)."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as err:
+        raise ModelError(f"checkpoint is unreadable ({str(err)[:200]})", file=str(path), hint=_FRESH) from err
+    version = meta.get("format_version", 0) if isinstance(meta, dict) else None
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise ModelError(f"checkpoint.json is damaged (format_version {version!r})", file=str(path), hint=_FRESH)
+    if version > CHECKPOINT_FORMAT_VERSION:
+        raise ModelError(f"this checkpoint was written by a newer version of RecSys Explorer (format {version}; "
+                         f"this version reads up to {CHECKPOINT_FORMAT_VERSION})", file=str(path),
+                         hint=f"upgrade RecSys Explorer to resume it, or {_FRESH}")
+    return meta
+
+
+def _restore(run: _Run, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """Everything but the module's weights: best weights, early stopping, optimizer, schedule, counters."""
+    epoch, step, batch_size = meta["epoch"], meta["step"], meta["batch_size"]
+    if not all(isinstance(n, int) and n >= low for n, low in ((epoch, 0), (step, 0), (batch_size, 1))):
+        raise ValueError(f"epoch {epoch!r}, step {step!r}, batch_size {batch_size!r} are not counts")  # the loop divides
     best = _strip(tensors, "best.")
     run.stopper.best_state = best or None
     run.stopper.best, run.stopper.best_epoch, run.stopper.bad = (meta["stopper"][k] for k in ("best", "best_epoch",
@@ -586,7 +619,7 @@ def load_checkpoint(directory: str | Path, run: _Run) -> None:
     run.scheduler.load_state_dict(meta["scheduler"])
     if run.scaler is not None and meta.get("scaler"):
         run.scaler.load_state_dict(meta["scaler"])
-    run.epoch, run.step, run.batch_size = meta["epoch"], meta["step"], meta["batch_size"]
+    run.epoch, run.step, run.batch_size = epoch, step, batch_size
     run.train_seconds, run.history = meta["train_seconds"], meta["history"]
     run.cpu_seconds = meta.get("cpu_seconds", 0.0)
 
