@@ -14,11 +14,12 @@ import time
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 
 from recsys_core.background import WorkspaceJob
 from recsys_core.errors import DataError
-from recsys_core.workspace.jobs import JobStore
+from recsys_core.workspace.jobs import JobStore, process_alive
 from recsys_core.workspace.registry import Workspace
 
 
@@ -113,6 +114,20 @@ def test_a_thread_job_naming_this_process_but_run_by_no_thread_is_interrupted(ws
     store.mark_running(job_id, os.getpid())
     assert store.list(active_only=True, kind=None) == []
     assert store.get(job_id).status == "interrupted"
+
+
+def test_liveness_knows_live_dead_zombie_and_impossible_pids():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 10
+    while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.02)  # exited, not yet reaped: a zombie
+    try:
+        assert process_alive(os.getpid()) and process_alive(1)  # pid 1: alive even when owned by root
+        assert not process_alive(child.pid)
+    finally:
+        child.wait()
+    assert not process_alive(child.pid)  # reaped: gone
+    assert not any(process_alive(pid) for pid in (None, 0, -1, 2**31, 2**40))  # kill(-1, 0) would say yes
 
 
 OLD_SCHEMA = """

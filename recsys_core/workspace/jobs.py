@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import psutil
 
 from recsys_core.errors import ConfigError
 
@@ -137,18 +138,13 @@ def _now() -> str:
 
 def process_alive(pid: int | None) -> bool:
     """Whether `pid` is a live process on this machine (a zombie, dead but not yet reaped, is not)."""
-    if not pid:
+    if not pid or pid < 0:  # kill(-1, 0) would answer for every process we may signal
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:  # gone, or a pid out of range
         return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    try:
-        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):  # no /proc (macOS): trust kill(0)
+    except psutil.AccessDenied:  # alive, owned by someone else
         return True
 
 
