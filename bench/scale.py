@@ -62,7 +62,7 @@ from recsys_core.models.bert4rec import BERT4Rec, BERT4RecConfig
 from recsys_core.models.itemknn import ItemKNN, ItemKNNConfig
 from recsys_core.models.popularity import Popularity
 from recsys_core.models.sasrec import SASRec, SASRecConfig
-from recsys_core.models.sequential import SequenceWindows
+from recsys_core.models.sequences import SequenceWindows
 from recsys_core.models.settings import build_config
 from recsys_core.recommend.topk import recommend
 

@@ -79,7 +79,7 @@ def speed(steps: int = 12) -> dict:
     from transformers import BertConfig, BertForMaskedLM
 
     from recsys_core.models.bert4rec import BERT4Rec, BERT4RecConfig
-    from recsys_core.models.sequential import SequenceWindows
+    from recsys_core.models.sequences import SequenceWindows
     from recsys_core.models.settings import build_config
 
     ds, split = load_split()

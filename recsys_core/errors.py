@@ -5,7 +5,8 @@ Pages and the CLI catch `RecsysError` and show `str(err)`; the subclass says who
 - `DataError`: the input data (a file, a column, a row) is not what was expected;
 - `ConfigError`: a setting, hyperparameter, name or choice is invalid;
 - `ModelError`: a saved model or checkpoint is unusable, or does not fit the dataset;
-- `ResourceError`: the work does not fit the machine's or the server's limits (memory, size).
+- `ResourceError`: the work does not fit the machine's or the server's limits (memory, size);
+- `LLMError` (a `ModelError`): a language model could not be loaded or reached, or could not write.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 class RecsysError(Exception):
     """Base of the family. `str(err)` is a complete, user-facing message.
 
-    Attributes name where the problem is (file, line, column) so a page or CLI can show it without
+    Attributes name where the problem is (file, line, column, or the model setting) so a page or CLI can show it without
     parsing the message; `hint` says what to do next.
     """
 
@@ -25,6 +26,7 @@ class RecsysError(Exception):
         file: str | None = None,
         line: int | None = None,
         column: str | None = None,
+        setting: str | None = None,
         hint: str | None = None,
         examples: list[str] | None = None,
     ) -> None:
@@ -32,6 +34,7 @@ class RecsysError(Exception):
         self.file = file
         self.line = line
         self.column = column
+        self.setting = setting
         self.hint = hint
         self.examples = list(examples or [])
         super().__init__(self._render())
@@ -44,6 +47,8 @@ class RecsysError(Exception):
             where.append(f"line {self.line}")
         if self.column:
             where.append(f"column '{self.column}'")
+        if self.setting:
+            where.append(f"setting '{self.setting}'")
         text = (", ".join(where) + ": " if where else "") + self.message
         if self.examples:
             text += "\nExamples:\n" + "\n".join(f"  {e}" for e in self.examples[:5])
@@ -66,3 +71,10 @@ class ModelError(RecsysError):
 
 class ResourceError(RecsysError):
     """The work does not fit the limits: memory, file or archive size, catalogue size."""
+
+
+class LLMError(ModelError):
+    """A language model could not write: it did not load, its server failed or answered nonsense.
+
+    Blurb writers catch it and fall back to the template, showing the message and the hint.
+    """

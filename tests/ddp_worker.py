@@ -25,7 +25,7 @@ from recsys_core.training.experiment import make_model, make_split, run_experime
 # Long enough to learn the successor rule (NDCG@10 ~0.7-0.8 for every seed; the popularity plateau is ~0.22).
 BERT4REC = {"max_len": 12, "hidden": 32, "layers": 1, "heads": 2, "dropout": 0.0, "epochs": 12, "batch_size": 32,
             "lr": 5e-3, "mask_last_prob": 0.3, "device": "cpu", "eval_every": 1, "patience": 0}
-TOWER = {"mode": "fine_tune", "max_steps": 4, "batch_size": 8, "steps_per_validation": 2, "max_valid_users": 40,
+TOWER = {"mode": "fine_tune", "max_steps": 4, "batch_size": 8, "eval_every": 0, "eval_steps": 2, "max_valid_users": 40,
          "trainable_layers": 1, "device": "cpu", "text_history_items": 3}
 
 

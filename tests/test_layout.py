@@ -1,41 +1,59 @@
-"""The engine's layout: folders follow the pipeline, imports point down it, and callers ask models, never probe them."""
+"""The engine's layout: folders follow the pipeline, imports point down it, and callers ask models and LLM
+backends through their faces, never probe them.
+
+The layer order is written once, in the README ("Layers:" line), and read from there.
+"""
 
 from __future__ import annotations
 
 import ast
 import re
+from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE = ROOT / "recsys_core"
-
-# What each part of the engine may import, besides itself: errors, progress, cache and background work
-# are below everything; then the pipeline data -> evaluation -> models -> training / workspace ->
-# recommend, insight -> blurbs. Evaluation ranks any scorer, so it sits below the models whose training
-# loop validates with it. The CLI, at the top, may import anything.
-BASE = {"errors", "progress", "cache", "background", "threads"}
-ALLOWED = {
-    "base": BASE,
-    "data": BASE,
-    "evaluation": BASE | {"data"},
-    "models": BASE | {"data", "evaluation"},
-    "training": BASE | {"data", "evaluation", "models"},
-    "workspace": BASE | {"data", "models"},
-    "recommend": BASE | {"data", "evaluation", "models"},
-    "insight": BASE | {"data", "evaluation", "models"},
-    "blurbs": BASE | {"data", "evaluation", "models", "recommend", "insight"},
-}
-
-
+BASE = "base"
 # Entry points of child processes open what they are handed by path: above the layer they live in.
 ENTRY_POINTS = {"training/worker.py": {"workspace"}}
+# Folders whose classes are faces: code outside them asks the face, never the class's members or type.
+FACES = {"models": "Recommender", "blurbs": "Backend"}
+# Measures one family's training step itself (the step is the thing benchmarked), so it reads its internals.
+INTERNALS_BENCHMARKS = {"bench/seq_tune.py"}
+
+
+@cache
+def layers() -> list[set[str]]:
+    """The README's layer order, bottom to top: `Layers: base (errors, ...) < data < ... < cli`."""
+    line = next(ln for ln in (ROOT / "README.md").read_text().splitlines() if ln.strip().startswith("Layers:"))
+    order = re.sub(r"\([^)]*\)", "", line.split(":", 1)[1]).strip(" `")
+    return [{part.strip() for part in layer.split(",")} for layer in order.split("<")]
+
+
+@cache
+def base_modules() -> set[str]:
+    line = next(ln for ln in (ROOT / "README.md").read_text().splitlines() if ln.strip().startswith("Layers:"))
+    return {m.strip() for m in re.search(r"base \(([^)]*)\)", line).group(1).split(",")}
+
+
+def _rank(part: str) -> int:
+    return next(i for i, layer in enumerate(layers()) if part in layer)
 
 
 def _part(path: Path) -> str:
     rel = path.relative_to(ENGINE)
     if len(rel.parts) == 1:
-        return "cli" if rel.stem in ("cli", "__main__") else ("init" if rel.stem == "__init__" else "base")
+        return "cli" if rel.stem in ("cli", "__main__") else ("init" if rel.stem == "__init__" else BASE)
     return rel.parts[0]
+
+
+def _imported_names(node: ast.AST) -> list[str]:
+    """Dotted names an import statement brings in: `from recsys_core import models` counts as recsys_core.models."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if isinstance(node, ast.ImportFrom) and node.level == 0:
+        return [f"{node.module}.{a.name}" for a in node.names] if node.module == "recsys_core" else [node.module or ""]
+    return []
 
 
 def _engine_imports(path: Path) -> set[str]:
@@ -47,13 +65,20 @@ def _engine_imports(path: Path) -> set[str]:
     for node in ast.walk(tree):
         if id(node) in skip:
             continue
-        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-            [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-        for name in names:
+        for name in _imported_names(node):
             parts = name.split(".")
             if parts[0] == "recsys_core" and len(parts) > 1:
-                found.add(parts[1] if parts[1] not in BASE else "base")
+                found.add(parts[1] if parts[1] not in base_modules() else BASE)
     return found
+
+
+def test_the_readme_layers_name_every_part_of_the_engine_once() -> None:
+    named = [part for layer in layers() for part in layer]
+    assert len(named) == len(set(named))
+    folders = {p.name for p in ENGINE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert folders | {BASE, "cli"} == set(named)
+    top = {p.stem for p in ENGINE.glob("*.py")} - {"__init__", "__main__", "cli"}
+    assert top == base_modules()
 
 
 def test_the_engine_top_level_holds_at_most_eight_modules() -> None:
@@ -61,31 +86,132 @@ def test_the_engine_top_level_holds_at_most_eight_modules() -> None:
     assert len(modules) <= 8, modules
 
 
-def test_imports_point_down_the_pipeline() -> None:
+def test_imports_point_down_the_layers() -> None:
     wrong = []
     for path in ENGINE.rglob("*.py"):
         part = _part(path)
         if part in ("cli", "init"):
             continue
-        allowed = {"base"} | ALLOWED[part] | {part} | ENTRY_POINTS.get(path.relative_to(ENGINE).as_posix(), set())
-        wrong += [f"{path.relative_to(ROOT)} imports {bad}" for bad in _engine_imports(path) - allowed]
+        extra = ENTRY_POINTS.get(path.relative_to(ENGINE).as_posix(), set())
+        wrong += [f"{path.relative_to(ROOT)} imports {other}" for other in _engine_imports(path) - extra
+                  if other != part and _rank(other) >= _rank(part)]
     assert wrong == []
+
+
+def test_the_import_check_sees_every_import_form(tmp_path: Path) -> None:
+    probe = ENGINE / "data" / "_layout_probe.py"
+    probe.write_text("from recsys_core import models\nimport recsys_core.blurbs.writer\nfrom recsys_core.errors import X\n")
+    try:
+        assert _engine_imports(probe) == {"models", "blurbs", BASE}
+    finally:
+        probe.unlink()
 
 
 def test_the_engine_never_imports_streamlit() -> None:
     assert [p for p in ENGINE.rglob("*.py") if re.search(r"^\s*(import|from) streamlit", p.read_text(), re.MULTILINE)] == []
 
 
-PROBES = [
-    re.compile(r"\b(hasattr|getattr)\((self\.)?_?(model|tower|other|recommender|m)\b"),  # attribute probing
-    re.compile(r"\.family\s*(==|!=|in\b|not in\b)"),  # family-name tests
-    re.compile(r"\b(r|run|pick|record)\.model\s*(==|!=)\s*['\"]"),  # ... also on recorded runs
-    re.compile(r"\._output_positions\b|\.item_vectors_\b|\.item_texts_\b|\.fit_report_\b|\.history_\b"),
-]
+# ---- faces ---------------------------------------------------------------------------------------
 
 
-def test_no_caller_outside_the_models_probes_a_model() -> None:
-    callers = [*ENGINE.rglob("*.py"), *(ROOT / "views").rglob("*.py"), *(ROOT / "bench").glob("*.py"), ROOT / "app.py"]
-    found = [f"{p.relative_to(ROOT)}:{n}: {line.strip()}" for p in callers if "models" not in p.relative_to(ROOT).parts
-             for n, line in enumerate(p.read_text().splitlines(), 1) if any(r.search(line) for r in PROBES)]
+def _classes(folder: str) -> dict[str, ast.ClassDef]:
+    out = {}
+    for path in (ENGINE / folder).glob("*.py"):
+        out.update({n.name: n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ClassDef)})
+    return out
+
+
+def _face_classes(folder: str, root: str) -> dict[str, ast.ClassDef]:
+    """The face class `root` of a folder and every class of the folder derived from it."""
+    classes, found = _classes(folder), {root}
+    while True:
+        more = {name for name, c in classes.items() if name not in found
+                and any(ast.unparse(b).split(".")[-1] in found for b in c.bases)}
+        if not more:
+            return {name: classes[name] for name in found if name in classes}
+        found |= more
+
+
+def _members(node: ast.ClassDef) -> set[str]:
+    """Methods, class attributes and `self.x = ...` attributes of a class."""
+    names = {n.name for n in node.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+    names |= {t.id for n in node.body if isinstance(n, ast.Assign | ast.AnnAssign)
+              for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(t, ast.Name)}
+    names |= {t.attr for n in ast.walk(node) if isinstance(n, ast.Assign | ast.AnnAssign)
+              for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
+              if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"}
+    return names
+
+
+@cache
+def face_rules() -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
+    """(every member name of a face's classes, the family internals: trailing-underscore fitted attributes and
+    private members that the face class itself does not define, the face classes' names)."""
+    members, internal, names = set(), set(), set()
+    for folder, root in FACES.items():
+        classes = _face_classes(folder, root)
+        face = _members(classes[root]) if root in classes else set()
+        for name, node in classes.items():
+            own = _members(node)
+            members |= own
+            internal |= {m for m in own - face if m.endswith("_") or (m.startswith("_") and not m.startswith("__"))}
+            names.add(name)
+    return frozenset(members), frozenset(internal), frozenset(names)
+
+
+def probes(source: str) -> list[tuple[int, str]]:
+    """Where code asks an object what it is instead of asking its face: `hasattr`/`getattr` of a face member
+    by name (any receiver), `isinstance` against a face class, a family name compared, a family internal read."""
+    members, internal, classes = face_rules()
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and len(node.args) >= 2:
+            what, arg = node.func.id, node.args[1]
+            if what in ("hasattr", "getattr") and isinstance(arg, ast.Constant) and arg.value in members:
+                found.append((node.lineno, f"{what}(..., {arg.value!r})"))
+            types = arg.elts if isinstance(arg, ast.Tuple) else [arg]
+            # asking whether something is a model at all (`Recommender`) is the face; a family or backend class is not
+            if what == "isinstance" and any(ast.unparse(t).split(".")[-1] in classes - set(FACES.values())
+                                            for t in types):
+                found.append((node.lineno, f"isinstance(..., {ast.unparse(arg)})"))
+        elif isinstance(node, ast.Compare) and _names_a_family(node):
+            found.append((node.lineno, "a family name compared"))
+        elif isinstance(node, ast.Attribute) and node.attr in internal and ast.unparse(node.value) != "self":
+            found.append((node.lineno, f".{node.attr}"))
+    return found
+
+
+def _names_a_family(node: ast.Compare) -> bool:
+    """`x.family == "sasrec"`, `run.model in ("ease", ...)`: a model's or a run's family against written names."""
+    sides = [node.left, *node.comparators]
+    named = [s for s in sides if isinstance(s, ast.Attribute) and s.attr in ("family", "model")]
+    literal = [s for s in sides if isinstance(s, ast.Constant) and isinstance(s.value, str)
+               or isinstance(s, ast.Tuple | ast.List | ast.Set) and all(isinstance(e, ast.Constant) for e in s.elts)]
+    return bool(named and literal)
+
+
+def _callers() -> list[Path]:
+    inside = [ENGINE / folder for folder in FACES]
+    engine = [p for p in ENGINE.rglob("*.py") if not any(p.is_relative_to(d) for d in inside)]
+    bench = [p for p in (ROOT / "bench").glob("*.py") if p.relative_to(ROOT).as_posix() not in INTERNALS_BENCHMARKS]
+    return [*engine, *(ROOT / "views").rglob("*.py"), *bench, ROOT / "app.py"]
+
+
+def test_no_caller_outside_the_faces_probes_a_model_or_an_llm_backend() -> None:
+    found = [f"{p.relative_to(ROOT)}:{line}: {what}" for p in _callers() for line, what in probes(p.read_text())]
     assert found == []
+
+
+def test_the_probe_check_catches_each_kind_of_probe() -> None:
+    caught = [
+        "getattr(backend, 'supports_guide', False)", "hasattr(anything, 'training_history')",
+        "isinstance(b, llm.TransformersBackend)", "isinstance(m, (TextTower, int))", "r.model.family == 'sasrec'",
+        "run.model in ('ease', 'itemknn')",
+        "x = tower.item_vectors_", "model._output_positions(3)",
+    ]
+    for code in caught:
+        assert probes(code), code
+    fine = ["getattr(torch, cfg.dtype)", "isinstance(x, int)", "model.capabilities.text", "model.n_items_",
+            "backend.supports_guide", "r.model != first.family",
+            "isinstance(x, Recommender)", "self._run()"]
+    assert [code for code in fine if probes(code)] == []

@@ -92,7 +92,9 @@ def test_text_tower_v0_spellings_are_renamed() -> None:
     old = json.loads((V0 / "text_tower" / "config.json").read_text())["config"]
     config = load_model(V0 / "text_tower").config
     assert config.train.warmup_frac == old["warmup_fraction"] and config.train.max_valid_users == old["valid_users"]
-    assert config.steps_per_validation == old["eval_every"] and config.train.max_steps == old["max_steps"]
+    # v0 "eval_every" counted fine-tuning steps: it is train.eval_steps now (format 2)
+    assert (config.train.eval_every, config.train.eval_steps) == (0, old["eval_every"])
+    assert config.train.max_steps == old["max_steps"]
 
 
 def _edited(tmp_path: Path, family: str, edit) -> Path:

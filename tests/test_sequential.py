@@ -18,8 +18,10 @@ from recsys_core.models import sequential
 from recsys_core.models.base import load_model
 from recsys_core.models.bert4rec import BERT4Rec, BERT4RecConfig
 from recsys_core.models.sasrec import SASRec, SASRecConfig
-from recsys_core.models.sequential import MIN_VALID_USERS, SequenceWindows, init_items_from_svd
+from recsys_core.models.sequences import SequenceWindows
+from recsys_core.models.sequential import MIN_VALID_USERS
 from recsys_core.models.settings import build_config
+from recsys_core.models.transformer import init_items_from_svd
 from recsys_core.progress import Progress
 from recsys_core.training.experiment import run_experiment
 

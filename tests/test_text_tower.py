@@ -162,7 +162,7 @@ def test_unusable_model_path_is_a_clear_error(tmp_path):
 
 def test_fine_tune_with_validation_picks_a_user_recipe(ds):
     split = leave_one_out(ds)
-    config = build_config(TextTowerConfig, {"mode": "fine_tune", "max_steps": 1, "batch_size": 4, "steps_per_validation": 1,
+    config = build_config(TextTowerConfig, {"mode": "fine_tune", "max_steps": 1, "batch_size": 4, "eval_every": 0, "eval_steps": 1,
                                                 "max_valid_users": 20, "max_history_tokens": 32, "max_item_tokens": 32})
     model = TextTower(config).fit(ds, split=split)
     assert set(model.recipe_scores_) == {"recency_mean", "history_text"}

@@ -52,11 +52,12 @@ def _load(key: str):
     return model
 
 
-def _default_other(first_family: str) -> str | None:
-    """The best run that reads items the other way (text vs interactions); else the best run of another
-    family; else any other run."""
-    text = capabilities_of(first_family).text
-    for test in (lambda r: capabilities_of(r.model).text != text, lambda r: r.model != first_family, lambda r: True):
+def _default_other(first) -> str | None:
+    """The best run that reads items the other way (text vs interactions) than the loaded model `first`; else
+    the best run of another family; else any other run."""
+    text, first_family = first.capabilities.text, first.family
+    for test in (lambda r: capabilities_of(r.model, r.config).text != text, lambda r: r.model != first_family,
+                 lambda r: True):
         hit = next((r.artifact_dir for r in runs if test(r)), None)
         if hit:
             return hit
@@ -352,8 +353,7 @@ def _neighbour_table(space: dict, proj: project.Projection, item: int, k: int) -
 
 slots = [("a", model_key)]
 if compare and runs:
-    first_family = _load(model_key).family if model_key != ACTIVE else active.family
-    default_b = _default_other(first_family)
+    default_b = _default_other(_load(model_key) if model_key != ACTIVE else active)
     options_b = list(run_by_dir)
     if st.session_state.get("emb_model_b") not in options_b:
         st.session_state["emb_model_b"] = default_b

@@ -219,7 +219,7 @@ st.subheader("Similar items")
 
 
 def _text_tower():
-    runs = [r for r in workspace().list_runs(dataset=record.name) if r.artifact_dir and capabilities_of(r.model).text]
+    runs = [r for r in workspace().list_runs(dataset=record.name) if r.artifact_dir and capabilities_of(r.model, r.config).text]
     runs.sort(key=lambda r: (r.metrics or {}).get("ndcg@10", 0.0), reverse=True)
     for run in runs:
         try:

@@ -85,7 +85,7 @@ def _eta_text(job: JobRecord) -> str:
     if job.eta_s is None:
         return ""
     why = " (time budget)" if job.eta_bounded else ""
-    sooner = "; usually less (early stopping)" if capabilities_of(job.family).training_curves else ""
+    sooner = "; usually less (early stopping)" if capabilities_of(job.family, job.overrides).training_curves else ""
     return f"at most {human_duration(job.eta_s)} left{why}{sooner}"
 
 
@@ -138,7 +138,7 @@ def _validation_figure(job: JobRecord) -> go.Figure:
 
 def _curves(job: JobRecord) -> None:
     """Live curves, only for models that have them (the training loop's loss and validation)."""
-    if not capabilities_of(job.family).training_curves:
+    if not capabilities_of(job.family, job.overrides).training_curves:
         return
     has_loss = bool(job.curve.get("loss"))
     has_val = any(METRIC in p[1] for p in job.curve.get("val", []))
@@ -263,7 +263,7 @@ def _expected_time(family: str, overrides: dict, split_kind: str) -> None:
     if not has_training_loop(family_class(family).config_class):
         st.caption("Expected time: one pass over the data (no epochs, so no budget).")
         return
-    if not can_estimate(family):
+    if not can_estimate(family, overrides):
         budget = overrides.get("train.cpu_budget_s") or 0
         bound = f"at most about {human_duration(budget)} of CPU time (the budget)" if budget else "no bound set"
         st.caption(f"Expected time: {bound}; this model reads item texts, so no quick step-rate measurement.")

@@ -18,12 +18,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from recsys_core.data.dataset import Dataset, catalogue_digest
 from recsys_core.data.splits import Split
 from recsys_core.errors import ConfigError, DataError, ModelError, RecsysError
-from recsys_core.models.settings import FORMAT_VERSION, build_config, flatten_config, migrate
+from recsys_core.models.settings import FORMAT_VERSION, TRAIN, build_config, flat_fields, flatten_config, migrate
 from recsys_core.progress import Progress
 
 FAMILIES: dict[str, type[Recommender]] = {}
@@ -31,15 +32,18 @@ FAMILIES: dict[str, type[Recommender]] = {}
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a model can do, declared by the model (as scikit-learn's estimator tags): callers ask
-    `model.capabilities` and never probe a model's attributes or family name."""
+    """What a model can do, declared by the model (as scikit-learn's estimator tags): callers ask the configured
+    model's `capabilities` (or `capabilities_of(family, config)`) and never probe its attributes or family name.
+    Every flag has a reader; `tests/test_conformance.py` checks each against what the model does."""
 
-    item_embeddings: bool = True  # item vectors whose cosine means "similar" (popularity's counts do not)
-    text: bool = False  # reads items through their text: `item_text`, `encode_texts`, `text_vectors`
-    cold_items: bool = False  # `add_items` makes items nobody interacted with recommendable
-    order_aware: bool = False  # the order of a history changes its scores
-    sampled_loss: bool = False  # can train on a sampled softmax instead of the full catalogue
-    training_curves: bool = False  # `training_history` holds per-epoch loss / validation metrics
+    # `item_embeddings()` whose cosine means "similar" (similar items, cited history items); popularity's
+    # one count per item makes every cosine equal
+    similar_items: bool = True
+    # reads items through their text: `item_text`, `encode_texts`, `text_vectors`, and `add_items` scores
+    # items nobody interacted with (the Recommend page's text search, the hybrid's unseen items)
+    text: bool = False
+    order_aware: bool = False  # the order of a history changes its scores (refused on data without timestamps)
+    training_curves: bool = False  # `training_history` holds per-epoch loss / validation metrics (live curves)
 
 
 class Recommender(ABC):
@@ -137,7 +141,7 @@ class Recommender(ABC):
         raise self._cannot("give item text vectors")
 
     def add_items(self, items: Any) -> np.ndarray:
-        """Append items (`item_id` + metadata) to the catalogue; their new indices (`capabilities.cold_items`)."""
+        """Append items (`item_id` + metadata) to the catalogue; their new indices (models with `capabilities.text`)."""
         raise self._cannot("score new items")
 
     def _cannot(self, what: str) -> ModelError:
@@ -198,9 +202,22 @@ def family_class(family: str) -> type[Recommender]:
     return FAMILIES[family]
 
 
-def capabilities_of(family: str) -> Capabilities:
-    """A family's capabilities with its default config, without loading or training anything."""
-    return family_class(family)().capabilities
+def capabilities_of(family: str, config: Any = None) -> Capabilities:
+    """What a model of `family` with `config` can do, without loading or training anything. `config` is a
+    config instance, or a dict of its settings (flat or nested, as a form or a run record holds them; a name this
+    version does not know is left out); None means the defaults. Some answers depend on the config (a fine-tuned
+    text tower has training curves, a zero-shot one has not), so callers that know the config pass it."""
+    cls = family_class(family)
+    if isinstance(config, dict):
+        config = build_config(cls.config_class, _known_settings(cls.config_class, config))
+    return cls(config).capabilities
+
+
+def _known_settings(config_class: type, values: dict) -> dict:
+    known = {name for name, _ in flat_fields(config_class)}
+    train = values.get(TRAIN) if isinstance(values.get(TRAIN), dict) else {}
+    flat = {**{k: v for k, v in values.items() if k != TRAIN}, **{f"{TRAIN}.{k}": v for k, v in train.items()}}
+    return {k: v for k, v in flat.items() if k in known or f"{TRAIN}.{k}" in known}
 
 
 def config_from_dict(config_class: type, values: dict, file: str = "") -> Any:
@@ -262,7 +279,6 @@ def load_model(directory: str | Path) -> Recommender:
 MAX_ITEMS = 50_000_000
 SIZE_LIMITS = {"max_len": 65_536, "hidden": 16_384, "layers": 128, "heads": 1_024, "n_negatives": 1_000_000}
 MAX_JSON_BYTES = 1 << 30
-MAX_HEADER_BYTES = 100 << 20
 
 
 def _json_file(path: Path, kind: type) -> Any:
@@ -298,40 +314,31 @@ def _check_sizes(config: Any, meta: dict, item_ids: list, file: str) -> None:
                              hint="this folder was not saved by RecSys Explorer, or was edited; retrain the model")
 
 
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool}
+# safetensors' dtype codes -> the names torch gives those dtypes; a code this torch lacks is left out. F4/F6 are
+# not here: torch packs them (two per byte), so their shapes are not the header's.
+_TORCH_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn",
+                "F8_E5M2": "float8_e5m2", "F8_E4M3FNUZ": "float8_e4m3fnuz", "F8_E5M2FNUZ": "float8_e5m2fnuz",
+                "F8_E8M0": "float8_e8m0fnu", "C64": "complex64", "I64": "int64", "I32": "int32", "I16": "int16",
+                "I8": "int8", "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool"}
+_DTYPES = {code: getattr(torch, name) for code, name in _TORCH_NAMES.items() if hasattr(torch, name)}
 
 
 def _tensor_header(path: Path) -> dict[str, tuple[torch.dtype, list[int]]]:
-    """{name: (dtype, shape)} from a safetensors header, checked against the file's size, reading no tensor."""
-    size = path.stat().st_size
-    bad = ModelError("model.safetensors is not a safetensors file", file=str(path),
-                     hint="the file is damaged or is another format (never a pickle); re-export the model")
-    with open(path, "rb") as f:
-        head = f.read(8)
-        n = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if not 0 < n <= min(MAX_HEADER_BYTES, size - 8):
-            raise bad
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
-            raise bad from err
-    if not isinstance(header, dict):
-        raise bad
-    out, end = {}, 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype, shape, (lo, hi) = _DTYPES[info["dtype"]], [int(x) for x in info["shape"]], info["data_offsets"]
-        except (KeyError, TypeError, ValueError) as err:
-            raise bad from err
-        count = int(np.prod(shape, dtype=np.float64)) if shape else 1
-        if min(shape, default=0) < 0 or hi - lo != count * torch.empty(0, dtype=dtype).element_size() or hi > size - 8 - n:
-            raise bad
-        out[name], end = (dtype, shape), max(end, hi)
-    return out
+    """{name: (dtype, shape)} of a safetensors file, reading no tensor. The library checks all a hostile header
+    could lie about: its length (at most 100 MB), offsets outside the file, overlapping or leaving gaps, and
+    sizes unlike dtype x shape."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            slices = {name: f.get_slice(name) for name in f.keys()}  # noqa: SIM118 (a safe_open is no mapping)
+            found = {name: (part.get_dtype(), part.get_shape()) for name, part in slices.items()}
+    except (OSError, SafetensorError) as err:
+        raise ModelError(f"model.safetensors is not a safetensors file ({str(err)[:200]})", file=str(path),
+                         hint="the file is damaged or is another format (never a pickle); re-export the model") from err
+    unknown = sorted({code for code, _ in found.values() if code not in _DTYPES})
+    if unknown:
+        raise ModelError(f"model.safetensors holds {', '.join(unknown)} weights, which this torch {torch.__version__} "
+                         "cannot load as they are", file=str(path), hint="re-export the model in float32")
+    return {name: (_DTYPES[code], shape) for name, (code, shape) in found.items()}
 
 
 def _dry_run(cls: type[Recommender], config: Any, model: Recommender, header: dict) -> None:

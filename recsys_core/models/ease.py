@@ -14,19 +14,20 @@ import torch
 
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.splits import Split
-from recsys_core.errors import ConfigError, ModelError, ResourceError
+from recsys_core.errors import ModelError, ResourceError
 from recsys_core.models.base import Recommender
 from recsys_core.models.histories import ItemMatrix, history_matrix, low_rank, training_matrix
-from recsys_core.models.settings import setting
+from recsys_core.models.settings import Settings, setting
 from recsys_core.progress import Progress
 
 
 @dataclass
-class EASEConfig:
-    l2: float = setting(300.0, "Regularisation λ; 200-500 suits MovieLens, larger for denser data.")
-    max_items: int = setting(15_000, "Refuse catalogues above this size (EASE needs dense n_items² matrices).")
-    dtype: str = setting("float64", "Precision of the matrix inversion; float32 halves its memory.")
-    embedding_dim: int = setting(64, "Rank of the truncated SVD behind item and user embeddings.")
+class EASEConfig(Settings):
+    l2: float = setting(300.0, "Regularisation λ; 200-500 suits MovieLens, larger for denser data.", gt=0)
+    max_items: int = setting(15_000, "Refuse catalogues above this size (EASE needs dense n_items² matrices).", ge=1)
+    dtype: str = setting("float64", "Precision of the matrix inversion; float32 halves its memory.",
+                         choices=("float32", "float64"))
+    embedding_dim: int = setting(64, "Rank of the truncated SVD behind item and user embeddings.", ge=1)
     use_counts: bool = setting(True, "When the data has counts (plays, clicks), weigh each interaction by "
                                      "log(1 + count).")
 
@@ -79,10 +80,6 @@ class EASE(Recommender):
 
     def _check_config(self, n_items: int) -> None:
         cfg = self.config
-        if not cfg.l2 > 0:
-            raise ConfigError(f"EASE l2 must be positive, got {cfg.l2}", hint="use e.g. l2=300")
-        if cfg.dtype not in ("float32", "float64"):
-            raise ConfigError(f"EASE dtype must be 'float32' or 'float64', got {cfg.dtype!r}")
         if n_items > cfg.max_items:
             gib = 3 * n_items**2 * (8 if cfg.dtype == "float64" else 4) / 2**30
             raise ResourceError(

@@ -23,9 +23,11 @@ from recsys_core.errors import ConfigError, ModelError
 from recsys_core.evaluation.compare import per_user_metrics, segment_breakdown
 from recsys_core.models.base import Recommender, load_model
 from recsys_core.models.bert4rec import BERT4Rec, BERT4RecConfig
-from recsys_core.models.sequential import PAD, SequenceEncoder, SequentialConfig
+from recsys_core.models.sequences import PAD
+from recsys_core.models.sequential import SequentialConfig
 from recsys_core.models.settings import build_config, setting
 from recsys_core.models.text_tower import TextTower, TextTowerConfig
+from recsys_core.models.transformer import SequenceEncoder
 from recsys_core.progress import Progress
 
 TEXT_BUFFER = "text_vectors"
@@ -37,7 +39,7 @@ class HybridConfig(BERT4RecConfig):
     text_tower_dir: str = setting("", "Or a saved text tower (e.g. fine-tuned) whose item vectors are used.")
     # 0.3 lifted ML-100k test NDCG@10 from 0.080 to 0.106 (BERT4Rec: 0.089), same config and 50 epochs
     text_dropout: float = setting(0.3, "In training, share of items whose text part is dropped, so ids learn "
-                                       "what text cannot say.")
+                                       "what text cannot say.", ge=0, lt=1)
 
 
 class FusedItemEncoder(SequenceEncoder):
@@ -114,7 +116,7 @@ def item_text_vectors(dataset: Dataset, config: HybridConfig) -> torch.Tensor:
                                                          "train.device": config.train.device}))
         return tower.fit(dataset).item_vectors_
     tower = load_model(config.text_tower_dir)
-    if not isinstance(tower, TextTower):
+    if not tower.capabilities.text:
         raise ConfigError(f"text_tower_dir holds a {tower.family!r} model, not a text tower",
                         file=config.text_tower_dir, hint="train a text_tower model and give its folder")
     ids = dataset.items["item_id"].astype(str)
@@ -122,7 +124,7 @@ def item_text_vectors(dataset: Dataset, config: HybridConfig) -> torch.Tensor:
     if missing.any():
         tower.add_items(dataset.items[missing.to_numpy()])  # items the tower never saw, encoded from their text
     position = {item_id: k for k, item_id in enumerate(tower.item_ids_)}
-    return tower.item_vectors_[torch.as_tensor([position[i] for i in ids], dtype=torch.long)]
+    return tower.text_vectors()[torch.as_tensor([position[i] for i in ids], dtype=torch.long)]
 
 
 def segment_gain(hybrid: Recommender, baseline: Recommender, split: Split, evalset: EvalSet | None = None,

@@ -16,12 +16,12 @@ import torch
 
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.splits import Split
-from recsys_core.errors import ConfigError, ModelError
+from recsys_core.errors import ModelError
 from recsys_core.models import loop
 from recsys_core.models.base import Capabilities, Recommender
 from recsys_core.models.ease import matrix_columns
 from recsys_core.models.histories import ItemMatrix, history_matrix, low_rank, training_matrix
-from recsys_core.models.settings import setting
+from recsys_core.models.settings import Settings, setting
 from recsys_core.progress import Progress
 
 # Rows of the co-occurrence matrix densified at once while picking neighbours: bounds that step
@@ -42,14 +42,14 @@ _DENSE_ITEMS = 8192
 
 
 @dataclass
-class ItemKNNConfig:
-    k: int = setting(100, "Neighbours kept per item.")
-    shrink: float = setting(10.0, "Added to the cosine denominator; damps similarities from few co-users.")
+class ItemKNNConfig(Settings):
+    k: int = setting(100, "Neighbours kept per item.", ge=1)
+    shrink: float = setting(10.0, "Added to the cosine denominator; damps similarities from few co-users.", ge=0)
     recency_half_life: float = setting(0.0, "Above 0, a history item's weight halves every this many later items "
-                                            "(scoring only; needs real timestamps).")
-    embedding_dim: int = setting(64, "Rank of the truncated SVD behind item and user embeddings.")
+                                            "(scoring only; needs real timestamps).", ge=0)
+    embedding_dim: int = setting(64, "Rank of the truncated SVD behind item and user embeddings.", ge=1)
     memory_budget_mb: int = setting(2048, "Working memory (MB) for item co-occurrences while fitting; "
-                                          "larger catalogues take more, smaller blocks.")
+                                          "larger catalogues take more, smaller blocks.", ge=1)
     use_counts: bool = setting(True, "When the data has counts (plays, clicks), weigh each interaction by "
                                      "log(1 + count) in the co-occurrences.")
 
@@ -162,10 +162,6 @@ class ItemKNN(Recommender):
             split: Split | None = None) -> ItemKNN:
         """Compute every item's k nearest neighbours on `split.train` (all sequences without a split)."""
         cfg = self.config
-        if cfg.k < 1 or cfg.shrink < 0 or cfg.recency_half_life < 0 or cfg.memory_budget_mb <= 0:
-            raise ConfigError(f"itemknn needs k >= 1, shrink >= 0, recency_half_life >= 0, memory_budget_mb > 0; "
-                            f"got k={cfg.k}, shrink={cfg.shrink}, recency_half_life={cfg.recency_half_life}, "
-                            f"memory_budget_mb={cfg.memory_budget_mb}")
         self._remember_catalogue(dataset)
         x = training_matrix(dataset, split, self.n_items_, cfg.use_counts)
         xt = x.T.tocsr()  # item x user: a block's rows are a cheap contiguous slice

@@ -13,12 +13,12 @@ from recsys_core.data.splits import Split
 from recsys_core.errors import ModelError
 from recsys_core.models.base import Capabilities, Recommender
 from recsys_core.models.histories import flatten, training_histories, training_matrix
-from recsys_core.models.settings import setting
+from recsys_core.models.settings import Settings, setting
 from recsys_core.progress import Progress
 
 
 @dataclass
-class PopularityConfig:
+class PopularityConfig(Settings):
     """Popularity is the number of training interactions per item (their log(1 + count) sum with counts)."""
 
     use_counts: bool = setting(True, "When the data has counts (plays, clicks), sum log(1 + count) per item "
@@ -52,7 +52,7 @@ class Popularity(Recommender):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(item_embeddings=False)  # one count per item: every cosine is the same
+        return Capabilities(similar_items=False)  # one count per item: every cosine is the same
 
     def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
         """The training counts, one row per history (rows are copies, safe to edit in place)."""

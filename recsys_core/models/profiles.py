@@ -136,16 +136,17 @@ def human_duration(seconds: float) -> str:
     return f"{hours} h {minutes} min" if minutes else f"{hours} h"
 
 
-def can_estimate(family: str) -> bool:
-    """Whether `estimate_training` measures this family: models with a training loop that need no text
-    encoder (probing one would load and run the encoder over the catalogue while the page waits)."""
-    return has_training_loop(family_class(family).config_class) and not capabilities_of(family).text
+def can_estimate(family: str, overrides: Mapping[str, Any] | None = None) -> bool:
+    """Whether `estimate_training` measures this family with these settings: models with a training loop that
+    need no text encoder (probing one would load and run the encoder over the catalogue while the page waits)."""
+    return has_training_loop(family_class(family).config_class) and \
+        not capabilities_of(family, dict(overrides or {})).text
 
 
 def estimate_training(ds: Dataset, family: str, overrides: Mapping[str, Any], split: Split) -> Estimate | None:
     """How long training `family` with flat `overrides` on `split` of `ds` takes here, at most; None for a
     model `can_estimate` does not cover. Measured once per dataset, model, settings and split."""
-    if not can_estimate(family):
+    if not can_estimate(family, overrides):
         return None
     return _ESTIMATES.get_or_compute(_key(ds, family, overrides, split),
                                      lambda: _estimate(ds, family, dict(overrides), split))
@@ -169,7 +170,7 @@ class EstimateJob(BackgroundJob):
 def estimate_job(ds: Dataset, family: str, overrides: Mapping[str, Any], split: Split) -> EstimateJob | None:
     """The measurement of `estimate_training` on its own thread, started once per dataset, model, settings
     and split (a finished one answers at once); None for a model `can_estimate` does not cover."""
-    if not can_estimate(family):
+    if not can_estimate(family, overrides):
         return None
     return _JOBS.get_or_compute(_key(ds, family, overrides, split),
                                 lambda: EstimateJob(ds, family, overrides, split).start())

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from recsys_core.models.sequential import PAD, SequentialConfig, SequentialRecommender, crop_rows, pad_right
+from recsys_core.models.sequences import PAD, crop_rows, pad_right
+from recsys_core.models.sequential import SequentialConfig, SequentialRecommender
 
 
 @dataclass

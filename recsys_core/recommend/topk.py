@@ -314,8 +314,12 @@ def similar_items(model: Recommender, item: int, k: int = 10, *, items: pd.DataF
                   popularity: np.ndarray | None = None) -> pd.DataFrame:
     """The k items closest to `item` by cosine of the model's item embeddings (itself excluded).
 
-    Columns: rank, item, item_id, similarity, title, metadata, popularity (when given).
+    Columns: rank, item, item_id, similarity, title, metadata, popularity (when given). A model whose item
+    vectors carry no similarity (`capabilities.similar_items` false: popularity) is refused with a ModelError.
     """
+    if not model.capabilities.similar_items:
+        raise ModelError(f"a {model.family} model has no item embeddings whose cosine means similar",
+                         hint="pick EASE, item-kNN, a transformer model or the text tower")
     return _neighbour_frame(model.item_embeddings(), item, k, model.item_ids_, items, popularity)
 
 

@@ -5,7 +5,7 @@ handle, is the truth, so any tab (or another server on the same workspace) sees 
 it through `store.request_cancel`. The handle adds what only the launching process can do: wait for
 the child (so it never lingers as a zombie) and record a child that died without a word.
 
-The store is passed in (a `recsys_core.workspace.jobs.JobStore`): training sits below the workspace.
+The store is passed in (a `recsys_core.workspace.jobs.JobStore`): the workspace is a layer above (README, Layers).
 """
 
 from __future__ import annotations

@@ -86,9 +86,3 @@ def seed_index_from_url(key: str, param: str, index: Mapping[str, int]) -> None:
 def write_id(param: str, ids: Sequence[Any], row: int | None) -> None:
     """Put the id of row `row` of `ids` in the URL (remove the parameter when None)."""
     write_url(param, None if row is None else str(ids[row]))
-
-
-def sync(key: str, param: str) -> None:
-    """After the widget `key` is drawn: mirror its current value into the URL."""
-    if key in st.session_state:
-        write_url(param, st.session_state[key])
