@@ -45,13 +45,13 @@ def pick_device(device: str = "auto") -> torch.device:
             return torch.device("cuda", distributed.local_rank()) if distributed.world() > 1 else torch.device("cuda")
         return torch.device("mps" if mps_ok else "cpu")
     if choice.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={device!r} but this machine has no usable CUDA GPU", column="device",
+        raise ConfigError(f"device={device!r} but this machine has no usable CUDA GPU", setting="train.device",
                         hint='use device="auto" or "cpu"')
     if choice == "mps" and not mps_ok:
-        raise ConfigError("device='mps' but Apple MPS is not available here", column="device",
+        raise ConfigError("device='mps' but Apple MPS is not available here", setting="train.device",
                         hint='use device="auto" or "cpu"')
     if choice not in ("cpu", "mps") and not choice.startswith("cuda"):
-        raise ConfigError(f"unknown device {device!r}", column="device", hint='one of "auto", "cpu", "cuda", "mps"')
+        raise ConfigError(f"unknown device {device!r}", setting="train.device", hint='one of "auto", "cpu", "cuda", "mps"')
     if choice == "cuda" and distributed.world() > 1:
         return torch.device("cuda", distributed.local_rank())
     return torch.device(choice)
@@ -142,7 +142,6 @@ def plan_batch_size(batch: int, need: callable, device: torch.device, knobs: dic
         raise ResourceError(
             f"training needs about {need(size) / 2**30:.1f} GiB even with batch_size=1, but only "
             f"{budget / 2**30:.1f} GiB is available on {device.type}",
-            column="config",
             hint=f"lower hidden or max_len (now {now}), use loss='sampled' for a large catalogue, "
                  "or train on a bigger GPU",
         )

@@ -51,7 +51,7 @@ def choose_loss(requested: str, n_items: int, threshold: int, softmax_share: flo
     """The objective for a catalogue of `n_items`; `softmax_share` is the full softmax's estimated share of
     a step's cost (said in the reason, so a record shows what auto weighed)."""
     if requested not in LOSSES:
-        raise ConfigError(f"unknown loss {requested!r}", column="loss", hint=f"use one of {', '.join(LOSSES)}")
+        raise ConfigError(f"unknown loss {requested!r}", setting="loss", hint=f"use one of {', '.join(LOSSES)}")
     times = 1.0 / max(1e-9, 1.0 - softmax_share)
     share = f"the full softmax is ~{softmax_share:.0%} of a step's cost (a step ~{times:.1f}x a sampled one)"
     if requested != "auto":
