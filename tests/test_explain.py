@@ -1,5 +1,6 @@
 """Explanations: Shapley values that add up, match brute force, give ignored items nothing, and pass the
-deletion check; attribute reasons appear only when true; long histories, caching and the global view."""
+deletion check; attribute reasons appear only when true; long histories, caching, one shared explainer
+per model and dataset version, and the global view."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from recsys_core.data.dataset import Dataset, build_dataset
 from recsys_core.data.item_schema import normalise_items
 from recsys_core.errors import DataError, ModelError
 from recsys_core.insight import explain
-from recsys_core.insight.explain import Explainer, exact_shapley, shapley, summarise_global
+from recsys_core.insight.explain import Explainer, explainer_for, summarise_global
+from recsys_core.insight.shapley import exact_shapley, shapley
 from recsys_core.models.base import Recommender
 from recsys_core.models.histories import history_matrix
 from recsys_core.models.itemknn import ItemKNN, ItemKNNConfig
@@ -196,6 +198,19 @@ def test_explanations_are_cached_per_history_and_item(linear: Linear) -> None:
     assert ex.explain_history([1, 2, 3], 5) is not first
     with pytest.raises(DataError, match="outside the catalogue"):
         ex.explain_history([1], 99)
+
+
+def test_one_explainer_per_model_and_dataset_version_is_shared_with_its_explanations() -> None:
+    """What the Explain and Blurbs pages do: both ask `explainer_for` and get one Explainer, one cache."""
+    ds = genre_dataset()
+    model = Linear(np.ones((ds.n_items, ds.n_items), np.float32))
+    model.item_ids_ = [str(i) for i in ds.item_ids]
+    explain_page, blurbs_page = explainer_for(model, ds, "genres|v1"), explainer_for(model, ds, "genres|v1")
+    first = explain_page.explain_history([1, 2], 0)
+    assert blurbs_page is explain_page and blurbs_page.explain_history([1, 2], 0) is first
+    assert explainer_for(model, ds, "genres|v2") is not explain_page  # the data changed: its titles may differ
+    model.version_ = "refit"
+    assert explainer_for(model, ds, "genres|v1") is not explain_page  # new weights: new explanations
 
 
 # ---- attributes ----------------------------------------------------------------------------------

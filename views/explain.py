@@ -27,12 +27,6 @@ TOP_BARS = 12  # history items drawn one by one in the waterfall; the rest are s
 POSITIVE, NEGATIVE = "#2e7d32", "#c62828"
 
 
-@st.cache_resource(show_spinner=False, max_entries=4)
-def _explainer(_model, _ds, model_key: str) -> explain.Explainer:
-    """One Explainer (with its LRU of explanations) per model and dataset version."""
-    return explain.Explainer(_model, _ds)
-
-
 def _short(text: str, width: int = 42) -> str:
     return chart_label(text, width)  # escaped: Plotly renders <a>/<span> tags in axis ticks
 
@@ -43,7 +37,7 @@ st.title("Explain")
 record, ds, model, which = page_dataset_and_model()
 st.caption(f"Dataset **{md_escape(record.name)}** · model: {md_escape(which)}.")
 jobs.running_jobs_panel("explain")
-explainer = _explainer(model, ds, f"{model.identity}|{record.name}|{record.created_at}|{record.path}")
+explainer = explain.explainer_for(model, ds, f"{record.name}|{record.created_at}|{record.path}")  # shared with Blurbs
 titles = ds.labels
 lengths = np.diff(ds.indptr)
 

@@ -20,13 +20,11 @@ plans the games of many users first and scores their coalitions together.
   coalition re-encodes the text made of its words, and the value is the cosine of that vector with the
   user's vector, i.e. the model's score of the item with part of its text blanked out.
 
-Up to `max_exact` players the Shapley values are computed exactly by enumerating all 2^n coalitions.
-Above that they are estimated with antithetic permutations, drawn exactly as the `shap` library's
-Permutation explainer draws them (same seed, same values: tested against it), in plain NumPy so nothing
-is JIT-compiled on a visitor's first click; each full pass telescopes from the empty to the full
-coalition, so the estimate still adds up exactly (efficiency) and only the split between players
-carries sampling noise. The method and the number of
-model evaluations are part of every result.
+Up to `max_exact` players the Shapley values are exact, above that antithetic permutation estimates
+(`recsys_core.insight.shapley`); the method and the number of model evaluations are part of every result.
+
+`explainer_for(model, dataset, version)` is the one Explainer of a model on a dataset version, shared by
+the Explain and Blurbs pages and every session, so its cache of explanations is shared too.
 
 `deletion_check` tests faithfulness: it removes the k most positively attributed history items and,
 for comparison, k random ones (several draws), and reports the item's score and rank after each.
@@ -34,7 +32,6 @@ for comparison, k random ones (several draws), and reports the item's score and 
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -49,17 +46,15 @@ from recsys_core.data.dataset import Dataset
 from recsys_core.data.item_schema import GENRES, MULTI_SEPARATOR, YEAR
 from recsys_core.errors import DataError, ModelError
 from recsys_core.evaluation.metrics import popularity_percentile, top_k
+from recsys_core.insight.shapley import MAX_EVALS, MAX_EXACT, Coalitions, plan_coalitions, shapley
 from recsys_core.models.base import Recommender
 from recsys_core.progress import Progress
 
-MAX_EXACT = 10  # 2^10 = 1,024 coalitions: exact enumeration stays one cheap batch
-MAX_EVALS = 1_000  # permutation budget (model evaluations) per explanation; at least 2 passes whatever n
 MAX_PLAYERS = 200  # most recent interactions explained one by one; older ones form one player
 MAX_WORDS = 48  # words of an item text explained (the encoder reads ~64 tokens anyway)
 TEXT_MAX_EVALS = 400  # re-encoding text is ~100x dearer than scoring a history
 _MAX_CELLS = 2**24  # score rows per call x catalogue size: ~64 MiB of float32 at a time
-
-ValueFn = Callable[[np.ndarray], np.ndarray]  # bool coalition masks [m, n_players] -> values [m]
+MAX_EXPLAINERS = 4  # explainers kept by `explainer_for` (each holds its model and its explanations)
 
 
 # ---- results -------------------------------------------------------------------------------------
@@ -119,108 +114,6 @@ class DeletionCheck:
         return self.score - self.random_score
 
 
-# ---- Shapley values of a game --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Shapley:
-    values: np.ndarray
-    base: float
-    full: float
-    method: str
-    n_evals: int
-
-
-@dataclass(frozen=True, eq=False)
-class Coalitions:
-    """The coalitions to score for one game, and how to turn their values into Shapley values.
-
-    Planning and solving are split so that the games of many users can be scored together, in one
-    model call per batch of coalitions (`Explainer.global_view`), and still give exactly the values
-    each game gives alone.
-    """
-
-    n: int
-    masks: np.ndarray  # bool [m, n]: which players each coalition keeps
-    method: str  # "exact" | "permutation"
-    orders: np.ndarray  # int [n_permutations, n]: permutation method only
-
-    def solve(self, v: np.ndarray) -> _Shapley:
-        v = np.asarray(v, dtype=np.float64).reshape(-1)
-        if self.method == "exact":
-            values, base, full = _solve_exact(v, self.n)
-        else:
-            values, base, full = _solve_permutations(v, self.orders)
-        return _Shapley(values, base, full, self.method, len(self.masks))
-
-
-def plan_coalitions(n: int, max_exact: int = MAX_EXACT, max_evals: int = MAX_EVALS, seed: int = 0) -> Coalitions:
-    """All 2^n coalitions up to `max_exact` players, else antithetic permutations within `max_evals`."""
-    if n <= max_exact:
-        codes = np.arange(2**n, dtype=np.int64)
-        return Coalitions(n, ((codes[:, None] >> np.arange(n)) & 1).astype(bool), "exact", np.zeros((0, n), np.int64))
-    orders = permutation_orders(n, max(max_evals, 2 * (2 * n + 1)) // (2 * n + 1), seed)
-    return Coalitions(n, _permutation_masks(orders), "permutation", orders)
-
-
-def _solve_exact(v: np.ndarray, n: int) -> tuple[np.ndarray, float, float]:
-    codes = np.arange(2**n, dtype=np.int64)
-    sizes = ((codes[:, None] >> np.arange(n)) & 1).sum(1)
-    fact = [math.factorial(s) for s in range(n + 1)]
-    # Weight of a coalition S without player i: |S|! (n - |S| - 1)! / n!
-    weight = np.array([fact[s] * fact[n - s - 1] / fact[n] for s in range(n)] + [0.0])[sizes]
-    values = np.empty(n)
-    for i in range(n):  # n <= MAX_EXACT: a loop over players, each step vectorised over coalitions
-        without = codes[(codes >> i) & 1 == 0]
-        values[i] = np.sum(weight[without] * (v[without | (1 << i)] - v[without]))
-    return values, float(v[0]), float(v[-1])
-
-
-def exact_shapley(value_fn: ValueFn, n: int) -> tuple[np.ndarray, float, float]:
-    """(values, v(empty), v(all)) by scoring all 2^n coalitions in one batch."""
-    plan = plan_coalitions(n, max_exact=n)
-    return _solve_exact(np.asarray(value_fn(plan.masks), dtype=np.float64).reshape(-1), n)
-
-
-def permutation_orders(n: int, n_permutations: int, seed: int = 0) -> np.ndarray:
-    """[n_permutations, n] player orders, the sequence shap's Permutation explainer draws for this seed
-    (each order shuffles the previous one in place), so values match the shap-based version exactly."""
-    rng = np.random.RandomState(seed)  # shap's legacy stream, without touching NumPy's global generator
-    order, out = np.arange(n), np.empty((n_permutations, n), dtype=np.int64)
-    for p in range(n_permutations):  # a few dozen draws; each shuffle depends on the one before
-        rng.shuffle(order)
-        out[p] = order
-    return out
-
-
-def _permutation_masks(orders: np.ndarray) -> np.ndarray:
-    """Per order: the empty coalition, then players added in order up to all, then removed in the same order."""
-    n_perm, n = orders.shape
-    position = np.empty_like(orders)
-    position[np.arange(n_perm)[:, None], orders] = np.arange(n)
-    steps = np.arange(n + 1)[:, None, None]
-    forward = position[None] < steps  # [n + 1, P, n]: the first j players of the order present
-    backward = position[None] >= steps[1:]  # [n, P, n]: all but the first j
-    return np.concatenate([forward, backward]).transpose(1, 0, 2).reshape(-1, n)
-
-
-def _solve_permutations(v: np.ndarray, orders: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Mean marginal contribution of each player over the forward and the reversed (antithetic) passes."""
-    n_perm, n = orders.shape
-    out = v.reshape(n_perm, 2 * n + 1)
-    gains = (out[:, 1:n + 1] - out[:, :n]) + (out[:, n:2 * n] - out[:, n + 1:])  # by position in the order
-    values = np.zeros(n)
-    np.add.at(values, orders.ravel(), gains.ravel())
-    return values / (2 * n_perm), float(out[-1, 0]), float(out[-1, n])
-
-
-def shapley(value_fn: ValueFn, n: int, max_exact: int = MAX_EXACT, max_evals: int = MAX_EVALS,
-            seed: int = 0) -> _Shapley:
-    """Shapley values of an n-player game: exact up to `max_exact` players, else permutation sampling."""
-    plan = plan_coalitions(n, max_exact, max_evals, seed)
-    return plan.solve(value_fn(plan.masks))
-
-
 def warm_up() -> None:
     """Kept for callers that warmed shap's JIT: the sampler is plain NumPy now, nothing to compile."""
 
@@ -244,21 +137,6 @@ def masked_histories(history: np.ndarray, keep: np.ndarray) -> list[np.ndarray]:
     """One history per row of `keep` [m, len(history)]: the kept items, order preserved."""
     _, cols = np.nonzero(keep)  # row-major: each row's columns come out in ascending order
     return np.split(history[cols], np.cumsum(keep.sum(axis=1))[:-1])
-
-
-def history_game(model: Recommender, history: np.ndarray, item: int, membership: np.ndarray) -> ValueFn:
-    """Value of a coalition = the item's score on the history keeping the positions whose players are all on.
-
-    `membership` [n_players, len(history)] says which players each position depends on; a position
-    is dropped as soon as one of its players is off.
-    """
-    member = membership.astype(np.float32)
-
-    def value(masks: np.ndarray) -> np.ndarray:
-        keep = ((~masks).astype(np.float32) @ member) == 0
-        return score_column(model, masked_histories(history, keep), item)
-
-    return value
 
 
 def _as_history(history: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -342,12 +220,11 @@ class _Game:
                            result.n_evals, time.perf_counter() - start, self.members, self.items)
 
 
-
 class Explainer:
     """Explanations of one model's recommendations on one dataset, cached per (kind, history, item, budget).
 
-    One Explainer per model and dataset version: a page keeps one per `model.identity` (behind
-    `st.cache_resource`), and sessions share it, so its cache is the thread-safe `KeyedCache`.
+    One Explainer per model and dataset version (`explainer_for`): pages, sessions and the blurb writer
+    share it, so its cache is the thread-safe `KeyedCache`.
     """
 
     def __init__(self, model: Recommender, dataset: Dataset | None = None, *, max_exact: int = MAX_EXACT,
@@ -542,6 +419,18 @@ class Explainer:
             scorer.report()
         columns = ["row", "kind", "label", "value", "feature", "item"]
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+
+
+_EXPLAINERS: KeyedCache[Explainer] = KeyedCache(MAX_EXPLAINERS)
+
+
+def explainer_for(model: Recommender, dataset: Dataset, version: str) -> Explainer:
+    """The one Explainer (default settings) of `model` on `dataset`, shared by every caller in this process.
+
+    `version` names the dataset's content (e.g. a saved dataset's name, save time and folder): the
+    explanations use its titles and attributes, so another version of the data gets its own Explainer.
+    """
+    return _EXPLAINERS.get_or_compute((model.identity, version), lambda: Explainer(model, dataset))
 
 
 GROUP_ROWS = 16_384  # coalitions planned at a time: bounds memory, and progress moves every group
