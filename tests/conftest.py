@@ -7,7 +7,8 @@ import os
 import pytest
 import torch
 
-from recsys_core.blurbs import llm
+from recsys_core.blurbs import loading
+from recsys_core.blurbs.local import local_default_backend
 from recsys_core.threads import INTERACTIVE_ENV, cores
 
 # The app limits interactive work to one thread; page tests run in this process beside training tests,
@@ -28,11 +29,11 @@ def local_backend(tmp_path_factory: pytest.TempPathFactory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setenv("TRANSFORMERS_OFFLINE", "1")
-        llm.forget_loaded()
-        backend = llm.local_default_backend(cache, device="cpu")
+        loading.forget_loaded()
+        backend = local_default_backend(cache, device="cpu")
         lm = backend.load()
         yield backend, lm, cache
-    llm.forget_loaded()
+    loading.forget_loaded()
 
 
 @pytest.fixture(scope="module")

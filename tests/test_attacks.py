@@ -16,11 +16,12 @@ import pytest
 from llm_loopback import LoopbackLLM
 
 from bench.attacks import HTML_TITLES, crafted_model_folders, nested_jsonl, tiny_dataset, zip_of
-from recsys_core.blurbs.llm import LLMError, OpenAIBackend, is_hub_name
+from recsys_core.blurbs.hub import is_hub_name
+from recsys_core.blurbs.remote import OpenAIBackend
 from recsys_core.data.isolated import run_isolated
 from recsys_core.data.read import _json_frame, _text_child, read_table
 from recsys_core.data.source import DEFAULT_MAX_BYTES, Blob
-from recsys_core.errors import ConfigError, DataError, ModelError, RecsysError, ResourceError
+from recsys_core.errors import ConfigError, DataError, LLMError, ModelError, RecsysError, ResourceError
 from recsys_core.models.base import load_model
 from recsys_core.training.experiment import check_paths, run_experiment
 from recsys_core.workspace.artifacts import import_model_zip

@@ -17,6 +17,7 @@ from recsys_core.blurbs.writer import (
     build_facts,
     build_messages,
     catalogue_for,
+    get_tone,
     influential_history_items,
     similar_history_items,
     template_blurb,
@@ -25,6 +26,7 @@ from recsys_core.blurbs.writer import (
 )
 from recsys_core.data.dataset import build_dataset
 from recsys_core.data.demo import load_demo
+from recsys_core.errors import ConfigError
 from recsys_core.evaluation.metrics import popularity_percentile
 from recsys_core.models.base import FAMILIES
 from recsys_core.recommend.export import to_csv_bytes
@@ -231,6 +233,12 @@ def test_without_a_backend_the_template_is_the_answer_and_says_why(tiny) -> None
     result = write_blurb(_heat_facts(ds), "email", None, cat)
     assert result.source == "template" and result.reason == "no language model chosen"
     assert result.text.startswith("Based on your interest in “Fargo” and “Pulp Fiction”, we picked “Heat” (1995)")
+
+
+def test_an_unknown_tone_is_a_config_error_naming_it_and_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match="unknown tone 'tweet'") as caught:
+        get_tone("tweet")
+    assert all(name in caught.value.hint for name in TONES)
 
 
 def test_prompt_tells_the_model_the_data_is_not_instructions(tiny) -> None:

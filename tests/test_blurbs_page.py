@@ -14,7 +14,8 @@ import pytest
 from apptest_util import navigation_mode, open_app  # noqa: F401
 from llm_loopback import LoopbackLLM
 
-from recsys_core.blurbs import llm
+from recsys_core.blurbs import hub, loading
+from recsys_core.blurbs.local import local_default_backend
 from recsys_core.workspace.jobs import JobStore
 from recsys_core.workspace.registry import Workspace
 
@@ -167,13 +168,13 @@ def test_a_running_batch_shows_progress_and_cancel_stops_it_within_2_s(ws_root: 
 
 
 def test_a_typed_hub_name_is_refused_with_what_to_do(ws_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(llm.ENV_ALLOW_HUB, raising=False)
+    monkeypatch.delenv(hub.ENV_ALLOW_HUB, raising=False)
     at = open_app("views/blurbs.py", timeout_s=TIMEOUT_S)
     at.radio(key="blurbs_backend").set_value("hf").run(timeout=TIMEOUT_S)
     at.text_input(key="blurbs_hf_model").input("someorg/not-a-real-model").run(timeout=TIMEOUT_S)
     errors = "\n".join(str(e.value) for e in at.error).replace("\\", "")  # markdown escapes dropped
-    assert "downloading models from the Hugging Face hub is off" in errors and llm.ENV_ALLOW_HUB in errors
-    assert not any("someorg/not-a-real-model" in str(k) for k in llm._STATUS)  # no load was even started
+    assert "downloading models from the Hugging Face hub is off" in errors and hub.ENV_ALLOW_HUB in errors
+    assert "someorg/not-a-real-model" not in str(loading._STATUS.keys())  # no load was even started
 
 
 def test_the_servers_warm_up_loads_the_bundled_model_once_from_the_workspace_copy(
@@ -182,7 +183,7 @@ def test_the_servers_warm_up_loads_the_bundled_model_once_from_the_workspace_cop
 
     *_, cache = local_backend
     (ws_root / "llm").mkdir(parents=True)
-    (ws_root / "llm" / llm.DEFAULT_DIRNAME).symlink_to(cache / llm.DEFAULT_DIRNAME)  # converted by a previous run
+    (ws_root / "llm" / loading.DEFAULT_DIRNAME).symlink_to(cache / loading.DEFAULT_DIRNAME)  # converted by a previous run
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv(warmup.WARMUP_ENV, "1")
     monkeypatch.setattr(warmup, "_started", {})
@@ -190,11 +191,11 @@ def test_the_servers_warm_up_loads_the_bundled_model_once_from_the_workspace_cop
     first, second = warmup.start_warmups(), warmup.start_warmups()
     assert list(first) == ["local-llm"] and first["local-llm"] is second["local-llm"]  # once per process
     first["local-llm"].join(TIMEOUT_S)
-    backend = llm.local_default_backend(Workspace(ws_root).root / "llm")
+    backend = local_default_backend(Workspace(ws_root).root / "llm")
     try:
         assert backend.is_loaded() and backend.status().state == "loaded"
         assert backend.load().loaded_from == "converted"
         at = open_app("views/blurbs.py", timeout_s=TIMEOUT_S)  # a visitor arriving now waits for nothing
         assert "Model ready" in _texts(at)
     finally:
-        llm.forget_loaded(backend.key())
+        loading.forget_loaded(backend.key())

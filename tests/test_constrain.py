@@ -12,7 +12,7 @@ from llm_loopback import LoopbackLLM
 
 from recsys_core.blurbs.constrain import FactLogitsProcessor
 from recsys_core.blurbs.grounding import Vocabulary, check_blurb, fold, tokens, vocabulary
-from recsys_core.blurbs.llm import OpenAIBackend
+from recsys_core.blurbs.remote import OpenAIBackend
 from recsys_core.blurbs.writer import TONES, BlurbStream, build_facts, build_messages, catalogue_for, guide_for
 from recsys_core.data.demo import load_demo
 

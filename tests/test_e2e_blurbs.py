@@ -112,12 +112,12 @@ def test_a_rejected_draft_is_never_in_the_dom(tmp_path: Path, no_server_llm: Non
 
 def test_the_warm_up_loads_the_local_model_before_the_first_blurb(tmp_path: Path, local_backend,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from recsys_core.blurbs import llm
+    from recsys_core.blurbs.loading import DEFAULT_DIRNAME
 
     expect = pytest.importorskip("playwright.sync_api", reason="playwright (Python) is not installed").expect
     *_, cache = local_backend
     (tmp_path / "workspace" / "llm").mkdir(parents=True)  # as after an earlier server converted the GGUF here
-    (tmp_path / "workspace" / "llm" / llm.DEFAULT_DIRNAME).symlink_to(cache / llm.DEFAULT_DIRNAME)
+    (tmp_path / "workspace" / "llm" / DEFAULT_DIRNAME).symlink_to(cache / DEFAULT_DIRNAME)
     monkeypatch.setenv("RECSYS_WARMUP", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("RECSYS_INTERACTIVE_THREADS", "1")  # the server's default (conftest raises it for tests)

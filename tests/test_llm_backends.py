@@ -1,7 +1,8 @@
 """LLM backends for real: the bundled SmolLM2 loads offline and writes, and an OpenAI-compatible server
 (a real HTTP server on loopback) streams, answers whole, or fails in every way a user can meet, each
-failure becoming a clear message and the template blurb. Prompt injection planted in item data never
-reaches the final blurb, whatever the model does.
+failure becoming a clear message with what to do and the template blurb. Every backend answers one face
+(`backend.Backend`); models load once per process into a bounded cache, even when many sessions ask at
+once. Prompt injection planted in item data never reaches the final blurb, whatever the model does.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,9 +20,11 @@ import pytest
 from llm_loopback import LoopbackLLM, refused_url
 from movie_fixtures import movie_dataset, movie_items
 
-from recsys_core.blurbs import llm
+from recsys_core.blurbs import loading
+from recsys_core.blurbs.backend import Backend, GenerationStats
 from recsys_core.blurbs.grounding import check_blurb
-from recsys_core.blurbs.llm import LLMError, OpenAIBackend, local_default_backend
+from recsys_core.blurbs.local import TransformersBackend, local_default_backend
+from recsys_core.blurbs.remote import OpenAIBackend
 from recsys_core.blurbs.writer import (
     TONES,
     BlurbCache,
@@ -32,7 +36,9 @@ from recsys_core.blurbs.writer import (
     template_blurb,
     write_blurb,
 )
+from recsys_core.cache import KeyedCache
 from recsys_core.data.dataset import build_dataset
+from recsys_core.errors import LLMError, ModelError, RecsysError
 from recsys_core.models.base import FAMILIES
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi."}]
@@ -56,10 +62,10 @@ def test_default_model_loads_offline_from_the_wheel_and_writes(local_backend) ->
 def test_second_load_reads_the_converted_safetensors_copy_with_the_same_weights(local_backend,
                                                                                 monkeypatch) -> None:
     backend, first, cache = local_backend
-    folder = cache / llm.DEFAULT_DIRNAME
+    folder = cache / loading.DEFAULT_DIRNAME
     assert (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    llm.forget_loaded()
+    loading.forget_loaded()
     second = local_default_backend(cache, device="cpu")
     lm = second.load()
     assert lm.loaded_from == "converted"
@@ -71,14 +77,14 @@ def test_second_load_reads_the_converted_safetensors_copy_with_the_same_weights(
 
 def test_any_causal_lm_folder_loads_through_the_same_path(local_backend) -> None:
     *_, cache = local_backend
-    folder = llm.TransformersBackend(str(cache / llm.DEFAULT_DIRNAME), device="cpu")
-    assert folder.id == f"hf:{llm.DEFAULT_DIRNAME}"
+    folder = TransformersBackend(str(cache / loading.DEFAULT_DIRNAME), device="cpu")
+    assert folder.id == f"hf:{loading.DEFAULT_DIRNAME}"
     reply = "".join(folder.generate(MESSAGES, max_new_tokens=4))
     assert folder.load().loaded_from == "pretrained" and reply.strip()
 
 
 def test_a_missing_local_model_folder_is_a_clear_error(tmp_path: Path) -> None:
-    backend = llm.TransformersBackend(str(tmp_path / "nowhere"))
+    backend = TransformersBackend(str(tmp_path / "nowhere"))
     with pytest.raises(LLMError, match="could not load the language model"):
         list(backend.generate(MESSAGES, max_new_tokens=2))
 
@@ -92,8 +98,8 @@ def _python(code: str, env: dict, timeout: float = 120) -> subprocess.CompletedP
 def test_the_converted_copy_is_reused_by_a_fresh_process_and_no_temp_folder_is_left(local_backend) -> None:
     """A server restart (a new process) reads the converted copy the first process wrote; no GGUF again."""
     *_, cache = local_backend
-    code = ("import json, sys; from recsys_core.blurbs import llm; "
-            f"lm = llm.local_default_backend({str(cache)!r}, device='cpu').load(); "
+    code = ("import json, sys; from recsys_core.blurbs.local import local_default_backend; "
+            f"lm = local_default_backend({str(cache)!r}, device='cpu').load(); "
             "print(json.dumps({'from': lm.loaded_from, 's': lm.load_s}))")
     out = _python(code, {"HF_HUB_OFFLINE": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
@@ -112,17 +118,106 @@ def test_a_killed_conversion_leaves_no_copy_and_its_leftovers_are_swept(local_ba
                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True, capture_output=True,
                           text=True)
-    target = tmp_path / "llm" / llm.DEFAULT_DIRNAME
+    target = tmp_path / "llm" / loading.DEFAULT_DIRNAME
     torn = target.with_name(f".{target.name}.tmp-{int(dead.stdout)}-1")  # what a kill during the write leaves
     torn.mkdir(parents=True)
     (torn / "model.safetensors").write_bytes(b"half a file")
-    assert not llm._is_converted(target)  # nothing under the real name: the next load converts again
-    llm._save_converted(tiny, lm.tokenizer, target)
-    assert llm._is_converted(target) and not torn.exists()
+    assert not loading.is_converted(target)  # nothing under the real name: the next load converts again
+    loading._save_converted(tiny, lm.tokenizer, target)
+    assert loading.is_converted(target) and not torn.exists()
     first = (target / "model.safetensors").stat().st_mtime_ns
-    llm._save_converted(tiny, lm.tokenizer, target)  # another process converting at the same time, finishing later
+    loading._save_converted(tiny, lm.tokenizer, target)  # another process converting at the same time, finishing later
     assert (target / "model.safetensors").stat().st_mtime_ns == first
     assert [p.name for p in target.parent.iterdir()] == [target.name]
+
+
+def test_a_temp_folder_is_its_owners_only_while_a_process_that_started_before_it_lives(tmp_path: Path) -> None:
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    folder = tmp_path / f".{loading.DEFAULT_DIRNAME}.tmp-{sleeper.pid}-1"
+    try:
+        folder.mkdir()
+        assert loading._tmp_owner_alive(folder)  # its process started first: it may still be writing
+        long_ago = time.time() - 3600
+        os.utime(folder, (long_ago, long_ago))
+        assert not loading._tmp_owner_alive(folder)  # the process is younger than the folder: a reused pid
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    os.utime(folder)
+    assert not loading._tmp_owner_alive(folder)  # the owner is gone
+    assert not loading._tmp_owner_alive(tmp_path / f".{loading.DEFAULT_DIRNAME}.tmp-nopid-1")
+
+
+# ---- one load per model, bounded, with a status a page can show ----------------------------------
+
+
+@pytest.fixture
+def fake_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Loading without weights: each load takes 0.2 s and is recorded; sources starting "broken" fail. The
+    caches are fresh and hold two models, so the session's real model is left alone."""
+    calls: list[str] = []
+
+    def load(source: str, gguf_file, convert_to, device: str) -> loading.LoadedLM:
+        calls.append(source)
+        time.sleep(0.2)
+        if source.startswith("broken"):
+            raise LLMError(f"could not load the language model {source}", hint="check the folder")
+        return loading.LoadedLM(object(), object(), device, 0.2, "pretrained", threading.Lock())
+
+    monkeypatch.setattr(loading, "_LOADED", KeyedCache(2))
+    monkeypatch.setattr(loading, "_STATUS", KeyedCache(8))
+    monkeypatch.setattr(loading, "_load_uncached", load)
+    return calls
+
+
+def test_sessions_asking_for_one_model_at_once_load_it_once(fake_loads: list[str]) -> None:
+    backend = TransformersBackend("models/a", device="cpu")
+    assert backend.status().state == "idle" and not backend.is_loaded()
+    start, loaded = threading.Barrier(4), []
+
+    def ask() -> None:
+        start.wait()
+        loaded.append(backend.load())
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert fake_loads == ["models/a"] and len(loaded) == 4 and all(lm is loaded[0] for lm in loaded)
+    assert backend.is_loaded() and backend.status().state == "loaded"
+    loading.forget_loaded(backend.key())
+    assert not backend.is_loaded() and backend.status().state == "idle"
+
+
+def test_a_failed_load_says_why_and_the_next_asks_again(fake_loads: list[str]) -> None:
+    backend = TransformersBackend("broken/model", device="cpu")
+    for _ in range(2):
+        with pytest.raises(LLMError, match="could not load"):
+            backend.load()
+    status = backend.status()
+    assert status.state == "failed" and "could not load" in status.error and fake_loads == ["broken/model"] * 2
+
+
+def test_at_most_max_loaded_models_stay_and_a_dropped_one_is_idle_again(fake_loads: list[str]) -> None:
+    first, second, third = (TransformersBackend(f"models/{n}", device="cpu") for n in "abc")
+    for backend in (first, second, third):
+        backend.load()
+    assert not first.is_loaded() and first.status().state == "idle"  # the least recently used went first
+    assert second.is_loaded() and third.status().state == "loaded"
+
+
+def test_a_background_load_starts_once_and_a_page_sees_it_through(fake_loads: list[str]) -> None:
+    backend = TransformersBackend("models/a", device="cpu")
+    thread = backend.start_loading(warm=False)
+    assert thread is not None and backend.start_loading(warm=False) is None  # already loading: no second load
+    assert backend.status().state == "loading"
+    thread.join(30)
+    assert backend.status().state == "loaded" and fake_loads == ["models/a"]
+    assert backend.start_loading() is None  # loaded: nothing to start
+    failing = TransformersBackend("broken/b", device="cpu")
+    failing.start_loading(warm=False).join(30)
+    assert failing.status().state == "failed" and "check the folder" in failing.status().error
 
 
 _HUB_CHILD = """
@@ -137,20 +232,22 @@ class H(BaseHTTPRequestHandler):
 server = ThreadingHTTPServer(("127.0.0.1", 0), H)
 threading.Thread(target=server.serve_forever, daemon=True).start()
 os.environ["HF_ENDPOINT"] = "http://127.0.0.1:%d" % server.server_address[1]  # before huggingface_hub is imported
-from recsys_core.blurbs import llm
+from recsys_core.blurbs import loading
+from recsys_core.blurbs.local import TransformersBackend
+from recsys_core.errors import LLMError
 out = {}
 for case, env in (("default", {}), ("allowed_but_offline", {"RECSYS_ALLOW_HUB_MODELS": "1", "HF_HUB_OFFLINE": "1"}),
                   ("allowed", {"RECSYS_ALLOW_HUB_MODELS": "1"})):
     os.environ.update(env)
     before = len(seen)
     try:
-        llm.TransformersBackend("someorg/not-a-real-model").load()
+        TransformersBackend("someorg/not-a-real-model").load()
         error = ""
-    except llm.LLMError as err:
+    except LLMError as err:
         error = str(err)
     for name in env:
         os.environ.pop(name)
-    llm.forget_loaded()
+    loading.forget_loaded()
     out[case] = {"error": error, "requests": len(seen) - before}
 print(json.dumps(out))
 """
@@ -211,6 +308,16 @@ def test_only_http_urls_are_accepted() -> None:
     for url in ("file:///etc/passwd", "ftp://example.org", "localhost:11434"):
         with pytest.raises(LLMError, match="http:// or https://"):
             OpenAIBackend(url, "m")
+
+
+def test_every_backend_failure_is_a_model_error_that_says_what_to_do() -> None:
+    cases = [lambda: OpenAIBackend("ftp://example.org", "m"), lambda: OpenAIBackend("http://127.0.0.1:1", " "),
+             lambda: list(OpenAIBackend(refused_url(), "m", timeout_s=2).generate(MESSAGES))]
+    for make in cases:
+        with pytest.raises(LLMError) as caught:
+            make()
+        assert isinstance(caught.value, ModelError) and isinstance(caught.value, RecsysError)
+        assert caught.value.hint and f"What to do: {caught.value.hint}" in str(caught.value)
 
 
 @pytest.fixture(scope="module")
@@ -321,6 +428,39 @@ def test_a_reply_longer_than_the_tone_is_cut_at_the_sentence_limit(tiny) -> None
     with LoopbackLLM(text) as server:
         result = write_blurb(_facts(ds), "push notification", OpenAIBackend(server.url, "tiny"), cat)
     assert result.source == "llm" and result.text == "Heat is tonight's pick for you."
+
+
+class ScriptedBackend(Backend):
+    """A test double with the whole face: writes a fixed reply word by word, and notes an early close."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__("fake:scripted", "scripted")
+        self.reply, self.closed_early = reply, False
+
+    def generate(self, messages, max_new_tokens=120, stream=True, temperature=0.0, guide=None):
+        self.last_stats = stats = GenerationStats()
+        return self._words(stats)
+
+    def _words(self, stats: GenerationStats):
+        try:
+            for word in self.reply.split(" "):
+                stats.tokens += 1
+                yield word + " "
+        except GeneratorExit:
+            self.closed_early = True
+            raise
+
+
+def test_any_backend_with_the_face_writes_and_is_stopped_once_the_tone_is_full(tiny) -> None:
+    """The writer only uses the face: a backend with nothing to load is ready, its tokens are counted from
+    `last_stats`, and its stream is closed as soon as the tone's sentences are written."""
+    ds, cat = tiny
+    backend = ScriptedBackend("Heat is tonight's pick for you. Fargo fans will love it. " * 20)
+    assert backend.status().state == "ready" and backend.is_loaded() and backend.start_loading() is None
+    assert not backend.supports_guide and OpenAIBackend("http://127.0.0.1:1", "m").status().state == "ready"
+    result = write_blurb(_facts(ds), "push notification", backend, cat)
+    assert result.source == "llm" and result.text == "Heat is tonight's pick for you."
+    assert backend.closed_early and result.tokens == backend.last_stats.tokens < 40
 
 
 # ---- prompt injection ----------------------------------------------------------------------------

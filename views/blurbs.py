@@ -1,6 +1,7 @@
 """Blurbs: a language model writes a short text for a recommendation from facts only; every blurb is
 checked against those facts before it is shown, and replaced by a template when it strays. Every step
-is `recsys_core.blurbs.writer` (facts, prompt, check, template) and `recsys_core.blurbs.llm` (backends)."""
+is `recsys_core.blurbs.writer` (facts, prompt, check, template) and a `recsys_core.blurbs.backend.Backend`
+(`local`: a model in this process, `remote`: an OpenAI-compatible server)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import time
 import numpy as np
 import streamlit as st
 
-from recsys_core.blurbs import llm
+from recsys_core.blurbs import hub, local, remote
 from recsys_core.blurbs import writer as blurbs
-from recsys_core.errors import RecsysError
+from recsys_core.blurbs.backend import Backend
+from recsys_core.errors import LLMError, RecsysError
 from recsys_core.evaluation.metrics import popularity_percentile
+from recsys_core.insight import explain
 from recsys_core.progress import Progress
 from recsys_core.recommend.export import to_csv_bytes
 from recsys_core.recommend.topk import recommend
@@ -21,16 +24,11 @@ from views.ui import jobs
 from views.ui.common import md_escape, plural, workspace
 from views.ui.model_state import page_dataset_and_model
 
-try:  # SHAP reasons when the explain engine is installed; item-embedding similarity otherwise
-    from recsys_core.insight import explain
-except ImportError:  # pragma: no cover - explain ships with the app; this keeps the page usable without it
-    explain = None
-
 USER_KEY, ITEM_KEY = "blurbs_user", "blurbs_item"
 RESULT_KEY = "blurbs_result"
 BATCH_KIND = "blurbs"  # workspace job kind of a top-K batch
 BACKENDS = {
-    "local": f"Local: {llm.DEFAULT_LABEL} (offline, bundled)",
+    "local": f"Local: {local.DEFAULT_LABEL} (offline, bundled)",
     "hf": "Hugging Face model (hub name or local folder)",
     "openai": "OpenAI-compatible server (Ollama, vLLM, llama.cpp)",
     "template": "No language model: template only",
@@ -57,18 +55,13 @@ def _cache() -> blurbs.BlurbCache:
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def _explainer(_model, _ds, model_key: str):
-    return explain.Explainer(_model, _ds)
-
-
-@st.cache_resource(show_spinner=False, max_entries=4)
-def _hf_backend(source: str, cache_dir: str | None) -> llm.TransformersBackend:
+def _hf_backend(source: str, cache_dir: str | None) -> local.TransformersBackend:
     """One backend object per model; the weights themselves are loaded once per process and shared by
-    every session (`recsys_core.blurbs.llm.load_lm`; the server's warm-up loads the local one at start)."""
+    every session (`recsys_core.blurbs.loading.load_lm`; the server's warm-up loads the local one at start)."""
     if source == "":
-        return llm.local_default_backend(cache_dir)
-    llm.check_hub_source(source)  # a typed hub name never downloads unless the operator allows it
-    return llm.TransformersBackend(source)
+        return local.local_default_backend(cache_dir)
+    hub.check_hub_source(source)  # a typed hub name never downloads unless the operator allows it
+    return local.TransformersBackend(source)
 
 
 # ---- page setup ----------------------------------------------------------------------------------
@@ -120,43 +113,41 @@ tone = cols[2].selectbox("Tone", list(blurbs.TONES), key="blurbs_tone",
 kind = st.radio("Language model", list(BACKENDS), format_func=BACKENDS.get, key="blurbs_backend", horizontal=True)
 
 
-def _backend() -> tuple[object | None, str]:
+def _backend() -> tuple[Backend | None, str]:
     """The chosen backend (None: template only) and a settings error, if any."""
     try:
         if kind == "local":
             return _hf_backend("", str(workspace().root / "llm")), ""
         if kind == "hf":
-            hub = "allowed on this server" if llm.hub_downloads_allowed() else \
-                f"read from this server's cache only (downloads need {llm.ENV_ALLOW_HUB}=1 from the operator)"
+            where = "allowed on this server" if hub.hub_downloads_allowed() else \
+                f"read from this server's cache only (downloads need {hub.ENV_ALLOW_HUB}=1 from the operator)"
             source = st.text_input("Model name or folder", key="blurbs_hf_model",
                                    placeholder="llm/my-model (inside the workspace) or HuggingFaceTB/SmolLM2-360M-Instruct",
                                    help=f"Any causal language model transformers can load: a folder inside the "
-                                        f"workspace, or a hub name ({hub}).")
+                                        f"workspace, or a hub name ({where}).")
             return (_hf_backend(_jailed_source(source.strip()), None) if source.strip() else None), ""
         if kind == "openai":
             c = st.columns([3, 2, 2, 1])
-            url = c[0].text_input("Server URL", value=os.environ.get(llm.ENV_URL, ""), key="blurbs_url",
-                                  placeholder="http://127.0.0.1:11434", help=f"Default from {llm.ENV_URL}.")
-            name = c[1].text_input("Model", value=os.environ.get(llm.ENV_MODEL, ""), key="blurbs_model",
-                                   placeholder="llama3.2", help=f"Default from {llm.ENV_MODEL}.")
+            url = c[0].text_input("Server URL", value=os.environ.get(remote.ENV_URL, ""), key="blurbs_url",
+                                  placeholder="http://127.0.0.1:11434", help=f"Default from {remote.ENV_URL}.")
+            name = c[1].text_input("Model", value=os.environ.get(remote.ENV_MODEL, ""), key="blurbs_model",
+                                   placeholder="llama3.2", help=f"Default from {remote.ENV_MODEL}.")
             secret = c[2].text_input("API key (optional)", type="password", key="blurbs_api_key",
-                                     help=f"Left empty, the server's {llm.ENV_KEY} is sent only to the server the "
-                                          f"operator configured ({llm.ENV_URL}), never to another URL. Never shown "
+                                     help=f"Left empty, the server's {remote.ENV_KEY} is sent only to the server "
+                                          f"the operator configured ({remote.ENV_URL}), never to another URL. Never shown "
                                           "or stored.")
             timeout = c[3].number_input("Timeout (s)", 1, 600, 30, key="blurbs_timeout")
             if not url.strip():
                 return None, ""
-            return llm.OpenAIBackend.from_env(url, name, secret or None, float(timeout)), ""
-    except llm.LLMError as err:
-        return None, str(err)
-    except RecsysError as err:  # a folder outside the workspace
+            return remote.OpenAIBackend.from_env(url, name, secret or None, float(timeout)), ""
+    except RecsysError as err:  # an unusable setting (LLMError), or a folder outside the workspace
         return None, str(err)
     return None, ""
 
 
 def _jailed_source(source: str) -> str:
     """A hub name as typed; a local folder only inside the workspace (or the operator's allow-list)."""
-    if llm.is_hub_name(source):
+    if hub.is_hub_name(source):
         return source
     return str(workspace().resolve_inside(source, "language model folder"))
 
@@ -166,9 +157,9 @@ if backend_error:
     st.error(f"**Language model settings:** {md_escape(backend_error)} The template will be used.")
 elif backend is None and kind != "template":
     st.info("Fill in the settings above to use this language model; until then the template is used.")
-elif isinstance(backend, llm.TransformersBackend):
-    status = backend.status()
-    if status.state == "loaded" or backend.is_loaded():
+elif backend is not None:
+    status = backend.status()  # a server is always "ready": nothing to load, nothing to say
+    if status.state == "loaded":
         st.caption(f"Model ready: {md_escape(backend.label)} is loaded in this server process and shared by every "
                    "session.")
     elif status.state == "loading":
@@ -176,21 +167,21 @@ elif isinstance(backend, llm.TransformersBackend):
                    "asked for now waits for it.")
     elif status.state == "idle":
         once = ("converts the bundled GGUF file into the workspace first (once, about 20-60 s)"
-                if backend.will_convert() else "reads the workspace's converted copy (a few seconds)")
+                if status.converting else "reads the workspace's converted copy (a few seconds)")
         st.caption(f"{md_escape(backend.label)} is not loaded yet: the first blurb {once}.")
     elif status.state == "failed":
         st.error(f"**The language model did not load:** {md_escape(status.error)} The template will be used.")
-if getattr(backend, "supports_guide", False):
+if backend is not None and backend.supports_guide:
     st.caption("In-process models are steered as they write: the blurb opens with the liked item and the "
                "recommendation, and names, numbers and genres outside the facts are masked out token by token. "
                "A server only gets the prompt; every draft, from either, is checked.")
 
 # ---- facts ---------------------------------------------------------------------------------------
 
-use_shap = explain is not None and st.toggle(
+use_shap = st.toggle(
     "Cite the history items SHAP finds most influential", value=True, key="blurbs_shap",
     help="Off: cite the history items most similar to the recommendation by the model's item embeddings.")
-explainer = _explainer(model, ds, model_key) if use_shap else None
+explainer = explain.explainer_for(model, ds, dataset_key) if use_shap else None  # shared with Explain
 pct = popularity_percentile(ds.item_popularity)
 
 
@@ -207,11 +198,11 @@ with st.expander("Facts the model may use (nothing else is sent)", expanded=True
 # ---- one blurb -----------------------------------------------------------------------------------
 
 
-def _wait_for_model(b) -> None:
+def _wait_for_model(b: Backend | None) -> None:
     """Load an in-process model (or wait for the server's warm-up that is loading it), showing how long."""
-    if not isinstance(b, llm.TransformersBackend) or b.is_loaded():
+    if b is None or b.is_loaded():
         return
-    llm.start_loading(b, warm=False)  # no-op while the warm-up already loads it: one load per process
+    b.start_loading(warm=False)  # no-op while the warm-up already loads it: one load per process
     note, deadline = st.empty(), time.monotonic() + 900
     while (status := b.status()).state == "loading" and time.monotonic() < deadline:
         what = ("converting the bundled GGUF file into the workspace (once per workspace, about 20-60 s)"
@@ -231,7 +222,7 @@ def _status_line(event: blurbs.BlurbEvent, words: int, rejected: list[tuple[str,
     return why + f"Writing draft {event.draft}... {plural(words, 'word')} so far (shown once it passes the check)."
 
 
-def _write(b) -> blurbs.BlurbResult:
+def _write(b: Backend | None) -> blurbs.BlurbResult:
     """Write with the drafts kept in a hidden buffer: the page shows only status until the check passes, so
     no rejected draft ever reaches the browser."""
     _wait_for_model(b)
@@ -292,14 +283,14 @@ batch_params = {"model": model_key, "user": str(ds.user_ids[user]), "k": k, "ton
 running = jobs.current(BATCH_KIND, record.name, batch_params)
 
 
-def _batch_work(b, u: int, top: int, tone_name: str, shap_explainer):
+def _batch_work(b: Backend | None, u: int, top: int, tone_name: str, shap_explainer: explain.Explainer | None):
     """The job's work, with this run's choices bound (a rerun of the page must not change a running job)."""
     def work(progress: Progress) -> dict:
-        if isinstance(b, llm.TransformersBackend) and not b.is_loaded():
+        if b is not None and not b.is_loaded():
             progress.update(0, top, message="loading the language model (once per server process)")
             try:
                 b.load()  # waits for the warm-up's load if it is still running: one copy per process
-            except llm.LLMError:
+            except LLMError:
                 pass  # every blurb then falls back to the template, with this reason
         table = blurbs.batch_blurbs(
             ds, model, [u], top, b, tone_name, model_id=model_key, catalogue=catalogue, cache=_cache(),

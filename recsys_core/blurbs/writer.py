@@ -3,8 +3,8 @@
 The path of one blurb: `build_facts` collects what may be said (the item's title, year and
 attributes, the user's most influential history items, the item's popularity in words), all item
 text sanitised (`grounding.sanitize`). `build_messages` puts the facts in a delimited DATA block the
-model is told never to obey. A backend (`recsys_core.blurbs.llm`) streams the reply; an in-process model is
-also steered (`guide_for`: the reply opens with the liked item and the title, and `recsys_core.blurbs.constrain` masks any
+model is told never to obey. A backend (`recsys_core.blurbs.backend.Backend`) streams the reply; an
+in-process model is also steered (`guide_for`: the reply opens with the liked item and the title, and `recsys_core.blurbs.constrain` masks any
 name, number or genre outside the facts as it writes). `tidy` trims the reply to the
 tone's length; `grounding.check_blurb` rejects it if it names any title, attribute or number that is
 not in the facts (or echoes withheld text, shouts, links...). A rejected blurb is regenerated with
@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from recsys_core.blurbs.backend import Backend, Message
 from recsys_core.blurbs.constrain import Guide
 from recsys_core.blurbs.grounding import (
     MAX_ATTRIBUTE_CHARS,
@@ -39,11 +40,12 @@ from recsys_core.blurbs.grounding import (
     sanitize,
     vocabulary,
 )
-from recsys_core.blurbs.llm import Backend, LLMError, Message
 from recsys_core.cache import KeyedCache
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.item_schema import MULTI_SEPARATOR, TEXT_ATTRIBUTES, YEAR, attribute_values
+from recsys_core.errors import ConfigError, LLMError, RecsysError
 from recsys_core.evaluation.metrics import popularity_percentile
+from recsys_core.insight.explain import Explainer
 from recsys_core.models.base import Recommender
 from recsys_core.progress import Progress
 
@@ -78,7 +80,7 @@ TONES: dict[str, Tone] = {
 
 def get_tone(name: str) -> Tone:
     if name not in TONES:
-        raise ValueError(f"unknown tone {name!r}; choose one of {', '.join(TONES)}")
+        raise ConfigError(f"unknown tone {name!r}", hint=f"choose one of: {', '.join(TONES)}")
     return TONES[name]
 
 
@@ -235,9 +237,10 @@ def similar_history_items(model: Recommender, history: np.ndarray, item: int, k:
 
 
 def influential_history_items(model: Recommender, history: np.ndarray, item: int, k: int = MAX_LIKED,
-                              explainer: object | None = None) -> tuple[np.ndarray, str]:
+                              explainer: Explainer | None = None) -> tuple[np.ndarray, str]:
     """The history items that most raise the model's score for `item`: SHAP values when an explainer is
-    given (`recsys_core.insight.explain.Explainer`), else item-embedding similarity. Says which."""
+    given (the shared one of `recsys_core.insight.explain.explainer_for`), else item-embedding similarity.
+    Says which."""
     if explainer is not None:
         try:
             expl = explainer.explain_history(history, item)
@@ -247,7 +250,7 @@ def influential_history_items(model: Recommender, history: np.ndarray, item: int
             chosen = pd.unique(items[keep][order])[:k]
             if len(chosen):
                 return chosen, f"SHAP values of the model's score for it ({expl.method}, {expl.n_evals} evaluations)"
-        except (AttributeError, ValueError, RuntimeError) as err:  # explain is optional: fall back, say why
+        except (RecsysError, ValueError, RuntimeError) as err:  # SHAP is optional: fall back, say why
             items, how = similar_history_items(model, history, item, k)
             return items, f"{how}; SHAP was unavailable ({err})"
     return similar_history_items(model, history, item, k)
@@ -392,7 +395,7 @@ class BlurbStream:
         self.facts, self.tone = facts, get_tone(tone) if isinstance(tone, str) else tone
         self.backend, self.catalogue, self.retries, self.stream = backend, catalogue, retries, stream
         self.feedback, self.retry_temperature = feedback, retry_temperature
-        self.guided = guided and bool(getattr(backend, "supports_guide", False))
+        self.guided = guided and backend is not None and backend.supports_guide
         self.result: BlurbResult | None = None
 
     def __iter__(self) -> Iterator[str]:
@@ -452,11 +455,8 @@ class BlurbStream:
                 if _sentences_started(so_far) > self.tone.max_sentences or re.search(r"\S\s*\n\s*\n", so_far):
                     break  # tidy would cut what follows anyway: stop the model instead of waiting for it
         finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()  # ends a local generation early / closes the HTTP stream
-        last = getattr(self.backend, "last_stats", None)
-        stats["tokens"] += int(getattr(last, "tokens", 0) or 0)
+            chunks.close()  # ends a local generation early / closes the HTTP stream
+        stats["tokens"] += self.backend.last_stats.tokens
         return "".join(pieces)
 
     def _finish(self, text: str, source: str, reason: str, attempts: list[Attempt], start: float,

@@ -3,7 +3,7 @@
 `start_warmups()` runs every task of `WARM_TASKS` in a daemon thread of its own, once per process
 (later calls return at once: `app.py` calls it on every rerun of every session). Each task must be cheap
 to call twice and safe beside a page that needs the same object: the objects it warms are the shared,
-locked ones pages use (e.g. `recsys_core.blurbs.llm.load_lm`), so a page that arrives first just waits
+locked ones pages use (e.g. `recsys_core.blurbs.loading.load_lm`), so a page that arrives first just waits
 for the same load instead of starting another.
 
 `RECSYS_WARMUP=0` turns every warm-up off (a CI run of page tests that never use them; a server that
@@ -24,14 +24,15 @@ _lock = threading.Lock()
 def _local_llm() -> None:
     """Load the bundled SmolLM2 (from the workspace's converted copy; converting the GGUF into it the
     first time) and write one token, so the Blurbs page's first blurb pays neither."""
-    from recsys_core.blurbs import llm
+    from recsys_core.blurbs.local import local_default_backend
+    from recsys_core.errors import LLMError
     from views.ui.common import workspace
 
     try:
-        backend = llm.local_default_backend(workspace().root / "llm")
-    except llm.LLMError:
+        backend = local_default_backend(workspace().root / "llm")
+    except LLMError:
         return  # the package is missing: the Blurbs page says so and offers the template
-    thread = llm.start_loading(backend)
+    thread = backend.start_loading()
     if thread is not None:
         thread.join()
 
@@ -62,9 +63,9 @@ def _imports() -> None:
     and is not safe to import from two threads at once (a page thread importing the models beside the LLM
     warm-up failed with "cannot import name 'BertConfig'"). Every page imports the models anyway."""
     import recsys_core.models  # noqa: F401  (the pages' own transformers imports)
-    from recsys_core.blurbs import llm
+    from recsys_core.blurbs.loading import import_transformers
 
-    llm.import_transformers()
+    import_transformers()
 
 
 def start_warmups() -> dict[str, threading.Thread]:
