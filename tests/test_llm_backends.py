@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 from llm_loopback import LoopbackLLM, refused_url
 from movie_fixtures import movie_dataset, movie_items
@@ -146,6 +147,19 @@ def test_a_temp_folder_is_its_owners_only_while_a_process_that_started_before_it
     os.utime(folder)
     assert not loading._tmp_owner_alive(folder)  # the owner is gone
     assert not loading._tmp_owner_alive(tmp_path / f".{loading.DEFAULT_DIRNAME}.tmp-nopid-1")
+
+
+def test_a_zombie_owns_no_temp_folder(tmp_path: Path) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])  # exits at once; not waited for yet: a zombie
+    try:
+        deadline = time.monotonic() + 30
+        while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.05)
+        folder = tmp_path / f".{loading.DEFAULT_DIRNAME}.tmp-{child.pid}-1"
+        folder.mkdir()
+        assert not loading._tmp_owner_alive(folder)
+    finally:
+        child.wait()
 
 
 # ---- one load per model, bounded, with a status a page can show ----------------------------------

@@ -229,8 +229,9 @@ def _save_converted(lm, tokenizer, target: Path) -> None:
 
 
 def _tmp_owner_alive(tmp: Path) -> bool:
-    """Whether the process named in a temporary folder's name may still be writing it. A process with that
-    pid that started after the folder last changed is a stranger that reuses the pid: the owner is gone."""
+    """Whether the process named in a temporary folder's name may still be writing it. A zombie writes
+    nothing, and a process with that pid that started after the folder last changed is a stranger reusing
+    the pid: either way the owner is gone."""
     try:
         pid = int(tmp.name.rsplit(".tmp-", 1)[1].split("-")[0])
         changed = tmp.stat().st_mtime
@@ -239,7 +240,8 @@ def _tmp_owner_alive(tmp: Path) -> bool:
     if pid == os.getpid():
         return True
     try:
-        return psutil.Process(pid).create_time() <= changed + 1.0  # create_time is rounded; a second of slack
+        owner = psutil.Process(pid)
+        return owner.status() != psutil.STATUS_ZOMBIE and owner.create_time() <= changed + 1.0  # 1 s: rounding
     except psutil.NoSuchProcess:
         return False
     except psutil.AccessDenied:  # alive, owned by someone else
