@@ -7,6 +7,7 @@ The layer order is written once, in the README ("Layers:" line), and read from t
 from __future__ import annotations
 
 import ast
+import builtins
 import re
 from functools import cache
 from pathlib import Path
@@ -16,8 +17,11 @@ ENGINE = ROOT / "recsys_core"
 BASE = "base"
 # Entry points of child processes open what they are handed by path: above the layer they live in.
 ENTRY_POINTS = {"training/worker.py": {"workspace"}}
-# Folders whose classes are faces: code outside them asks the face, never the class's members or type.
-FACES = {"models": "Recommender", "blurbs": "Backend"}
+# Faces: a root class and the folder of its implementations (every class derived from it or named like it,
+# `...Backend`). Code outside the files that implement a face asks the face, never its members or types; the
+# models' folder as a whole holds family internals (the shared loop, losses, sequence data).
+FACES = {"Recommender": "models", "Backend": "blurbs"}
+WHOLE_FOLDER = {"models"}
 # Measures one family's training step itself (the step is the thing benchmarked), so it reads its internals.
 INTERNALS_BENCHMARKS = {"bench/seq_tune.py"}
 
@@ -122,14 +126,27 @@ def _classes(folder: str) -> dict[str, ast.ClassDef]:
 
 
 def _face_classes(folder: str, root: str) -> dict[str, ast.ClassDef]:
-    """The face class `root` of a folder and every class of the folder derived from it."""
-    classes, found = _classes(folder), {root}
+    """The face class `root` of a folder and every class of the folder derived from it or named like it."""
+    classes = _classes(folder)
+    found = {name for name in classes if name.endswith(root)}
     while True:
         more = {name for name, c in classes.items() if name not in found
                 and any(ast.unparse(b).split(".")[-1] in found for b in c.bases)}
         if not more:
-            return {name: classes[name] for name in found if name in classes}
+            return {name: classes[name] for name in found}
         found |= more
+
+
+def _face_files() -> set[Path]:
+    """Files that implement a face: the models' folder, and each file defining a backend class."""
+    files = set()
+    for root, folder in FACES.items():
+        names = set(_face_classes(folder, root))
+        for path in (ENGINE / folder).glob("*.py"):
+            defined = {n.name for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ClassDef)}
+            if folder in WHOLE_FOLDER or defined & names:
+                files.add(path)
+    return files
 
 
 def _members(node: ast.ClassDef) -> set[str]:
@@ -148,7 +165,7 @@ def face_rules() -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
     """(every member name of a face's classes, the family internals: trailing-underscore fitted attributes and
     private members that the face class itself does not define, the face classes' names)."""
     members, internal, names = set(), set(), set()
-    for folder, root in FACES.items():
+    for root, folder in FACES.items():
         classes = _face_classes(folder, root)
         face = _members(classes[root]) if root in classes else set()
         for name, node in classes.items():
@@ -171,7 +188,7 @@ def probes(source: str) -> list[tuple[int, str]]:
                 found.append((node.lineno, f"{what}(..., {arg.value!r})"))
             types = arg.elts if isinstance(arg, ast.Tuple) else [arg]
             # asking whether something is a model at all (`Recommender`) is the face; a family or backend class is not
-            if what == "isinstance" and any(ast.unparse(t).split(".")[-1] in classes - set(FACES.values())
+            if what == "isinstance" and any(ast.unparse(t).split(".")[-1] in classes - set(FACES)
                                             for t in types):
                 found.append((node.lineno, f"isinstance(..., {ast.unparse(arg)})"))
         elif isinstance(node, ast.Compare) and _names_a_family(node):
@@ -191,8 +208,8 @@ def _names_a_family(node: ast.Compare) -> bool:
 
 
 def _callers() -> list[Path]:
-    inside = [ENGINE / folder for folder in FACES]
-    engine = [p for p in ENGINE.rglob("*.py") if not any(p.is_relative_to(d) for d in inside)]
+    inside = _face_files()
+    engine = [p for p in ENGINE.rglob("*.py") if p not in inside]
     bench = [p for p in (ROOT / "bench").glob("*.py") if p.relative_to(ROOT).as_posix() not in INTERNALS_BENCHMARKS]
     return [*engine, *(ROOT / "views").rglob("*.py"), *bench, ROOT / "app.py"]
 
@@ -215,3 +232,101 @@ def test_the_probe_check_catches_each_kind_of_probe() -> None:
             "backend.supports_guide", "r.model != first.family",
             "isinstance(x, Recommender)", "self._run()"]
     assert [code for code in fine if probes(code)] == []
+
+
+# ---- declared, read, and in the family ----------------------------------------------------------
+
+# Exceptions that never reach a user: they stop work that a cancel button ended, and are caught by its caller.
+CONTROL_FLOW = {"ProjectionCancelled"}
+# Methods a library calls on our subclasses (urllib's redirect handler).
+HOOKS = {"redirect_request"}
+MAX_MODULE_LINES = 600
+
+
+def _parsed(paths) -> dict[Path, ast.Module]:
+    return {p: ast.parse(p.read_text()) for p in paths}
+
+
+def _engine_and_clients() -> list[Path]:
+    return [*ENGINE.rglob("*.py"), *(ROOT / "views").rglob("*.py"), ROOT / "app.py"]
+
+
+def test_every_capability_flag_is_read_outside_the_models() -> None:
+    base = next(n for n in ast.walk(ast.parse((ENGINE / "models" / "base.py").read_text()))
+                if isinstance(n, ast.ClassDef) and n.name == "Capabilities")
+    flags = {n.target.id for n in base.body if isinstance(n, ast.AnnAssign)}
+    read = {n.attr for tree in _parsed(p for p in _engine_and_clients() if "models" not in p.parts).values()
+            for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    assert flags and sorted(flags - read) == []
+
+
+def test_capabilities_are_asked_of_a_configuration_not_a_family_default() -> None:
+    calls = [f"{p.relative_to(ROOT)}:{n.lineno}" for p, tree in _parsed(_engine_and_clients()).items()
+             if "models" not in p.parts for n in ast.walk(tree) if isinstance(n, ast.Call)
+             and ast.unparse(n.func).split(".")[-1] == "capabilities_of" and len(n.args) + len(n.keywords) < 2]
+    assert calls == []
+
+
+def test_every_engine_exception_belongs_to_the_error_family() -> None:
+    classes = {n.name: n for tree in _parsed(ENGINE.rglob("*.py")).values() for n in ast.walk(tree)
+               if isinstance(n, ast.ClassDef)}
+
+    def family(name: str, seen: frozenset = frozenset()) -> bool | None:
+        if name == "RecsysError":
+            return True
+        node = classes.get(name)
+        if node is None or name in seen:
+            return None  # not ours
+        bases = [ast.unparse(b).split(".")[-1] for b in node.bases]
+        return any(family(b, seen | {name}) for b in bases)
+
+    builtin = {n for n in dir(builtins) if n.endswith("Error")}
+    outside = [name for name, node in classes.items() if name not in CONTROL_FLOW and not family(name)
+               and any(ast.unparse(b).split(".")[-1] in builtin | {"Exception"} for b in node.bases)]
+    assert outside == []
+
+
+def test_setting_errors_name_the_setting_not_a_column() -> None:
+    bad = [f"{p.relative_to(ROOT)}:{n.lineno}" for p, tree in _parsed((ENGINE / "models").rglob("*.py")).items()
+           for n in ast.walk(tree) if isinstance(n, ast.Call) and ast.unparse(n.func) == "ConfigError"
+           and any(k.arg == "column" for k in n.keywords)]
+    assert bad == []
+
+
+def test_no_engine_module_reads_proc_by_hand() -> None:
+    assert [p.relative_to(ROOT).as_posix() for p in ENGINE.rglob("*.py") if '"/proc/' in p.read_text()
+            or "f\"/proc/" in p.read_text()] == []
+
+
+def test_engine_modules_stay_small_enough_to_hold_one_concern() -> None:
+    big = {p.relative_to(ROOT).as_posix(): n for p in ENGINE.rglob("*.py")
+           if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert big == {}
+
+
+def _references(trees) -> set[str]:
+    names = set()
+    for tree in trees:
+        for n in ast.walk(tree):
+            if isinstance(n, ast.Name):
+                names.add(n.id)
+            elif isinstance(n, ast.Attribute):
+                names.add(n.attr)
+            elif isinstance(n, ast.alias):
+                names.add(n.name.split(".")[-1])
+    return names
+
+
+def test_no_dead_functions_in_the_engine_or_the_pages() -> None:
+    """Every top-level function and class, and every method, is used by some code or test."""
+    trees = _parsed([*_engine_and_clients(), *(ROOT / "bench").glob("*.py"), *(ROOT / "tests").glob("*.py")])
+    used = _references(trees.values())
+    dead = []
+    for path in _engine_and_clients():
+        for node in trees[path].body:
+            members = node.body if isinstance(node, ast.ClassDef) else []
+            for d in [node, *members]:
+                if isinstance(d, ast.FunctionDef | ast.ClassDef) and not d.name.startswith("__") \
+                        and d.name not in used | HOOKS:
+                    dead.append(f"{path.relative_to(ROOT)}:{d.lineno} {d.name}")
+    assert dead == []

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from recsys_core.errors import ConfigError, ModelError, ResourceError
-from recsys_core.models import loop
+from recsys_core.models import checkpoints, loop
 from recsys_core.models.settings import TrainConfig
 from recsys_core.progress import Progress
 
@@ -251,7 +251,7 @@ def test_resume_from_checkpoint_replays_an_unbroken_run(tmp_path):
     progress = Progress(lambda e: progress.cancel() if e.epoch >= 4 else None)
     first = ToyTask()
     broken = loop.train(first, cfg, CPU, progress)
-    assert broken.stopped == "cancelled" and loop.checkpoint_exists(tmp_path)
+    assert broken.stopped == "cancelled" and checkpoints.checkpoint_exists(tmp_path)
 
     second = ToyTask()  # fresh process, fresh weights: everything comes from the checkpoint
     result = loop.train(second, cfg, CPU)
@@ -281,7 +281,7 @@ def test_a_checkpoint_without_a_format_version_resumes_as_version_0(tmp_path):
     loop.train(straight, TrainConfig(**{**cfg.__dict__, "checkpoint_dir": ""}), CPU)
     progress = Progress(lambda e: progress.cancel() if e.epoch >= 2 else None)
     loop.train(ToyTask(), cfg, CPU, progress)
-    assert json.loads((tmp_path / "checkpoint.json").read_text())["format_version"] == loop.CHECKPOINT_FORMAT_VERSION
+    assert json.loads((tmp_path / "checkpoint.json").read_text())["format_version"] == checkpoints.CHECKPOINT_FORMAT_VERSION
     _edit_checkpoint_meta(tmp_path, lambda m: json.dumps({k: v for k, v in m.items() if k != "format_version"}))
 
     resumed = ToyTask()

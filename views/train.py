@@ -263,7 +263,12 @@ def _expected_time(family: str, overrides: dict, split_kind: str) -> None:
     if not has_training_loop(family_class(family).config_class):
         st.caption("Expected time: one pass over the data (no epochs, so no budget).")
         return
-    if not can_estimate(family, overrides):
+    try:
+        estimable = can_estimate(family, overrides)
+    except RecsysError as err:  # a setting out of its range: the form says so before anything is measured
+        st.caption(f"Expected time: unknown ({md_escape(str(err).splitlines()[0])}).")
+        return
+    if not estimable:
         budget = overrides.get("train.cpu_budget_s") or 0
         bound = f"at most about {human_duration(budget)} of CPU time (the budget)" if budget else "no bound set"
         st.caption(f"Expected time: {bound}; this model reads item texts, so no quick step-rate measurement.")

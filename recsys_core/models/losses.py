@@ -75,10 +75,6 @@ class NegativeSampler:
     """Negatives shared by a batch, drawn with replacement from q = (1 - u) * count^alpha / sum + u / n."""
 
     def __init__(self, counts: np.ndarray, alpha: float, uniform_share: float) -> None:
-        if not 0.0 <= uniform_share <= 1.0:
-            raise ConfigError(f"neg_uniform_share={uniform_share} must lie in 0..1", column="neg_uniform_share")
-        if alpha < 0:
-            raise ConfigError(f"neg_alpha={alpha} must be >= 0 (0 = uniform negatives)", column="neg_alpha")
         weight = np.asarray(counts, dtype=np.float64) ** alpha  # 0 ** 0 = 1: alpha 0 is uniform
         total = weight.sum()
         share = 1.0 if total <= 0 else uniform_share
@@ -133,8 +129,6 @@ def sampled_softmax(pos: torch.Tensor, neg: torch.Tensor, labels: torch.Tensor, 
 
 def gbce_beta(n_negatives: int, n_items: int, t: float) -> float:
     """beta = alpha * (t * (1 - 1/alpha) + 1/alpha), alpha = k / (n - 1) the sampling rate (at most 1)."""
-    if not 0.0 <= t <= 1.0:
-        raise ConfigError(f"gbce_t={t} must lie in 0..1", column="gbce_t", hint="0.75 is the paper's default")
     alpha = min(1.0, n_negatives / max(1, n_items - 1))
     return alpha * (t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
 
