@@ -133,3 +133,26 @@ def test_a_cancelled_run_is_never_served_as_the_best_model(ws_root: Path) -> Non
     at = open_app("views/recommend.py")
     assert not at.exception, at.exception
     assert f"run #{finished.run_id} (popularity, the best NDCG@10 on this dataset)" in _texts(at).replace("\\", "")
+
+
+def test_a_fine_tuning_text_tower_job_shows_its_curves_and_a_zero_shot_one_does_not(ws_root: Path) -> None:
+    """Capabilities come from the job's own settings: fine-tuning has a loss and validation curve."""
+    import os
+
+    from recsys_core.workspace.jobs import JobStore
+
+    open_app()  # the demo lands in the workspace
+    store = JobStore(Workspace(ws_root))
+    curve = {"loss": [[10, 2.5], [20, 2.1]], "val": [[1, {"ndcg@10": 0.05}, 12.0]]}
+    ids = {}
+    for mode in ("fine_tune", "zero_shot"):
+        ids[mode] = store.create(DEMO_NAME, "text_tower", {"mode": mode})
+        store.mark_running(ids[mode], os.getpid())  # alive: this process
+        store.report(ids[mode], fraction=0.5, step=20, total=40, curve=curve)
+    at = open_app("views/train.py")
+    specs = " ".join(c.proto.spec for c in at.get("plotly_chart"))
+    keys = {c.proto.id for c in at.get("plotly_chart")}
+    assert "Training loss" in specs and "Validation NDCG@10" in specs
+    assert len(at.get("plotly_chart")) == 2, keys  # both from the fine-tuning job, none from the zero-shot one
+    for job_id in ids.values():
+        store.finish(job_id, "cancelled")

@@ -223,13 +223,14 @@ def similar_history_items(model: Recommender, history: np.ndarray, item: int, k:
                           ) -> tuple[np.ndarray, str]:
     """The k history items closest to `item` by the model's item embeddings (cosine), and how they were chosen.
 
-    Models without a usable embedding (a 1-d popularity count) cite the most recent items instead.
+    Models whose item vectors carry no similarity (`capabilities.similar_items` false: popularity's counts) cite
+    the most recent items instead.
     """
     history = np.asarray(history, dtype=np.int64)
     unique = pd.unique(history[::-1])  # newest first, duplicates dropped
-    vectors = np.asarray(model.item_embeddings(), dtype=np.float32)
-    if vectors.ndim != 2 or vectors.shape[1] < 2 or not len(unique):
+    if not model.capabilities.similar_items or not len(unique):
         return unique[:k], "the most recent items of the history (this model has no item embeddings to compare)"
+    vectors = np.asarray(model.item_embeddings(), dtype=np.float32)
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     sims = unit[unique] @ unit[int(item)]
     order = np.argsort(-sims, kind="stable")[:k]
