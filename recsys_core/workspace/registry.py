@@ -138,11 +138,12 @@ def fsync_tree(folder: Path) -> None:
     """Flush every file under `folder`, then the folders themselves, so a rename publishes complete files
     even if the machine loses power right after."""
     for path in sorted(folder.rglob("*"), key=lambda p: -len(p.parts)):
-        _fsync(path)
-    _fsync(folder)
+        fsync_path(path)
+    fsync_path(folder)
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush one file or folder (a folder's entry list, so a rename inside it survives a power loss)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
