@@ -143,11 +143,12 @@ def test_popularity_embeddings_reproduce_scores(random_data) -> None:
     np.testing.assert_allclose(model.user_embeddings(hist) @ model.item_embeddings().T, model.score(hist).numpy())
 
 
-def test_ease_refuses_a_catalogue_too_large_for_dense_matrices(random_data) -> None:
+def test_ease_refuses_a_catalogue_above_the_users_own_cap(random_data) -> None:
     ds, _ = random_data
-    with pytest.raises(ResourceError, match="max_items=10") as err:
+    with pytest.raises(ResourceError, match="your cap max_items=10") as err:
         EASE(EASEConfig(max_items=10)).fit(ds)
-    assert "itemknn" in str(err.value)
+    assert "item-kNN" in str(err.value) and "0 = no cap" in str(err.value)
+    assert EASE(EASEConfig(max_items=ds.n_items)).refusal(ds) is None  # the memory decides below the cap
 
 
 def test_ease_rejects_non_positive_l2(random_data) -> None:

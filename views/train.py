@@ -10,9 +10,10 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
+from recsys_core.data.dataset import ORDER_TIMESTAMP
 from recsys_core.data.splits import Split
 from recsys_core.errors import RecsysError
-from recsys_core.models.base import capabilities_of, family_class, load_model
+from recsys_core.models.base import Refusal, capabilities_of, family_class, load_model, refusal_of
 from recsys_core.models.profiles import (
     PROFILES,
     Estimate,
@@ -28,12 +29,14 @@ from recsys_core.training.experiment import check_paths, make_split, memory_esti
 from recsys_core.training.jobs import TrainingJob
 from recsys_core.workspace.artifacts import import_model_zip
 from recsys_core.workspace.jobs import JobRecord, JobStore
+from views.ui import state
 from views.ui.common import _root_key, load_dataset, md_escape, show_data_error, sidebar_dataset_selector, workspace
 from views.ui.model_state import (
     ACTIVE_MODEL_KEY,
     cached_model,
     config_form,
     family_options,
+    run_ending,
     run_label,
     runs_frame,
 )
@@ -68,6 +71,8 @@ def _watched() -> dict[int, bool]:
 def _start(family: str, overrides: dict, split_kind: str) -> bool:
     """Start a job, or show why the settings are refused; whether it started."""
     try:
+        if (refused := refusal_of(family, overrides, ds)) is not None:
+            raise refused.error()  # the button is disabled then; a stale click still gets the reason
         check_paths(family, overrides, workspace())  # the jail: checkpoints and encoders live in the workspace
         memory_estimate_mb(family, overrides, ds.n_items)  # a bad setting is refused here, before a process starts
     except RecsysError as err:
@@ -159,8 +164,11 @@ def _outcome(job: JobRecord, mine: bool) -> None:
         st.error(f"Training {job.status}: {md_escape(job.error)}")
         return
     res, run = job.result, f"Run #{job.run_id}"
+    ending = run_ending(res)
     scores = (f"NDCG@10 {res['metrics']['ndcg@10']:.4f}, HR@10 {res['metrics']['hr@10']:.4f} "
-              f"({res['train_s']:,.1f} s on {res['device']})")
+              f"({res['train_s']:,.1f} s, {res.get('cpu_s', 0.0):,.1f} CPU s on {res['device']}"
+              f"{'; stopped by ' + ending if ending else ''})")
+    _under_trained_note(res, run)
     if job.status == "cancelled":
         st.warning(f"{run} was **cancelled**; the best weights so far were kept, evaluated and saved, labelled "
                    f"'cancelled' (not made the active model): {scores}.")
@@ -173,6 +181,15 @@ def _outcome(job: JobRecord, mine: bool) -> None:
         if mine and job.id not in activated:
             st.session_state[ACTIVE_MODEL_KEY] = res["artifact_dir"]
             activated.add(job.id)
+
+
+def _under_trained_note(res: dict, run: str) -> None:
+    """A warning when a limit stopped the run while its validation was still rising."""
+    if res.get("under_trained"):
+        st.warning(f"{run} is **under-trained**: {res['stop_reason']} stopped it while validation NDCG@10 was still "
+                   f"rising (its best was one of its last two validations), so its score understates the model. "
+                   f"The curve suggests about **{human_duration(res['needs_cpu_s'])} of training CPU time** to early "
+                   f"stopping ({md_escape(res['needs_method'])}): raise the time budget to compare it fairly.")
 
 
 def _job_card(job: JobRecord, mine: bool) -> None:
@@ -252,9 +269,9 @@ def _basic_settings(family: str) -> tuple[Profile, float | None]:
         return profile, None
     minutes = st.number_input("Time budget (CPU minutes)", min_value=0.0, value=profile.cpu_budget_s / 60,
                               step=1.0, format="%g", key=f"train_budget_{preset}",
-                              help="Training stops after the epoch that passes this much CPU time, all threads "
-                                   "counted (0 = no limit); CPU time, so a busy machine trains the same model, only "
-                                   "slower.")
+                              help="Training stops after the epoch that passes this much CPU time (0 = no "
+                                   "limit). A job trains on one thread, so a CPU second is the same work at any load: "
+                                   "a busy machine trains the same model, only slower.")
     return profile, minutes * 60
 
 
@@ -297,29 +314,75 @@ def _estimate_pending(job) -> None:
 
 
 def _estimate_caption(estimate: Estimate) -> None:
-    step = f"{estimate.step_wall_s * 1000:,.0f} ms" if estimate.step_wall_s < 1 else f"{estimate.step_wall_s:.1f} s"
+    step = f"{estimate.step_cpu_s * 1000:,.0f} ms" if estimate.step_cpu_s < 1 else f"{estimate.step_cpu_s:.1f} s"
     bound = {"cpu_budget": "the time budget", "max_steps": "the step cap", "epochs": "the epochs"}[estimate.bound]
-    st.markdown(f"**Expected time: {estimate.text()}** (measured on this machine now: {step} a step, "
-                f"{estimate.steps_per_epoch:,} steps an epoch; the end is bounded by {bound}).")
+    earliest = "early stopping at its earliest" if estimate.early_stopping else bound
+    st.markdown(f"**Expected time: {estimate.text()}**")
+    st.caption(f"From {earliest} to {bound}: at most {estimate.planned_steps:,} steps of {step} CPU time each "
+               f"({estimate.steps_per_epoch:,} an epoch), with validation, start-up and the final evaluation; measured "
+               f"on this machine now, on {estimate.threads} thread(s). The minutes assume the load stays as measured "
+               f"({estimate.measured_load:.1f}); the CPU time does not depend on it.")
+
+
+def _refusal(family: str, overrides: dict | None = None) -> Refusal | None:
+    """Why `family` with `overrides` cannot train on this dataset, or None (a setting out of its range is not a
+    refusal of the data: the settings check reports it)."""
+    try:
+        return refusal_of(family, overrides, ds)
+    except RecsysError:
+        return None
+
+
+def _family_picker() -> str:
+    """The model family, kept in the URL (`?model=`); families this data refuses with their defaults are marked,
+    and the first one offered is the default."""
+    families = family_options()
+    refused = [f for f in families if _refusal(f) is not None]
+    offered = [f for f in families if f not in refused]
+    state.bind("train_family", "model", offered[0] if offered else families[0], options=families)
+    family = st.selectbox("Model", families, key="train_family",
+                          format_func=lambda f: family_class(f).description + (" (not offered on this data)"
+                                                                               if f in refused else ""))
+    if refused:
+        names = ", ".join(family_class(f).description.split(":")[0] for f in refused)
+        st.caption(f"Not offered on this data with their defaults: {md_escape(names)}. Pick one to see why and "
+                   "what would make it run.")
+    return family
+
+
+def _split_picker() -> str:
+    """Leave-one-out always; the temporal split only on data with real timestamps."""
+    kinds = ["leave_one_out", "temporal"] if ds.order == ORDER_TIMESTAMP else ["leave_one_out"]
+    if st.session_state.get("train_split") not in kinds:
+        st.session_state.pop("train_split", None)  # e.g. "temporal" chosen on another dataset
+    kind = st.selectbox("Split", kinds, key="train_split",
+                        help="Leave-one-out: each user's last item is test, second-to-last validation. Temporal: "
+                             "a global time cut.")
+    if len(kinds) == 1:
+        st.caption("Temporal split: not offered, this data has no timestamps (add a timestamp column to use it).")
+    return kind
 
 
 def _form(any_running: bool) -> None:
     box = st.expander("Start another training job (it shares the CPU with the running one)") if any_running \
         else st.container()
     with box:
-        family = st.selectbox("Model", family_options(), key="train_family",
-                              format_func=lambda f: family_class(f).description)
+        family = _family_picker()
         profile, budget_s = _basic_settings(family)
         with st.expander("Advanced settings"):
-            split_kind = st.selectbox("Split", ["leave_one_out", "temporal"], key="train_split",
-                                      help="Leave-one-out: each user's last item is test, second-to-last "
-                                           "validation. Temporal: a global time cut.")
+            split_kind = _split_picker()
             overrides = config_form(family, f"train_cfg_{profile.name}", base=profile.overrides(family),
                                     skip={"train.cpu_budget_s"})
         if budget_s is not None:
             overrides["train.cpu_budget_s"] = float(budget_s)
-        _expected_time(family, overrides, split_kind)
-        submitted = st.button("Start training", type="primary", key="train_start")
+        refused = _refusal(family, overrides)
+        if refused is None:
+            _expected_time(family, overrides, split_kind)
+        else:
+            st.error(f"**Not offered on this data:** {md_escape(refused.reason)}.\n\n"
+                     f"**What to do:** {md_escape(refused.fix)}.", icon=":material/block:")
+        submitted = st.button("Start training", type="primary", key="train_start", disabled=refused is not None,
+                              help=None if refused is None else "This model cannot run on this data; see why above.")
     if submitted and _start(family, overrides, split_kind):
         st.rerun()
 

@@ -46,12 +46,25 @@ class Capabilities:
     training_curves: bool = False  # `training_history` holds per-epoch loss / validation metrics (live curves)
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Why a configured model cannot train on a dataset (`reason`) and what to do instead (`fix`)."""
+
+    reason: str
+    fix: str
+    kind: type[RecsysError] = ConfigError  # the error `fit` raises for it
+
+    def error(self) -> RecsysError:
+        return self.kind(self.reason, hint=self.fix)
+
+
 class Recommender(ABC):
     """Scores every catalogue item for any list of item-index histories."""
 
     family: ClassVar[str]
     description: ClassVar[str]  # one line for pickers: "Name: what it is"
     config_class: ClassVar[type]
+    order_free_hint: ClassVar[str] = ""  # the settings that make an order-aware family ignore the order, if any
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.config_class()
@@ -123,6 +136,17 @@ class Recommender(ABC):
     def training_device(self) -> str:
         """Where the model trained or runs: "cuda", "mps" or "cpu" (closed-form models compute on the CPU)."""
         return "cpu"
+
+    def refusal(self, dataset: Dataset) -> Refusal | None:
+        """Why this configured model cannot train on `dataset` (its order provenance, its size), or None: forms
+        ask before they offer a model, and a fit refuses the same way."""
+        if self.capabilities.order_aware and not dataset.is_ordered:
+            return Refusal(f"{self.family} needs the order of each user's interactions, and {dataset.name!r} has "
+                           "no timestamps, so that order is unknown (a file sorted by item id would teach it "
+                           "'next id = last id + 1')",
+                           "add a timestamp column, or say the file is in time order on the Data page"
+                           + (f"; or {self.order_free_hint}" if self.order_free_hint else ""))
+        return None
 
     def training_memory(self, n_items: int) -> int | None:
         """Estimated peak bytes of one training step on a catalogue of `n_items` (None: no estimate)."""
@@ -207,10 +231,20 @@ def capabilities_of(family: str, config: Any = None) -> Capabilities:
     config instance, or a dict of its settings (flat or nested, as a form or a run record holds them; a name this
     version does not know is left out); None means the defaults. Some answers depend on the config (a fine-tuned
     text tower has training curves, a zero-shot one has not), so callers that know the config pass it."""
+    return _configured(family, config).capabilities
+
+
+def refusal_of(family: str, config: Any, dataset: Dataset) -> Refusal | None:
+    """`refusal(dataset)` of a model of `family` with `config` (as `capabilities_of` takes it), training nothing."""
+    return _configured(family, config).refusal(dataset)
+
+
+def _configured(family: str, config: Any) -> Recommender:
+    """An untrained model of `family` with `config` (an instance, a flat or nested dict, or None: defaults)."""
     cls = family_class(family)
     if isinstance(config, dict):
         config = build_config(cls.config_class, _known_settings(cls.config_class, config))
-    return cls(config).capabilities
+    return cls(config)
 
 
 def _known_settings(config_class: type, values: dict) -> dict:

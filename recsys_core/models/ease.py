@@ -6,16 +6,18 @@ i.e. B_ij = -P_ij / P_jj off the diagonal and 0 on it. A history x scores every 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import psutil
 import torch
 
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.splits import Split
 from recsys_core.errors import ModelError, ResourceError
-from recsys_core.models.base import Recommender
+from recsys_core.models.base import Recommender, Refusal
 from recsys_core.models.histories import ItemMatrix, history_matrix, low_rank, training_matrix
 from recsys_core.models.settings import Settings, setting
 from recsys_core.progress import Progress
@@ -24,12 +26,43 @@ from recsys_core.progress import Progress
 @dataclass
 class EASEConfig(Settings):
     l2: float = setting(300.0, "Regularisation λ; 200-500 suits MovieLens, larger for denser data.", gt=0)
-    max_items: int = setting(15_000, "Refuse catalogues above this size (EASE needs dense n_items² matrices).", ge=1)
+    max_items: int = setting(0, "Your own cap on the catalogue size (0 = none): without it, the memory this machine "
+                                "has free decides (EASE holds ~3 dense n_items² matrices while fitting).", ge=0)
     dtype: str = setting("float64", "Precision of the matrix inversion; float32 halves its memory.",
                          choices=("float32", "float64"))
     embedding_dim: int = setting(64, "Rank of the truncated SVD behind item and user embeddings.", ge=1)
     use_counts: bool = setting(True, "When the data has counts (plays, clicks), weigh each interaction by "
                                      "log(1 + count).")
+
+
+# EASE holds about three dense n x n matrices at once (the Gram matrix, its inverse and the inversion's work, then
+# the weights), and takes at most this share of the memory free when it starts, leaving the rest to everything else.
+DENSE_MATRICES = 3
+MEMORY_SHARE = 0.8
+
+
+def memory_needed(n_items: int, dtype: str) -> int:
+    """Bytes EASE's fit holds at its peak on a catalogue of `n_items`, in `dtype`."""
+    return DENSE_MATRICES * n_items**2 * (8 if dtype == "float64" else 4)
+
+
+def largest_catalogue(available: int, dtype: str) -> int:
+    """The most items whose fit needs at most `MEMORY_SHARE` of `available` bytes."""
+    return math.isqrt(int(available * MEMORY_SHARE) // memory_needed(1, dtype))
+
+
+def memory_refusal(n_items: int, dtype: str, available: int) -> Refusal | None:
+    """Why a fit on `n_items` in `dtype` does not fit in `available` free bytes, with what to do; None when it does."""
+    if n_items <= largest_catalogue(available, dtype):
+        return None
+    gib = 2**30
+    smaller = "" if dtype == "float32" or n_items > largest_catalogue(available, "float32") else \
+        "set dtype to float32 (half the memory; it fits), or "
+    return Refusal(f"EASE needs about {memory_needed(n_items, dtype) / gib:.1f} GiB for dense {n_items:,} x {n_items:,} "
+                   f"item matrices in {dtype}, and this machine has {available / gib:.1f} GiB free (it fits up to "
+                   f"{largest_catalogue(available, dtype):,} items)",
+                   f"{smaller}drop rare items (Data page: raise the minimum interactions per item, a k-core filter) "
+                   "to a smaller catalogue, or train item-kNN, which needs no dense item matrix", ResourceError)
 
 
 def matrix_columns(matrix: ItemMatrix, items: np.ndarray) -> np.ndarray:
@@ -58,7 +91,8 @@ class EASE(Recommender):
             split: Split | None = None) -> EASE:
         """Solve for B on the user x item matrix of `split.train` (all sequences without a split): binary, or
         log(1 + count) weighted when the data has counts."""
-        self._check_config(dataset.n_items)
+        if (refused := self.refusal(dataset)) is not None:
+            raise refused.error()
         self._remember_catalogue(dataset)
         x = training_matrix(dataset, split, self.n_items_, self.config.use_counts)
         dtype = getattr(torch, self.config.dtype)
@@ -78,15 +112,20 @@ class EASE(Recommender):
             progress.update(3, 3, message="EASE weights ready")
         return self
 
-    def _check_config(self, n_items: int) -> None:
-        cfg = self.config
-        if n_items > cfg.max_items:
-            gib = 3 * n_items**2 * (8 if cfg.dtype == "float64" else 4) / 2**30
-            raise ResourceError(
-                f"EASE needs dense {n_items} x {n_items} item matrices (about {gib:.1f} GiB while fitting); "
-                f"this catalogue has {n_items} items, above max_items={cfg.max_items}",
-                hint="drop rare items (raise the minimum interactions per item / k-core filter), use itemknn, "
-                     "or raise max_items (and set dtype='float32') if this machine has the memory")
+    def refusal(self, dataset: Dataset) -> Refusal | None:
+        """Refused when the fit's dense matrices need more memory than this machine has free (or the catalogue is
+        above the user's own `max_items`)."""
+        n, cfg = dataset.n_items, self.config
+        if (refused := super().refusal(dataset)) is not None:
+            return refused
+        if cfg.max_items and n > cfg.max_items:
+            return Refusal(f"the catalogue has {n:,} items, above your cap max_items={cfg.max_items:,}",
+                           "raise max_items (0 = no cap), drop rare items (Data page: minimum interactions per "
+                           "item), or train item-kNN", ResourceError)
+        return memory_refusal(n, cfg.dtype, psutil.virtual_memory().available)
+
+    def training_memory(self, n_items: int) -> int:
+        return memory_needed(n_items, self.config.dtype)
 
     def _set_weights(self, weights: np.ndarray) -> None:
         self._weights, self._factors = ItemMatrix(weights), None

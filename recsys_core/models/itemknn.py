@@ -149,6 +149,7 @@ class ItemKNN(Recommender):
     family = "itemknn"
     description = "Item-kNN: cosine item similarity with shrinkage (baseline)"
     config_class = ItemKNNConfig
+    order_free_hint = "set recency_half_life to 0 (no recency weights)"
 
     def __init__(self, config: ItemKNNConfig | None = None) -> None:
         super().__init__(config)

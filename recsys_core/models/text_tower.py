@@ -102,6 +102,7 @@ class TextTower(Recommender):
     family = "text_tower"
     description = "Text tower: pretrained sentence-BERT (MiniLM) over item text, zero-shot or fine-tuned"
     config_class = TextTowerConfig
+    order_free_hint = "set mode zero_shot, user_vector recency_mean and recency_decay 1 (every history item weighs the same)"
 
     def __init__(self, config: TextTowerConfig | None = None) -> None:
         super().__init__(config)

@@ -13,8 +13,8 @@ import pandas as pd
 import streamlit as st
 
 from recsys_core.errors import RecsysError
-from recsys_core.models.base import Recommender, family_class, load_model
-from recsys_core.models.ease import EASEConfig
+from recsys_core.models.base import Recommender, family_class, load_model, refusal_of
+from recsys_core.models.profiles import human_duration
 from recsys_core.models.settings import flatten_config, help_of
 from recsys_core.training.experiment import config_fields, families, run_experiment
 from views.ui import state
@@ -74,7 +74,7 @@ def _widget(name: str, default: typing.Any, key: str, help_: str | None) -> typi
 
 
 def runs_frame(runs: list) -> pd.DataFrame:
-    """Runs as a leaderboard table: one row per run, the headline metrics as columns."""
+    """Runs as a leaderboard table: one row per run, the headline metrics as columns, and how it ended."""
     rows = []
     for r in runs:
         m = r.metrics or {}
@@ -82,9 +82,23 @@ def runs_frame(runs: list) -> pd.DataFrame:
             "run": r.id, "model": r.model, "status": r.status, "split": r.split,
             "NDCG@10": m.get("ndcg@10"), "HR@10": m.get("hr@10"), "Recall@20": m.get("recall@20"),
             "MRR@10": m.get("mrr@10"), "coverage@10": m.get("coverage@10"), "pop. bias@10": m.get("pop_bias@10"),
+            "stopped by": run_ending(m.get("run") or {}),
             "train s": round(r.wall_s or 0.0, 1), "device": r.device, "created (UTC)": r.created_at[:19],
         })
     return pd.DataFrame(rows)
+
+
+def run_ending(record: dict) -> str:
+    """How a run's training ended, from its record: 'CPU budget after 1,152 steps · under-trained (needs about
+    9 min CPU)'; '' for a model trained in one pass."""
+    reason = record.get("stop_reason")
+    if not reason:
+        return ""
+    steps = record.get("steps")
+    text = f"{reason} after {steps:,} steps" if steps else reason
+    if record.get("under_trained"):
+        text += f" · under-trained (needs about {human_duration(record['needs_cpu_s'])} CPU)"
+    return text
 
 
 def run_label(run) -> str:
@@ -100,7 +114,7 @@ def _bootstrap_run(root: str, dataset_name: str, version: str) -> str:
 
     ws = workspace()
     ds = ws.load_dataset(dataset_name)
-    family = "ease" if ds.n_items <= EASEConfig().max_items else "popularity"  # EASE refuses larger catalogues
+    family = "ease" if refusal_of("ease", None, ds) is None else "popularity"  # EASE refuses what memory cannot hold
     return run_experiment(ds, family, workspace=ws, dataset_name=dataset_name).artifact_dir
 
 
@@ -108,7 +122,7 @@ def active_model(record, ds) -> tuple[Recommender, str]:
     """The model the Recommend/Explain/Embeddings pages use, and a sentence saying which one it is.
 
     The session's choice when it fits this dataset; else the best recorded run on it; else a quick
-    baseline trained now (EASE, or popularity above EASE's `max_items`; recorded like any run), so every page
+    baseline trained now (EASE, or popularity where EASE would not fit in memory; recorded like any run), so every page
     works on a fresh install.
     """
     from views.ui.common import _root_key, workspace
