@@ -3,12 +3,14 @@ the deletion check; it opens on the user and item the Recommend page hands over;
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from apptest_util import navigation_mode, open_app  # noqa: F401
+from streamlit.proto.Metric_pb2 import Metric as MetricProto
 
 from recsys_core.data.demo import load_demo
 
@@ -47,6 +49,22 @@ def test_explain_page_works_with_zero_clicks_on_the_demo(ws_root: Path) -> None:
     assert item not in set(ds.history(user).tolist())  # a recommendation, never a seen item
     assert at.selectbox(key="explain_item_select").value == item
     assert len(at.metric) == 3
+    assert all(re.match(r"[+-][\d,.]+ places \(rank [\d,.]+\)$", m.proto.delta) for m in at.metric[1:])
+
+
+def test_a_deletion_that_moves_nothing_says_no_change_not_plus_zero(ws_root: Path) -> None:
+    ds = load_demo()
+    user = int(np.flatnonzero(np.diff(ds.indptr) == 15)[0])  # its top item stays first without any one item
+    at = open_app()
+    at.session_state["explain_user"] = user
+    at.switch_page("views/explain.py").run(timeout=180)
+    at.slider(key="explain_k").set_value(1).run(timeout=180)
+    assert not at.exception, at.exception
+    top, random = at.metric[1].proto, at.metric[2].proto
+    assert top.delta == "no change (rank 1)" and random.delta == "no change (rank 1.0)"  # was a green "↑ +0 places"
+    for metric in (top, random):  # grey, no arrow
+        assert MetricProto.MetricColor.Name(metric.color) == "GRAY"
+        assert MetricProto.MetricDirection.Name(metric.direction) == "NONE"
 
 
 def test_explain_page_opens_on_the_user_and_item_from_recommend(ws_root: Path) -> None:

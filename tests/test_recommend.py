@@ -10,7 +10,7 @@ from movie_fixtures import index_of, movie_dataset
 
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.item_schema import attribute_values
-from recsys_core.errors import ConfigError, DataError
+from recsys_core.errors import ConfigError, DataError, ModelError
 from recsys_core.models.base import Recommender
 from recsys_core.models.ease import EASE, EASEConfig
 from recsys_core.models.itemknn import ItemKNN
@@ -154,6 +154,8 @@ def test_rank_changes_labels() -> None:
     assert changes["item"].tolist() == [30, 10, 50, 40, 20]
     assert changes["label"].tolist() == ["↑2", "↓1", "new", "=", "dropped"]
     assert changes["old_rank"].tolist()[:2] == [3, 1] and changes["rank"].isna().tolist()[-1]
+    assert changes["rank_before"].tolist() == ["3", "1", "not in the list", "4", "2"]
+    assert changes["rank_now"].tolist() == ["1", "2", "3", "4", "dropped out"]  # words, never a missing value
     assert changes["move"].tolist()[:2] == [2, -1]
 
 
@@ -188,8 +190,8 @@ def test_similar_items_cosine_self_excluded_and_symmetric(ds: Dataset, ease: EAS
     back = similar_items(ease, other, ds.n_items - 1)
     assert float(back.loc[back["item"] == item, "similarity"].iat[0]) == pytest.approx(near["similarity"].iat[0], abs=1e-5)
     assert "Sci-Fi" in near["genres"].iat[0]
-    with pytest.raises(DataError, match="single dimension"):
-        similar_items(Popularity().fit(ds), item, 3)
+    with pytest.raises(ModelError, match="no item embeddings whose cosine means similar"):
+        similar_items(Popularity().fit(ds), item, 3)  # popularity declares similar_items=False
 
 
 def test_similar_items_text_from_vectors() -> None:

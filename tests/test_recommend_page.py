@@ -12,6 +12,7 @@ import pytest
 from apptest_util import APP, navigation_mode, open_app  # noqa: F401
 from streamlit.testing.v1 import AppTest
 
+from recsys_core.data import load_dataset
 from recsys_core.data.dataset import build_dataset
 from recsys_core.data.demo import DEMO_NAME, load_demo
 from recsys_core.models.base import load_model
@@ -19,6 +20,7 @@ from recsys_core.recommend.topk import recommend
 from recsys_core.training.experiment import run_experiment
 from recsys_core.workspace.jobs import JobStore
 from recsys_core.workspace.registry import Workspace
+from tests.own_data import as_tsv, listening_log
 
 PAGE = "views/recommend.py"
 
@@ -86,12 +88,13 @@ def test_what_if_removal_changes_the_list_exactly_as_the_engine_says(env: dict) 
     ranked = changes[changes["label"] != "dropped"]
     assert ranked["item_id"].tolist() == after["item_id"].tolist()
     old_rank = {item: r for r, item in enumerate(before["item_id"], 1)}
-    for item, label, was in zip(ranked["item_id"], ranked["label"], ranked["old_rank"], strict=True):
+    for item, label, was in zip(ranked["item_id"], ranked["label"], ranked["rank_before"], strict=True):
         assert (label == "new") == (item not in old_rank)
-        if item in old_rank:
-            assert was == old_rank[item]
-    dropped = changes.loc[changes["label"] == "dropped", "item_id"]
-    assert set(dropped) == set(before["item_id"]) - set(after["item_id"])
+        assert was == (str(old_rank[item]) if item in old_rank else "not in the list")
+    dropped = changes.loc[changes["label"] == "dropped"]
+    assert set(dropped["item_id"]) == set(before["item_id"]) - set(after["item_id"])
+    assert set(dropped["rank_now"]) == {"dropped out"}
+    assert changes.notna().all().all() and "+0" not in set(changes["label"])  # no "None" or "+0" as a value
     # The top-K itself still shows the unedited history's list.
     assert _items(at, "rec_topk") == before["item_id"].tolist()
 
@@ -189,4 +192,25 @@ def test_bare_dataset_without_metadata_timestamps_or_enough_items(tmp_path: Path
     top = _frame(at, "rec_topk").value
     assert 0 < len(top) <= ds.n_items - 3 and set(top["title"]) <= set(ds.item_ids)
     assert not [m for m in at.multiselect if m.key == "rec_genres"]
-    assert "date" not in _frame(at, "rec_history").value.columns
+    assert not {"date", "rating", "count"} & set(_frame(at, "rec_history").value.columns)  # no empty columns
+
+
+def test_a_play_count_history_shows_the_counts_not_an_empty_rating(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A timestamp-less play-count export (sorted by user, then artist): the history lists each play count."""
+    root = tmp_path / "workspace"
+    monkeypatch.setenv("RECSYS_WORKSPACE", str(root))
+    log = listening_log(n_users=40, n_items=50)
+    ds, _ = load_dataset(as_tsv(log), "plays.tsv", name="plays")
+    Workspace(root).save_dataset(ds, name="plays")
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["dataset"] = "plays"
+    at.run()
+    at.switch_page(PAGE).run()
+    assert not at.exception, at.exception
+    user = ds.user_ids[at.selectbox(key="rec_user").value]
+    shown = _frame(at, "rec_history").value
+    assert "rating" not in shown.columns and shown["count"].notna().all()
+    plays = log[log["user"] == user].set_index(log[log["user"] == user]["artist"].astype(str))["plays"]
+    by_title = dict(zip(shown["title"], shown["count"], strict=True))
+    assert by_title == {artist: float(n) for artist, n in plays.items()}  # no titles: the id is the title

@@ -195,11 +195,20 @@ k = st.slider("Items to delete (k)", 1, 5, 3, key="explain_k")
 check = explainer.deletion_check(history, item, k=k, n_random=10, explanation=h_expl)
 cols = st.columns(3)
 cols[0].metric(f"Score now (rank {check.rank})", f"{check.score:.4f}")
-# A rank that gets worse is a larger number: the delta counts places moved up, so a fall shows ↓ in red.
+
+
+def _moved(places: float, rank: str) -> dict:
+    """A metric's delta for places moved up (a worse rank is a larger number, so a fall shows ↓ in red); no
+    arrow and no '+0' when nothing moved."""
+    if round(places, 1) == 0:
+        return {"delta": f"no change (rank {rank})", "delta_color": "off", "delta_arrow": "off"}
+    return {"delta": f"{places:+,.{0 if float(places).is_integer() else 1}f} places (rank {rank})"}
+
+
 cols[1].metric(f"Without the top {check.k} reasons", f"{check.top_score:.4f}",
-               f"{check.rank - check.top_rank:+,} places (rank {check.top_rank:,})")
+               **_moved(check.rank - check.top_rank, f"{check.top_rank:,}"))
 cols[2].metric(f"Without {check.k} random items (mean of {check.n_random})", f"{check.random_score:.4f}",
-               f"{check.rank - check.random_rank:+,.1f} places (rank {check.random_rank:,.1f})")
+               **_moved(check.rank - check.random_rank, f"{check.random_rank:,.1f}"))
 verdict = ("the attributions pick items the score really depends on" if check.top_drop > check.random_drop
            else "here the attributions do no better than random items (interactions between items dominate)")
 st.caption(f"Score drop {check.top_drop:+.4f} after deleting the top {check.k} attributed items vs "

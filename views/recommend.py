@@ -159,9 +159,10 @@ with left:
     st.caption(f"{count}, newest first." if ds.is_ordered else
                f"{count} in file order: this dataset has no timestamps, so their order is unknown.")
     timeline = history_frame(ds, user)
-    shown = [c for c in ["title", "genres", "year", "rating", "date"] if c in timeline.columns]
-    _table(timeline[shown], "rec_history",
-           column_config={"date": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")})
+    shown = [c for c in ["title", "genres", "year", "rating", "count", "date"] if c in timeline.columns]
+    _table(timeline[shown], "rec_history",  # a count (plays, clicks) is how much, shown as a whole number
+           column_config={"date": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
+                          "count": st.column_config.NumberColumn(format="%d")})
 with right:
     st.subheader(f"Top {k} for this user")
     st.caption("Items the user has seen are never recommended.")
@@ -200,8 +201,8 @@ if removed or added:
     changes["item_id"] = ds.item_ids[changes["item"].to_numpy()].astype(str)
     st.caption(f"Scored on the edited history of {plural(len(edited), 'item')}. ↑/↓: places moved since the original list; "
                "new: not in it before; dropped: fell out of the top K.")
-    _table(changes[["rank", "label", "title", "old_rank", "item_id"]], "rec_whatif",
-           column_config={"label": "change", "old_rank": "rank before"})
+    _table(changes[["rank_now", "label", "title", "rank_before", "item_id"]], "rec_whatif",
+           column_config={"rank_now": "rank", "label": "change", "rank_before": "rank before"})
 else:
     st.caption("Remove or add items to see how the recommendations move.")
 

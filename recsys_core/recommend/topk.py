@@ -248,8 +248,9 @@ def rank_changes(before: pd.DataFrame | Sequence[int], after: pd.DataFrame | Seq
     """How a top-K list moved: one row per item in `after` (in its order), then the items that dropped out.
 
     Columns: item, rank (new, <NA> if dropped), old_rank (<NA> if new), move (old - new: positive
-    went up), status ('up', 'down', 'same', 'new', 'dropped') and label ('↑2', '↓1', '=', 'new',
-    'dropped').
+    went up), status ('up', 'down', 'same', 'new', 'dropped'), label ('↑2', '↓1', '=', 'new', 'dropped') and
+    the ranks in words for a table, `rank_now` and `rank_before` ('3'; 'dropped out' / 'not in the list' where there is
+    no rank, never a missing value).
     """
     old, new = _item_list(before), _item_list(after)
     old_rank = {item: r for r, item in enumerate(old, 1)}
@@ -266,7 +267,13 @@ def rank_changes(before: pd.DataFrame | Sequence[int], after: pd.DataFrame | Seq
     frame["move"] = (frame["old_rank"] - frame["rank"]).astype("Int64")
     frame["status"] = [_status(r, o) for r, o in zip(frame["rank"], frame["old_rank"], strict=True)]
     frame["label"] = [_label(s, m) for s, m in zip(frame["status"], frame["move"], strict=True)]
+    frame["rank_now"] = [_rank_words(r, "dropped out") for r in frame["rank"]]
+    frame["rank_before"] = [_rank_words(r, "not in the list") for r in frame["old_rank"]]
     return frame
+
+
+def _rank_words(rank: object, missing: str) -> str:
+    return missing if pd.isna(rank) else str(int(rank))
 
 
 def _status(rank: object, old: object) -> str:
@@ -380,11 +387,15 @@ def pick_user(ds: Dataset, kind: str = "random", seed: int | None = None, tail: 
 
 def history_frame(ds: Dataset, user: int) -> pd.DataFrame:
     """A user's history, newest first when the dataset is ordered (else reversed file order): step, item,
-    item_id, title, metadata, rating, date (real timestamps only)."""
+    item_id, title, metadata, then what the data has: rating (a score), count (plays, clicks: how much), date
+    (real timestamps only). A column the data lacks is left out, never shown as empty values."""
     start, stop = int(ds.indptr[user]), int(ds.indptr[user + 1])
     rows = ds.interactions.iloc[start:stop]
     columns = item_columns(rows["item"].to_numpy(), ds.items, ds.item_ids)
-    columns["rating"] = rows["rating"].to_numpy()
+    if ds.has_ratings:
+        columns["rating"] = rows["rating"].to_numpy()
+    if ds.has_counts:
+        columns["count"] = rows["count"].to_numpy()
     if ds.order == ORDER_TIMESTAMP:
         columns["date"] = pd.to_datetime(rows["timestamp"].to_numpy(), unit="s", utc=True)
     frame = pd.DataFrame({"step": np.arange(1, stop - start + 1), **columns})
