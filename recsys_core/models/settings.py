@@ -78,22 +78,29 @@ def _type_hints(cls: type) -> dict[str, Any]:
 def _checked(f: dataclasses.Field, kind: Any, value: Any, name: str) -> Any:
     """`value` as the setting's type (an integral float for an int, an int for a float), or a ConfigError."""
     value = _typed(kind, value, name)
-    rules = f.metadata.get("rules", {}) if f.metadata else {}
-    bad = (rules.get("choices") and value not in rules["choices"]) or \
-        (rules.get("pattern") and not re.fullmatch(rules["pattern"], value)) or \
-        any(not test(value, limit) for test, limit in ((_BOUNDS[k][0], v) for k, v in rules.get("bounds", {}).items()))
-    if bad:
+    if _breaks(f.metadata.get("rules", {}) if f.metadata else {}, value):
         raise ConfigError(f"{value!r} is not allowed (it must be {allowed(f)})", setting=name,
                           hint=f"set {name} to a value {allowed(f)}; {name}: {help_of(f) or 'see the Train form'}")
     return value
 
 
+def _breaks(rules: dict, value: Any) -> bool:
+    if rules.get("choices"):
+        return value not in rules["choices"]
+    if rules.get("pattern"):
+        return not re.fullmatch(rules["pattern"], value)
+    return not all(_BOUNDS[rule][0](value, limit) for rule, limit in rules.get("bounds", {}).items())
+
+
 def _typed(kind: Any, value: Any, name: str) -> Any:
-    if kind in (int, float) and isinstance(value, int | float) and not isinstance(value, bool) \
-            and math.isfinite(value) and (kind is float or float(value).is_integer()):
-        return kind(value)
-    if kind in (str, bool) and isinstance(value, kind) or isinstance(kind, type) and issubclass(kind, Settings) \
-            and isinstance(value, kind):
+    number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if kind is float and number:
+        return float(value)
+    if kind is int and number and float(value).is_integer():
+        return int(value)
+    if kind in (str, bool) and isinstance(value, kind):
+        return value
+    if isinstance(kind, type) and issubclass(kind, Settings) and isinstance(value, kind):
         return value
     what = getattr(kind, "__name__", str(kind))
     raise ConfigError(f"{value!r} is a {type(value).__name__}, expected {_KIND_WORDS.get(what, what)}",
