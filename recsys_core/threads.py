@@ -8,10 +8,13 @@ always has other work beside a click (other sessions, a training job), so:
 
 - interactive work in the server process (scoring, top-K, SHAP, maps) uses `RECSYS_INTERACTIVE_THREADS`
   threads, default 1: a click never fights itself, and several sessions share the cores fairly;
-- a training job (its own process, below the server's priority) uses `RECSYS_TRAINING_THREADS`, default
-  the cores this process may run on — and never fewer because other jobs run: torch's CPU results depend
-  on the thread count (reduction order), and a run must give exactly the result it gives alone (a test
-  trains two same-seed jobs at once and compares them with the solo run).
+- a training job (its own process, below the server's priority) uses `RECSYS_TRAINING_THREADS`, default 1,
+  whatever else runs: torch's CPU results depend on the thread count (reduction order), and a run must give
+  exactly the result it gives alone (a test trains two same-seed jobs at once and compares them with the solo
+  run). One, not every core, because a budget counts CPU seconds (issue 21): beside other work, a two-thread
+  step of SASRec+ on the demo cost 0.22 CPU s against 0.04-0.05 on one thread (load 2-3 on 2 cores), so the
+  same budget bought a different model depending on the load; on one thread a CPU second is the same work
+  at any load, and the time estimate (measured on one thread in the server) is the job's own rate.
 
 The same count goes to torch and to the BLAS/OpenMP pools numpy and scikit-learn use (threadpoolctl).
 """
@@ -48,7 +51,7 @@ def interactive_threads() -> int:
 
 
 def training_threads() -> int:
-    return _from_env(TRAINING_ENV, cores())
+    return _from_env(TRAINING_ENV, 1)
 
 
 def use_threads(n: int) -> int:

@@ -220,6 +220,26 @@ def test_cpu_budget_stops_after_the_epoch_that_passes_it_with_the_lr_decayed():
     assert result.history[-1]["lr"] < 0.5 * cfg.lr
 
 
+def _events(task: ToyTask, cfg: TrainConfig) -> tuple[loop.LoopResult, list]:
+    events: list = []
+    result = loop.train(task, cfg, CPU, Progress(callback=events.append))
+    return result, [e for e in events if e.total]
+
+
+def test_under_a_cpu_budget_the_progress_total_is_where_the_budget_runs_out():
+    """The bar's 100 % is the end of the epoch in which the budget runs out at the CPU per step so far (issue 21:
+    it stopped at 43-48 % of a total the budget could never reach)."""
+    result, events = _events(ToyTask(), TrainConfig(epochs=10_000, batch_size=8, lr=0.01, patience=0,
+                                                    cpu_budget_s=0.5))
+    per_epoch = ToyTask().n_batches(8)
+    assert result.stopped == "cpu_budget" and result.steps < 10_000 * per_epoch
+    last_epoch = [e for e in events if e.step > result.steps - per_epoch]
+    assert all(result.steps <= e.total <= result.steps + per_epoch for e in last_epoch), \
+        [(e.step, e.total) for e in last_epoch]
+    assert events[-1].step == events[-1].total == result.steps
+    assert max(e.total for e in events) < 10_000 * per_epoch  # re-planned from the first report on
+
+
 def test_out_of_memory_under_torchrun_stops_with_the_batch_size_to_use():
     """Processes under torchrun cannot halve their batch one by one (the others would wait forever): the run
     stops with a clear error naming a smaller batch size, instead of hanging or a bare CUDA message."""
@@ -227,7 +247,7 @@ def test_out_of_memory_under_torchrun_stops_with_the_batch_size_to_use():
     run = loop._Run(task, TrainConfig(epochs=1, batch_size=64, lr=0.01), CPU, 5, "ndcg@10")
     run.ddp = lambda batch, rng, rows: task.loss(batch[rows], rng)  # what DDP's forward calls
     with pytest.raises(ResourceError, match="ran out of cpu memory at batch size 64") as info:
-        loop._epoch_steps(run, Progress(), 10, np.random.default_rng(0))
+        loop._epoch_steps(run, Progress(), np.random.default_rng(0))
     assert "batch_size=32" in info.value.hint and run.step == 0
 
 

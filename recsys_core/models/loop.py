@@ -239,6 +239,10 @@ class TrainTask(Protocol):
     def validate(self, progress: Progress | None = None) -> dict[str, float]: ...
 
 
+# Stop reasons that are a limit the run reached (not convergence, not a Cancel).
+LIMITS = ("epochs", "max_steps", "cpu_budget")
+
+
 @dataclass
 class LoopResult:
     history: list[dict]
@@ -265,8 +269,7 @@ class _Run:
         if self.ddp is not None:
             self.batch_size = distributed.min_over_ranks(self.batch_size)
         self.optimizer = make_optimizer(task.module, cfg.lr, cfg.weight_decay, cfg.adam_beta2)
-        total = cfg.epochs * task.n_batches(self.batch_size)
-        total = min(total, cfg.max_steps) if cfg.max_steps > 0 else total
+        total = planned_steps(cfg, task.n_batches(self.batch_size))
         self.scheduler = warmup_linear(self.optimizer, int(cfg.warmup_frac * total), total, cfg.lr_floor)
         self.dtype = amp_dtype(device, cfg.amp)
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
@@ -276,12 +279,32 @@ class _Run:
         self.history: list[dict] = []
         self.train_seconds = 0.0
         self.cpu_seconds = 0.0
+        self.epoch_cpu0 = time.process_time()  # CPU clock at the start of the epoch that runs
 
     def tick(self, started: tuple[float, float]) -> None:
         """Add the wall and CPU time since `started` (a `clock()` reading)."""
         wall, cpu = clock()
         self.train_seconds += wall - started[0]
         self.cpu_seconds += cpu - started[1]
+
+    def total_steps(self) -> int:
+        """The step the run ends at unless early stopping ends it sooner, as far as is known now: the epochs or
+        the step cap, or, under a CPU budget, the end of the epoch in which the budget runs out at the CPU per
+        step so far (validation included). Re-planned at every progress report, so a progress bar's 100 % is
+        the run's actual limit."""
+        per_epoch = self.task.n_batches(self.batch_size)
+        total = planned_steps(self.cfg, per_epoch)
+        if self.cfg.cpu_budget_s and self.step > 0:
+            spent = self.cpu_seconds + time.process_time() - self.epoch_cpu0
+            budget_steps = self.cfg.cpu_budget_s / max(spent / self.step, 1e-9)
+            total = min(total, max(1, math.ceil(budget_steps / per_epoch)) * per_epoch)
+        return max(total, self.step)
+
+
+def planned_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """Optimizer steps of a run that neither early stopping nor a CPU budget ends: the epochs, or the step cap."""
+    total = cfg.epochs * steps_per_epoch
+    return min(total, cfg.max_steps) if cfg.max_steps > 0 else total
 
 
 def clock() -> tuple[float, float]:
@@ -305,21 +328,24 @@ def _train(task: TrainTask, cfg: TrainConfig, device: torch.device, progress: Pr
         load_checkpoint(cfg.checkpoint_dir, run)
         progress.update(run.step, 0, epoch=run.epoch, message=f"resumed from checkpoint at epoch {run.epoch}")
     stopped = "epochs"
-    total_steps = cfg.epochs * task.n_batches(run.batch_size)
-    total_steps = min(total_steps, cfg.max_steps) if cfg.max_steps > 0 else total_steps
     while run.epoch < cfg.epochs:
         started = clock()
-        loss = _train_epoch(run, progress, total_steps)
+        run.epoch_cpu0 = started[1]
+        loss = _train_epoch(run, progress)
         if loss is None:
             run.tick(started)
             stopped = "cancelled"
             break
-        stopped = _end_of_epoch(run, loss, progress, total_steps, started) or stopped
+        stopped = _end_of_epoch(run, loss, progress, started) or stopped
         if stopped != "epochs":
             break
-    if stopped in ("epochs", "max_steps", "cpu_budget") and run.history and "metrics" not in run.history[-1]:
-        # The last weights were never validated (eval_every > 1), so they never competed.
-        _validate(run, progress, total_steps, loss=run.history[-1]["loss"])
+    if stopped in LIMITS:
+        run.epoch_cpu0 = time.process_time()
+        # The run reached its limit: the bar ends at 100 % of the steps it made, whatever the plan said.
+        progress.update(run.step, run.step, epoch=run.epoch, message=f"stopped: {stopped.replace('_', ' ')}")
+        if run.history and "metrics" not in run.history[-1]:
+            # The last weights were never validated (eval_every > 1), so they never competed.
+            _validate(run, progress, run.step, loss=run.history[-1]["loss"])
     run.stopper.restore(task.module)
     distributed.check_in_sync(task.module)
     return LoopResult(run.history, run.stopper.best, run.stopper.best_epoch, run.epoch, stopped,
@@ -332,15 +358,15 @@ def _improved(run: _Run) -> bool | None:
     return None if len(checks) < 2 else max(checks[1:]) > checks[0]
 
 
-def _train_epoch(run: _Run, progress: Progress, total_steps: int) -> float | None:
+def _train_epoch(run: _Run, progress: Progress) -> float | None:
     """One pass; returns the mean loss, or None when cancelled. Seeded per epoch (dropout draws from torch's
     generator, inside a fork `seeded` restores), so a resumed run replays exactly what an unbroken run does."""
     seed = epoch_seed(run.cfg.seed, run.epoch)
     with seeded(seed, run.device):
-        return _epoch_steps(run, progress, total_steps, np.random.default_rng(seed))
+        return _epoch_steps(run, progress, np.random.default_rng(seed))
 
 
-def _epoch_steps(run: _Run, progress: Progress, total_steps: int, rng: np.random.Generator) -> float | None:
+def _epoch_steps(run: _Run, progress: Progress, rng: np.random.Generator) -> float | None:
     run.task.module.train()
     queue = deque(run.task.epoch_batches(run.batch_size, rng))
     losses: list[float] = []
@@ -366,7 +392,7 @@ def _epoch_steps(run: _Run, progress: Progress, total_steps: int, rng: np.random
             continue
         run.step += 1
         if run.step % run.log_every == 0 or not queue:
-            progress.update(run.step, total_steps, epoch=run.epoch + 1, loss=float(np.mean(losses[-20:])))
+            progress.update(run.step, run.total_steps(), epoch=run.epoch + 1, loss=float(np.mean(losses[-20:])))
     return float(np.mean(losses)) if losses else float("nan")
 
 
@@ -428,8 +454,7 @@ def _back_off(run: _Run, batch: np.ndarray, queue: deque, progress: Progress) ->
                         message=f"out of {run.device.type} memory: batch_size halved to {run.batch_size}")
 
 
-def _end_of_epoch(run: _Run, loss: float, progress: Progress, total_steps: int,
-                  started: tuple[float, float]) -> str | None:
+def _end_of_epoch(run: _Run, loss: float, progress: Progress, started: tuple[float, float]) -> str | None:
     """Validate, checkpoint and decide whether to stop. The budget counts CPU seconds, validation included,
     so the same budget buys the same training on an idle or a busy machine."""
     run.epoch += 1
@@ -437,7 +462,7 @@ def _end_of_epoch(run: _Run, loss: float, progress: Progress, total_steps: int,
     run.history.append({"epoch": run.epoch, "loss": loss, "step": run.step, "lr": run.optimizer.param_groups[0]["lr"]})
     if run.epoch % max(1, cfg.eval_every) == 0 or run.epoch == cfg.epochs:
         before = time.process_time()
-        _validate(run, progress, total_steps, loss)
+        _validate(run, progress, run.total_steps(), loss)
         run.history[-1]["validation_cpu_seconds"] = round(time.process_time() - before, 3)  # its share, for the record
     run.tick(started)
     if run.ddp is not None:  # budget decisions and the schedule follow rank 0's clock, identically everywhere

@@ -5,11 +5,16 @@ A profile is a preset of training settings: `demo` (fast, near-full quality; the
 seconds, never wall-clock alone, so a busy machine trains the same model, only slower.
 
 `estimate_training` says how long a run will take before it starts, from a few real training steps and one
-small validation on the actual data, timed on this machine and cached per dataset, model and settings.
+small validation on the actual data, timed on this machine and cached per dataset, model and settings: a range
+of CPU seconds from the earliest stop the stop rules allow (early stopping after `patience` validations) to the
+latest (the epochs, the step cap, or the epoch in which the CPU budget runs out), at the fastest 5-step stretch
+of the probe and at its mean rate (a one-thread step costs about the same all run long: bench/eta.py). A job trains on one thread (`recsys_core/threads.py`), as the probe does in the server,
+so a CPU second is the same work at any load; the wall time is that CPU time at the load measured now.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import threading
@@ -94,7 +99,7 @@ def profile_for(device: str = "auto", name: str | None = None) -> Profile:
 
 # ---- how long a run takes ---------------------------------------------------------------------------
 
-PROBE_STEPS = 10  # steps timed per estimate; the rate is taken over the last 5 (the first pay warm-up)
+PROBE_STEPS = 40  # steps timed per estimate, reported every 5; the first 5 pay warm-up and are not counted
 PROBE_VALID_USERS = 100  # users of the timed validation
 # A job's process imports torch and transformers and loads the dataset before its first step:
 # 7-8 CPU s measured on the 2-core box (`python -c "import recsys_core.training.worker, ..."`).
@@ -106,22 +111,33 @@ _PROBING = threading.Lock()  # one probe at a time: sessions asking at once must
 
 @dataclass(frozen=True)
 class Estimate:
-    """How long a run will take at the rates measured on this machine."""
+    """How long a run will take at the rates measured on this machine: a range, from the earliest stop its stop
+    rules allow to the latest, in CPU seconds (what a budget counts) and in wall seconds at the load measured."""
 
-    upper_s: float  # wall seconds at most (start-up, training, the final evaluation)
-    upper_cpu_s: float
+    lower_cpu_s: float  # start-up, training to the earliest stop, the final evaluation
+    upper_cpu_s: float  # the same to the latest stop
+    lower_s: float
+    upper_s: float
     bound: str  # what ends the run at the latest: "cpu_budget", "max_steps" or "epochs"
     early_stopping: bool  # validation may end it sooner
     steps_per_epoch: int
-    step_cpu_s: float
+    planned_steps: int  # the steps the run makes at most, at the measured rate (the progress bar's 100 %)
+    step_cpu_s: float  # CPU seconds a step, the probe's mean
     step_wall_s: float
     validation_cpu_s: float  # one validation of the run's validation users
     measured_load: float  # 1-minute load average when measured
+    threads: int  # torch threads of the probe (a job trains on `training_threads()`)
 
     def text(self) -> str:
-        """'at most 2 min; usually less (early stopping)'."""
-        sooner = "; usually less (early stopping)" if self.early_stopping else ""
-        return f"at most {human_duration(self.upper_s)}{sooner}"
+        """'2 min to 4 min of CPU time (about 3 min to 6 min at this load)'."""
+        return (f"{human_range(self.lower_cpu_s, self.upper_cpu_s)} of CPU time "
+                f"(about {human_range(self.lower_s, self.upper_s)} at this load)")
+
+
+def human_range(low: float, high: float) -> str:
+    """'2 min to 4 min', or 'about 2 min' when both ends read the same."""
+    low_text, high_text = human_duration(low), human_duration(high)
+    return f"about {low_text}" if low_text == high_text else f"{low_text} to {high_text}"
 
 
 def human_duration(seconds: float) -> str:
@@ -182,26 +198,46 @@ def _key(ds: Dataset, family: str, overrides: Mapping[str, Any], split: Split) -
 
 
 def _estimate(ds: Dataset, family: str, overrides: dict[str, Any], split: Split) -> Estimate:
-    cls = family_class(family)
-    train = build_config(cls.config_class, overrides).train
+    train = build_config(family_class(family).config_class, overrides).train
     rates = _probe(ds, family, overrides, split)
     n_valid, every = _validation_plan(ds, family, overrides, split, rates.steps_per_epoch)
     validation_cpu = rates.valid_cpu_per_user * n_valid
-    steps, epochs = _planned_steps(train, rates.steps_per_epoch)
-    validations = math.ceil(epochs / every) if n_valid else 0
-    training_cpu = steps * rates.step_cpu + validations * validation_cpu
+    cap = loop.planned_steps(train, rates.steps_per_epoch)
+    early = bool(train.patience > 0 and n_valid)
+    # the earliest early stop: the first validation, then `patience` without improvement
+    first_stop = min(cap, (train.patience + 1) * every * rates.steps_per_epoch) if early else cap
+    low, _ = _training_cpu(train, first_stop, rates.steps_per_epoch, every, validation_cpu, rates.step_cpu_low)
+    high, bound = _training_cpu(train, cap, rates.steps_per_epoch, every, validation_cpu, rates.step_cpu)
+    if not early and bound == "cpu_budget":
+        low = min(low, train.cpu_budget_s)  # it stops only after passing the budget
+    fixed = START_CPU_S + rates.setup_cpu + rates.valid_cpu_per_user * len(split.test)  # + the final evaluation
+    planned = cap if bound != "cpu_budget" else min(cap, _budget_steps(train, rates, every, validation_cpu))
+    return Estimate(lower_cpu_s=fixed + low, upper_cpu_s=fixed + high, lower_s=(fixed + low) * min(1.0, rates.wall_per_cpu),
+                    upper_s=(fixed + high) * rates.wall_per_cpu, bound=bound, early_stopping=early,
+                    steps_per_epoch=rates.steps_per_epoch, planned_steps=planned, step_cpu_s=rates.step_cpu,
+                    step_wall_s=rates.step_cpu * rates.wall_per_cpu, validation_cpu_s=validation_cpu,
+                    measured_load=os.getloadavg()[0], threads=torch.get_num_threads())
+
+
+def _training_cpu(train: Any, steps: int, steps_per_epoch: int, every: int, validation_cpu: float,
+                  step_cpu: float) -> tuple[float, str]:
+    """(CPU seconds of the loop, what ends it) for a run of at most `steps` steps: its steps and validations
+    (one more for weights the cadence left unvalidated), or the CPU budget and the epoch that passes it."""
+    epochs = math.ceil(steps / max(1, steps_per_epoch))
+    validations = math.ceil(epochs / every) + (1 if epochs % every else 0) if validation_cpu else 0
+    cpu = steps * step_cpu + validations * validation_cpu
     bound = "max_steps" if train.max_steps and steps == train.max_steps else "epochs"
     if train.cpu_budget_s:
-        # the loop stops after the epoch that passes the budget
-        epoch_cpu = rates.steps_per_epoch * rates.step_cpu + validation_cpu / every
-        if train.cpu_budget_s + epoch_cpu < training_cpu:
-            training_cpu, bound = train.cpu_budget_s + epoch_cpu, "cpu_budget"
-    final_eval_cpu = rates.valid_cpu_per_user * len(split.test)
-    cpu = START_CPU_S + rates.setup_cpu + training_cpu + final_eval_cpu
-    return Estimate(upper_s=cpu * rates.wall_per_cpu, upper_cpu_s=cpu, bound=bound,
-                    early_stopping=bool(train.patience > 0 and n_valid), steps_per_epoch=rates.steps_per_epoch,
-                    step_cpu_s=rates.step_cpu, step_wall_s=rates.step_cpu * rates.wall_per_cpu,
-                    validation_cpu_s=validation_cpu, measured_load=os.getloadavg()[0])
+        epoch_cpu = steps_per_epoch * step_cpu + validation_cpu  # the loop stops after the epoch passing the budget
+        if train.cpu_budget_s + epoch_cpu < cpu:
+            return train.cpu_budget_s + epoch_cpu, "cpu_budget"
+    return cpu, bound
+
+
+def _budget_steps(train: Any, rates: _Rates, every: int, validation_cpu: float) -> int:
+    """Steps the CPU budget buys at the mean rate: to the end of the epoch in which it runs out."""
+    epoch_cpu = rates.steps_per_epoch * rates.step_cpu + validation_cpu / every
+    return math.ceil(train.cpu_budget_s / epoch_cpu) * rates.steps_per_epoch
 
 
 def _validation_plan(ds: Dataset, family: str, overrides: dict[str, Any], split: Split,
@@ -213,19 +249,12 @@ def _validation_plan(ds: Dataset, family: str, overrides: dict[str, Any], split:
     return plan.users, plan.every
 
 
-def _planned_steps(train: Any, steps_per_epoch: int) -> tuple[int, int]:
-    """(optimizer steps, epochs) a run makes when neither early stopping nor the budget ends it."""
-    steps = train.epochs * steps_per_epoch
-    if train.max_steps > 0:
-        steps = min(steps, train.max_steps)
-    return steps, math.ceil(steps / max(1, steps_per_epoch))
-
-
 @dataclass
 class _Rates:
     steps_per_epoch: int
     setup_cpu: float  # model build and item init before the first step
-    step_cpu: float
+    step_cpu: float  # the mean over the timed steps
+    step_cpu_low: float  # the fastest of their 5-step stretches
     valid_cpu_per_user: float
     wall_per_cpu: float  # wall seconds per CPU second while training here
 
@@ -241,14 +270,17 @@ def _probe(ds: Dataset, family: str, overrides: dict[str, Any], split: Split) ->
     started = loop.clock()
     cls(build_config(cls.config_class, probe)).fit(ds, progress=progress, split=split)
     first = next(m for m in marks if m[2].step == 0 and m[2].total)
-    steps = [m for m in marks if m[2].step > 0 and not m[2].metrics]
+    steps = [m for m in marks if m[2].step > 0 and not m[2].metrics and m[2].loss is not None]
     valid = next((m for m in marks if m[2].metrics), None)
-    lo, hi = (steps[0] if len(steps) > 1 else first), steps[-1]
+    timed = steps if len(steps) > 1 else [first, *steps]
+    lo, hi = timed[0], timed[-1]
     n = max(1, hi[2].step - lo[2].step)
     step_cpu, step_wall = (hi[1] - lo[1]) / n, (hi[0] - lo[0]) / n
+    stretches = [(b[1] - a[1]) / max(1, b[2].step - a[2].step) for a, b in itertools.pairwise(timed)]
     users = min(PROBE_VALID_USERS, len(split.valid))
     valid_cpu = (valid[1] - hi[1]) / users if valid is not None and users else 0.0
     return _Rates(steps_per_epoch=first[2].total, setup_cpu=max(0.0, first[1] - started[1]),
-                  step_cpu=max(step_cpu, 1e-6), valid_cpu_per_user=max(valid_cpu, 0.0),
+                  step_cpu=max(step_cpu, 1e-6), step_cpu_low=max(min(stretches), 1e-6),
+                  valid_cpu_per_user=max(valid_cpu, 0.0),
                   wall_per_cpu=max(step_wall, 1e-6) / max(step_cpu, 1e-6))
 

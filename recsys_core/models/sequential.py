@@ -236,7 +236,7 @@ class SequentialRecommender(Recommender):
         plan = self.validation_plan(split, windows, steps_per_epoch)
         task = _SequenceTask(self, windows, self._valid_subset(split, plan.users))
         lcfg = self._loop_config(batch_size, plan.every, has_valid=task.valid is not None)
-        progress.update(0, cfg.train.epochs * steps_per_epoch, message=(
+        progress.update(0, loop.planned_steps(cfg.train, steps_per_epoch), message=(
             f"training {self.family} on {device.type}: {len(windows)} sequences, {steps_per_epoch} steps/epoch; "
             f"loss {choice.reason}"))
         result = loop.train(task, lcfg, device, progress)

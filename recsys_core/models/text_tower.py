@@ -113,6 +113,7 @@ class TextTower(Recommender):
         self.fine_tuned_: bool = False
         self.validation_every_steps_: int | None = None  # fine-tuning steps between validations (None: zero-shot)
         self.train_history_: list[dict] = []  # one record per round: loss, validation metrics
+        self.loop_report_: dict = {}  # how fine-tuning ended (stopped, best_epoch, steps, cpu_seconds), as every loop
         self.recipe_scores_: dict[str, float] = {}  # validation NDCG@10 of each user recipe after fine-tuning
         self.device_: str = "cpu"
         self._encoder: Any = None
@@ -131,7 +132,8 @@ class TextTower(Recommender):
 
     def fit_report(self) -> dict:
         return {"user_recipe": self.user_recipe_, "recipe_valid_ndcg@10": self.recipe_scores_,
-                "fine_tuned": self.fine_tuned_, "validation_every_steps": self.validation_every_steps_}
+                "fine_tuned": self.fine_tuned_, "validation_every_steps": self.validation_every_steps_,
+                **self.loop_report_}
 
     def training_device(self) -> str:
         return torch.device(self.device_).type
@@ -229,6 +231,7 @@ class TextTower(Recommender):
                                           f"{sampler.n_pairs} (history, next item) pairs, {total} steps")
         result = loop.train(task, lcfg, self._device(), progress, log_every=1)
         self.train_history_ = result.history
+        self.loop_report_ = {k: v for k, v in dataclasses.asdict(result).items() if k != "history"}
         self.fine_tuned_ = True
         self._finish_fine_tune(valid, progress)
 

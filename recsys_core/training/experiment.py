@@ -7,6 +7,8 @@ browser is produced by the same code as a number in a benchmark.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -30,6 +32,13 @@ CANCELLED_EVAL_USERS = 500
 # How the loop stopped, in the words a run record uses.
 STOP_REASONS = {"early_stop": "converged (no improvement for `patience` validations)", "epochs": "all epochs run",
                 "max_steps": "step budget", "cpu_budget": "CPU budget", "cancelled": "cancelled"}
+# A run that a limit stopped while its validation was still rising learned less than it could.
+LIMIT_STOPS = ("cpu_budget", "max_steps", "epochs")
+PLATEAU_GAIN = 0.01  # a validation gain below 1 % of the score: about the spread between seeds, a plateau
+MAX_MORE_VALIDATIONS = 50
+NEEDS_METHOD = ("the last validation gains shrink geometrically at the ratio seen so far, until a gain is below 1 % "
+                "of the score, then `patience` validations more, at the CPU seconds per validation so far; "
+                "without a shrinking gain yet, twice the CPU so far (a lower bound)")
 
 
 def families() -> list[str]:
@@ -159,7 +168,10 @@ def run_experiment(
     metrics = evaluate(model, split.test, item_popularity=train_popularity(split), seed=0, per_user=True,
                        max_users=CANCELLED_EVAL_USERS if cancelled else None, shards=distributed.evaluation_shards())
     extra = {"stop_reason": STOP_REASONS.get(report.get("stopped"), report.get("stopped")),
-             "best_epoch": report.get("best_epoch"), "holdout": split.holdout, "tie_rule": TIE_RULE,
+             "stopped": report.get("stopped"), "best_epoch": report.get("best_epoch"),
+             "epochs_run": report.get("epochs_run"), "steps": report.get("steps"), **_limits(model),
+             **under_trained(report.get("stopped"), model.training_history(), _setting(model, "train.patience")),
+             "holdout": split.holdout, "tie_rule": TIE_RULE,
              "loss": report.get("loss_reason")}  # which training objective, and why (loss="auto" decides)
     per_user = metrics.pop("per_user", None)
     result = RunResult(family, model, metrics, train_s, model.training_device(), status, cpu_s=cpu_s,
@@ -170,6 +182,46 @@ def run_experiment(
         _record(result, workspace, dataset_name or ds.name, split.kind)
     distributed.barrier()
     return result
+
+
+def _setting(model: Recommender, name: str) -> Any:
+    return flatten_config(model.config).get(name)
+
+
+def _limits(model: Recommender) -> dict[str, Any]:
+    """The run's budgets as set (a model without a training loop has none)."""
+    flat = flatten_config(model.config)
+    return {key: flat[f"train.{key}"] for key in ("cpu_budget_s", "max_steps", "epochs") if f"train.{key}" in flat}
+
+
+def under_trained(stopped: str | None, history: list[dict], patience: int | None,
+                  metric: str = "ndcg@10") -> dict[str, Any]:
+    """{"under_trained": bool, ...} for a run that validated at least twice: True when a limit (CPU budget, step
+    cap, all epochs) stopped it while validation was still rising (its best was one of its last two
+    validations, above its first), with `needs_cpu_s`, the CPU seconds the curve suggests a run to early
+    stopping takes (`NEEDS_METHOD`); {} for a run without validation curves."""
+    checks = [(h.get("cpu_seconds", 0.0), h["metrics"][metric]) for h in history if metric in h.get("metrics", {})]
+    if len(checks) < 2:
+        return {}
+    values = [v for _, v in checks]
+    best = max(range(len(values)), key=values.__getitem__)
+    rising = stopped in LIMIT_STOPS and best >= len(values) - 2 and values[best] > values[0]
+    if not rising:
+        return {"under_trained": False}
+    return {"under_trained": True, "needs_cpu_s": round(_needs_cpu_s(checks, patience or 0), 1),
+            "needs_method": NEEDS_METHOD}
+
+
+def _needs_cpu_s(checks: list[tuple[float, float]], patience: int) -> float:
+    cpu, values = checks[-1][0], [v for _, v in checks]
+    per_validation = (cpu - checks[0][0]) / (len(checks) - 1)
+    tail = values[-3:]
+    gains = [b - a for a, b in itertools.pairwise(tail)]
+    if len(gains) < 2 or not 0 < gains[-1] < gains[-2]:
+        return 2 * cpu
+    ratio, floor = gains[-1] / gains[-2], PLATEAU_GAIN * values[-1]
+    more = 0 if gains[-1] < floor else math.ceil(math.log(floor / gains[-1]) / math.log(ratio))
+    return cpu + (min(more, MAX_MORE_VALIDATIONS) + patience) * per_validation
 
 
 def check_order(model: Recommender, ds: Dataset) -> None:
