@@ -92,8 +92,8 @@ def test_train_page_puts_basic_settings_first_and_every_other_field_under_advanc
     at.run()
     assert not at.exception, at.exception
     shown = _texts(at)
-    assert re.search(r"Expected time: at most \d+ (s|min|h)", shown), shown
-    assert "usually less (early stopping)" in shown
+    assert re.search(r"Expected time: (about )?\d+ (s|min|h)( to \d+ (s|min|h))? of CPU time", shown), shown
+    assert "From early stopping at its earliest to " in shown  # the range's two ends, in words
 
 
 def test_train_page_says_a_one_pass_model_has_no_epochs(ws_root: Path) -> None:
@@ -156,3 +156,40 @@ def test_a_fine_tuning_text_tower_job_shows_its_curves_and_a_zero_shot_one_does_
     assert len(at.get("plotly_chart")) == 2, keys  # both from the fine-tuning job, none from the zero-shot one
     for job_id in ids.values():
         store.finish(job_id, "cancelled")
+
+
+UNDER_TRAINED = {"stop_reason": "CPU budget", "stopped": "cpu_budget", "steps": 1152, "best_epoch": 8,
+                 "under_trained": True, "needs_cpu_s": 540.0, "needs_method": "the last validation gains ..."}
+
+
+def test_the_result_card_names_the_stop_reason_and_an_under_trained_run(ws_root: Path) -> None:
+    from recsys_core.workspace.jobs import JobStore
+
+    open_app()  # the demo lands in the workspace
+    store = JobStore(Workspace(ws_root))
+    job_id = store.create(DEMO_NAME, "sasrec", {})
+    metrics = {"ndcg@10": 0.1111, "hr@10": 0.2222}
+    store.finish(job_id, "finished", run_id=7, result={"run_id": 7, "model": "sasrec", "status": "finished",
+                                                        "train_s": 400.0, "cpu_s": 250.0, "device": "cpu",
+                                                        "artifact_dir": "", "metrics": metrics, **UNDER_TRAINED})
+    at = open_app("views/train.py")
+    at.session_state["train_watched"] = {job_id: False}
+    at.run()
+    assert not at.exception, at.exception
+    shown = _texts(at) + "\n".join(str(w.value) for w in at.warning)
+    assert "stopped by CPU budget after 1,152 steps" in shown
+    assert "under-trained" in shown and "9 min of training CPU time" in shown
+
+
+def test_compare_marks_an_under_trained_run_with_the_cpu_it_needs(ws_root: Path) -> None:
+    ws = Workspace(ws_root)
+    ws.ensure_demo()
+    ds = ws.load_dataset(DEMO_NAME)
+    run = run_experiment(ds, "popularity", workspace=ws, dataset_name=DEMO_NAME)
+    ws.update_run(run.run_id, metrics={**run.metrics, "run": UNDER_TRAINED})  # as a budget-stopped run records it
+    at = open_app("views/compare.py")
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert table["stopped by"].tolist() == ["CPU budget after 1,152 steps · under-trained (needs about 9 min CPU)"]
+    warning = "\n".join(str(w.value) for w in at.warning)
+    assert f"#{run.run_id} popularity" in warning and "Under-trained" in warning

@@ -10,7 +10,7 @@ from recsys_core.evaluation.compare import load_per_user, per_user_metrics, save
 from recsys_core.training.experiment import make_split
 from views.ui import charts, state
 from views.ui.common import load_dataset, md_escape, sidebar_dataset_selector, workspace
-from views.ui.model_state import cached_model, run_label, runs_frame
+from views.ui.model_state import cached_model, run_ending, run_label, runs_frame
 
 st.title("Compare")
 record = sidebar_dataset_selector()
@@ -33,6 +33,13 @@ st.subheader("Leaderboard")
 st.caption(f"Dataset **{md_escape(record.name)}**, split {split_kind}; full ranking over all items, "
            "the user's seen items excluded, ties ranked pessimistically.")
 st.dataframe(table, hide_index=True, key="compare_table")
+under = [r for r in runs if (r.metrics.get("run") or {}).get("under_trained")]
+if under:
+    st.warning("**Under-trained:** " + "; ".join(f"#{r.id} {md_escape(r.model)} ({run_ending(r.metrics['run'])})"
+                                                 for r in under)
+               + ". A limit stopped these runs while their validation was still rising, so they rank below what the "
+                 "model can do; the CPU time each needs is extrapolated from its validation curve. Train them again "
+                 "with a larger time budget before comparing.", icon=":material/trending_up:")
 
 bars = pd.DataFrame({"run": [run_label(r) for r in runs], "model": [r.model for r in runs],
                      metric: [r.metrics.get(metric) for r in runs], "train s": [r.wall_s for r in runs]})

@@ -186,8 +186,9 @@ def _outcome(job: JobRecord, mine: bool) -> None:
 def _under_trained_note(res: dict, run: str) -> None:
     """A warning when a limit stopped the run while its validation was still rising."""
     if res.get("under_trained"):
-        st.warning(f"{run} is **under-trained**: {res['stop_reason']} stopped it while validation NDCG@10 was still "
-                   f"rising (its best was one of its last two validations), so its score understates the model. "
+        st.warning(f"{run} is **under-trained**: it stopped on a limit ({res['stop_reason']}) while validation "
+                   f"NDCG@10 was still rising (its best was one of its last two validations), so its score understates "
+                   f"the model. "
                    f"The curve suggests about **{human_duration(res['needs_cpu_s'])} of training CPU time** to early "
                    f"stopping ({md_escape(res['needs_method'])}): raise the time budget to compare it fairly.")
 
