@@ -92,3 +92,49 @@ def test_a_bad_dataset_in_the_link_falls_back_without_an_error(env: dict) -> Non
     at = _session(dataset="../../etc")
     assert _active(at) == DEMO_NAME
     assert at.query_params["dataset"] == DEMO_NAME
+
+
+def _warnings(at: AppTest) -> str:
+    return " ".join(w.value for w in at.warning).replace("\\", "").replace("**", "")
+
+
+def test_a_link_to_a_cancelled_run_says_so_on_every_page_that_shows_it(env: dict) -> None:
+    ws = Workspace(env["root"])
+    cancelled = run_experiment(load_demo(), "popularity", workspace=ws, dataset_name=DEMO_NAME)
+    ws.update_run(cancelled.run_id, status="cancelled")
+    for page in (RECOMMEND, "views/explain.py", "views/embeddings.py"):
+        at = _session(page, dataset=DEMO_NAME, run=str(cancelled.run_id))
+        assert f"Run #{cancelled.run_id} (popularity) was cancelled before it finished" in _warnings(at), page
+        if page != "views/embeddings.py":  # which names the model in a caption there, in a picker on Embeddings
+            assert "the model you chose (popularity" in _captions(at) and ", cancelled)" in _captions(at)
+    finished = _session(RECOMMEND, dataset=DEMO_NAME, run=str(env["runs"]["popularity"].run_id))
+    assert "Run #" not in _warnings(finished)  # a finished run opens without a warning
+
+
+def test_train_keeps_the_chosen_model_family_in_the_link(env: dict) -> None:
+    at = _session("views/train.py", dataset=DEMO_NAME, model="itemknn")
+    assert at.selectbox(key="train_family").value == "itemknn"
+    at.selectbox(key="train_family").set_value("popularity").run()
+    assert at.query_params["model"] == "popularity"
+    for stale in ("no-such-model", ""):
+        opened = _session("views/train.py", dataset=DEMO_NAME, model=stale)
+        assert opened.selectbox(key="train_family").value == "bert4rec"  # the first family the demo offers
+    opened.session_state["train_estimate"].join(600)  # its time is being measured: let the thread end in the test
+
+
+def test_blurbs_keep_user_item_and_tone_in_the_link(env: dict) -> None:
+    ds = load_demo()
+    first = _session("views/blurbs.py", dataset=DEMO_NAME)
+    user = 7 if first.selectbox(key="blurbs_user").value != 7 else 8
+    first.selectbox(key="blurbs_user").set_value(user).run()
+    first.selectbox(key="blurbs_item").select_index(2).run()  # the third recommendation
+    item = first.selectbox(key="blurbs_item").value
+    first.selectbox(key="blurbs_tone").set_value("push notification").run()
+    assert not first.exception, first.exception
+    params = {k: first.query_params[k] for k in ("user", "item", "tone")}
+    assert params == {"user": str(ds.user_ids[int(user)]), "item": str(ds.item_ids[int(item)]), "tone": "push notification"}
+
+    reloaded = _session("views/blurbs.py", dataset=DEMO_NAME, **params)
+    assert reloaded.selectbox(key="blurbs_user").value == int(user)
+    assert reloaded.selectbox(key="blurbs_item").value == int(item)
+    assert reloaded.selectbox(key="blurbs_tone").value == "push notification"

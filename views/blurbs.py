@@ -20,7 +20,7 @@ from recsys_core.insight import explain
 from recsys_core.progress import Progress
 from recsys_core.recommend.export import to_csv_bytes
 from recsys_core.recommend.topk import recommend
-from views.ui import jobs
+from views.ui import jobs, state
 from views.ui.common import md_escape, plural, workspace
 from views.ui.model_state import page_dataset_and_model
 
@@ -88,6 +88,8 @@ def _default_user() -> int:
     return int(fits[np.argmax(lengths[fits])]) if len(fits) else 0
 
 
+state.seed_index_from_url(USER_KEY, "user", ds.user_index)  # a reload or a shared link keeps user, item, tone
+state.seed_index_from_url(ITEM_KEY, "item", ds.item_index)
 if not isinstance(st.session_state.get(USER_KEY), int) or not 0 <= st.session_state[USER_KEY] < ds.n_users:
     st.session_state[USER_KEY] = _default_user()
 
@@ -105,6 +107,9 @@ if st.session_state.get(ITEM_KEY) not in options:
 item = int(cols[1].selectbox("Recommended item", options, key=ITEM_KEY,
                              format_func=lambda i: f"#{options.index(i) + 1} {titles[i]}",
                              help="This user's top 10 from the active model (seen items excluded)."))
+state.write_id("user", ds.user_ids, user)
+state.write_id("item", ds.item_ids, item)
+state.bind("blurbs_tone", "tone", next(iter(blurbs.TONES)), options=list(blurbs.TONES))
 tone = cols[2].selectbox("Tone", list(blurbs.TONES), key="blurbs_tone",
                          help="demo: 2-3 lively sentences · email: 2-3 warm sentences · push: one short sentence.")
 

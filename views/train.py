@@ -39,6 +39,7 @@ from views.ui.model_state import (
     run_ending,
     run_label,
     runs_frame,
+    unfinished_run_warning,
 )
 
 JOB_KEY = "train_job"  # session state: handle (TrainingJob) of the last job this session started
@@ -404,6 +405,7 @@ if runs:
             cached_model(pick.artifact_dir)
             st.session_state[ACTIVE_MODEL_KEY] = pick.artifact_dir
             st.success(f"Run #{pick.id} ({pick.model}) is now the active model.")
+            unfinished_run_warning(pick)
         except RecsysError as err:
             show_data_error(err, "Could not load this model")
 else:

@@ -18,6 +18,7 @@ from recsys_core.models.profiles import human_duration
 from recsys_core.models.settings import flatten_config, help_of
 from recsys_core.training.experiment import config_fields, families, run_experiment
 from views.ui import state
+from views.ui.common import md_escape
 
 ACTIVE_MODEL_KEY = "active_model_dir"  # artifact folder of the model the Recommend/Explain pages use
 
@@ -133,9 +134,12 @@ def active_model(record, ds) -> tuple[Recommender, str]:
             model = cached_model(chosen)
             if model.fits(ds):
                 st.session_state[ACTIVE_MODEL_KEY] = chosen
-                state.write_url("run", _run_id_of(chosen, record.name))  # a shared link opens this model
+                run = _run_of(chosen, record.name)
+                state.write_url("run", run.id if run else None)  # a shared link opens this model
+                unfinished_run_warning(run)  # a link may open a cancelled run: say so on every page
+                status = f", {run.status}" if run is not None and run.status != "finished" else ""
                 # the folder's name, not its server path: visitors need not see the server's file layout
-                return model, f"the model you chose ({model.family}, {Path(chosen).name})"
+                return model, f"the model you chose ({model.family}, {Path(chosen).name}{status})"
         except Exception:  # noqa: BLE001  a deleted or damaged folder: fall back below
             st.session_state.pop(ACTIVE_MODEL_KEY, None)
     state.write_url("run", None)  # no explicit choice: the link follows the best run
@@ -169,13 +173,29 @@ def _run_folder_from_url(dataset: str) -> str | None:
     return str(run.artifact_dir) if run.dataset == dataset and run.artifact_dir else None
 
 
-def _run_id_of(folder: str, dataset: str) -> int | None:
+def _run_of(folder: str, dataset: str):
     """The run whose files are `folder` (None for a folder loaded from disk, which a link cannot name)."""
     from views.ui.common import workspace
 
     target = Path(folder).resolve()
-    return next((r.id for r in workspace().list_runs(dataset=dataset)
+    return next((r for r in workspace().list_runs(dataset=dataset)
                  if r.artifact_dir and Path(r.artifact_dir).resolve() == target), None)
+
+
+UNFINISHED = {
+    "cancelled": "was **cancelled** before it finished: these are its best weights so far, and its metrics cover "
+                 "a sample of users",
+    "no_improvement": "**never improved** on validation after its first check: the model learned little it can show",
+}
+
+
+def unfinished_run_warning(run) -> None:
+    """A warning when `run` (a RunRecord, or None) did not finish normally, on any page that shows it."""
+    if run is None or run.status == "finished":
+        return
+    what = UNFINISHED.get(run.status, f"is **{md_escape(run.status)}**, not a finished run")
+    st.warning(f"Run #{run.id} ({md_escape(run.model)}) {what}. Its results are not those of a trained model: "
+               "retrain it, or pick a finished run on the Train page.", icon=":material/warning:")
 
 
 def page_dataset_and_model():
