@@ -25,6 +25,7 @@ from recsys_core.models.profiles import (
     profile_for,
 )
 from recsys_core.models.settings import has_training_loop
+from recsys_core.threads import training_threads
 from recsys_core.training.experiment import check_paths, make_split, memory_estimate_mb
 from recsys_core.training.jobs import TrainingJob
 from recsys_core.workspace.artifacts import import_model_zip
@@ -289,8 +290,10 @@ def _expected_time(family: str, overrides: dict, split_kind: str) -> None:
         return
     if not estimable:
         budget = overrides.get("train.cpu_budget_s") or 0
-        bound = f"at most about {human_duration(budget)} of CPU time (the budget)" if budget else "no bound set"
-        st.caption(f"Expected time: {bound}; this model reads item texts, so no quick step-rate measurement.")
+        bound = (f"training stops after the epoch that passes {human_duration(budget)} of CPU time (the budget); "
+                 "encoding the item texts, start-up and the final evaluation come on top") if budget else "no bound set"
+        st.caption(f"Expected time: not measured, as this model reads item texts (timing steps would load and run "
+                   f"the text encoder while you wait); {bound}.")
         return
     try:
         split = _split(_root_key(), record.name, f"{record.created_at}|{record.path}", split_kind, ds)
@@ -324,6 +327,9 @@ def _estimate_caption(estimate: Estimate) -> None:
                f"({estimate.steps_per_epoch:,} an epoch), with validation, start-up and the final evaluation; measured "
                f"on this machine now, on {estimate.threads} thread(s). The minutes assume the load stays as measured "
                f"({estimate.measured_load:.1f}); the CPU time does not depend on it.")
+    if estimate.threads != training_threads():
+        st.caption(f"The job trains on {training_threads()} threads (RECSYS_TRAINING_THREADS), the measurement ran on "
+                   f"{estimate.threads}: its CPU time per step may differ from this estimate.")
 
 
 def _refusal(family: str, overrides: dict | None = None) -> Refusal | None:
