@@ -64,3 +64,61 @@ def test_temporal_split_errors() -> None:
                                "timestamp": list(range(9)) + [100]})
     with pytest.raises(DataError, match="no user has history both before and after"):
         temporal_split(build_dataset(early_late, name="t"), test_fraction=0.1, valid_fraction=0.0)
+
+
+# ---- ties: equal timestamps in a sorted file ---------------------------------------------------------
+
+
+def _daily_log(seed: int = 0) -> pd.DataFrame:
+    """Ratings stamped by the day (so a user's last few ratings often share a timestamp), as exports are."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(200):
+        items = rng.choice(np.arange(1, 301), size=12, replace=False)
+        days = np.sort(rng.integers(0, 4, size=12))
+        rows += [(u + 1, int(i), int(rng.integers(1, 6)), 1_300_000_000 + 86_400 * int(d)) for i, d in zip(items, days)]
+    return pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"])
+
+
+def _load(frame: pd.DataFrame):
+    from recsys_core.data import load_dataset
+
+    return load_dataset(frame.to_csv(index=False).encode(), "ratings.csv")
+
+
+def _held_out_highest_id(ds) -> float:
+    """Share of users whose last two tie and whose held-out item is the highest id of their last timestamp."""
+    ts = np.split(ds.interactions["timestamp"].to_numpy(), ds.indptr[1:-1])
+    split, hits, tied = leave_one_out(ds), 0, 0
+    for k, u in enumerate(split.test.users):
+        last = ds.history(u)[ts[u] == ts[u][-1]]
+        if len(last) >= 2:
+            tied += 1
+            hits += int(ds.item_ids[split.test.targets[k][0]]) == max(int(ds.item_ids[i]) for i in last)
+    return hits / tied
+
+
+def test_ties_listed_in_item_id_order_are_broken_by_the_seeded_random_rule() -> None:
+    log = _daily_log()
+    ds, report = _load(log.sort_values(["user", "timestamp", "item"]))  # the trap: ties in item-id order
+    assert ds.ties == {"rule": "seeded random", "sorted_by": "item id (as a number)", "seed": 0}
+    assert 0.2 < _held_out_highest_id(ds) < 0.6  # file order held out the highest id of every tie (1.0)
+    text = "\n".join(report.lines())
+    assert "listed sorted by item id (as a number)" in text and "seeded random order (seed 0)" in text
+    again, _ = _load(log.sort_values(["user", "timestamp", "item"]))
+    assert np.array_equal(again.seq_items, ds.seq_items)  # seeded: the same file gives the same split
+    down, _ = _load(log.sort_values(["user", "timestamp", "item"], ascending=[True, True, False]))
+    assert down.ties["rule"] == "seeded random"
+    by_rating, _ = _load(log.sort_values(["user", "timestamp", "rating"], kind="stable"))
+    assert by_rating.ties["sorted_by"] == "rating"
+
+
+def test_ties_in_an_unsorted_file_keep_the_file_order_and_the_report_says_so() -> None:
+    log = _daily_log().sample(frac=1.0, random_state=1)  # rows as they were logged: no order within a timestamp
+    ds, report = _load(log)
+    assert ds.ties == {"rule": "file order"}
+    assert "here the file's order is kept" in "\n".join(report.lines())
+    few = _daily_log().sort_values(["user", "timestamp", "item"])
+    few["timestamp"] += np.arange(len(few))  # every tie broken by the file ...
+    few.loc[few.index[:3], "timestamp"] = few["timestamp"].iat[0]  # ... but three rows: too few to call it sorted
+    assert _load(few)[0].ties == {"rule": "file order"}

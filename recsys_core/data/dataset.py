@@ -28,7 +28,16 @@ FORMAT_VERSION = 1
 # interaction came last, unless the user declares that the file lists them in time order.
 ORDER_TIMESTAMP, ORDER_FILE, ORDER_NONE = "timestamp", "file order (declared)", "none"
 ORDERS = (ORDER_TIMESTAMP, ORDER_FILE, ORDER_NONE)
-TIE_RULE = "equal timestamps keep the order of the file"
+# Interactions of a user with equal timestamps: the file's order says which came last, unless the file lists every
+# such tie sorted (by item id, rating or count), which is a sort, not time: then a seeded random order, as for data
+# without timestamps (`Dataset.ties` says which rule a dataset got).
+TIE_RULE = ("equal timestamps keep the order of the file, unless the file lists them sorted (by item id, rating or "
+            "count): then a seeded random order")
+TIES_FILE, TIES_RANDOM = "file order", "seeded random"
+TIE_SEED = 0
+# Adjacent tied rows that must all step one way before the file counts as sorted: a random order does so by chance
+# with probability 2 * 2**-8 < 1 % (the demo's two tied pairs are no evidence either way).
+TIE_EVIDENCE = 8
 
 
 def catalogue_digest(item_ids: Sequence[object]) -> str:
@@ -115,6 +124,12 @@ class Dataset:
     def is_ordered(self) -> bool:
         """True when "last" means something: real timestamps or a declared file order."""
         return self.order != ORDER_NONE
+
+    @property
+    def ties(self) -> dict:
+        """How equal timestamps were ordered: {"rule": TIES_FILE} or {"rule": TIES_RANDOM, "sorted_by": key,
+        "seed": TIE_SEED} (`TIE_RULE`)."""
+        return self.options.get("ties", {"rule": TIES_FILE})
 
     def users_with_tied_last_two(self) -> int:
         """Users whose last two interactions share a timestamp: `TIE_RULE` decides which one is "last"."""
@@ -260,8 +275,9 @@ def build_dataset(
 ) -> Dataset:
     """Index a mapped frame (columns user, item, [rating], [timestamp]; ids any type) into a Dataset.
 
-    Sorting is stable, so interactions with equal timestamps keep their file order (`TIE_RULE`); without
-    timestamps the file order is kept, and `options["order"]` says whether it may be read as time.
+    Sorting is stable, so interactions with equal timestamps keep their file order, unless the file lists every
+    tie sorted (by item id, rating or count): then they get a seeded random order (`TIE_RULE`, `options["ties"]`).
+    Without timestamps the file order is kept, and `options["order"]` says whether it may be read as time.
     `items`, if given, is item metadata with an `item_id` column (mapped onto the item schema).
     """
     frame = frame.reset_index(drop=True)
@@ -272,6 +288,9 @@ def build_dataset(
     rating = _column(frame, RATING)
     count = _column(frame, COUNT)
     order = user_time_order(user_codes, ts)
+    sorted_by = sorted_ties(user_codes[order], ts[order], _tie_keys(item_codes, item_ids, rating, count), order)
+    if sorted_by is not None:
+        order = _random_ties(user_codes, ts, order)
     interactions = pd.DataFrame({
         USER: user_codes[order].astype(np.int32),
         ITEM: item_codes[order].astype(np.int32),
@@ -281,6 +300,8 @@ def build_dataset(
     }, copy=False)  # no block consolidation: it would copy every column once more
     opts = dict(options or {})
     opts.setdefault("order", ORDER_TIMESTAMP if has_ts else ORDER_NONE)
+    opts["ties"] = {"rule": TIES_FILE} if sorted_by is None else \
+        {"rule": TIES_RANDOM, "sorted_by": sorted_by, "seed": TIE_SEED}
     if opts["order"] not in ORDERS or (opts["order"] == ORDER_TIMESTAMP and not has_ts):
         raise DataError(f"order {opts['order']!r} does not fit this data (timestamps: {'yes' if has_ts else 'no'})",
                         hint=f"use one of {', '.join(repr(o) for o in ORDERS)}; 'timestamp' needs a timestamp column")
@@ -372,6 +393,40 @@ def user_time_order(users: np.ndarray, ts: np.ndarray) -> np.ndarray:
         return np.argsort(key, kind="stable")
     order = np.argsort(ts, kind="stable")
     return order[np.argsort(users[order], kind="stable")]
+
+
+def _tie_keys(item_codes: np.ndarray, item_ids: np.ndarray, rating: np.ndarray,
+              count: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-row values a file may be sorted by within a timestamp: item id (as text, and as a number when every id
+    is one), rating, count."""
+    keys = {"item id": item_codes}
+    ids = pd.to_numeric(pd.Series(item_ids, dtype=object), errors="coerce").to_numpy(dtype=np.float64)
+    if len(ids) and not np.isnan(ids).any():
+        keys["item id (as a number)"] = ids[item_codes]
+    keys.update({name: values for name, values in ((RATING, rating), (COUNT, count)) if not np.isnan(values).all()})
+    return keys
+
+
+def sorted_ties(users: np.ndarray, ts: np.ndarray, keys: dict[str, np.ndarray], order: np.ndarray) -> str | None:
+    """The key (of `keys`, in file row order) by which the file lists every run of rows with one user and one
+    timestamp (`users`, `ts` in `order`) in one direction, ascending or descending, over at least `TIE_EVIDENCE`
+    steps; None when no key does, or too few rows tie to tell. Rows equal on a key say nothing either way."""
+    tied = (users[1:] == users[:-1]) & (ts[1:] == ts[:-1])
+    if not tied.any():
+        return None
+    for name, key in keys.items():
+        values = key[order]
+        step = values[1:][tied] - values[:-1][tied]
+        step = step[step != 0]
+        if len(step) >= TIE_EVIDENCE and not np.isnan(step).any() and ((step > 0).all() or (step < 0).all()):
+            return name
+    return None
+
+
+def _random_ties(users: np.ndarray, ts: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """`order` with each run of equal (user, timestamp) shuffled by a seeded random key (`TIE_SEED`)."""
+    shuffle = np.random.default_rng(TIE_SEED).random(len(order))
+    return order[np.lexsort((shuffle, ts[order], users[order]))]
 
 
 def _column(frame: pd.DataFrame, name: str) -> np.ndarray:

@@ -22,6 +22,7 @@ from recsys_core.data.dataset import (
     ORDER_TIMESTAMP,
     RATING,
     TIE_RULE,
+    TIES_RANDOM,
     TIMESTAMP,
     USER,
     Dataset,
@@ -153,9 +154,15 @@ def _report_order(ds: Dataset, report: LoadReport) -> None:
     elif ds.order == ORDER_FILE:
         report.add("no timestamp column: file order is taken as time, as declared (the last row of a user is "
                    "their latest interaction)")
+    elif ds.ties["rule"] == TIES_RANDOM:
+        report.add(f"interactions of a user at the same timestamp are listed sorted by {ds.ties['sorted_by']} in the "
+                   "file, an order that says nothing about time, so they are put in a seeded random order (seed "
+                   f"{ds.ties['seed']}), as without timestamps; {ds.users_with_tied_last_two()} of {ds.n_users} users "
+                   "have their last two interactions at the same timestamp, and which one is held out is that random "
+                   f"pick (rule: {TIE_RULE})")
     elif (tied := ds.users_with_tied_last_two()):
         report.add(f"{tied} of {ds.n_users} users have their last two interactions at the same timestamp; "
-                   f"{TIE_RULE}, which decides which one is held out")
+                   f"{TIE_RULE}; here the file's order is kept, and it decides which one is held out")
 
 
 def _stem(file: str) -> str:
