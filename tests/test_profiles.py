@@ -91,6 +91,8 @@ def test_the_estimate_is_a_range_whose_upper_end_is_not_below_the_run(data, one_
     assert estimate.steps_per_epoch == 15 and estimate.planned_steps == 90  # 240 windows in batches of 16
     assert estimate_training(ds, "sasrec", settings, split) is estimate  # measured once per settings
     assert estimate.lower_cpu_s <= estimate.upper_cpu_s and estimate.threads == 1
+    small_batches = estimate_training(ds, "sasrec", {**settings, "batch_size": 4}, split)
+    assert small_batches.steps_per_epoch == 60 > profiles.PROBE_STEPS  # an epoch, not the probe's few steps
     cpu = time.process_time()
     run_experiment(ds, "sasrec", settings, split=split)
     cpu = time.process_time() - cpu
@@ -99,8 +101,9 @@ def test_the_estimate_is_a_range_whose_upper_end_is_not_below_the_run(data, one_
 
 
 def _rates(**kw):
-    return profiles._Rates(**{"steps_per_epoch": 10, "setup_cpu": 0.5, "step_cpu": 0.1, "step_cpu_low": 0.08,
-                              "valid_cpu_per_user": 0.001, "wall_per_cpu": 1.5, **kw})
+    return profiles._Rates(**{"steps_per_epoch": 10, "batch_size": SMALL["batch_size"], "setup_cpu": 0.5, "step_cpu": 0.1, "step_cpu_low": 0.08,
+                              "valid_cpu_per_user": 0.001, "test_cpu_per_user": 0.002,
+                              "wall_per_cpu": 1.5, **kw})
 
 
 def test_the_range_runs_from_the_earliest_early_stop_to_the_epoch_that_passes_the_budget(data, monkeypatch):
@@ -108,10 +111,10 @@ def test_the_range_runs_from_the_earliest_early_stop_to_the_epoch_that_passes_th
     at most the CPU budget plus the epoch that passes it at the mean rate; never below what the run can take."""
     ds, split = data
     monkeypatch.setattr(profiles, "_probe", lambda *a: _rates())  # the measurement is the boundary we fake
-    monkeypatch.setattr(profiles, "_validation_plan", lambda *a: (100, 1))
+    monkeypatch.setattr(profiles, "_plan", lambda *a: (10, 100, 1))
     settings = {**SMALL, "epochs": 10_000, "patience": 2, "cpu_budget_s": 30.0}
     estimate = estimate_training(ds, "sasrec", settings, split)
-    fixed = profiles.START_CPU_S + 0.5 + 0.001 * len(split.test)
+    fixed = profiles.START_CPU_S + 0.5 + 0.002 * len(split.test)
     assert estimate.bound == "cpu_budget" and estimate.early_stopping
     assert estimate.upper_cpu_s == pytest.approx(fixed + 30.0 + 10 * 0.1 + 0.1)  # the budget + one epoch
     assert estimate.lower_cpu_s == pytest.approx(fixed + 3 * (10 * 0.08 + 0.1))  # first validation + patience 2

@@ -28,6 +28,7 @@ from recsys_core.background import BackgroundJob
 from recsys_core.cache import KeyedCache
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.splits import Split
+from recsys_core.evaluation.metrics import evaluate, train_popularity
 from recsys_core.models import loop
 from recsys_core.models.base import capabilities_of, family_class
 from recsys_core.models.settings import TRAIN, build_config, has_training_loop
@@ -100,7 +101,9 @@ def profile_for(device: str = "auto", name: str | None = None) -> Profile:
 # ---- how long a run takes ---------------------------------------------------------------------------
 
 PROBE_STEPS = 40  # steps timed per estimate, reported every 5; the first 5 pay warm-up and are not counted
-PROBE_VALID_USERS = 100  # users of the timed validation
+# Users of the timed validation: the run's own plan up to this many (a 100-user validation cost 2.5x as much per
+# user as the demo's planned 2,665, scoring and ranking the catalogue in fuller chunks: bench/eta.py)
+PROBE_VALID_USERS = 1000
 # A job's process imports torch and transformers and loads the dataset before its first step:
 # 7-8 CPU s measured on the 2-core box (`python -c "import recsys_core.training.worker, ..."`).
 START_CPU_S = 8.0
@@ -199,8 +202,11 @@ def _key(ds: Dataset, family: str, overrides: Mapping[str, Any], split: Split) -
 
 def _estimate(ds: Dataset, family: str, overrides: dict[str, Any], split: Split) -> Estimate:
     train = build_config(family_class(family).config_class, overrides).train
-    rates = _probe(ds, family, overrides, split)
-    n_valid, every = _validation_plan(ds, family, overrides, split, rates.steps_per_epoch)
+    steps_per_epoch, n_valid, every = _plan(ds, family, overrides, split)
+    rates = _probe(ds, family, overrides, split, min(n_valid, PROBE_VALID_USERS))
+    if rates.batch_size != train.batch_size:  # memory planning halved the batch: more steps an epoch
+        steps_per_epoch, n_valid, every = _plan(ds, family, overrides, split, rates.batch_size)
+    rates.steps_per_epoch = steps_per_epoch
     validation_cpu = rates.valid_cpu_per_user * n_valid
     cap = loop.planned_steps(train, rates.steps_per_epoch)
     early = bool(train.patience > 0 and n_valid)
@@ -210,7 +216,7 @@ def _estimate(ds: Dataset, family: str, overrides: dict[str, Any], split: Split)
     high, bound = _training_cpu(train, cap, rates.steps_per_epoch, every, validation_cpu, rates.step_cpu)
     if not early and bound == "cpu_budget":
         low = min(low, train.cpu_budget_s)  # it stops only after passing the budget
-    fixed = START_CPU_S + rates.setup_cpu + rates.valid_cpu_per_user * len(split.test)  # + the final evaluation
+    fixed = START_CPU_S + rates.setup_cpu + rates.test_cpu_per_user * len(split.test)  # + the final evaluation
     planned = cap if bound != "cpu_budget" else min(cap, _budget_steps(train, rates, every, validation_cpu))
     return Estimate(lower_cpu_s=fixed + low, upper_cpu_s=fixed + high, lower_s=(fixed + low) * min(1.0, rates.wall_per_cpu),
                     upper_s=(fixed + high) * rates.wall_per_cpu, bound=bound, early_stopping=early,
@@ -240,35 +246,41 @@ def _budget_steps(train: Any, rates: _Rates, every: int, validation_cpu: float) 
     return math.ceil(train.cpu_budget_s / epoch_cpu) * rates.steps_per_epoch
 
 
-def _validation_plan(ds: Dataset, family: str, overrides: dict[str, Any], split: Split,
-                     steps_per_epoch: int) -> tuple[int, int]:
-    """(validation users, epochs between validations): the plan the fit itself makes."""
+def _plan(ds: Dataset, family: str, overrides: dict[str, Any], split: Split,
+          batch_size: int | None = None) -> tuple[int, int, int]:
+    """(steps an epoch, validation users, epochs between validations): the plan the fit itself makes, at the
+    configured batch size or `batch_size` (what memory planning left)."""
     model = family_class(family)(build_config(family_class(family).config_class, overrides))
     model._remember_catalogue(ds)
-    plan = model.validation_plan(split, model.windows(split.train), steps_per_epoch)
-    return plan.users, plan.every
+    windows = model.windows(split.train)
+    steps_per_epoch = math.ceil(len(windows) / (batch_size or model.config.train.batch_size))
+    plan = model.validation_plan(split, windows, steps_per_epoch)
+    return steps_per_epoch, plan.users, plan.every
 
 
 @dataclass
 class _Rates:
     steps_per_epoch: int
+    batch_size: int  # what the fit trained with (memory planning may halve the configured one)
     setup_cpu: float  # model build and item init before the first step
     step_cpu: float  # the mean over the timed steps
     step_cpu_low: float  # the fastest of their 5-step stretches
     valid_cpu_per_user: float
+    test_cpu_per_user: float  # the final evaluation: every cut-off, coverage, popularity bias, per-user rows
     wall_per_cpu: float  # wall seconds per CPU second while training here
 
 
-def _probe(ds: Dataset, family: str, overrides: dict[str, Any], split: Split) -> _Rates:
-    """Train `PROBE_STEPS` real steps and validate `PROBE_VALID_USERS` users, timing each phase."""
+def _probe(ds: Dataset, family: str, overrides: dict[str, Any], split: Split, valid_users: int) -> _Rates:
+    """Train `PROBE_STEPS` real steps and validate `valid_users` users (at least one), timing each phase."""
     cls = family_class(family)
+    users = max(1, min(valid_users, len(split.valid)))
     probe = {**overrides, f"{TRAIN}.epochs": 1, f"{TRAIN}.max_steps": PROBE_STEPS, f"{TRAIN}.patience": 0,
              f"{TRAIN}.eval_every": 1, f"{TRAIN}.cpu_budget_s": 0.0, f"{TRAIN}.checkpoint_dir": "",
-             f"{TRAIN}.max_valid_users": PROBE_VALID_USERS, "valid_share": 0.0}
+             f"{TRAIN}.max_valid_users": users, "valid_share": 0.0}
     marks: list[tuple[float, float, ProgressEvent]] = []
     progress = Progress(callback=lambda event: marks.append((*loop.clock(), event)))
     started = loop.clock()
-    cls(build_config(cls.config_class, probe)).fit(ds, progress=progress, split=split)
+    model = cls(build_config(cls.config_class, probe)).fit(ds, progress=progress, split=split)
     first = next(m for m in marks if m[2].step == 0 and m[2].total)
     steps = [m for m in marks if m[2].step > 0 and not m[2].metrics and m[2].loss is not None]
     valid = next((m for m in marks if m[2].metrics), None)
@@ -277,10 +289,14 @@ def _probe(ds: Dataset, family: str, overrides: dict[str, Any], split: Split) ->
     n = max(1, hi[2].step - lo[2].step)
     step_cpu, step_wall = (hi[1] - lo[1]) / n, (hi[0] - lo[0]) / n
     stretches = [(b[1] - a[1]) / max(1, b[2].step - a[2].step) for a, b in itertools.pairwise(timed)]
-    users = min(PROBE_VALID_USERS, len(split.valid))
-    valid_cpu = (valid[1] - hi[1]) / users if valid is not None and users else 0.0
-    return _Rates(steps_per_epoch=first[2].total, setup_cpu=max(0.0, first[1] - started[1]),
+    valid_cpu = (valid[1] - hi[1]) / users if valid is not None and len(split.valid) else 0.0
+    tested = min(len(split.test), PROBE_VALID_USERS)
+    before = loop.clock()[1]
+    evaluate(model, split.test, item_popularity=train_popularity(split), per_user=True, max_users=tested)
+    test_cpu = (loop.clock()[1] - before) / max(1, tested)
+    return _Rates(steps_per_epoch=first[2].total, batch_size=model.fit_report()["batch_size"],
+                  setup_cpu=max(0.0, first[1] - started[1]),
                   step_cpu=max(step_cpu, 1e-6), step_cpu_low=max(min(stretches), 1e-6),
-                  valid_cpu_per_user=max(valid_cpu, 0.0),
+                  valid_cpu_per_user=max(valid_cpu, 0.0), test_cpu_per_user=test_cpu,
                   wall_per_cpu=max(step_wall, 1e-6) / max(step_cpu, 1e-6))
 
