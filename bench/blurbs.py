@@ -39,10 +39,14 @@ from __future__ import annotations
 
 import argparse
 import collections
+import csv
+import dataclasses
 import datetime as dt
 import json
+import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -57,9 +61,18 @@ import numpy as np
 import torch
 
 from recsys_core.blurbs import loading
-from recsys_core.blurbs.grounding import title_key
+from recsys_core.blurbs.grounding import Catalogue, check_sentence, sentences, title_key
 from recsys_core.blurbs.local import DEFAULT_LABEL, TransformersBackend, local_default_backend
-from recsys_core.blurbs.writer import TONES, build_facts, catalogue_for, similar_history_items, write_blurb
+from recsys_core.blurbs.writer import (
+    MAX_ATTRIBUTE_VALUES,
+    TONES,
+    BlurbFacts,
+    build_facts,
+    catalogue_for,
+    popularity_words,
+    similar_history_items,
+    write_blurb,
+)
 from recsys_core.data.demo import load_demo
 from recsys_core.evaluation.metrics import popularity_percentile
 from recsys_core.models.base import FAMILIES
@@ -89,6 +102,21 @@ def _kind(problem: str) -> str:
         if marker in problem:
             return kind
     return "other"
+
+
+def _specific(text: str, facts: BlurbFacts, catalogue: Catalogue) -> bool:
+    """Whether the blurb names a liked item and one of the item's attribute values (a genre, an author)."""
+    words = " ".join(title_key(text))
+    values = {" ".join(title_key(v)) for v in facts.attribute_values()}
+    canonical = {catalogue.attributes.get(tuple(v.split()), v) for v in values}
+    variants = {" ".join(k) for k, c in catalogue.attributes.items() if c in canonical} | values
+    return _cites(text, facts.liked) and any(f" {v} " in f" {words} " for v in variants)
+
+
+def _unsupported_shown(text: str, facts: BlurbFacts, tone: str, catalogue: Catalogue) -> int:
+    """Sentences of a shown blurb that the sentence check flags (the page never shows one: this re-checks)."""
+    allowed = facts.allowed(TONES[tone])
+    return sum(bool(check_sentence(sentence, allowed, catalogue)) for sentence in sentences(text))
 
 
 def _cites(text: str, liked) -> bool:
@@ -170,7 +198,10 @@ def write_all(ds, recs, backend, catalogue, args: argparse.Namespace, guided: bo
                      "passed_drafts": sum(not a.problems for a in result.attempts),
                      "problems": [p for a in result.attempts for p in a.problems], "text": result.text,
                      "drafts_text": [a.text for a in result.attempts],
-                     "cites_liked": result.source != "template" and _cites(result.text, facts.liked)})
+                     "cites_liked": result.source != "template" and _cites(result.text, facts.liked),
+                     "specific": _specific(result.text, facts, catalogue),
+                     "dropped": [d.text for d in result.dropped],
+                     "unsupported_shown": _unsupported_shown(result.text, facts, args.tone, catalogue)})
         mode = "guided" if guided else "unguided"
         print(f"[{mode} {n}/{len(recs)}] {result.source:9s} {result.seconds:5.1f}s  {result.text[:90]}", flush=True)
     return rows
@@ -204,13 +235,14 @@ def run(args: argparse.Namespace) -> dict:
             if args.baseline_n and not args.unguided else []
     result = summarise(rows, args, loads, load_before)
     result["guided"] = not args.unguided
+    result["labelled_set"] = labelled_set()
     if baseline:  # the same model and recommendations without the prefix and the vocabulary mask
         base = summarise(baseline, args, loads, load_before)
         result["baseline_unguided"] = {k: base[k] for k in BASELINE_KEYS}
     return result
 
 
-BASELINE_KEYS = ("n_blurbs", "grounded_rate", "first_draft_pass_rate", "model_blurbs_citing_a_liked_item", "draft_pass_rate", "median_blurb_s",
+BASELINE_KEYS = ("n_blurbs", "grounded_rate", "model_share", "specific_share", "unsupported_sentences_shown", "first_draft_pass_rate", "model_blurbs_citing_a_liked_item", "draft_pass_rate", "median_blurb_s",
                  "p90_blurb_s", "first_token_median_s", "tokens_per_s", "rejections_by_kind", "examples")
 
 
@@ -229,6 +261,13 @@ def summarise(rows: list[dict], args: argparse.Namespace, loads: dict, load_befo
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "grounded_rate": round((sources["llm"] + sources["llm-retry"]) / len(rows), 3),
+        "model_share": round((sources["llm"] + sources["llm-retry"]) / len(rows), 3),
+        "specific_share": round(sum(r["specific"] for r in rows) / len(rows), 3),
+        "specific_share_of_model_blurbs": round(sum(r["specific"] for r in rows if r["source"] != "template")
+                                                / max(sources["llm"] + sources["llm-retry"], 1), 3),
+        "unsupported_sentences_shown": sum(r["unsupported_shown"] for r in rows),
+        "sentences_shown": sum(len(sentences(r["text"])) for r in rows),
+        "sentences_dropped_from_shown_blurbs": sum(len(r["dropped"]) for r in rows),
         "first_draft_pass_rate": round(sources["llm"] / len(rows), 3),
         "model_blurbs_citing_a_liked_item": round(sum(r["cites_liked"] for r in rows) / len(rows), 3),
         "draft_pass_rate": round(sum(r["passed_drafts"] for r in rows) / max(drafts, 1), 3),
@@ -240,7 +279,142 @@ def summarise(rows: list[dict], args: argparse.Namespace, loads: dict, load_befo
         "first_token_median_s": round(statistics.median(firsts), 3) if firsts else None,
         "tokens_per_s": round(sum(r["tokens"] for r in rows) / max(gen_s, 1e-9), 1),
         "rejections_by_kind": dict(kinds.most_common()),
-        "examples": [{k: r[k] for k in ("title", "source", "text", "drafts_text", "problems")} for r in rows[:8]],
+        "examples": [{k: r[k] for k in ("title", "source", "text", "dropped", "drafts_text", "problems")}
+                     for r in rows[:8]],
+        "blurbs": [{k: r[k] for k in ("title", "source", "seconds", "text", "dropped")} for r in rows],
+    }
+
+
+# ---- goodbooks-10k: facts straight from its books.csv (no interactions ship with it) ----------------------
+
+GOODBOOKS = ROOT.parent / "shared" / "data" / "goodbooks-10k"
+
+
+def _book_title(row: dict) -> str:
+    """'The Hunger Games (The Hunger Games, #1)' -> 'The Hunger Games': the series marker is no title."""
+    return re.sub(r"\s*\([^()]*#\s*\d[^()]*\)\s*$", "", row["title"]).strip()
+
+
+def goodbooks_books(folder: Path = GOODBOOKS) -> list[dict]:
+    with open(folder / "books.csv", newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def goodbooks_catalogue(books: list[dict]) -> Catalogue:
+    authors = {a.strip() for b in books for a in b["authors"].split(",") if a.strip()}
+    return Catalogue.build([_book_title(b) for b in books], sorted(authors))
+
+
+def goodbooks_facts(books: list[dict], item: int, liked: list[int]) -> BlurbFacts:
+    """Facts of recommending book `item` to a reader who liked `liked` (row numbers of books.csv): title,
+    year, authors and Goodreads' ratings count (books.csv is sorted by it, so the row is the rank)."""
+    row = books[item]
+    count = int(row["ratings_count"])
+    top = max(1, math.ceil(100 * (item + 1) / len(books)))
+    year = int(float(row["original_publication_year"])) if row["original_publication_year"] else None
+    authors = tuple(a.strip() for a in row["authors"].split(",") if a.strip())[:MAX_ATTRIBUTE_VALUES]
+    return BlurbFacts(row["book_id"], _book_title(row), year, (("authors", authors),) if authors else (),
+                      tuple(_book_title(books[i]) for i in liked), "books rated 4 or 5 by a goodbooks sample reader",
+                      count, top, popularity_words(count, top, "book", "rated"), "book")
+
+
+def goodbooks_recommendations(books: list[dict], n: int, seed: int) -> list[tuple[int, list[int]]]:
+    """(book, liked books) pairs: liked = 1-3 books a real reader of samples/ratings.csv rated 4 or 5, the book
+    a random one of the 2,000 most rated English books they did not rate. No recommender: the pairing is
+    arbitrary; only the facts matter to a blurb's grounding."""
+    row_of = {b["book_id"]: i for i, b in enumerate(books)}
+    liked_by: dict[str, list[int]] = collections.defaultdict(list)
+    with open(GOODBOOKS / "samples" / "ratings.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            if int(r["rating"]) >= 4 and r["book_id"] in row_of:
+                liked_by[r["user_id"]].append(row_of[r["book_id"]])
+    readers = sorted(u for u, rows in liked_by.items() if rows)
+    pool = [i for i in range(2000) if books[i]["language_code"].startswith("en")]
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < n:
+        reader = liked_by[readers[int(rng.integers(len(readers)))]]
+        liked = [int(i) for i in rng.choice(reader, size=min(len(reader), int(rng.integers(1, 4))), replace=False)]
+        item = int(rng.choice([i for i in pool if i not in liked]))
+        out.append((item, liked))
+    return out
+
+
+def collect_drafts(args: argparse.Namespace) -> None:
+    """Every draft the writer makes (accepted or rejected) for demo and goodbooks recommendations, one JSON
+    line each with its facts: the raw material of bench/data/blurb-claims.jsonl, labelled by reading."""
+    use_threads(args.threads or interactive_threads())
+    backend = local_default_backend(ROOT / "workspace" / "llm")
+    tone = TONES[args.tone]
+    ds = load_demo()
+    pct = popularity_percentile(ds.item_popularity)
+    demo_cat = catalogue_for(ds)
+    jobs = [("demo", build_facts(ds, item, liked, "similar", pct), demo_cat)
+            for _, item, liked in recommendations(ds, args.n, args.seed)]
+    books = goodbooks_books()
+    book_cat = goodbooks_catalogue(books)
+    jobs += [("goodbooks-10k", goodbooks_facts(books, item, liked), book_cat)
+             for item, liked in goodbooks_recommendations(books, args.n, args.seed)]
+    with open(args.collect_drafts, "w", encoding="utf-8") as out:
+        for n, (dataset, facts, cat) in enumerate(jobs, 1):
+            result = write_blurb(facts, tone, backend, cat, retries=args.retries)
+            for d, attempt in enumerate(result.attempts, 1):
+                line = {"dataset": dataset, "tone": tone.name, "draft": d, "facts": facts_record(facts),
+                        "text": attempt.text, "accepted_by_writer": not attempt.problems,
+                        "writer_problems": list(attempt.problems)}
+                out.write(json.dumps(line, ensure_ascii=False) + "\n")
+            out.flush()
+            print(f"[{n}/{len(jobs)}] {dataset} {result.source} {result.text[:90]}", flush=True)
+
+
+def facts_record(facts: BlurbFacts) -> dict:
+    """The facts of a blurb as a JSON object from which `BlurbFacts` is rebuilt exactly."""
+    return dataclasses.asdict(facts)
+
+
+def facts_from_record(record: dict) -> BlurbFacts:
+    attributes = tuple((name, tuple(values)) for name, values in record["attributes"])
+    return BlurbFacts(**{**record, "attributes": attributes, "liked": tuple(record["liked"]),
+                         "withheld": tuple(record["withheld"])})
+
+
+CLAIMS_FILE = ROOT / "bench" / "data" / "blurb-claims.jsonl"
+
+
+def labelled_set(path: Path = CLAIMS_FILE) -> dict:
+    """The sentence check on the labelled drafts: positive = a sentence labelled unsupported by reading. Recall is
+    the share of those the check drops (1.0: none shown), precision the share of dropped sentences that were
+    unsupported. `writer_then` is how the writer that produced the drafts did: a draft it accepted showed every
+    sentence."""
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    catalogues = {"demo": catalogue_for(load_demo()), "goodbooks-10k": goodbooks_catalogue(goodbooks_books())}
+    counts = collections.Counter()
+    shown_unsupported, dropped_supported = [], []
+    for line in lines:
+        facts = facts_from_record(line["facts"])
+        allowed = facts.allowed(TONES[line["tone"]])
+        for sentence in line["sentences"]:
+            unsupported = sentence["label"] == "unsupported"
+            dropped = bool(check_sentence(sentence["text"], allowed, catalogues[line["dataset"]]))
+            counts[(unsupported, dropped)] += 1
+            counts[("then", unsupported, line["accepted_by_writer"])] += 1
+            if unsupported and not dropped:
+                shown_unsupported.append(sentence["text"])
+            elif dropped and not unsupported:
+                dropped_supported.append(sentence["text"])
+    tp, fn, fp = counts[(True, True)], counts[(True, False)], counts[(False, True)]
+    then_shown = counts[("then", True, True)]
+    return {
+        "file": str(path.relative_to(ROOT)), "drafts": len(lines),
+        "by_dataset": dict(collections.Counter(line["dataset"] for line in lines)),
+        "drafts_accepted_by_the_writer_then": sum(line["accepted_by_writer"] for line in lines),
+        "sentences": sum(v for k, v in counts.items() if k[0] != "then"), "unsupported": tp + fn,
+        "supported": counts[(False, False)] + fp,
+        "precision": round(tp / max(tp + fp, 1), 3), "recall": round(tp / max(tp + fn, 1), 3),
+        "unsupported_sentences_shown": fn, "supported_sentences_dropped": fp,
+        "unsupported_shown_examples": shown_unsupported[:10], "supported_dropped_examples": dropped_supported[:10],
+        "writer_then": {"unsupported_sentences_shown": then_shown,
+                        "recall": round(1 - then_shown / max(tp + fn, 1), 3)},
     }
 
 
@@ -259,9 +433,13 @@ def main() -> None:
                         help="also run the first N recommendations unguided, as a baseline in the same run (0: skip)")
     parser.add_argument("--out", default=None, help="output JSON (default bench/results/blurbs-demo-<date>.json)")
     parser.add_argument("--cold-child", default=None, help=argparse.SUPPRESS)  # internal: the fresh process
+    parser.add_argument("--collect-drafts", default=None,
+                        help="write every draft for --n demo and --n goodbooks recommendations to this JSON Lines file")
     args = parser.parse_args()
     if args.cold_child:
         return cold_child(json.loads(args.cold_child))
+    if args.collect_drafts:
+        return collect_drafts(args)
     result = run(args)
     out = Path(args.out or ROOT / "bench" / "results" / f"blurbs-demo-{dt.date.today():%Y%m%d}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

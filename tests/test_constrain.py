@@ -13,6 +13,7 @@ from llm_loopback import LoopbackLLM
 from recsys_core.blurbs.constrain import FactLogitsProcessor
 from recsys_core.blurbs.grounding import Vocabulary, check_blurb, fold, tokens, vocabulary
 from recsys_core.blurbs.remote import OpenAIBackend
+from recsys_core.blurbs.wording import WORD
 from recsys_core.blurbs.writer import TONES, BlurbStream, build_facts, build_messages, catalogue_for, guide_for
 from recsys_core.data.demo import load_demo
 
@@ -72,6 +73,46 @@ def test_vocabulary_is_derived_from_the_facts_and_the_catalogue() -> None:
     assert {"horror", "thriller", "comedy"} <= vocab.banned and not {"action", "fantasy"} & vocab.banned
 
 
+CLOSED = Vocabulary(names=VOCAB.names, numbers=VOCAB.numbers, words=frozenset(
+    {"man", "of", "steel", "is", "a", "great", "action", "movie", "you", "will", "enjoy", "it", "the", "and", "s",
+     "i", "fun", "pick"}))
+
+
+def _spellable(tok, context: str, word: str, vocab: Vocabulary = CLOSED) -> bool:
+    """Whether every token of `word` (as the tokenizer writes it) may follow `context` and the tokens before it."""
+    for token in tok.encode(word, add_special_tokens=False):
+        proc = FactLogitsProcessor(tok, vocab, prefix=context)
+        scores = proc(torch.zeros((1, 7), dtype=torch.long), torch.zeros((1, len(tok))))
+        if not torch.isfinite(scores[0, token]):
+            return False
+        context += tok.decode([token])
+    return True
+
+
+@pytest.mark.parametrize("word", [" vigilante", " critics", " trailer", " festival", " worldwide", " audiences",
+                                  " director", " sequel", " fántaşy", " acclaimed"])
+def test_a_closed_vocabulary_cannot_spell_a_word_outside_it(tok, word: str) -> None:
+    assert not _spellable(tok, "“Man of Steel” is a", word)
+
+
+@pytest.mark.parametrize("word", [" great", " action", " movie", " fun", " pick", " enjoy"])
+def test_a_closed_vocabulary_spells_its_own_words_and_may_end_them(tok, word: str) -> None:
+    assert _spellable(tok, "“Man of Steel” is a", word)
+    assert _spellable(tok, "“Man of Steel” is a" + word, ".")  # the word is whole: punctuation may follow
+    assert not _spellable(tok, "“Man of Steel” is a gre", ".")  # "gre" is no word: it must go on to "great"
+
+
+def test_no_capital_inside_a_lower_case_word(tok) -> None:
+    assert not _spellable(tok, "“Man of Steel” is a gre", "At")  # "greAt" folds to a word of the vocabulary
+    assert _spellable(tok, "“Man of Steel” is a gre", "at")
+
+
+def test_the_end_of_the_reply_is_never_masked(tok) -> None:
+    proc = FactLogitsProcessor(tok, CLOSED, prefix="“Man of Steel” is a gre")
+    scores = proc(torch.zeros((1, 7), dtype=torch.long), torch.zeros((1, len(tok))))
+    assert torch.isfinite(scores[0, tok.eos_token_id])
+
+
 def _mid_sentence_names(text: str) -> set[str]:
     return {t.norm for t in tokens(text) if t.capital and not t.initial and not t.norm[0].isdigit()}
 
@@ -92,6 +133,7 @@ def test_guided_generation_on_demo_recommendations_names_only_facts(local_backen
     assert _mid_sentence_names(text) <= vocab.names, text
     assert set(re.findall(r"\d+", text)) <= set(vocab.numbers), text
     assert not {fold(w) for w in re.findall(r"\w+", text)} & vocab.banned, text
+    assert {w.casefold() for w in WORD.findall(text)} <= vocab.words, text  # the closed vocabulary held
 
 
 def test_a_guided_blurb_opens_with_why_and_what_and_streams_that_first(local_backend) -> None:
@@ -114,7 +156,7 @@ def test_a_server_gets_no_opening_and_its_reply_is_shown_as_it_came() -> None:
     cat = catalogue_for(ds)
     titles = ds.items["title"].tolist()
     facts = build_facts(ds, titles.index("Iron Man 3"), [titles.index("Man of Steel")], "test")
-    reply = "Iron Man 3 is a loud, fun ride for you."
+    reply = "Iron Man 3 is a fun action pick for you."
     with LoopbackLLM(reply) as server:
         run = BlurbStream(facts, "demo", OpenAIBackend(server.url, "tiny"), cat, retries=0)
         chunks = list(run)

@@ -396,7 +396,7 @@ def test_a_rejected_draft_is_retried_with_the_reason_then_kept(tiny) -> None:
 
     def reply(body: dict) -> str:
         if "rejected because" in body["messages"][-1]["content"]:
-            return "Heat (1995) is a tense Action and Crime ride, picked because you liked Fargo."
+            return "Heat (1995) is a tense Action and Crime pick, picked because you liked Fargo."
         return "Heat is just like The Godfather and Titanic."
 
     with LoopbackLLM(reply) as server:
@@ -414,7 +414,7 @@ def test_events_report_each_draft_its_check_and_rejection_before_the_final_blurb
 
     def reply(body: dict) -> str:
         if "rejected because" in body["messages"][-1]["content"]:
-            return "Heat (1995) is a tense Action and Crime ride, picked because you liked Fargo."
+            return "Heat (1995) is a tense Action and Crime pick, picked because you liked Fargo."
         return "Heat is just like The Godfather and Titanic."
 
     with LoopbackLLM(reply) as server:

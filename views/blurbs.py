@@ -33,11 +33,6 @@ BACKENDS = {
     "openai": "OpenAI-compatible server (Ollama, vLLM, llama.cpp)",
     "template": "No language model: template only",
 }
-SOURCE_WORDS = {
-    "llm": "Written by the model; every title, attribute and number it names is in the facts.",
-    "llm-retry": "Written by the model after a rejected draft; the final text passed the check.",
-    "template": "The template built from the facts is shown instead of a model draft.",
-}
 
 
 # ---- cached objects ------------------------------------------------------------------------------
@@ -67,9 +62,10 @@ def _hf_backend(source: str, cache_dir: str | None) -> local.TransformersBackend
 # ---- page setup ----------------------------------------------------------------------------------
 
 st.title("Blurbs")
-st.caption("A language model writes a short text for one recommendation, using only the facts listed below. "
-           "The text is checked against those facts; a draft naming anything else is rewritten, then replaced "
-           "by a template.")
+st.caption("A language model writes a short text for one recommendation from the facts listed below. Each "
+           "sentence is checked on its own: it may use only words of those facts and a fixed stock of tone and "
+           "function words, and name no other title, attribute or number. A sentence that fails is dropped; a draft "
+           "with no sentence of the model's own left is rewritten, then replaced by a template.")
 record, ds, model, which = page_dataset_and_model()
 dataset_key = f"{record.name}|{record.created_at}|{record.path}"
 model_key = f"{model.identity}|{dataset_key}"
@@ -178,8 +174,9 @@ elif backend is not None:
         st.error(f"**The language model did not load:** {md_escape(status.error)} The template will be used.")
 if backend is not None and backend.supports_guide:
     st.caption("In-process models are steered as they write: the blurb opens with the liked item and the "
-               "recommendation, and names, numbers and genres outside the facts are masked out token by token. "
-               "A server only gets the prompt; every draft, from either, is checked.")
+               "recommendation, and words outside the facts and the fixed tone and function words, names, numbers "
+               "and other genres are masked out token by token. A server only gets the prompt; every sentence, "
+               "from either, is checked.")
 
 # ---- facts ---------------------------------------------------------------------------------------
 
@@ -261,7 +258,7 @@ if shown and shown[0] == key:
     result: blurbs.BlurbResult = shown[1]
     with st.container(key="blurbs_final", border=True):
         st.markdown(md_escape(result.text))
-    message = f"**{result.source}** · {SOURCE_WORDS[result.source]}"
+    message = f"**{result.source}** · {md_escape(result.badge())}"
     if result.source == "template":
         st.warning(f"{message} Reason: {md_escape(result.reason)}", icon=":material/rule:")
     else:
@@ -270,6 +267,10 @@ if shown and shown[0] == key:
     backend_name = result.backend.replace("`", "'")  # shown as code: a URL must not turn into a link
     st.caption(f"Backend `{backend_name}` · {result.seconds:.2f} s in all · first text after {first} · "
                f"{result.tokens} tokens generated · {len(result.attempts)} draft(s).")
+    if result.dropped:
+        with st.expander(f"{plural(len(result.dropped), 'sentence')} dropped from the shown draft"):
+            for n, dropped in enumerate(result.dropped, 1):
+                st.markdown(f"{n}. " + md_escape("; ".join(dropped.problems)))
     rejected = [a for a in result.attempts if a.problems]
     if rejected:
         with st.expander(f"Why {len(rejected)} draft(s) were rejected"):

@@ -7,7 +7,10 @@ checking after the fact, we forbid, token by token, what the check would reject:
 - a capitalised word mid-sentence (a name, a title, an award) unless it spells a word of the facts
   (titles, attribute values) or one of the few capitalised words that are no names ("I", "TV");
 - a digit that would make a number not in the facts (years, interaction counts);
-- an attribute value of the catalogue that is not this item's ("thriller" for a comedy).
+- an attribute value of the catalogue that is not this item's ("thriller" for a comedy);
+- any word outside the closed vocabulary (`Vocabulary.words`: the facts' words and the fixed stocks of
+  `recsys_core.blurbs.wording`), letter by letter: a token may only start or go on spelling one of those
+  words, and a word may only end where one does ("vigilante", "critics", "trailer" cannot be written).
 
 This mirrors the check, so what survives usually passes it; the check still runs on every draft.
 `Vocabulary` says what is allowed (`grounding.vocabulary` builds it); `Guide` pairs it with a prefix the
@@ -26,6 +29,7 @@ import numpy as np
 import torch
 
 from recsys_core.blurbs.grounding import Vocabulary, fold, is_sentence_start
+from recsys_core.blurbs.wording import WORD
 
 _OPENERS = " \t\n\"'“‘«([*_-—–"
 _LETTERS = re.compile(r"[^\W\d_]+")
@@ -54,6 +58,10 @@ class TokenTable:
     by_head: dict[str, list[int]] = field(default_factory=dict)  # folded head -> tokens starting a word
     by_letters: dict[str, list[int]] = field(default_factory=dict)  # folded head -> word-continuing tokens
     digits: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)  # digits -> (joined, spaced) tokens
+    runs: list[tuple[str, ...]] = field(default_factory=list)  # case-folded letter runs (words or pieces of words)
+    ends_letter: np.ndarray | None = None  # its last character is a letter (its last run may go on)
+    partial: np.ndarray | None = None  # a piece of a multi-byte character ("\ufffd" when decoded alone)
+    special: list[int] = field(default_factory=list)  # the end-of-text token: never masked (a reply may always end)
 
     @classmethod
     def build(cls, tokenizer) -> TokenTable:
@@ -65,6 +73,10 @@ class TokenTable:
         table = cls(texts, space, capital, letter, upper, heads)
         for i, text in enumerate(texts):
             table._add(i, text)
+        table.runs = [tuple(w.casefold() for w in WORD.findall(text)) for text in texts]  # accents kept
+        table.ends_letter = np.array([t[-1:].isalpha() for t in texts], bool)
+        table.partial = np.array(["\ufffd" in t for t in texts], bool)
+        table.special = [int(tokenizer.eos_token_id)] if tokenizer.eos_token_id is not None else []
         return table
 
     def _add(self, i: int, text: str) -> None:
@@ -133,6 +145,8 @@ class FactLogitsProcessor:
         self._banned_after_letter = torch.from_numpy(banned_heads & new_word)
         self._banned = torch.from_numpy(banned_heads)
         self._letter = torch.from_numpy(t.letter)
+        self._upper_start = torch.from_numpy(np.array([x[:1].isupper() for x in t.texts], bool))
+        self.closed = _ClosedWords(t, vocabulary.words) if vocabulary.words else None
 
     def _sync(self, input_ids) -> None:
         """Append the newest token's text to the running reply."""
@@ -154,6 +168,11 @@ class FactLogitsProcessor:
         mask[:n] |= self._shout
         if in_word:
             self._continuation(mask)
+            if self.text[-1].islower():  # "settLe", "beforE": no capital inside a word
+                mask[:n] |= self._upper_start
+        if self.closed is not None:
+            m = _TRAILING_WORD.search(self.text)
+            mask[:n] |= self.closed.forbidden(m.group(0).casefold() if m else "")
         self._numbers(mask)
         mask = mask[: scores.shape[-1]]
         if bool(mask.all()):  # nothing left to say within the facts: let the model go on; the check decides
@@ -198,3 +217,54 @@ class FactLogitsProcessor:
             keep = mask[digit_ids].clone()
             mask[: len(self.table.texts)] = True
             mask[digit_ids] = keep
+
+
+class _ClosedWords:
+    """Token masks that keep every word inside a closed vocabulary: a token may finish words of it and start or go
+    on spelling one; a word may end only where one of the vocabulary's words does."""
+
+    def __init__(self, table: TokenTable, words: frozenset[str]) -> None:
+        self.table, self.words = table, words
+        self.starting = _prefixes(words)  # prefix -> words it starts
+        foreign = any(not w.isascii() for w in words)
+        n = len(table.texts)
+        fresh, tail = np.zeros(n, bool), np.zeros(n, bool)
+        self.open_by_run: dict[str, list[int]] = defaultdict(list)  # one run, may go on: "thr"
+        self.closed_by_run: dict[str, list[int]] = defaultdict(list)  # first run ends inside it: "iller,"
+        for i, runs in enumerate(table.runs):
+            if table.partial[i] and not foreign:
+                continue
+            fresh[i] = self._fits(runs, bool(table.ends_letter[i]))
+            tail[i] = self._fits(runs[1:], bool(table.ends_letter[i]))
+            if table.letter[i] and runs:
+                (self.open_by_run if len(runs) == 1 and table.ends_letter[i] else self.closed_by_run)[runs[0]].append(i)
+        self.tail = tail
+        self.special = np.zeros(n, bool)
+        self.special[[i for i in table.special if i < n]] = True
+        self.after_space = torch.from_numpy(~(fresh | self.special))  # no word open: what may come
+        self.end_word = fresh & ~table.letter  # a word that is whole may be followed by these
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def _fits(self, runs: tuple[str, ...], last_open: bool) -> bool:
+        if not runs:
+            return True
+        *whole, last = runs
+        return all(r in self.words for r in whole) and (last in self.starting if last_open else last in self.words)
+
+    def forbidden(self, current: str) -> torch.Tensor:
+        """Tokens that may not follow text ending in the letters `current` ("" when no word is open)."""
+        if not current:
+            return self.after_space
+        hit = self.cache.get(current)
+        if hit is None:
+            allowed = self.end_word.copy() if current in self.words else np.zeros(len(self.tail), bool)
+            for word in self.starting.get(current, ()):
+                rest = word[len(current):]
+                for k in range(1, len(rest) + 1):
+                    allowed[self.open_by_run.get(rest[:k], [])] = True
+                closed = [i for i in self.closed_by_run.get(rest, []) if self.tail[i]]
+                allowed[closed] = True
+            if not allowed.any():  # a word the mask did not write (the prompt's prefix): let it end
+                allowed = self.end_word.copy()
+            hit = self.cache[current] = torch.from_numpy(~(allowed | self.special))
+        return hit

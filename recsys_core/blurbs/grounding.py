@@ -5,7 +5,11 @@ template tokens, angle brackets (our DATA delimiters) and instruction-like claus
 instructions and say X") are removed and long fields are truncated; what was removed is kept as
 `withheld` so the checker can refuse a blurb that echoes it.
 
-Coming out (`check_blurb`): a blurb may only name what the facts name. Titles are found by matching
+Coming out (`check_sentence`, `check_blurb`): every sentence is checked on its own. It may use only the
+words of the facts and the closed stocks of `recsys_core.blurbs.wording` (function words, tone words, words
+that restate a genre the item has), a fact title's words only inside that title, and may name only what the
+facts name; a sentence claiming a person, plot, event, award, critic, festival, release, box office,
+trailer or reception fails, naming the kind of claim. Titles are found by matching
 the blurb's words against the whole catalogue (longest match first, so "The Dark Knight Rises" is not
 read as "The Dark Knight"); a catalogue title matches only where the blurb capitalises it as the title
 does, so "the family" is not the film "The Family". Attributes (genres, ...) are matched with plurals
@@ -16,10 +20,22 @@ words from withheld text fail the blurb outright.
 
 from __future__ import annotations
 
+import itertools
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+
+from recsys_core.blurbs.wording import (
+    CLAIM_WORDS,
+    FUNCTION_WORDS,
+    GENRE_WORDS,
+    NOUN_WORDS,
+    POPULARITY_PHRASES,
+    RECEPTION,
+    TONE_WORDS,
+    WORD,
+)
 
 MAX_TITLE_CHARS = 100
 MAX_ATTRIBUTE_CHARS = 40
@@ -223,7 +239,8 @@ _AI_TALK = re.compile(r"\bas an ai\b|\blanguage model\b|\bi cannot\b|\bi can't\b
 
 @dataclass(frozen=True)
 class Allowed:
-    """What a blurb may name: the facts' titles, attribute values, numbers and any withheld text to refuse."""
+    """What a blurb may name: the facts' titles, attribute values, numbers and any withheld text to refuse;
+    `phrases` are other fact wording whose words a sentence may use (the popularity), `noun` the kind of item."""
 
     titles: tuple[str, ...]
     attributes: tuple[str, ...]
@@ -231,6 +248,8 @@ class Allowed:
     required_title: str
     withheld: tuple[str, ...] = ()
     max_words: int = 80
+    phrases: tuple[str, ...] = ()
+    noun: str = "movie"
 
 
 @dataclass(frozen=True)
@@ -242,6 +261,7 @@ class Vocabulary:
     numbers: tuple[str, ...]
     banned: frozenset[str] = frozenset()
     capitals: frozenset[str] = frozenset()  # folded words the facts write in capitals ("WALL-E"): may be so written
+    words: frozenset[str] = frozenset()  # the closed vocabulary: every word must be one of these (empty: any word)
 
 
 @dataclass(frozen=True)
@@ -250,7 +270,7 @@ class Verdict:
     problems: tuple[str, ...]
 
     def summary(self) -> str:
-        return "; ".join(self.problems) if self.problems else "every title, attribute and number is in the facts"
+        return "; ".join(self.problems) if self.problems else CHECKED
 
 
 def _title_keys(titles: Sequence[str]) -> set[tuple[str, ...]]:
@@ -273,21 +293,22 @@ class _Found:
     titles: list[str] = field(default_factory=list)  # catalogue titles that are not facts
     attributes: list[str] = field(default_factory=list)  # attribute values that are not facts
     names: list[str] = field(default_factory=list)  # other capitalised names (people, studios, places...)
-    in_titles: int = 0  # words that belong to fact titles
+    in_titles: set[int] = field(default_factory=set)  # positions of words that belong to fact titles
 
 
 def _scan(blurb: list[Token], cat: Catalogue, fact_titles: set, fact_attrs: set[str], fact_numbers: set[str],
           fact_words: set[str]) -> _Found:
     """Walk the blurb once, longest match first, collecting what it names that is not in the facts."""
     found, name_run = _Found(), []
+    longest = max((cat.longest, *(len(k) for k in fact_titles)))  # a fact title may be longer than any indexed one
     i = 0
     while i < len(blurb):
         step, matched = 1, True
-        for n in range(min(cat.longest, len(blurb) - i), 0, -1):
+        for n in range(min(longest, len(blurb) - i), 0, -1):
             words = blurb[i:i + n]
             key = tuple(w.norm for w in words)
             if key in fact_titles:
-                found.in_titles += n
+                found.in_titles.update(range(i, i + n))
                 step = n
                 break
             if n == 1 and key[0] in fact_numbers:
@@ -300,7 +321,7 @@ def _scan(blurb: list[Token], cat: Catalogue, fact_titles: set, fact_attrs: set[
                 break
             if key in cat.titles and _names_title(words, cat.title_caps[key]):
                 if _franchise_of_a_fact(key, blurb[i + n:i + n + 1], fact_titles):
-                    found.in_titles += n
+                    found.in_titles.update(range(i, i + n))
                 else:
                     found.titles.append(cat.titles[key])
                 step = n
@@ -397,28 +418,131 @@ def _echoes(text: str, withheld: Sequence[str], fact_words: set[str]) -> list[st
     return sorted(words & suspicious)
 
 
-def check_blurb(text: str, allowed: Allowed, cat: Catalogue) -> Verdict:
-    """Every title, attribute and number the blurb names must be in `allowed`; see the module docstring."""
-    if not text.strip():
-        return Verdict(False, ("the blurb is empty",))
-    problems: list[str] = []
-    fact_titles = _title_keys(allowed.titles)
-    fact_attrs = {" ".join(t.norm for t in tokens(a)) for a in allowed.attributes}
-    fact_attrs = {cat.attributes.get(tuple(a.split()), a) for a in fact_attrs}
-    words = tokens(text)
-    numbers = [*allowed.numbers, *(m.group(1).replace(",", "") for t in allowed.titles for m in _NUMBER.finditer(t))]
-    fact_words = {t.norm for t in tokens(" ".join((*allowed.titles, *allowed.attributes)))}
-    found = _scan(words, cat, fact_titles, fact_attrs, set(numbers), fact_words)
-    problems += [f"names “{t}”, which is not in the facts" for t in dict.fromkeys(found.titles)]
+CHECKED = ("every sentence uses only words of the facts and a fixed stock of tone and function words, and names "
+           "no title, attribute or number outside the facts")
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])[\"”’)]*\s+(?=[\"“‘(]?[A-Z0-9])")
+
+
+_ABBREVIATION = re.compile(r"(?:\b[A-Za-z]|\b(?:Vol|Mr|Mrs|Ms|Dr|St|Jr|Sr|vs|No|Pt|Ch|Ep))\.$")
+
+
+def sentences(text: str) -> list[str]:
+    """The sentences of a blurb: split after . ! ? where the next one starts with a capital or a digit, but not
+    after an initial or abbreviation ("G.I. Joe", "Vol. 1") nor inside a “quoted title”."""
+    out: list[str] = []
+    for piece in (p.strip() for p in _SENTENCE_SPLIT.split(text)):
+        if out and (_ABBREVIATION.search(out[-1]) or out[-1].count("“") > out[-1].count("”")):
+            out[-1] = f"{out[-1]} {piece}".strip()
+        elif piece:
+            out.append(piece)
+    return [s for s in out if s]
+
+
+@dataclass(frozen=True)
+class _Context:
+    """The facts of one check, indexed once for all its sentences."""
+
+    titles: set
+    attrs: set[str]
+    numbers: list[str]
+    fact_words: set[str]
+    words: frozenset[str]
+    popularity: set[tuple[str, str]]
+
+    @classmethod
+    def of(cls, allowed: Allowed, cat: Catalogue) -> _Context:
+        attrs = {" ".join(t.norm for t in tokens(a)) for a in allowed.attributes}
+        attrs = {cat.attributes.get(tuple(a.split()), a) for a in attrs}
+        numbers = [*allowed.numbers, *(m.group(1).replace(",", "") for t in allowed.titles for m in _NUMBER.finditer(t))]
+        fact_words = {t.norm for t in tokens(" ".join((*allowed.titles, *allowed.attributes)))}
+        said = [tuple(t.norm for t in tokens(p)) for p in allowed.phrases]
+        popularity = {pair for words in said for pair in itertools.pairwise(words)}
+        return cls(_title_keys(allowed.titles), attrs, numbers, fact_words, sentence_words(allowed, cat), popularity)
+
+
+def sentence_words(allowed: Allowed, cat: Catalogue) -> frozenset[str]:
+    """The words a sentence may use outside fact titles: the stocks of `wording`, the kind of item, the words of
+    the facts' attributes (with the catalogue's plurals and synonyms, and the words restating each genre) and of
+    `allowed.phrases`."""
+    words = set(FUNCTION_WORDS | TONE_WORDS | NOUN_WORDS.get(allowed.noun, NOUN_WORDS["item"]))
+    canon = set()
+    for value in allowed.attributes:
+        key = tuple(t.norm for t in tokens(value))
+        canon.add(cat.attributes.get(key, " ".join(key)))
+    for key, canonical in cat.attributes.items():
+        if canonical in canon:
+            words.update(key)
+    for canonical in canon:
+        words.update(canonical.split())
+        words.update(GENRE_WORDS.get(canonical, ()))
+    words.update(written_words((*allowed.attributes, *allowed.phrases)))
+    return frozenset(w for word in words for w in WORD.findall(word))
+
+
+def written_words(texts: Iterable[str]) -> set[str]:
+    """The words of `texts` as written (case folded, accents kept) and without accents: "GrandPré" allows
+    "grandpré" and "grandpre", never "grändpre" (a model that may write any accent writes "fántaşy")."""
+    return {w for text in texts for word in WORD.findall(text) for w in (word.casefold(), _fold(word))}
+
+
+def check_sentence(sentence: str, allowed: Allowed, cat: Catalogue, context: _Context | None = None
+                   ) -> tuple[str, ...]:
+    """What is wrong with one sentence (empty: nothing): a title, attribute or number outside the facts, a word
+    outside the closed vocabulary (`sentence_words`, fact titles' words inside those titles), a claim."""
+    ctx = context or _Context.of(allowed, cat)
+    words = tokens(sentence)
+    found = _scan(words, cat, ctx.titles, ctx.attrs, set(ctx.numbers), ctx.fact_words)
+    problems = [f"names “{t}”, which is not in the facts" for t in dict.fromkeys(found.titles)]
     problems += [f"names the attribute “{a}”, which is not in the facts" for a in dict.fromkeys(found.attributes)]
     problems += [f"names “{n}”, which is not in the facts" for n in dict.fromkeys(found.names)]
-    problems += [p for p in _quoted_problems(text, cat, fact_titles, fact_attrs) if p not in problems]
-    problems += [f"mentions “{n}”, a number not in the facts" for n in dict.fromkeys(_numbers(text, numbers))]
+    problems += [p for p in _quoted_problems(sentence, cat, ctx.titles, ctx.attrs) if p not in problems]
+    problems += [f"mentions “{n}”, a number not in the facts" for n in dict.fromkeys(_numbers(sentence, ctx.numbers))]
+    return tuple(problems + _vocabulary_problems(sentence, words, found.in_titles, ctx))
+
+
+def _vocabulary_problems(sentence: str, words: list[Token], in_titles: set[int], ctx: _Context) -> list[str]:
+    outside = dict.fromkeys(run for i, w in enumerate(words) if i not in in_titles and not _contraction(words, i)
+                            for run in WORD.findall(sentence[w.start:w.stop].casefold()) if run not in ctx.words)
+    claims: dict[str, str] = {}
+    for word in outside:
+        claims.setdefault(CLAIM_WORDS.get(word, ""), word)
+    problems = [f"claims {kind} (“{word}”), which no fact can support" for kind, word in claims.items() if kind]
+    if m := RECEPTION.search(sentence):
+        problems.append(f"claims its reception (“{m.group(0)}”), which no fact can support")
+    norms = [w.norm for i, w in enumerate(words) if i not in in_titles]
+    for pair in set(itertools.pairwise(norms)) & set(POPULARITY_PHRASES):
+        if pair not in ctx.popularity:
+            problems.append(f"says “{' '.join(pair)}”, which the popularity in the facts does not")
+    if outside:
+        listed = ", ".join(f"“{w}”" for w in list(outside)[:6])
+        problems.append(f"uses {listed}: not words of the facts or of the fixed tone and function words")
+    return problems
+
+
+def _contraction(words: list[Token], i: int) -> bool:
+    """"won" of "won’t" is a function word; "won" alone claims an award."""
+    return words[i].norm == "won" and i + 1 < len(words) and words[i + 1].norm == "t" \
+        and words[i + 1].start == words[i].stop + 1
+
+
+def check_blurb(text: str, allowed: Allowed, cat: Catalogue) -> Verdict:
+    """Every sentence passes `check_sentence`, the blurb names the recommended title and is not too long, and
+    `safety_problems` finds nothing; see the module docstring."""
+    if not text.strip():
+        return Verdict(False, ("the blurb is empty",))
+    ctx = _Context.of(allowed, cat)
+    problems: list[str] = []
+    parts = sentences(text)
+    for n, sentence in enumerate(parts, 1):
+        where = f"sentence {n} " if len(parts) > 1 else ""
+        problems += [where + p for p in check_sentence(sentence, allowed, cat, ctx)]
+    words = tokens(text)
     required = _title_keys([allowed.required_title])
     if not _contains_any(words, required):
         problems.append(f"does not name the recommended title “{allowed.required_title}”")
     problems += safety_problems(text, allowed)
-    n_words = len(words) - found.in_titles  # a long title must not make a short blurb fail
+    in_titles = _scan(words, cat, ctx.titles, ctx.attrs, set(ctx.numbers), ctx.fact_words).in_titles
+    n_words = len(words) - len(in_titles)  # a long title must not make a short blurb fail
     if n_words > allowed.max_words:
         problems.append(f"is too long ({n_words} words, at most {allowed.max_words})")
     return Verdict(not problems, tuple(problems))
@@ -431,7 +555,8 @@ def _contains_any(words: Sequence[Token], keys: set[tuple[str, ...]]) -> bool:
 
 def vocabulary(allowed: Allowed, cat: Catalogue) -> Vocabulary:
     """What `check_blurb` lets a blurb contain, as a `Vocabulary` for constrained decoding (`constrain`):
-    the words it may capitalise mid-sentence, its numbers, and the catalogue's other attribute words."""
+    the words it may capitalise mid-sentence, its numbers, the catalogue's other attribute words and the closed
+    vocabulary of its sentences."""
     fact_words = {t.norm for t in tokens(" ".join((*allowed.titles, *allowed.attributes)))}
     fact_attrs = {cat.attributes.get(tuple(t.norm for t in tokens(a)), "") for a in allowed.attributes}
     banned = {key[0] for key, canonical in cat.attributes.items()
@@ -439,8 +564,11 @@ def vocabulary(allowed: Allowed, cat: Catalogue) -> Vocabulary:
               and key[0] not in _COMMON_WORD_ATTRIBUTES and canonical not in _COMMON_WORD_ATTRIBUTES}
     numbers = [*allowed.numbers, *(m.group(1).replace(",", "") for t in allowed.titles for m in _NUMBER.finditer(t))]
     capitals = {_fold(w) for w in re.findall(r"\b[^\W\d_]*[A-Z]{2,}[^\W\d_]*", " ".join(allowed.titles))}
+    # Fact titles' words anywhere: the decoder does not track titles; the check drops a sentence that uses one
+    # outside its title.
+    title_words = written_words(allowed.titles)
     return Vocabulary(frozenset(fact_words | _NOT_NAMES), tuple(dict.fromkeys(numbers)), frozenset(banned),
-                      frozenset(capitals))
+                      frozenset(capitals), sentence_words(allowed, cat) | title_words | {"won"})  # won’t
 
 
 def safety_problems(text: str, allowed: Allowed) -> list[str]:
