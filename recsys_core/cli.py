@@ -65,7 +65,7 @@ def cmd_ingest(args) -> dict:
 
 def cmd_train(args) -> dict | None:
     from recsys_core.models import distributed
-    from recsys_core.training.experiment import parse_overrides, run_experiment
+    from recsys_core.training.experiment import make_model, make_split, parse_overrides, run_experiment
 
     distributed.init_from_env()  # a no-op without torchrun
     main = distributed.is_main()
@@ -73,10 +73,68 @@ def cmd_train(args) -> dict | None:
     distributed.barrier()  # rank 0 creates the workspace before the others open it
     ws = ws or _workspace(args)
     ds = resolve_dataset(args.dataset, ws, args.items)
-    result = run_experiment(ds, args.model, parse_overrides(args.set), split_kind=args.split,
-                            progress=_tqdm_progress() if main else Progress(),
+    model = make_model(args.model, {**_profile_settings(args.profile, args.model), **parse_overrides(args.set)})
+    if (refused := model.refusal(ds)) is not None:
+        raise refused.error()  # before a split, a time measurement or a process group's work
+    overrides = _changed_settings(model)  # typed and by flat name, as the Train form hands them on
+    split = make_split(ds, args.split)
+    if main and distributed.world() == 1 and not args.no_estimate:
+        _say_expected_time(ds, args.model, overrides, split)
+    result = run_experiment(ds, args.model, overrides, split=split, progress=_tqdm_progress() if main else Progress(),
                             workspace=None if args.no_save else ws, dataset_name=ds.name)
-    return result.summary() if main else None
+    return _with_ending(result.summary(), args.profile) if main else None
+
+
+AUTO, NO_PROFILE = "auto", "none"
+
+
+def _profile_settings(name: str, family: str) -> dict:
+    """The flat settings `--profile` gives `family`: a profile by name, the device's proposal (`auto`, as the Train
+    page proposes it), or none (the models' own defaults, no time budget)."""
+    from recsys_core.models.profiles import profile_for
+
+    if name == NO_PROFILE:
+        return {}
+    return profile_for(name=None if name == AUTO else name).overrides(family)
+
+
+def _changed_settings(model) -> dict:
+    """The configured model's settings that differ from its family's defaults, by flat name (`train.lr`)."""
+    from recsys_core.models.settings import flatten_config
+
+    defaults = flatten_config(model.config_class())
+    return {name: value for name, value in flatten_config(model.config).items() if value != defaults[name]}
+
+
+def _say_expected_time(ds, family: str, overrides: dict, split) -> None:
+    """On stderr, before the run starts: how long it will take, measured by a few real steps here."""
+    from recsys_core.models.profiles import can_estimate, estimate_training, human_duration
+
+    if not can_estimate(family, overrides):
+        return
+    print("measuring a few training steps to estimate the time...", file=sys.stderr)
+    estimate = estimate_training(ds, family, overrides, split)
+    ends = {"cpu_budget": "the CPU budget is spent", "max_steps": "the step cap is reached",
+            "epochs": "every epoch has run"}
+    print(f"expected time: {estimate.text()}; it ends at the latest when {ends.get(estimate.bound, estimate.bound)}",
+          file=sys.stderr)
+    if estimate.upper_s > LONG_RUN_S:
+        print(f"warning: a long run (up to {human_duration(estimate.upper_s)}); `--profile demo` (or "
+              "`--set train.cpu_budget_s=SECONDS`) bounds it, Ctrl-C stops it", file=sys.stderr)
+
+
+LOOP_DEFAULTS = ("train.epochs", "train.patience", "train.max_steps", "train.cpu_budget_s", "train.lr",
+                 "train.batch_size")  # shown per model in `train --help` (0: no cap)
+LONG_RUN_S = 30 * 60  # a run that may take longer than this is called long before it starts
+
+
+def _with_ending(summary: dict, profile: str) -> dict:
+    """The run's JSON with how it ended for every family: the profile, the budget (None without a training loop),
+    epochs run, best epoch and the stop reason in words."""
+    budget = {key: summary[key] for key in ("cpu_budget_s", "max_steps", "epochs") if key in summary} or None
+    one_pass = "one pass over the data (no training loop: no epochs, no budget)"
+    return {**summary, "profile": profile, "budget": budget, "epochs_run": summary.get("epochs_run"),
+            "best_epoch": summary.get("best_epoch"), "stop_reason": summary.get("stop_reason", one_pass)}
 
 
 def cmd_evaluate(args) -> dict:
@@ -115,9 +173,44 @@ def cmd_recommend(args) -> dict:
                                  "score": float(scores[i])} for r, i in enumerate(top)]}
 
 
-TRAIN_HELP = """train, evaluate and save a model
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose epilog can be written when help is asked for: listing the models imports them
+    (seconds), which no other command should pay for."""
 
-distributed (data-parallel) training of bert4rec, sasrec and text_tower (fine_tune):
+    def __init__(self, *args, epilog_from=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.epilog_from = epilog_from
+
+    def format_help(self) -> str:
+        if self.epilog_from is not None:
+            self.epilog = self.epilog_from()
+        return super().format_help()
+
+
+def train_epilog() -> str:
+    """The models `--model` takes with their training defaults, and the profiles `--profile` takes."""
+    from recsys_core.models.base import family_class
+    from recsys_core.models.profiles import PROFILES, profile_for
+    from recsys_core.models.settings import flatten_config, has_training_loop
+    from recsys_core.training.experiment import families
+
+    lines = ["models (--model; every setting can be changed with --set KEY=VALUE):"]
+    for family in families():
+        cls = family_class(family)
+        lines.append(f"  {family:<11} {cls.description}")
+        flat = flatten_config(cls.config_class())
+        loop = ", ".join(f"{k.split('.')[-1]} {flat[k]:g}" for k in LOOP_DEFAULTS if k in flat)
+        lines.append(f"  {'':<11} defaults: {loop}" if has_training_loop(cls.config_class)
+                     else f"  {'':<11} one pass over the data: no epochs, no budget")
+    proposed = profile_for()
+    lines += ["", f"profiles (--profile; default here: auto = {proposed.name}, as the Train page proposes):"]
+    for profile in PROFILES.values():
+        lines.append(f"  {profile.name:<11} {profile.label}: {profile.help}")
+    lines.append(f"  {NO_PROFILE:<11} the models' own defaults above, with no time budget")
+    return "\n".join(lines) + "\n\n" + TRAIN_HELP
+
+
+TRAIN_HELP = """distributed (data-parallel) training of bert4rec, sasrec and text_tower (fine_tune):
   torchrun --standalone --nproc_per_node N -m recsys_core train --dataset NAME --model sasrec [--set ...]
 one process per GPU (nccl), or per CPU share with gloo; each step's batch of batch_size examples is
 split among the N processes, so the run matches one process with the same batch_size; rank 0 prints
@@ -127,7 +220,7 @@ the result, writes checkpoints and saves the model."""
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="recsys", description="RecSys Explorer engine (also: python -m recsys_core)")
     p.add_argument("--workspace", default=None, help="workspace folder (default $RECSYS_WORKSPACE or ./workspace)")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     ing = sub.add_parser("ingest", help="read, validate and save an interactions file")
     ing.add_argument("file")
@@ -146,15 +239,20 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, help_ in (("train", cmd_train, "train, evaluate and save a model"),
                               ("evaluate", cmd_evaluate, "full-ranking metrics of a saved model"),
                               ("recommend", cmd_recommend, "top-K for a user or a history")):
-        c = sub.add_parser(name, help=help_, description=TRAIN_HELP if name == "train" else None,
+        c = sub.add_parser(name, help=help_, description=help_, epilog_from=train_epilog if name == "train" else None,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         c.add_argument("--dataset", default="demo", help="'demo', a saved dataset name, or a file/folder path")
         c.add_argument("--items", help="item metadata file when --dataset is a path")
         c.set_defaults(func=func)
         if name == "train":
-            c.add_argument("--model", required=True, help="model family, e.g. bert4rec, sasrec, ease")
+            c.add_argument("--model", required=True, help="model family (listed below)")
+            c.add_argument("--profile", default=AUTO, choices=[AUTO, "demo", "full", NO_PROFILE],
+                           help="training preset, as on the Train page (listed below; default: auto, the device's "
+                                "proposal); --set overrides it")
             c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="hyperparameter override")
             c.add_argument("--no-save", action="store_true", help="do not save the model or record the run")
+            c.add_argument("--no-estimate", action="store_true",
+                           help="start at once, without timing a few steps first to print the expected time")
         else:
             c.add_argument("--model-dir", required=True, help="folder of a saved model")
         if name in {"train", "evaluate"}:

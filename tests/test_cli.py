@@ -73,3 +73,60 @@ def test_bad_input_exits_2_with_a_message_and_nothing_on_stdout(session) -> None
     split = recsys("train", "--dataset", "plays", "--model", "ease", "--split", "temporal", "--no-save",
                    cwd=session["folder"], workspace=session["ws"])
     assert split.returncode == 2 and "temporal split needs timestamps" in split.stderr
+    assert "add a timestamp column" in seq.stderr and "measuring" not in seq.stderr  # refused before any timing
+
+
+def test_train_help_lists_every_model_with_its_defaults_and_the_profiles(session) -> None:
+    from recsys_core.models.base import family_class
+    from recsys_core.training.experiment import families
+
+    out = recsys("train", "--help", cwd=session["folder"], workspace=session["ws"])
+    assert out.returncode == 0, out.stderr
+    for family in families():
+        assert f"  {family:<11} {family_class(family).description}" in out.stdout, family
+    assert "defaults: epochs 200, patience 10" in out.stdout and "one pass over the data: no epochs" in out.stdout
+    for profile in ("demo", "full", "none"):
+        assert f"\n  {profile:<11} " in out.stdout, profile
+    assert "default here: auto = " in out.stdout
+
+
+def test_every_familys_json_says_its_budget_epochs_best_epoch_and_stop_reason(session) -> None:
+    out = _json(session["train"])
+    assert out["profile"] == "auto" and out["budget"] is None and out["epochs_run"] is None
+    assert out["best_epoch"] is None and out["stop_reason"].startswith("one pass over the data")
+    (session["folder"] / "timed.csv").write_text(_timed_log().to_csv(index=False))
+    proc = recsys("train", "--dataset", "timed.csv", "--model", "sasrec", "--profile", "demo", "--no-save",
+                  *SMALL_SASREC, "--set", "epochs=2", cwd=session["folder"], workspace=session["ws"])
+    run = _json(proc)
+    assert run["profile"] == "demo" and run["budget"] == {"cpu_budget_s": 240.0, "max_steps": 2700, "epochs": 2}
+    assert run["epochs_run"] == 2 and run["best_epoch"] in (1, 2) and run["stop_reason"] == "all epochs run"
+    said = proc.stderr.index("expected time: ")  # before the run starts: its progress comes after
+    assert "of CPU time" in proc.stderr[said:].splitlines()[0] and said < proc.stderr.index("epoch")
+
+
+SMALL_SASREC = ("--set", "hidden=16", "--set", "layers=1", "--set", "heads=1", "--set", "max_len=8")
+
+
+def _timed_log():
+    log = listening_log(n_users=60, n_items=80)
+    return log.assign(timestamp=range(len(log)))[["user", "artist", "timestamp"]]
+
+
+def test_a_long_run_is_announced_before_it_starts(session) -> None:
+    (session["folder"] / "long.csv").write_text(_timed_log().to_csv(index=False))
+    cmd = [str(SCRIPT), "--workspace", str(session["ws"]), "train", "--dataset", "long.csv", "--model", "sasrec",
+           "--profile", "none", "--no-save", *SMALL_SASREC, "--set", "epochs=1000000", "--set", "patience=0"]
+    proc = subprocess.Popen(cmd, cwd=session["folder"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    try:
+        lines = []
+        for line in proc.stderr:  # the estimate comes first; the run itself is stopped below
+            lines.append(line)
+            if line.startswith("warning: a long run"):
+                break
+    finally:
+        proc.kill()
+        proc.wait(60)
+    said = "".join(lines)
+    assert "expected time: " in said and "at the latest when every epoch has run" in said, said
+    assert "`--profile demo`" in lines[-1] and proc.stdout.read() == ""
