@@ -176,19 +176,25 @@ def test_page_is_registered_after_compare() -> None:
     assert Path(__file__).resolve().parents[1].joinpath("views/recommend.py").is_file()
 
 
-def test_bare_dataset_without_metadata_timestamps_or_enough_items(tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """No titles, genres, years, ratings or timestamps, and fewer unseen items than K: still a page."""
+def _page_on(ds, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    """The page on `ds`, saved in a fresh workspace and opened by a link naming it."""
     root = tmp_path / "workspace"
     monkeypatch.setenv("RECSYS_WORKSPACE", str(root))
-    frame = pd.DataFrame({"user": np.repeat(["a", "b", "c", "d"], 3), "item": list("xyzxyqxrsyzq")})
-    ds = build_dataset(frame, name="bare")
-    Workspace(root).save_dataset(ds, name="bare")
+    Workspace(root).save_dataset(ds, name=ds.name)
     at = AppTest.from_file(APP, default_timeout=120)
-    at.session_state["active_dataset"] = "bare"
+    at.query_params["dataset"] = ds.name
     at.run()
     at.switch_page(PAGE).run()
     assert not at.exception, at.exception
+    return at
+
+
+def test_bare_dataset_without_metadata_timestamps_or_enough_items(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """No titles, genres, years, ratings or timestamps, and fewer unseen items than K: still a page."""
+    frame = pd.DataFrame({"user": np.repeat(["a", "b", "c", "d"], 3), "item": list("xyzxyqxrsyzq")})
+    ds = build_dataset(frame, name="bare")
+    at = _page_on(ds, tmp_path, monkeypatch)
     top = _frame(at, "rec_topk").value
     assert 0 < len(top) <= ds.n_items - 3 and set(top["title"]) <= set(ds.item_ids)
     assert not [m for m in at.multiselect if m.key == "rec_genres"]
@@ -198,16 +204,9 @@ def test_bare_dataset_without_metadata_timestamps_or_enough_items(tmp_path: Path
 def test_a_play_count_history_shows_the_counts_not_an_empty_rating(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A timestamp-less play-count export (sorted by user, then artist): the history lists each play count."""
-    root = tmp_path / "workspace"
-    monkeypatch.setenv("RECSYS_WORKSPACE", str(root))
     log = listening_log(n_users=40, n_items=50)
     ds, _ = load_dataset(as_tsv(log), "plays.tsv", name="plays")
-    Workspace(root).save_dataset(ds, name="plays")
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.query_params["dataset"] = "plays"
-    at.run()
-    at.switch_page(PAGE).run()
-    assert not at.exception, at.exception
+    at = _page_on(ds, tmp_path, monkeypatch)
     user = ds.user_ids[at.selectbox(key="rec_user").value]
     shown = _frame(at, "rec_history").value
     assert "rating" not in shown.columns and shown["count"].notna().all()
