@@ -55,8 +55,14 @@ def _table(frame: pd.DataFrame, key: str, **kw) -> None:
         st.dataframe(frame, hide_index=True, key=f"{key}_table", **kw)
 
 
+def _filled(frame: pd.DataFrame, columns: list[str]) -> list[str]:
+    """The `columns` of `frame` that hold some value: metadata the data lacks (no years) is left out rather than
+    shown as a column of "None"."""
+    return [c for c in columns if c in frame.columns and (frame.empty or bool(frame[c].notna().any()))]
+
+
 def _show(frame: pd.DataFrame, key: str, extra: tuple[str, ...] = ()) -> None:
-    cols = [c for c in [*SHOWN[:2], *extra, *SHOWN[2:]] if c in frame.columns]
+    cols = _filled(frame, [*SHOWN[:2], *extra, *SHOWN[2:]])
     if frame.attrs.get("fallback"):  # the "scores" are interaction counts: the popularity column says it plainly
         cols = [c for c in cols if c != "score"]
     _table(frame[cols], key, column_config={"score": st.column_config.NumberColumn(format="%.4f"),
@@ -159,7 +165,7 @@ with left:
     st.caption(f"{count}, newest first." if ds.is_ordered else
                f"{count} in file order: this dataset has no timestamps, so their order is unknown.")
     timeline = history_frame(ds, user)
-    shown = [c for c in ["title", "genres", "year", "rating", "count", "date"] if c in timeline.columns]
+    shown = _filled(timeline, ["title", "genres", "year", "rating", "count", "date"])
     _table(timeline[shown], "rec_history",  # a count (plays, clicks) is how much, shown as a whole number
            column_config={"date": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
                           "count": st.column_config.NumberColumn(format="%d")})
