@@ -102,13 +102,15 @@ def test_the_estimate_is_a_range_whose_upper_end_is_not_below_the_run(data, one_
 
 def _rates(**kw):
     return profiles._Rates(**{"steps_per_epoch": 10, "batch_size": SMALL["batch_size"], "setup_cpu": 0.5, "step_cpu": 0.1, "step_cpu_low": 0.08,
+                              "step_cpu_high": 0.12,
                               "valid_cpu_per_user": 0.001, "test_cpu_per_user": 0.002,
                               "wall_per_cpu": 1.5, **kw})
 
 
 def test_the_range_runs_from_the_earliest_early_stop_to_the_epoch_that_passes_the_budget(data, monkeypatch):
     """Step cost x the steps the stop rules allow: at least `patience` + 1 validations at the fastest measured rate,
-    at most the CPU budget plus the epoch that passes it at the mean rate; never below what the run can take."""
+    at most the CPU budget plus the epoch that passes it at the mean rate's upper confidence bound; never below what
+    the run can take."""
     ds, split = data
     monkeypatch.setattr(profiles, "_probe", lambda *a: _rates())  # the measurement is the boundary we fake
     monkeypatch.setattr(profiles, "_plan", lambda *a: (10, 100, 1))
@@ -116,15 +118,20 @@ def test_the_range_runs_from_the_earliest_early_stop_to_the_epoch_that_passes_th
     estimate = estimate_training(ds, "sasrec", settings, split)
     fixed = profiles.START_CPU_S + 0.5 + 0.002 * len(split.test)
     assert estimate.bound == "cpu_budget" and estimate.early_stopping
-    assert estimate.upper_cpu_s == pytest.approx(fixed + 30.0 + 10 * 0.1 + 0.1)  # the budget + one epoch
+    assert estimate.upper_cpu_s == pytest.approx(fixed + 30.0 + 10 * 0.12 + 0.1)  # the budget + one epoch
     assert estimate.lower_cpu_s == pytest.approx(fixed + 3 * (10 * 0.08 + 0.1))  # first validation + patience 2
     assert estimate.upper_s == pytest.approx(1.5 * estimate.upper_cpu_s)
     assert estimate.planned_steps == 10 * math.ceil(30.0 / (10 * 0.1 + 0.1))  # what the progress bar's 100 % is
     assert estimate.text().endswith("at this load)") and " of CPU time " in estimate.text()
     capped = estimate_training(ds, "sasrec", {**settings, "max_steps": 50}, split)  # the cap comes first
     assert capped.bound == "max_steps" and capped.planned_steps == 50
-    assert capped.upper_cpu_s == pytest.approx(fixed + 50 * 0.1 + 5 * 0.1)
+    assert capped.upper_cpu_s == pytest.approx(fixed + 50 * 0.12 + 5 * 0.1)
     assert estimate_training(ds, "ease", {}, split) is None  # one pass, nothing to time
+
+
+def test_the_upper_rate_is_the_means_upper_confidence_bound():
+    assert profiles._standard_error([0.1]) == 0.0
+    assert profiles._standard_error([1.0, 3.0]) == pytest.approx(1.0)  # sd sqrt(2), over sqrt(2)
 
 
 def test_the_first_progress_report_names_the_step_cap(data):

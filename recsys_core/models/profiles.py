@@ -8,7 +8,8 @@ seconds, never wall-clock alone, so a busy machine trains the same model, only s
 small validation on the actual data, timed on this machine and cached per dataset, model and settings: a range
 of CPU seconds from the earliest stop the stop rules allow (early stopping after `patience` validations) to the
 latest (the epochs, the step cap, or the epoch in which the CPU budget runs out), at the fastest 5-step stretch
-of the probe and at its mean rate (a one-thread step costs about the same all run long: bench/eta.py). A job trains on one thread (`recsys_core/threads.py`), as the probe does in the server,
+of the probe and at the 95 % upper confidence bound of its mean step cost (a one-thread step costs about the same
+all run long: bench/eta.py). A job trains on one thread (`recsys_core/threads.py`), as the probe does in the server,
 so a CPU second is the same work at any load; the wall time is that CPU time at the load measured now.
 """
 
@@ -213,7 +214,7 @@ def _estimate(ds: Dataset, family: str, overrides: dict[str, Any], split: Split)
     # the earliest early stop: the first validation, then `patience` without improvement
     first_stop = min(cap, (train.patience + 1) * every * rates.steps_per_epoch) if early else cap
     low, _ = _training_cpu(train, first_stop, rates.steps_per_epoch, every, validation_cpu, rates.step_cpu_low)
-    high, bound = _training_cpu(train, cap, rates.steps_per_epoch, every, validation_cpu, rates.step_cpu)
+    high, bound = _training_cpu(train, cap, rates.steps_per_epoch, every, validation_cpu, rates.step_cpu_high)
     if not early and bound == "cpu_budget":
         low = min(low, train.cpu_budget_s)  # it stops only after passing the budget
     fixed = START_CPU_S + rates.setup_cpu + rates.test_cpu_per_user * len(split.test)  # + the final evaluation
@@ -265,9 +266,18 @@ class _Rates:
     setup_cpu: float  # model build and item init before the first step
     step_cpu: float  # the mean over the timed steps
     step_cpu_low: float  # the fastest of their 5-step stretches
+    step_cpu_high: float  # the mean's 95 % upper confidence bound over those stretches (mean + 2 standard errors)
     valid_cpu_per_user: float
     test_cpu_per_user: float  # the final evaluation: every cut-off, coverage, popularity bias, per-user rows
     wall_per_cpu: float  # wall seconds per CPU second while training here
+
+
+def _standard_error(values: list[float]) -> float:
+    """Standard error of the mean of `values` (0 for fewer than two)."""
+    if len(values) < 2:
+        return 0.0
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
 
 
 def _probe(ds: Dataset, family: str, overrides: dict[str, Any], split: Split, valid_users: int) -> _Rates:
@@ -297,6 +307,7 @@ def _probe(ds: Dataset, family: str, overrides: dict[str, Any], split: Split, va
     return _Rates(steps_per_epoch=first[2].total, batch_size=model.fit_report()["batch_size"],
                   setup_cpu=max(0.0, first[1] - started[1]),
                   step_cpu=max(step_cpu, 1e-6), step_cpu_low=max(min(stretches), 1e-6),
+                  step_cpu_high=max(step_cpu + 2 * _standard_error(stretches), 1e-6),
                   valid_cpu_per_user=max(valid_cpu, 0.0), test_cpu_per_user=test_cpu,
                   wall_per_cpu=max(step_wall, 1e-6) / max(step_cpu, 1e-6))
 
