@@ -8,14 +8,32 @@ belongs to the workspace rather than to the browser tab that started it.
 
 from __future__ import annotations
 
+import atexit
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 from recsys_core.errors import RecsysError
 from recsys_core.progress import Progress, ProgressEvent
+
+# Jobs whose thread may still run. At exit each is cancelled and given a moment to stop: a daemon thread
+# caught inside a torch kernel while the interpreter tears down aborts the process ("terminate called without
+# an active exception", exit status 134) after all the work has succeeded.
+_LIVE: weakref.WeakSet[BackgroundJob] = weakref.WeakSet()
+EXIT_WAIT_S = 120.0
+
+
+@atexit.register
+def _stop_live_jobs() -> None:
+    jobs = [job for job in list(_LIVE) if job.running]
+    for job in jobs:
+        job.cancel()
+    deadline = time.monotonic() + EXIT_WAIT_S
+    for job in jobs:
+        job.join(max(0.0, deadline - time.monotonic()))
 
 
 class BackgroundJob:
@@ -44,6 +62,7 @@ class BackgroundJob:
 
     def start(self):
         self.state, self.started = "running", time.perf_counter()
+        _LIVE.add(self)
         self._thread.start()
         return self
 
