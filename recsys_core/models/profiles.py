@@ -63,9 +63,11 @@ PROFILES: dict[str, Profile] = {
     # On the demo data the models peak after 7-13 epochs of 137 steps (~6 CPU s an epoch on an idle 2-core box,
     # bench/results/quality-demo-20261201.json), so 5 validations without improvement and a cap of 2,700 steps
     # (~20 epochs, ~2 CPU-min) keep near-full quality within 3 minutes; the CPU budget bounds larger data
-    # (ML-100k's windows are ~6x longer). Measured with this profile at load 10-23 (2026-12-02, seed 0): the
-    # budget ended both runs after 3-4 epochs (60-80 CPU s an epoch under that load): BERT4Rec 0.1130 NDCG@10
-    # (267 CPU s), SASRec+ 0.1088 (253 CPU s); defaults, 3 seeds: 0.1134 and 0.1201.
+    # (ML-100k's windows are ~6x longer). Measured with this profile at load 10-23 (2026-12-02, seed 0, a job on
+    # every core): the budget ended both runs after 3-4 epochs (60-80 CPU s an epoch under that load): BERT4Rec
+    # 0.1130 NDCG@10 (267 CPU s), SASRec+ 0.1088 (253 CPU s); defaults, 3 seeds: 0.1134 and 0.1201. On one thread
+    # (2026-12-06, load 1.5-3, bench/results/eta-20261206.json) both early-stop on the demo in 47-52 CPU s (whole
+    # job); on ML-100k BERT4Rec reaches the step cap in ~119 CPU s and SASRec+ early-stops in ~115.
     DEMO: Profile(DEMO, "Demo: fast, near-full quality",
                   "Early stopping after 5 validations without improvement, at most 2,700 steps and 4 CPU-minutes: "
                   "a few minutes on a 2-core CPU.",
