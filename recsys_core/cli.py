@@ -65,9 +65,11 @@ def cmd_ingest(args) -> dict:
 
 def cmd_train(args) -> dict | None:
     from recsys_core.models import distributed
+    from recsys_core.threads import training_threads, use_threads
     from recsys_core.training.experiment import make_model, make_split, parse_overrides, run_experiment
 
     distributed.init_from_env()  # a no-op without torchrun
+    use_threads(training_threads())  # as a Train-page job: a CPU-second budget buys the same model at any load
     main = distributed.is_main()
     ws = _workspace(args) if main else None
     distributed.barrier()  # rank 0 creates the workspace before the others open it
