@@ -125,7 +125,10 @@ class FactLogitsProcessor:
     def __init__(self, tokenizer, vocabulary: Vocabulary, prefix: str = "") -> None:
         self.table, self.vocab = token_table(tokenizer), vocabulary
         self.text, self.start = prefix, None
-        self.name_prefixes = _prefixes(vocabulary.names)
+        # A name must also be a word of the closed vocabulary: "O" may start the name "OK" and the word "of", but
+        # no word that is both, and a dead end lets nothing through.
+        names = vocabulary.names & vocabulary.words if vocabulary.words else vocabulary.names
+        self.name_prefixes = _prefixes(names)
         n = len(self.table.texts)
         allowed_heads = np.zeros(n, bool)
         for prefix_text in self.name_prefixes:
@@ -175,8 +178,10 @@ class FactLogitsProcessor:
             mask[:n] |= self.closed.forbidden(m.group(0).casefold() if m else "")
         self._numbers(mask)
         mask = mask[: scores.shape[-1]]
-        if bool(mask.all()):  # nothing left to say within the facts: let the model go on; the check decides
-            return scores
+        if bool(mask.all()):  # nothing left to say within the facts: end the reply (closed vocabulary) or let the
+            if self.closed is None:  # model go on; the check decides
+                return scores
+            mask[self.closed.special.nonzero()[0]] = False
         scores = scores.clone()
         scores[:, mask.to(scores.device)] = -float("inf")
         return scores

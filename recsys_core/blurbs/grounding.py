@@ -28,7 +28,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from recsys_core.blurbs.wording import (
-    AFTER_APOSTROPHE,
     BEFORE_NT,
     CLAIM_WORDS,
     FUNCTION_WORDS,
@@ -39,6 +38,7 @@ from recsys_core.blurbs.wording import (
     REPEATS,
     TONE_WORDS,
     WORD,
+    contraction_ok,
 )
 
 MAX_TITLE_CHARS = 100
@@ -508,7 +508,7 @@ def _vocabulary_problems(sentence: str, words: list[Token], in_titles: set[int],
     free = [i for i in range(len(words)) if i not in in_titles]
     outside = dict.fromkeys(run for i in free for run in WORD.findall(sentence[words[i].start:words[i].stop].casefold())
                             if run not in ctx.words and words[i].norm not in BEFORE_NT
-                            or not _contraction_ok(sentence, words, i))
+                            or not contraction_ok(sentence, words, i))
     claims: dict[str, str] = {}
     for word in outside:
         claims.setdefault(CLAIM_WORDS.get(word, ""), word)
@@ -519,24 +519,15 @@ def _vocabulary_problems(sentence: str, words: list[Token], in_titles: set[int],
     for pair in set(itertools.pairwise(norms)) & set(POPULARITY_PHRASES):
         if pair not in ctx.popularity:
             problems.append(f"says “{' '.join(pair)}”, which the popularity in the facts does not")
+    by_title = next((i for i in free if words[i].norm == "by" and i + 1 in in_titles), None)
+    if by_title is not None:  # "“World War Z” by The Wolverine": a liked title made into the maker of the item
+        problems.append("claims a maker (“by” and a title), which no fact can support")
     counts = collections.Counter(words[i].norm for i in free if words[i].norm not in FUNCTION_WORDS)
     problems += [f"repeats “{w}” {n} times" for w, n in counts.items() if n >= REPEATS]
     if outside:
         listed = ", ".join(f"“{w}”" for w in list(outside)[:6])
         problems.append(f"uses {listed}: not words of the facts or of the fixed tone and function words")
     return problems
-
-
-def _contraction_ok(text: str, words: list[Token], i: int) -> bool:
-    """A piece of a contraction only where it belongs: "’s" after an apostrophe, "won" (of "won’t", else an award)
-    before "’t"; "re-movies" or "won" alone is no word of the vocabulary."""
-    word = words[i]
-    if word.norm in AFTER_APOSTROPHE:
-        return word.start > 0 and text[word.start - 1] in "’'"
-    if word.norm in BEFORE_NT:
-        after = words[i + 1] if i + 1 < len(words) else None
-        return after is not None and after.norm == "t" and after.start == word.stop + 1 and text[word.stop] in "’'"
-    return True
 
 
 def check_blurb(text: str, allowed: Allowed, cat: Catalogue) -> Verdict:

@@ -16,6 +16,7 @@ Words are letter runs, folded (`grounding.fold`): "it’s" is "it" + "s", "actio
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 
 def _stock(words: str) -> frozenset[str]:
@@ -28,10 +29,10 @@ who whom whose which what whatever whichever why how where when whenever
 of in on at to for with from by about as into like through after before over under between among amongst
 without within up out off down around across along near toward towards upon than beyond onto per via
 and or but so yet nor if because while though although whether then also too either neither both
-is are was were be been being am have has had having do does did doing done will would can could should
+is are be am have has having do does did doing done will would can could should
 may might must shall not no yes
 s t d ll re ve m don doesn didn isn aren wasn weren wouldn couldn shouldn haven hasn hadn cannot let
-all any each every some none more most much many few less least other others another such same own
+all any each some none more most much few less least other others another such same own
 only just even very really quite rather enough almost also again never always still already soon
 here there now today tonight next right well once twice either else instead maybe perhaps
 one ones something anything everything nothing someone anyone anybody somebody
@@ -45,7 +46,7 @@ read reading try trying pick picked picks choose chose chosen choice choices rec
 think bet guess find get give see check add want deserves deserve miss sit settle relax dive
 great good perfect fine fun enjoyable exciting excellent fantastic wonderful lovely terrific solid ideal
 worth worthy special entertaining engaging satisfying easy natural similar different ready sure top
-treat match fit night evening weekend mood story stories
+treat match fit night evening weekend mood
 definitely surely certainly absolutely truly simply perfectly probably likely especially particularly
 together alike equally
 category genre genres blend mix combines combining combination touch dash delivers look looking decide
@@ -91,13 +92,16 @@ CLAIMS = {
                 "characters hero heroine villain protagonist man woman men women boy girl he she him her his hers "
                 "himself herself they them their writer author authored written narrator",
     "a plot": "plot plots follows follow journey quest mission battle battles fight fights kills killed killer "
-              "becomes became discovers discovered explores explore tale redemption revenge twist twists ending "
-              "world life lives adventure sequel prequel trilogy universe franchise",
+              "becomes became discovers discovered explores explore tale tales story stories redemption revenge twist "
+              "twists ending world life lives adventure sequel prequel trilogy universe franchise",
     "an event": "event events premiere premiered anniversary season summer holiday screening headlines news",
     "an award": "award awards awarded oscar oscars winning winner won nominated nomination prize acclaimed",
     # "favourite of many": other people's taste, which no fact gives
     "its reception": "audiences audience viewers worldwide millions captivated beloved famous classic iconic "
-                     "legendary phenomenon fans fan everyone everybody popularity favorite favourite people ever",
+                     "legendary phenomenon fans fan everyone everybody popularity favorite favourite people ever "
+                     "many every",
+    # "has been on your list", "was being watched": the past is an event no fact records
+    "a past event": "was were been being had",
     # "a fantastic choice for me", "thrills me every time": the app has no taste and watched nothing
     "the writer's own experience": "me my mine myself",
     "a critic": "critics critic critical reviews reviewers review praised praise rave raves hailed",
@@ -118,7 +122,8 @@ RECEPTION = re.compile(r"\b(?:loved|enjoyed|liked|watched|read|picked|chosen|rec
                        r"|\b(?:for|with|of)\s+(?:so\s+|very\s+)?many\b(?=\s*[.,;:!?]|\s+(?:and|who|but)\b|\s*$)"
                        r"|\b(?:by|among|to)\s+(?:so\s+|very\s+)?many\b"
                        r"|\bmost[\s-]+(?:watched|read|rated|loved|liked|enjoyed|chosen|picked)\b|\btop[\s-]+rated\b"
-                       r"|\bof\s+all\s+time\b|\bI\s+(?:have\s+|once\s+)?(?:watch|watched|read|saw|see|love|loved|enjoy|enjoyed"
+                       r"|\bof\s+all\s+time\b|\bin\s+history\b|\btop\s+\d+(?!\s*%)"
+                       r"|\bI\s+(?:have\s+|once\s+)?(?:watch|watched|read|saw|see|love|loved|enjoy|enjoyed"
                        r"|like|liked)\b", re.IGNORECASE)
 # Pieces of contractions: words only after an apostrophe ("it’s", "you’ll") or only before "’t" ("don’t").
 AFTER_APOSTROPHE = frozenset({"s", "t", "d", "ll", "re", "ve", "m"})
@@ -127,3 +132,15 @@ BEFORE_NT = frozenset({"don", "doesn", "didn", "isn", "aren", "wasn", "weren", "
 REPEATS = 3  # a word (not a function word) this many times in one sentence: the model is stuck in a loop
 
 WORD = re.compile(r"[^\W\d_]+")  # a word: a run of letters (digits are numbers, checked on their own)
+
+
+def contraction_ok(text: str, words: Sequence, i: int) -> bool:
+    """A piece of a contraction only where it belongs: "’s" after an apostrophe, "won" (of "won’t", else an award)
+    before "’t"; "re-movies" or "won" alone is no word of the vocabulary."""
+    word = words[i]
+    if word.norm in AFTER_APOSTROPHE:
+        return word.start > 0 and text[word.start - 1] in "’'"
+    if word.norm in BEFORE_NT:
+        after = words[i + 1] if i + 1 < len(words) else None
+        return after is not None and after.norm == "t" and after.start == word.stop + 1 and text[word.stop] in "’'"
+    return True
