@@ -177,7 +177,7 @@ def test_the_result_card_names_the_stop_reason_and_an_under_trained_run(ws_root:
     at.run()
     assert not at.exception, at.exception
     shown = _texts(at) + "\n".join(str(w.value) for w in at.warning)
-    assert "stopped by CPU budget after 1,152 steps" in shown
+    assert "stopped: CPU budget after 1,152 steps" in shown
     assert "under-trained" in shown and "9 min of training CPU time" in shown
 
 
@@ -190,6 +190,6 @@ def test_compare_marks_an_under_trained_run_with_the_cpu_it_needs(ws_root: Path)
     at = open_app("views/compare.py")
     assert not at.exception, at.exception
     table = at.dataframe[0].value
-    assert table["stopped by"].tolist() == ["CPU budget after 1,152 steps · under-trained (needs about 9 min CPU)"]
+    assert table["how it stopped"].tolist() == ["CPU budget after 1,152 steps · under-trained (needs about 9 min CPU)"]
     warning = "\n".join(str(w.value) for w in at.warning)
     assert f"#{run.run_id} popularity" in warning and "Under-trained" in warning

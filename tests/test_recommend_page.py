@@ -210,9 +210,10 @@ def test_a_play_count_history_shows_the_counts_not_an_empty_rating(tmp_path: Pat
     user = ds.user_ids[at.selectbox(key="rec_user").value]
     shown = _frame(at, "rec_history").value
     assert "rating" not in shown.columns and shown["count"].notna().all()
-    for key in ("rec_history", "rec_topk"):  # no years in this file: no column of "None"
+    for key in ("rec_history", "rec_topk"):  # no years or genres in this file: no column of "None" or blanks
         table = _frame(at, key).value
-        assert "year" not in table.columns and not table.isna().any().any(), key
+        assert not {"year", "genres"} & set(table.columns) and not table.isna().any().any(), key
+    assert any("the file's last row first" in str(c.value) for c in at.caption)  # shown newest-in-file first
     plays = log[log["user"] == user].set_index(log[log["user"] == user]["artist"].astype(str))["plays"]
     by_title = dict(zip(shown["title"], shown["count"], strict=True))
     assert by_title == {artist: float(n) for artist, n in plays.items()}  # no titles: the id is the title

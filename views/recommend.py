@@ -37,6 +37,7 @@ USER_KEY = "rec_user"
 MAX_OPTIONS = 3000  # item pickers list at most this many items; bigger catalogues are searched by title first
 MAX_USER_OPTIONS = 50_000  # above this many users, the user is typed rather than picked from a list
 SHOWN = ["rank", "title", "score", "genres", "year", "popularity", "item_id"]
+METADATA = ("genres", "year")
 
 st.title("Recommend")
 record, ds, model, which = page_dataset_and_model()
@@ -58,7 +59,14 @@ def _table(frame: pd.DataFrame, key: str, **kw) -> None:
 def _filled(frame: pd.DataFrame, columns: list[str]) -> list[str]:
     """The `columns` of `frame` that hold some value: metadata the data lacks (no years) is left out rather than
     shown as a column of "None"."""
-    return [c for c in columns if c in frame.columns and (frame.empty or bool(frame[c].notna().any()))]
+    return [c for c in columns if c in frame.columns and (frame.empty or bool(_has_value(frame[c]).any()))]
+
+
+def _has_value(column: pd.Series) -> pd.Series:
+    """Cells that say something: not missing, and for item metadata not an empty text (items without genres
+    have ''); a marker column such as 'shared' means "no" by its empty cells and stays."""
+    present = column.notna()
+    return present & (column.astype(str).str.strip() != "") if column.name in METADATA else present
 
 
 def _show(frame: pd.DataFrame, key: str, extra: tuple[str, ...] = ()) -> None:
@@ -163,7 +171,7 @@ with left:
     st.subheader(f"History of {md_escape(ds.user_ids[user])}")
     count = f"{len(history)} interaction{'s' if len(history) != 1 else ''}"
     st.caption(f"{count}, newest first." if ds.is_ordered else
-               f"{count} in file order: this dataset has no timestamps, so their order is unknown.")
+               f"{count}, the file's last row first: this dataset has no timestamps, so their order is unknown.")
     timeline = history_frame(ds, user)
     shown = _filled(timeline, ["title", "genres", "year", "rating", "count", "date"])
     _table(timeline[shown], "rec_history",  # a count (plays, clicks) is how much, shown as a whole number

@@ -169,7 +169,7 @@ def _outcome(job: JobRecord, mine: bool) -> None:
     ending = run_ending(res)
     scores = (f"NDCG@10 {res['metrics']['ndcg@10']:.4f}, HR@10 {res['metrics']['hr@10']:.4f} "
               f"({res['train_s']:,.1f} s, {res.get('cpu_s', 0.0):,.1f} CPU s on {res['device']}"
-              f"{'; stopped by ' + ending if ending else ''})")
+              f"{'; stopped: ' + ending if ending else ''})")
     _under_trained_note(res, run)
     if job.status == "cancelled":
         st.warning(f"{run} was **cancelled**; the best weights so far were kept, evaluated and saved, labelled "

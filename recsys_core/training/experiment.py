@@ -10,7 +10,6 @@ import dataclasses
 import itertools
 import math
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from recsys_core.data.splits import Split, leave_one_out, temporal_split
 from recsys_core.errors import ConfigError
 from recsys_core.evaluation.compare import per_user_table, save_per_user
 from recsys_core.evaluation.metrics import evaluate, train_popularity
-from recsys_core.models import distributed
+from recsys_core.models import distributed, loop
 from recsys_core.models.base import FAMILIES, Recommender, family_class
 from recsys_core.models.settings import build_config, flat_fields, flatten_config, resolve_name
 from recsys_core.progress import Progress
@@ -30,7 +29,7 @@ from recsys_core.progress import Progress
 SPLITS = {"leave_one_out": leave_one_out, "temporal": temporal_split}
 CANCELLED_EVAL_USERS = 500
 # How the loop stopped, in the words a run record uses.
-STOP_REASONS = {"early_stop": "converged (no improvement for `patience` validations)", "epochs": "all epochs run",
+STOP_REASONS = {"early_stop": "converged (validation stopped improving)", "epochs": "all epochs run",
                 "max_steps": "step budget", "cpu_budget": "CPU budget", "cancelled": "cancelled"}
 # A run that a limit stopped while its validation was still rising learned less than it could.
 LIMIT_STOPS = ("cpu_budget", "max_steps", "epochs")
@@ -156,9 +155,10 @@ def run_experiment(
     check_order(model, ds)
     split = split or make_split(ds, split_kind)
     progress = progress or Progress()
-    start, cpu_start = time.perf_counter(), time.process_time()
+    start, cpu_start = loop.clock()
     model.fit(ds, progress=progress, split=split)
-    train_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
+    wall, cpu = loop.clock()
+    train_s, cpu_s = wall - start, cpu - cpu_start
     report = model.fit_report()
     status = "cancelled" if progress.cancelled else "no_improvement" if report.get("improved") is False else "finished"
     # A cancelled run is scored on a seeded sample of users, so Cancel frees the machine within seconds;

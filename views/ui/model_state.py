@@ -83,7 +83,7 @@ def runs_frame(runs: list) -> pd.DataFrame:
             "run": r.id, "model": r.model, "status": r.status, "split": r.split,
             "NDCG@10": m.get("ndcg@10"), "HR@10": m.get("hr@10"), "Recall@20": m.get("recall@20"),
             "MRR@10": m.get("mrr@10"), "coverage@10": m.get("coverage@10"), "pop. bias@10": m.get("pop_bias@10"),
-            "stopped by": run_ending(m.get("run") or {}),
+            "how it stopped": run_ending(m.get("run") or {}),
             "train s": round(r.wall_s or 0.0, 1), "device": r.device, "created (UTC)": r.created_at[:19],
         })
     return pd.DataFrame(rows)
