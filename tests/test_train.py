@@ -357,3 +357,33 @@ def test_a_run_neither_depends_on_nor_changes_the_process_wide_generator():
     loop.train(second, cfg, CPU)
     for a, b in zip(first.module.parameters(), second.module.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_probe_is_charged_its_own_threads_cpu_not_the_servers_other_work() -> None:
+    """An estimate runs in the shared server beside other sessions' work (the LLM warm-up): inside
+    `thread_cpu_clock` the run is charged this thread's CPU only, outside it the whole process's."""
+    import threading
+    import time
+
+    stop = threading.Event()
+
+    def busy() -> None:
+        while not stop.is_set():
+            sum(i * i for i in range(10_000))
+
+    other, threads = threading.Thread(target=busy, daemon=True), torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the server: torch computes on the calling thread
+    other.start()
+    try:
+        with loop.thread_cpu_clock():
+            before = loop.cpu_time()
+            time.sleep(0.5)  # this thread does nothing; the other one spins
+            own = loop.cpu_time() - before
+        before = loop.cpu_time()
+        time.sleep(0.5)
+        process = loop.cpu_time() - before
+    finally:
+        stop.set()
+        other.join()
+        torch.set_num_threads(threads)
+    assert own < 0.05 and process > 0.1, (own, process)
