@@ -81,6 +81,8 @@ def test_a_dropped_sentence_says_what_it_tried_to_claim(demo, sentence: str, kin
     ("It is a great pick from the re-movies.", "uses “re”"),
     ("Red 2 is a comedy comedy comedy.", "repeats “comedy” 3 times"),
     ("Because you liked “Iron Man 3”, you will enjoy “Red 2” by Iron Man 3.", "claims a maker"),
+    ("It is also about Iron Man 3.", "claims a subject"),
+    ("The film wasn’t even a movie at all.", "claims a past event (“wasn”)"),
 ])
 def test_claims_made_of_stock_words_are_dropped_too(demo, sentence: str, problem: str) -> None:
     problems = _problems(demo, sentence, "Red 2", ("Iron Man 3",))
@@ -106,6 +108,8 @@ def test_plain_sentences_built_from_the_facts_pass(demo, sentence: str) -> None:
 def test_a_title_word_is_a_fact_only_inside_its_title(demo) -> None:
     assert _problems(demo, "Man of Steel is a great pick.", "Man of Steel") == ()
     assert _problems(demo, "It is about a man of few words.", "Man of Steel")  # "man" outside the title
+    assert _problems(demo, "Because you liked Epic, you will enjoy The Great Gatsby.", "The Great Gatsby", ("Epic",)) == ()
+    assert _problems(demo, "It is an epic drama.", "The Great Gatsby", ("Epic",))  # the liked film, not a word
 
 
 def test_popularity_words_must_be_this_items(demo) -> None:

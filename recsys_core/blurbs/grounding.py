@@ -28,7 +28,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from recsys_core.blurbs.wording import (
-    BEFORE_NT,
     CLAIM_WORDS,
     FUNCTION_WORDS,
     GENRE_WORDS,
@@ -311,7 +310,7 @@ def _scan(blurb: list[Token], cat: Catalogue, fact_titles: set, fact_attrs: set[
         for n in range(min(longest, len(blurb) - i), 0, -1):
             words = blurb[i:i + n]
             key = tuple(w.norm for w in words)
-            if key in fact_titles:
+            if key in fact_titles and (n > 1 or words[0].capital):  # "an epic drama" is not the film “Epic”
                 found.in_titles.update(range(i, i + n))
                 step = n
                 break
@@ -507,7 +506,7 @@ def check_sentence(sentence: str, allowed: Allowed, cat: Catalogue, context: _Co
 def _vocabulary_problems(sentence: str, words: list[Token], in_titles: set[int], ctx: _Context) -> list[str]:
     free = [i for i in range(len(words)) if i not in in_titles]
     outside = dict.fromkeys(run for i in free for run in WORD.findall(sentence[words[i].start:words[i].stop].casefold())
-                            if run not in ctx.words and words[i].norm not in BEFORE_NT
+                            if run not in ctx.words and words[i].norm != "won"  # won’t, not an award
                             or not contraction_ok(sentence, words, i))
     claims: dict[str, str] = {}
     for word in outside:
@@ -519,9 +518,11 @@ def _vocabulary_problems(sentence: str, words: list[Token], in_titles: set[int],
     for pair in set(itertools.pairwise(norms)) & set(POPULARITY_PHRASES):
         if pair not in ctx.popularity:
             problems.append(f"says “{' '.join(pair)}”, which the popularity in the facts does not")
-    by_title = next((i for i in free if words[i].norm == "by" and i + 1 in in_titles), None)
-    if by_title is not None:  # "“World War Z” by The Wolverine": a liked title made into the maker of the item
-        problems.append("claims a maker (“by” and a title), which no fact can support")
+    # "“World War Z” by The Wolverine", "it is about the Imposter": a liked title made into a maker or a subject
+    joined = next((words[i].norm for i in free if words[i].norm in ("by", "about") and i + 1 in in_titles), None)
+    if joined is not None:
+        problems.append(f"claims a {'maker' if joined == 'by' else 'subject'} (“{joined}” and a title), which no "
+                        "fact can support")
     counts = collections.Counter(words[i].norm for i in free if words[i].norm not in FUNCTION_WORDS)
     problems += [f"repeats “{w}” {n} times" for w, n in counts.items() if n >= REPEATS]
     if outside:

@@ -31,7 +31,7 @@ without within up out off down around across along near toward towards upon than
 and or but so yet nor if because while though although whether then also too either neither both
 is are be am have has having do does did doing done will would can could should
 may might must shall not no yes
-s t d ll re ve m don doesn didn isn aren wasn weren wouldn couldn shouldn haven hasn hadn cannot let
+s t d ll re ve m don doesn isn aren wouldn couldn shouldn haven hasn cannot let
 all any each some none more most much few less least other others another such same own
 only just even very really quite rather enough almost also again never always still already soon
 here there now today tonight next right well once twice either else instead maybe perhaps
@@ -101,7 +101,7 @@ CLAIMS = {
                      "legendary phenomenon fans fan everyone everybody popularity favorite favourite people ever "
                      "many every",
     # "has been on your list", "was being watched": the past is an event no fact records
-    "a past event": "was were been being had",
+    "a past event": "was were been being had wasn weren hadn didn",
     # "a fantastic choice for me", "thrills me every time": the app has no taste and watched nothing
     "the writer's own experience": "me my mine myself",
     "a critic": "critics critic critical reviews reviewers review praised praise rave raves hailed",
