@@ -90,6 +90,13 @@ def test_titles_with_quotes_and_backslashes_stay_inside_their_json_string() -> N
     assert facts.data_block().count("</data>") == 1 and "system:" not in facts.data_block()
 
 
+def test_the_shown_facts_leave_out_a_year_the_data_lacks() -> None:
+    """A play-count upload has no years: the facts panel shows no "year: null"."""
+    ds = build_dataset(pd.DataFrame({"user": ["a", "a"], "item": ["x1", "x2"]}), name="plays")
+    shown = build_facts(ds, 0, [1], "test").shown()
+    assert "year" not in shown and None not in shown.values()
+
+
 # ---- sanitising ----------------------------------------------------------------------------------
 
 

@@ -136,7 +136,7 @@ class BlurbFacts:
 
     def shown(self) -> dict:
         """The facts for display: what the model sees, plus where the liked items came from."""
-        out = {f"recommended {self.noun}": self.title, "year": self.year}
+        out = {f"recommended {self.noun}": self.title, **({"year": self.year} if self.year is not None else {})}
         out.update({name: list(values) for name, values in self.attributes})
         out.update({"because the user liked": list(self.liked), "chosen by": self.liked_how,
                     "popularity": self.popularity})
