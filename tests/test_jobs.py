@@ -85,7 +85,7 @@ def test_the_cancel_flag_from_another_store_stops_a_real_run_within_2_s(store, f
 
 def test_two_jobs_with_one_seed_at_once_give_exactly_what_one_gives_alone(store):
     store.workspace.save_dataset(_sequences(n_users=240), "cycle240")  # a few seconds of training per job
-    settings = {**SMALL, "epochs": 4, "patience": 100, "seed": 7}
+    settings = {**SMALL, "epochs": 20, "patience": 100, "seed": 7}  # one thread a job: long enough to overlap
     alone = TrainingJob.start(store, "cycle240", "sasrec", settings)
     assert alone.join(START_S) and alone.state == "finished", alone.error
     together = [TrainingJob.start(store, "cycle240", "sasrec", settings) for _ in range(2)]
