@@ -180,3 +180,15 @@ def test_a_capped_run_still_rising_is_recorded_as_under_trained(data, tmp_path):
     recorded = ws.list_runs(dataset="cycles")[0].metrics["run"]
     assert recorded["under_trained"] and recorded["stop_reason"] == STOP_REASONS["max_steps"]
     assert recorded["needs_cpu_s"] == result.extra["needs_cpu_s"] and recorded["needs_method"]
+
+
+def test_the_wall_estimate_does_not_count_the_servers_gil_but_does_count_busy_cores(monkeypatch) -> None:
+    """The probe waits behind the server's other threads (5x slower by the wall), a job in its own process does not;
+    competing for the cores it does: one thread among load + 1 runnable ones."""
+    from recsys_core.models import profiles
+
+    monkeypatch.setattr(profiles, "cores", lambda: 2)
+    monkeypatch.setattr(profiles.os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+    assert profiles._job_wall_per_cpu(5.0) == 1.0  # an idle machine: a core of its own
+    monkeypatch.setattr(profiles.os, "getloadavg", lambda: (5.0, 5.0, 5.0))
+    assert profiles._job_wall_per_cpu(5.0) == 3.0 and profiles._job_wall_per_cpu(1.2) == 1.2

@@ -34,6 +34,7 @@ from recsys_core.models import loop
 from recsys_core.models.base import capabilities_of, family_class
 from recsys_core.models.settings import TRAIN, build_config, has_training_loop
 from recsys_core.progress import Progress, ProgressEvent
+from recsys_core.threads import cores
 
 CPU, GPU = "cpu", "gpu"
 DEMO, FULL = "demo", "full"
@@ -312,5 +313,14 @@ def _probe(ds: Dataset, family: str, overrides: dict[str, Any], split: Split, va
                   step_cpu=max(step_cpu, 1e-6), step_cpu_low=max(min(stretches), 1e-6),
                   step_cpu_high=max(step_cpu + 2 * _standard_error(stretches), 1e-6),
                   valid_cpu_per_user=max(valid_cpu, 0.0), test_cpu_per_user=test_cpu,
-                  wall_per_cpu=max(step_wall, 1e-6) / max(step_cpu, 1e-6))
+                  wall_per_cpu=_job_wall_per_cpu(max(step_wall, 1e-6) / max(step_cpu, 1e-6)))
+
+
+def _job_wall_per_cpu(probed: float) -> float:
+    """Wall seconds per CPU second the job will see. The probe's own ratio also counts waiting for the server's
+    GIL behind other sessions' threads (the LLM warm-up made it 5x), which a job in its own process never does;
+    the machine's share says what competing for cores costs: one thread among load + 1 runnable ones on `cores`.
+    The smaller of the two."""
+    share = max(1.0, (os.getloadavg()[0] + 1) / cores())
+    return min(probed, share)
 
