@@ -242,3 +242,19 @@ def test_capabilities_of_a_config_are_those_of_the_configured_model(family: str)
         for value in field.metadata.get("rules", {}).get("choices") or ():
             config = build_config(cls.config_class, {name: value})
             assert capabilities_of(family, {name: value}) == cls(config).capabilities
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_a_model_refuses_data_it_cannot_train_on_exactly_as_its_capabilities_say(data, family: str) -> None:
+    """`refusal(dataset)` is the face's answer before any work: none on the planted data; on the same file without
+    timestamps, a refusal (with what to do) exactly for the configured models that read the order."""
+    ds, _ = data
+    cls = FAMILIES[family]
+    model = cls(build_config(cls.config_class, _quick(family)))
+    assert model.refusal(ds) is None
+    frame, items = _frame()
+    unordered = build_dataset(frame.drop(columns="timestamp"), name="no-timestamps", items=items)
+    refused = model.refusal(unordered)
+    assert (refused is not None) == model.capabilities.order_aware
+    if refused is not None:
+        assert "timestamp" in refused.reason + refused.fix and isinstance(refused.error(), ConfigError)
