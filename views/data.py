@@ -21,7 +21,7 @@ from views.ui.common import (
     workspace,
 )
 
-_RAW = "data_raw"  # session state: {"sig": upload signature, "raw": RawTable | None, "error": DataError | None}
+_RAW = "data_raw"  # session state: {"sig": upload signature, "raw": upload.Preview | None, "error": DataError | None}
 _OUTCOME = "data_outcome"  # session state: result of the last Load click, kept until the file changes
 _CONFIRM = "data_confirm_delete"  # session state: name awaiting delete confirmation
 
@@ -47,7 +47,8 @@ def _parsed(file) -> dict:
     return state
 
 
-def _preview(raw) -> None:
+def _preview(found) -> None:
+    raw = found.raw
     st.caption(
         f"Detected: format **{md_escape(raw.format)}**, delimiter **{md_escape(repr(raw.delimiter))}**, "
         f"header **{'yes' if raw.has_header else 'no'}**, encoding **{md_escape(raw.encoding)}**, "
@@ -58,13 +59,13 @@ def _preview(raw) -> None:
                  key="data_preview")
 
 
-def _mapping_form(raw) -> dict[str, str]:
-    defaults, problem, reasons = upload.default_mapping(raw)
+def _mapping_form(found) -> dict[str, str]:
+    defaults, problem, reasons = upload.default_mapping(found)
     if problem is not None:
         st.warning(f"Column detection needs your help: {md_escape(problem)}", icon=":material/help:")
     for reason in reasons:
         st.caption(md_escape(reason))
-    columns = list(raw.frame.columns)
+    columns = list(found.raw.frame.columns)
     labels = {"user": "User column", "item": "Item column", "rating": "Rating column (optional)",
               "count": "Count column (optional)", "timestamp": "Timestamp column (optional)"}
     helps = {"rating": "A bounded score (1-5 stars, 0-10).",
@@ -122,19 +123,19 @@ def _load_section() -> None:
     overwrite = st.checkbox(f"Replace the saved dataset “{md_escape(name.strip())}”", key="data_overwrite",
                             help="Runs trained on it are kept.") if taken else False
     if st.button("Load dataset", type="primary", key="data_load"):
-        _load(file, items_file, mapping, options, name, overwrite, state["raw"])
+        _load(file, items_file, mapping, options, name, overwrite)
     _show_outcome()
 
 
-def _load(file, items_file, mapping, options, name, overwrite: bool, parsed) -> None:
-    """Validate and save; `parsed` is the preview's table of this very file, so it is not parsed twice."""
+def _load(file, items_file, mapping, options, name, overwrite: bool) -> None:
+    """Validate and save, in the engine's limited child process (the server gets the report and the record)."""
     try:
         with st.spinner("Validating and indexing..."):
             result = upload.ingest(
                 workspace(), file.getvalue(), file.name, mapping=mapping,
                 items=items_file.getvalue() if items_file is not None else None,
                 items_filename=items_file.name if items_file is not None else None,
-                options=options, name=name, overwrite=overwrite, parsed=parsed,
+                options=options, name=name, overwrite=overwrite,
             )
     except RecsysError as err:
         st.session_state[_OUTCOME] = ("error", err)

@@ -7,11 +7,17 @@ and delimited text over `read.INLINE_TEXT_BYTES`) run in a fresh child interpret
 limit and a wall-clock timeout. The child sends back the parsed frame or the project's own error;
 a crash, a limit or a timeout becomes a `DataError` / `ResourceError` naming the file.
 
-Limits (environment variables, read at call time so an operator can tune a running deployment):
-`RECSYS_PARSE_MEMORY_MB` (default 4096), `RECSYS_PARSE_TIMEOUT_S` (default 180), `RECSYS_MAX_ROWS`
-(default 50,000,000 rows read from one file), `RECSYS_MAX_READ_MB` (default 2048: bytes a Parquet file may
-unpack to, or a text table may take once read into columns; text is read in blocks and stopped at the
-first block past either cap). Local paths named by the operator or the CLI are trusted and not sent here.
+Limits come from ONE operator setting, `RECSYS_INGEST_MEMORY_MB` (default 4096; the older name
+`RECSYS_PARSE_MEMORY_MB` is still read when the new one is unset): the child's address space, and from it
+the rows one file may yield (`memory_mb * ROWS_PER_MB`, 20.5 M at the default: a whole ingest costs about
+100-200 bytes a row), the bytes a table may unpack to (half the memory) and the members a zip may list
+(`memory_mb * MEMBERS_PER_MB`). `RECSYS_MAX_ROWS` and `RECSYS_MAX_READ_MB` still override their derived
+value when set, and `RECSYS_PARSE_TIMEOUT_S` (default 180) bounds the wall clock (the CPU limit is twice
+that). Read at call time, so an operator can tune a running deployment. Local paths named by the operator
+or the CLI are trusted and not sent here.
+
+Inside the child `in_child()` is true: the engine then parses uploads in-process (it already is the
+limited process), so a whole ingest (`workspace.ingest`) runs there in one child, not a child per step.
 """
 
 from __future__ import annotations
@@ -33,9 +39,13 @@ import pyarrow as pa
 from recsys_core import errors
 from recsys_core.data.source import Blob
 
-MEMORY_ENV, TIMEOUT_ENV, ROWS_ENV = "RECSYS_PARSE_MEMORY_MB", "RECSYS_PARSE_TIMEOUT_S", "RECSYS_MAX_ROWS"
+MEMORY_ENV, TIMEOUT_ENV, ROWS_ENV = "RECSYS_INGEST_MEMORY_MB", "RECSYS_PARSE_TIMEOUT_S", "RECSYS_MAX_ROWS"
+LEGACY_MEMORY_ENV = "RECSYS_PARSE_MEMORY_MB"  # the setting's former name, still honoured
 READ_ENV = "RECSYS_MAX_READ_MB"
-DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, DEFAULT_MAX_ROWS, DEFAULT_READ_MB = 4096, 180.0, 50_000_000, 2048
+DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S = 4096, 180.0
+ROWS_PER_MB = 5_000  # rows a file may yield per MB of the child's memory
+MEMBERS_PER_MB = 2  # zip members an upload may list per MB (8,192 at the default)
+_IN_CHILD = False  # set in the limited child itself
 _ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding recsys_core, for the child's imports
 # At most this many parse children at once: each may use up to the memory limit.
 _SLOTS = threading.BoundedSemaphore(2)
@@ -48,14 +58,30 @@ def _env_number(name: str, default: float) -> float:
         return default
 
 
+def ingest_memory_mb() -> float:
+    """The ingest child's memory in MB: the one operator setting every other ingest limit derives from."""
+    return _env_number(MEMORY_ENV, _env_number(LEGACY_MEMORY_ENV, DEFAULT_MEMORY_MB))
+
+
 def max_rows() -> int:
-    """Most rows one file may yield (`RECSYS_MAX_ROWS`)."""
-    return int(_env_number(ROWS_ENV, DEFAULT_MAX_ROWS))
+    """Most rows one file may yield (`RECSYS_MAX_ROWS`, else derived from the memory)."""
+    return int(_env_number(ROWS_ENV, ingest_memory_mb() * ROWS_PER_MB))
 
 
 def max_read_bytes() -> int:
-    """Most uncompressed bytes one compressed table may unpack to (`RECSYS_MAX_READ_MB`)."""
-    return int(_env_number(READ_ENV, DEFAULT_READ_MB) * 2**20)
+    """Most uncompressed bytes one table (or all of a zip's members) may unpack to (`RECSYS_MAX_READ_MB`, else
+    half the memory)."""
+    return int(_env_number(READ_ENV, ingest_memory_mb() / 2) * 2**20)
+
+
+def max_members() -> int:
+    """Most members an uploaded zip may list (derived from the memory)."""
+    return int(ingest_memory_mb() * MEMBERS_PER_MB)
+
+
+def in_child() -> bool:
+    """True inside the limited child: uploads are parsed right here, it is already the isolated process."""
+    return _IN_CHILD
 
 
 def too_many_rows(file: str, n: int, limit: int, *, at_least: bool = False) -> errors.ResourceError:
@@ -68,7 +94,8 @@ def too_many_rows(file: str, n: int, limit: int, *, at_least: bool = False) -> e
 def run_isolated(fn: Callable[..., Any], blob: Blob, *numbers: int, file: str, memory_mb: float | None = None,
                  timeout_s: float | None = None, params: dict | None = None) -> Any:
     """`fn(blob, *numbers, **params)` in a limited child process: its frame (or (frame, tag)), or the RecsysError
-    it raised. `params` and a tag must be JSON values; the frame may be pandas or an Arrow table.
+    it raised. `params` and a tag must be JSON values; the frame may be pandas, an Arrow table, or None when
+    only the tag matters (a whole ingest sends back its record and report, never its rows).
 
     `fn` must be a module-level function of `recsys_core` (the child imports it by name). Nothing crosses
     the pipe as pickle: the request is a JSON header plus the raw bytes, the reply a JSON header plus an
@@ -77,7 +104,7 @@ def run_isolated(fn: Callable[..., Any], blob: Blob, *numbers: int, file: str, m
     """
     if not fn.__module__.startswith("recsys_core."):
         raise ValueError(f"run_isolated runs recsys_core functions only, not {fn.__module__}.{fn.__qualname__}")
-    memory_mb = memory_mb or _env_number(MEMORY_ENV, DEFAULT_MEMORY_MB)
+    memory_mb = memory_mb or ingest_memory_mb()
     timeout_s = timeout_s or _env_number(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
     header = {"module": fn.__module__, "name": fn.__qualname__, "numbers": [int(n) for n in numbers],
               "blob_name": blob.name, "member": blob.member, "memory_bytes": int(memory_mb * 2**20),
@@ -134,6 +161,8 @@ def _unpack(reply: bytes, file: str, memory_mb: float) -> Any:
         kind, payload = message["kind"], message.get("payload")
     except (ValueError, KeyError, TypeError):
         kind, payload = "failed", "an unreadable reply"
+    if kind == "ok" and not message.get("frame", True):
+        return None, payload
     if kind == "ok":
         try:
             frame = pa.ipc.open_stream(body).read_all().to_pandas()
@@ -156,6 +185,8 @@ def _unpack(reply: bytes, file: str, memory_mb: float) -> Any:
 
 def _call(request: bytes) -> tuple:
     """In the child: set the limits, run the function, return (kind, payload[, frame])."""
+    global _IN_CHILD
+    _IN_CHILD = True
     head, _, data = request.partition(b"\n")
     spec = json.loads(head)
     memory_bytes, timeout_s = spec["memory_bytes"], spec["timeout_s"]
@@ -194,7 +225,7 @@ def _main() -> None:
         table = None if frame is None else _arrow(frame)
     except MemoryError:
         kind, payload, table = "memory", None, None
-    out.write(json.dumps({"kind": kind, "payload": payload}).encode() + b"\n")
+    out.write(json.dumps({"kind": kind, "payload": payload, "frame": table is not None}).encode() + b"\n")
     if table is not None:  # streamed to the pipe: no second copy of the table in the child
         with pa.ipc.new_stream(out, table.schema) as writer:
             writer.write_table(table)

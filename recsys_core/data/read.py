@@ -19,7 +19,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from recsys_core.data.isolated import READ_ENV, max_read_bytes, max_rows, run_isolated, too_many_rows
+from recsys_core.data.isolated import READ_ENV, in_child, max_read_bytes, max_rows, run_isolated, too_many_rows
 from recsys_core.data.sniff import TextLayout, looks_binary, sniff_layout, split_line
 from recsys_core.data.source import (
     DEFAULT_MAX_BYTES,
@@ -138,7 +138,7 @@ def parse_blob(blob: Blob, *, delimiter: str | None = None, has_header: bool | N
     options = {"delimiter": delimiter, "has_header": has_header, "encoding": encoding}
     if blob.trusted:
         frame, info, line_numbers = _text_table(blob, 0, 0, **options)
-    elif len(data) <= INLINE_TEXT_BYTES:
+    elif len(data) <= INLINE_TEXT_BYTES or in_child():  # in the child: it is the limited process
         frame, info, line_numbers = _text_table(Blob(data, blob.name, blob.member), max_rows(), max_read_bytes(),
                                                 **options)
     else:
@@ -416,6 +416,8 @@ def _line_numbers(data: bytes, has_header: bool, n_rows: int) -> np.ndarray | No
 def _read_parquet(blob: Blob, data: bytes) -> RawTable:
     if blob.trusted:  # a local file: read here, from disk when it is big (`Blob.path`), with no caps
         frame = _parquet_frame(blob, 0, 0)
+    elif in_child():  # the whole ingest already runs in the limited child: parse here, with the caps
+        frame = _parquet_frame(Blob(data, blob.name, blob.member), max_rows(), max_read_bytes())
     else:  # untrusted bytes: parsed in a limited child process (`isolated`), so a crash cannot kill the server
         frame = run_isolated(_parquet_frame, Blob(data, blob.name, blob.member), max_rows(), max_read_bytes(),
                              file=blob.name)
@@ -450,7 +452,10 @@ def _read_json(blob: Blob, data: bytes) -> RawTable:
     if data.count(b"\n") > max_rows():  # cheap, before any parsing: one record per line at most
         raise too_many_rows(blob.name, data.count(b"\n"), max_rows())
     # Untrusted bytes: pyarrow's JSON reader segfaults on deep nesting, so it runs in a limited child.
-    frame, fmt = run_isolated(_json_frame, Blob(data, blob.name, blob.member), max_rows(), file=blob.name)
+    if in_child():  # the whole ingest already runs in the limited child
+        frame, fmt = _json_frame(Blob(data, blob.name, blob.member), max_rows())
+    else:
+        frame, fmt = run_isolated(_json_frame, Blob(data, blob.name, blob.member), max_rows(), file=blob.name)
     if frame.empty or frame.shape[1] == 0:
         raise DataError("the JSON file has no records", file=blob.name,
                         hint='write one object per line, e.g. {"user": "1", "item": "42", "rating": 5}')

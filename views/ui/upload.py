@@ -2,7 +2,9 @@
 
 No Streamlit here: the page passes what the widgets hold, this module calls the engine and the
 workspace. Any bad input surfaces as a `RecsysError` and leaves the workspace untouched (the
-dataset is saved only after the whole load succeeded).
+dataset is saved only after the whole load succeeded). Parsing, validating and saving an upload run in
+the engine's limited child process (`recsys_core.workspace.ingest`): the server only ever holds the
+preview's first rows, the report and the saved record.
 """
 
 from __future__ import annotations
@@ -10,18 +12,9 @@ from __future__ import annotations
 from collections.abc import Hashable
 from dataclasses import dataclass
 
-from recsys_core.data import (
-    DEFAULT_MAX_BYTES,
-    DUPLICATE_POLICIES,
-    LoadOptions,
-    LoadReport,
-    RawTable,
-    infer_mapping,
-    load_dataset,
-    mapping_candidates,
-    read_table,
-)
-from recsys_core.errors import DataError, RecsysError
+from recsys_core.data import DEFAULT_MAX_BYTES, DUPLICATE_POLICIES, LoadOptions, LoadReport, mapping_candidates
+from recsys_core.errors import DataError
+from recsys_core.workspace.ingest import Preview, ingest_upload, preview_upload
 from recsys_core.workspace.registry import NAME_RULE, DatasetRecord, Workspace, safe_name, validate_name
 
 __all__ = ["DEDUP_LABELS", "DUPLICATE_POLICIES", "INTERACTION_TYPES", "ITEM_TYPES", "MAX_UPLOAD_MB", "NAME_HELP", "NONE", "ROLES",
@@ -45,9 +38,10 @@ MAX_UPLOAD_MB = DEFAULT_MAX_BYTES // 2**20
 NAME_HELP = f"Name in the workspace ({NAME_RULE}). A name already taken is refused unless you choose to replace it."
 
 
-def preview(data: bytes, filename: str) -> RawTable:
-    """Parse the uploaded bytes (format, delimiter, header and encoding are detected)."""
-    return read_table(data, filename)
+def preview(data: bytes, filename: str) -> Preview:
+    """Parse the uploaded bytes (format, delimiter, header and encoding are detected): the first rows, the
+    row count and the column mapping detected on every row."""
+    return preview_upload(data, filename)
 
 
 def column_label(column: Hashable) -> str:
@@ -57,21 +51,19 @@ def column_label(column: Hashable) -> str:
     return f"column {column + 1}" if isinstance(column, int) else str(column)
 
 
-def default_mapping(raw: RawTable) -> tuple[dict[str, Hashable], DataError | None, list[str]]:
+def default_mapping(found: Preview) -> tuple[dict[str, Hashable], DataError | None, list[str]]:
     """Auto-detected column per role (NONE for absent optional roles), the detection problem if any, and
     why columns got their roles when that came from their content (a count is not a rating).
 
     When detection fails (e.g. two columns could both be the user), each role gets its best-ranked
     candidate so the user corrects a proposal instead of facing an empty form.
     """
-    try:
-        m = infer_mapping(raw.frame, file=raw.file)
-    except RecsysError as err:
-        cands = mapping_candidates(raw.frame)
+    if found.mapping is None:
+        cands = mapping_candidates(found.raw.frame)
         first = {role: (cands.get(role) or [NONE])[0] for role in ("user", "item")}
-        return {**first, **dict.fromkeys(OPTIONAL_ROLES, NONE)}, err, []
-    found = m.as_dict()
-    return {role: NONE if found[role] is None else found[role] for role in ROLES}, None, m.reasons
+        return {**first, **dict.fromkeys(OPTIONAL_ROLES, NONE)}, found.problem, []
+    m = found.mapping
+    return {role: NONE if m.get(role) is None else m[role] for role in ROLES}, None, found.reasons
 
 
 def make_options(implicit_threshold: float | None, min_user: int, min_item: int, duplicates: str) -> LoadOptions:
@@ -96,7 +88,6 @@ def ingest(
     options: LoadOptions | None = None,
     name: str | None = None,
     overwrite: bool = False,
-    parsed: RawTable | None = None,
 ) -> UploadResult:
     """Load, validate and save an uploaded interactions file (plus optional item metadata).
 
@@ -107,7 +98,6 @@ def ingest(
     name = validate_name(name.strip()) if name and name.strip() else safe_name(filename)
     if mapping is not None:
         mapping = {role: None if mapping.get(role, NONE) == NONE else mapping[role] for role in ROLES}
-    ds, report = load_dataset(data, filename, mapping=mapping, items=items, items_filename=items_filename,
-                              options=options or LoadOptions(), name=name, parsed=parsed)
-    record = ws.save_dataset(ds, name=name, source_file=filename, overwrite=overwrite)
+    record, report = ingest_upload(ws, data, filename, mapping=mapping, items=items, items_filename=items_filename,
+                                   options=options or LoadOptions(), name=name, overwrite=overwrite)
     return UploadResult(record, report)
