@@ -4,18 +4,23 @@
     python bench/attacks.py --case NAME     # one case in this process (prints its JSON line)
 
 Each case plays a hostile or unlucky visitor (a file, a zip, a form path, a model folder, an LLM URL, a
-title) and ends as one of:
+title, a raw HTTP client) and ends as one of:
 
-- clear_error: the project refused it with its own error, or handled it safely (no secret sent, escaped);
-- traceback:   any other exception reached the caller (a page would show a Python traceback);
-- crash:       the process running the case died (a server would lose every session);
-- blowup:      the case raised this process's peak memory by more than BLOWUP_MB;
-- loss:        data the workspace held was lost or overwritten;
-- hole:        the attack worked (a file outside the workspace was read or written, a secret leaked, HTML
-               survived into a chart label).
+- ok:             a legal input was accepted and read correctly;
+- clear_error:    the project refused it with its own error, or handled it safely (no secret sent, escaped);
+- misleading:     the project refused it with its own error, but the message names the wrong cause;
+- traceback:      any other exception reached the caller (a page would show a Python traceback);
+- crash:          the process running the case died (a server would lose every session);
+- hang_or_memory: the case took longer than HANG_S, or the process playing the server peaked above
+                  SERVER_RSS_MB (a limited parse child is a separate process with its own limit);
+- data_loss:      data the workspace held was lost or overwritten;
+- hole:           the attack worked (a file outside the workspace was read or written, a secret leaked, HTML
+                  survived into a chart label, disk was left behind, a door opened without the password).
 
-Prints and writes `{tried, clear_error, traceback, crash, blowup, loss, hole, cases}` to
-bench/results/attacks-<YYYYMMDD>.json. The goal is zeros except `tried` and `clear_error`.
+Heavy inputs are built first in their own process (`--build NAME`), so the case's process -- the one playing
+the server -- pays only for what the project does with them; its peak RSS and wall time are recorded per case.
+Prints and writes `{tried, ok, clear_error, misleading, traceback, crash, hang_or_memory, data_loss, hole,
+cases}` to bench/results/attacks-<YYYYMMDD>.json. The goal is zeros except `tried`, `ok` and `clear_error`.
 """
 
 from __future__ import annotations
@@ -37,9 +42,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-BLOWUP_MB = 1024
-OUTCOMES = ("clear_error", "traceback", "crash", "blowup", "loss", "hole")
+BLOWUP_MB = 1024  # memory a case may add to the process playing the server
+SERVER_RSS_MB = 1536  # the issue's bound on the server's peak RSS for any upload
+HANG_S = 180.0
+OUTCOMES = ("ok", "clear_error", "misleading", "traceback", "crash", "hang_or_memory", "data_loss", "hole")
 CASES: dict[str, Callable[[Path], str]] = {}
+BUILDERS: dict[str, Callable[[Path], None]] = {}
 HTML_TITLES = ['<a href="https://evil.example/">CLICKME</a>',
                '<span style="position:fixed;top:0;left:0;width:100%;height:100%;background:red">COVER</span>',
                "<img src=x onerror=alert(1)>", "<b>bold</b> & <i>italic</i>"]
@@ -50,8 +58,24 @@ def case(fn: Callable[[Path], str]) -> Callable[[Path], str]:
     return fn
 
 
+def built_by(builder: Callable[[Path], None]) -> Callable[[Callable[[Path], str]], Callable[[Path], str]]:
+    """Registers a case whose input `builder` writes into its folder first, in another process."""
+    def register(fn: Callable[[Path], str]) -> Callable[[Path], str]:
+        BUILDERS[fn.__name__] = builder
+        return case(fn)
+    return register
+
+
 class Hole(Exception):
     """The attack worked."""
+
+
+class Misleading(Exception):
+    """Refused with the project's error, but the message names another cause."""
+
+
+class DataLoss(Exception):
+    """Data the workspace held was lost or overwritten."""
 
 
 # ---- builders (also used by tests/test_attacks.py) ----------------------------------------------------
@@ -124,6 +148,12 @@ def crafted_model_folders(tmp: Path) -> dict[str, Path]:
         "weights_of_another_shape": fresh("l"),
         "nested_config_json": fresh("m"),
         "ease_wrong_shape": fresh("n", "ease"),
+        "config_is_a_string": _edit_config(fresh("p"), lambda m: m.update(config="hidden=8")),
+        "config_is_a_number": _edit_config(fresh("q"), lambda m: m.update(config=5)),
+        "format_version_text": _edit_config(fresh("r"), lambda m: m.update(format_version="two")),
+        "format_version_future": _edit_config(fresh("s"), lambda m: m.update(format_version=999)),
+        "family_a_number": _edit_config(fresh("t"), lambda m: m.update(family=7)),
+        "safetensors_string_offsets": fresh("u"),
     }
     (out["config_is_a_list"] / "config.json").write_text("[1, 2, 3]")
     (out["item_ids_not_a_list"] / "item_ids.json").write_text('{"0": "i0"}')
@@ -135,6 +165,9 @@ def crafted_model_folders(tmp: Path) -> dict[str, Path]:
     save_file({"module.items.weight": torch.zeros(3, 3)}, str(out["weights_of_another_shape"] / "model.safetensors"))
     (out["nested_config_json"] / "config.json").write_text("[" * 100_000 + "]" * 100_000)
     save_file({"B": torch.zeros(2, 2)}, str(out["ease_wrong_shape"] / "model.safetensors"))
+    header = json.dumps({"module.items.weight": {"dtype": "F32", "shape": [2], "data_offsets": ["0", "8"]}}).encode()
+    (out["safetensors_string_offsets"] / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header
+                                                                            + bytes(8))
     return out
 
 
@@ -151,8 +184,8 @@ def _expect_refusal(fn: Callable[[], object], *, words: str = "") -> str:
     try:
         fn()
     except RecsysError as err:
-        if words and words not in str(err):
-            raise Hole(f"refused for another reason: {err.message}") from err
+        if words and not any(w.lower() in str(err).lower() for w in words.split("|")):
+            raise Misleading(f"expected {words!r}: {err.message} {err.hint or ''}"[:300]) from err
         return "clear_error"
     raise Hole("accepted")
 
@@ -333,7 +366,8 @@ for _name in ("missing_n_items", "n_items_text", "max_len_16m", "max_len_mismatc
               "sizes_unlike_weights",
               "unknown_family", "config_is_a_list", "item_ids_not_a_list", "pickle_as_safetensors",
               "header_length_lie", "truncated_weights", "weights_of_another_shape", "nested_config_json",
-              "ease_wrong_shape"):
+              "ease_wrong_shape", "config_is_a_string", "config_is_a_number", "format_version_text",
+              "format_version_future", "family_a_number", "safetensors_string_offsets"):
     case(_crafted(_name))
 
 
@@ -390,6 +424,293 @@ def llm_huge_reply(tmp: Path) -> str:
     raise Hole("an 8 MB reply was accepted")
 
 
+# ---- uploads after the parse: memory in the process playing the server (issue 24, part 1) ------------
+
+
+def _ingest(tmp: Path, name: str):
+    """The upload path a page takes: the bytes as received, parsed, validated and indexed by the engine."""
+    from recsys_core.data.load import load_dataset
+
+    return load_dataset((tmp / name).read_bytes(), name)
+
+
+def _accepted_or_refused(tmp: Path, name: str, words: str = "") -> str:
+    """ok when the upload loads, clear_error when refused (memory and time are judged by the runner)."""
+    return _expect_refusal_or_ok(lambda: _ingest(tmp, name), words=words)
+
+
+def _expect_refusal_or_ok(fn: Callable[[], object], *, words: str = "") -> str:
+    from recsys_core.errors import RecsysError
+
+    try:
+        fn()
+    except RecsysError as err:
+        if words and not any(w.lower() in str(err).lower() for w in words.split("|")):
+            raise Misleading(f"expected {words!r}: {err.message}"[:300]) from err
+        return "clear_error"
+    return "ok"
+
+
+def _dictionary_parquet(rows: int, width: int, distinct: int) -> bytes:
+    """User ids from `distinct` strings of `width` characters, dictionary-encoded: tiny on disk, gigabytes
+    once every row holds its own Python string."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    users = pa.DictionaryArray.from_arrays(pa.array(np.arange(rows, dtype=np.int32) % distinct),
+                                           pa.array([f"{k:06d}" + "u" * width for k in range(distinct)]))
+    items = pa.DictionaryArray.from_arrays(pa.array(np.arange(rows, dtype=np.int32) % 1000),
+                                           pa.array([f"i{k}" for k in range(1000)]))
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"user": users, "item": items}), buf, compression="zstd")
+    return buf.getvalue()
+
+
+def _build_parquet_16kb(tmp: Path) -> None:
+    (tmp / "dict.parquet").write_bytes(_dictionary_parquet(1_000_000, 8192, 1))
+
+
+def _build_parquet_2mb(tmp: Path) -> None:
+    (tmp / "dict.parquet").write_bytes(_dictionary_parquet(2_000_000, 8192, 200))
+
+
+@built_by(_build_parquet_16kb)
+def parquet_dictionary_strings_16kb(tmp: Path) -> str:
+    return _accepted_or_refused(tmp, "dict.parquet")
+
+
+@built_by(_build_parquet_2mb)
+def parquet_dictionary_strings_2mb(tmp: Path) -> str:
+    return _accepted_or_refused(tmp, "dict.parquet")
+
+
+def _build_zip_of_valid_rows(tmp: Path) -> None:
+    """~46 M short, valid, repetitive rows in one zip member (ratio under the 100x cap), written in blocks."""
+    import numpy as np
+
+    with zipfile.ZipFile(tmp / "rows.zip", "w", zipfile.ZIP_DEFLATED) as zf, zf.open("ratings.csv", "w") as out:
+        out.write(b"user,item\n")
+        for start in range(0, 45_700_000, 1_000_000):
+            i = np.arange(start, min(start + 1_000_000, 45_700_000))
+            out.write("".join(f"{u},{v}\n" for u, v in zip((i // 40).tolist(), (i % 5000).tolist())).encode())
+
+
+@built_by(_build_zip_of_valid_rows)
+def zip_of_46m_valid_rows(tmp: Path) -> str:
+    return _accepted_or_refused(tmp, "rows.zip")
+
+
+def _build_zip_of_empty_members(tmp: Path) -> None:
+    with zipfile.ZipFile(tmp / "many.zip", "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("ratings.csv", b"user,item\n1,2\n")
+        for k in range(1_000_000):
+            zf.writestr(f"e/{k}.txt", b"")
+
+
+@built_by(_build_zip_of_empty_members)
+def zip_of_a_million_empty_members(tmp: Path) -> str:
+    return _accepted_or_refused(tmp, "many.zip", words="members")
+
+
+def _build_wide_csv(tmp: Path) -> None:
+    """A 195 KB CSV small enough to be parsed in-process, of 25,000 columns."""
+    header = ",".join(["user", "item"] + [f"c{k}" for k in range(24_998)])
+    row = ",".join(["1"] * 25_000)
+    (tmp / "wide.csv").write_text(f"{header}\n{row}\n{row}\n")
+
+
+@built_by(_build_wide_csv)
+def csv_195kb_wide(tmp: Path) -> str:
+    return _accepted_or_refused(tmp, "wide.csv")
+
+
+def _build_model_zip_of_20m_ids(tmp: Path) -> None:
+    folder = saved_model(tmp / "m", "popularity")
+    with zipfile.ZipFile(tmp / "ids.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("m/config.json", (folder / "config.json").read_bytes())
+        zf.writestr("m/model.safetensors", (folder / "model.safetensors").read_bytes())
+        with zf.open("m/item_ids.json", "w") as out:
+            out.write(b"[")
+            for start in range(0, 20_000_000, 1_000_000):
+                sep = "" if start == 0 else ","
+                out.write((sep + ",".join(f'"{k}"' for k in range(start, start + 1_000_000))).encode())
+            out.write(b"]")
+
+
+def _models_left(ws) -> int:
+    """Bytes left under the workspace's models folder."""
+    return sum(p.stat().st_size for p in ws.models_dir().rglob("*") if p.is_file())
+
+
+def _import_refused_and_removed(tmp: Path, name: str, words: str = "") -> str:
+    from recsys_core.workspace.artifacts import import_model_zip
+
+    ws = _workspace(tmp)
+    result = _expect_refusal(lambda: import_model_zip((tmp / name).read_bytes(), ws.models_dir(), filename=name),
+                             words=words)
+    if _models_left(ws) > 1 << 20:
+        raise Hole(f"the refused import left {_models_left(ws) / 2**20:,.0f} MB on disk")
+    return result
+
+
+@built_by(_build_model_zip_of_20m_ids)
+def model_zip_of_20m_item_ids(tmp: Path) -> str:
+    return _import_refused_and_removed(tmp, "ids.zip")
+
+
+def _build_model_zip_of_mib_members(tmp: Path) -> None:
+    with zipfile.ZipFile(tmp / "mib.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("m/config.json", b"{}")
+        for k in range(2000):
+            zf.writestr(f"m/w{k}.bin", bytes(1 << 20))
+
+
+@built_by(_build_model_zip_of_mib_members)
+def model_zip_of_2000_mib_members(tmp: Path) -> str:
+    return _import_refused_and_removed(tmp, "mib.zip")
+
+
+@case
+def model_zip_of_the_apps_own_run(tmp: Path) -> str:
+    """A run folder the app saved, zipped as a user would: it must import."""
+    from recsys_core.training.experiment import run_experiment
+    from recsys_core.workspace.artifacts import import_model_zip
+
+    ws = _workspace(tmp)
+    run = run_experiment(tiny_dataset(), "popularity", {}, workspace=ws)
+    folder = ws.resolve_inside(run.artifact_dir, "run folder")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in folder.rglob("*"):
+            if path.is_file():
+                zf.write(path, f"{folder.name}/{path.relative_to(folder)}")
+    try:
+        import_model_zip(buf.getvalue(), ws.models_dir(), filename="my-run.zip")
+    except Exception as err:  # noqa: BLE001 - any refusal of the app's own folder misleads its user
+        raise Misleading(f"the app's own run folder was refused: {err}"[:300]) from err
+    return "ok"
+
+
+# ---- errors that name the right cause (issue 24, part 6) ----------------------------------------------
+
+
+@case
+def csv_100k_columns(tmp: Path) -> str:
+    from recsys_core.data.read import read_table
+
+    header = ",".join(["user", "item"] + [f"c{k}" for k in range(99_998)])
+    rows = "\n".join(",".join(["1"] * 100_000) for _ in range(3))
+    return _expect_refusal_or_ok(lambda: read_table(f"{header}\n{rows}\n".encode(), "wide.csv"), words="column")
+
+
+@case
+def csv_quoted_newlines_over_256kb(tmp: Path) -> str:
+    """Legal CSV: a quoted note spanning lines, in a file big enough to be parsed in the child."""
+    from recsys_core.data.read import read_table
+
+    rows = "".join(f'u{k % 500},i{k % 300},"line one\nline two, with a comma"\n' for k in range(12_000))
+    data = ("user,item,note\n" + rows).encode()
+    assert len(data) > 256 << 10
+    try:
+        table = read_table(data, "notes.csv")
+    except Exception as err:  # noqa: BLE001
+        raise Misleading(f"legal quoted newlines refused: {err}"[:300]) from err
+    if table.n_rows != 12_000:
+        raise DataLoss(f"read {table.n_rows} rows of 12,000")
+    return "ok"
+
+
+@case
+def utf16le_without_bom(tmp: Path) -> str:
+    from recsys_core.data.read import read_table
+
+    data = "user,item,rating\n" + "".join(f"u{k},i{k % 7},4\n" for k in range(200))
+    return _expect_refusal_or_ok(lambda: read_table(data.encode("utf-16-le"), "r.csv"), words="UTF-16")
+
+
+@case
+def nested_parquet(tmp: Path) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recsys_core.data.load import load_dataset
+
+    table = pa.table({"user": pa.array([{"id": "u1"}, {"id": "u2"}]), "item": pa.array([["i1"], ["i2"]])})
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return _expect_refusal(lambda: load_dataset(buf.getvalue(), "nested.parquet"), words="nested|struct|list")
+
+
+@case
+def negative_ratings(tmp: Path) -> str:
+    from recsys_core.data.load import load_dataset
+
+    data = "user,item,rating\n" + "".join(f"u{k % 20},i{k % 13},{-3 if k % 5 == 0 else 4}\n" for k in range(300))
+    try:
+        _, report = load_dataset(data.encode(), "neg.csv")
+    except Exception as err:  # noqa: BLE001 - a refusal must name the negative ratings
+        if "negative" not in str(err).lower():
+            raise Misleading(f"refused for another reason: {err}"[:300]) from err
+        return "clear_error"
+    if "negative" not in str(report).lower():
+        raise Misleading("negative ratings were accepted without a word in the report")
+    return "ok"
+
+
+# ---- tracebacks and server paths (issue 24, part 5) --------------------------------------------------
+
+
+@case
+def model_folder_name_of_300_characters(tmp: Path) -> str:
+    from recsys_core.models.base import load_model
+
+    ws = _workspace(tmp)
+    return _expect_refusal(lambda: load_model(ws.resolve_inside("m" * 300, "model folder")))
+
+
+@case
+def jail_errors_name_no_server_path(tmp: Path) -> str:
+    from recsys_core.errors import RecsysError
+
+    ws = _workspace(tmp)
+    for path in ("/etc/passwd", "../other", "models/../../x"):
+        try:
+            ws.resolve_inside(path, "model folder")
+        except RecsysError as err:
+            if str(ws.root.resolve()) in f"{err} {err.hint}" or str(tmp) in f"{err} {err.hint}":
+                raise Hole(f"the error shows the server's path: {err}") from err
+            continue
+        raise Hole(f"{path} was accepted")
+    return "clear_error"
+
+
+@case
+def cli_errors_without_traceback(tmp: Path) -> str:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RECSYS_WORKSPACE": str(tmp / "ws")}
+    for args in (["train", "--dataset", "nope", "--model", "sasrec"], ["recommend", "--model-dir", "../../etc", "--user", "1"],
+                 ["train", "--dataset", "demo", "--model", "sasrec", "--set", "lr=-1"]):
+        proc = subprocess.run([sys.executable, "-m", "recsys_core", *args], capture_output=True, text=True,
+                              env=env, cwd=ROOT, timeout=300, check=False)
+        if "Traceback" in proc.stdout + proc.stderr:
+            raise Misleading(f"`recsys {' '.join(args)}` printed a traceback")
+        if proc.returncode == 0:
+            raise Hole(f"`recsys {' '.join(args)}` succeeded")
+        if str(tmp) in proc.stdout + proc.stderr:
+            raise Hole(f"`recsys {' '.join(args)}` printed the server's path")
+    return "clear_error"
+
+
+@case
+def error_details_hidden_from_visitors(tmp: Path) -> str:
+    import tomllib
+
+    client = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text()).get("client", {})
+    if client.get("showErrorDetails") not in ("none", False):
+        raise Hole(f"client.showErrorDetails is {client.get('showErrorDetails', 'unset (full)')!r}")
+    return "clear_error"
+
+
 # ---- HTML in chart labels ----------------------------------------------------------------------------
 
 
@@ -415,7 +736,9 @@ def html_titles_in_chart_labels(tmp: Path) -> str:
 
 
 def run_case(name: str, tmp: Path) -> dict:
-    """One case in this process: its outcome, a detail line and the peak memory it added."""
+    """One case in this process: its outcome, a detail line, its wall time and this process's peak memory."""
+    import time
+
     import plotly.graph_objects  # noqa: F401  imports are not the case's memory
     import pyarrow.json  # noqa: F401
 
@@ -423,27 +746,48 @@ def run_case(name: str, tmp: Path) -> dict:
     from recsys_core.errors import RecsysError
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
     try:
         outcome, detail = CASES[name](tmp), ""
     except Hole as err:
         outcome, detail = "hole", str(err)
+    except Misleading as err:
+        outcome, detail = "misleading", str(err)
+    except DataLoss as err:
+        outcome, detail = "data_loss", str(err)
     except RecsysError as err:
         outcome, detail = "clear_error", err.message
     except Exception as err:  # noqa: BLE001 - counted, not raised
         outcome, detail = "traceback", f"{type(err).__name__}: {str(err)[:200]}"
-    added = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
-    if added > BLOWUP_MB:
-        outcome, detail = "blowup", f"peak memory +{added:,.0f} MB; {detail}"
-    return {"case": name, "outcome": outcome, "detail": detail, "added_mb": round(added)}
+    wall = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if peak - base > BLOWUP_MB or peak > SERVER_RSS_MB:
+        outcome, detail = "hang_or_memory", f"peak RSS {peak:,.0f} MB (+{peak - base:,.0f} MB); {detail}"
+    elif wall > HANG_S:
+        outcome, detail = "hang_or_memory", f"took {wall:.0f} s; {detail}"
+    return {"case": name, "outcome": outcome, "detail": detail, "added_mb": round(peak - base),
+            "peak_rss_mb": round(peak), "wall_s": round(wall, 2)}
+
+
+def _run(args: list[str], tmp: str, timeout: float) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for var in ("RECSYS_LLM_URL", "RECSYS_LLM_API_KEY", "RECSYS_LLM_MODEL", "RECSYS_ALLOWED_PATHS",
+                "RECSYS_LLM_ENDPOINTS", "RECSYS_PASSWORD", "RECSYS_ALLOW_HUB_MODELS"):
+        env.pop(var, None)
+    return subprocess.run([sys.executable, __file__, *args, "--tmp", tmp], capture_output=True, check=False,
+                          text=True, env=env, cwd=ROOT, timeout=timeout)
 
 
 def _child(name: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        for var in ("RECSYS_LLM_URL", "RECSYS_LLM_API_KEY", "RECSYS_LLM_MODEL", "RECSYS_ALLOWED_PATHS"):
-            env.pop(var, None)
-        proc = subprocess.run([sys.executable, __file__, "--case", name, "--tmp", tmp], capture_output=True,
-                              check=False, text=True, env=env, cwd=ROOT, timeout=900)
+        if name in BUILDERS:
+            built = _run(["--build", name], tmp, 900)
+            if built.returncode != 0:
+                raise SystemExit(f"building the input of {name} failed: {built.stderr[-500:]}")
+        try:
+            proc = _run(["--case", name], tmp, HANG_S * 3)
+        except subprocess.TimeoutExpired:
+            return {"case": name, "outcome": "hang_or_memory", "detail": f"killed after {HANG_S * 3:.0f} s"}
     if proc.returncode != 0:
         return {"case": name, "outcome": "crash", "detail": f"exit {proc.returncode}: {proc.stderr[-300:]}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -452,19 +796,25 @@ def _child(name: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", choices=sorted(CASES))
+    parser.add_argument("--build", choices=sorted(BUILDERS))
+    parser.add_argument("--only", default="", help="run only the cases whose name contains this text")
     parser.add_argument("--tmp", type=Path)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.build:
+        BUILDERS[args.build](args.tmp)
+        return
     if args.case:
         with tempfile.TemporaryDirectory() as tmp:
             print(json.dumps(run_case(args.case, args.tmp or Path(tmp))))
         return
     cases = []
-    for name in CASES:
+    for name in [n for n in CASES if args.only in n]:
         cases.append(_child(name))
         print(f"{name}: {cases[-1]['outcome']} {cases[-1].get('detail', '')[:120]}", file=sys.stderr)
     summary = {"tried": len(cases), **{o: sum(c["outcome"] == o for c in cases) for o in OUTCOMES},
-               "date": datetime.now().strftime("%Y-%m-%d"), "cases": cases}
+               "date": datetime.now().strftime("%Y-%m-%d"), "load_avg": list(os.getloadavg()),
+               "server_rss_limit_mb": SERVER_RSS_MB, "cases": cases}
     out = args.out or ROOT / "bench" / "results" / f"attacks-{datetime.now():%Y%m%d}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2) + "\n")
