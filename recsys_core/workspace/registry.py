@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -44,7 +45,12 @@ DB_FILE = "workspace.db"
 SCHEMA_VERSION = 1
 NAME_RULE = "1-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit, and no '..'"
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_STALE_TMP_S = 3600  # a temp folder this old belongs to a crashed writer
+_STALE_TMP_S = 3600  # a temp folder this old belongs to a crashed writer (the start-up sweep)
+SWEEP_GRACE_S = 900  # the timer's grace: no save runs 15 minutes without writing a file
+UPLOAD_KEEP_S = 24 * 3600  # an imported model folder is kept a day (a session using it loaded it already)
+SWEEP_EVERY_S = 300
+_SWEEPERS: dict[Path, threading.Thread] = {}
+_SWEEPERS_LOCK = threading.Lock()
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS datasets (
@@ -151,6 +157,41 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def _newest_mtime(path: Path) -> float | None:
+    """The newest modification time of `path` and (a folder) everything in it; None when it is gone."""
+    try:
+        newest = path.stat().st_mtime
+        if path.is_dir():
+            for inner in path.rglob("*"):
+                newest = max(newest, inner.lstat().st_mtime)
+    except FileNotFoundError:  # another process swept it first
+        return None
+    return newest
+
+
+def start_sweeper(ws: Workspace, every_s: float = SWEEP_EVERY_S) -> threading.Thread:
+    """Sweep `ws`'s leftovers every `every_s` seconds in one daemon thread per workspace and process (later
+    calls return the running one), so a killed save's temp folder goes within `SWEEP_GRACE_S` + `every_s`
+    instead of waiting for a restart."""
+    with _SWEEPERS_LOCK:
+        running = _SWEEPERS.get(ws.root)
+        if running is not None and running.is_alive():
+            return running
+
+        def loop() -> None:
+            while True:
+                time.sleep(every_s)
+                try:
+                    ws.sweep_leftovers()
+                except (OSError, sqlite3.Error):  # a busy or vanished workspace: try again next time
+                    continue
+
+        thread = threading.Thread(target=loop, name=f"sweep {ws.root.name}", daemon=True)
+        thread.start()
+        _SWEEPERS[ws.root] = thread
+        return thread
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -199,20 +240,33 @@ class Workspace:
             conn.close()
 
     def _sweep_tmp(self, grace_s: float = _STALE_TMP_S) -> None:
-        """Remove what crashed writers left: temp folders, run folders no run points at, dataset versions no
-        dataset points at. Only things older than `grace_s`, so a save in progress elsewhere is never touched."""
-        cutoff = time.time() - grace_s
+        """At start-up: `sweep_leftovers` with an hour's grace (the timer, `start_sweeper`, uses a shorter one)."""
+        self.sweep_leftovers(grace_s)
+
+    def sweep_leftovers(self, grace_s: float = SWEEP_GRACE_S, upload_age_s: float = UPLOAD_KEEP_S) -> list[Path]:
+        """Remove what crashed or killed writers left: temp folders (`.tmp/*`, a model import's
+        `models/uploaded-*.tmp`), run folders no run points at, dataset versions no dataset points at, all
+        untouched for `grace_s` (the newest file inside counts, so a save still writing is never touched);
+        and imported models (`models/uploaded-*`) older than `upload_age_s`, which no run record keeps.
+        Returns what was removed."""
+        now = time.time()
         recorded = self._recorded_folders()
-        leftovers = [*(self.root / ".tmp").iterdir(),
-                     *(p for p in (self.root / "models").glob("run-*") if p not in recorded),
+        models = self.root / "models"
+        temporary = [*(self.root / ".tmp").iterdir(), *models.glob("uploaded-*.tmp"),
+                     *(p for p in models.glob("run-*") if p not in recorded),
                      *(p for p in (self.root / "datasets").glob("*/*") if p not in recorded)]
-        for entry in leftovers:
-            try:
-                stale = entry.stat().st_mtime < cutoff
-            except FileNotFoundError:  # another process swept it first
-                continue
-            if stale:
-                shutil.rmtree(entry, ignore_errors=True)
+        uploads = [p for p in models.glob("uploaded-*") if not p.name.endswith(".tmp")]
+        removed = []
+        for entries, age in ((temporary, grace_s), (uploads, upload_age_s)):
+            for entry in entries:
+                newest = _newest_mtime(entry)
+                if newest is not None and newest < now - age:
+                    if entry.is_dir():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        entry.unlink(missing_ok=True)
+                    removed.append(entry)
+        return removed
 
     def _recorded_folders(self) -> set[Path]:
         with self._connect() as conn:
