@@ -7,13 +7,14 @@ reading the prediction there.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from recsys_core.models.sequences import PAD, crop_rows, pad_right
 from recsys_core.models.sequential import SequentialConfig, SequentialRecommender
-from recsys_core.models.settings import setting
+from recsys_core.models.settings import search, setting
 
 
 @dataclass
@@ -26,6 +27,8 @@ class BERT4RecConfig(SequentialConfig):
     # +0.02 on ML-100k (3 seeds each) over always-[MASK] with max_len 100; the validation sweep agreed.
     mask_token_share: float = setting(0.8, "Share of masked positions shown as [MASK]; the rest half a random item, "
                                            "half unchanged (BERT's 80/10/10 = 0.8).", ge=0, le=1)
+    search_space: ClassVar[dict] = {**SequentialConfig.search_space, "mask_prob": search(0.1, 0.6),
+                                    "mask_token_share": search(0.5, 1.0)}
 
 
 class BERT4Rec(SequentialRecommender):

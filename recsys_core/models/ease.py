@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import psutil
@@ -19,7 +20,7 @@ from recsys_core.data.splits import Split
 from recsys_core.errors import ModelError, ResourceError
 from recsys_core.models.base import Recommender, Refusal
 from recsys_core.models.histories import ItemMatrix, history_matrix, low_rank, training_matrix
-from recsys_core.models.settings import Settings, setting
+from recsys_core.models.settings import Settings, search, setting
 from recsys_core.progress import Progress
 
 
@@ -33,6 +34,7 @@ class EASEConfig(Settings):
     embedding_dim: int = setting(64, "Rank of the truncated SVD behind item and user embeddings.", ge=1)
     use_counts: bool = setting(True, "When the data has counts (plays, clicks), weigh each interaction by "
                                      "log(1 + count).")
+    search_space: ClassVar[dict] = {"l2": search(10.0, 10_000.0, log=True)}
 
 
 # EASE holds about three dense n x n matrices at once (the Gram matrix, its inverse and the inversion's work, then

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -21,7 +22,7 @@ from recsys_core.models import loop
 from recsys_core.models.base import Capabilities, Recommender
 from recsys_core.models.ease import matrix_columns
 from recsys_core.models.histories import ItemMatrix, history_matrix, low_rank, training_matrix
-from recsys_core.models.settings import Settings, setting
+from recsys_core.models.settings import Settings, search, setting
 from recsys_core.progress import Progress
 
 # Rows of the co-occurrence matrix densified at once while picking neighbours: bounds that step
@@ -52,6 +53,7 @@ class ItemKNNConfig(Settings):
                                           "larger catalogues take more, smaller blocks.", ge=1)
     use_counts: bool = setting(True, "When the data has counts (plays, clicks), weigh each interaction by "
                                      "log(1 + count) in the co-occurrences.")
+    search_space: ClassVar[dict] = {"k": search(10, 500, log=True), "shrink": search(0.0, 100.0)}
 
 
 def _top_neighbours(cooc: sp.csr_matrix, norms: np.ndarray, shrink: float, k: int, start: int,

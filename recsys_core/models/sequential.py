@@ -28,7 +28,7 @@ from recsys_core.evaluation.metrics import evaluate, sample_users
 from recsys_core.models import loop, losses
 from recsys_core.models.base import Capabilities, Recommender
 from recsys_core.models.sequences import SCORE_CHUNK_TOKENS, SequenceWindows, histories_to_tokens, padded_widths
-from recsys_core.models.settings import Settings, TrainConfig, setting, train_defaults
+from recsys_core.models.settings import Settings, TrainConfig, search, search_choices, setting, train_defaults
 from recsys_core.models.transformer import SequenceEncoder, init_items_from_svd
 from recsys_core.progress import Progress
 
@@ -88,6 +88,13 @@ class SequentialConfig(Settings):
     valid_share: float = setting(0.08, "Most of the training compute validation may take: fewer users (down to "
                                        "1,000), then less often. 0 = off.", ge=0, lt=1)
     train: TrainConfig = train_defaults(epochs=200, batch_size=32, lr=2e-3, patience=10, eval_every=0)
+    # The tuner's space (`recsys tune`, the Train page's "Find the best settings"): the shape, regularisation and
+    # optimiser settings the earlier sweeps moved; heads 1 or 2 divide every hidden width offered.
+    search_space: ClassVar[dict] = {
+        "hidden": search_choices(32, 64, 128), "layers": search(1, 3), "heads": search_choices(1, 2),
+        "dropout": search(0.0, 0.5), "max_len": search_choices(25, 50, 100, 200),
+        "train.lr": search(3e-4, 5e-3, log=True), "train.batch_size": search_choices(32, 64, 128),
+        "train.weight_decay": search(0.0, 0.1)}
 
     def check(self) -> None:
         if self.hidden % self.heads:

@@ -58,6 +58,8 @@ class Settings:
     """Base of every config dataclass: each setting is checked when the config is built."""
 
     prefix: ClassVar[str] = ""  # how the flat names spell this config's settings ("train." for the loop's)
+    # What the tuner searches ({flat name: Dimension}, see `search_space`); empty: nothing to tune
+    search_space: ClassVar[dict[str, Any]] = {}
 
     def __post_init__(self) -> None:
         hints = _type_hints(type(self))
@@ -199,6 +201,55 @@ def build_config(config_class: type, values: dict[str, Any] | None = None) -> An
     if train:
         own[TRAIN] = dataclasses.replace(config.train, **train)
     return dataclasses.replace(config, **own)
+
+
+
+# ---- search spaces (the tuner's, declared on each family's config next to its settings) -----------------------
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One setting's range for the tuner: numbers between `low` and `high` (on a log scale when `log`, in steps
+    of `step`), or one of `choices`. A config declares its own as `search_space = {flat name: Dimension}`."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple | None = None
+
+    def values(self) -> tuple:
+        """The values a check tries: the ends of a range, or every choice."""
+        return self.choices if self.choices is not None else (self.low, self.high)
+
+
+def search(low: float, high: float, *, log: bool = False, step: float | None = None) -> Dimension:
+    """A range the tuner searches (an int setting draws whole numbers)."""
+    return Dimension(low=low, high=high, log=log, step=step)
+
+
+def search_choices(*values: Any) -> Dimension:
+    """Values the tuner picks from."""
+    return Dimension(choices=tuple(values))
+
+
+def search_space(config_class: type) -> dict[str, Dimension]:
+    """{flat name: Dimension} the config declares (empty: the family has nothing to tune), each checked:
+    a real setting, and every value the space can give (a range's ends, each choice) allowed by its rules."""
+    space = dict(config_class.search_space)
+    fields = dict(flat_fields(config_class))
+    for name, dim in space.items():
+        if name not in fields:
+            raise ConfigError(f"{config_class.__name__}.search_space names {name!r}, which is not a setting",
+                              setting=name, hint=f"settings: {', '.join(sorted(fields))}")
+        if dim.choices is None and not (dim.low is not None and dim.high is not None and dim.low < dim.high):
+            raise ConfigError(f"the search range of {name} is empty ({dim.low}..{dim.high})", setting=name,
+                              hint="declare search(low, high) with low < high, or search_choices(...)")
+        for value in dim.values():
+            own = not name.startswith(f"{TRAIN}.")
+            kind = _type_hints(config_class if own else TrainConfig)[name.split(".", 1)[-1]]
+            _checked(fields[name], kind, value, name)
+    return space
 
 
 # ---- saved configs of older versions ---------------------------------------------------------------

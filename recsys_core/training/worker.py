@@ -28,6 +28,7 @@ from recsys_core.models.settings import flatten_config
 from recsys_core.progress import ProgressEvent
 from recsys_core.threads import training_threads, use_threads
 from recsys_core.training.experiment import make_model, run_experiment
+from recsys_core.training.tune import TUNE_KIND, run_tune_job
 
 MAX_LOSS_POINTS = 400  # the loss curve is thinned to this many points
 NICENESS = 10
@@ -97,8 +98,16 @@ def run_job(store: Any, job_id: int) -> int:
     """Run job `job_id` to its end and record how it ended; the process's exit code."""
     store.mark_running(job_id, os.getpid())
     job = store.get(job_id)
-    reporter = Reporter(store, job_id, cpu_budget(job.family, job.overrides)).start()
+    tuning = job.kind == TUNE_KIND  # a search (training/tune.py): its trials report through the plain reporter
+    reporter = JobReporter(store, job_id) if tuning else Reporter(store, job_id, cpu_budget(job.family, job.overrides))
+    reporter.start()
     try:
+        if tuning:
+            summary = run_tune_job(store, job, reporter.progress)
+            reporter.stop()
+            store.finish(job_id, "cancelled" if summary["stopped"] == "cancelled" else "finished",
+                         run_id=(summary["run_ids"] or [None])[0], result=summary)
+            return 0
         ds = store.workspace.load_dataset(job.dataset)
         result = run_experiment(ds, job.family, job.overrides, split_kind=job.split, progress=reporter.progress,
                                 workspace=store.workspace, dataset_name=job.dataset)

@@ -1,0 +1,411 @@
+"""Find the best settings of a model family on a dataset within a CPU budget: an Optuna study.
+
+The search: Optuna's TPE sampler over the family's declared `search_space` (on its config, next to its
+settings), the defaults enqueued as the first trial so they always compete, and a Hyperband pruner that
+stops weak trials early on their validation curve. The pruner's resource is the trial's own CPU seconds
+(in tenths), so trials are compared at equal cost whatever their shape. Trials see the **validation split
+only**: the search holds a copy of the split whose test part is empty, and a trial's value is NDCG@10 over
+every validation user.
+
+The budget is CPU seconds (`loop.cpu_time`, as every training budget here): no trial starts once it is
+spent, each trial's training budget is what is left (at most `trial_cpu_s`), and a trial still running when
+the search passes its budget is stopped at its next progress event (every few optimizer steps, or after the
+validation it is in) and counted as pruned ("budget"). The overrun is therefore at most one validation pass
+plus a few steps of a loop model, or one fit of a one-pass model (EASE, item-kNN), whose fits cannot stop
+half-way.
+
+The study lives in the workspace (Optuna's RDB storage on `studies.db`), named by dataset, family and split,
+so a restart, another tab or the CLI resumes or extends it: each call spends its own budget and adds trials.
+The winner is then trained again with its settings on the train split and evaluated on the test split, once
+per seed (`final_seeds`); each of those runs is recorded by `run_experiment` like any run, and its record
+carries the study (trials, budget, space, parameter importances) under `metrics["tune"]`.
+
+A tune job is a workspace job of kind `tune`, run in its own process by `training.worker` (as a training
+job is), so any tab lists it, reads its trials from the study, and cancels it through the job's row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+
+from recsys_core.data.dataset import Dataset
+from recsys_core.data.splits import EvalSet, Split
+from recsys_core.errors import ConfigError, RecsysError
+from recsys_core.evaluation.metrics import evaluate
+from recsys_core.models import loop
+from recsys_core.models.base import family_class
+from recsys_core.models.settings import Dimension, flatten_config, has_training_loop, resolve_name, search_space
+from recsys_core.progress import Progress, ProgressEvent
+from recsys_core.training.experiment import check_order, make_model, make_split, run_experiment
+
+TUNE_KIND = "tune"  # the jobs table's kind of a tune job
+STUDIES_FILE = "studies.db"
+METRIC = "ndcg@10"
+FINAL_SEEDS = (0, 1, 2)
+TRIAL_SHARE = 0.25  # a trial's training budget, as a share of the search budget: at least 4 trials fit
+RESOURCE_PER_S = 10  # the pruner's step unit: tenths of a trial's CPU second
+HYPERBAND_FACTOR = 3
+DEMO_INTERACTIONS = 60_000  # about the demo's size: its default budget is the issue's 15 CPU minutes
+DEMO_BUDGET_S = 900.0
+MIN_BUDGET_S, MAX_BUDGET_S = 120.0, 3600.0
+MIN_TRIAL_S = 1.0  # no trial starts with less than this left
+LIMIT_STOPS = ("cpu_budget", "max_steps", "epochs")
+
+
+def default_budget_s(ds: Dataset) -> float:
+    """The budget a form proposes: 15 CPU minutes for a demo-sized dataset, in proportion to the interactions
+    (a trial's epoch costs about that), between 2 and 60 minutes."""
+    return float(np.clip(DEMO_BUDGET_S * ds.n_interactions / DEMO_INTERACTIONS, MIN_BUDGET_S, MAX_BUDGET_S))
+
+
+def tunable_families(families: list[str]) -> list[str]:
+    """The families among `families` that declare a search space."""
+    return [f for f in families if search_space(family_class(f).config_class)]
+
+
+def space_of(family: str) -> dict[str, Dimension]:
+    """The family's checked search space, or a ConfigError saying there is nothing to tune."""
+    space = search_space(family_class(family).config_class)
+    if not space:
+        raise ConfigError(f"{family} declares no search space: it has nothing to tune",
+                          hint="tune one of the families that declare one (BERT4Rec, SASRec+, EASE, item-kNN)")
+    return space
+
+
+def describe_space(space: dict[str, Dimension]) -> dict[str, dict]:
+    """The space as JSON, for run records and the CLI."""
+    return {name: {k: v for k, v in dataclasses.asdict(dim).items() if v is not None and (k != "log" or v)}
+            for name, dim in space.items()}
+
+
+def studies_path(root: str | Path) -> Path:
+    """The SQLite file holding a workspace's studies."""
+    return Path(root) / STUDIES_FILE
+
+
+def study_name(dataset: str, family: str, split_kind: str = "leave_one_out", label: str = "") -> str:
+    return ":".join(part for part in (dataset, family, split_kind, label) if part)
+
+
+def _storage(path: str | Path) -> optuna.storages.RDBStorage:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.storages.RDBStorage(f"sqlite:///{Path(path)}", engine_kwargs={"connect_args": {"timeout": 30}})
+
+
+def validation_only(split: Split) -> Split:
+    """The split a search sees: train and validation, and an empty test part (no trial can read it)."""
+    empty = EvalSet(np.zeros(0, dtype=np.int32), [], [])
+    return dataclasses.replace(split, test=empty)
+
+
+@dataclass
+class TuneResult:
+    study: str
+    family: str
+    budget_cpu_s: float  # this call's budget
+    spent_cpu_s: float  # what this call's search spent
+    stopped: str  # "budget", "trials" (max_trials reached) or "cancelled"
+    trials: list[dict]  # every trial of the study (earlier calls too)
+    best: dict  # {"number", "value", "params", "cpu_s", "stopped", "under_trained"}; {} without a finished trial
+    importances: dict[str, float]
+    space: dict[str, dict]
+    trial_cpu_s: float
+    final: dict = field(default_factory=dict)  # test metrics over the seeds: {"ndcg@10": {mean, std, seeds}, ...}
+    run_ids: list[int] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class _Search:
+    """What the trials of one `tune` call share."""
+
+    ds: Dataset
+    family: str
+    split: Split
+    fixed: dict
+    space: dict[str, Dimension]
+    budget_s: float
+    trial_cpu_s: float
+    seed: int
+    progress: Progress
+    cpu0: float = field(default_factory=loop.cpu_time)
+
+    def spent(self) -> float:
+        return loop.cpu_time() - self.cpu0
+
+    def left(self) -> float:
+        return self.budget_s - self.spent()
+
+
+def tune(ds: Dataset, family: str, *, budget_cpu_s: float, storage: str | Path, dataset_name: str | None = None,
+         overrides: dict[str, Any] | None = None, split: Split | None = None, split_kind: str = "leave_one_out",
+         trial_cpu_s: float | None = None, max_trials: int | None = None, seed: int = 0,
+         final_seeds: tuple[int, ...] = FINAL_SEEDS, progress: Progress | None = None, workspace: Any = None,
+         label: str = "") -> TuneResult:
+    """Search `family`'s space on `ds`'s validation split for `budget_cpu_s` CPU seconds (more trials of the
+    study stored in `storage` under its name), then train the winner once per seed in `final_seeds` and
+    evaluate it on the test split (recorded in `workspace` when given). `overrides` fix settings the search
+    leaves alone; `max_trials` caps this call's trials."""
+    fixed = dict(overrides or {})
+    config_class = family_class(family).config_class
+    pinned = {resolve_name(config_class, name) for name in fixed}  # settings the caller fixed are not searched
+    space = {name: dim for name, dim in space_of(family).items() if name not in pinned}
+    if not budget_cpu_s > 0:
+        raise ConfigError(f"the tuning budget must be above 0 CPU seconds, got {budget_cpu_s}",
+                          hint="give a budget in CPU seconds, e.g. 900 (15 CPU minutes)")
+    make_model(family, fixed)  # a bad fixed setting is refused before any trial
+    check_order(make_model(family, fixed), ds)
+    full = split or make_split(ds, split_kind)
+    progress = progress or Progress()
+    cap = float(trial_cpu_s or max(budget_cpu_s * TRIAL_SHARE, MIN_TRIAL_S))
+    search = _Search(ds, family, validation_only(full), fixed, space, float(budget_cpu_s), cap, seed, progress)
+    name = study_name(dataset_name or ds.name, family, full.kind, label)
+    study = _open_study(name, storage, search)
+    stopped = _optimize(study, search, max_trials)
+    spent = search.spent()
+    best = _best(study)
+    result = TuneResult(name, family, float(budget_cpu_s), round(spent, 2), stopped, trials_table(study), best,
+                        importances(study), describe_space(space), cap)
+    if best and final_seeds and not progress.cancelled:
+        _final(result, search, full, final_seeds, workspace, dataset_name or ds.name)
+    return result
+
+
+def _open_study(name: str, storage: str | Path, search: _Search) -> optuna.Study:
+    storage_ = _storage(storage)
+    done = len(optuna.load_study(study_name=name, storage=storage_).trials) if _exists(name, storage_) else 0
+    # A resumed study samples on from where it was, not the same random start-up points again.
+    with warnings.catch_warnings():  # multivariate TPE is "experimental" in Optuna's words
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=search.seed + done, n_startup_trials=5, multivariate=True)
+    max_resource = max(int(search.trial_cpu_s * RESOURCE_PER_S), HYPERBAND_FACTOR ** 2)
+    pruner = optuna.pruners.HyperbandPruner(min_resource=max(1, max_resource // HYPERBAND_FACTOR ** 3),
+                                            max_resource=max_resource, reduction_factor=HYPERBAND_FACTOR)
+    study = optuna.create_study(study_name=name, storage=storage_, direction="maximize", sampler=sampler,
+                                pruner=pruner, load_if_exists=True)
+    if not done:  # the defaults (with the fixed settings) compete as the first trial
+        study.enqueue_trial(_defaults_in_space(search))
+        study.set_user_attr("family", search.family)
+        study.set_user_attr("space", describe_space(search.space))
+    study.set_user_attr("budgets", [*study.user_attrs.get("budgets", []), search.budget_s])
+    return study
+
+
+def _exists(name: str, storage: optuna.storages.RDBStorage) -> bool:
+    return any(s.study_name == name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+
+
+def _defaults_in_space(search: _Search) -> dict:
+    flat = flatten_config(make_model(search.family, search.fixed).config)
+    return {name: flat[name] for name in search.space}
+
+
+def _optimize(study: optuna.Study, search: _Search, max_trials: int | None) -> str:
+    made = 0
+    while True:
+        if search.progress.cancelled:
+            return "cancelled"
+        if max_trials is not None and made >= max_trials:
+            return "trials"
+        if search.left() < MIN_TRIAL_S:
+            return "budget"
+        study.optimize(lambda trial: _trial(trial, search), n_trials=1, catch=(RecsysError,))
+        made += 1
+        _announce(study, search)
+
+
+def _announce(study: optuna.Study, search: _Search) -> None:
+    best = _best(study)
+    words = f"best {METRIC} {best['value']:.4f} (trial {best['number']})" if best else "no finished trial yet"
+    spent = search.spent()
+    search.progress.update(int(min(spent, search.budget_s)), math.ceil(search.budget_s),
+                           epoch=len(study.trials), metrics={"best": best.get("value")} if best else {},
+                           message=f"{len(study.trials)} trials, {spent:.0f} of {search.budget_s:.0f} CPU s; {words}")
+
+
+def _trial(trial: optuna.Trial, search: _Search) -> float:
+    params = {name: _suggest(trial, name, dim) for name, dim in search.space.items()}
+    values = {**search.fixed, **params}
+    cls = family_class(search.family)
+    budget = min(search.trial_cpu_s, max(search.left(), MIN_TRIAL_S))
+    if has_training_loop(cls.config_class):
+        values.update({"train.cpu_budget_s": budget, "train.seed": search.seed})
+    model = make_model(search.family, values)  # a ConfigError (a bad combination) fails only this trial
+    refusal = model.refusal(search.ds)
+    if refusal is not None:
+        trial.set_user_attr("stopped", f"refused: {refusal.reason}")
+        raise optuna.TrialPruned()
+    watch = _Watch(trial, search)
+    model.fit(search.ds, progress=watch.progress, split=search.split)
+    report = model.fit_report()
+    trial.set_user_attr("cpu_s", round(watch.cpu_s(), 2))
+    trial.set_user_attr("budget_cpu_s", round(budget, 2))
+    if watch.why:  # pruned on its curve, out of the search's budget, or cancelled
+        trial.set_user_attr("stopped", watch.why)
+        raise optuna.TrialPruned()
+    value = float(evaluate(model, search.split.valid, seed=0)[METRIC])
+    trial.set_user_attr("cpu_s", round(watch.cpu_s(), 2))
+    trial.set_user_attr("stopped", report.get("stopped") or "one pass")
+    trial.set_user_attr("best_epoch", report.get("best_epoch"))
+    trial.set_user_attr("under_trained", _limited_while_rising(report.get("stopped"), watch.curve))
+    return value
+
+
+def _suggest(trial: optuna.Trial, name: str, dim: Dimension) -> Any:
+    if dim.choices is not None:
+        return trial.suggest_categorical(name, list(dim.choices))
+    if isinstance(dim.low, int) and isinstance(dim.high, int) and not isinstance(dim.step, float):
+        return trial.suggest_int(name, dim.low, dim.high, log=dim.log, step=int(dim.step or 1))
+    return trial.suggest_float(name, float(dim.low), float(dim.high), log=dim.log, step=dim.step)
+
+
+def _limited_while_rising(stopped: str | None, curve: list[float]) -> bool:
+    """A limit stopped the trial while its validation still rose (its best was one of its last two)."""
+    if stopped not in LIMIT_STOPS or len(curve) < 2:
+        return False
+    best = int(np.argmax(curve))
+    return best >= len(curve) - 2 and curve[best] > curve[0]
+
+
+class _Watch:
+    """A trial's progress: reports each validation to the pruner (at the trial's CPU seconds so far) and stops
+    the trial when the pruner says so, when the search's budget is spent, or when the search is cancelled."""
+
+    def __init__(self, trial: optuna.Trial, search: _Search) -> None:
+        self.trial, self.search = trial, search
+        self.progress = Progress(callback=self._on_event)
+        self.cpu0 = loop.cpu_time()
+        self.why = ""
+        self.curve: list[float] = []
+
+    def cpu_s(self) -> float:
+        return loop.cpu_time() - self.cpu0
+
+    def _on_event(self, event: ProgressEvent) -> None:
+        if self.why:
+            return
+        value = event.metrics.get(METRIC) if event.metrics else None
+        if value is not None and math.isfinite(value):
+            self.curve.append(float(value))
+            self.trial.report(float(value), int(self.cpu_s() * RESOURCE_PER_S))
+            if self.trial.should_prune():
+                self.why = f"pruned at {self.cpu_s():.1f} CPU s ({METRIC} {value:.4f})"
+        if self.search.progress.cancelled:
+            self.why = "cancelled"
+        elif self.search.left() <= 0:
+            self.why = "out of the search's CPU budget"
+        if self.why:
+            self.progress.cancel()
+
+
+def _best(study: optuna.Study) -> dict:
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not done:
+        return {}
+    t = max(done, key=lambda t: t.value)
+    return {"number": t.number, "value": round(float(t.value), 6), "params": dict(t.params),
+            **{k: t.user_attrs.get(k) for k in ("cpu_s", "stopped", "under_trained")}}
+
+
+def trials_table(study: optuna.Study) -> list[dict]:
+    """One row per trial: number, state, value, the best value so far, CPU seconds, how it stopped, params."""
+    rows, best = [], -math.inf
+    for t in study.trials:
+        value = t.value if t.state == optuna.trial.TrialState.COMPLETE else None
+        best = max(best, value) if value is not None else best
+        rows.append({"number": t.number, "state": t.state.name.lower(), "value": value,
+                     "best_so_far": None if best == -math.inf else best, "cpu_s": t.user_attrs.get("cpu_s"),
+                     "stopped": t.user_attrs.get("stopped", ""), "params": dict(t.params)})
+    return rows
+
+
+def importances(study: optuna.Study) -> dict[str, float]:
+    """Each parameter's share of the value's variance over the finished trials (Optuna's fANOVA);
+    {} until at least two finished trials differ."""
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(done) < 2 or len({t.value for t in done}) < 2:
+        return {}
+    try:
+        return {k: round(float(v), 4) for k, v in optuna.importance.get_param_importances(study).items()}
+    except (RuntimeError, ValueError) as err:  # e.g. every finished trial drew the same values
+        logging.getLogger(__name__).info("no importances: %s", err)
+        return {}
+
+
+def read_study(storage: str | Path, name: str) -> dict:
+    """A stored study as any tab or the CLI shows it: trials, best, importances, budgets; {} when none."""
+    storage_ = _storage(storage)
+    if not Path(storage).is_file() or not _exists(name, storage_):
+        return {}
+    study = optuna.load_study(study_name=name, storage=storage_)
+    return {"study": name, "trials": trials_table(study), "best": _best(study), "importances": importances(study),
+            "budgets": study.user_attrs.get("budgets", []), "space": study.user_attrs.get("space", {})}
+
+
+def _final(result: TuneResult, search: _Search, full: Split, seeds: tuple[int, ...], workspace: Any,
+           dataset_name: str) -> None:
+    """Train the winner once per seed on the train split, evaluate on the test split; record the study on
+    each run."""
+    loop_model = has_training_loop(family_class(search.family).config_class)
+    seeds = seeds if loop_model else seeds[:1]  # a one-pass model gives the same model for every seed
+    values = {**search.fixed, **result.best["params"]}
+    if loop_model:
+        values["train.cpu_budget_s"] = search.trial_cpu_s
+    runs = []
+    for i, seed in enumerate(seeds):
+        search.progress.update(i, len(seeds), message=f"training the winner on seed {seed} "
+                                                       f"({i + 1} of {len(seeds)}), then the test split")
+        run = run_experiment(search.ds, search.family, {**values, **({"train.seed": seed} if loop_model else {})},
+                             split=full, progress=search.progress.quiet(), workspace=workspace,
+                             dataset_name=dataset_name)
+        if run.status == "cancelled":
+            result.stopped = "cancelled"
+            return
+        runs.append(run)
+    result.final = {key: _spread([r.metrics[key] for r in runs], seeds) for key in (METRIC, "hr@10")}
+    result.final["cpu_s"] = round(sum(r.cpu_s for r in runs), 2)
+    result.run_ids = [r.run_id for r in runs if r.run_id is not None]
+    if workspace is not None:
+        record = {k: v for k, v in result.summary().items() if k not in ("final", "run_ids")}
+        for run in runs:
+            if run.run_id is not None:
+                workspace.update_run(run.run_id, metrics={**run.metrics, "run": {"cpu_s": round(run.cpu_s, 2),
+                                                                                    **run.extra}, "tune": record})
+
+
+def _spread(values: list[float], seeds: tuple[int, ...]) -> dict:
+    return {"mean": round(float(np.mean(values)), 6), "std": round(float(np.std(values)), 6),
+            "seeds": [round(float(v), 6) for v in values], "seed_ids": list(seeds)}
+
+
+# ---- the job: a tune run in its own process (`training.worker` calls `run_tune_job` for kind "tune") ------------
+
+
+def job_params(budget_cpu_s: float, overrides: dict | None = None, trial_cpu_s: float | None = None,
+               max_trials: int | None = None, seed: int = 0, final_seeds: tuple[int, ...] = FINAL_SEEDS) -> dict:
+    """What a tune job's row stores as its parameters."""
+    return {"budget_cpu_s": float(budget_cpu_s), "overrides": dict(overrides or {}), "trial_cpu_s": trial_cpu_s,
+            "max_trials": max_trials, "seed": seed, "final_seeds": list(final_seeds)}
+
+
+def run_tune_job(store: Any, job: Any, progress: Progress) -> dict:
+    """Run the search of tune job `job` (a `JobRecord`) on the store's workspace; its result summary."""
+    p = job.params
+    ds = store.workspace.load_dataset(job.dataset)
+    result = tune(ds, job.family, budget_cpu_s=p["budget_cpu_s"], storage=studies_path(store.workspace.root),
+                  dataset_name=job.dataset, overrides=p.get("overrides"), split_kind=job.split,
+                  trial_cpu_s=p.get("trial_cpu_s"), max_trials=p.get("max_trials"), seed=p.get("seed", 0),
+                  final_seeds=tuple(p.get("final_seeds", FINAL_SEEDS)), progress=progress,
+                  workspace=store.workspace)
+    return result.summary()
