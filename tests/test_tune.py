@@ -1,0 +1,172 @@
+"""The tuner (training/tune.py): search spaces name real settings inside their bounds; a 3-trial study is stored
+in the workspace, resumes, and its winner's runs record it; the search keeps to its CPU budget; the trials never
+read the test split (poisoned test targets leave every trial's value unchanged); a search, in process or as a
+workspace job in its own process, stops within seconds of Cancel."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys_core.data.dataset import build_dataset
+from recsys_core.data.splits import EvalSet, leave_one_out
+from recsys_core.errors import ConfigError
+from recsys_core.models import loop
+from recsys_core.models.base import FAMILIES, family_class
+from recsys_core.models.settings import Settings, build_config, search, search_choices, search_space, setting
+from recsys_core.progress import Progress
+from recsys_core.training.experiment import families
+from recsys_core.training.tune import (TUNE_KIND, job_params, read_study, studies_path, study_name, tunable_families,
+                                       tune)
+from recsys_core.workspace.jobs import JobStore
+from recsys_core.workspace.registry import Workspace
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY = {"hidden": 16, "max_len": 12, "epochs": 4, "patience": 100}
+ENDLESS = {"hidden": 16, "max_len": 12, "epochs": 100_000, "patience": 100_000}
+BUDGET_SLACK_S = 1.0  # the stated overrun: one validation pass and a few steps of the trial running at the end
+CANCEL_S = 3.0
+JOB_START_S = 120  # a job's process imports torch and optuna first: generous on a busy 2-core box
+
+
+def _cycles(n_users: int = 60, n_items: int = 25, length: int = 10):
+    rng = np.random.default_rng(0)
+    rows = []
+    for u in range(n_users):
+        start = int(rng.integers(n_items))
+        rows += [(u, (start + t) % n_items, t) for t in range(length)]
+    return build_dataset(pd.DataFrame(rows, columns=["user", "item", "timestamp"]), name="cycle")
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return _cycles()
+
+
+def test_every_declared_search_space_names_real_settings_with_values_inside_their_bounds():
+    families()  # registers every family
+    assert {"sasrec", "bert4rec", "ease", "itemknn"} <= set(tunable_families(sorted(FAMILIES)))
+    for family, cls in FAMILIES.items():
+        for name, dim in search_space(cls.config_class).items():
+            for value in dim.values():  # each end of a range and every choice builds a config on its own
+                build_config(cls.config_class, {name: value})
+
+
+@dataclass
+class _BadSpace(Settings):
+    width: int = setting(8, "a width", ge=1, le=64)
+    search_space: ClassVar[dict] = {}
+
+
+@pytest.mark.parametrize("space, words", [({"widht": search(1, 8)}, "not a setting"),
+                                          ({"width": search(1, 128)}, "not allowed"),
+                                          ({"width": search_choices(0, 8)}, "not allowed"),
+                                          ({"width": search(8, 8)}, "empty")])
+def test_a_space_naming_a_missing_setting_or_leaving_its_bounds_is_refused(space, words):
+    bad = type("Bad", (_BadSpace,), {"search_space": space})
+    with pytest.raises(ConfigError, match=words):
+        search_space(bad)
+
+
+def test_a_three_trial_study_is_stored_resumed_and_recorded_on_the_winners_runs(ds, tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    storage = studies_path(ws.root)
+    first = tune(ds, "sasrec", budget_cpu_s=120, storage=storage, dataset_name="cycle", overrides=TINY,
+                 max_trials=3, final_seeds=(0, 1), workspace=ws)
+    assert first.stopped == "trials" and len(first.trials) == 3
+    assert storage.is_file() and storage.parent == ws.root
+    defaults = family_class("sasrec").config_class()
+    assert first.trials[0]["params"]["train.lr"] == defaults.train.lr  # the defaults compete first
+    assert "hidden" not in first.trials[0]["params"]  # a fixed setting is not searched
+    stored = read_study(storage, study_name("cycle", "sasrec"))
+    assert [t["value"] for t in stored["trials"]] == [t["value"] for t in first.trials]
+    assert stored["best"]["value"] == max(t["value"] for t in first.trials if t["value"] is not None)
+    # the winner: trained once per seed, tested, and each run carries the study
+    assert first.final["ndcg@10"]["seed_ids"] == [0, 1] and len(first.run_ids) == 2
+    for run_id in first.run_ids:
+        run = ws.get_run(run_id)
+        assert run.metrics["tune"]["study"] == first.study
+        assert len(run.metrics["tune"]["trials"]) == 3 and run.metrics["tune"]["budget_cpu_s"] == 120
+        assert set(run.metrics["tune"]["space"]) == set(first.space)
+        assert run.config["train"]["lr"] == first.best["params"]["train.lr"]
+    # a restart: the same call on the same workspace extends the stored study
+    again = tune(ds, "sasrec", budget_cpu_s=120, storage=storage, dataset_name="cycle", overrides=TINY,
+                 max_trials=2, final_seeds=())
+    assert len(again.trials) == 5 and again.trials[:3] == stored["trials"]
+    assert read_study(storage, study_name("cycle", "sasrec"))["budgets"] == [120, 120]
+
+
+def test_the_search_keeps_to_its_cpu_budget_within_the_stated_slack(ds, tmp_path):
+    cpu0 = loop.cpu_time()
+    result = tune(ds, "sasrec", budget_cpu_s=2.0, storage=tmp_path / "s.db", overrides=ENDLESS, trial_cpu_s=100,
+                  final_seeds=())
+    spent = loop.cpu_time() - cpu0
+    assert result.stopped == "budget"
+    assert spent <= 2.0 + BUDGET_SLACK_S, spent
+    assert result.trials[-1]["stopped"] == "out of the search's CPU budget"
+
+
+def test_trials_never_read_the_test_split(ds, tmp_path):
+    """Poisoned test targets (random items) must leave every trial's validation value as it was."""
+    split = leave_one_out(ds)
+    rng = np.random.default_rng(1)
+    poisoned = dataclasses.replace(split, test=EvalSet(split.test.users, split.test.histories,
+                                                       [rng.integers(0, ds.n_items, 1) for _ in split.test.users]))
+    values = []
+    for i, s in enumerate((split, poisoned)):
+        # a huge per-trial cap puts Hyperband's first rung out of reach: no CPU-time-dependent pruning
+        result = tune(ds, "sasrec", budget_cpu_s=300, storage=tmp_path / f"s{i}.db", overrides=TINY, split=s,
+                      trial_cpu_s=10_000, max_trials=3, final_seeds=())
+        values.append([t["value"] for t in result.trials])
+    assert values[0] == values[1] and all(v is not None for v in values[0])
+
+
+def test_a_cancelled_search_stops_within_seconds(ds, tmp_path):
+    progress = Progress()
+    out: dict = {}
+    worker = threading.Thread(target=lambda: out.setdefault("r", tune(
+        ds, "sasrec", budget_cpu_s=600, storage=tmp_path / "s.db", overrides=ENDLESS, progress=progress)))
+    worker.start()
+    time.sleep(1.5)
+    progress.cancel()
+    t0 = time.monotonic()
+    worker.join(30)
+    assert not worker.is_alive() and time.monotonic() - t0 < CANCEL_S
+    assert out["r"].stopped == "cancelled" and out["r"].run_ids == []
+
+
+def test_a_tune_job_runs_in_its_own_process_shows_its_trials_and_cancels_within_seconds(ds, tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    ws.save_dataset(ds, "cycle")
+    store = JobStore(ws)
+    job_id = store.create("cycle", "sasrec", kind=TUNE_KIND,
+                          params=job_params(600, ENDLESS, trial_cpu_s=2, final_seeds=()))
+    process = subprocess.Popen([sys.executable, "-m", "recsys_core.training.worker", str(ws.root), str(job_id)],
+                               stdin=subprocess.DEVNULL)
+    try:
+        other_tab = JobStore(Workspace(ws.root))
+        deadline = time.monotonic() + JOB_START_S
+        while len(read_study(studies_path(ws.root), study_name("cycle", "sasrec")).get("trials", [])) < 1:
+            assert time.monotonic() < deadline and process.poll() is None, other_tab.get(job_id).error
+            time.sleep(0.2)
+        assert other_tab.get(job_id).status == "running"
+        other_tab.request_cancel(job_id)
+        t0 = time.monotonic()
+        while other_tab.get(job_id).active:
+            assert time.monotonic() - t0 < CANCEL_S + 2, "the job did not stop"  # + the reporter's poll
+            time.sleep(0.05)
+        assert other_tab.get(job_id).status == "cancelled"
+        assert other_tab.get(job_id).result["stopped"] == "cancelled"
+    finally:
+        process.kill() if process.poll() is None else None
+        process.wait(10)
