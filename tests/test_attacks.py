@@ -262,21 +262,6 @@ def test_upload_limit_is_the_engines_and_the_server_binds_localhost() -> None:
     assert config["server"]["runOnSave"] is False and config["client"]["toolbarMode"] == "minimal"
 
 
-def test_a_shared_password_is_asked_once_before_any_page(monkeypatch, tmp_path) -> None:
-    from streamlit.testing.v1 import AppTest
-
-    monkeypatch.setenv("RECSYS_WORKSPACE", str(tmp_path / "ws"))
-    monkeypatch.setenv("RECSYS_PASSWORD", "open sesame")
-    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=60).run()
-    assert [t.value for t in at.title] == ["RecSys Explorer"] and not at.sidebar.selectbox  # nothing else shown
-    at.text_input(key="auth_password").set_value("wrong")  # inside a form: sent by the submit button
-    at.button[0].click().run()
-    assert "Wrong password" in at.error[0].value and not at.sidebar.selectbox
-    at.text_input(key="auth_password").set_value("open sesame")
-    at.button[0].click().run()
-    assert not at.exception and at.sidebar.selectbox(key="sidebar_dataset").value  # the home page, unlocked
-
-
 def test_a_data_zip_that_expands_a_thousandfold_is_refused_before_inflating_it() -> None:
     bomb = zip_of({"ratings.csv": b"user,item\n" + b"1,2\n" * 10_000_000})  # 40 MB from ~40 KB
     with pytest.raises(ResourceError, match="expands .* times .* over the 100x limit") as err:

@@ -1,40 +1,14 @@
-"""An optional shared password for a team deployment: set `RECSYS_PASSWORD` and every session asks for it
-once before any page shows anything. Unset (the default, a local single-user app), nothing is asked."""
+"""The page side of the shared password: the gate itself is server-side (`views/ui/gate.py`), so a session
+that runs a page has signed in already; pages only offer the way out."""
 
 from __future__ import annotations
 
-import hmac
-import os
-import time
-
 import streamlit as st
 
-PASSWORD_ENV = "RECSYS_PASSWORD"
-_OK_KEY = "auth_ok"  # session state: this session gave the password
+from views.ui.gate import SIGNOUT, password
 
 
-def password_required() -> bool:
-    """True while this session still has to give the operator's password."""
-    return bool(os.environ.get(PASSWORD_ENV)) and not st.session_state.get(_OK_KEY)
-
-
-def password_page() -> None:
-    """The sign-in form: the only page a session sees until it gives the password."""
-    st.title("RecSys Explorer")
-    st.caption("This server is shared: enter the password its operator gave you.")
-    with st.form("auth_form"):
-        typed = st.text_input("Password", type="password", key="auth_password")
-        submitted = st.form_submit_button("Enter", type="primary")
-    if submitted:
-        if hmac.compare_digest(typed.encode(), os.environ.get(PASSWORD_ENV, "").encode()):
-            st.session_state[_OK_KEY] = True
-            st.rerun()
-        time.sleep(1.0)  # slows guessing down
-        st.error("Wrong password. Ask the operator of this server for it.")
-
-
-def require_password() -> None:
-    """Show the sign-in form and stop the run unless the session may see pages (for pages run directly)."""
-    if password_required():
-        password_page()
-        st.stop()
+def sign_out_link() -> None:
+    """A "Sign out" link in the sidebar when the server has a password (relative, so a base URL path holds)."""
+    if password():
+        st.sidebar.markdown(f'<a href="{SIGNOUT.lstrip("/")}" target="_self">Sign out</a>', unsafe_allow_html=True)

@@ -7,8 +7,13 @@ engine through these wrappers, draw.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import secrets
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +25,8 @@ from recsys_core.data.demo import DEMO_NAME
 from recsys_core.errors import RecsysError
 from recsys_core.workspace.registry import ENV_VAR, DatasetRecord, Workspace
 from views.ui import charts, state
-from views.ui.auth import require_password
 
+_LOG = logging.getLogger("recsys.pages")
 ACTIVE_KEY = "active_dataset"  # plain state: the dataset every page works on
 _SIDEBAR_KEY = "sidebar_dataset"  # the sidebar widget mirroring it
 LAST_ACTIVE_SETTING = "last_active_dataset"  # workspace setting: where a new tab opens
@@ -130,7 +135,6 @@ def _on_sidebar_pick() -> None:
 
 def sidebar_dataset_selector() -> DatasetRecord:
     """Draw the active-dataset selector in the sidebar and return the active record."""
-    require_password()  # a page run without app.py (Streamlit's fallback) is gated too
     record = active_record()
     names = [r.name for r in workspace().list_datasets()]
     # Set before the widget exists in this run, so a page's `set_active` + rerun shows up here.
@@ -163,14 +167,48 @@ def show_data_error(err: RecsysError, what: str = "Could not load the data") -> 
     headline = str(err)
     for marker in ("\nExamples:", "\nWhat to do:"):  # RecsysError appends these after the message
         headline = headline.split(marker, 1)[0]
-    body = f"**{what}.** {md_escape(headline)}"
+    body = f"**{what}.** {md_escape(hide_server_paths(headline))}"
     if err.examples:
-        lines = "\n".join(str(e) for e in err.examples[:5])
+        lines = hide_server_paths("\n".join(str(e) for e in err.examples[:5]))
         fence = "`" * max(3, _longest_backtick_run(lines) + 1)
         body += f"\n\nExamples:\n\n{fence}text\n{lines}\n{fence}"
     if err.hint:
-        body += f"\n\n**What to do:** {md_escape(err.hint)}"
+        body += f"\n\n**What to do:** {md_escape(hide_server_paths(err.hint))}"
     st.error(body, icon=":material/error:")
+
+
+def hide_server_paths(text: str) -> str:
+    """`text` with the server's own folders (the workspace, the app's folder, Python's, the home folder) named
+    as a visitor knows them, so an error message never shows where the server keeps its files."""
+    roots = {_root_key(): "workspace", str(Path.cwd()): ".", sys.prefix: "<python>", str(Path.home()): "~"}
+    for root, name in sorted(roots.items(), key=lambda kv: -len(kv[0])):  # longest first: nested folders
+        if len(root) > 1:
+            text = text.replace(root, name)
+    return text
+
+
+def show_unexpected(err: Exception) -> str:
+    """Show an error that escaped a page: a `RecsysError`'s message and what to do; anything else as a
+    generic message with an incident id, the traceback going to the server log only. Returns the id."""
+    incident = secrets.token_hex(4)
+    _LOG.error("incident %s on a page", incident, exc_info=err)
+    if isinstance(err, RecsysError):
+        show_data_error(err, "This did not work")
+    else:
+        st.error(f"**Something went wrong on the server** (incident `{incident}`). The page could not finish; "
+                 "try again, and if it happens again, give the operator this incident id.",
+                 icon=":material/error:")
+    return incident
+
+
+@contextmanager
+def error_boundary() -> Iterator[None]:
+    """Around every page run (`app.py`): an exception the page did not handle is shown by `show_unexpected`,
+    never as a traceback. Streamlit's rerun and stop are not exceptions of this kind and pass through."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - the last line of defence: nothing reaches the visitor raw
+        show_unexpected(err)
 
 
 def _longest_backtick_run(text: str) -> int:
