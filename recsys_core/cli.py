@@ -87,6 +87,28 @@ def cmd_train(args) -> dict | None:
     return _with_ending(result.summary(), args.profile) if main else None
 
 
+def cmd_tune(args) -> dict:
+    """Search the family's settings on the validation split within a CPU budget (training/tune.py), then test the
+    winner over the seeds; the study is stored in the workspace, so the same command resumes and extends it."""
+    from recsys_core.threads import training_threads, use_threads
+    from recsys_core.training.experiment import parse_overrides
+    from recsys_core.training.tune import default_budget_s, read_study, studies_path, study_name, tune
+
+    use_threads(training_threads())  # as a job: a CPU budget buys the same trials at any load
+    ws = _workspace(args)
+    ds = resolve_dataset(args.dataset, ws, args.items)
+    if args.show:
+        name = study_name(ds.name, args.model, args.split)
+        return read_study(studies_path(ws.root), name) or {"study": name, "trials": []}
+    budget = args.budget_cpu_s or default_budget_s(ds)
+    seeds = tuple(int(x) for x in args.seeds.split(",") if x.strip()) if args.seeds else ()
+    result = tune(ds, args.model, budget_cpu_s=budget, storage=studies_path(ws.root), dataset_name=ds.name,
+                  overrides=parse_overrides(args.set), split_kind=args.split, trial_cpu_s=args.trial_cpu_s,
+                  max_trials=args.max_trials, seed=args.seed, final_seeds=seeds, progress=_tqdm_progress(),
+                  workspace=None if args.no_save else ws)
+    return {"dataset": ds.name, **result.summary()}
+
+
 AUTO, NO_PROFILE = "auto", "none"
 
 
@@ -154,25 +176,44 @@ def cmd_evaluate(args) -> dict:
 
 def cmd_recommend(args) -> dict:
     from recsys_core.models.base import load_model
+    from recsys_core.recommend.catalogue import catalogue_of
+    from recsys_core.recommend.usecases import UNKNOWN_ERROR, UNKNOWN_IGNORE, Query, recommend_batch
 
     model = load_model(args.model_dir)
     ds = resolve_dataset(args.dataset, _workspace(args), args.items)
     model.check_fits(ds)
-    if args.user is not None:
-        if args.user not in ds.user_index:
-            raise ConfigError(f"user {args.user!r} is not in dataset {ds.name!r}", hint="pass an id from the user column")
-        history = ds.history(ds.user_index[args.user])
-    else:
-        unknown = [i for i in args.history if i not in ds.item_index]
-        if unknown:
-            raise ConfigError(f"unknown item ids {unknown[:5]}", hint="pass ids from the item column")
-        history = np.array([ds.item_index[i] for i in args.history], dtype=np.int64)
-    scores = model.score([history])[0]
-    scores[np.asarray(history, dtype=np.int64)] = float("-inf")  # never recommend what was seen
-    top = scores.topk(min(args.k, ds.n_items)).indices.tolist()
-    return {"model": model.family, "history": [ds.item_ids[i] for i in history],
-            "recommendations": [{"rank": r + 1, "item_id": ds.item_ids[i], "title": ds.title(i),
-                                 "score": float(scores[i])} for r, i in enumerate(top)]}
+    options = {"k": args.k, "any_of": _pairs(args.filter, "--filter", lambda v: v.split(",")),
+               "between": _pairs(args.range, "--range", _bounds), "hide_popular_top": args.hide_popular,
+               "exclude_seen": not args.include_seen,
+               "unknown_items": UNKNOWN_IGNORE if args.ignore_unknown else UNKNOWN_ERROR}
+    queries = [Query.of(user=u, **options) for u in args.user] if args.user else [Query.of(history=args.history,
+                                                                                           **options)]
+    catalogue = catalogue_of(ds)
+    results = [r.to_dict(catalogue) for r in recommend_batch(model, ds, queries)]
+    return results[0] if len(results) == 1 else {"model": model.family, "results": results}
+
+
+def _pairs(values: list[str], flag: str, parse) -> dict:
+    """`COLUMN=VALUE` options as {column: parse(value)} (ConfigError naming the flag for a malformed one)."""
+    out = {}
+    for text in values:
+        column, sep, value = text.partition("=")
+        if not sep or not column:
+            raise ConfigError(f"{flag} {text!r} is not COLUMN=VALUE", setting=flag,
+                              hint=f"e.g. {flag} genres=Horror,Drama or {flag} year=1990:2000")
+        out[column] = parse(value)
+    return out
+
+
+def _bounds(text: str) -> tuple[float | None, float | None]:
+    low, sep, high = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError(text)
+        return (float(low) if low else None, float(high) if high else None)
+    except ValueError:
+        raise ConfigError(f"range {text!r} is not LOW:HIGH", setting="--range",
+                          hint="numbers, either end may be empty: 1990:2000, 1990:, :2000") from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -261,9 +302,37 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--split", default="leave_one_out", choices=["leave_one_out", "temporal"])
         if name == "recommend":
             who = c.add_mutually_exclusive_group(required=True)
-            who.add_argument("--user", help="user id as in the data")
+            who.add_argument("--user", nargs="+", help="user id(s) as in the data (several: one JSON with results)")
             who.add_argument("--history", nargs="+", help="item ids, oldest first")
             c.add_argument("-k", type=int, default=10)
+            c.add_argument("--filter", action="append", default=[], metavar="COLUMN=V1,V2",
+                           help="only items whose column holds one of the values (e.g. genres=Horror,Drama)")
+            c.add_argument("--range", action="append", default=[], metavar="COLUMN=LOW:HIGH",
+                           help="only items whose numeric column lies in the range (e.g. year=1990:2000)")
+            c.add_argument("--hide-popular", type=float, default=0.0, metavar="FRACTION",
+                           help="drop this share of the most popular items (0.1: the top 10 %%)")
+            c.add_argument("--include-seen", action="store_true", help="allow items of the history")
+            c.add_argument("--ignore-unknown", action="store_true",
+                           help="score the known ids of --history and list the unknown ones instead of failing")
+    tune = sub.add_parser("tune", help="find a model's best settings within a CPU budget (validation split only), "
+                                       "then test the winner over seeds", description=cmd_tune.__doc__)
+    tune.add_argument("--dataset", default="demo", help="'demo', a saved dataset name, or a file/folder path")
+    tune.add_argument("--items", help="item metadata file when --dataset is a path")
+    tune.add_argument("--model", required=True, help="model family with a search space: sasrec, bert4rec, hybrid, "
+                                                     "ease, itemknn")
+    tune.add_argument("--budget-cpu-s", type=float, default=None,
+                      help="CPU seconds this search may spend (default: fitted to the data, 900 on the demo)")
+    tune.add_argument("--trial-cpu-s", type=float, default=None,
+                      help="most CPU seconds one trial trains (default: a quarter of the budget)")
+    tune.add_argument("--max-trials", type=int, default=None, help="stop after this many trials of this call")
+    tune.add_argument("--seed", type=int, default=0, help="seed of the sampler and of every trial's training")
+    tune.add_argument("--seeds", default="0,1,2", help="seeds the winner is trained and tested on ('' = none)")
+    tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="a setting fixed for every trial (then not searched)")
+    tune.add_argument("--split", default="leave_one_out", choices=["leave_one_out", "temporal"])
+    tune.add_argument("--no-save", action="store_true", help="do not save or record the winner's runs")
+    tune.add_argument("--show", action="store_true", help="print the stored study without running a trial")
+    tune.set_defaults(func=cmd_tune)
     return p
 
 

@@ -9,25 +9,23 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from recsys_core.data.item_schema import attribute_values
 from recsys_core.errors import RecsysError
 from recsys_core.models.base import capabilities_of
+from recsys_core.recommend.catalogue import catalogue_of, ranked_runs
 from recsys_core.recommend.export import export_bytes, export_table, export_work
 from recsys_core.recommend.topk import (
-    Filters,
-    candidate_mask,
     history_frame,
     overlap,
     pick_user,
     rank_changes,
-    recommend,
     search_items,
     similar_items,
     similar_items_text,
 )
+from recsys_core.recommend.usecases import Query, allowed_items
 from views.ui import jobs, state
 from views.ui.common import md_escape, plural, show_data_error, workspace
-from views.ui.model_state import cached_model, page_dataset_and_model, run_label
+from views.ui.model_state import cached_model, code_panel, page_dataset_and_model, recommendations, run_label
 from views.ui.nav import PAGES
 
 # Agreed with the Explain page: the user and item (indices) it opens on.
@@ -43,7 +41,8 @@ st.title("Recommend")
 record, ds, model, which = page_dataset_and_model()
 st.caption(f"Dataset **{md_escape(record.name)}** · model: {md_escape(which)}. Change the model on the Train page.")
 jobs.running_jobs_panel("rec")
-titles = ds.labels
+catalogue = catalogue_of(ds)  # ids, one label per item, popularity: computed once per dataset version
+titles = catalogue.labels
 
 
 def _item_label(i: int) -> str:
@@ -79,7 +78,7 @@ def _show(frame: pd.DataFrame, key: str, extra: tuple[str, ...] = ()) -> None:
 
 def _catalogue_options(key: str, first: list[int]) -> list[int]:
     """`first`, then every item by popularity; a big catalogue is narrowed by a title search box instead."""
-    popular = np.argsort(-ds.item_popularity, kind="stable")
+    popular = catalogue.by_popularity
     if ds.n_items <= MAX_OPTIONS:
         rest = popular
     else:
@@ -136,36 +135,38 @@ with st.sidebar:
     st.subheader("Recommendations")
     state.bind("rec_k", "k", 10, parse=int, options=range(5, 51, 5))
     k = st.slider("How many (K)", 5, 50, step=5, key="rec_k")
-    genres = attribute_values(ds.items, "genres")
+    genres = catalogue.genres
     chosen_genres = st.multiselect("Genres (any of)", genres, key="rec_genres") if genres else []
     years = None
-    known = ds.items["year"].dropna()
-    if len(known) and known.min() < known.max():
-        lo, hi = int(known.min()), int(known.max())
+    if catalogue.year_range is not None:
+        lo, hi = catalogue.year_range
         years = st.slider("Year", lo, hi, (lo, hi), key="rec_years")
         years = None if years == (lo, hi) else years
     hide_pct = st.slider("Hide the most popular items (%)", 0, 50, 0, step=1, key="rec_hide_popular",
                          help="Drop this share of the catalogue, most interacted-with first, to surface the long tail.")
 
-filters = Filters(any_of={"genres": chosen_genres} if chosen_genres else {},
-                  between={"year": years} if years else {})
-options = {"k": k, "filters": filters, "popularity": ds.item_popularity, "hide_popular_top": hide_pct / 100,
-           "items": ds.items}
-if filters.active() or hide_pct:
-    allowed = candidate_mask(ds.n_items, items=ds.items, filters=filters, popularity=ds.item_popularity,
-                             hide_popular_top=hide_pct / 100)
-    st.caption(f"Filters leave {int(allowed.sum()):,} of {ds.n_items:,} items as candidates.")
+# The page's settings as the engine's query: the CLI (`recsys recommend`) and the API (`recsys serve`) take the same.
+options = {"k": k, "any_of": {"genres": chosen_genres} if chosen_genres else {},
+           "between": {"year": years} if years else {}, "hide_popular_top": hide_pct / 100}
+user_query = Query.of(user=str(ds.user_ids[user]), **options)
 
 
-def _recs(hist: np.ndarray | list[int], on=None) -> pd.DataFrame:
-    """Top-K for a history with the page's settings (`on`: another model)."""
-    frame = recommend(on or model, hist, **options)
+def _shown(frame: pd.DataFrame) -> pd.DataFrame:
     if frame.attrs.get("fallback"):
         st.info(f"Most popular items shown: {frame.attrs['note']}.", icon=":material/info:")
     return frame
 
 
-recs = _recs(history)
+def _recs(hist: np.ndarray | list[int], on=None) -> pd.DataFrame:
+    """Top-K for a history of item indices with the page's settings (`on`: another model)."""
+    ids = catalogue.item_ids[np.asarray(hist, dtype=np.int64)]
+    return _shown(recommendations(on or model, ds, Query.of(history=ids, **options)))
+
+
+recs = _shown(recommendations(model, ds, user_query))
+if user_query.any_of or user_query.between or user_query.hide_popular_top:
+    allowed = allowed_items(catalogue, user_query)
+    st.caption(f"Filters leave {int(allowed.sum()):,} of {ds.n_items:,} items as candidates.")
 left, right = st.columns([2, 3])
 with left:
     st.subheader(f"History of {md_escape(ds.user_ids[user])}")
@@ -181,6 +182,7 @@ with right:
     st.subheader(f"Top {k} for this user")
     st.caption("Items the user has seen are never recommended.")
     _show(recs, "rec_topk")
+code_panel(record.name, user_query)
 
 # ---- explain hook ---------------------------------------------------------------------------------
 
@@ -234,9 +236,7 @@ st.subheader("Similar items")
 
 
 def _text_tower():
-    runs = [r for r in workspace().list_runs(dataset=record.name) if r.artifact_dir and capabilities_of(r.model, r.config).text]
-    runs.sort(key=lambda r: (r.metrics or {}).get("ndcg@10", 0.0), reverse=True)
-    for run in runs:
+    for run in (r for r in ranked_runs(workspace(), record.name) if capabilities_of(r.model, r.config).text):
         try:
             tower = cached_model(run.artifact_dir)
         except Exception:  # noqa: BLE001, S112  a damaged artifact: try the next run
@@ -280,7 +280,7 @@ if second is not None:
     try:
         other = cached_model(second.artifact_dir)
         other.check_fits(ds)
-        other_recs = _recs(history, on=other)
+        other_recs = _shown(recommendations(other, ds, user_query))
     except RecsysError as err:
         show_data_error(err, "Could not use this run")
     else:
@@ -325,8 +325,7 @@ export_job = jobs.current("export", record.name, export_params)
 if export_job is not None and export_job.active:
     jobs.follow("export", record.name, export_params, "rec_export")
 else:
-    export_allowed = candidate_mask(ds.n_items, items=ds.items, filters=filters, popularity=ds.item_popularity,
-                                    hide_popular_top=hide_pct / 100)
+    export_allowed = allowed_items(catalogue, user_query)
     st.button(f"Prepare top {k} for all {ds.n_users:,} users", key="rec_export_prepare", on_click=_start_export,
               args=(export_params, export_allowed),
               help="Scores every user in batches with the settings above, as a job of the workspace: any tab "

@@ -123,7 +123,7 @@ class TopK:
     fallback: np.ndarray
 
 
-def _seen_mask(histories: Sequence[np.ndarray], n_items: int) -> torch.Tensor:
+def seen_mask(histories: Sequence[np.ndarray], n_items: int) -> torch.Tensor:
     lengths, flat = flatten(histories, n_items)
     mask = torch.zeros((len(histories), n_items), dtype=torch.bool)
     rows = np.repeat(np.arange(len(histories)), lengths)
@@ -131,7 +131,7 @@ def _seen_mask(histories: Sequence[np.ndarray], n_items: int) -> torch.Tensor:
     return mask
 
 
-def _with_fallback(scores: torch.Tensor, popularity: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
+def with_fallback(scores: torch.Tensor, popularity: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Replace rows where every item scores the same (no signal) by popularity; which rows were replaced."""
     if popularity is None:
         return scores, torch.zeros(len(scores), dtype=torch.bool)
@@ -163,10 +163,10 @@ def recommend_many(model: Recommender, histories: Sequence[np.ndarray], k: int =
     for start in range(0, n, batch):
         stop = min(n, start + batch)
         part = list(histories[start:stop])
-        raw, flat = _with_fallback(model.score(part), popularity)
-        mask = _seen_mask(part, n_items)
+        raw, flat = with_fallback(model.score(part), popularity)
+        mask = seen_mask(part, n_items)
         if exclude is not None:
-            mask |= _seen_mask(list(exclude[start:stop]), n_items)
+            mask |= seen_mask(list(exclude[start:stop]), n_items)
         if blocked is not None:
             mask |= blocked[None, :]
         idx, val = top_k(raw, width, mask)

@@ -6,6 +6,9 @@ the run id (or uploaded folder) stored in `st.session_state`.
 
 from __future__ import annotations
 
+import json
+import os
+import shlex
 import typing
 from pathlib import Path
 
@@ -16,6 +19,8 @@ from recsys_core.errors import RecsysError
 from recsys_core.models.base import Recommender, family_class, load_model, refusal_of
 from recsys_core.models.profiles import human_duration
 from recsys_core.models.settings import flatten_config, help_of
+from recsys_core.recommend.catalogue import best_run, catalogue_of
+from recsys_core.recommend.usecases import Query, recommend_for
 from recsys_core.training.experiment import config_fields, families, run_experiment
 from views.ui import state
 from views.ui.common import md_escape
@@ -34,6 +39,37 @@ def family_options() -> list[str]:
 def cached_model(artifact_dir: str) -> Recommender:
     """A saved model, loaded once per folder and shared by every session."""
     return load_model(artifact_dir)
+
+
+def recommendations(model: Recommender, ds, query: Query) -> pd.DataFrame:
+    """The page's top-K for `query`: the engine's use case, as `recsys recommend` and `recsys serve` answer it,
+    reused across reruns by (model identity, dataset version, query)."""
+    return recommend_for(model, ds, query, cached=True).frame(catalogue_of(ds))
+
+
+API_URL_ENV = "RECSYS_API_URL"  # where a running `recsys serve` answers, as its users reach it
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+
+
+def curl_command(query: Query, url: str | None = None, with_key: bool = False) -> str:
+    """The `curl` that asks the HTTP API for `query`'s list. The key is read from the caller's own environment
+    (`$RECSYS_API_KEY`), never written out: the page does not know it and must not show it."""
+    auth = ' -H "Authorization: Bearer $RECSYS_API_KEY"' if with_key else ""
+    body = shlex.quote(json.dumps(query.as_request(), separators=(",", ":")))
+    return (f"curl -s -X POST {shlex.quote((url or DEFAULT_API_URL).rstrip('/') + '/v1/recommend')}"
+            f" -H 'Content-Type: application/json'{auth} -d {body}")
+
+
+def code_panel(dataset: str, query: Query) -> None:
+    """"Use this from code": the exact `curl` for what the page shows, and the API docs when a server runs."""
+    url = os.environ.get(API_URL_ENV, "").strip()
+    with st.container(key="rec_code"), st.expander("Use this from code", icon=":material/terminal:"):
+        st.code(curl_command(query, url or None, with_key=bool(os.environ.get("RECSYS_API_KEY"))), language="bash")
+        if url.startswith(("http://", "https://")):
+            st.markdown(f"API docs (OpenAPI): [{md_escape(url.rstrip('/'))}/docs]({url.rstrip('/')}/docs)")
+        else:
+            st.caption(f"Start a server on this dataset first: `recsys serve --dataset {md_escape(dataset)}` "
+                       f"(answers on {DEFAULT_API_URL}; set {API_URL_ENV} to show its docs link here).")
 
 
 def config_form(family: str, key_prefix: str, base: dict[str, typing.Any] | None = None,
@@ -143,20 +179,20 @@ def active_model(record, ds) -> tuple[Recommender, str]:
         except Exception:  # noqa: BLE001  a deleted or damaged folder: fall back below
             st.session_state.pop(ACTIVE_MODEL_KEY, None)
     state.write_url("run", None)  # no explicit choice: the link follows the best run
-    # Only finished runs compete: a cancelled or never-improving run is kept and labelled, never "the best".
-    runs = [r for r in workspace().list_runs(dataset=record.name)
-            if r.artifact_dir and r.metrics and r.status == "finished"]
-    runs.sort(key=lambda r: r.metrics.get("ndcg@10", 0.0), reverse=True)
-    for run in runs:
-        try:
-            model = cached_model(run.artifact_dir)
-        except Exception:  # noqa: BLE001, S112  damaged artifact: try the next run
-            continue
-        if model.fits(ds):
-            return model, f"run #{run.id} ({run.model}, the best NDCG@10 on this dataset)"
+    run = best_run(workspace(), record.name, fits=lambda folder: _fitting(folder, ds))
+    if run is not None:
+        model = cached_model(run.artifact_dir)
+        return model, f"run #{run.id} ({run.model}, the best NDCG@10 on this dataset)"
     folder = _bootstrap_run(_root_key(), record.name, f"{record.created_at}|{record.path}")
     model = cached_model(folder)
     return model, f"a quick {model.family} baseline trained automatically (train others on the Train page)"
+
+
+def _fitting(folder, ds) -> bool:
+    try:
+        return cached_model(folder).fits(ds)
+    except Exception:  # noqa: BLE001  a damaged artifact: the next run is tried
+        return False
 
 
 def _run_folder_from_url(dataset: str) -> str | None:
