@@ -51,11 +51,13 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float)
 
 
 @contextmanager
-def streamlit_server(workspace: Path, log: Path, timeout_s: float = 90) -> Iterator[str]:
-    """`streamlit run app.py` on a free local port with its own workspace; yields the base URL."""
+def streamlit_server(workspace: Path, log: Path, timeout_s: float = 90,
+                     env: dict[str, str] | None = None) -> Iterator[str]:
+    """`streamlit run app.py` on a free local port with its own workspace (and `env` added to this process's
+    environment, e.g. RECSYS_PASSWORD); yields the base URL."""
     port = free_port()
     env = {**os.environ, "RECSYS_WORKSPACE": str(workspace), "BROWSER": "none",
-           "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+           "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false", **(env or {})}
     cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
            "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
            "--server.fileWatcherType", "none", "--server.runOnSave", "false"]
