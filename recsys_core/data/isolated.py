@@ -46,6 +46,7 @@ DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S = 4096, 180.0
 ROWS_PER_MB = 5_000  # rows a file may yield per MB of the child's memory
 MEMBERS_PER_MB = 2  # zip members an upload may list per MB (8,192 at the default)
 _IN_CHILD = False  # set in the limited child itself
+_SETTING = f"{MEMORY_ENV} (formerly {LEGACY_MEMORY_ENV})"  # how hints name the setting
 _ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding recsys_core, for the child's imports
 # At most this many parse children at once: each may use up to the memory limit.
 _SLOTS = threading.BoundedSemaphore(2)
@@ -146,7 +147,7 @@ def _death(file: str, code: int, memory_mb: float) -> errors.RecsysError:
     if sig in (signal.SIGKILL, signal.SIGABRT, signal.SIGXCPU):
         return errors.ResourceError(
             f"the parser ran out of memory or time ({name}) while reading the file; the file was not loaded",
-            file=file, hint=f"upload a smaller or simpler file (a parse may use {memory_mb:,.0f} MB: {MEMORY_ENV})")
+            file=file, hint=f"upload a smaller or simpler file (a parse may use {memory_mb:,.0f} MB: {_SETTING})")
     return errors.DataError(
         f"the parser crashed on this file ({name}); the server is fine, the file was not loaded", file=file,
         hint="the file is malformed or extremely deeply nested: flatten it to one object per line with plain "
@@ -173,7 +174,7 @@ def _unpack(reply: bytes, file: str, memory_mb: float) -> Any:
     if kind == "memory":
         raise errors.ResourceError(f"reading the file needs more than the {memory_mb:,.0f} MB a parse may use",
                                    file=file, hint=f"upload a smaller file or a sample, or ask the operator to "
-                                                   f"raise {MEMORY_ENV}")
+                                                   f"raise {_SETTING}")
     if kind == "error":
         cls_name, fields = payload
         cls = getattr(errors, cls_name, errors.DataError)

@@ -20,7 +20,15 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from recsys_core.data.isolated import READ_ENV, in_child, max_read_bytes, max_rows, run_isolated, too_many_rows
-from recsys_core.data.sniff import TextLayout, looks_binary, sniff_layout, split_line
+from recsys_core.data.sniff import (
+    MAX_COLUMNS,
+    TextLayout,
+    looks_binary,
+    sniff_layout,
+    split_line,
+    too_many_columns,
+    utf16_without_bom,
+)
 from recsys_core.data.source import (
     DEFAULT_MAX_BYTES,
     Blob,
@@ -31,7 +39,7 @@ from recsys_core.data.source import (
     read_member,
     zip_members,
 )
-from recsys_core.errors import DataError, ResourceError
+from recsys_core.errors import DataError, RecsysError, ResourceError
 
 _JSON_EXT = (".jsonl", ".ndjson", ".json")
 _PARQUET_EXT = (".parquet", ".pq")
@@ -54,6 +62,7 @@ class RawTable:
     # File line of each frame row, only when blank lines make it differ from row + first_line.
     line_numbers: np.ndarray | None = field(default=None, repr=False)
     first_line: int = 1
+    notes: list[str] = field(default_factory=list)  # what reading left out, said in the report
 
     @property
     def row_word(self) -> str:
@@ -76,7 +85,7 @@ class RawTable:
         if self.encoding:
             parts.append(self.encoding)
         text = f"{self.file}: " + ", ".join(parts) + f", {self.n_rows} rows"
-        return text
+        return "; ".join([text, *self.notes])
 
 
 def read_table(source: Source, filename: str | None = None, *, max_bytes: int = DEFAULT_MAX_BYTES,
@@ -162,15 +171,17 @@ def _streamable(blob: Blob) -> bool:
 
 
 def _strip_bom(blob: Blob) -> bytes:
+    """The text as UTF-8 (or single-byte) bytes: a UTF-8 BOM dropped, UTF-16 with or without a BOM decoded."""
     data = blob.data
     if data.startswith(b"\xef\xbb\xbf"):
         return data[3:]
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+    utf16 = "utf-16" if data.startswith((b"\xff\xfe", b"\xfe\xff")) else utf16_without_bom(data)
+    if utf16 is not None:
         try:
-            return data.decode("utf-16").encode("utf-8")
+            return data.decode(utf16).encode("utf-8")
         except UnicodeDecodeError as err:
-            raise DataError("the file starts like UTF-16 text but does not decode as UTF-16", file=blob.name,
-                            hint="save it as UTF-8") from err
+            raise DataError(f"the file reads like UTF-16 text ({utf16}) but does not decode as UTF-16 (byte "
+                            f"{err.start:,})", file=blob.name, hint="save it as UTF-8") from err
     return data
 
 
@@ -257,6 +268,9 @@ def _read_delimited(text: _Text, layout: TextLayout, *, forced_encoding: bool
                     ) -> tuple[pd.DataFrame, str, np.ndarray | None]:
     blob = text.blob
     quote = '"' if len(layout.delimiter) == 1 else False  # MovieLens '::' files never quote
+    # A quoted value may hold a newline; the reader then splits blocks quote-aware (slower, so only when the
+    # text quotes at all): otherwise a quoted newline on a 16 MB block edge reads as a broken row.
+    newlines = bool(quote) and b'"' in text.head
     if len(layout.delimiter) > 1:
         parsed, delim = _single_char_delimiter(text.head, layout.delimiter, blob.name)
         text = _Text(blob, parsed, text.line_offset, text.limit_rows, text.limit_bytes)
@@ -264,7 +278,7 @@ def _read_delimited(text: _Text, layout: TextLayout, *, forced_encoding: bool
         delim = layout.delimiter
     encoding = layout.encoding
     try:
-        table, bad = _arrow_csv(text, layout, delim, quote, encoding)
+        table, bad = _arrow_csv(text, layout, delim, quote, encoding, newlines)
     except pa.ArrowInvalid as err:
         if "Could not skip" in str(err):  # the header is the only line
             raise DataError("the file has a header but no data rows", file=blob.name, line=2,
@@ -273,7 +287,7 @@ def _read_delimited(text: _Text, layout: TextLayout, *, forced_encoding: bool
             raise _parse_error(blob, err) from err
         encoding = _fallback_encoding(blob, text.whole(), text.line_offset)
         try:
-            table, bad = _arrow_csv(text, layout, delim, quote, encoding)
+            table, bad = _arrow_csv(text, layout, delim, quote, encoding, newlines)
         except pa.ArrowInvalid as err2:
             raise _parse_error(blob, err2) from err2
     if bad:
@@ -315,7 +329,8 @@ def _fallback_encoding(blob: Blob, data: bytes, line_offset: int) -> str:
 _UTF8_MULTIBYTE = re.compile(rb"[\xc2-\xf4][\x80-\xbf]")
 
 
-def _arrow_csv(text: _Text, layout: TextLayout, delim: str, quote, encoding: str) -> tuple[pa.Table, list[str]]:
+def _arrow_csv(text: _Text, layout: TextLayout, delim: str, quote, encoding: str,
+               newlines: bool = False) -> tuple[pa.Table, list[str]]:
     """Every column as text (large_string: what pandas keeps, so no copy on the way to the frame).
     With limits the file is read in blocks and abandoned at the first block past them."""
     bad: list[str] = []
@@ -329,7 +344,8 @@ def _arrow_csv(text: _Text, layout: TextLayout, delim: str, quote, encoding: str
     options = {
         "read_options": pacsv.ReadOptions(column_names=names, skip_rows=1 if layout.has_header else 0,
                                           encoding=encoding, block_size=16 << 20),
-        "parse_options": pacsv.ParseOptions(delimiter=delim, quote_char=quote, invalid_row_handler=on_invalid),
+        "parse_options": pacsv.ParseOptions(delimiter=delim, quote_char=quote, invalid_row_handler=on_invalid,
+                                            newlines_in_values=newlines),
         "convert_options": pacsv.ConvertOptions(column_types={n: pa.large_string() for n in names},
                                                 strings_can_be_null=False, quoted_strings_can_be_null=False),
     }
@@ -415,21 +431,24 @@ def _line_numbers(data: bytes, has_header: bool, n_rows: int) -> np.ndarray | No
 
 def _read_parquet(blob: Blob, data: bytes) -> RawTable:
     if blob.trusted:  # a local file: read here, from disk when it is big (`Blob.path`), with no caps
-        frame = _parquet_frame(blob, 0, 0)
+        frame, dropped = _parquet_frame(blob, 0, 0)
     elif in_child():  # the whole ingest already runs in the limited child: parse here, with the caps
-        frame = _parquet_frame(Blob(data, blob.name, blob.member), max_rows(), max_read_bytes())
+        frame, dropped = _parquet_frame(Blob(data, blob.name, blob.member), max_rows(), max_read_bytes())
     else:  # untrusted bytes: parsed in a limited child process (`isolated`), so a crash cannot kill the server
-        frame = run_isolated(_parquet_frame, Blob(data, blob.name, blob.member), max_rows(), max_read_bytes(),
-                             file=blob.name)
+        frame, dropped = run_isolated(_parquet_frame, Blob(data, blob.name, blob.member), max_rows(),
+                                      max_read_bytes(), file=blob.name)
     if frame.empty:
         raise DataError("the Parquet file has no rows", file=blob.name, hint="upload a file with interactions")
     frame.columns = [str(c) for c in frame.columns]
-    return RawTable(frame, blob.name, "parquet", None, True, None, len(frame), blob.member)
+    notes = [f"nested columns left out (lists and maps are not table values): {', '.join(dropped)}"][:len(dropped)]
+    return RawTable(frame, blob.name, "parquet", None, True, None, len(frame), blob.member, notes=notes)
 
 
-def _parquet_frame(blob: Blob, limit_rows: int, limit_bytes: int) -> pd.DataFrame:
-    """Runs in the parse child: the Parquet file as a frame, after checking its size from the footer.
-    Limits of 0 mean none (a trusted local file, read from `blob.path` when set)."""
+def _parquet_frame(blob: Blob, limit_rows: int, limit_bytes: int) -> tuple[pd.DataFrame, list[str]]:
+    """Runs in the parse child: the Parquet file as a frame, after checking its size from the footer, and the
+    nested columns left out. Structs are flattened into plain columns ('event.user'); lists and maps are left
+    out, and a file with fewer than two plain columns is refused naming them. Limits of 0 mean none (a
+    trusted local file, read from `blob.path` when set)."""
     try:
         parquet = pq.ParquetFile(str(blob.path) if blob.path is not None else pa.BufferReader(blob.data))
         meta = parquet.metadata
@@ -440,7 +459,21 @@ def _parquet_frame(blob: Blob, limit_rows: int, limit_bytes: int) -> pd.DataFram
             raise ResourceError(f"the Parquet file unpacks to {unpacked / 2**20:,.0f} MB, over the "
                                 f"{limit_bytes / 2**20:,.0f} MB read limit", file=blob.name,
                                 hint=f"load a sample of the rows, or ask the operator to raise {READ_ENV}")
-        return parquet.read().to_pandas()
+        if meta.num_columns > MAX_COLUMNS:
+            raise too_many_columns(meta.num_columns, blob.name)
+        table = parquet.read()
+        while any(pa.types.is_struct(f.type) for f in table.schema):
+            table = table.flatten()
+        dropped = [f"{f.name} ({f.type})"[:120] for f in table.schema if pa.types.is_nested(f.type)]
+        table = table.select([f.name for f in table.schema if not pa.types.is_nested(f.type)])
+        if dropped and table.num_columns < 2:
+            raise DataError(f"the Parquet file has nested columns ({', '.join(dropped[:5])}), which are not table "
+                            "columns, and fewer than two plain columns besides", file=blob.name,
+                            hint="write user and item (and rating, timestamp) as plain columns, e.g. flatten the "
+                                 "table with pandas.json_normalize before to_parquet, or upload CSV")
+        return table.to_pandas(), dropped
+    except RecsysError:
+        raise
     except (pa.ArrowException, OSError, ValueError, TypeError) as err:
         if isinstance(err, MemoryError):
             raise

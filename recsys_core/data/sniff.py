@@ -15,6 +15,7 @@ from recsys_core.errors import DataError
 
 SAMPLE_BYTES = 64 * 1024
 SAMPLE_LINES = 200
+MAX_COLUMNS = 1000  # columns a table may have: an interactions file has a handful
 # Tried in this order; earlier wins a tie. '::' is MovieLens 1M / MovieTweetings.
 DELIMITERS = ["::", "\t", ",", ";", "|"]
 _NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
@@ -42,6 +43,40 @@ def looks_binary(data: bytes) -> bool:
         return True
     controls = sum(1 for b in head if b in _BINARY_CONTROL)
     return len(head) > 0 and controls / len(head) > 0.05
+
+
+def utf16_without_bom(data: bytes) -> str | None:
+    """'utf-16-le' / 'utf-16-be' when the head reads as UTF-16 text without a byte-order mark: most of its
+    odd (LE) or even (BE) bytes are NUL and the others are not; else None (NUL bytes then mean binary)."""
+    head = data[:8192]
+    if len(head) < 4 or b"\x00" not in head:
+        return None
+    even, odd = head[0::2], head[1::2]
+    zeros_even, zeros_odd = even.count(0) / len(even), odd.count(0) / len(odd)
+    if zeros_odd > 0.9 and zeros_even < 0.05:
+        return "utf-16-le"
+    if zeros_even > 0.9 and zeros_odd < 0.05:
+        return "utf-16-be"
+    return None
+
+
+def too_many_columns(n: int, file: str, *, at_least: bool = False) -> DataError:
+    count = f"at least {n:,}" if at_least else f"{n:,}"
+    return DataError(f"the file has {count} columns, over the limit of {MAX_COLUMNS:,} columns", file=file, line=1,
+                     hint="an interactions table needs a user and an item column (optional rating, count, "
+                          "timestamp): keep those columns and save it again")
+
+
+def _check_width(data: bytes, file: str) -> None:
+    """A first line longer than the sample holds its columns beyond what the sample sees: count them on the
+    whole line (the widest split by any delimiter), so 100,000 columns are named, not a cut-off sample's."""
+    end = data.find(b"\n")
+    first = data[: end if end >= 0 else len(data)]
+    if len(first) <= SAMPLE_BYTES:
+        return
+    widest = max(first.count(d.encode()) for d in DELIMITERS if len(d) == 1) + 1
+    if widest > MAX_COLUMNS:
+        raise too_many_columns(widest, file, at_least=b'"' in first)
 
 
 def sample_text(data: bytes) -> tuple[str, str]:
@@ -127,6 +162,7 @@ def unique_names(names: list[str]) -> list[str]:
 def sniff_layout(data: bytes, file: str, *, delimiter: str | None = None, has_header: bool | None = None,
                  encoding: str | None = None) -> TextLayout:
     """Detect encoding, delimiter and header of a delimited text file (any can be forced)."""
+    _check_width(data, file)
     text, detected = sample_text(data)
     if encoding:
         text = data[:SAMPLE_BYTES].decode(encoding, errors="replace")
@@ -138,6 +174,8 @@ def sniff_layout(data: bytes, file: str, *, delimiter: str | None = None, has_he
         delimiter, n_fields = guess_delimiter(lines, file)
     else:
         n_fields = Counter(_field_counts(lines, delimiter)).most_common(1)[0][0]
+    if n_fields > MAX_COLUMNS:
+        raise too_many_columns(n_fields, file)
     rows = [split_line(ln, delimiter) for ln in lines]
     header = guess_header(rows) if has_header is None else has_header
     strip = any(f != f.strip() for row in rows[1:20] for f in row)

@@ -34,6 +34,8 @@ def to_interactions(raw: RawTable, mapping: ColumnMapping) -> tuple[pd.DataFrame
                          "as written: '007' and '7' are different ids)")
     if mapping.rating is not None:
         out[RATING] = _ratings(raw, mapping.rating)
+        if (negative := out[RATING] < 0).any():
+            notes.append(_negative_note(raw, negative, out[RATING]))
     if mapping.count is not None:
         out[COUNT] = _counts(raw, mapping.count)
     if mapping.timestamp is not None:
@@ -91,7 +93,11 @@ def clean_id_codes(raw: RawTable, column, role: str) -> tuple[pd.Series, int]:
     dictionary encoding) and only the distinct ids are stripped, checked and sorted, so 20M rows cost one
     pass and no per-row string copies. The trimmed count and errors are those of stripping every row."""
     s = _id_column(raw, column, role)
-    raw_codes, dictionary = dictionary_codes(_id_text(s))
+    if isinstance(s.dtype, pd.CategoricalDtype):  # dictionary-encoded Parquet: its distinct values, never a
+        raw_codes = s.cat.codes.to_numpy().astype(np.int32)  # string per row (16 KB of them made 8 GB)
+        dictionary = pa.array(s.cat.categories.astype(str).to_numpy(dtype=object), type=pa.string())
+    else:
+        raw_codes, dictionary = dictionary_codes(_id_text(s))
     per_value = np.bincount(raw_codes, minlength=len(dictionary))
     stripped = pc.utf8_trim_whitespace(dictionary)
     changed = pc.not_equal(stripped, dictionary).to_numpy(zero_copy_only=False)
@@ -151,6 +157,15 @@ def _ratings(raw: RawTable, column) -> np.ndarray:
         raise _fail(raw, column, bad, "a rating that is not a number",
                     "ratings/weights must be numbers like 4 or 3.5; fix those lines or map no rating column")
     return vals
+
+
+def _negative_note(raw: RawTable, negative: np.ndarray, ratings: np.ndarray) -> str:
+    """Negative ratings are legal (a -3..3 scale) but change what 'chose' means: said, never silent."""
+    first = int(raw.line_of(np.flatnonzero(negative)[:1])[0])
+    return (f"{int(negative.sum())} ratings are negative (lowest {ratings.min():g}, first at {raw.row_word} {first}): "
+            "kept as given, and every model learns from which items a user rated, not from the rating's sign, so a "
+            "negative rating counts as a choice; if negative means dislike, reload with implicit feedback and a "
+            "threshold (e.g. keep rating >= 0), or map no rating column")
 
 
 def _counts(raw: RawTable, column) -> np.ndarray:

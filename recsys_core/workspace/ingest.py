@@ -27,7 +27,7 @@ from recsys_core.data.isolated import run_isolated
 from recsys_core.data.load import LoadOptions, LoadReport, load_dataset
 from recsys_core.data.mapping import infer_mapping
 from recsys_core.data.read import INLINE_TEXT_BYTES, RawTable, open_member, parse_blob
-from recsys_core.data.source import DEFAULT_MAX_BYTES, Blob, is_zip, load_blob
+from recsys_core.data.source import DEFAULT_MAX_BYTES, Blob, is_zip, load_blob, zip_members
 from recsys_core.errors import DataError
 from recsys_core.workspace.registry import DatasetRecord, Workspace
 
@@ -47,7 +47,9 @@ class Preview:
 def preview_upload(data: bytes, filename: str) -> Preview:
     """Parse an upload and return its `Preview`; a RecsysError for a file that cannot be read."""
     blob = load_blob(data, filename, max_bytes=DEFAULT_MAX_BYTES)
-    if len(blob.data) <= INLINE_TEXT_BYTES and not is_zip(blob):
+    if is_zip(blob):
+        zip_members(blob)  # its member count and unpacked size, from its directory: no child needed to refuse it
+    elif len(blob.data) <= INLINE_TEXT_BYTES:
         table, info = _preview_child(blob, PREVIEW_ROWS)  # Parquet and JSON still go to the child inside
         return _preview_from(table.to_pandas(), info)
     frame, info = run_isolated(_preview_child, blob, PREVIEW_ROWS, file=blob.name)
@@ -91,6 +93,8 @@ def ingest_upload(ws: Workspace, data: bytes, filename: str, *, mapping: dict | 
     options = options or LoadOptions()
     options.check()
     blob = load_blob(data, filename, max_bytes=options.max_bytes)
+    if is_zip(blob):
+        zip_members(blob)
     extra = b"" if items is None else load_blob(items, items_filename, max_bytes=options.max_bytes).data
     params = {"root": str(ws.root), "filename": filename, "mapping": mapping, "has_items": items is not None,
               "items_filename": items_filename, "options": options.to_dict(), "name": name, "overwrite": overwrite}
