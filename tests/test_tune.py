@@ -25,8 +25,15 @@ from recsys_core.models.base import FAMILIES, family_class
 from recsys_core.models.settings import Settings, build_config, search, search_choices, search_space, setting
 from recsys_core.progress import Progress
 from recsys_core.training.experiment import families
-from recsys_core.training.tune import (TUNE_KIND, job_params, read_study, studies_path, study_name, tunable_families,
-                                       tune)
+from recsys_core.training.tune import (
+    TUNE_KIND,
+    job_params,
+    read_study,
+    studies_path,
+    study_name,
+    tunable_families,
+    tune,
+)
 from recsys_core.workspace.jobs import JobStore
 from recsys_core.workspace.registry import Workspace
 
@@ -56,7 +63,7 @@ def ds():
 def test_every_declared_search_space_names_real_settings_with_values_inside_their_bounds():
     families()  # registers every family
     assert {"sasrec", "bert4rec", "ease", "itemknn"} <= set(tunable_families(sorted(FAMILIES)))
-    for family, cls in FAMILIES.items():
+    for cls in FAMILIES.values():
         for name, dim in search_space(cls.config_class).items():
             for value in dim.values():  # each end of a range and every choice builds a config on its own
                 build_config(cls.config_class, {name: value})

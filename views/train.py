@@ -42,6 +42,7 @@ from views.ui.model_state import (
     runs_frame,
     unfinished_run_warning,
 )
+from views.ui.tune import tune_mode
 
 JOB_KEY = "train_job"  # session state: handle (TrainingJob) of the last job this session started
 WATCH_KEY = "train_watched"  # session state: {job id: started here} of jobs shown until dismissed
@@ -395,7 +396,11 @@ def _form(any_running: bool) -> None:
         st.rerun()
 
 
-_form(bool(job_store().list(dataset=record.name, active_only=True)))
+TUNE_MODE = "Find the best settings"
+if st.radio("Mode", ["Train a model", TUNE_MODE], horizontal=True, key="train_mode") == TUNE_MODE:
+    tune_mode(record, ds, job_store())  # views/ui/tune.py: a search within a CPU budget, as a workspace job
+else:
+    _form(bool(job_store().list(dataset=record.name, active_only=True)))
 _jobs_panel()
 
 st.divider()

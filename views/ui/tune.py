@@ -1,0 +1,177 @@
+"""The Train page's "Find the best settings" mode: a search over a model family's declared settings within a CPU
+budget (`recsys_core.training.tune`), run as a workspace job of kind `tune` in its own process.
+
+The study lives in the workspace, so any tab (and a reload, or a restarted server) shows its trials table, the
+best-so-far curve and the parameter importances, resumes it with more budget, and cancels the running search.
+"""
+
+from __future__ import annotations
+
+import html
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from recsys_core.data.dataset import Dataset
+from recsys_core.errors import RecsysError
+from recsys_core.models.base import family_class, refusal_of
+from recsys_core.training.experiment import families
+from recsys_core.training.jobs import TrainingJob
+from recsys_core.training.tune import (
+    TUNE_KIND,
+    default_budget_s,
+    describe_space,
+    job_params,
+    read_study,
+    space_of,
+    studies_path,
+    study_name,
+    tunable_families,
+)
+from recsys_core.workspace.jobs import JobRecord, JobStore
+from recsys_core.workspace.registry import DatasetRecord
+from views.ui.common import md_escape, show_data_error, workspace
+
+METRIC_WORDS = "validation NDCG@10"
+
+
+def tune_mode(record: DatasetRecord, ds: Dataset, store: JobStore) -> None:
+    """The whole mode: pick a family and a budget, start or resume its study, follow it."""
+    st.caption("Searches a model's settings on the **validation split only** (Optuna: TPE sampling, Hyperband "
+               "stops weak trials early), inside a budget of CPU time; then trains the best settings once per seed "
+               "(0, 1, 2) and tests them. The study is kept in the workspace: come back later to see it, or resume "
+               "it with more budget.")
+    offered = [f for f in tunable_families(families()) if refusal_of(f, {}, ds) is None]
+    if not offered:
+        st.info("No model with settings to search can train on this data.")
+        return
+    family = st.selectbox("Model", offered, key="tune_family", format_func=lambda f: family_class(f).description)
+    name = study_name(record.name, family)
+    study = read_study(studies_path(workspace().root), name)
+    running = [j for j in store.list(dataset=record.name, kind=TUNE_KIND, active_only=True) if j.family == family]
+    _start_form(record, ds, store, family, study, busy=bool(running))
+    _follow(store, record.name, family, name)
+
+
+def _start_form(record: DatasetRecord, ds: Dataset, store: JobStore, family: str, study: dict, busy: bool) -> None:
+    proposed = round(default_budget_s(ds) / 60, 1)
+    minutes = st.number_input("Budget (CPU minutes)", min_value=0.1, max_value=600.0, value=proposed, step=0.5,
+                              key="tune_budget_min",
+                              help=f"CPU time the search may spend (on one thread, so a busy machine searches the "
+                                   f"same, only slower). Proposed for this data's size: {proposed:g} (15 on the "
+                                   f"demo). The winner's final training per seed comes on top.")
+    with st.expander("Search space and limits"):
+        rows = [{"setting": k, "searched over": _range_words(v)} for k, v in describe_space(space_of(family)).items()]
+        st.dataframe(pd.DataFrame(rows), hide_index=True, key="tune_space_table")
+        max_trials = st.number_input("Most trials (0 = until the budget is spent)", min_value=0, value=0, step=1,
+                                     key="tune_max_trials")
+    done = len(study.get("trials", []))
+    label = f"Resume the search ({done} trials so far)" if done else "Find the best settings"
+    if st.button(label, type="primary", key="tune_start", disabled=busy,
+                 help="A search of this model on this data is running; cancel it or wait." if busy else None):
+        try:
+            params = job_params(minutes * 60, max_trials=int(max_trials) or None)
+            TrainingJob.start(store, record.name, family, kind=TUNE_KIND, params=params)
+        except RecsysError as err:
+            show_data_error(err, "Could not start the search")
+            return
+        st.rerun()
+
+
+def _range_words(dim: dict) -> str:
+    if "choices" in dim:
+        return "one of " + ", ".join(str(c) for c in dim["choices"])
+    return f"{dim['low']:g} to {dim['high']:g}" + (" (log scale)" if dim.get("log") else "")
+
+
+@st.fragment(run_every=1.0)
+def _follow(store: JobStore, dataset: str, family: str, name: str) -> None:
+    """The newest search of this family: its progress and Cancel, then the study's trials and charts."""
+    jobs = [j for j in store.list(dataset=dataset, kind=TUNE_KIND, limit=20) if j.family == family]
+    if jobs:
+        _job_card(store, jobs[0])
+    study = read_study(studies_path(workspace().root), name)
+    if not study or not study["trials"]:
+        st.info("No search of this model on this data yet.")
+        return
+    _study_view(study)
+
+
+def _job_card(store: JobStore, job: JobRecord) -> None:
+    budget = job.params.get("budget_cpu_s", 0.0)
+    if job.active:
+        st.progress(job.fraction, text=f"Search #{job.id}: {md_escape(job.message) or 'starting'}")
+        if job.cancel:
+            st.caption("Cancel requested: stopping the running trial.")
+        elif st.button("Cancel the search", key=f"tune_cancel_{job.id}"):
+            store.request_cancel(job.id)
+        return
+    final = job.result.get("final", {})
+    if job.status == "finished" and final:
+        ndcg = final["ndcg@10"]
+        st.success(f"Search #{job.id} finished ({budget / 60:g} CPU minutes): the best settings score test NDCG@10 "
+                   f"**{ndcg['mean']:.4f} ± {ndcg['std']:.4f}** over seeds {ndcg['seed_ids']}, recorded as runs "
+                   f"{', '.join(f'#{i}' for i in job.result.get('run_ids', []))} (see Saved runs and Compare).")
+    elif job.status == "finished":
+        st.info(f"Search #{job.id} finished without a finished trial to retrain.")
+    else:
+        st.warning(f"Search #{job.id} {job.status}{': ' + md_escape(job.error) if job.error else ''}. The trials so "
+                   "far are kept; resume to go on.")
+
+
+def _study_view(study: dict) -> None:
+    best = study["best"]
+    if best:
+        st.markdown(f"**Best so far:** trial {best['number']}, {METRIC_WORDS} {best['value']:.4f}, with "
+                    + ", ".join(f"`{md_escape(k)}` = {md_escape(_short(v))}" for k, v in best["params"].items()))
+        if best.get("under_trained"):
+            st.caption("The winner was still improving when its trial's CPU ran out: more budget per trial "
+                       "(or a longer final training) would likely pay.")
+    trials = study["trials"]
+    st.dataframe(trials_frame(trials), hide_index=True, key="tune_trials_table")
+    st.plotly_chart(history_figure(trials), key="tune_history_chart")
+    if study["importances"]:
+        st.plotly_chart(importance_figure(study["importances"]), key="tune_importance_chart")
+    else:
+        st.caption("Parameter importances appear once two finished trials differ.")
+
+
+def _short(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def trials_frame(trials: list[dict]) -> pd.DataFrame:
+    """One row per trial, one column per searched setting."""
+    rows = [{"trial": t["number"], "state": t["state"], METRIC_WORDS: t["value"], "best so far": t["best_so_far"],
+             "CPU s": t["cpu_s"], "how it ended": t["stopped"], **{k: _short(v) for k, v in t["params"].items()}}
+            for t in trials]
+    return pd.DataFrame(rows)
+
+
+def history_figure(trials: list[dict]) -> go.Figure:
+    """Each finished trial's validation NDCG@10 (hover: its settings) and the best so far."""
+    done = [t for t in trials if t["value"] is not None]
+    hover = ["<br>".join(html.escape(f"{k} = {_short(v)}") for k, v in t["params"].items()) for t in done]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[t["number"] for t in done], y=[t["value"] for t in done], mode="markers",
+                             name="trial", customdata=hover,
+                             hovertemplate="trial %{x}: NDCG@10 %{y:.4f}<br>%{customdata}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[t["number"] for t in trials if t["best_so_far"] is not None],
+                             y=[t["best_so_far"] for t in trials if t["best_so_far"] is not None], mode="lines",
+                             name="best so far", line={"shape": "hv"},
+                             hovertemplate="after trial %{x}: best %{y:.4f}<extra></extra>"))
+    fig.update_layout(title="Optimisation history", xaxis_title="trial", yaxis_title=METRIC_WORDS, height=340,
+                      margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    return fig
+
+
+def importance_figure(importances: dict[str, float]) -> go.Figure:
+    """How much of the value's variance each setting explains (fANOVA over the finished trials)."""
+    names = sorted(importances, key=importances.get)
+    fig = go.Figure(go.Bar(x=[importances[n] for n in names], y=[html.escape(n) for n in names], orientation="h",
+                           hovertemplate="%{y}: %{x:.1%} of the variance<extra></extra>"))
+    fig.update_layout(title="Parameter importances", xaxis_title="share of the validation NDCG@10 variance",
+                      yaxis_title="setting", xaxis_tickformat=".0%", height=80 + 28 * len(names),
+                      margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    return fig
