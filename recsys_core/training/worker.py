@@ -1,5 +1,5 @@
-"""The process a training job runs in: `python -m recsys_core.training.worker WORKSPACE JOB_ID`
-(see `training.jobs.TrainingJob.start`).
+"""The process a training job runs in: `python -m recsys_core.training.worker WORKSPACE JOB_ID [SERVER_PID]`
+(see `training.jobs`).
 
 Why a process of its own: torch seeds and draws dropout masks from one process-wide generator, so two
 runs sharing a process change each other's results; a crash (segfault, OOM kill) here cannot take the
@@ -11,6 +11,12 @@ the process, opens the workspace it is given (the one exception to "training sit
 named in tests/test_layout.py).
 
 `run_experiment` stays the one code path: the run is recorded and saved exactly as from the CLI.
+
+The job dies with the server that started it (`SERVER_PID`): a thread watches the parent's pid, and once it
+changes (the server was killed; this process was handed to init) it cancels the run as a Cancel click would,
+so the best weights so far are kept and recorded, and ends the job `interrupted`; after `ORPHAN_GRACE_S` more
+it exits whatever it is doing. A pid, not `PR_SET_PDEATHSIG`: that signal follows the death of the *thread* that
+started the child, and a reaper thread that starts the next queued job ends right after.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from typing import Any
@@ -32,6 +39,9 @@ from recsys_core.training.tune import TUNE_KIND, run_tune_job
 
 MAX_LOSS_POINTS = 400  # the loss curve is thinned to this many points
 NICENESS = 10
+PARENT_POLL_S = 0.5  # how often the worker looks whether its server is still its parent
+ORPHAN_GRACE_S = 60.0  # after the server is gone: time to keep and record the best weights, then exit
+_SERVER_GONE = threading.Event()
 
 
 class Reporter(JobReporter):
@@ -98,6 +108,12 @@ def run_job(store: Any, job_id: int) -> int:
     """Run job `job_id` to its end and record how it ended; the process's exit code."""
     store.mark_running(job_id, os.getpid())
     job = store.get(job_id)
+    if job.cancel:  # cancelled (or its server died) between leaving the queue and this process starting
+        if _SERVER_GONE.is_set():
+            store.finish(job_id, "interrupted", error="the server that started it stopped; start it again")
+        else:
+            store.finish(job_id, "cancelled", message="cancelled before it started")
+        return 0
     tuning = job.kind == TUNE_KIND  # a search (training/tune.py): its trials report through the plain reporter
     reporter = JobReporter(store, job_id) if tuning else Reporter(store, job_id, cpu_budget(job.family, job.overrides))
     reporter.start()
@@ -112,6 +128,11 @@ def run_job(store: Any, job_id: int) -> int:
         result = run_experiment(ds, job.family, job.overrides, split_kind=job.split, progress=reporter.progress,
                                 workspace=store.workspace, dataset_name=job.dataset)
         reporter.stop()
+        if result.status == "cancelled" and _SERVER_GONE.is_set():
+            store.finish(job_id, "interrupted", run_id=result.run_id, result=result.summary(),
+                         error=f"the server that started it stopped; the best weights so far were kept as run "
+                               f"#{result.run_id} (labelled 'cancelled'); start it again to train further")
+            return 0
         status = "cancelled" if result.status == "cancelled" else "finished"
         store.finish(job_id, status, run_id=result.run_id, result=result.summary())
         return 0
@@ -135,11 +156,40 @@ def _terminate(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)  # unwinds through run_job, which records the job as interrupted
 
 
+def watch_parent(server_pid: int, on_gone: Any, poll_s: float = PARENT_POLL_S) -> threading.Thread:
+    """A daemon thread that calls `on_gone()` once this process's parent is no longer `server_pid`."""
+    def watch() -> None:
+        while os.getppid() == server_pid:
+            time.sleep(poll_s)
+        on_gone()
+
+    thread = threading.Thread(target=watch, name="server-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def _server_gone(store: Any, job_id: int) -> None:
+    """The server died: stop as a Cancel click does (the reporter reads the flag; the best weights are kept), then
+    exit regardless."""
+    _SERVER_GONE.set()
+    try:
+        store.request_cancel(job_id)
+        store.report(job_id, message="the server stopped: keeping the best weights so far, then exiting")
+    except Exception as err:  # noqa: BLE001  the workspace is gone too: exiting is all that is left
+        print(f"server gone and the job row unreachable: {err}", file=sys.stderr)
+    time.sleep(ORPHAN_GRACE_S)
+    try:
+        store.end_if_active(job_id, "interrupted", "the server that started it stopped; start it again")
+    finally:
+        os._exit(3)
+
+
 def main() -> None:
     from recsys_core.workspace.jobs import JobStore
     from recsys_core.workspace.registry import Workspace
 
     root, job_id = sys.argv[1], int(sys.argv[2])
+    server_pid = int(sys.argv[3]) if len(sys.argv) > 3 else os.getppid()
     store = JobStore(Workspace(root))
     # Below the web server's priority: a page redraw (or a Cancel click) must not wait behind training
     # that takes every core; on an otherwise idle machine the job still gets all of them.
@@ -147,6 +197,7 @@ def main() -> None:
     # A fixed thread count, whatever else runs: results depend on it (recsys_core/threads.py says why).
     use_threads(training_threads())
     signal.signal(signal.SIGTERM, _terminate)
+    watch_parent(server_pid, lambda: _server_gone(store, job_id))
     code = run_job(store, job_id)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -9,6 +9,11 @@ killer) is marked `interrupted` whenever jobs are listed, so no job is ever show
 a live process behind it. A thread job is also lost when its row names this very process but no
 thread of it runs the job (a restarted container often gets the same pid back).
 
+Training jobs run under a cap (`training.jobs.max_jobs`): a new one is `queued`, and `claim_queued` turns the
+oldest queued rows into `pending` ones while fewer than the cap run on this machine, inside one write
+transaction, so two servers (or two threads) noticing a free slot at once never both take it. A queued row
+has no process: the sweep leaves it alone, any tab shows its place in line and may cancel it.
+
 A job's result lives in the workspace too: small values in the row's `result` (JSON), arrays as
 `.npy` and tables as `.parquet` in `jobs/job-<id>/` (written to a temporary folder, then renamed),
 so a reload or another tab reads the last finished result without recomputing it. No pickle.
@@ -39,9 +44,9 @@ import psutil
 
 from recsys_core.errors import ConfigError
 
-ACTIVE = ("pending", "running")
+ACTIVE = ("queued", "pending", "running")
 ENDED = ("finished", "cancelled", "failed", "interrupted")
-_PENDING_GRACE_S = 120  # a row never picked up by a child within this long lost its launcher
+_PENDING_GRACE_S = 120  # a row made pending but never picked up by a child within this long lost its launcher
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -86,6 +91,9 @@ _IN_PROCESS_LOCK = threading.Lock()
 _PROGRESS_FIELDS = ("fraction", "step", "total", "epoch", "loss", "metrics", "curve", "message", "eta_s",
                     "eta_bounded", "elapsed_s")
 _JSON_FIELDS = ("overrides", "metrics", "curve", "result")
+# Every read adds the job's place in the queue (1 = next to start; 0 when not queued), counted across kinds.
+_SELECT = ("SELECT *, CASE WHEN status = 'queued' THEN (SELECT COUNT(*) FROM jobs AS q WHERE q.status = 'queued' "
+           "AND q.id <= jobs.id) ELSE 0 END AS queue_position FROM jobs")
 
 
 @dataclass(frozen=True)
@@ -121,6 +129,7 @@ class JobRecord:
     owner: str = ""
     runner: str = "process"
     title: str = ""
+    queue_position: int = 0  # 1 = the next queued job to start; 0 when it is not queued
 
     @property
     def params(self) -> dict:
@@ -130,6 +139,10 @@ class JobRecord:
     @property
     def active(self) -> bool:
         return self.status in ACTIVE
+
+    @property
+    def queued(self) -> bool:
+        return self.status == "queued"
 
 
 def _now() -> str:
@@ -182,16 +195,42 @@ class JobStore:
 
     def create(self, dataset: str, family: str = "", overrides: dict | None = None, split: str = "leave_one_out",
                kind: str = "train", *, params: dict | None = None, owner: str = "", runner: str = "process",
-               title: str = "") -> int:
-        """A new `pending` job; returns its id. `params` (a thread job's settings) share the `overrides` column."""
+               title: str = "", queued: bool = False) -> int:
+        """A new `pending` job (`queued` when it must wait for a slot); returns its id. `params` (a thread job's
+        settings) share the `overrides` column."""
         now = _now()
         settings = json.dumps(params if params is not None else overrides or {}, sort_keys=True)
         with self._connect() as conn:
             cur = conn.execute(
-                "INSERT INTO jobs (kind, dataset, family, overrides, split, host, owner, runner, title, created_at,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (kind, dataset, family, settings, split, socket.gethostname(), owner, runner, title, now, now))
+                "INSERT INTO jobs (kind, dataset, family, overrides, split, status, host, owner, runner, title,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (kind, dataset, family, settings, split, "queued" if queued else "pending", socket.gethostname(),
+                 owner, runner, title, now, now))
             return int(cur.lastrowid)
+
+    def claim_queued(self, cap: int) -> list[int]:
+        """Make the oldest queued jobs `pending` while fewer than `cap` job processes (training, tuning) run on this
+        machine; their ids, for the caller to start. One write transaction (BEGIN IMMEDIATE): of two servers or
+        threads noticing a free slot at once, one takes it and the other sees it taken."""
+        self.sweep()  # a dead job's process must not hold a slot
+        host = socket.gethostname()
+        with self._connect() as conn:
+            if conn.execute("SELECT 1 FROM jobs WHERE status = 'queued' LIMIT 1").fetchone() is None:
+                return []  # the common case, read without taking the write lock
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                busy = conn.execute("SELECT COUNT(*) FROM jobs WHERE runner = 'process' AND status IN"
+                                    " ('pending', 'running') AND host = ?", (host,)).fetchone()[0]
+                rows = conn.execute("SELECT id FROM jobs WHERE status = 'queued' AND runner = 'process' ORDER BY id"
+                                    " LIMIT ?", (max(0, cap - busy),)).fetchall()
+                ids = [int(r["id"]) for r in rows]
+                conn.executemany("UPDATE jobs SET status = 'pending', host = ?, pid = NULL, message = '',"
+                                 " updated_at = ? WHERE id = ?", [(host, _now(), i) for i in ids])
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return ids
 
     def log_path(self, job_id: int) -> Path:
         """Where the job's process writes its stdout/stderr (crash messages land here)."""
@@ -201,11 +240,16 @@ class JobStore:
         self._update(job_id, pid=pid)
 
     def request_cancel(self, job_id: int) -> bool:
-        """Set the cancel flag of an active job (from any tab); False when it had already ended."""
+        """Set the cancel flag of an active job (from any tab); a queued one, which never started, is cancelled
+        at once. False when it had already ended."""
+        if self._update(job_id, "AND status = 'queued'", cancel=1, status="cancelled",
+                        message="cancelled while queued: it never started"):
+            return True
         return self._update(job_id, "AND status IN ('pending', 'running')", cancel=1)
 
     def end_if_active(self, job_id: int, status: str, error: str) -> bool:
-        """Mark a job ended unless its process already recorded how it ended (used when that process died)."""
+        """Mark a started job ended unless its process already recorded how it ended (used when that process
+        died, or could not be started)."""
         return self._update(job_id, "AND status IN ('pending', 'running')", status=status, error=error, pid=None)
 
     # ---- the job process's side --------------------------------------------------------------
@@ -284,7 +328,7 @@ class JobStore:
 
     def get(self, job_id: int) -> JobRecord:
         with self._connect() as conn:
-            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = conn.execute(f"{_SELECT} WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise ConfigError(f"no job with id {job_id} in the workspace", file=str(self.db_path),
                               hint="pick a job from the list on the Train page")
@@ -301,16 +345,16 @@ class JobStore:
                 clauses.append(f"{column} = ?")
                 params.append(value)
         if active_only:
-            clauses.append("status IN ('pending', 'running')")
+            clauses.append("status IN ('queued', 'pending', 'running')")
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._connect() as conn:
-            rows = conn.execute(f"SELECT * FROM jobs{where} ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
+            rows = conn.execute(f"{_SELECT}{where} ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
         return [_record(r) for r in rows]
 
     def latest(self, kind: str, dataset: str, params: dict, status: str | None = "finished") -> JobRecord | None:
         """The newest job of `kind` on `dataset` with exactly these parameters (and `status`, unless None)."""
         self.sweep()
-        sql = "SELECT * FROM jobs WHERE kind = ? AND dataset = ? AND overrides = ?"
+        sql = f"{_SELECT} WHERE kind = ? AND dataset = ? AND overrides = ?"
         args: list = [kind, dataset, json.dumps(params, sort_keys=True)]
         if status is not None:
             sql += " AND status = ?"
@@ -320,11 +364,12 @@ class JobStore:
         return _record(row) if row is not None else None
 
     def sweep(self) -> list[int]:
-        """Mark `interrupted` every active job of this machine whose process is gone; returns their ids."""
+        """Mark `interrupted` every started job of this machine whose process is gone; returns their ids (a queued
+        job has no process: it waits for a slot)."""
         with self._connect() as conn:
-            rows = conn.execute("SELECT id, pid, host, runner, created_at FROM jobs WHERE status IN"
+            rows = conn.execute("SELECT id, pid, host, runner, updated_at FROM jobs WHERE status IN"
                                 " ('pending', 'running') AND host = ?", (socket.gethostname(),)).fetchall()
-        gone = [r["id"] for r in rows if _lost(r["pid"], r["created_at"])
+        gone = [r["id"] for r in rows if _lost(r["pid"], r["updated_at"])
                 or (r["runner"] == "thread" and r["pid"] == os.getpid() and not self._runs_here(r["id"]))]
         for job_id in gone:
             self.end_if_active(job_id, "interrupted", "the job's process stopped without recording a result "
@@ -349,10 +394,10 @@ def _migrate(conn: sqlite3.Connection) -> None:
                 raise
 
 
-def _lost(pid: int | None, created_at: str) -> bool:
+def _lost(pid: int | None, updated_at: str) -> bool:
     if pid is not None:
         return not process_alive(pid)
-    age = time.time() - datetime.fromisoformat(created_at).timestamp()
+    age = time.time() - datetime.fromisoformat(updated_at).timestamp()  # since it was made pending (or claimed)
     return age > _PENDING_GRACE_S
 
 
