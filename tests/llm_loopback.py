@@ -2,13 +2,22 @@
 
 `LoopbackLLM` runs `http.server` in a thread. Its `reply(request_body) -> str` decides the text; `mode`
 picks the behaviour: "ok" (SSE when the request asks for `stream`, else one JSON reply), "sleep"
-(answers after `sleep_s`), "500", "bad-json". `word_delay_s` paces a streamed reply word by word, so a
-test can look at a page while a draft is being written. Every request body and its headers are recorded.
+(answers after `sleep_s`), "500", "bad-json", and the hostile ones: "flood" (one line of `flood_bytes`
+bytes, never ended), "trickle" (a reply that never ends, one byte every `trickle_s`), "trickle-headers"
+(the same inside the HTTP headers), "nested" (a JSON reply nested `depth` deep), "redirect" (a 307 to
+`redirect_to`). `word_delay_s` paces a streamed reply word by word, so a test can look at a page while a
+draft is being written. Every request body and its headers are recorded.
+
+The server is one the operator configured: entering it adds it to `RECSYS_LLM_ENDPOINTS` (named
+`loopback-<port>`, model "tiny") and leaving removes that entry again; `operator=False` leaves it out, as a
+server a visitor names. `ConnectionRecorder` is a bare listening socket that counts the connections made.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -18,9 +27,13 @@ from typing import Self
 
 class LoopbackLLM:
     def __init__(self, reply: Callable[[dict], str] | str = "Hello there.", mode: str = "ok",
-                 sleep_s: float = 3.0, word_delay_s: float = 0.0) -> None:
+                 sleep_s: float = 3.0, word_delay_s: float = 0.0, operator: bool = True, flood_bytes: int = 0,
+                 trickle_s: float = 2.0, depth: int = 200_000, redirect_to: str = "") -> None:
         self.reply = reply if callable(reply) else (lambda body, text=reply: text)
         self.mode, self.sleep_s, self.word_delay_s = mode, sleep_s, word_delay_s
+        self.operator, self.flood_bytes, self.trickle_s, self.depth = operator, flood_bytes, trickle_s, depth
+        self.redirect_to = redirect_to
+        self.sent_bytes = 0  # body bytes the hostile modes managed to write before the client hung up
         self.requests: list[dict] = []
         self.headers: list[dict] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -32,11 +45,25 @@ class LoopbackLLM:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
+    @property
+    def name(self) -> str:
+        return f"loopback-{self._server.server_address[1]}"
+
     def __enter__(self) -> Self:
         self._thread.start()
+        if self.operator:
+            listed = _listed()
+            listed.append({"name": self.name, "url": self.url, "model": "tiny"})
+            os.environ[ENDPOINTS_ENV] = json.dumps(listed)
         return self
 
     def __exit__(self, *exc) -> None:
+        if self.operator:  # only this server's entry: another server's (or a test's own) stays
+            listed = [e for e in _listed() if e.get("name") != self.name]
+            if listed:
+                os.environ[ENDPOINTS_ENV] = json.dumps(listed)
+            else:
+                os.environ.pop(ENDPOINTS_ENV, None)
         self._server.shutdown()
         self._server.server_close()
 
@@ -53,6 +80,11 @@ class LoopbackLLM:
                 owner.headers.append(dict(self.headers))
                 if self.path != "/v1/chat/completions":
                     return self._send(404, "application/json", b'{"error": {"message": "no such route"}}')
+                if owner.mode in HOSTILE:
+                    try:
+                        return getattr(self, "_" + owner.mode.replace("-", "_"))(body)
+                    except OSError:  # the client hung up: what it was meant to do
+                        return None
                 if owner.mode == "sleep":
                     time.sleep(owner.sleep_s)
                 if owner.mode == "500":
@@ -85,6 +117,47 @@ class LoopbackLLM:
                     time.sleep(owner.word_delay_s)
                 self.wfile.write(b"data: [DONE]\n\n")
 
+            def _flood(self, body: dict) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                self.wfile.write(b"data: ")
+                piece = b"x" * (64 << 10)
+                while owner.sent_bytes < owner.flood_bytes:
+                    self.wfile.write(piece)
+                    owner.sent_bytes += len(piece)
+
+            def _trickle(self, body: dict) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                self.wfile.flush()
+                for _ in range(600):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    owner.sent_bytes += 1
+                    time.sleep(owner.trickle_s)
+
+            def _trickle_headers(self, body: dict) -> None:
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                for _ in range(600):
+                    self.wfile.write(b"a")
+                    self.wfile.flush()
+                    owner.sent_bytes += 1
+                    time.sleep(owner.trickle_s)
+
+            def _nested(self, body: dict) -> None:
+                deep = ('{"choices": ' + "[" * owner.depth + "]" * owner.depth + "}").encode()
+                if body.get("stream"):
+                    return self._send(200, "text/event-stream", b"data: " + deep + b"\n\ndata: [DONE]\n\n")
+                self._send(200, "application/json", deep)
+
+            def _redirect(self, body: dict) -> None:
+                self.send_response(307)
+                self.send_header("Location", owner.redirect_to)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
             def _send(self, code: int, content_type: str, data: bytes) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", content_type)
@@ -93,6 +166,51 @@ class LoopbackLLM:
                 self.wfile.write(data)
 
         return Handler
+
+
+HOSTILE = ("flood", "trickle", "trickle-headers", "nested", "redirect")
+ENDPOINTS_ENV = "RECSYS_LLM_ENDPOINTS"
+
+
+def _listed() -> list[dict]:
+    raw = os.environ.get(ENDPOINTS_ENV, "").strip()
+    return json.loads(raw) if raw.startswith("[") else []
+
+
+class ConnectionRecorder:
+    """A listening socket on 127.0.0.1 that accepts and counts every connection (and answers nothing): a
+    test proves that no connection was made by reading `connections` afterwards."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self._sock.settimeout(0.1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            conn.close()
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close()
 
 
 def refused_url() -> str:

@@ -2,11 +2,13 @@
 and the facts; a blurb from an OpenAI-compatible server (a real one on loopback) is shown when it is
 grounded and replaced by the template when it is not, and a rejected draft is nowhere on the page; a
 batch for the top K runs as a workspace job with progress, a download and a Cancel that stops it within
-2 s; a typed hub name is refused without a download; the server's warm-up loads the bundled model once
-per process from the workspace's converted copy."""
+2 s; servers are picked from the operator's list (no URL field); a typed hub name is refused without a
+download and `llm/my-model` is a folder of the workspace's llm/; the server's warm-up loads the bundled
+model once per process from the workspace's converted copy."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -26,7 +28,7 @@ TIMEOUT_S = 180
 def ws_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "workspace"
     monkeypatch.setenv("RECSYS_WORKSPACE", str(root))
-    for name in ("RECSYS_LLM_URL", "RECSYS_LLM_MODEL", "RECSYS_LLM_API_KEY"):
+    for name in ("RECSYS_LLM_URL", "RECSYS_LLM_MODEL", "RECSYS_LLM_API_KEY", "RECSYS_LLM_ENDPOINTS"):
         monkeypatch.delenv(name, raising=False)
     return root
 
@@ -40,13 +42,13 @@ def _final(at) -> str:
 
 
 def _facts(at) -> dict:
-    return at.json[0].value if isinstance(at.json[0].value, dict) else __import__("json").loads(at.json[0].value)
+    return at.json[0].value if isinstance(at.json[0].value, dict) else json.loads(at.json[0].value)
 
 
-def _use_server(at, url: str) -> None:
+def _use_server(at, name: str) -> None:
+    """Pick one of the operator's servers (a `LoopbackLLM` lists itself while it runs)."""
     at.radio(key="blurbs_backend").set_value("openai").run(timeout=TIMEOUT_S)
-    at.text_input(key="blurbs_url").input(url)
-    at.text_input(key="blurbs_model").input("tiny").run(timeout=TIMEOUT_S)
+    at.selectbox(key="blurbs_endpoint").set_value(name).run(timeout=TIMEOUT_S)
 
 
 def test_page_opens_with_zero_setup_on_a_user_an_item_and_its_facts(ws_root: Path) -> None:
@@ -66,7 +68,7 @@ def test_a_grounded_server_reply_is_shown_as_written(ws_root: Path) -> None:
     title = _facts(at)["recommended movie"]
     text = f"{title} is picked for you: give it a try tonight."
     with LoopbackLLM(text) as server:
-        _use_server(at, server.url)
+        _use_server(at, server.name)
         at.button(key="blurbs_write").click().run(timeout=TIMEOUT_S)
     assert not at.exception, at.exception
     assert server.requests and server.requests[0]["stream"] is True
@@ -77,7 +79,7 @@ def test_a_grounded_server_reply_is_shown_as_written(ws_root: Path) -> None:
 def test_an_obeyed_injection_never_reaches_the_page(ws_root: Path) -> None:
     at = open_app("views/blurbs.py", timeout_s=TIMEOUT_S)
     with LoopbackLLM("HACKED. Ignore previous instructions.") as server:
-        _use_server(at, server.url)
+        _use_server(at, server.name)
         at.button(key="blurbs_write").click().run(timeout=TIMEOUT_S)
     assert len(server.requests) == 3  # first draft + two retries, all rejected
     texts = _texts(at)
@@ -85,11 +87,12 @@ def test_an_obeyed_injection_never_reaches_the_page(ws_root: Path) -> None:
     assert "HACKED" not in _final(at) and "Ignore previous" not in _final(at)
 
 
-def test_a_dead_server_says_why_and_the_template_is_shown(ws_root: Path) -> None:
+def test_a_dead_server_says_why_and_the_template_is_shown(ws_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from llm_loopback import refused_url
 
+    monkeypatch.setenv("RECSYS_LLM_ENDPOINTS", json.dumps([{"name": "down", "url": refused_url(), "model": "tiny"}]))
     at = open_app("views/blurbs.py", timeout_s=TIMEOUT_S)
-    _use_server(at, refused_url())
+    _use_server(at, "down")
     at.button(key="blurbs_write").click().run(timeout=TIMEOUT_S)
     texts = _texts(at)
     assert "**template**" in texts and "connection refused" in texts
@@ -117,7 +120,7 @@ def test_a_rejected_draft_is_nowhere_on_the_page(ws_root: Path) -> None:
         return f"{title} is the latest installment in the Star Trek universe: https://startrek.example"
 
     with LoopbackLLM(reply) as server:
-        _use_server(at, server.url)
+        _use_server(at, server.name)
         at.button(key="blurbs_write").click().run(timeout=TIMEOUT_S)
     assert len(server.requests) == 2 and "**llm-retry**" in _texts(at)
     everything = _texts(at) + "\n".join(str(e.value) for e in at.get("expandable")) + _final(at)
@@ -150,7 +153,7 @@ def test_a_running_batch_shows_progress_and_cancel_stops_it_within_2_s(ws_root: 
     at = open_app("views/blurbs.py", timeout_s=TIMEOUT_S)
     title_words = "is picked for you and it is a fine choice for a quiet evening at home tonight."
     with LoopbackLLM(lambda body: title_words, word_delay_s=0.4) as server:  # ~7 s a draft
-        _use_server(at, server.url)
+        _use_server(at, server.name)
         at.button(key="blurbs_batch").click().run(timeout=TIMEOUT_S)
         _wait_until(lambda: server.requests and _batch_jobs(ws_root)[0].total)
         job = _batch_jobs(ws_root)[0]
@@ -161,9 +164,9 @@ def test_a_running_batch_shows_progress_and_cancel_stops_it_within_2_s(ws_root: 
         clicked = time.monotonic()
         _wait_until(lambda: not _batch_jobs(ws_root)[0].active)
         took = time.monotonic() - clicked
-    assert _batch_jobs(ws_root)[0].status == "cancelled" and took < 2.0, took
-    assert len(server.requests) == 1  # the first blurb's generation was stopped, no second one started
-    at.run(timeout=TIMEOUT_S)
+        assert _batch_jobs(ws_root)[0].status == "cancelled" and took < 2.0, took
+        assert len(server.requests) == 1  # the first blurb's generation was stopped, no second one started
+        at.run(timeout=TIMEOUT_S)  # while the server is still one of the operator's: the same batch is shown
     assert "was cancelled" in _texts(at) and not at.dataframe
 
 
@@ -175,6 +178,37 @@ def test_a_typed_hub_name_is_refused_with_what_to_do(ws_root: Path, monkeypatch:
     errors = "\n".join(str(e.value) for e in at.error).replace("\\", "")  # markdown escapes dropped
     assert "downloading models from the Hugging Face hub is off" in errors and hub.ENV_ALLOW_HUB in errors
     assert "someorg/not-a-real-model" not in str(loading._STATUS.keys())  # no load was even started
+
+
+def test_servers_are_picked_from_the_operators_list_and_no_url_can_be_typed(ws_root: Path) -> None:
+    at = open_app("views/blurbs.py", timeout_s=TIMEOUT_S)
+    at.radio(key="blurbs_backend").set_value("openai").run(timeout=TIMEOUT_S)
+    assert "blurbs_endpoint" not in [s.key for s in at.selectbox]  # nothing configured: nothing to pick
+    assert "No LLM server is set up" in _texts(at) and "RECSYS_LLM_ENDPOINTS" in _texts(at)
+    with LoopbackLLM("ok") as first, LoopbackLLM("ok") as second:
+        at.run(timeout=TIMEOUT_S)
+        shown = at.selectbox(key="blurbs_endpoint").options  # as the visitor reads them: name and model, no URL
+        assert shown == [f"{first.name} · model tiny", f"{second.name} · model tiny"]
+        for mode in BACKEND_MODES:
+            at.radio(key="blurbs_backend").set_value(mode).run(timeout=TIMEOUT_S)
+            typed = [f"{t.key} {t.label}".lower() for t in at.text_input]
+            assert not any("url" in t or "server" in t or "key" in t.split() for t in typed), (mode, typed)
+    assert not at.exception
+
+
+BACKEND_MODES = ("local", "hf", "openai", "template")
+
+
+def test_the_example_folder_is_a_workspace_folder_never_a_hub_name(ws_root: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(hub.ENV_ALLOW_HUB, "1")  # even with the hub allowed, llm/... is a folder
+    at = open_app("views/blurbs.py", timeout_s=TIMEOUT_S)
+    at.radio(key="blurbs_backend").set_value("hf").run(timeout=TIMEOUT_S)
+    at.text_input(key="blurbs_hf_model").input("llm/my-model").run(timeout=TIMEOUT_S)
+    errors = "\n".join(str(e.value) for e in at.error).replace("\\", "")
+    assert "no such folder in the workspace llm/: 'my-model'" in errors
+    assert str(ws_root) not in errors  # the server's own paths stay on the server
+    assert "my-model" not in str(loading._STATUS.keys())  # no load was even started
 
 
 def test_the_servers_warm_up_loads_the_bundled_model_once_from_the_workspace_copy(

@@ -1,6 +1,6 @@
-"""End to end in a real browser: the Blurbs page opens on the demo with its facts, the user points it at
-an OpenAI-compatible server and writes one blurb, checked and marked "llm"; a server whose first draft
-strays has that draft rejected, and its text never reaches the browser, while it is written or after;
+"""End to end in a real browser: the Blurbs page opens on the demo with its facts, the user picks one of
+the operator's OpenAI-compatible servers (by name: no URL can be typed) and writes one blurb, checked and
+marked "llm"; a server whose first draft strays has that draft rejected, and its text never reaches the browser, while it is written or after;
 with the server's warm-up on, the bundled model is loaded from the workspace's converted copy before the
 visitor asks, and the first blurb needs no load.
 
@@ -47,26 +47,22 @@ def _stray_first(body: dict) -> str:
     return f"{_recommended_title(body)} {STRAY}"
 
 
-def _open_blurbs_on(page, expect, url: str) -> None:
+def _open_blurbs_on(page, expect, server: LoopbackLLM) -> None:
     page.locator('[data-testid="stSidebarNav"]').get_by_text("Blurbs", exact=True).click()
     expect(page.get_by_role("heading", name="Blurbs", exact=True)).to_be_visible()
     expect(page.get_by_text("Facts the model may use")).to_be_visible()  # after the baseline is trained
     expect(page.locator('[data-testid="stJson"]')).to_contain_text("because the user liked")
     settled(page, TIMEOUT_MS)
     shot(page, "1_blurbs_open")
-    page.get_by_text("OpenAI-compatible server", exact=False).click()
+    page.get_by_text("LLM server set up by the operator", exact=False).click()
     settled(page, TIMEOUT_MS)
-    page.locator(".st-key-blurbs_url input").fill(url)
-    page.locator(".st-key-blurbs_url input").press("Enter")
-    settled(page, TIMEOUT_MS)
-    page.locator(".st-key-blurbs_model input").fill("tiny")
-    page.locator(".st-key-blurbs_model input").press("Enter")
-    settled(page, TIMEOUT_MS)
+    expect(page.locator(".st-key-blurbs_endpoint")).to_contain_text(server.name)  # the only one: already picked
+    expect(page.locator(".st-key-blurbs_url")).to_have_count(0)
 
 
 @pytest.fixture
 def no_server_llm(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("RECSYS_LLM_URL", "RECSYS_LLM_MODEL", "RECSYS_LLM_API_KEY"):
+    for name in ("RECSYS_LLM_URL", "RECSYS_LLM_MODEL", "RECSYS_LLM_API_KEY", "RECSYS_LLM_ENDPOINTS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("RECSYS_WARMUP", "0")  # these tests use a server; the local model's warm-up is not theirs
 
@@ -74,7 +70,7 @@ def no_server_llm(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_write_one_blurb_in_browser(tmp_path: Path, no_server_llm: None) -> None:
     expect = pytest.importorskip("playwright.sync_api", reason="playwright (Python) is not installed").expect
     with LoopbackLLM(_reply) as server, app_page(tmp_path, TIMEOUT_MS, height=1100) as page:
-        _open_blurbs_on(page, expect, server.url)
+        _open_blurbs_on(page, expect, server)
         page.locator(".st-key-blurbs_write button").click()
         settled(page, TIMEOUT_MS)
         final = page.locator(".st-key-blurbs_final")
@@ -92,7 +88,7 @@ def test_a_rejected_draft_is_never_in_the_dom(tmp_path: Path, no_server_llm: Non
     marker = "latest installment"  # words of the stray draft that no status line or rejection reason quotes
     with LoopbackLLM(_stray_first, word_delay_s=0.25) as server, \
             app_page(tmp_path, TIMEOUT_MS, height=1100) as page:
-        _open_blurbs_on(page, expect, server.url)
+        _open_blurbs_on(page, expect, server)
         page.locator(".st-key-blurbs_write button").click()
         expect(page.get_by_text("Writing draft 1")).to_be_visible()  # status, not text, while the draft streams
         seen_while_writing = []

@@ -5,13 +5,12 @@ is `recsys_core.blurbs.writer` (facts, prompt, check, template) and a `recsys_co
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
 import streamlit as st
 
-from recsys_core.blurbs import hub, local, remote
+from recsys_core.blurbs import endpoints, hub, local, remote
 from recsys_core.blurbs import writer as blurbs
 from recsys_core.blurbs.backend import Backend
 from recsys_core.errors import LLMError, RecsysError
@@ -29,8 +28,8 @@ RESULT_KEY = "blurbs_result"
 BATCH_KIND = "blurbs"  # workspace job kind of a top-K batch
 BACKENDS = {
     "local": f"Local: {local.DEFAULT_LABEL} (offline, bundled)",
-    "hf": "Hugging Face model (hub name or local folder)",
-    "openai": "OpenAI-compatible server (Ollama, vLLM, llama.cpp)",
+    "hf": "Model folder in the workspace's llm/",
+    "openai": "LLM server set up by the operator",
     "template": "No language model: template only",
 }
 
@@ -51,11 +50,11 @@ def _cache() -> blurbs.BlurbCache:
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _hf_backend(source: str, cache_dir: str | None) -> local.TransformersBackend:
-    """One backend object per model; the weights themselves are loaded once per process and shared by
-    every session (`recsys_core.blurbs.loading.load_lm`; the server's warm-up loads the local one at start)."""
+    """One backend object per model (`source`: "" for the bundled one, else what `hub.llm_source` returned);
+    the weights themselves are loaded once per process and shared by every session
+    (`recsys_core.blurbs.loading.load_lm`; the server's warm-up loads the local one at start)."""
     if source == "":
         return local.local_default_backend(cache_dir)
-    hub.check_hub_source(source)  # a typed hub name never downloads unless the operator allows it
     return local.TransformersBackend(source)
 
 
@@ -120,37 +119,28 @@ def _backend() -> tuple[Backend | None, str]:
         if kind == "local":
             return _hf_backend("", str(workspace().root / "llm")), ""
         if kind == "hf":
-            where = "allowed on this server" if hub.hub_downloads_allowed() else \
-                f"read from this server's cache only (downloads need {hub.ENV_ALLOW_HUB}=1 from the operator)"
-            source = st.text_input("Model name or folder", key="blurbs_hf_model",
-                                   placeholder="llm/my-model (inside the workspace) or HuggingFaceTB/SmolLM2-360M-Instruct",
-                                   help=f"Any causal language model transformers can load: a folder inside the "
-                                        f"workspace, or a hub name ({where}).")
-            return (_hf_backend(_jailed_source(source.strip()), None) if source.strip() else None), ""
-        if kind == "openai":
-            c = st.columns([3, 2, 2, 1])
-            url = c[0].text_input("Server URL", value=os.environ.get(remote.ENV_URL, ""), key="blurbs_url",
-                                  placeholder="http://127.0.0.1:11434", help=f"Default from {remote.ENV_URL}.")
-            name = c[1].text_input("Model", value=os.environ.get(remote.ENV_MODEL, ""), key="blurbs_model",
-                                   placeholder="llama3.2", help=f"Default from {remote.ENV_MODEL}.")
-            secret = c[2].text_input("API key (optional)", type="password", key="blurbs_api_key",
-                                     help=f"Left empty, the server's {remote.ENV_KEY} is sent only to the server "
-                                          f"the operator configured ({remote.ENV_URL}), never to another URL. Never shown "
-                                          "or stored.")
-            timeout = c[3].number_input("Timeout (s)", 1, 600, 30, key="blurbs_timeout")
-            if not url.strip():
+            where = ("; or a Hugging Face hub name (org/name: the operator allows the hub)"
+                     if hub.hub_downloads_allowed() else
+                     f". Hub names are off on this server (the operator can allow them with {hub.ENV_ALLOW_HUB}=1)")
+            source = st.text_input("Model folder", key="blurbs_hf_model", placeholder="llm/my-model",
+                                   help="Any causal language model transformers can load, as a folder inside the "
+                                        f"workspace's {hub.LLM_DIR}/ folder (`llm/my-model` or `my-model`){where}.")
+            if not source.strip():
                 return None, ""
-            return remote.OpenAIBackend.from_env(url, name, secret or None, float(timeout)), ""
-    except RecsysError as err:  # an unusable setting (LLMError), or a folder outside the workspace
+            return _hf_backend(hub.llm_source(source, workspace().root / hub.LLM_DIR), None), ""
+        if kind == "openai":
+            servers = endpoints.operator_endpoints()
+            if not servers:
+                st.info(f"No LLM server is set up on this server. The operator lists them in "
+                        f"`{endpoints.ENV_ENDPOINTS}` (see the README); visitors pick one here.")
+                return None, ""
+            name = st.selectbox("Server", list(servers), key="blurbs_endpoint",
+                                format_func=lambda n: f"{n} · model {servers[n].model or '?'}",
+                                help="The servers the operator set up; this page cannot be pointed anywhere else.")
+            return remote.OpenAIBackend.for_endpoint(servers[name]), ""
+    except RecsysError as err:  # an unusable setting (LLMError): a folder outside llm/, a hub name, a bad list
         return None, str(err)
     return None, ""
-
-
-def _jailed_source(source: str) -> str:
-    """A hub name as typed; a local folder only inside the workspace (or the operator's allow-list)."""
-    if hub.is_hub_name(source):
-        return source
-    return str(workspace().resolve_inside(source, "language model folder"))
 
 
 backend, backend_error = _backend()

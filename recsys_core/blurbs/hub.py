@@ -1,46 +1,53 @@
-"""Where a language model may come from: a folder on this machine, or a Hugging Face hub name that is
-already in the local cache. A name typed in a form never downloads unless the operator sets
-`RECSYS_ALLOW_HUB_MODELS=1` (and not `HF_HUB_OFFLINE=1`)."""
+"""Where a language model may come from: the bundled SmolLM2 (`local.local_default_backend`), a folder inside
+the workspace's `llm/` folder, or a Hugging Face hub name when the operator allows the hub
+(`recsys_core.models.hub.require_hub_access`, the one check the text tower's `model_name` uses too).
+
+`llm_source` turns what a visitor typed into one of those, or an `LLMError`: `llm/my-model` and `my-model` are
+always folders of `<workspace>/llm/` (never a hub name, even if it does not exist), a path that leaves that
+folder (`..`, an absolute path elsewhere, a symlink out) is refused, and errors name the folder relative to
+`llm/`, never the server's absolute paths."""
 
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path
 
-from recsys_core.errors import LLMError
+from recsys_core.errors import ConfigError, LLMError
+from recsys_core.models.hub import ENV_ALLOW_HUB, hub_downloads_allowed, is_hub_name, require_hub_access
 
-ENV_ALLOW_HUB = "RECSYS_ALLOW_HUB_MODELS"
-TRUE_WORDS = ("1", "true", "yes", "on")
-_HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
+__all__ = ["ENV_ALLOW_HUB", "LLM_DIR", "check_hub_source", "hub_downloads_allowed", "is_hub_name", "llm_source"]
 
-
-def hub_downloads_allowed() -> bool:
-    """Whether a hub name may be downloaded: only when the operator says so (`RECSYS_ALLOW_HUB_MODELS=1`)
-    and has not put the machine offline (`HF_HUB_OFFLINE=1`), whatever a visitor types."""
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in TRUE_WORDS
-    return not offline and os.environ.get(ENV_ALLOW_HUB, "").strip().lower() in TRUE_WORDS
+LLM_DIR = "llm"  # the workspace folder that holds language model folders (and the bundled model's converted copy)
+_FOLDER_HINT = ("copy the model folder (config.json, the weights and the tokenizer files) into the workspace's "
+                "llm/ folder and give its name (e.g. llm/my-model), or pick the bundled model")
 
 
-def hub_model_cached(name: str) -> bool:
-    """Whether the hub model `name` is already in this machine's Hugging Face cache (no network)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(name, "config.json")
-    return isinstance(found, str)
-
-
-def is_hub_name(source: str) -> bool:
-    """True for `org/name` that is a Hugging Face hub id and not a folder on this machine: the only
-    sources a form may pass unchecked (folders go through the workspace jail)."""
-    return bool(_HUB_NAME.fullmatch(source)) and ".." not in source and not Path(source).expanduser().exists()
+def check_hub_source(name: str) -> None:
+    """`require_hub_access` for a language model, as an `LLMError` (a blurb falls back to the template)."""
+    try:
+        require_hub_access(name, "language model")
+    except ConfigError as err:
+        raise LLMError(err.message, hint=err.hint) from err
 
 
-def check_hub_source(source: str) -> None:
-    """Raise `LLMError` when loading hub name `source` would need a download the operator has not allowed."""
-    if is_hub_name(source) and not hub_downloads_allowed() and not hub_model_cached(source):
-        raise LLMError(
-            f"{source!r} is not on this server, and downloading models from the Hugging Face hub is off",
-            hint="give a model folder inside the workspace (e.g. llm/my-model), or ask the operator to place the "
-                 f"model there, or to start the server with {ENV_ALLOW_HUB}=1 (and without HF_HUB_OFFLINE=1) to "
-                 "allow downloads")
+def llm_source(text: str, llm_root: Path) -> str:
+    """The folder (resolved, inside `llm_root`) or the allowed hub name that `text` names; raises `LLMError`."""
+    text = text.strip()
+    if not text or "\x00" in text:
+        raise LLMError("no language model folder given", hint=_FOLDER_HINT)
+    as_folder = text.startswith((f"{LLM_DIR}/", "/", ".", "~", "\\")) or "/" not in text
+    if not as_folder and not (llm_root / text).is_dir():
+        check_hub_source(text)  # `org/name`: the hub, only where the operator allows it
+        return text
+    relative = text[len(LLM_DIR) + 1:] if text.startswith(f"{LLM_DIR}/") else text
+    root = llm_root.resolve()
+    folder = (root / Path(relative).expanduser()).resolve()  # an absolute `relative` replaces the root: checked below
+    if not folder.is_relative_to(root):
+        raise LLMError(f"the language model folder {text!r} is outside the workspace's {LLM_DIR}/ folder",
+                       hint=_FOLDER_HINT)
+    shown = folder.relative_to(root).as_posix()
+    if not folder.is_dir():
+        raise LLMError(f"no such folder in the workspace {LLM_DIR}/: {shown!r}", hint=_FOLDER_HINT)
+    if not (folder / "config.json").is_file():
+        raise LLMError(f"the folder {LLM_DIR}/{shown} holds no config.json: it is not a language model folder",
+                       hint=_FOLDER_HINT)
+    return str(folder)

