@@ -99,7 +99,7 @@ def test_a_three_trial_study_is_stored_resumed_and_recorded_on_the_winners_runs(
     assert [t["value"] for t in stored["trials"]] == [t["value"] for t in first.trials]
     assert stored["best"]["value"] == max(t["value"] for t in first.trials if t["value"] is not None)
     # the winner: trained once per seed, tested, and each run carries the study
-    assert first.final["ndcg@10"]["seed_ids"] == [0, 1] and len(first.run_ids) == 2
+    assert first.final["ndcg@10"]["seeds"] == [0, 1] and len(first.run_ids) == 2
     for run_id in first.run_ids:
         run = ws.get_run(run_id)
         assert run.metrics["tune"]["study"] == first.study

@@ -36,7 +36,7 @@ def test_recsys_tune_prints_one_json_document_and_the_study_can_be_shown_again(t
     assert out["study"] == "cycle:itemknn:leave_one_out" and out["stopped"] == "trials"
     assert [t["state"] for t in out["trials"]] == ["complete"] * 3
     assert out["trials"][0]["params"] == {"k": 100, "shrink": 10.0}  # the defaults first
-    assert out["final"]["ndcg@10"]["seed_ids"] == [0] and len(out["run_ids"]) == 1
+    assert out["final"]["ndcg@10"]["seeds"] == [0] and len(out["run_ids"]) == 1
     assert ws.get_run(out["run_ids"][0]).metrics["tune"]["best"]["params"] == out["best"]["params"]
 
     assert cli.main(["--workspace", str(ws.root), "tune", "--dataset", "cycle", "--model", "itemknn", "--show"]) == 0

@@ -314,7 +314,7 @@ def _best(study: optuna.Study) -> dict:
     if not done:
         return {}
     t = max(done, key=lambda t: t.value)
-    return {"number": t.number, "value": round(float(t.value), 6), "params": dict(t.params),
+    return {"number": t.number, "value": float(t.value), "params": dict(t.params),
             **{k: t.user_attrs.get(k) for k in ("cpu_s", "stopped", "under_trained")}}
 
 
@@ -374,7 +374,8 @@ def _final(result: TuneResult, search: _Search, full: Split, seeds: tuple[int, .
             return
         runs.append(run)
     result.final = {key: _spread([r.metrics[key] for r in runs], seeds) for key in (METRIC, "hr@10")}
-    result.final["cpu_s"] = round(sum(r.cpu_s for r in runs), 2)
+    result.final["cpu_s"] = round(sum(r.cpu_s for r in runs), 2)  # all seeds' training and testing
+    result.final["stop_reasons"] = [r.extra.get("stop_reason", "one pass") for r in runs]
     result.run_ids = [r.run_id for r in runs if r.run_id is not None]
     if workspace is not None:
         record = {k: v for k, v in result.summary().items() if k not in ("final", "run_ids")}
@@ -385,8 +386,9 @@ def _final(result: TuneResult, search: _Search, full: Split, seeds: tuple[int, .
 
 
 def _spread(values: list[float], seeds: tuple[int, ...]) -> dict:
-    return {"mean": round(float(np.mean(values)), 6), "std": round(float(np.std(values)), 6),
-            "seeds": [round(float(v), 6) for v in values], "seed_ids": list(seeds)}
+    """As bench/results/peers-*.json spell it: mean, std, the seeds, and each seed's value."""
+    return {"mean": round(float(np.mean(values)), 6), "std": round(float(np.std(values)), 6), "seeds": list(seeds),
+            "values": [round(float(v), 6) for v in values]}
 
 
 # ---- the job: a tune run in its own process (`training.worker` calls `run_tune_job` for kind "tune") ------------

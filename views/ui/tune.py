@@ -111,7 +111,7 @@ def _job_card(store: JobStore, job: JobRecord) -> None:
     if job.status == "finished" and final:
         ndcg = final["ndcg@10"]
         st.success(f"Search #{job.id} finished ({budget / 60:g} CPU minutes): the best settings score test NDCG@10 "
-                   f"**{ndcg['mean']:.4f} ± {ndcg['std']:.4f}** over seeds {ndcg['seed_ids']}, recorded as runs "
+                   f"**{ndcg['mean']:.4f} ± {ndcg['std']:.4f}** over seeds {ndcg['seeds']}, recorded as runs "
                    f"{', '.join(f'#{i}' for i in job.result.get('run_ids', []))} (see Saved runs and Compare).")
     elif job.status == "finished":
         st.info(f"Search #{job.id} finished without a finished trial to retrain.")
