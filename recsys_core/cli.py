@@ -5,6 +5,7 @@
     torchrun --standalone --nproc_per_node N -m recsys_core train --dataset demo --model sasrec [--set ...]
     python -m recsys_core evaluate --model-dir DIR --dataset demo
     python -m recsys_core recommend --model-dir DIR --dataset demo --user 42 [-k 10]
+    python -m recsys_core serve --dataset demo [--port 8000 --workers 2]   (HTTP API, docs at /docs)
 
 Results are printed as JSON on stdout; progress goes to stderr; bad input exits with status 2 and
 a message that says what to fix. Under torchrun, BERT4Rec, SASRec+ and the text tower train data-
@@ -216,6 +217,42 @@ def _bounds(text: str) -> tuple[float | None, float | None]:
                           hint="numbers, either end may be empty: 1990:2000, 1990:, :2000") from None
 
 
+def cmd_serve(args) -> None:
+    from recsys_core.api.server import serve
+    from recsys_core.api.settings import ServeSettings
+
+    names = ("dataset", "model_dir", "host", "port", "workers", "poll_s", "batch", "batch_max", "batch_wait_ms",
+             "max_k", "max_history", "max_body_bytes", "explain_budget_ms", "threads")
+    serve(ServeSettings(workspace=args.workspace, **{name: getattr(args, name) for name in names}))
+
+
+def _serve_parser(sub) -> None:
+    from recsys_core.api.settings import BATCH_MODES, ServeSettings
+
+    d = ServeSettings()
+    s = sub.add_parser("serve", help="HTTP API of a dataset's active run (FastAPI + uvicorn; docs at /docs)",
+                       description="Serve the best finished run of a dataset (checked every --poll-s seconds and "
+                                   "swapped without dropping a request), or --model-dir. RECSYS_API_KEY, when set, "
+                                   "is required on /v1 as 'Authorization: Bearer KEY'.")
+    s.add_argument("--dataset", default=d.dataset, help="'demo' or a saved dataset name (or a file path)")
+    s.add_argument("--model-dir", default=None, help="serve this model folder instead of the active run")
+    s.add_argument("--host", default=d.host, help="address to bind (default: this machine only)")
+    s.add_argument("--port", type=int, default=d.port)
+    s.add_argument("--workers", type=int, default=d.workers, help="uvicorn worker processes")
+    s.add_argument("--poll-s", type=float, default=d.poll_s, help="how often to check for a new active run (0: never)")
+    s.add_argument("--batch", default=d.batch, choices=BATCH_MODES,
+                   help="coalesce concurrent requests into one forward pass (auto: for sequential models)")
+    s.add_argument("--batch-max", type=int, default=d.batch_max, help="requests per forward pass at most")
+    s.add_argument("--batch-wait-ms", type=float, default=d.batch_wait_ms, help="how long a batch waits to fill")
+    s.add_argument("--max-k", type=int, default=d.max_k)
+    s.add_argument("--max-history", type=int, default=d.max_history, help="history items per request at most")
+    s.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
+    s.add_argument("--explain-budget-ms", type=float, default=d.explain_budget_ms,
+                   help="time bound of the leave-one-out contributors of an explain request")
+    s.add_argument("--threads", type=int, default=d.threads, help="torch threads per worker")
+    s.set_defaults(func=cmd_serve)
+
+
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose epilog can be written when help is asked for: listing the models imports them
     (seconds), which no other command should pay for."""
@@ -278,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="no timestamp column, but the file lists each user's interactions in time order")
     ing.add_argument("--dedup", default="keep_last", choices=["keep_last", "keep_first", "error", "keep_all"])
     ing.set_defaults(func=cmd_ingest)
+    _serve_parser(sub)
 
     for name, func, help_ in (("train", cmd_train, "train, evaluate and save a model"),
                               ("evaluate", cmd_evaluate, "full-ranking metrics of a saved model"),

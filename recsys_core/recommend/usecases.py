@@ -200,6 +200,12 @@ def _resolve(ds: Dataset, catalogue: Catalogue, query: Query, limits: Limits) ->
     return _Resolved(history, ignored, allowed_items(catalogue, query))
 
 
+def check_query(ds: Dataset, query: Query, limits: Limits = Limits()) -> None:
+    """Raise what `recommend_batch` would raise for this query, scoring nothing: a server checks each request
+    before it joins a batch, so one bad request never fails the others."""
+    _resolve(ds, catalogue_of(ds), query, limits)
+
+
 def recommend_batch(model: Recommender, ds: Dataset, queries: Sequence[Query], limits: Limits = Limits()
                     ) -> list[Recommendations]:
     """Top-k for every query with one `score` call: a query answers the same alone or in a batch.

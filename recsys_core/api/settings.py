@@ -1,0 +1,57 @@
+"""The settings of `recsys serve`: operator flags only (no request names a path). Light to import: the CLI's
+parser reads the defaults without loading the engine."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from recsys_core.errors import ConfigError
+
+SETTINGS_ENV = "RECSYS_SERVE_SETTINGS"  # the settings as JSON, for uvicorn's worker processes
+BATCH_MODES = ("auto", "on", "off")  # auto: coalesce for order-aware (sequential) models, whose pass costs most
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Everything a server process needs; operator flags only (no request names a path)."""
+
+    dataset: str = "demo"
+    workspace: str | None = None
+    model_dir: str | None = None  # serve this folder instead of the dataset's best run (no swapping)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    poll_s: float = 5.0  # how often the active run is checked; 0: never
+    batch: str = "auto"
+    batch_max: int = 32  # requests scored in one forward pass at most
+    batch_wait_ms: float = 2.0  # how long the first request of a batch waits for company
+    max_k: int = 100
+    max_history: int = 500
+    max_body_bytes: int = 64 * 1024
+    explain_budget_ms: float = 50.0
+    threads: int = 1  # torch threads per worker
+
+    def __post_init__(self) -> None:
+        checks = {"workers": self.workers >= 1, "batch_max": self.batch_max >= 1, "batch_wait_ms": self.batch_wait_ms >= 0,
+                  "max_k": self.max_k >= 1, "max_history": self.max_history >= 1, "max_body_bytes": self.max_body_bytes >= 256,
+                  "poll_s": self.poll_s >= 0, "threads": self.threads >= 1, "batch": self.batch in BATCH_MODES,
+                  "port": 0 <= self.port < 65536, "explain_budget_ms": self.explain_budget_ms >= 0}
+        for name, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is out of range", setting=name,
+                                  hint=f"batch is one of {', '.join(BATCH_MODES)}; sizes and times are positive")
+
+    @property
+    def limits(self):
+        """The use cases' `Limits` from these settings."""
+        from recsys_core.recommend.usecases import Limits
+
+        return Limits(max_k=self.max_k, max_history=self.max_history)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ServeSettings:
+        return cls(**json.loads(text))
