@@ -1,4 +1,8 @@
-# RecSys Explorer image: serves the app on port 8501.
+# RecSys Explorer image: serves the app on port 8501, or the HTTP API (`recsys serve`) on port 8000.
+#   app:  docker run -p 8501:8501 -v recsys-ws:/data/workspace recsys-explorer
+#   API:  docker run -p 8000:8000 -v recsys-ws:/data/workspace -e RECSYS_HEALTH_URL=http://127.0.0.1:8000/healthz \
+#           recsys-explorer python -m recsys_core serve --host 0.0.0.0 --dataset demo
+#   both on one workspace volume: docker compose up (compose.yaml)
 #   CPU (default):  docker build -t recsys-explorer .
 #   CUDA:           docker build -t recsys-explorer:cuda \
 #                     --build-arg BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 \
@@ -34,8 +38,10 @@ COPY assets ./assets
 RUN useradd --create-home app && mkdir -p /data/workspace && chown -R app /data
 USER app
 VOLUME /data/workspace
-EXPOSE 8501
-HEALTHCHECK CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8501/_stcore/health')"
+EXPOSE 8501 8000
+# The app's health by default; the API's container sets RECSYS_HEALTH_URL=http://127.0.0.1:8000/healthz.
+ENV RECSYS_HEALTH_URL=http://127.0.0.1:8501/_stcore/health
+HEALTHCHECK CMD python -c "import os, urllib.request; urllib.request.urlopen(os.environ['RECSYS_HEALTH_URL'])"
 # 0.0.0.0 on purpose: inside a container localhost (the .streamlit/config.toml default) is unreachable
 # from `docker run -p`. On a shared network also pass -e RECSYS_PASSWORD=... (README: Serving on a team box).
 CMD ["streamlit", "run", "app.py", "--server.port=8501", "--server.address=0.0.0.0", \
