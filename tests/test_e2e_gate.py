@@ -8,10 +8,10 @@ Screenshots of the browser walk go to $E2E_SCREENSHOTS when it is set.
 from __future__ import annotations
 
 import http.client
+import itertools
 import socket
 import threading
 import time
-from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
 import pytest
@@ -153,19 +153,29 @@ def test_a_visitor_follows_a_link_signs_in_lands_on_it_and_stays_signed_in(serve
             settled(page, TIMEOUT_MS)
             shot(page, "gate-4-reloaded")
 
+            # A link from another site (mail, chat) comes without the SameSite=Strict cookie: the sign-in page
+            # finds the session from its own origin and goes on, without asking again.
+            page.route("http://elsewhere.example/**", lambda route: route.fulfill(
+                content_type="text/html", body=f'<a id="go" href="{url}/explain?dataset=demo">a shared link</a>'))
+            page.goto("http://elsewhere.example/mail")
+            page.click("#go")
+            page.wait_for_url(f"{url}/explain?dataset=demo")
+            expect(page.get_by_role("heading", name="Explain").first).to_be_visible()
+            shot(page, "gate-5-link-from-elsewhere")
+
             page.goto(f"{url}/data")
             expect(page.get_by_role("heading", name="Data").first).to_be_visible()
             with page.expect_response(lambda r: "/_stcore/upload_file/" in r.url
                                       and r.request.method == "PUT") as upload:
                 page.locator("input[type=file]").first.set_input_files(str(csv))
             assert upload.value.status == 204  # a signed-in upload goes through the gate
-            shot(page, "gate-5-uploaded")
+            shot(page, "gate-6-uploaded")
 
             page.get_by_role("link", name="Sign out").click()
             page.wait_for_url("**/_gate/signin**")
             page.goto(f"{url}/recommend")
             expect(page.locator("#password")).to_be_visible()
-            shot(page, "gate-6-signed-out")
+            shot(page, "gate-7-signed-out")
         finally:
             browser.close()
 
@@ -197,7 +207,7 @@ def test_twenty_parallel_guessers_share_one_backoff(server) -> None:
     assert {status for _, status, _ in results} <= {401, 429}
     # Global waits 0.5, 1, 2, 4 s after each checked guess: about five guesses in eight seconds from everyone.
     assert 3 <= len(checked) <= 6 and len(refused) > 5 * len(checked)
-    gaps = [b - a for a, b in zip(checked, checked[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(checked)]
     assert all(gap >= 0.45 * 2 ** i for i, gap in enumerate(gaps)), gaps  # the backoff grows
     assert max(int(r) for _, _, r in refused) >= 4
     assert len(log.read_text().splitlines()) - before == len(checked)  # every checked failure logged

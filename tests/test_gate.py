@@ -7,6 +7,8 @@ an app behind the gate that records whether it was reached.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import tomllib
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
@@ -112,6 +114,7 @@ def test_the_right_password_opens_every_door_until_the_session_ends(tmp_path) ->
     assert call(g, "/_stcore/stream", kind="websocket", cookie=token)[0] == 0
     assert inner.reached == ["/recommend", "/_stcore/upload_file/s/f", "/_stcore/stream"]
     assert call(g, "/_gate/signin?next=/data", cookie=token)[1]["location"] == "/data"  # signed in: go on
+    assert call(g, "/_gate/status", cookie=token)[0] == 204 and call(g, "/_gate/status")[0] == 401
     status, headers, _, _ = call(g, "/_gate/signout", cookie=token)
     assert status == 303 and "Max-Age=0" in headers["set-cookie"]
     assert call(g, "/recommend", cookie=token)[0] == 303  # the old cookie is revoked, not only forgotten
@@ -152,8 +155,11 @@ def test_an_open_redirect_is_refused_at_sign_in_and_the_form_escapes_it(tmp_path
     g, _ = make_gate(tmp_path)
     assert sign_in(g, next_path="//evil.example/")[1]["location"] == "/"
     status, headers, body, _ = call(g, "/_gate/signin?next=" + '/x"><script>alert(1)</script>')
-    assert status == 200 and b"<script>" not in body and b"&lt;script&gt;" in body
-    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert status == 200 and b"<script>alert" not in body and b"&lt;script&gt;alert(1)" in body
+    csp = headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp
+    script = body.split(b"<script>")[1].split(b"</script>")[0]  # the one script the page may run: by its hash
+    assert f"'sha256-{base64.b64encode(hashlib.sha256(script).digest()).decode()}'" in csp
     status, _, body, _ = call(g, "/_gate/signin", "POST", b"password=" + b"x" * 9000)
     assert status == 413
     foreign = ((b"origin", b"https://evil.example"),)

@@ -18,11 +18,14 @@ to configure and test. `tests/test_e2e_gate.py` checks every door on the real se
   checked. Every failure is logged (logger `recsys.gate` and `gate-failures.log` in the workspace, rotated
   at 1 MB).
 - A page link opened before sign-in (`/recommend?run=...`) goes to the form with `next=`, and back there
-  after sign-in; `next` must be a same-site relative path. `/_gate/signout` ends the session.
+  after sign-in; `next` must be a same-site relative path. A link followed from another site arrives
+  without the SameSite=Strict cookie: the form's one script (allowed by its hash) asks `/_gate/status` from
+  this origin and goes on to `next` when the browser is signed in. `/_gate/signout` ends the session.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import html
@@ -44,6 +47,7 @@ HOURS_ENV = "RECSYS_SESSION_HOURS"
 COOKIE = "recsys_session"
 SIGNIN = "/_gate/signin"
 SIGNOUT = "/_gate/signout"
+STATUS = "/_gate/status"
 OPEN_PATHS = ("/_stcore/health",)  # a load balancer's or Docker's health check; says nothing but "ok"
 MAX_FORM_BYTES = 8192
 MAX_CLIENTS = 10_000  # per-address backoff entries kept (oldest dropped first)
@@ -177,6 +181,14 @@ def _failure_log(workspace: Path) -> logging.Handler | None:
     return handler
 
 
+# A link followed from another site (mail, chat) arrives without the SameSite=Strict cookie, so a signed-in
+# colleague would meet the form. The page asks, from its own origin (the cookie goes along), whether this
+# browser is signed in, and if so goes on to `next`. The script is fixed text, allowed by its hash alone.
+_RESUME = ('fetch("status",{credentials:"same-origin"}).then(function(r){if(r.status===204)'
+           '{location.replace(document.getElementById("next").value)}})')
+_RESUME_HASH = base64.b64encode(hashlib.sha256(_RESUME.encode()).digest()).decode()
+_CSP = (f"default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-{_RESUME_HASH}'; connect-src 'self'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'").encode()
 _PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>RecSys Explorer: sign in</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>
 body{{font-family:system-ui,sans-serif;background:#F3F6FA;color:#1F2937;display:flex;justify-content:center;
@@ -186,9 +198,10 @@ input{{width:100%;box-sizing:border-box;padding:.55rem;margin:.4rem 0 1rem;font-
 button{{background:#2E91E5;color:#fff;border:0;border-radius:.4rem;padding:.55rem 1.2rem;font-size:1rem}}
 .err{{color:#B91C1C}}</style></head><body><main><h1>RecSys Explorer</h1>
 <p>This server is shared: enter the password its operator gave you.</p>{message}
-<form method="post" action="{action}"><input type="hidden" name="next" value="{next}">
+<form method="post" action="{action}"><input type="hidden" id="next" name="next" value="{next}">
 <label for="password">Password</label><input id="password" name="password" type="password" autofocus
-autocomplete="current-password" required><button type="submit">Sign in</button></form></main></body></html>"""
+autocomplete="current-password" required><button type="submit">Sign in</button></form></main>
+<script>{script}</script></body></html>"""
 
 
 class Gate:
@@ -216,6 +229,9 @@ class Gate:
             self.sessions.revoke(_cookies(scope["headers"]).get(COOKIE))
             await self._respond(send, 303, b"", [(b"location", self._signin_url("/").encode()),
                                                  (b"set-cookie", self._cookie("", 0))])
+        elif path == self.prefix + STATUS and scope["type"] == "http":
+            signed_in = self.sessions.valid(_cookies(scope["headers"]).get(COOKIE))
+            await self._respond(send, 204 if signed_in else 401, b"", [])
         elif self.sessions.valid(_cookies(scope["headers"]).get(COOKIE)) or path in self._open_paths():
             await self.app(scope, receive, send)
         elif scope["type"] == "websocket":
@@ -249,12 +265,11 @@ class Gate:
     async def _page(self, send, status: int, next_path: str, message: str = "",
                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
         note = f'<p class="err" role="alert">{html.escape(message)}</p>' if message else ""
-        body = _PAGE.format(message=note, action=html.escape(self.prefix + SIGNIN),
+        body = _PAGE.format(message=note, action=html.escape(self.prefix + SIGNIN), script=_RESUME,
                             next=html.escape(safe_next(next_path, self.prefix))).encode()
         await self._respond(send, status, body, [
             (b"content-type", b"text/html; charset=utf-8"), (b"x-frame-options", b"DENY"),
-            (b"content-security-policy",
-             b"default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
+            (b"content-security-policy", _CSP),
             *(extra or [])])
 
     async def _signin(self, scope, receive, send) -> None:
