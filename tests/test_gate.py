@@ -259,3 +259,23 @@ def test_a_query_in_a_next_link_survives_the_form(tmp_path) -> None:
     g, _ = make_gate(tmp_path)
     _, _, body, _ = call(g, "/_gate/signin?" + urlencode({"next": "/explain?run=r&item=7"}))
     assert b'value="/explain?run=r&amp;item=7"' in body  # the browser posts it back unescaped
+
+
+def test_streamlit_run_app_py_serves_the_gated_st_app() -> None:
+    """`streamlit run app.py` finds the `st.App` in app.py's syntax tree (it imports the file as `app`): the
+    gate is in front of every session, while a session runs the same file as `__main__` (the navigation)."""
+    from streamlit.web.server.app_discovery import discover_asgi_app
+
+    found = discover_asgi_app(ROOT / "app.py")
+    assert found.is_asgi_app and found.import_string == "app:app"
+
+
+def test_under_a_base_url_path_every_route_keeps_the_prefix(tmp_path) -> None:
+    inner = Inner()
+    g = Gate(inner, pass_word="pw", secret=b"s" * 32, ttl_s=60, prefix="/team", workspace=tmp_path)
+    status, headers, _, _ = call(g, "/team/recommend?run=r")
+    assert status == 303 and headers["location"] == "/team/_gate/signin?next=%2Fteam%2Frecommend%3Frun%3Dr"
+    status, headers, _, _ = call(g, "/team/_gate/signin", "POST", b"password=pw&next=%2Fteam%2Frecommend")
+    assert status == 303 and headers["location"] == "/team/recommend" and "Path=/team;" in headers["set-cookie"]
+    assert call(g, "/team/_stcore/stream", kind="websocket", cookie=token_of(headers))[0] == 0
+    assert call(g, "/team/_stcore/upload_file/s/f", "PUT", b"x")[0] == 401 and call(g, "/team/_stcore/health")[0] == 200
