@@ -273,20 +273,21 @@ def load_model(directory: str | Path) -> Recommender:
     """
     d = Path(directory)
     for name in ("config.json", "item_ids.json", "model.safetensors"):
-        if not (d / name).is_file():
-            raise ModelError(f"model folder is missing {name}", file=str(d),
+        if not _is_file(d / name):
+            raise ModelError(f"model folder is missing {name}", file=shown_path(d),
                             hint="pick a folder saved by RecSys Explorer (config.json + model.safetensors + item_ids.json)")
     meta = _json_file(d / "config.json", dict)
     item_ids = _json_file(d / "item_ids.json", list)
+    config_file = shown_path(d / "config.json")
     family = meta.get("family")
-    if family not in FAMILIES:
+    if isinstance(family, str) and family not in FAMILIES:
         import recsys_core.models  # noqa: F401  registers every family
 
     if not isinstance(family, str) or family not in FAMILIES:
-        raise ModelError(f"unknown model family {family!r}", file=str(d / "config.json"),
+        raise ModelError(f"unknown model family {_short(family)}", file=config_file,
                         hint=f"known families: {sorted(FAMILIES)}")
+    _check_sections(meta, config_file)
     cls = FAMILIES[family]
-    config_file = str(d / "config.json")
     config = config_from_dict(cls.config_class, migrate(family, cls.config_class, meta, config_file), config_file)
     _check_sizes(config, meta, item_ids, config_file)
     header = _tensor_header(d / "model.safetensors")
@@ -294,7 +295,7 @@ def load_model(directory: str | Path) -> Recommender:
     model.n_items_ = int(meta["n_items"])
     model.item_ids_ = [str(i) for i in item_ids]
     if meta.get("catalogue", model.catalogue_digest()) != model.catalogue_digest():
-        raise ModelError("item_ids.json is not the catalogue this model was saved with", file=str(d),
+        raise ModelError("item_ids.json is not the catalogue this model was saved with", file=shown_path(d),
                          hint="the folder was edited or mixed with another model's files; re-export the model")
     try:
         model.read_extra_files(d)
@@ -303,7 +304,7 @@ def load_model(directory: str | Path) -> Recommender:
     except RecsysError:
         raise
     except Exception as err:  # a damaged file raises library errors: the user gets ours, not a traceback
-        raise ModelError(f"the model files could not be read ({type(err).__name__}: {str(err)[:200]})", file=str(d),
+        raise ModelError(f"the model files could not be read ({type(err).__name__}: {_reason(err)})", file=shown_path(d),
                          hint="the folder is damaged or was not saved by RecSys Explorer; retrain the model") from err
     model.version_ = _files_digest(d)
     return model
@@ -315,19 +316,62 @@ SIZE_LIMITS = {"max_len": 65_536, "hidden": 16_384, "layers": 128, "heads": 1_02
 MAX_JSON_BYTES = 1 << 30
 
 
+def shown_path(path: str | Path) -> str:
+    """A model file or folder as an error names it: its folder and its own name (`run-00001-ease/config.json`),
+    never the server's absolute path (errors reach visitors, who typed a path relative to the workspace)."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+
+
+def _reason(err: Exception) -> str:
+    """A library error's words without the file path an OSError carries."""
+    return err.strerror if isinstance(err, OSError) and err.strerror else str(err)[:200]
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def _is_file(path: Path) -> bool:
+    """Whether `path` is a file; a path the system refuses (a name over 255 bytes, no permission) is a ModelError."""
+    try:
+        return path.is_file()
+    except OSError as err:
+        raise ModelError(f"the model folder cannot be read ({err.strerror or type(err).__name__})",
+                         file=shown_path(path.parent)[-120:],
+                         hint="give the folder of a model saved by RecSys Explorer, e.g. models/run-00001-ease") from err
+
+
+def _check_sections(meta: dict, file: str) -> None:
+    """config.json's `config` (and its training-loop section) must be objects of settings before anything reads them."""
+    config = meta.get("config", {})
+    if not isinstance(config, dict):
+        raise ModelError(f"config.json's \"config\" is a {type(config).__name__} ({_short(config, 40)}), expected an "
+                         "object of settings", file=file, hint="re-export the model; the file was edited or damaged")
+    train = config.get(TRAIN)
+    if train is not None and not isinstance(train, dict):
+        raise ModelError(f"config.json's \"config.{TRAIN}\" is a {type(train).__name__} ({_short(train, 40)}), "
+                         "expected an object of training settings", file=file,
+                         hint="re-export the model; the file was edited or damaged")
+
+
 def _json_file(path: Path, kind: type) -> Any:
     """A small JSON file of the expected top-level type, or a ModelError naming it."""
-    if path.stat().st_size > MAX_JSON_BYTES:
-        raise ModelError(f"{path.name} is larger than {MAX_JSON_BYTES >> 20} MB", file=str(path),
-                         hint="this is not a folder saved by RecSys Explorer")
     try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise ModelError(f"{path.name} is larger than {MAX_JSON_BYTES >> 20} MB", file=shown_path(path),
+                             hint="this is not a folder saved by RecSys Explorer")
         value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
-        raise ModelError(f"{path.name} is not valid JSON ({str(err)[:120]})", file=str(path),
+    except OSError as err:
+        raise ModelError(f"{path.name} cannot be read ({err.strerror or type(err).__name__})", file=shown_path(path),
+                         hint="give the folder of a model saved by RecSys Explorer") from err
+    except (ValueError, RecursionError) as err:  # bad JSON, bad UTF-8, a number of over 4,300 digits, nesting
+        raise ModelError(f"{path.name} is not valid JSON ({str(err)[:120]})", file=shown_path(path),
                          hint="re-export the model; the file is damaged") from err
     if not isinstance(value, kind):
-        raise ModelError(f"{path.name} holds a {type(value).__name__}, expected a {kind.__name__}", file=str(path),
-                         hint="re-export the model; the file is damaged")
+        raise ModelError(f"{path.name} holds a {type(value).__name__}, expected a {kind.__name__}",
+                         file=shown_path(path), hint="re-export the model; the file is damaged")
     return value
 
 
@@ -366,12 +410,12 @@ def _tensor_header(path: Path) -> dict[str, tuple[torch.dtype, list[int]]]:
             slices = {name: f.get_slice(name) for name in f.keys()}  # noqa: SIM118 (a safe_open is no mapping)
             found = {name: (part.get_dtype(), part.get_shape()) for name, part in slices.items()}
     except (OSError, SafetensorError) as err:
-        raise ModelError(f"model.safetensors is not a safetensors file ({str(err)[:200]})", file=str(path),
+        raise ModelError(f"model.safetensors is not a safetensors file ({_reason(err)})", file=shown_path(path),
                          hint="the file is damaged or is another format (never a pickle); re-export the model") from err
     unknown = sorted({code for code, _ in found.values() if code not in _DTYPES})
     if unknown:
         raise ModelError(f"model.safetensors holds {', '.join(unknown)} weights, which this torch {torch.__version__} "
-                         "cannot load as they are", file=str(path), hint="re-export the model in float32")
+                         "cannot load as they are", file=shown_path(path), hint="re-export the model in float32")
     return {name: (_DTYPES[code], shape) for name, (code, shape) in found.items()}
 
 

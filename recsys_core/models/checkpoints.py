@@ -15,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from recsys_core.errors import ModelError
+from recsys_core.models.base import shown_path
 
 if TYPE_CHECKING:  # the loop imports this module; a run is its object
     from recsys_core.models.loop import _Run
@@ -73,31 +74,34 @@ def load_checkpoint(directory: str | Path, run: _Run) -> None:
     try:
         tensors = load_file(str(d / _CKPT_TENSORS))
     except (OSError, SafetensorError) as err:
-        raise ModelError(f"checkpoint is unreadable ({err})", file=str(d / _CKPT_TENSORS), hint=_FRESH) from err
+        raise ModelError(f"checkpoint is unreadable ({(err.strerror or type(err).__name__) if isinstance(err, OSError) else err})",
+                         file=shown_path(d / _CKPT_TENSORS), hint=_FRESH) from err
     try:
         run.task.module.load_state_dict(_strip(tensors, "model."))
     except RuntimeError as err:
-        raise ModelError("checkpoint does not match this model (different catalogue or sizes)", file=str(d),
+        raise ModelError("checkpoint does not match this model (different catalogue or sizes)", file=shown_path(d),
                         hint="delete the checkpoint folder or set resume=False") from err
     try:
         _restore(run, meta, tensors)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
         raise ModelError(f"checkpoint is damaged or belongs to another run ({type(err).__name__}: {str(err)[:200]})",
-                         file=str(d / _CKPT_META), hint=_FRESH) from err
+                         file=shown_path(d / _CKPT_META), hint=_FRESH) from err
 
 
 def _checkpoint_meta(path: Path) -> dict:
     """checkpoint.json, checked against `CHECKPOINT_FORMAT_VERSION` (version 0 has the layout of 1: as is)."""
     try:
         meta = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError) as err:
-        raise ModelError(f"checkpoint is unreadable ({str(err)[:200]})", file=str(path), hint=_FRESH) from err
+    except OSError as err:
+        raise ModelError(f"checkpoint is unreadable ({err.strerror or type(err).__name__})", file=shown_path(path), hint=_FRESH) from err
+    except (ValueError, RecursionError) as err:
+        raise ModelError(f"checkpoint is unreadable ({str(err)[:200]})", file=shown_path(path), hint=_FRESH) from err
     version = meta.get("format_version", 0) if isinstance(meta, dict) else None
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-        raise ModelError(f"checkpoint.json is damaged (format_version {version!r})", file=str(path), hint=_FRESH)
+        raise ModelError(f"checkpoint.json is damaged (format_version {version!r})", file=shown_path(path), hint=_FRESH)
     if version > CHECKPOINT_FORMAT_VERSION:
         raise ModelError(f"this checkpoint was written by a newer version of RecSys Explorer (format {version}; "
-                         f"this version reads up to {CHECKPOINT_FORMAT_VERSION})", file=str(path),
+                         f"this version reads up to {CHECKPOINT_FORMAT_VERSION})", file=shown_path(path),
                          hint=f"upgrade RecSys Explorer to resume it, or {_FRESH}")
     return meta
 

@@ -118,6 +118,9 @@ class RunRecord:
     updated_at: str
 
 
+MAX_NAME_BYTES = 255  # the longest file or folder name Linux, macOS and Windows file systems take
+
+
 def allowed_roots() -> list[Path]:
     """Folders outside the workspace that forms may still name: `$RECSYS_ALLOWED_PATHS`, set by the operator."""
     raw = os.environ.get(ALLOWED_ENV, "")
@@ -293,13 +296,17 @@ class Workspace:
         text = str(path).strip()
         if not text or "\x00" in text:
             raise ConfigError(f"the {what} path is empty or invalid", hint="give a folder inside the workspace")
+        longest = max(len(os.fsencode(part)) for part in Path(text).parts)
+        if longest > MAX_NAME_BYTES:  # the system refuses it anyway, with an error naming the server's folders
+            raise ConfigError(f"the {what} path has a name of {longest:,} bytes; names may have at most "
+                              f"{MAX_NAME_BYTES}", hint="give a folder inside the workspace, e.g. models/run-00001-ease")
         candidate = Path(text).expanduser()
         resolved = (candidate if candidate.is_absolute() else self.root / candidate).resolve()
         roots = [self.root, *allowed_roots()]
         if any(resolved.is_relative_to(root) for root in roots):
             return resolved
-        raise ConfigError(
-            f"the {what} {text!r} is outside the workspace", file=str(self.root),
+        raise ConfigError(  # the workspace's own place on the server is not named: visitors read this
+            f"the {what} {text[:200]!r} is outside the workspace",
             hint=f"use a path inside the workspace folder (relative paths start there, e.g. 'models/...'); "
                  f"an operator can allow more folders with {ALLOWED_ENV} (separated by '{os.pathsep}')")
 
