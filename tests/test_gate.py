@@ -279,3 +279,9 @@ def test_under_a_base_url_path_every_route_keeps_the_prefix(tmp_path) -> None:
     assert status == 303 and headers["location"] == "/team/recommend" and "Path=/team;" in headers["set-cookie"]
     assert call(g, "/team/_stcore/stream", kind="websocket", cookie=token_of(headers))[0] == 0
     assert call(g, "/team/_stcore/upload_file/s/f", "PUT", b"x")[0] == 401 and call(g, "/team/_stcore/health")[0] == 200
+
+
+@pytest.mark.parametrize(("raw", "hours"), [("", 12), ("2", 2), ("0.5", 0.5), ("soon", 12), ("-3", 12), ("nan", 12)])
+def test_session_hours_come_from_the_setting_or_default_to_twelve(monkeypatch, raw, hours) -> None:
+    monkeypatch.setenv(gate.HOURS_ENV, raw)
+    assert gate._session_hours() == hours

@@ -156,6 +156,19 @@ def safe_next(raw: str | None, prefix: str = "") -> str:
     return raw
 
 
+def _session_hours() -> float:
+    """`RECSYS_SESSION_HOURS` (12 when unset; a value that is not a positive number is logged and ignored)."""
+    raw = os.environ.get(HOURS_ENV, "")
+    try:
+        hours = float(raw or 12)
+    except ValueError:
+        hours = -1.0
+    if not 0 < hours < 24 * 366:
+        _LOG.warning("%s=%r is not a number of hours; sessions last 12 hours", HOURS_ENV, raw)
+        hours = 12.0
+    return hours
+
+
 def _cookies(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
     found: dict[str, str] = {}
     for name, value in headers:
@@ -213,7 +226,7 @@ class Gate:
         self.password = pass_word or password()
         env_secret = os.environ.get(SECRET_ENV, "")
         self.sessions = Sessions(secret or env_secret.encode() or secrets.token_bytes(32), self.password,
-                                 ttl_s or float(os.environ.get(HOURS_ENV) or 12) * 3600)
+                                 ttl_s or _session_hours() * 3600)
         self.limiter = Limiter()
         self.prefix = prefix.rstrip("/")
         self.log_file = _failure_log(workspace or Path(os.environ.get("RECSYS_WORKSPACE") or "workspace"))
