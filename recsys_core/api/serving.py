@@ -155,7 +155,9 @@ class _Waiting:
 class Coalescer:
     """Concurrent recommendation requests scored together: the first request of a batch waits at most
     `wait_ms` for others (up to `max_batch`), then one `recommend_batch` call answers them all on the model
-    thread. With batching off each request is scored alone on the same thread."""
+    thread. With batching off each request is scored alone, at once, on the event loop's thread: a hop to another
+    thread costs more than EASE's whole top-10 on a busy machine, and one process scores one request at a time
+    either way (one torch thread per worker; `--workers` adds processes)."""
 
     def __init__(self, limits: Limits, max_batch: int, wait_ms: float, enabled: bool) -> None:
         self.limits, self.max_batch, self.wait_s, self.enabled = limits, max_batch, wait_ms / 1000.0, enabled
@@ -165,9 +167,9 @@ class Coalescer:
         self.batch_sizes: list[int] = []  # recent batch sizes, read (and cleared) by the metrics
 
     async def recommend(self, served: Served, query: Query) -> Recommendations:
-        loop = asyncio.get_running_loop()
         if not self.enabled:
-            return await loop.run_in_executor(self.executor, self._one, served, query)
+            return self._one(served, query)
+        loop = asyncio.get_running_loop()
         if self._task is None:
             self._queue = asyncio.Queue()
             self._task = loop.create_task(self._run())
