@@ -24,14 +24,14 @@ SCORE_CHUNK_TOKENS = 4096
 
 
 class SequenceWindows:
-    """Training examples: the most recent `max_len` items of each history, plus earlier crops of
+    """Training examples: the most recent `max_len` items of each history, plus (with `crops`) earlier crops of
     longer histories every `stride` items. Stored as (start, length) into one flat token array."""
 
-    def __init__(self, seqs: Sequence[np.ndarray], max_len: int, stride: int) -> None:
+    def __init__(self, seqs: Sequence[np.ndarray], max_len: int, stride: int, crops: bool = True) -> None:
         lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
         self.tokens = np.concatenate([np.asarray(s, dtype=np.int64) for s in seqs] or [np.zeros(0, np.int64)]) + 1
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        extra = np.where(lengths > max_len, np.ceil((lengths - max_len) / stride), 0).astype(np.int64)
+        extra = np.where(crops & (lengths > max_len), np.ceil((lengths - max_len) / stride), 0).astype(np.int64)
         per_seq = (lengths > 0).astype(np.int64) + extra
         owner = np.repeat(np.arange(len(seqs)), per_seq)
         k = np.arange(per_seq.sum()) - np.repeat(np.cumsum(per_seq) - per_seq, per_seq)

@@ -71,6 +71,15 @@ class SequentialConfig(Settings):
     output_bias: bool = setting(False, "A learned per-item bias (without it, scores are user . item embeddings).")
     window_stride: int = setting(0, "Long histories also train as earlier crops every this many items "
                                     "(0 = max_len / 2).", ge=0)
+    # The peers' choices, as settings the tuner can pick per dataset (issue 23): RecTools' and SASRec's own block
+    # (pre-norm) and one training sequence per user (RecTools, gSASRec) instead of crops of long histories.
+    block: str = setting("bert", "Transformer block: bert (post-norm BERT layers, GELU) or pre_norm (SASRec's own, "
+                                 "as RecTools builds it: LayerNorm before attention and the ReLU feed-forward, "
+                                 "padding zeroed after every layer, a final LayerNorm).", choices=("bert", "pre_norm"))
+    train_sequences: str = setting("crops", "Training sequences: crops (each history's last max_len items, and "
+                                            "earlier crops of longer ones every window_stride) or one_per_user (the "
+                                            "last max_len items only, as RecTools and gSASRec).",
+                                   choices=("crops", "one_per_user"))
     score_batch_size: int = setting(512, "Users scored per batch at inference.", ge=1)
     loss: str = setting("auto", "auto (ce up to auto_sampled_items items), ce (full softmax), sampled (over "
                                 "n_negatives popular items, logQ-corrected) or gbce (gSASRec).", choices=losses.LOSSES)
@@ -94,7 +103,8 @@ class SequentialConfig(Settings):
         "hidden": search_choices(32, 64, 128), "layers": search(1, 3), "heads": search_choices(1, 2),
         "dropout": search(0.0, 0.5), "max_len": search_choices(25, 50, 100, 200),
         "train.lr": search(3e-4, 5e-3, log=True), "train.batch_size": search_choices(32, 64, 128),
-        "train.weight_decay": search(0.0, 0.1)}
+        "train.weight_decay": search(0.0, 0.1), "block": search_choices("bert", "pre_norm"),
+        "train_sequences": search_choices("crops", "one_per_user")}
 
     def check(self) -> None:
         if self.hidden % self.heads:
@@ -255,7 +265,8 @@ class SequentialRecommender(Recommender):
 
     def windows(self, train_seqs: Sequence[np.ndarray]) -> SequenceWindows:
         cfg = self.config
-        return SequenceWindows(train_seqs, cfg.max_len, cfg.window_stride or max(1, cfg.max_len // 2))
+        return SequenceWindows(train_seqs, cfg.max_len, cfg.window_stride or max(1, cfg.max_len // 2),
+                               crops=cfg.train_sequences == "crops")
 
     def _init_module(self, train_seqs: Sequence[np.ndarray]) -> SequenceEncoder:
         module = self._build()

@@ -14,6 +14,7 @@ import torch
 from sklearn.utils.extmath import randomized_svd
 from torch import nn
 from transformers import BertConfig, BertModel
+from transformers.modeling_outputs import BaseModelOutput
 
 from recsys_core.models.sequences import PAD
 
@@ -42,7 +43,7 @@ class SequenceEncoder(nn.Module):
             attention_probs_dropout_prob=cfg.attn_dropout, max_position_embeddings=cfg.max_len, type_vocab_size=1,
             pad_token_id=PAD, is_decoder=causal, use_cache=False, attn_implementation="sdpa", initializer_range=std,
         )
-        self.bert = BertModel(bert_cfg, add_pooling_layer=False)
+        self.bert = BertModel(bert_cfg, add_pooling_layer=False) if cfg.block == "bert" else PreNormStack(cfg, causal, std)
         h = cfg.hidden
         self.head = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.LayerNorm(h)) if cfg.head_transform else nn.Identity()
         self.bias = nn.Parameter(torch.zeros(n_items)) if cfg.output_bias else None
@@ -64,6 +65,53 @@ class SequenceEncoder(nn.Module):
         """Full-catalogue scores for rows of `user` vectors (already through the head)."""
         out = user @ self.item_weights().T
         return out + self.bias if self.bias is not None else out
+
+
+class PreNormLayer(nn.Module):
+    """SASRec's own block as RecTools builds it: LayerNorm on the query only, whose normed value is also the
+    attention's residual; a ReLU feed-forward of width `hidden` on a LayerNorm of that, dropout after it, and the
+    normed input as its residual."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float, attn_dropout: float) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(hidden, heads, attn_dropout, batch_first=True)
+        self.q_norm, self.ff_norm = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
+        self.ff_in, self.ff_out = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
+        self.ff_dropout, self.dropout = nn.Dropout(dropout), nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, causal: torch.Tensor | None, padding: torch.Tensor) -> torch.Tensor:
+        q = self.q_norm(x)
+        attended, _ = self.attn(q, x, x, attn_mask=causal, key_padding_mask=padding, need_weights=False)
+        x = q + attended
+        f = self.ff_norm(x)
+        return f + self.dropout(self.ff_out(self.ff_dropout(torch.relu(self.ff_in(f)))))
+
+
+class PreNormStack(nn.Module):
+    """The peers' transformer (`block="pre_norm"`): learned positions added to the item embeddings, dropout,
+    padding positions zeroed before every layer and after the last, a final LayerNorm. Called as `BertModel` is,
+    so every encoder (the hybrid's too) reads either stack the same way."""
+
+    def __init__(self, cfg: SequentialConfig, causal: bool, std: float) -> None:
+        super().__init__()
+        self.causal = causal
+        self.position = nn.Embedding(cfg.max_len, cfg.hidden)
+        nn.init.trunc_normal_(self.position.weight, std=std, a=-2 * std, b=2 * std)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(PreNormLayer(cfg.hidden, cfg.heads, cfg.dropout, cfg.attn_dropout)
+                                    for _ in range(cfg.layers))
+        self.final_norm = nn.LayerNorm(cfg.hidden, eps=1e-8)
+
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                use_cache: bool = False) -> BaseModelOutput:
+        keep = attention_mask.bool().unsqueeze(-1)
+        width = inputs_embeds.shape[1]
+        causal = (torch.ones(width, width, dtype=torch.bool, device=inputs_embeds.device).triu(1)
+                  if self.causal else None)  # True: may not attend
+        x = self.dropout(inputs_embeds + self.position(position_ids))
+        for layer in self.layers:
+            x = layer(x * keep, causal, ~attention_mask.bool())
+        return BaseModelOutput(last_hidden_state=self.final_norm(x * keep))
 
 
 def init_items_from_svd(table: nn.Embedding, seqs: Sequence[np.ndarray], n_items: int, seed: int) -> None:
