@@ -5,7 +5,7 @@ picks the behaviour: "ok" (SSE when the request asks for `stream`, else one JSON
 (answers after `sleep_s`), "500", "bad-json", and the hostile ones: "flood" (one line of `flood_bytes`
 bytes, never ended), "trickle" (a reply that never ends, one byte every `trickle_s`), "trickle-headers"
 (the same inside the HTTP headers), "nested" (a JSON reply nested `depth` deep), "redirect" (a 307 to
-`redirect_to`). `word_delay_s` paces a streamed reply word by word, so a test can look at a page while a
+`redirect_to`), "raw" (the reply text is the whole body, sent as it is). `word_delay_s` paces a streamed reply word by word, so a test can look at a page while a
 draft is being written. Every request body and its headers are recorded.
 
 The server is one the operator configured: entering it adds it to `RECSYS_LLM_ENDPOINTS` (named
@@ -152,6 +152,10 @@ class LoopbackLLM:
                     return self._send(200, "text/event-stream", b"data: " + deep + b"\n\ndata: [DONE]\n\n")
                 self._send(200, "application/json", deep)
 
+            def _raw(self, body: dict) -> None:
+                kind = "text/event-stream" if body.get("stream") else "application/json"
+                self._send(200, kind, owner.reply(body).encode())
+
             def _redirect(self, body: dict) -> None:
                 self.send_response(307)
                 self.send_header("Location", owner.redirect_to)
@@ -168,7 +172,7 @@ class LoopbackLLM:
         return Handler
 
 
-HOSTILE = ("flood", "trickle", "trickle-headers", "nested", "redirect")
+HOSTILE = ("flood", "trickle", "trickle-headers", "nested", "redirect", "raw")
 ENDPOINTS_ENV = "RECSYS_LLM_ENDPOINTS"
 
 

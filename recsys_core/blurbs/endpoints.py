@@ -102,7 +102,7 @@ def _listed() -> list:
     if not raw:
         return []
     text = raw
-    if not raw.startswith("["):  # the path of a JSON file
+    if not raw.startswith(("[", "{")):  # the path of a JSON file
         try:
             path = Path(raw).expanduser()
             if path.stat().st_size > 1 << 20:

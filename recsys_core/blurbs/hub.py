@@ -42,8 +42,8 @@ def llm_source(text: str, llm_root: Path) -> str:
     root = llm_root.resolve()
     folder = (root / Path(relative).expanduser()).resolve()  # an absolute `relative` replaces the root: checked below
     if not folder.is_relative_to(root):
-        raise LLMError(f"the language model folder {text!r} is outside the workspace's {LLM_DIR}/ folder",
-                       hint=_FOLDER_HINT)
+        raise LLMError(f"that language model folder is outside the workspace's {LLM_DIR}/ folder (a path that "
+                       f"leaves {LLM_DIR}/ through '..', '~', a link or an absolute path)", hint=_FOLDER_HINT)
     shown = folder.relative_to(root).as_posix()
     if not folder.is_dir():
         raise LLMError(f"no such folder in the workspace {LLM_DIR}/: {shown!r}", hint=_FOLDER_HINT)
