@@ -205,6 +205,11 @@ def _counter(text: str, name: str, **labels: str) -> float:
                if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()))
 
 
+def _sample(text: str, name: str) -> float:
+    """The value of the unlabelled sample `name` (0 when absent)."""
+    return next((float(line.split(" ")[1]) for line in text.splitlines() if line.startswith(f"{name} ")), 0.0)
+
+
 def test_metrics_count_what_was_sent(servers) -> None:
     url, user = servers["keyed"], str(servers["ds"].user_ids[1])
     before = _call(url, "GET", "/metrics")[1]
@@ -222,7 +227,11 @@ def test_metrics_count_what_was_sent(servers) -> None:
     assert delta("recsys_api_errors_total", endpoint="/v1/recommend", status="404") == 3
     assert delta("recsys_api_request_seconds_count", endpoint="/v1/recommend") == 10
     version = load_model(servers["runs"]["ease"].artifact_dir).identity
-    assert f'model_version="{version}"' in after and "recsys_api_batch_size_count" in after
+    assert f'model_version="{version}"' in after
+    assert _sample(after, "recsys_api_batch_size_count") - _sample(before, "recsys_api_batch_size_count") == 7  # 404s
+    # are refused before they join a batch; the keyed server's sequential requests are batches of one
+    assert _call(url, "GET", "/readyz")[1]["batching"] is True  # --batch on
+    assert _call(servers["open"], "GET", "/readyz")[1]["batching"] is False  # --batch off
 
 
 def test_a_new_best_run_is_swapped_in_under_load_without_a_failed_request(servers) -> None:

@@ -15,11 +15,11 @@ from recsys_core.errors import RecsysError
 from recsys_core.insight import explain
 from recsys_core.models.profiles import human_duration
 from recsys_core.progress import Progress
-from recsys_core.recommend.topk import recommend
+from recsys_core.recommend.usecases import Query
 from views.ui import jobs, state
 from views.ui.charts import chart_label
 from views.ui.common import md_escape, plural, show_data_error
-from views.ui.model_state import page_dataset_and_model
+from views.ui.model_state import page_dataset_and_model, recommendations
 
 USER_KEY, ITEM_KEY = "explain_user", "explain_item"  # plain state, also set by the Recommend page
 MAX_USER_OPTIONS = 50_000  # above this many users, the user is typed rather than picked from a list
@@ -64,7 +64,7 @@ if not isinstance(st.session_state.get(USER_KEY), int) or not 0 <= st.session_st
 user = st.session_state[USER_KEY]
 st.session_state["explain_user_select"] = user  # mirror plain state into the widget before it is drawn
 history = ds.history(user)
-recs = recommend(model, history, 10, popularity=ds.item_popularity, items=ds.items)
+recs = recommendations(model, ds, Query.of(user=str(ds.user_ids[user]), k=10))  # the Recommend page's own list
 options = [int(i) for i in recs["item"]]
 chosen = st.session_state.get(ITEM_KEY)
 if not isinstance(chosen, int) or not 0 <= chosen < ds.n_items or chosen in set(history.tolist()):

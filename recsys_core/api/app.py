@@ -126,8 +126,7 @@ def build_app(settings: ServeSettings, holder: ModelHolder | None = None, api_ke
     """The app serving `holder` (loaded from `settings` when not given). `api_key` defaults to $RECSYS_API_KEY."""
     holder = holder or ModelHolder(settings)
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
-    enabled = settings.batch == "on" or (settings.batch == "auto" and holder.served.model.capabilities.order_aware)
-    coalescer = Coalescer(settings.limits, settings.batch_max, settings.batch_wait_ms, enabled)
+    coalescer = Coalescer(settings.limits, settings.batch_max, settings.batch_wait_ms, settings.batch)
     metrics = Metrics()
     metrics.model_loaded(holder.served.info())
 
@@ -205,7 +204,8 @@ def build_app(settings: ServeSettings, holder: ModelHolder | None = None, api_ke
         """A model is loaded: which one, and the last problem loading a newer one (if any)."""
         served = holder.served
         metrics.model_loaded(served.info())  # the gauge follows swaps
-        return _json({"status": "ready", **served.info(), "swaps": holder.swaps, "last_error": holder.last_error})
+        return _json({"status": "ready", **served.info(), "batching": coalescer.batches(served), "swaps": holder.swaps,
+                      "last_error": holder.last_error})
 
     @app.get("/metrics", tags=["operations"])
     async def prometheus() -> Response:

@@ -159,15 +159,20 @@ class Coalescer:
     thread costs more than EASE's whole top-10 on a busy machine, and one process scores one request at a time
     either way (one torch thread per worker; `--workers` adds processes)."""
 
-    def __init__(self, limits: Limits, max_batch: int, wait_ms: float, enabled: bool) -> None:
-        self.limits, self.max_batch, self.wait_s, self.enabled = limits, max_batch, wait_ms / 1000.0, enabled
+    def __init__(self, limits: Limits, max_batch: int, wait_ms: float, mode: str) -> None:
+        self.limits, self.max_batch, self.wait_s, self.mode = limits, max_batch, wait_ms / 1000.0, mode
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recsys-model")
         self._queue: asyncio.Queue[_Waiting] | None = None
         self._task: asyncio.Task | None = None
         self.batch_sizes: list[int] = []  # recent batch sizes, read (and cleared) by the metrics
 
+    def batches(self, served: Served) -> bool:
+        """Whether requests to this model are coalesced: `on`, or `auto` for a sequential (order-aware) model, whose
+        forward pass costs most and batches best (asked per model: a swap may change the family)."""
+        return self.mode == "on" or (self.mode == "auto" and served.model.capabilities.order_aware)
+
     async def recommend(self, served: Served, query: Query) -> Recommendations:
-        if not self.enabled:
+        if not self.batches(served):
             return self._one(served, query)
         loop = asyncio.get_running_loop()
         if self._task is None:
