@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import optuna
 
+from recsys_core.cache import KeyedCache
 from recsys_core.data.dataset import Dataset
 from recsys_core.data.splits import EvalSet, Split
 from recsys_core.errors import ConfigError, RecsysError
@@ -96,9 +97,19 @@ def study_name(dataset: str, family: str, split_kind: str = "leave_one_out", lab
     return ":".join(part for part in (dataset, family, split_kind, label) if part)
 
 
+# A page follows a study every second: opening the storage (~0.09 CPU s) and the importances (~0.1 CPU s over a
+# few trials, more over many) are computed once per file, and once per set of finished trials.
+_STORAGES: KeyedCache[optuna.storages.RDBStorage] = KeyedCache(max_entries=16)
+_IMPORTANCES: KeyedCache[dict] = KeyedCache(max_entries=64)
+
+
 def _storage(path: str | Path) -> optuna.storages.RDBStorage:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.storages.RDBStorage(f"sqlite:///{Path(path)}", engine_kwargs={"connect_args": {"timeout": 30}})
+    path = Path(path).resolve()
+    url = f"sqlite:///{path}"
+    inode = path.stat().st_ino if path.is_file() else None  # a replaced workspace's file is another database
+    return _STORAGES.get_or_compute((url, inode), lambda: optuna.storages.RDBStorage(
+        url, engine_kwargs={"connect_args": {"timeout": 30}}))
 
 
 def validation_only(split: Split) -> Split:
@@ -174,9 +185,10 @@ def tune(ds: Dataset, family: str, *, budget_cpu_s: float, storage: str | Path, 
     study = _open_study(name, storage, search)
     stopped = _optimize(study, search, max_trials)
     spent = search.spent()
-    best = _best(study)
-    result = TuneResult(name, family, float(budget_cpu_s), round(spent, 2), stopped, trials_table(study), best,
-                        importances(study), describe_space(space), cap)
+    trials = study.get_trials(deepcopy=False)
+    best = _best(trials)
+    result = TuneResult(name, family, float(budget_cpu_s), round(spent, 2), stopped, trials_table(trials), best,
+                        importances(study, trials), describe_space(space), cap)
     if best and final_seeds and not progress.cancelled:
         _final(result, search, full, final_seeds, workspace, dataset_name or ds.name)
     return result
@@ -203,7 +215,11 @@ def _open_study(name: str, storage: str | Path, search: _Search) -> optuna.Study
 
 
 def _exists(name: str, storage: optuna.storages.RDBStorage) -> bool:
-    return any(s.study_name == name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+    try:
+        storage.get_study_id_from_name(name)
+    except KeyError:
+        return False
+    return True
 
 
 def _defaults_in_space(search: _Search) -> dict:
@@ -226,12 +242,13 @@ def _optimize(study: optuna.Study, search: _Search, max_trials: int | None) -> s
 
 
 def _announce(study: optuna.Study, search: _Search) -> None:
-    best = _best(study)
+    trials = study.get_trials(deepcopy=False)
+    best = _best(trials)
     words = f"best {METRIC} {best['value']:.4f} (trial {best['number']})" if best else "no finished trial yet"
     spent = search.spent()
     search.progress.update(int(min(spent, search.budget_s)), math.ceil(search.budget_s),
-                           epoch=len(study.trials), metrics={"best": best.get("value")} if best else {},
-                           message=f"{len(study.trials)} trials, {spent:.0f} of {search.budget_s:.0f} CPU s; {words}")
+                           epoch=len(trials), metrics={"best": best.get("value")} if best else {},
+                           message=f"{len(trials)} trials, {spent:.0f} of {search.budget_s:.0f} CPU s; {words}")
 
 
 def _trial(trial: optuna.Trial, search: _Search) -> float:
@@ -309,8 +326,8 @@ class _Watch:
             self.progress.cancel()
 
 
-def _best(study: optuna.Study) -> dict:
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+def _best(trials: list[optuna.trial.FrozenTrial]) -> dict:
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
         return {}
     t = max(done, key=lambda t: t.value)
@@ -318,10 +335,10 @@ def _best(study: optuna.Study) -> dict:
             **{k: t.user_attrs.get(k) for k in ("cpu_s", "stopped", "under_trained")}}
 
 
-def trials_table(study: optuna.Study) -> list[dict]:
+def trials_table(trials: list[optuna.trial.FrozenTrial]) -> list[dict]:
     """One row per trial: number, state, value, the best value so far, CPU seconds, how it stopped, params."""
     rows, best = [], -math.inf
-    for t in study.trials:
+    for t in trials:
         value = t.value if t.state == optuna.trial.TrialState.COMPLETE else None
         best = max(best, value) if value is not None else best
         rows.append({"number": t.number, "state": t.state.name.lower(), "value": value,
@@ -330,12 +347,18 @@ def trials_table(study: optuna.Study) -> list[dict]:
     return rows
 
 
-def importances(study: optuna.Study) -> dict[str, float]:
+def importances(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> dict[str, float]:
     """Each parameter's share of the value's variance over the finished trials (Optuna's fANOVA);
     {} until at least two finished trials differ."""
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     if len(done) < 2 or len({t.value for t in done}) < 2:
         return {}
+    # the finished trials decide the answer (their values with them: the same name in another workspace differs)
+    key = (study.study_name, tuple((t.number, t.value, tuple(sorted(t.params.items()))) for t in done))
+    return _IMPORTANCES.get_or_compute(key, lambda: _importances(study))
+
+
+def _importances(study: optuna.Study) -> dict[str, float]:
     try:
         return {k: round(float(v), 4) for k, v in optuna.importance.get_param_importances(study).items()}
     except (RuntimeError, ValueError) as err:  # e.g. every finished trial drew the same values
@@ -345,11 +368,15 @@ def importances(study: optuna.Study) -> dict[str, float]:
 
 def read_study(storage: str | Path, name: str) -> dict:
     """A stored study as any tab or the CLI shows it: trials, best, importances, budgets; {} when none."""
+    if not Path(storage).is_file():  # reading never creates the file
+        return {}
     storage_ = _storage(storage)
-    if not Path(storage).is_file() or not _exists(name, storage_):
+    if not _exists(name, storage_):
         return {}
     study = optuna.load_study(study_name=name, storage=storage_)
-    return {"study": name, "trials": trials_table(study), "best": _best(study), "importances": importances(study),
+    trials = study.get_trials(deepcopy=False)
+    return {"study": name, "trials": trials_table(trials), "best": _best(trials),
+            "importances": importances(study, trials),
             "budgets": study.user_attrs.get("budgets", []), "space": study.user_attrs.get("space", {})}
 
 
