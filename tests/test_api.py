@@ -273,3 +273,25 @@ def test_a_new_best_run_is_swapped_in_under_load_without_a_failed_request(server
     for versions in seen.values():  # every client: the old model, then the new one, never back
         assert versions[0] == old and versions[-1] == new and len(versions) > 5
         assert versions == sorted(versions, key=lambda v: v == new)
+
+
+def test_two_forked_workers_answer_share_the_model_pages_and_sum_their_metrics(servers) -> None:
+    import psutil
+
+    proc, url = _start(servers["root"], "--workers", "2", "--poll-s", "0")
+    try:
+        _wait(proc, url)
+        user = str(servers["ds"].user_ids[2])
+        for _ in range(12):
+            assert _call(url, "POST", "/v1/recommend", {"user": user, "k": 3})[0] == 200
+        text = _call(url, "GET", "/metrics")[1]
+        assert _counter(text, "recsys_api_requests_total", endpoint="/v1/recommend", status="200") == 12
+        workers = psutil.Process(proc.pid).children()
+        assert len(workers) == 2
+        assert _counter(text, "recsys_api_model_info") == 2  # one live series per worker
+        for worker in workers:
+            memory = worker.memory_full_info()
+            assert memory.uss < 0.5 * memory.rss, memory  # most pages (torch, the model, the dataset) are shared
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

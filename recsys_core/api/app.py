@@ -127,11 +127,11 @@ def build_app(settings: ServeSettings, holder: ModelHolder | None = None, api_ke
     holder = holder or ModelHolder(settings)
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
     coalescer = Coalescer(settings.limits, settings.batch_max, settings.batch_wait_ms, settings.batch)
-    metrics = Metrics()
-    metrics.model_loaded(holder.served.info())
+    metrics = Metrics()  # the model gauge is set by the process that answers /metrics (a forked worker)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        metrics.model_loaded(holder.served.info())  # in the process that serves (after a worker's fork)
         holder.start_polling()
         yield
         holder.stop()

@@ -45,14 +45,18 @@ class Metrics:
         self._shown: tuple | None = None
 
     def model_loaded(self, info: dict) -> None:
-        """Point the model gauge at the served model (the previous one's series is removed)."""
-        labels = (info["model"], info["model_version"], str(info["run"]), info["dataset"])
-        if labels == self._shown:
+        """Point the model gauge at the served model (the previous one's series is removed, or set to 0 where
+        several workers share the metrics). Per process: a forked worker starts with its values reset."""
+        shown = (os.getpid(), info["model"], info["model_version"], str(info["run"]), info["dataset"])
+        if shown == self._shown:
             return
-        if self._shown is not None and not self.multiprocess:
-            self.model.remove(*self._shown)
-        self.model.labels(*labels).set(1)
-        self._shown = labels
+        if self._shown is not None and self._shown[0] == shown[0]:
+            if self.multiprocess:
+                self.model.labels(*self._shown[1:]).set(0)
+            else:
+                self.model.remove(*self._shown[1:])
+        self.model.labels(*shown[1:]).set(1)
+        self._shown = shown
 
     def batches(self, sizes: list[int]) -> None:
         """Record the batch sizes gathered since the last call (and clear them)."""

@@ -1,4 +1,9 @@
-"""Run the API under uvicorn: one process, or `workers` processes that each load the model (`recsys serve`).
+"""Run the API under uvicorn: one process, or `workers` processes forked after the model is loaded (`recsys serve`).
+
+Workers are forked from the process that loaded the model and the dataset, so the weights' and the dataset's
+arrays stay in pages the workers share (copy-on-write: nothing writes them); each worker then runs its own
+uvicorn server on the one listening socket, and the kernel spreads connections between them. Each worker polls
+for a new active run on its own and loads it by itself (a swap costs each worker its own copy of the new model).
 
 Beyond one machine the server holds no state but the model folder and the dataset it reads: replicas started
 with the same workspace (or a copy of it) behind any load balancer serve the same model.
@@ -7,44 +12,75 @@ with the same workspace (or a copy of it) behind any load balancer serve the sam
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import sys
 import tempfile
 
 import uvicorn
 
-from recsys_core.api.settings import SETTINGS_ENV, ServeSettings
+from recsys_core.api.settings import ServeSettings
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # as api/metrics.py reads it (not imported: the supervisor stays small)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # as api/metrics.py reads it; set before prometheus_client is imported
+_UVICORN = {"log_level": "warning", "access_log": False, "timeout_graceful_shutdown": 5}
 
 
 def _app(settings: ServeSettings):
-    """The app of one server process (the engine and torch are imported here, never by a workers' supervisor)."""
+    """The app with its model loaded (the engine and torch are imported here, after the metrics' mode is set)."""
     from recsys_core.api.app import build_app
     from recsys_core.threads import use_threads
 
-    use_threads(settings.threads)
+    use_threads(settings.threads)  # before any torch work: a forked worker must not inherit an OpenMP pool
     return build_app(settings)
 
 
-def create_app():
-    """uvicorn's app factory in each worker process: the settings travel in $RECSYS_SERVE_SETTINGS."""
-    return _app(ServeSettings.from_json(os.environ[SETTINGS_ENV]))
-
-
 def serve(settings: ServeSettings) -> None:
-    """Serve until interrupted. With one worker the model is loaded (and any problem reported) before the port
-    opens; with several, each worker loads its own before it answers."""
-    common = {"host": settings.host, "port": settings.port, "log_level": "warning", "access_log": False,
-              "timeout_graceful_shutdown": 5}
+    """Serve until interrupted. The model is loaded (and any problem reported) before the port opens."""
     if settings.workers == 1:
         app = _app(settings)
-        print(f"serving {app.state.holder.served.info()} on http://{settings.host}:{settings.port} "
-              f"(docs: /docs)", file=sys.stderr, flush=True)
-        uvicorn.run(app, **common)
+        _say(app, settings)
+        uvicorn.run(app, host=settings.host, port=settings.port, **_UVICORN)
         return
-    os.environ[SETTINGS_ENV] = settings.to_json()
     with tempfile.TemporaryDirectory(prefix="recsys-metrics-") as folder:
         os.environ.setdefault(MULTIPROC_ENV, folder)  # every worker writes its counters here; /metrics sums them
-        print(f"serving dataset {settings.dataset!r} with {settings.workers} workers on "
-              f"http://{settings.host}:{settings.port} (docs: /docs)", file=sys.stderr, flush=True)
-        uvicorn.run(f"{__name__}:{create_app.__name__}", factory=True, workers=settings.workers, **common)
+        _serve_forked(settings)
+
+
+def _say(app, settings: ServeSettings) -> None:
+    print(f"serving {app.state.holder.served.info()} on http://{settings.host}:{settings.port} with "
+          f"{settings.workers} worker(s) (docs: /docs)", file=sys.stderr, flush=True)
+
+
+def _serve_forked(settings: ServeSettings) -> None:
+    app = _app(settings)
+    listener = socket.create_server((settings.host, settings.port), backlog=2048)
+    listener.set_inheritable(True)
+    _say(app, settings)
+    children = []
+    for _ in range(settings.workers):
+        pid = os.fork()
+        if pid == 0:  # a worker: its own event loop and uvicorn server on the shared socket
+            code = 0
+            try:
+                uvicorn.Server(uvicorn.Config(app, **_UVICORN)).run(sockets=[listener])
+            except BaseException:  # noqa: BLE001  reported by the traceback below; the parent sees the status
+                import traceback
+
+                traceback.print_exc()
+                code = 1
+            finally:
+                os._exit(code)
+        children.append(pid)
+    listener.close()
+
+    def stop_workers(_signum, _frame) -> None:
+        for child in children:
+            try:
+                os.kill(child, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, stop_workers)
+    signal.signal(signal.SIGINT, stop_workers)
+    for child in children:
+        os.waitpid(child, 0)

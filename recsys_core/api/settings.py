@@ -3,12 +3,10 @@ parser reads the defaults without loading the engine."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from recsys_core.errors import ConfigError
 
-SETTINGS_ENV = "RECSYS_SERVE_SETTINGS"  # the settings as JSON, for uvicorn's worker processes
 BATCH_MODES = ("auto", "on", "off")  # auto: coalesce for order-aware (sequential) models, whose pass costs most
 
 
@@ -48,10 +46,3 @@ class ServeSettings:
         from recsys_core.recommend.usecases import Limits
 
         return Limits(max_k=self.max_k, max_history=self.max_history)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> ServeSettings:
-        return cls(**json.loads(text))
