@@ -22,7 +22,15 @@ from recsys_core.data.splits import EvalSet, leave_one_out
 from recsys_core.errors import ConfigError
 from recsys_core.models import loop
 from recsys_core.models.base import FAMILIES, family_class
-from recsys_core.models.settings import Settings, build_config, search, search_choices, search_space, setting
+from recsys_core.models.settings import (
+    Settings,
+    build_config,
+    flatten_config,
+    search,
+    search_choices,
+    search_space,
+    setting,
+)
 from recsys_core.progress import Progress
 from recsys_core.training.experiment import families
 from recsys_core.training.tune import (
@@ -67,6 +75,8 @@ def test_every_declared_search_space_names_real_settings_with_values_inside_thei
         for name, dim in search_space(cls.config_class).items():
             for value in dim.values():  # each end of a range and every choice builds a config on its own
                 build_config(cls.config_class, {name: value})
+            default = flatten_config(cls.config_class())[name]  # the defaults compete as the first trial
+            assert default in dim.choices if dim.choices is not None else dim.low <= default <= dim.high, name
 
 
 @dataclass
@@ -177,3 +187,13 @@ def test_a_tune_job_runs_in_its_own_process_shows_its_trials_and_cancels_within_
     finally:
         process.kill() if process.poll() is None else None
         process.wait(10)
+
+
+def test_a_trial_whose_settings_are_refused_fails_alone_with_its_reason(ds, tmp_path, monkeypatch):
+    """Heads of 3 or 5 divide no hidden width of 16: each trial fails with the reason, the search goes on."""
+    monkeypatch.setattr(family_class("sasrec").config_class, "search_space", {"heads": search_choices(3, 5)})
+    result = tune(ds, "sasrec", budget_cpu_s=60, storage=tmp_path / "s.db", overrides=TINY, max_trials=2,
+                  final_seeds=())
+    assert [t["state"] for t in result.trials] == ["fail", "fail"]
+    assert all("not a multiple of heads" in t["stopped"] for t in result.trials)
+    assert result.best == {} and result.final == {}

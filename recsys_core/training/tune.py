@@ -223,8 +223,15 @@ def _exists(name: str, storage: optuna.storages.RDBStorage) -> bool:
 
 
 def _defaults_in_space(search: _Search) -> dict:
+    """The defaults' value of every searched setting the space holds (one it does not is left to the sampler)."""
     flat = flatten_config(make_model(search.family, search.fixed).config)
-    return {name: flat[name] for name in search.space}
+    return {name: flat[name] for name, dim in search.space.items() if _holds(dim, flat[name])}
+
+
+def _holds(dim: Dimension, value: Any) -> bool:
+    if dim.choices is not None:
+        return value in dim.choices
+    return dim.low <= value <= dim.high
 
 
 def _optimize(study: optuna.Study, search: _Search, max_trials: int | None) -> str:
@@ -252,13 +259,21 @@ def _announce(study: optuna.Study, search: _Search) -> None:
 
 
 def _trial(trial: optuna.Trial, search: _Search) -> float:
+    try:
+        return _run_trial(trial, search)
+    except RecsysError as err:  # a bad combination of settings, out of memory: this trial fails, the search goes on
+        trial.set_user_attr("stopped", f"failed: {err}")
+        raise
+
+
+def _run_trial(trial: optuna.Trial, search: _Search) -> float:
     params = {name: _suggest(trial, name, dim) for name, dim in search.space.items()}
     values = {**search.fixed, **params}
     cls = family_class(search.family)
     budget = min(search.trial_cpu_s, max(search.left(), MIN_TRIAL_S))
     if has_training_loop(cls.config_class):
         values.update({"train.cpu_budget_s": budget, "train.seed": search.seed})
-    model = make_model(search.family, values)  # a ConfigError (a bad combination) fails only this trial
+    model = make_model(search.family, values)
     refusal = model.refusal(search.ds)
     if refusal is not None:
         trial.set_user_attr("stopped", f"refused: {refusal.reason}")
