@@ -93,10 +93,12 @@ def too_many_rows(file: str, n: int, limit: int, *, at_least: bool = False) -> e
 
 
 def run_isolated(fn: Callable[..., Any], blob: Blob, *numbers: int, file: str, memory_mb: float | None = None,
-                 timeout_s: float | None = None, params: dict | None = None) -> Any:
+                 timeout_s: float | None = None, params: dict | None = None, extra: bytes = b"") -> Any:
     """`fn(blob, *numbers, **params)` in a limited child process: its frame (or (frame, tag)), or the RecsysError
     it raised. `params` and a tag must be JSON values; the frame may be pandas, an Arrow table, or None when
-    only the tag matters (a whole ingest sends back its record and report, never its rows).
+    only the tag matters (a whole ingest sends back its record and report, never its rows). `extra` bytes
+    follow the blob's in the child's `blob.data` (a second file: pass its offset among `numbers`); the bytes
+    are written to the child piece by piece, never joined into one more copy of an upload in this process.
 
     `fn` must be a module-level function of `recsys_core` (the child imports it by name). Nothing crosses
     the pipe as pickle: the request is a JSON header plus the raw bytes, the reply a JSON header plus an
@@ -110,7 +112,7 @@ def run_isolated(fn: Callable[..., Any], blob: Blob, *numbers: int, file: str, m
     header = {"module": fn.__module__, "name": fn.__qualname__, "numbers": [int(n) for n in numbers],
               "blob_name": blob.name, "member": blob.member, "memory_bytes": int(memory_mb * 2**20),
               "timeout_s": timeout_s, "params": params or {}}
-    request = json.dumps(header).encode() + b"\n" + bytes(blob.data)
+    request = [json.dumps(header).encode() + b"\n", blob.data, extra]
     with _SLOTS:
         out = _exchange(request, timeout_s)
     if out is None:
@@ -122,8 +124,9 @@ def run_isolated(fn: Callable[..., Any], blob: Blob, *numbers: int, file: str, m
     return _unpack(reply, file, memory_mb)
 
 
-def _exchange(request: bytes, timeout_s: float) -> tuple[int, bytes] | None:
-    """(exit code, stdout) of one child run; None on timeout (the child is killed).
+def _exchange(request: list[bytes], timeout_s: float) -> tuple[int, bytes] | None:
+    """(exit code, stdout) of one child run, fed the `request` pieces by a writer thread; None on timeout (the
+    child is killed).
 
     A fresh interpreter (`python -m recsys_core.data.isolated`), not `multiprocessing`: that would
     re-run the parent's `__main__` in the child, and `python -m recsys_core` has no main guard.
@@ -131,8 +134,23 @@ def _exchange(request: bytes, timeout_s: float) -> tuple[int, bytes] | None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, env=env)
+    stdin, proc.stdin = proc.stdin, None  # fed here, so `communicate` only reads
+
+    def feed() -> None:
+        try:
+            for piece in request:
+                stdin.write(piece)
+        except OSError:  # the child died or stopped reading: its exit code says why
+            pass
+        finally:
+            try:
+                stdin.close()
+            except OSError:
+                pass
+
+    threading.Thread(target=feed, name="isolated-feed", daemon=True).start()
     try:
-        stdout, _ = proc.communicate(request, timeout=timeout_s)
+        stdout, _ = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()

@@ -103,8 +103,8 @@ def ingest_upload(ws: Workspace, data: bytes, filename: str, *, mapping: dict | 
     except TypeError as err:
         raise DataError("the column mapping names a column that is not a text or number label", file=filename,
                         hint="choose the columns again in the column mapping") from err
-    _, reply = run_isolated(_ingest_child, Blob(blob.data + extra, blob.name), len(blob.data), file=blob.name,
-                            params=params)
+    _, reply = run_isolated(_ingest_child, Blob(blob.data, blob.name), len(blob.data), file=blob.name,
+                            params=params, extra=extra)
     record = ws.get_dataset(reply["name"])
     if record is None:  # removed by another session between the save and this read
         raise DataError(f"the dataset {reply['name']!r} was saved but is gone now", file=filename,
