@@ -228,9 +228,11 @@ def recommend_batch(model: Recommender, ds: Dataset, queries: Sequence[Query], l
         if r.allowed is not None:
             mask[row] |= torch.from_numpy(~r.allowed)
     out: list[Recommendations | None] = [None] * len(queries)
-    for k in sorted({q.k for q in queries}):  # one top-k per distinct k: ties break as in a query alone
+    ks = sorted({q.k for q in queries})
+    for k in ks:  # one top-k per distinct k: ties break as in a query alone
         rows = [i for i, q in enumerate(queries) if q.k == k]
-        idx, val = top_k(scores[rows], min(k, catalogue.n_items), mask[rows])
+        part = (scores, mask) if len(ks) == 1 else (scores[rows], mask[rows])  # one k (the usual case): no copy
+        idx, val = top_k(part[0], min(k, catalogue.n_items), part[1])
         for j, row in enumerate(rows):
             real = idx[j] >= 0
             r = resolved[row]
