@@ -7,9 +7,10 @@
     python -m recsys_core recommend --model-dir DIR --dataset demo --user 42 [-k 10]
     python -m recsys_core serve --dataset demo [--port 8000 --workers 2]   (HTTP API, docs at /docs)
 
-Results are printed as JSON on stdout; progress goes to stderr; bad input exits with status 2 and
-a message that says what to fix. Under torchrun, BERT4Rec, SASRec+ and the text tower train data-
-parallel (one process per GPU, or gloo on CPU) and rank 0 alone prints, saves and records the run.
+Results are printed as JSON on stdout; progress goes to stderr. Errors print one JSON line on stderr,
+`{"error": {"type", "message", "hint", ...}}`, and no traceback: bad input (a `RecsysError`) exits with
+status 2 and says what to fix, Ctrl-C with 130, a bug with 1 (`recsys --debug ...` adds the traceback).
+Under torchrun, BERT4Rec, SASRec+ and the text tower train data-parallel (one process per GPU, or gloo on CPU) and rank 0 alone prints, saves and records the run.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 
 import numpy as np
 
@@ -31,10 +33,14 @@ def _workspace(args: argparse.Namespace):
     return Workspace(args.workspace)
 
 
+_BARS: list = []  # progress bars this command drew on stderr
+
+
 def _tqdm_progress() -> Progress:
     from tqdm import tqdm
 
     bar = tqdm(total=0, file=sys.stderr, unit="step", dynamic_ncols=True)
+    _BARS.append(bar)  # closed before an error is printed, so the error has a line of its own
 
     def render(event):
         if bar.total != event.total:
@@ -300,6 +306,7 @@ the result, writes checkpoints and saves the model."""
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="recsys", description="RecSys Explorer engine (also: python -m recsys_core)")
     p.add_argument("--workspace", default=None, help="workspace folder (default $RECSYS_WORKSPACE or ./workspace)")
+    p.add_argument("--debug", action="store_true", help="on an error, print the traceback too")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     ing = sub.add_parser("ingest", help="read, validate and save an interactions file")
@@ -378,9 +385,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         out = args.func(args)
-    except RecsysError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except RecsysError as err:  # the user's move: what, where and what to do, as one JSON document
+        _say_error(err.__class__.__name__, err.message, err.hint, args.debug, file=err.file, line=err.line,
+                   column=err.column, setting=err.setting, examples=err.examples[:5], text=str(err))
         return 2
+    except KeyboardInterrupt:
+        _say_error("Interrupted", "stopped by Ctrl-C before it finished; nothing was printed on stdout",
+                   "run the command again", args.debug)
+        return 130
+    except Exception as err:  # noqa: BLE001  a bug, not the user's input: one line, the traceback on request
+        _say_error("InternalError", f"unexpected {type(err).__name__}; the command did not finish",
+                   "run it again with --debug (recsys --debug ...) for the traceback, and report it", args.debug)
+        return 1
     finally:
         if "torch.distributed" in sys.modules:  # only a command that trained has loaded it
             from recsys_core.models import distributed
@@ -389,6 +405,18 @@ def main(argv: list[str] | None = None) -> int:
     if out is not None:  # None: a torchrun process other than rank 0
         print(json.dumps(out, indent=2, default=_json_default))
     return 0
+
+
+def _say_error(kind: str, message: str, hint: str | None, debug: bool, **where) -> None:
+    """One JSON error document, one line, last on stderr (stdout stays empty: it carries only results); with --debug
+    the traceback comes first."""
+    for bar in _BARS:
+        bar.close()
+    if debug:
+        traceback.print_exc()
+    fields = {k: v for k, v in where.items() if v not in (None, [], "")}
+    print(json.dumps({"error": {"type": kind, "message": message, "hint": hint, **fields}}, ensure_ascii=False,
+                     default=_json_default), file=sys.stderr)
 
 
 def _json_default(obj):
