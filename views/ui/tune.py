@@ -16,7 +16,7 @@ import streamlit as st
 from recsys_core.data.dataset import Dataset
 from recsys_core.errors import RecsysError
 from recsys_core.models.base import family_class, refusal_of
-from recsys_core.training.experiment import families
+from recsys_core.training.experiment import STOP_REASONS, families
 from recsys_core.training.jobs import TrainingJob
 from recsys_core.training.tune import (
     TUNE_KIND,
@@ -34,6 +34,7 @@ from recsys_core.workspace.registry import DatasetRecord
 from views.ui.common import md_escape, show_data_error, workspace
 
 METRIC_WORDS = "validation NDCG@10"
+SEEN_KEY = "tune_seen_active"  # session state: ids of searches running at the last redraw (to notice one ending)
 
 
 def tune_mode(record: DatasetRecord, ds: Dataset, store: JobStore) -> None:
@@ -89,6 +90,11 @@ def _range_words(dim: dict) -> str:
 def _follow(store: JobStore, dataset: str, family: str, name: str) -> None:
     """The newest search of this family: its progress and Cancel, then the study's trials and charts."""
     jobs = [j for j in store.list(dataset=dataset, kind=TUNE_KIND, limit=20) if j.family == family]
+    active = {j.id for j in jobs if j.active}
+    ended = st.session_state.get(SEEN_KEY, set()) - active
+    st.session_state[SEEN_KEY] = active
+    if ended:
+        st.rerun()  # a search ended: redraw the page, so the form offers to resume and Saved runs lists the winner
     if jobs:
         _job_card(store, jobs[0])
     study = read_study(studies_path(workspace().root), name)
@@ -109,10 +115,12 @@ def _job_card(store: JobStore, job: JobRecord) -> None:
         return
     final = job.result.get("final", {})
     if job.status == "finished" and final:
-        ndcg = final["ndcg@10"]
+        ndcg, runs = final["ndcg@10"], [f"#{i}" for i in job.result.get("run_ids", [])]
+        seeds = ", ".join(str(s) for s in ndcg["seeds"])
         st.success(f"Search #{job.id} finished ({budget / 60:g} CPU minutes): the best settings score test NDCG@10 "
-                   f"**{ndcg['mean']:.4f} ± {ndcg['std']:.4f}** over seeds {ndcg['seeds']}, recorded as runs "
-                   f"{', '.join(f'#{i}' for i in job.result.get('run_ids', []))} (see Saved runs and Compare).")
+                   f"**{ndcg['mean']:.4f} ± {ndcg['std']:.4f}** over seed{'s' if len(ndcg['seeds']) > 1 else ''} "
+                   f"{seeds}, recorded as run{'s' if len(runs) > 1 else ''} {', '.join(runs)} (see Saved runs and "
+                   "Compare).")
     elif job.status == "finished":
         st.info(f"Search #{job.id} finished without a finished trial to retrain.")
     else:
@@ -124,7 +132,7 @@ def _study_view(study: dict) -> None:
     best = study["best"]
     if best:
         st.markdown(f"**Best so far:** trial {best['number']}, {METRIC_WORDS} {best['value']:.4f}, with "
-                    + ", ".join(f"`{md_escape(k)}` = {md_escape(_short(v))}" for k, v in best["params"].items()))
+                    + ", ".join(f"`{_code(k)}` = {md_escape(_short(v))}" for k, v in best["params"].items()))
         if best.get("under_trained"):
             st.caption("The winner was still improving when its trial's CPU ran out: more budget per trial "
                        "(or a longer final training) would likely pay.")
@@ -137,6 +145,11 @@ def _study_view(study: dict) -> None:
         st.caption("Parameter importances appear once two finished trials differ.")
 
 
+def _code(text: str) -> str:
+    """A setting's name inside a Markdown code span (where escapes would show): no backticks in it."""
+    return text.replace("`", "'")
+
+
 def _short(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -144,7 +157,7 @@ def _short(value: object) -> str:
 def trials_frame(trials: list[dict]) -> pd.DataFrame:
     """One row per trial, one column per searched setting."""
     rows = [{"trial": t["number"], "state": t["state"], METRIC_WORDS: t["value"], "best so far": t["best_so_far"],
-             "CPU s": t["cpu_s"], "how it ended": t["stopped"], **{k: _short(v) for k, v in t["params"].items()}}
+             "CPU s": t["cpu_s"], "how it ended": STOP_REASONS.get(t["stopped"], t["stopped"]), **{k: _short(v) for k, v in t["params"].items()}}
             for t in trials]
     return pd.DataFrame(rows)
 
@@ -172,6 +185,6 @@ def importance_figure(importances: dict[str, float]) -> go.Figure:
     fig = go.Figure(go.Bar(x=[importances[n] for n in names], y=[html.escape(n) for n in names], orientation="h",
                            hovertemplate="%{y}: %{x:.1%} of the variance<extra></extra>"))
     fig.update_layout(title="Parameter importances", xaxis_title="share of the validation NDCG@10 variance",
-                      yaxis_title="setting", xaxis_tickformat=".0%", height=80 + 28 * len(names),
-                      margin={"l": 10, "r": 10, "t": 40, "b": 10})
+                      yaxis_title="setting", xaxis_tickformat=".0%", height=150 + 28 * len(names),
+                      margin={"l": 10, "r": 10, "t": 40, "b": 50})
     return fig
