@@ -84,18 +84,20 @@ def _call(url: str, method: str, path: str, body: object = None, *, raw: bytes |
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory):
     """A workspace with popularity and EASE runs (EASE is the best), and two servers on it: `open` (no key,
-    batching off, polling every 0.2 s) and `keyed` (RECSYS_API_KEY set, batching on, no polling)."""
+    batching off, polling every 0.2 s) and `keyed` (RECSYS_API_KEY set, batching on, no polling, 2 workers)."""
     ws_root = tmp_path_factory.mktemp("api") / "workspace"
     ws = Workspace(ws_root)
     ws.ensure_demo()
     ds = load_demo()
     runs = {f: run_experiment(ds, f, workspace=ws, dataset_name=DEMO_NAME) for f in ("popularity", "ease")}
     started = {"open": _start(ws_root, "--poll-s", "0.2", "--batch", "off"),
-               "keyed": _start(ws_root, "--poll-s", "0", "--batch", "on", "--batch-wait-ms", "5", key=KEY)}
+               "keyed": _start(ws_root, "--poll-s", "0", "--batch", "on", "--batch-wait-ms", "5", "--workers", "2",
+                               key=KEY)}
     try:
         for proc, url in started.values():
             _wait(proc, url)
-        yield {"ws": ws, "root": ws_root, "ds": ds, "runs": runs, **{name: url for name, (_, url) in started.items()}}
+        yield {"ws": ws, "root": ws_root, "ds": ds, "runs": runs, "keyed_pid": started["keyed"][0].pid,
+               **{name: url for name, (_, url) in started.items()}}
     finally:
         for proc, _ in started.values():
             proc.terminate()
@@ -210,7 +212,9 @@ def _sample(text: str, name: str) -> float:
     return next((float(line.split(" ")[1]) for line in text.splitlines() if line.startswith(f"{name} ")), 0.0)
 
 
-def test_metrics_count_what_was_sent(servers) -> None:
+def test_metrics_count_what_two_workers_answered_and_the_workers_share_pages(servers) -> None:
+    import psutil
+
     url, user = servers["keyed"], str(servers["ds"].user_ids[1])
     before = _call(url, "GET", "/metrics")[1]
     for _ in range(7):
@@ -232,6 +236,11 @@ def test_metrics_count_what_was_sent(servers) -> None:
     # are refused before they join a batch; the keyed server's sequential requests are batches of one
     assert _call(url, "GET", "/readyz")[1]["batching"] is True  # --batch on
     assert _call(servers["open"], "GET", "/readyz")[1]["batching"] is False  # --batch off
+    workers = psutil.Process(servers["keyed_pid"]).children()
+    assert len(workers) == 2 and _counter(after, "recsys_api_model_info") == 2  # one live series per worker
+    for worker in workers:  # forked after loading: torch, the model and the dataset are shared pages
+        memory = worker.memory_full_info()
+        assert memory.uss < 0.5 * memory.rss, memory
 
 
 def test_a_new_best_run_is_swapped_in_under_load_without_a_failed_request(servers) -> None:
@@ -274,24 +283,3 @@ def test_a_new_best_run_is_swapped_in_under_load_without_a_failed_request(server
         assert versions[0] == old and versions[-1] == new and len(versions) > 5
         assert versions == sorted(versions, key=lambda v: v == new)
 
-
-def test_two_forked_workers_answer_share_the_model_pages_and_sum_their_metrics(servers) -> None:
-    import psutil
-
-    proc, url = _start(servers["root"], "--workers", "2", "--poll-s", "0")
-    try:
-        _wait(proc, url)
-        user = str(servers["ds"].user_ids[2])
-        for _ in range(12):
-            assert _call(url, "POST", "/v1/recommend", {"user": user, "k": 3})[0] == 200
-        text = _call(url, "GET", "/metrics")[1]
-        assert _counter(text, "recsys_api_requests_total", endpoint="/v1/recommend", status="200") == 12
-        workers = psutil.Process(proc.pid).children()
-        assert len(workers) == 2
-        assert _counter(text, "recsys_api_model_info") == 2  # one live series per worker
-        for worker in workers:
-            memory = worker.memory_full_info()
-            assert memory.uss < 0.5 * memory.rss, memory  # most pages (torch, the model, the dataset) are shared
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)

@@ -172,6 +172,7 @@ def build_app(settings: ServeSettings, holder: ModelHolder | None = None, api_ke
         query = _query(body)
         check_query(served.ds, query, settings.limits)
         result = await coalescer.recommend(served, query)
+        metrics.batches(coalescer.batch_sizes)  # observed by the process that scored them (each worker its own)
         catalogue = catalogue_of(served.ds)
         if body.explain:
             found = await coalescer.run_on_model_thread(
