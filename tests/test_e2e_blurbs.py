@@ -56,7 +56,8 @@ def _open_blurbs_on(page, expect, server: LoopbackLLM) -> None:
     shot(page, "1_blurbs_open")
     page.get_by_text("LLM server set up by the operator", exact=False).click()
     settled(page, TIMEOUT_MS)
-    expect(page.locator(".st-key-blurbs_endpoint")).to_contain_text(server.name)  # the only one: already picked
+    picked = page.locator(".st-key-blurbs_endpoint input")  # the only server listed: already picked
+    expect(picked).to_have_value(re.compile(re.escape(server.name)))
     expect(page.locator(".st-key-blurbs_url")).to_have_count(0)
 
 
