@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 
@@ -197,3 +198,19 @@ def test_a_trial_whose_settings_are_refused_fails_alone_with_its_reason(ds, tmp_
     assert [t["state"] for t in result.trials] == ["fail", "fail"]
     assert all("not a multiple of heads" in t["stopped"] for t in result.trials)
     assert result.best == {} and result.final == {}
+
+
+def test_a_trial_left_running_by_a_killed_search_is_marked_failed_when_the_study_resumes(ds, tmp_path, monkeypatch):
+    import recsys_core.training.tune as tuning
+
+    monkeypatch.setattr(tuning, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(tuning, "GRACE_S", 1)
+    storage = tmp_path / "s.db"
+    first = tune(ds, "ease", budget_cpu_s=60, storage=storage, dataset_name="cycle", max_trials=1, final_seeds=())
+    study = optuna.load_study(study_name=first.study, storage=tuning._storage(storage))
+    trial = study.ask()  # a trial whose process then died: its heartbeat stops
+    tuning._storage(storage).record_heartbeat(trial._trial_id)
+    assert read_study(storage, first.study)["trials"][-1]["state"] == "running"
+    time.sleep(2.5)
+    again = tune(ds, "ease", budget_cpu_s=60, storage=storage, dataset_name="cycle", max_trials=1, final_seeds=())
+    assert [t["state"] for t in again.trials] == ["complete", "fail", "complete"]

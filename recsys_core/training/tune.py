@@ -60,6 +60,9 @@ DEMO_BUDGET_S = 900.0
 MIN_BUDGET_S, MAX_BUDGET_S = 120.0, 3600.0
 MIN_TRIAL_S = 1.0  # no trial starts with less than this left
 LIMIT_STOPS = ("cpu_budget", "max_steps", "epochs")
+# A running trial beats every HEARTBEAT_S; one silent for GRACE_S (its process was killed, the server restarted) is
+# marked failed when a search next starts on the study, instead of showing "running" for ever.
+HEARTBEAT_S, GRACE_S = 30, 120
 
 
 def default_budget_s(ds: Dataset) -> float:
@@ -108,8 +111,14 @@ def _storage(path: str | Path) -> optuna.storages.RDBStorage:
     path = Path(path).resolve()
     url = f"sqlite:///{path}"
     inode = path.stat().st_ino if path.is_file() else None  # a replaced workspace's file is another database
-    return _STORAGES.get_or_compute((url, inode), lambda: optuna.storages.RDBStorage(
-        url, engine_kwargs={"connect_args": {"timeout": 30}}))
+    return _STORAGES.get_or_compute((url, inode), lambda: _open_storage(url))
+
+
+def _open_storage(url: str) -> optuna.storages.RDBStorage:
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna's words
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 30}},
+                                          heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
 
 
 def validation_only(split: Split) -> Split:
