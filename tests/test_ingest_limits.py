@@ -22,7 +22,7 @@ import pytest
 
 from recsys_core.data import load_dataset, read_table
 from recsys_core.data.dataset import build_dataset
-from recsys_core.errors import DataError, ModelError, ResourceError
+from recsys_core.errors import ConfigError, DataError, ModelError, ResourceError
 from recsys_core.models.popularity import Popularity
 from recsys_core.workspace.artifacts import MAX_ITEMS, import_model_zip
 from recsys_core.workspace.ingest import PREVIEW_ROWS, ingest_upload, preview_upload
@@ -142,6 +142,8 @@ def test_ingest_upload_saves_in_the_child_and_refusals_save_nothing(tmp_path: Pa
     assert any("item metadata: 13 items" in line for line in report.lines())
     with pytest.raises(DataError, match="empty user id"):
         ingest_upload(ws, b"user,item\n,1\n2,3\n", "bad.csv", name="bad")
+    with pytest.raises(ConfigError, match="already exists"):  # the child's own error class comes back
+        ingest_upload(ws, data, "r.csv", name="r")
     assert [r.name for r in ws.list_datasets()] == ["r"]
     assert not list((ws.root / ".tmp").iterdir())
 
