@@ -428,10 +428,12 @@ def llm_huge_reply(tmp: Path) -> str:
 
 
 def _ingest(tmp: Path, name: str):
-    """The upload path a page takes: the bytes as received, parsed, validated and indexed by the engine."""
-    from recsys_core.data.load import load_dataset
+    """The upload path the Data page takes: the bytes as received, previewed, then loaded and saved."""
+    from recsys_core.workspace.ingest import ingest_upload, preview_upload
 
-    return load_dataset((tmp / name).read_bytes(), name)
+    data = (tmp / name).read_bytes()
+    preview_upload(data, name)
+    return ingest_upload(_workspace(tmp), data, name, name="upload")
 
 
 def _accepted_or_refused(tmp: Path, name: str, words: str = "") -> str:
@@ -711,6 +713,197 @@ def error_details_hidden_from_visitors(tmp: Path) -> str:
     return "clear_error"
 
 
+# ---- where the server connects (issue 24, part 3) -----------------------------------------------------
+
+
+class Hang(Exception):
+    """The case held its caller past the time it promised."""
+
+
+def _llm_failure(server_url: str, *, stream: bool = True, timeout_s: float | None = None) -> tuple[str, float]:
+    """The LLMError message a request to `server_url` ends in, and the seconds it took."""
+    import time
+
+    from recsys_core.blurbs.remote import OpenAIBackend
+    from recsys_core.errors import LLMError
+
+    backend = OpenAIBackend(server_url, "m", **({"timeout_s": timeout_s} if timeout_s else {}))
+    start = time.perf_counter()
+    try:
+        list(backend.generate([{"role": "user", "content": "hi"}], stream=stream))
+    except LLMError as err:
+        return f"{err.message} {err.hint or ''}", time.perf_counter() - start
+    raise Hole("the hostile reply was accepted")
+
+
+@case
+def llm_url_typed_by_a_visitor(tmp: Path) -> str:
+    import time
+
+    from tests.llm_loopback import ConnectionRecorder
+
+    with ConnectionRecorder() as visitor:
+        said, _ = _llm_failure(visitor.url)
+        time.sleep(0.3)
+    if visitor.connections:
+        raise Hole(f"the server connected {visitor.connections} time(s) to a URL a visitor typed")
+    if "operator" not in said:
+        raise Misleading(said)
+    return "clear_error"
+
+
+@case
+def llm_one_3gb_line(tmp: Path) -> str:
+    from tests.llm_loopback import LoopbackLLM
+
+    with LoopbackLLM(mode="flood", flood_bytes=3 << 30) as server:
+        said, took = _llm_failure(server.url)
+    if took > 10:
+        raise Hang(f"{took:.0f} s to refuse one endless line")
+    return "clear_error"
+
+
+@case
+def llm_one_byte_every_2_s(tmp: Path) -> str:
+    from tests.llm_loopback import LoopbackLLM
+
+    with LoopbackLLM(mode="trickle", trickle_s=2.0) as server:
+        said, took = _llm_failure(server.url, timeout_s=5)
+    if took > 6.5:
+        raise Hang(f"a 5 s timeout held for {took:.0f} s")
+    return "clear_error"
+
+
+@case
+def llm_reply_nested_200k_deep(tmp: Path) -> str:
+    from tests.llm_loopback import LoopbackLLM
+
+    with LoopbackLLM(mode="nested", depth=200_000) as server:
+        said, _ = _llm_failure(server.url, stream=False)
+    return "clear_error"
+
+
+@case
+def hub_name_in_the_train_forms_model_name(tmp: Path) -> str:
+    """The text tower's `model_name` set to a hub id, hub access not allowed by the operator: refused before any
+    request (the hub's address points at a recorder here, so a request would be seen)."""
+    import time
+
+    from tests.llm_loopback import ConnectionRecorder
+
+    with ConnectionRecorder() as hub:
+        os.environ.update(HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="", TRANSFORMERS_OFFLINE="",
+                          HF_HOME=str(tmp / "hf"))
+        from recsys_core.training.experiment import make_model
+
+        for family in ("text_tower", "hybrid"):
+            _expect_refusal(lambda f=family: make_model(f, {"model_name": "someorg/some-model"}).fit(tiny_dataset()),
+                            words="RECSYS_ALLOW_HUB_MODELS")
+        time.sleep(0.3)
+    if hub.connections:
+        raise Hole(f"{hub.connections} request(s) reached the hub without RECSYS_ALLOW_HUB_MODELS")
+    return "clear_error"
+
+
+@case
+def blurbs_example_folder_llm_my_model(tmp: Path) -> str:
+    from recsys_core.blurbs import hub
+
+    ws = _workspace(tmp)
+    return _expect_refusal(lambda: hub.llm_source("llm/my-model", ws.root / "llm"), words="no such folder")
+
+
+# ---- the gate (issue 24, part 2): the real server as a raw client -----------------------------------------
+
+
+def _gated_server(tmp: Path):
+    sys.path.insert(0, str(ROOT / "tests"))
+    from e2e_util import streamlit_server
+
+    env = {"RECSYS_PASSWORD": "correct horse battery staple", "RECSYS_SESSION_SECRET": "attack-secret-0123456789"}
+    return streamlit_server(tmp / "ws", tmp / "streamlit.log", env=env)
+
+
+def _server_rss_mb() -> float:
+    import psutil
+
+    return max(p.memory_info().rss for p in psutil.Process().children(recursive=True)) / 2**20
+
+
+@case
+def gate_doors_before_sign_in(tmp: Path) -> str:
+    """A page link, static files, host config, an upload announcing 400 MB, the websocket: all shut."""
+    import socket
+    from urllib.parse import urlsplit
+
+    with _gated_server(tmp) as url:
+        from test_e2e_gate import request, websocket_status
+
+        if request(url, "GET", "/recommend?dataset=demo")[0] != 303:
+            raise Hole("a page link opened without the password")
+        for path in ("/_stcore/host-config", "/_stcore/upload_file/s/f"):
+            if request(url, "GET", path)[0] != 401:
+                raise Hole(f"{path} answered without the password")
+        if websocket_status(url) == 101:
+            raise Hole("the websocket opened without the password")
+        before = _server_rss_mb()
+        where = urlsplit(url)
+        for _ in range(5):
+            with socket.create_connection((where.hostname, where.port), timeout=10) as sock:
+                sock.sendall(b"PUT /_stcore/upload_file/s/f HTTP/1.1\r\nHost: x\r\nContent-Length: 400000000\r\n"
+                             b"Content-Type: multipart/form-data; boundary=b\r\n\r\n" + b"x" * (1 << 20))
+                if not sock.recv(64).startswith(b"HTTP/1.1 401"):
+                    raise Hole("an upload without the password was not refused")
+        grew = _server_rss_mb() - before
+    if grew > 100:
+        raise Hole(f"five refused uploads still grew the server by {grew:.0f} MB")
+    return "clear_error"
+
+
+@case
+def gate_parallel_guessing(tmp: Path) -> str:
+    """20 clients from 20 loopback addresses guess for 8 s: the global backoff must hold them to a trickle."""
+    import threading
+    import time
+
+    with _gated_server(tmp) as url:
+        from test_e2e_gate import sign_in
+
+        checked, stop = [], time.monotonic() + 8
+
+        def guess(k: int) -> None:
+            while time.monotonic() < stop:
+                status = sign_in(url, f"guess-{k}-{time.monotonic()}", source=f"127.0.{k}.1")[0]
+                if status != 429:
+                    checked.append(status)
+
+        threads = [threading.Thread(target=guess, args=(k,)) for k in range(1, 21)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    if len(checked) / 8 > 2:
+        raise Hole(f"{len(checked) / 8:.1f} guesses/s were checked")
+    return "clear_error"
+
+
+@case
+def gate_sign_in_keeps_the_link_and_survives_reload(tmp: Path) -> str:
+    with _gated_server(tmp) as url:
+        from test_e2e_gate import request, sign_in
+
+        status, headers, _ = sign_in(url, "correct horse battery staple", "/recommend?dataset=demo")
+        if status != 303 or headers["location"] != "/recommend?dataset=demo":
+            raise Misleading(f"sign-in did not land on the linked page ({status} {headers.get('location')})")
+        token = headers["set-cookie"].split(";")[0].split("=", 1)[1]
+        for _ in range(2):  # the page, then a reload
+            if request(url, "GET", "/recommend?dataset=demo", cookie=token)[0] != 200:
+                raise Misleading("a signed-in reload asked for the password again")
+        if sign_in(url, "correct horse battery staple", "//evil.example/")[1]["location"] != "/":
+            raise Hole("sign-in redirects to another site")
+    return "clear_error"
+
+
 # ---- HTML in chart labels ----------------------------------------------------------------------------
 
 
@@ -755,6 +948,8 @@ def run_case(name: str, tmp: Path) -> dict:
         outcome, detail = "misleading", str(err)
     except DataLoss as err:
         outcome, detail = "data_loss", str(err)
+    except Hang as err:
+        outcome, detail = "hang_or_memory", str(err)
     except RecsysError as err:
         outcome, detail = "clear_error", err.message
     except Exception as err:  # noqa: BLE001 - counted, not raised
