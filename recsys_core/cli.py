@@ -10,7 +10,8 @@
 Results are printed as JSON on stdout; progress goes to stderr. Errors print one JSON line on stderr,
 `{"error": {"type", "message", "hint", ...}}`, and no traceback: bad input (a `RecsysError`) exits with
 status 2 and says what to fix, Ctrl-C with 130, a bug with 1 (`recsys --debug ...` adds the traceback).
-Under torchrun, BERT4Rec, SASRec+ and the text tower train data-parallel (one process per GPU, or gloo on CPU) and rank 0 alone prints, saves and records the run.
+Under torchrun, BERT4Rec, SASRec+ and the text tower train data-parallel (one process per GPU, or gloo
+on CPU) and rank 0 alone prints, saves and records the run.
 """
 
 from __future__ import annotations

@@ -27,9 +27,10 @@ from recsys_core.models.profiles import (
 from recsys_core.models.settings import has_training_loop
 from recsys_core.threads import training_threads
 from recsys_core.training.experiment import check_paths, make_split, memory_estimate_mb
-from recsys_core.training.jobs import TrainingJob
+from recsys_core.training.jobs import TrainingJob, max_jobs, watch_queue
 from recsys_core.workspace.artifacts import import_model_zip
 from recsys_core.workspace.jobs import JobRecord, JobStore
+from recsys_core.workspace.visible import visible_path
 from views.ui import state
 from views.ui.common import _root_key, load_dataset, md_escape, show_data_error, sidebar_dataset_selector, workspace
 from views.ui.model_state import (
@@ -60,7 +61,9 @@ st.caption(f"Dataset **{md_escape(record.name)}**: {ds.n_users:,} users, {ds.n_i
 
 @st.cache_resource(show_spinner=False)
 def _job_store(root: str) -> JobStore:
-    return JobStore(workspace())  # creating it marks jobs a previous server left running as interrupted
+    store = JobStore(workspace())  # creating it marks jobs a previous server left running as interrupted
+    watch_queue(store)  # this server starts queued jobs as slots free, whoever queued them
+    return store
 
 
 def job_store() -> JobStore:
@@ -98,6 +101,9 @@ def _eta_text(job: JobRecord) -> str:
 
 
 def _progress_text(job: JobRecord) -> str:
+    if job.queued:
+        return (f"queued: {'next' if job.queue_position == 1 else f'number {job.queue_position}'} in line; it "
+                f"starts when a running job ends (at most {max_jobs()} train at once on this machine)")
     if job.status == "pending":
         return "starting: loading the libraries and the dataset in the job's own process"
     if job.cancel:
@@ -165,6 +171,9 @@ def _outcome(job: JobRecord, mine: bool) -> None:
     """How an ended job ended, in words; a finished run of this session becomes the active model."""
     if job.status in ("failed", "interrupted"):
         st.error(f"Training {job.status}: {md_escape(job.error)}")
+        return
+    if not job.result:  # cancelled while queued: no process ran, no run was recorded
+        st.info(f"Job #{job.id} was cancelled before it started; nothing was trained.")
         return
     res, run = job.result, f"Run #{job.run_id}"
     ending = run_ending(res)
@@ -372,9 +381,11 @@ def _split_picker() -> str:
     return kind
 
 
-def _form(any_running: bool) -> None:
-    box = st.expander("Start another training job (it shares the CPU with the running one)") if any_running \
-        else st.container()
+def _form(active: list[JobRecord]) -> None:
+    started = sum(not job.queued for job in active)
+    share = "it waits in the queue until a slot frees" if started >= max_jobs() else "it shares the CPU with them"
+    box = st.expander(f"Start another training job ({started} running, {len(active) - started} queued in this "
+                      f"workspace; {share})") if active else st.container()
     with box:
         family = _family_picker()
         profile, budget_s = _basic_settings(family)
@@ -400,7 +411,7 @@ TUNE_MODE = "Find the best settings"
 if st.radio("Mode", ["Train a model", TUNE_MODE], horizontal=True, key="train_mode") == TUNE_MODE:
     tune_mode(record, ds, job_store())  # views/ui/tune.py: a search within a CPU budget, as a workspace job
 else:
-    _form(bool(job_store().list(dataset=record.name, active_only=True)))
+    _form([job for job in job_store().list(active_only=True, kind=None) if job.runner == "process"])
 _jobs_panel()
 
 st.divider()
@@ -433,15 +444,16 @@ with st.expander("Load a model from a folder or a zip"):
             model = load_model(folder)
             model.check_fits(ds)
             st.session_state[ACTIVE_MODEL_KEY] = folder
-            st.success(f"Loaded a {model.family} model from {md_escape(path)}.")
+            st.success(f"Loaded a {model.family} model from {md_escape(visible_path(ws, folder))}.")
         except RecsysError as err:
             show_data_error(err, "Could not load this model")
     upload = st.file_uploader("Or upload a zipped model folder", type=["zip"], key="train_model_zip")
     if upload is not None and st.button("Import zip", key="train_import_zip"):
         try:
-            dest, model = import_model_zip(upload.getvalue(), ws.models_dir(), filename=upload.name)
-            model.check_fits(ds)
+            # A model that does not fit this dataset is refused and removed, not kept.
+            dest, model = import_model_zip(upload.getvalue(), ws.models_dir(), filename=upload.name,
+                                           accept=lambda m: m.check_fits(ds))
             st.session_state[ACTIVE_MODEL_KEY] = str(dest)
-            st.success(f"Imported a {model.family} model into {md_escape(dest)}.")
+            st.success(f"Imported a {model.family} model into {md_escape(visible_path(ws, dest))}.")
         except RecsysError as err:
             show_data_error(err, "Could not import this model")

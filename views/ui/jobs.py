@@ -20,6 +20,7 @@ from recsys_core.background import WorkspaceJob
 from recsys_core.errors import RecsysError
 from recsys_core.models.profiles import human_duration
 from recsys_core.progress import Progress
+from recsys_core.training.jobs import watch_queue
 from recsys_core.workspace.jobs import JobRecord, JobStore
 from views.ui.common import md_escape, workspace
 
@@ -29,7 +30,9 @@ _SEEN_KEY = "jobs_seen_active"  # session state: {panel key: id of the active jo
 
 @st.cache_resource(show_spinner=False)
 def _store(root: str) -> JobStore:
-    return JobStore(workspace())  # opening it marks jobs a previous server left running as interrupted
+    store = JobStore(workspace())  # opening it marks jobs a previous server left running as interrupted
+    watch_queue(store)  # queued training jobs start when a slot frees, even if no Train page is open
+    return store
 
 
 def store() -> JobStore:
@@ -72,6 +75,8 @@ def seconds_per_unit(kind: str, dataset: str, match: Callable[[dict], bool], uni
 
 
 def progress_text(job: JobRecord) -> str:
+    if job.queued:
+        return f"queued, {'next' if job.queue_position == 1 else f'number {job.queue_position}'} in line"
     text = md_escape(job.message) if job.message else f"running for {human_duration(job.elapsed_s)}"
     if job.cancel:
         return f"Cancelling... ({text})"
@@ -122,7 +127,9 @@ def running_jobs_panel(key: str) -> None:
     running = store().list(active_only=True, kind=None)
     if not running:
         return
-    with st.expander(f"Jobs running in this workspace ({len(running)})", expanded=False):
+    queued = sum(job.queued for job in running)
+    with st.expander(f"Jobs running in this workspace ({len(running) - queued})"
+                     + (f", {queued} queued" if queued else ""), expanded=False):
         for job in running:
             cols = st.columns([4, 1])
             cols[0].markdown(f"#{job.id} **{md_escape(job.title or job.kind)}** on {md_escape(job.dataset)} · "
