@@ -20,14 +20,16 @@ import streamlit as st
 
 if __name__ == "__main__":  # a session's script run
     from recsys_core.threads import interactive_threads, use_threads
+    from recsys_core.workspace.registry import start_sweeper
     from views.ui.auth import sign_out_link
-    from views.ui.common import error_boundary
+    from views.ui.common import error_boundary, workspace
     from views.ui.nav import PAGES
     from views.ui.warmup import start_warmups
 
     st.set_page_config(page_title="RecSys Explorer", page_icon=":material/recommend:", layout="wide")
     use_threads(interactive_threads())  # clicks use one thread by default: see recsys_core/threads.py
     start_warmups()  # once per process, in the background: the local LLM now, not on a visitor's first blurb
+    start_sweeper(workspace())  # once per process: leftovers of killed saves and imports go on a timer
     navigation = st.navigation(
         [st.Page(p.path, title=p.title, icon=p.icon, default=p.default) for p in PAGES],
     )

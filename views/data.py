@@ -8,7 +8,6 @@ import streamlit as st
 
 from recsys_core.data.demo import DEMO_NAME
 from recsys_core.errors import RecsysError
-from recsys_core.workspace.registry import start_sweeper
 from views.ui import charts, upload
 from views.ui.common import (
     active_record,
@@ -226,7 +225,6 @@ def _saved_section() -> None:
 
 
 st.title("Data")
-start_sweeper(workspace())  # leftovers of killed saves and imports go on a timer (once per process)
 sidebar_dataset_selector()
 _load_section()
 st.divider()
