@@ -181,7 +181,8 @@ def test_a_tune_job_runs_in_its_own_process_shows_its_trials_and_cancels_within_
         other_tab.request_cancel(job_id)
         t0 = time.monotonic()
         while other_tab.get(job_id).active:
-            assert time.monotonic() - t0 < CANCEL_S + 2, "the job did not stop"  # + the reporter's poll
+            # + the reporter's poll, and a niced process's share of a loaded 2-core box
+            assert time.monotonic() - t0 < CANCEL_S + 5, "the job did not stop"
             time.sleep(0.05)
         assert other_tab.get(job_id).status == "cancelled"
         assert other_tab.get(job_id).result["stopped"] == "cancelled"

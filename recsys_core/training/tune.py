@@ -196,8 +196,10 @@ def tune(ds: Dataset, family: str, *, budget_cpu_s: float, storage: str | Path, 
     spent = search.spent()
     trials = study.get_trials(deepcopy=False)
     best = _best(trials)
+    # Cancel frees the machine at once: the importances (fANOVA) are left to whoever reads the study next
+    weights = {} if stopped == "cancelled" else importances(study, trials)
     result = TuneResult(name, family, float(budget_cpu_s), round(spent, 2), stopped, trials_table(trials), best,
-                        importances(study, trials), describe_space(space), cap)
+                        weights, describe_space(space), cap)
     if best and final_seeds and not progress.cancelled:
         _final(result, search, full, final_seeds, workspace, dataset_name or ds.name)
     return result
