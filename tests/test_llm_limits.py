@@ -4,7 +4,7 @@
 - a URL outside the operator's list (`RECSYS_LLM_ENDPOINTS`) is refused before any connection: a bare
   listening socket counts the connections made (and counts one when the same URL is listed);
 - one endless 20 MB line (the 3 GB attack, scaled down) errors within 2 s with the client's memory
-  bounded; a server trickling a byte a second cannot hold a request past its total deadline (+1 s), in
+  bounded; a server trickling a byte every 2 s cannot hold a request past its total deadline (+1 s), in
   the body or in the headers; a reply nested 200,000 deep, bad JSON or wrong types are `LLMError`s with
   what to do, never a RecursionError or a traceback;
 - the API key goes only to the endpoint whose `key_env` holds it; a redirect is not followed;
@@ -151,8 +151,10 @@ def test_many_short_lines_are_capped_in_all() -> None:
 
 @pytest.mark.parametrize("mode, stream", [("trickle", True), ("trickle", False), ("trickle-headers", True)])
 def test_a_trickling_server_cannot_hold_a_request_past_its_deadline(mode: str, stream: bool) -> None:
-    """One byte a second never trips a per-read socket timeout of 2.5 s: only a total deadline ends it."""
-    with LoopbackLLM(mode=mode, trickle_s=1.0) as server:
+    """A byte every 2 s never trips a per-read socket timeout of 2.5 s: only a total deadline ends it. (A reader
+    that only checked the clock between bytes would stop at 4 s; one that lost the socket http.client hands
+    to an HTTP/1.0 response, as a first version did, at 4 s too.)"""
+    with LoopbackLLM(mode=mode, trickle_s=2.0) as server:
         backend = OpenAIBackend(server.url, "m", timeout_s=2.5)
         err, took, _ = _failure(lambda: list(backend.generate(MESSAGES, stream=stream)))
     assert "did not finish its reply within 2.5 s" in str(err) and err.hint

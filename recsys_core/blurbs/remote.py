@@ -168,6 +168,9 @@ class _Exchange:
         self.deadline = time.monotonic() + timeout_s
         conn_class = http.client.HTTPSConnection if self.parts.scheme == "https" else http.client.HTTPConnection
         self.conn = conn_class(self.parts.hostname, self.parts.port, timeout=timeout_s)
+        # Our own reference: http.client drops `conn.sock` once a response will close the connection (any
+        # HTTP/1.0 server), while the response still reads from that socket.
+        self.sock: socket.socket | None = None
         self._fired = threading.Event()
         self._watchdog = threading.Timer(timeout_s, self._fire)
         self._watchdog.daemon = True
@@ -182,7 +185,7 @@ class _Exchange:
 
     def _fire(self) -> None:
         self._fired.set()
-        sock = self.conn.sock
+        sock = self.sock
         if sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)  # wakes a read blocked on a trickling server
@@ -197,11 +200,14 @@ class _Exchange:
         left = self.deadline - time.monotonic()
         if left <= 0 or self._fired.is_set():
             raise TimeoutError("the total deadline passed")
-        if self.conn.sock is not None:
-            self.conn.sock.settimeout(left)
+        if self.sock is not None:
+            self.sock.settimeout(left)
 
     def post(self, body: bytes, headers: dict[str, str]) -> http.client.HTTPResponse:
         path = self.parts.path + (f"?{self.parts.query}" if self.parts.query else "")
+        self.conn.connect()  # bounded by the connection's timeout (the whole request's)
+        self.sock = self.conn.sock
+        self.wait()
         self.conn.request("POST", path, body=body, headers=headers)
         self.wait()
         return self.conn.getresponse()  # status line and headers: bounded by http.client, timed by the watchdog
