@@ -904,6 +904,87 @@ def gate_sign_in_keeps_the_link_and_survives_reload(tmp: Path) -> str:
     return "clear_error"
 
 
+# ---- processes (issue 24, part 4) ------------------------------------------------------------------------
+
+
+def _job_store(tmp: Path):
+    from recsys_core.workspace.jobs import JobStore
+
+    ws = _workspace(tmp)
+    ws.save_dataset(tiny_dataset(), "cycle")
+    return JobStore(ws)
+
+
+@case
+def ten_start_training_clicks(tmp: Path) -> str:
+    """Ten Start clicks at once: at most the cap's job processes, the rest queued with their place in line."""
+    import time
+
+    import psutil
+
+    from recsys_core.training.jobs import TrainingJob, max_jobs
+
+    store = _job_store(tmp)
+    settings = {"hidden": 16, "layers": 1, "max_len": 8, "epochs": 10_000, "patience": 10_000}
+    jobs = [TrainingJob.start(store, "cycle", "sasrec", settings) for _ in range(10)]
+    most, deadline = 0, time.monotonic() + 20
+    while time.monotonic() < deadline:
+        most = max(most, len(psutil.Process().children(recursive=False)))
+        time.sleep(0.2)
+    queued = [j.record().queue_position for j in jobs if j.record().queued]
+    for job in jobs:
+        job.cancel()
+    for job in jobs:
+        job.join(60)
+    if most > max_jobs():
+        raise Hole(f"{most} job processes at once; the cap is {max_jobs()}")
+    if len(queued) < 10 - max_jobs() or sorted(queued) != list(range(1, len(queued) + 1)):
+        raise Misleading(f"queued places {queued}")
+    return "clear_error"
+
+
+@case
+def killed_server_leaves_no_zombie(tmp: Path) -> str:
+    """A server killed while its job trains: this process adopts the orphan as init would (a subreaper); the
+    worker must end on its own and be reaped, its run kept."""
+    import ctypes
+    import signal
+    import time
+
+    import psutil
+
+    from tests.test_jobs_queue import PR_SET_CHILD_SUBREAPER, SERVER
+
+    store = _job_store(tmp)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(store.workspace.root)], stdout=subprocess.PIPE,
+                              text=True, stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    job_id = int(server.stdout.readline())
+    deadline = time.monotonic() + 120
+    while not store.get(job_id).pid and time.monotonic() < deadline:
+        time.sleep(0.2)
+    worker = store.get(job_id).pid
+    time.sleep(3)
+    os.kill(server.pid, signal.SIGKILL)
+    server.wait(10)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, _ = os.waitpid(worker, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        os.waitpid(worker, 0)
+        raise Hang("the worker ran on 60 s after its server was killed")
+    if psutil.pid_exists(worker) and psutil.Process(worker).status() == psutil.STATUS_ZOMBIE:
+        raise Hole("the worker is a zombie")
+    if store.get(job_id).status == "running":
+        raise DataLoss("the job is still recorded as running")
+    return "clear_error"
+
+
 # ---- HTML in chart labels ----------------------------------------------------------------------------
 
 
