@@ -283,3 +283,27 @@ def test_a_new_best_run_is_swapped_in_under_load_without_a_failed_request(server
         assert versions[0] == old and versions[-1] == new and len(versions) > 5
         assert versions == sorted(versions, key=lambda v: v == new)
 
+
+
+def test_concurrent_requests_are_coalesced_into_one_forward_pass_with_the_answers_of_each_alone(servers) -> None:
+    import asyncio
+
+    from recsys_core.api.serving import Coalescer, Served
+    from recsys_core.recommend.usecases import Limits, recommend_for
+
+    ds = servers["ds"]
+    folder = str(servers["runs"]["ease"].artifact_dir)
+    served = Served(load_model(folder), ds, folder, None, "test")
+    coalescer = Coalescer(Limits(), max_batch=8, wait_ms=200.0, mode="on")
+    queries = [Query.of(user=str(u), k=5 + i % 3, hide_popular_top=0.1 * (i % 2)) for i, u in enumerate(ds.user_ids[:12])]
+
+    async def all_at_once():
+        return await asyncio.gather(*(coalescer.recommend(served, q) for q in queries))
+
+    try:
+        answers = asyncio.run(all_at_once())
+    finally:
+        coalescer.close()
+    assert coalescer.batch_sizes == [8, 4]  # max_batch, then the rest: two forward passes for 12 requests
+    for query, answer in zip(queries, answers, strict=True):
+        assert answer.items.tolist() == recommend_for(served.model, ds, query).items.tolist()
