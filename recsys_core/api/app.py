@@ -127,7 +127,7 @@ def build_app(settings: ServeSettings, holder: ModelHolder | None = None, api_ke
     holder = holder or ModelHolder(settings)
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
     coalescer = Coalescer(settings.limits, settings.batch_max, settings.batch_wait_ms, settings.batch)
-    metrics = Metrics()  # the model gauge is set by the process that answers /metrics (a forked worker)
+    metrics = Metrics()  # its model gauge is set by each serving process (lifespan, /readyz, /metrics)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
