@@ -148,7 +148,8 @@ def run_job(store: Any, job_id: int) -> int:
 
 def _failed(store: Any, job_id: int, reporter: Reporter, error: str, status: str) -> int:
     reporter.stop()
-    store.finish(job_id, status, error=error)
+    root = str(store.workspace.root)  # every tab shows the error: paths in it are named as visitors name them
+    store.finish(job_id, status, error=error.replace(root + os.sep, "").replace(root, "the workspace"))
     return 1
 
 
