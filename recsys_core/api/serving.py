@@ -46,16 +46,17 @@ def _dataset_name(settings: ServeSettings) -> str:
     return DEMO_NAME if settings.dataset in ("demo", DEMO_NAME) else settings.dataset
 
 
-def _load_dataset(ws: Workspace, settings: ServeSettings) -> tuple[Dataset, str]:
-    """The served dataset and its version (the saved folder, so a re-saved dataset is noticed)."""
+def _dataset_version(ws: Workspace, settings: ServeSettings) -> str:
+    """The served dataset's version: its saved folder (a re-saved dataset gets a new one), or the file it names."""
+    record = ws.get_dataset(_dataset_name(settings))
+    return f"file:{settings.dataset}" if record is None else str(record.path)
+
+
+def _read_dataset(ws: Workspace, settings: ServeSettings) -> Dataset:
     name = _dataset_name(settings)
-    if name == DEMO_NAME:
-        ws.ensure_demo()
-    record = ws.get_dataset(name)
-    if record is None:  # a file or folder the operator named
-        ds = resolve_dataset(settings.dataset, ws)
-        return ds, f"file:{settings.dataset}"
-    return ws.load_dataset(name), str(record.path)
+    if ws.get_dataset(name) is None:  # a file or folder the operator named
+        return resolve_dataset(settings.dataset, ws)
+    return ws.load_dataset(name)
 
 
 class ModelHolder:
@@ -74,12 +75,14 @@ class ModelHolder:
         self._rejected: set[str] = set()  # folders that do not load or do not fit: not retried
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        if _dataset_name(settings) == DEMO_NAME:
+            self.ws.ensure_demo()
         self.served = self._load(None)
 
     def _load(self, current: Served | None) -> Served:
-        ds, version = _load_dataset(self.ws, self.settings)
-        if current is not None and current.dataset_version == version:
-            ds = current.ds  # same dataset version: keep the loaded one (and its cached catalogue)
+        version = _dataset_version(self.ws, self.settings)  # one query per poll: the data is read when it changed
+        same = current is not None and current.dataset_version == version
+        ds = current.ds if same else _read_dataset(self.ws, self.settings)
         if self.settings.model_dir:
             model = load_model(self.settings.model_dir)
             model.check_fits(ds)
