@@ -6,6 +6,7 @@ workspace job in its own process, stops within seconds of Cancel."""
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -215,3 +216,13 @@ def test_a_trial_left_running_by_a_killed_search_is_marked_failed_when_the_study
     time.sleep(2.5)
     again = tune(ds, "ease", budget_cpu_s=60, storage=storage, dataset_name="cycle", max_trials=1, final_seeds=())
     assert [t["state"] for t in again.trials] == ["complete", "fail", "complete"]
+
+
+def test_a_reader_never_creates_the_study_tables_so_it_cannot_race_the_search_creating_them(tmp_path):
+    """A page polled read_study while a job created studies.db: both created the tables, and the job died on
+    alembic's UNIQUE constraint. A reader now sees no study until the search has made them."""
+    path = tmp_path / "studies.db"
+    sqlite3.connect(path).close()  # the file exists, its tables not yet
+    assert read_study(path, "cycle:sasrec:leave_one_out") == {}
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+import sqlalchemy.exc
 
 from recsys_core.cache import KeyedCache
 from recsys_core.data.dataset import Dataset
@@ -106,18 +107,21 @@ _STORAGES: KeyedCache[optuna.storages.RDBStorage] = KeyedCache(max_entries=16)
 _IMPORTANCES: KeyedCache[dict] = KeyedCache(max_entries=64)
 
 
-def _storage(path: str | Path) -> optuna.storages.RDBStorage:
+def _storage(path: str | Path, reader: bool = False) -> optuna.storages.RDBStorage:
+    """The study storage in `path`; a `reader` (a page, `--show`) never creates or upgrades its tables, so it cannot
+    race the search that is creating them."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     path = Path(path).resolve()
     url = f"sqlite:///{path}"
     inode = path.stat().st_ino if path.is_file() else None  # a replaced workspace's file is another database
-    return _STORAGES.get_or_compute((url, inode), lambda: _open_storage(url))
+    return _STORAGES.get_or_compute((url, inode, reader), lambda: _open_storage(url, reader))
 
 
-def _open_storage(url: str) -> optuna.storages.RDBStorage:
+def _open_storage(url: str, reader: bool) -> optuna.storages.RDBStorage:
     with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna's words
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 30}},
+                                          skip_compatibility_check=reader, skip_table_creation=reader,
                                           heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
 
 
@@ -396,11 +400,14 @@ def read_study(storage: str | Path, name: str) -> dict:
     """A stored study as any tab or the CLI shows it: trials, best, importances, budgets; {} when none."""
     if not Path(storage).is_file():  # reading never creates the file
         return {}
-    storage_ = _storage(storage)
-    if not _exists(name, storage_):
-        return {}
-    study = optuna.load_study(study_name=name, storage=storage_)
-    trials = study.get_trials(deepcopy=False)
+    try:
+        storage_ = _storage(storage, reader=True)
+        if not _exists(name, storage_):
+            return {}
+        study = optuna.load_study(study_name=name, storage=storage_)
+        trials = study.get_trials(deepcopy=False)
+    except (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError):
+        return {}  # the first search is still creating the tables (a reader never creates them)
     return {"study": name, "trials": trials_table(trials), "best": _best(trials),
             "importances": importances(study, trials),
             "budgets": study.user_attrs.get("budgets", []), "space": study.user_attrs.get("space", {})}
