@@ -380,15 +380,15 @@ def ssrf_key_leak(tmp: Path) -> str:
     from recsys_core.errors import LLMError
     from tests.llm_loopback import LoopbackLLM
 
-    with LoopbackLLM("ok") as operator, LoopbackLLM("ok") as visitor:
+    with LoopbackLLM("ok", operator=False) as operator, LoopbackLLM("ok", operator=False) as visitor:
         os.environ.update(RECSYS_LLM_URL=operator.url, RECSYS_LLM_API_KEY="sk-operator-secret")
         try:
             list(OpenAIBackend.from_env(visitor.url, "m").generate([{"role": "user", "content": "hi"}]))
-            list(OpenAIBackend.from_env(None, "m").generate([{"role": "user", "content": "hi"}]))
         except LLMError:
             pass
-    if any("sk-operator-secret" in str(h) for h in visitor.headers):
-        raise Hole("the operator's key was sent to a visitor's URL")
+        list(OpenAIBackend.from_env(None, "m").generate([{"role": "user", "content": "hi"}]))
+    if visitor.requests:
+        raise Hole("the server sent a request to a visitor's URL")
     if operator.headers[0].get("Authorization") != "Bearer sk-operator-secret":
         raise Hole("the operator's own server no longer gets its key")  # a broken feature, counted as a hole
     return "clear_error"

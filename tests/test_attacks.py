@@ -223,15 +223,15 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 def test_the_server_key_goes_only_to_the_operators_url(monkeypatch) -> None:
-    with LoopbackLLM("ok") as operator, LoopbackLLM("ok") as visitor:
+    monkeypatch.delenv("RECSYS_LLM_ENDPOINTS", raising=False)
+    with LoopbackLLM("ok", operator=False) as operator, LoopbackLLM("ok", operator=False) as visitor:
         monkeypatch.setenv("RECSYS_LLM_URL", operator.url)
         monkeypatch.setenv("RECSYS_LLM_API_KEY", "sk-operator")
-        list(OpenAIBackend.from_env(visitor.url, "m").generate(MESSAGES))
+        with pytest.raises(LLMError, match="not one of the servers the operator configured"):
+            list(OpenAIBackend.from_env(visitor.url, "m").generate(MESSAGES))
         list(OpenAIBackend.from_env(operator.url + "/v1", "m").generate(MESSAGES))
-        list(OpenAIBackend.from_env(visitor.url, "m", api_key="sk-visitor-own").generate(MESSAGES))
-    assert "Authorization" not in visitor.headers[0]
+    assert visitor.requests == []  # a visitor's server is never contacted, with or without a key
     assert operator.headers[0]["Authorization"] == "Bearer sk-operator"
-    assert visitor.headers[1]["Authorization"] == "Bearer sk-visitor-own"  # a visitor's own key is theirs
 
 
 def test_remote_error_bodies_are_not_echoed() -> None:
