@@ -16,10 +16,8 @@ from typing import ClassVar
 
 import numpy as np
 import optuna
-import pandas as pd
 import pytest
 
-from recsys_core.data.dataset import build_dataset
 from recsys_core.data.splits import EvalSet, leave_one_out
 from recsys_core.errors import ConfigError
 from recsys_core.models import loop
@@ -46,6 +44,7 @@ from recsys_core.training.tune import (
 )
 from recsys_core.workspace.jobs import JobStore
 from recsys_core.workspace.registry import Workspace
+from tests.test_jobs import _sequences
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -57,12 +56,7 @@ JOB_START_S = 120  # a job's process imports torch and optuna first: generous on
 
 
 def _cycles(n_users: int = 60, n_items: int = 25, length: int = 10):
-    rng = np.random.default_rng(0)
-    rows = []
-    for u in range(n_users):
-        start = int(rng.integers(n_items))
-        rows += [(u, (start + t) % n_items, t) for t in range(length)]
-    return build_dataset(pd.DataFrame(rows, columns=["user", "item", "timestamp"]), name="cycle")
+    return _sequences(n_users, n_items, length)  # users walking a cycle of items, one step a time unit
 
 
 @pytest.fixture(scope="module")

@@ -6,27 +6,21 @@ defaults stay BERT's block and crops."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
-from recsys_core.data.dataset import build_dataset
 from recsys_core.data.splits import leave_one_out
 from recsys_core.evaluation.metrics import evaluate
 from recsys_core.models.sequential import SequentialConfig
 from recsys_core.training.experiment import make_model
+from tests.test_jobs import _sequences
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SMALL = {"hidden": 16, "max_len": 8, "epochs": 6, "patience": 100, "batch_size": 16, "valid_share": 0.0}
 
 
 def _cycles(n_users: int = 60, n_items: int = 25, length: int = 14):
-    rng = np.random.default_rng(0)
-    rows = []
-    for u in range(n_users):
-        start = int(rng.integers(n_items))
-        rows += [(u, (start + t) % n_items, t) for t in range(length)]
-    return build_dataset(pd.DataFrame(rows, columns=["user", "item", "timestamp"]), name="cycle")
+    return _sequences(n_users, n_items, length)  # users walking a cycle of items, one step a time unit
 
 
 def test_the_defaults_stay_berts_block_and_crops():

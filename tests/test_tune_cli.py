@@ -8,21 +8,13 @@ import json
 import subprocess
 import sys
 
-import numpy as np
-import pandas as pd
-
 from recsys_core import cli
-from recsys_core.data.dataset import build_dataset
 from recsys_core.workspace.registry import Workspace
+from tests.test_jobs import _sequences
 
 
 def _cycles(n_users: int = 60, n_items: int = 25, length: int = 10):
-    rng = np.random.default_rng(0)
-    rows = []
-    for u in range(n_users):
-        start = int(rng.integers(n_items))
-        rows += [(u, (start + t) % n_items, t) for t in range(length)]
-    return build_dataset(pd.DataFrame(rows, columns=["user", "item", "timestamp"]), name="cycle")
+    return _sequences(n_users, n_items, length)  # users walking a cycle of items, one step a time unit
 
 
 def test_recsys_tune_prints_one_json_document_and_the_study_can_be_shown_again(tmp_path, capsys):
