@@ -48,6 +48,7 @@ HANG_S = 180.0
 OUTCOMES = ("ok", "clear_error", "misleading", "traceback", "crash", "hang_or_memory", "data_loss", "hole")
 CASES: dict[str, Callable[[Path], str]] = {}
 BUILDERS: dict[str, Callable[[Path], None]] = {}
+SAID: list[str] = []  # the project's refusals a case met, for its detail line
 HTML_TITLES = ['<a href="https://evil.example/">CLICKME</a>',
                '<span style="position:fixed;top:0;left:0;width:100%;height:100%;background:red">COVER</span>',
                "<img src=x onerror=alert(1)>", "<b>bold</b> & <i>italic</i>"]
@@ -186,6 +187,7 @@ def _expect_refusal(fn: Callable[[], object], *, words: str = "") -> str:
     except RecsysError as err:
         if words and not any(w.lower() in str(err).lower() for w in words.split("|")):
             raise Misleading(f"expected {words!r}: {err.message} {err.hint or ''}"[:300]) from err
+        SAID.append(err.message)
         return "clear_error"
     raise Hole("accepted")
 
@@ -449,6 +451,7 @@ def _expect_refusal_or_ok(fn: Callable[[], object], *, words: str = "") -> str:
     except RecsysError as err:
         if words and not any(w.lower() in str(err).lower() for w in words.split("|")):
             raise Misleading(f"expected {words!r}: {err.message}"[:300]) from err
+        SAID.append(err.message)
         return "clear_error"
     return "ok"
 
@@ -1018,7 +1021,8 @@ def run_case(name: str, tmp: Path) -> dict:
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
     try:
-        outcome, detail = CASES[name](tmp), ""
+        outcome = CASES[name](tmp)
+        detail = " | ".join(SAID)[:300]
     except Hole as err:
         outcome, detail = "hole", str(err)
     except Misleading as err:
