@@ -2,6 +2,7 @@
 
     python bench/attacks.py                 # every case, one fresh child process each
     python bench/attacks.py --case NAME     # one case in this process (prints its JSON line)
+    python bench/attacks.py --only TEXT --update   # rerun some cases into today's result file
 
 Each case plays a hostile or unlucky visitor (a file, a zip, a form path, a model folder, an LLM URL, a
 title, a raw HTTP client) and ends as one of:
@@ -795,8 +796,8 @@ def hub_name_in_the_train_forms_model_name(tmp: Path) -> str:
                           HF_HOME=str(tmp / "hf"))
         from recsys_core.training.experiment import make_model
 
-        for family in ("text_tower", "hybrid"):
-            _expect_refusal(lambda f=family: make_model(f, {"model_name": "someorg/some-model"}).fit(tiny_dataset()),
+        for family, setting in (("text_tower", "model_name"), ("hybrid", "text_model_name")):
+            _expect_refusal(lambda f=family, s=setting: make_model(f, {s: "someorg/some-model"}).fit(tiny_dataset()),
                             words="RECSYS_ALLOW_HUB_MODELS")
         time.sleep(0.3)
     if hub.connections:
@@ -856,6 +857,7 @@ def gate_doors_before_sign_in(tmp: Path) -> str:
         grew = _server_rss_mb() - before
     if grew > 100:
         raise Hole(f"five refused uploads still grew the server by {grew:.0f} MB")
+    SAID.append(f"five 400 MB uploads refused with 401; the server's RSS {before:.0f} MB grew {grew:.0f} MB")
     return "clear_error"
 
 
@@ -883,6 +885,7 @@ def gate_parallel_guessing(tmp: Path) -> str:
             t.join()
     if len(checked) / 8 > 2:
         raise Hole(f"{len(checked) / 8:.1f} guesses/s were checked")
+    SAID.append(f"{len(checked)} guesses checked in 8 s by 20 clients ({len(checked) / 8:.2f}/s)")
     return "clear_error"
 
 
@@ -1076,6 +1079,8 @@ def main() -> None:
     parser.add_argument("--only", default="", help="run only the cases whose name contains this text")
     parser.add_argument("--tmp", type=Path)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--update", action="store_true",
+                        help="rerun the --only cases and replace them in the existing result file (counts redone)")
     args = parser.parse_args()
     if args.build:
         BUILDERS[args.build](args.tmp)
@@ -1084,14 +1089,15 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             print(json.dumps(run_case(args.case, args.tmp or Path(tmp))))
         return
-    cases = []
+    out = args.out or ROOT / "bench" / "results" / f"attacks-{datetime.now():%Y%m%d}.json"
+    kept = {c["case"]: c for c in json.loads(out.read_text())["cases"]} if args.update else {}
     for name in [n for n in CASES if args.only in n]:
-        cases.append(_child(name))
-        print(f"{name}: {cases[-1]['outcome']} {cases[-1].get('detail', '')[:120]}", file=sys.stderr)
+        kept[name] = _child(name) | ({"rerun": datetime.now().isoformat(timespec="seconds")} if args.update else {})
+        print(f"{name}: {kept[name]['outcome']} {kept[name].get('detail', '')[:120]}", file=sys.stderr)
+    cases = list(kept.values())
     summary = {"tried": len(cases), **{o: sum(c["outcome"] == o for c in cases) for o in OUTCOMES},
                "date": datetime.now().strftime("%Y-%m-%d"), "load_avg": list(os.getloadavg()),
                "server_rss_limit_mb": SERVER_RSS_MB, "cases": cases}
-    out = args.out or ROOT / "bench" / "results" / f"attacks-{datetime.now():%Y%m%d}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k != "cases"}))
