@@ -214,6 +214,7 @@ def test_llm_my_model_is_a_folder_of_the_workspace_llm_never_a_hub_name(tmp_path
     with pytest.raises(LLMError, match="downloading models from the Hugging Face hub is off"):
         hub.llm_source("someorg/some-model", root)
     monkeypatch.setenv(hub.ENV_ALLOW_HUB, "1")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # another test's fixture may have put the process offline
     assert hub.llm_source("someorg/some-model", root) == "someorg/some-model"
 
 

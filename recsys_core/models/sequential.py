@@ -73,12 +73,12 @@ class SequentialConfig(Settings):
                                     "(0 = max_len / 2).", ge=0)
     # The peers' choices, as settings the tuner can pick per dataset (issue 23): RecTools' and SASRec's own block
     # (pre-norm) and one training sequence per user (RecTools, gSASRec) instead of crops of long histories.
+    # pre_norm: LayerNorm before attention and the ReLU feed-forward, padding zeroed after every layer, a final
+    # LayerNorm (transformer.py).
     block: str = setting("bert", "Transformer block: bert (post-norm BERT layers, GELU) or pre_norm (SASRec's own, "
-                                 "as RecTools builds it: LayerNorm before attention and the ReLU feed-forward, "
-                                 "padding zeroed after every layer, a final LayerNorm).", choices=("bert", "pre_norm"))
-    train_sequences: str = setting("crops", "Training sequences: crops (each history's last max_len items, and "
-                                            "earlier crops of longer ones every window_stride) or one_per_user (the "
-                                            "last max_len items only, as RecTools and gSASRec).",
+                                 "as RecTools builds it).", choices=("bert", "pre_norm"))
+    train_sequences: str = setting("crops", "Training sequences: crops (the last max_len items, plus earlier crops "
+                                            "every window_stride) or one_per_user (the last max_len only).",
                                    choices=("crops", "one_per_user"))
     score_batch_size: int = setting(512, "Users scored per batch at inference.", ge=1)
     loss: str = setting("auto", "auto (ce up to auto_sampled_items items), ce (full softmax), sampled (over "
