@@ -250,7 +250,9 @@ def _serve_parser(sub) -> None:
     s.add_argument("--batch", default=d.batch, choices=BATCH_MODES,
                    help="coalesce concurrent requests into one forward pass (auto: for sequential models)")
     s.add_argument("--batch-max", type=int, default=d.batch_max, help="requests per forward pass at most")
-    s.add_argument("--batch-wait-ms", type=float, default=d.batch_wait_ms, help="how long a batch waits to fill")
+    s.add_argument("--batch-wait-ms", type=float, default=d.batch_wait_ms,
+                   help="how long a batch's first request waits for others (0: none; requests arriving while a "
+                        "batch is scored form the next)")
     s.add_argument("--max-k", type=int, default=d.max_k)
     s.add_argument("--max-history", type=int, default=d.max_history, help="history items per request at most")
     s.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)

@@ -23,7 +23,9 @@ class ServeSettings:
     poll_s: float = 5.0  # how often the active run is checked; 0: never
     batch: str = "auto"
     batch_max: int = 32  # requests scored in one forward pass at most
-    batch_wait_ms: float = 2.0  # how long the first request of a batch waits for company
+    # 0: greedy batching, no window (a lone request is scored at once; those arriving meanwhile form the next
+    # batch). A fixed 2 ms window cost SASRec+ 90 ms p99 at 400 requests/s on the demo against 25.5 ms without.
+    batch_wait_ms: float = 0.0
     max_k: int = 100
     max_history: int = 500
     max_body_bytes: int = 64 * 1024
