@@ -34,15 +34,11 @@ class Catalogue:
     labels: np.ndarray  # str [n_items]: "Title (year)", or "item <id>" without a title
     popularity: np.ndarray  # int [n_items]: interactions per item
     items: pd.DataFrame = field(repr=False)  # the item schema columns (item_id, title, year, genres, ...)
+    index: dict[str, int] = field(repr=False)  # item id -> item index: the dataset's own map, not a copy
 
     @property
     def n_items(self) -> int:
         return len(self.item_ids)
-
-    @cached_property
-    def index(self) -> dict[str, int]:
-        """Item id -> item index."""
-        return {str(item_id): i for i, item_id in enumerate(self.item_ids)}
 
     @cached_property
     def by_popularity(self) -> np.ndarray:
@@ -85,7 +81,8 @@ def catalogue_of(ds: Dataset) -> Catalogue:
     version = dataset_version(ds)
     return _CATALOGUES.get_or_compute(version, lambda: Catalogue(
         dataset=ds.name, version=version, item_ids=np.asarray(ds.item_ids).astype(str),
-        labels=np.asarray(ds.labels).astype(str), popularity=np.asarray(ds.item_popularity), items=ds.items))
+        labels=np.asarray(ds.labels).astype(str), popularity=np.asarray(ds.item_popularity), items=ds.items,
+        index=ds.item_index))
 
 
 def ranked_runs(ws: Workspace, dataset: str) -> list[RunRecord]:
