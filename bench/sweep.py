@@ -88,6 +88,11 @@ def child(args: argparse.Namespace, model: str, variant: dict, seed: int) -> dic
     return row
 
 
+def _std(values: list[float]) -> float | None:
+    """Sample standard deviation over the seeds (None for one seed)."""
+    return round(statistics.stdev(values), 4) if len(values) > 1 else None
+
+
 def summarise(runs: list[dict]) -> list[dict]:
     ok = [r for r in runs if "error" not in r]
     base = {(r["model"], r["seed"]): r["best_valid_ndcg@10"] for r in ok if r["variant"] == "baseline"}
@@ -97,8 +102,10 @@ def summarise(runs: list[dict]) -> list[dict]:
         values = [r["best_valid_ndcg@10"] for r in mine]
         deltas = [r["best_valid_ndcg@10"] - base[(model, r["seed"])] for r in mine if (model, r["seed"]) in base]
         rows.append({"model": model, "variant": variant, "seeds": [r["seed"] for r in mine],
-                     "valid_ndcg@10": {"mean": round(statistics.mean(values), 4), "min": min(values), "max": max(values)},
-                     "delta_vs_baseline": {"mean": round(statistics.mean(deltas), 4), "min": round(min(deltas), 4),
+                     "valid_ndcg@10": {"mean": round(statistics.mean(values), 4), "std": _std(values),
+                                       "min": min(values), "max": max(values)},
+                     "delta_vs_baseline": {"mean": round(statistics.mean(deltas), 4), "std": _std(deltas),
+                                           "min": round(min(deltas), 4),
                                            "max": round(max(deltas), 4)} if deltas else None,
                      "cpu_s_median": statistics.median(r["cpu_s"] for r in mine)})
     return rows
@@ -106,12 +113,13 @@ def summarise(runs: list[dict]) -> list[dict]:
 
 def table(report: dict) -> str:
     lines = [f"{report['dataset']} (validation NDCG@10, seeds {report['seeds']})", "",
-             "| model | variant | valid NDCG@10 mean (min-max) | vs baseline, same seeds: mean (min..max) | CPU s |",
+             "| model | variant | valid NDCG@10 mean ± std (min-max) | vs baseline, same seeds: mean (min..max) | CPU s |",
              "|---|---|---|---|---|"]
     for r in report["summary"]:
         v, d = r["valid_ndcg@10"], r["delta_vs_baseline"]
         delta = f"{d['mean']:+.4f} ({d['min']:+.4f}..{d['max']:+.4f})" if d else ""
-        lines.append(f"| {r['model']} | {r['variant']} | {v['mean']:.4f} ({v['min']:.4f}-{v['max']:.4f}) | {delta} "
+        std = f" ± {v['std']:.4f}" if v.get("std") is not None else ""
+        lines.append(f"| {r['model']} | {r['variant']} | {v['mean']:.4f}{std} ({v['min']:.4f}-{v['max']:.4f}) | {delta} "
                      f"| {r['cpu_s_median']:.0f} |")
     return "\n".join(lines)
 
@@ -149,17 +157,25 @@ def main() -> None:
     # Runs already in today's file for this dataset are kept, not trained again (a sweep can grow).
     done = json.loads(out.read_text())["runs"] if out.is_file() else []
     have = {(r["model"], r["variant"], r["seed"]) for r in done if "error" not in r}
-    todo = [(m, v, s) for m in args.models.split(",") for v in variants[m] for s in seeds
+    # Seed by seed, every model and variant of a seed before the next seed: a sweep cut short still holds
+    # complete same-seed comparisons, and the file is rewritten after every run so nothing finished is lost.
+    todo = [(m, v, s) for s in seeds for m in args.models.split(",") for v in variants[m]
             if (m, name(v), s) not in have]
     started, load_start = time.perf_counter(), os.getloadavg()
+    runs = [r for r in done if "error" not in r]
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # threads only wait on child processes
-        runs = [r for r in done if "error" not in r] + list(pool.map(lambda job: child(args, *job), todo))
-    report = {"benchmark": "sweep", "dataset": dataset, "split": "leave_one_out; scored on validation only",
-              "profile": {**DEMO_PROFILE, **json.loads(args.profile)}, "threads_per_run": 1, "jobs": args.jobs, "seeds": seeds,
-              "date": dt.date.today().isoformat(), "summary": summarise(runs), "runs": runs,
-              "wall_s": round(time.perf_counter() - started, 1), "load_avg_start": [round(x, 2) for x in load_start],
-              "load_avg_end": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count()}
-    out.write_text(json.dumps(report, indent=2) + "\n")
+        for row in pool.map(lambda job: child(args, *job), todo):
+            runs.append(row)
+            report = {"benchmark": "sweep", "dataset": dataset, "split": "leave_one_out; scored on validation only",
+                      "profile": {**DEMO_PROFILE, **json.loads(args.profile)}, "threads_per_run": 1, "jobs": args.jobs,
+                      "seeds": seeds, "date": dt.date.today().isoformat(), "summary": summarise(runs), "runs": runs,
+                      "wall_s": round(time.perf_counter() - started, 1),
+                      "load_avg_start": [round(x, 2) for x in load_start],
+                      "load_avg_end": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count()}
+            out.write_text(json.dumps(report, indent=2) + "\n")
+    if not todo:
+        print(f"[sweep] every run is already in {out}", file=sys.stderr)
+        return
     print(table(report))
     print(f"[sweep] wrote {out}", file=sys.stderr)
 
