@@ -11,7 +11,6 @@ import logging
 import os
 import re
 import secrets
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +23,7 @@ from recsys_core.data.dataset import ORDER_TIMESTAMP, Dataset
 from recsys_core.data.demo import DEMO_NAME
 from recsys_core.errors import RecsysError
 from recsys_core.workspace.registry import ENV_VAR, DatasetRecord, Workspace
+from recsys_core.workspace.visible import visible_text
 from views.ui import charts, state
 
 _LOG = logging.getLogger("recsys.pages")
@@ -164,27 +164,17 @@ def plural(count: int, noun: str) -> str:
 
 def show_data_error(err: RecsysError, what: str = "Could not load the data") -> None:
     """One error box: where and what went wrong, a few offending values, and what to do. No traceback."""
-    headline = str(err)
+    headline, root = str(err), _root_key()  # the server's folders are named as a visitor knows them
     for marker in ("\nExamples:", "\nWhat to do:"):  # RecsysError appends these after the message
         headline = headline.split(marker, 1)[0]
-    body = f"**{what}.** {md_escape(hide_server_paths(headline))}"
+    body = f"**{what}.** {md_escape(visible_text(root, headline))}"
     if err.examples:
-        lines = hide_server_paths("\n".join(str(e) for e in err.examples[:5]))
+        lines = visible_text(root, "\n".join(str(e) for e in err.examples[:5]))
         fence = "`" * max(3, _longest_backtick_run(lines) + 1)
         body += f"\n\nExamples:\n\n{fence}text\n{lines}\n{fence}"
     if err.hint:
-        body += f"\n\n**What to do:** {md_escape(hide_server_paths(err.hint))}"
+        body += f"\n\n**What to do:** {md_escape(visible_text(root, err.hint))}"
     st.error(body, icon=":material/error:")
-
-
-def hide_server_paths(text: str) -> str:
-    """`text` with the server's own folders (the workspace, the app's folder, Python's, the home folder) named
-    as a visitor knows them, so an error message never shows where the server keeps its files."""
-    roots = {_root_key(): "workspace", str(Path.cwd()): ".", sys.prefix: "<python>", str(Path.home()): "~"}
-    for root, name in sorted(roots.items(), key=lambda kv: -len(kv[0])):  # longest first: nested folders
-        if len(root) > 1:
-            text = text.replace(root, name)
-    return text
 
 
 def show_unexpected(err: Exception) -> str:
