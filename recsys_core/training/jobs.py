@@ -59,11 +59,13 @@ class TrainingJob:
 
     @classmethod
     def start(cls, store: Any, dataset: str, family: str, overrides: dict[str, Any] | None = None, *,
-              split_kind: str = "leave_one_out", kind: str = "train", params: dict | None = None) -> TrainingJob:
+              split_kind: str = "leave_one_out", kind: str = "train", params: dict | None = None,
+              title: str = "") -> TrainingJob:
         """Record a job on the saved dataset `dataset`, queued, and start it if a slot is free; returns at once.
-        Every job of its own process (`kind` 'train', or a search's 'tune' with its `params`) shares the cap."""
+        Every job of its own process (`kind` 'train', the automatic 'baseline', or a search's 'tune' with its
+        `params`) shares the cap; `title` is what the jobs panels show."""
         job_id = store.create(dataset, family, dict(overrides or {}), split_kind, kind=kind, params=params,
-                              queued=True)
+                              title=title, queued=True)
         dispatch(store)
         watch_queue(store)  # should this server's child not be the one to free a slot
         return cls(store, job_id)

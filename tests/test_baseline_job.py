@@ -1,0 +1,145 @@
+"""The automatic baseline as a workspace job (`training/baseline.py`): one job per dataset version however many
+tabs, threads or server processes ask at once; its finished run is the dataset's best run; a baseline job that
+ended without a run is not restarted by the next page rerun, only when asked."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from types import SimpleNamespace
+
+import psutil
+import pytest
+
+from recsys_core.recommend.catalogue import best_run
+from recsys_core.training import jobs as training_jobs
+from recsys_core.training.baseline import BASELINE_KIND, ensure_baseline
+from recsys_core.training.jobs import TrainingJob, dispatch
+from recsys_core.workspace.jobs import JobStore
+from recsys_core.workspace.registry import Workspace
+from tests.test_jobs import START_S, _sequences
+
+# A child process that asks for the baseline at a given moment, with the job left queued (nothing launched from
+# a process about to exit): it prints the job id it was given.
+_ASKER = textwrap.dedent("""
+    import sys, time
+    from recsys_core.training import jobs
+    from recsys_core.training.baseline import ensure_baseline
+    from recsys_core.workspace.jobs import JobStore
+    from recsys_core.workspace.registry import Workspace
+    jobs.dispatch = lambda store: []
+    jobs.watch_queue = lambda store: None
+    store = JobStore(Workspace(sys.argv[1]))
+    time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+    print(ensure_baseline(store, "cycle").job.id)
+""")
+
+
+@pytest.fixture
+def store(tmp_path) -> JobStore:
+    ws = Workspace(tmp_path / "ws")
+    ws.save_dataset(_sequences(), "cycle")
+    return JobStore(ws)
+
+
+@pytest.fixture
+def queued_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Jobs stay queued: these tests look at the rows, no worker process is started."""
+    monkeypatch.setattr(training_jobs, "dispatch", lambda store: [])
+    monkeypatch.setattr(training_jobs, "watch_queue", lambda store: None)
+
+
+def _baseline_jobs(store: JobStore) -> list:
+    return store.list(dataset="cycle", kind=BASELINE_KIND)
+
+
+def test_threads_and_processes_asking_at_once_start_one_job_that_trains_the_best_run(store) -> None:
+    at = time.time() + 6.0  # both children have imported the engine by then (a busy 2-core box)
+    children = [subprocess.Popen([sys.executable, "-c", _ASKER, str(store.workspace.root), str(at)],
+                                 stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    ids, barrier = [], threading.Barrier(6)
+
+    def ask() -> None:
+        barrier.wait()
+        ids.append(ensure_baseline(store, "cycle").job.id)
+
+    time.sleep(max(0.0, at - time.time()))
+    threads = [threading.Thread(target=ask) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids += [int(c.communicate(timeout=START_S)[0]) for c in children]
+    assert len(ids) == 8 and len(set(ids)) == 1, ids
+    (job,) = _baseline_jobs(store)
+    assert (job.family, job.title) == ("ease", "Automatic baseline: EASE")  # the panels say what it is
+
+    assert TrainingJob(store, job.id).join(START_S)  # the threads' own call launched it (one slot, one worker)
+    done = ensure_baseline(store, "cycle")
+    assert (done.job.id, done.job.status) == (job.id, "finished") and done.run is not None
+    best = best_run(store.workspace, "cycle")
+    assert best is not None and best.id == done.run.id == done.job.run_id and best.model == "ease"
+    assert len(_baseline_jobs(store)) == 1  # a later call (a page rerun) starts nothing
+
+
+def test_a_cancelled_baseline_is_not_restarted_by_the_next_call_only_when_asked(store, queued_only) -> None:
+    first = ensure_baseline(store, "cycle").job
+    assert first.status == "queued" and first.kind == BASELINE_KIND
+    assert store.request_cancel(first.id)
+    for _ in range(3):  # page reruns: the cancelled job is the answer, nothing new is queued
+        again = ensure_baseline(store, "cycle")
+        assert (again.job.id, again.job.status, again.run) == (first.id, "cancelled", None)
+    asked = ensure_baseline(store, "cycle", again=True).job
+    assert asked.id != first.id and asked.status == "queued"
+    assert ensure_baseline(store, "cycle", again=True).job.id == asked.id  # never two at once, even when asked
+    assert [j.id for j in _baseline_jobs(store)] == [asked.id, first.id]
+
+
+def test_a_failed_one_waits_for_a_request_and_a_deleted_run_is_replaced(store, queued_only) -> None:
+    failed = ensure_baseline(store, "cycle").job
+    store.finish(failed.id, "failed", error="boom")
+    assert ensure_baseline(store, "cycle").job.id == failed.id
+    done = ensure_baseline(store, "cycle", again=True).job
+    folder = store.workspace.models_dir() / "run-baseline"
+    folder.mkdir(parents=True)
+    run_id = store.workspace.record_run("cycle", "ease", {}, {"ndcg@10": 0.1}, "cpu", 1.0, folder)
+    store.finish(done.id, "finished", run_id=run_id)
+    assert ensure_baseline(store, "cycle").run.id == run_id
+    store.workspace.delete_run(run_id)  # nothing left to serve: a new baseline is trained
+    assert ensure_baseline(store, "cycle").job.id not in (failed.id, done.id)
+
+
+def test_a_new_version_of_the_dataset_gets_its_own_baseline(store, queued_only) -> None:
+    old = ensure_baseline(store, "cycle").job
+    store.request_cancel(old.id)
+    time.sleep(1.1)  # versions are told apart by their save time, in whole seconds
+    store.workspace.save_dataset(_sequences(n_users=60), "cycle", overwrite=True)
+    new = ensure_baseline(store, "cycle").job
+    assert new.id != old.id and new.status == "queued"
+
+
+def test_popularity_where_ease_would_not_fit_in_memory(store, queued_only, monkeypatch) -> None:
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=1024))
+    job = ensure_baseline(store, "cycle").job
+    assert (job.family, job.title) == ("popularity", "Automatic baseline: Popularity")
+
+
+def test_a_dataset_that_is_not_saved_is_a_config_error_with_a_hint(store) -> None:
+    from recsys_core.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        ensure_baseline(store, "nope")
+    assert err.value.hint and not _baseline_jobs(store)
+
+
+def test_the_queue_cap_holds_the_baseline_like_any_job(store, monkeypatch) -> None:
+    monkeypatch.setenv("RECSYS_MAX_JOBS", "1")
+    monkeypatch.setattr(training_jobs, "watch_queue", lambda store: None)
+    monkeypatch.setattr(training_jobs, "dispatch", lambda store: [])
+    other = TrainingJob.start(store, "cycle", "popularity")
+    assert store.claim_queued(1) == [other.id]  # a training job holds the one slot (its process never starts)
+    job = ensure_baseline(store, "cycle").job
+    assert dispatch(store) == [] and store.get(job.id).status == "queued" and store.get(job.id).queue_position == 1
