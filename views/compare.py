@@ -6,11 +6,12 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from recsys_core.evaluation.compare import load_per_user, per_user_metrics, save_per_user, segment_breakdown
-from recsys_core.training.experiment import make_split
+from recsys_core.errors import RecsysError
+from recsys_core.evaluation.compare import segment_breakdown
+from recsys_core.training.per_user import per_user_results
 from views.ui import charts, state
 from views.ui.common import load_dataset, md_escape, sidebar_dataset_selector, workspace
-from views.ui.model_state import cached_model, run_ending, run_label, runs_frame
+from views.ui.model_state import run_ending, run_label, runs_frame
 
 st.title("Compare")
 record = sidebar_dataset_selector()
@@ -52,31 +53,32 @@ fig.update_layout(xaxis_title="Run", yaxis_title=metric.upper(), height=380)
 st.plotly_chart(fig, key="compare_bar")
 
 
+@st.cache_data(show_spinner="Reading per-user metrics (a run recorded before they were stored is scored once)...",
+               max_entries=64)
 def _per_user(artifact_dir: str, dataset_version: str, split_kind: str) -> pd.DataFrame:
-    """The run's per-user test metrics as stored with it; a run recorded before they were stored is
-    re-scored once, and the result kept in its folder for every later visit."""
-    stored = load_per_user(artifact_dir)
-    return stored if stored is not None else _rescored(artifact_dir, dataset_version, split_kind)
+    """The run's per-user test metrics: the engine's use case (stored with the run, or scored once and stored);
+    this cache only spares reruns the read."""
+    return per_user_results(artifact_dir, load_dataset(record), split_kind)
 
 
-@st.cache_data(show_spinner="Evaluating per user (once for this older run)...", max_entries=32)
-def _rescored(artifact_dir: str, dataset_version: str, split_kind: str) -> pd.DataFrame:
-    ds = load_dataset(record)
-    frame = per_user_metrics(cached_model(artifact_dir), make_split(ds, split_kind))
-    try:
-        save_per_user(artifact_dir, frame)
-    except OSError:  # a read-only workspace still gets the breakdown, just not cached on disk
-        pass
-    return frame
+def _frames(chosen: list, version: str) -> dict[str, pd.DataFrame]:
+    """Each chosen run's per-user table by label; a run that cannot be scored is named with the reason."""
+    frames = {}
+    for run in chosen:
+        try:
+            frames[run_label(run)] = _per_user(str(run.artifact_dir), version, split_kind)
+        except RecsysError as err:
+            st.warning(f"{md_escape(run_label(run))} is left out of the breakdown: {md_escape(str(err))}",
+                       icon=":material/warning:")
+    return frames
 
 
 st.subheader("Where each model wins")
 best_per_model = list({r.model: r for r in sorted(runs, key=lambda r: r.metrics.get("ndcg@10", 0))}.values())
 chosen = st.multiselect("Runs to break down", runs, default=best_per_model[-4:], format_func=run_label,
                         key="compare_segments_runs")
-if chosen:
-    version = f"{record.name}|{record.created_at}"
-    frames = {run_label(r): _per_user(r.artifact_dir, version, split_kind) for r in chosen}
+frames = _frames(chosen, f"{record.name}|{record.created_at}") if chosen else {}
+if frames:
     seg_metric = metric if metric in next(iter(frames.values())).columns else "ndcg@10"
     breakdown = segment_breakdown(frames, seg_metric)
     for kind, title in (("history segment", "by history length (items before the test item)"),
