@@ -101,7 +101,7 @@ def _auth(key: str | None) -> Callable:
     """A dependency that requires `key` (Authorization: Bearer KEY, or X-API-Key: KEY) when one is set."""
     expected = key.encode() if key else None
 
-    def check(request: Request) -> None:
+    async def check(request: Request) -> None:  # async: a plain def would run on a thread pool per request
         if expected is None:
             return
         given = request.headers.get("x-api-key") or ""

@@ -11,6 +11,7 @@ with the same workspace (or a copy of it) behind any load balancer serve the sam
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -31,7 +32,12 @@ def _app(settings: ServeSettings):
     from recsys_core.threads import use_threads
 
     use_threads(settings.threads)  # before any torch work: a forked worker must not inherit an OpenMP pool
-    return build_app(settings)
+    app = build_app(settings)
+    # The ~470k objects of torch, pandas and the model go to the permanent generation: a full collection of them
+    # took 260-530 ms (a latency spike for every request waiting), and a forked worker's collector no longer
+    # writes to (and so copies) the pages it shares with the parent.
+    gc.freeze()
+    return app
 
 
 def serve(settings: ServeSettings) -> None:

@@ -215,9 +215,13 @@ class Coalescer:
     async def _answer(self, loop, group: list[_Waiting]) -> None:
         self.batch_sizes.append(len(group))
         served = group[0].served
+        queries = [w.query for w in group]
         try:
-            results = await loop.run_in_executor(self.executor, recommend_batch, served.model, served.ds,
-                                                 [w.query for w in group], self.limits)
+            if served.model.capabilities.order_aware:  # a forward pass frees the GIL: the loop parses meanwhile
+                results = await loop.run_in_executor(self.executor, recommend_batch, served.model, served.ds, queries,
+                                                     self.limits)
+            else:  # a sparse product costs less than the hop to another thread; requests queue in the socket
+                results = recommend_batch(served.model, served.ds, queries, self.limits)
         except Exception as err:  # noqa: BLE001  each request gets the error (a RecsysError becomes its 4xx)
             for w in group:
                 if not w.future.done():
