@@ -178,8 +178,16 @@ def cmd_evaluate(args) -> dict:
     ds = resolve_dataset(args.dataset, _workspace(args), args.items)
     model.check_fits(ds)
     split = make_split(ds, args.split)
-    return {"model": model.family, "dataset": ds.name, "split": split.kind,
-            "metrics": evaluate(model, split.test, item_popularity=train_popularity(split))}
+    out = {"model": model.family, "dataset": ds.name, "split": split.kind,
+           "metrics": evaluate(model, split.test, item_popularity=train_popularity(split))}
+    if args.per_user:  # Compare's breakdown; the per-user table is read from the folder, or scored and stored there
+        from recsys_core.evaluation.compare import segment_breakdown
+        from recsys_core.training.per_user import per_user_results
+
+        table = per_user_results(args.model_dir, ds, args.split)
+        segments = segment_breakdown({model.family: table}).drop(columns="model")
+        out["segments"] = segments.astype(object).where(segments.notna(), None).to_dict("records")  # no NaN in JSON
+    return out
 
 
 def cmd_recommend(args) -> dict:
@@ -348,6 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--model-dir", required=True, help="folder of a saved model")
         if name in {"train", "evaluate"}:
             c.add_argument("--split", default="leave_one_out", choices=["leave_one_out", "temporal"])
+        if name == "evaluate":
+            c.add_argument("--per-user", action="store_true",
+                           help="add NDCG@10 by history length and by the held-out item's popularity, as on Compare (the "
+                                "per-user table is stored in the model's folder for the next call)")
         if name == "recommend":
             who = c.add_mutually_exclusive_group(required=True)
             who.add_argument("--user", nargs="+", help="user id(s) as in the data (several: one JSON with results)")

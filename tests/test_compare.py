@@ -238,3 +238,22 @@ def test_a_model_of_another_catalogue_is_refused_with_a_model_error(saved_run) -
     (folder / PER_USER_FILE).unlink()
     with pytest.raises(ModelError, match="another catalogue"):
         per_user_results(folder, build_dataset(_rows(seed=1).assign(item=lambda f: f["item"] + 100), name="other"))
+
+
+def test_recsys_evaluate_per_user_gives_the_breakdown_of_the_stored_table(saved_run, capsys, tmp_path) -> None:
+    import json
+
+    from recsys_core.cli import main
+    from recsys_core.evaluation.compare import load_per_user
+    from recsys_core.workspace.registry import Workspace
+
+    ds, folder, loads = saved_run
+    Workspace(tmp_path / "ws").save_dataset(ds, "synthetic")
+    argv = ["--workspace", str(tmp_path / "ws"), "evaluate", "--model-dir", str(folder), "--dataset", "synthetic"]
+    assert main([*argv, "--per-user"]) == 0
+    out = json.loads(capsys.readouterr().out)  # strict JSON: an empty segment's mean is null, not NaN
+    expected = segment_breakdown({"m": load_per_user(folder)})
+    assert loads == [] and len(out["segments"]) == len(expected)
+    for row, (_, want) in zip(out["segments"], expected.iterrows(), strict=True):
+        assert (row["kind"], row["segment"], row["users"]) == (want["kind"], want["segment"], want["users"])
+        assert row["ndcg@10"] is None if want["users"] == 0 else row["ndcg@10"] == pytest.approx(want["ndcg@10"])
