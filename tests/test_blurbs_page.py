@@ -18,6 +18,8 @@ from llm_loopback import LoopbackLLM
 
 from recsys_core.blurbs import hub, loading
 from recsys_core.blurbs.local import local_default_backend
+from recsys_core.data.demo import DEMO_NAME, load_demo
+from recsys_core.training.experiment import run_experiment
 from recsys_core.workspace.jobs import JobStore
 from recsys_core.workspace.registry import Workspace
 
@@ -28,6 +30,9 @@ TIMEOUT_S = 180
 def ws_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "workspace"
     monkeypatch.setenv("RECSYS_WORKSPACE", str(root))
+    ws = Workspace(root)  # an EASE run: what the automatic baseline job trains (tests/test_baseline_page.py)
+    ws.ensure_demo()
+    run_experiment(load_demo(), "ease", workspace=ws, dataset_name=DEMO_NAME)
     for name in ("RECSYS_LLM_URL", "RECSYS_LLM_MODEL", "RECSYS_LLM_API_KEY", "RECSYS_LLM_ENDPOINTS"):
         monkeypatch.delenv(name, raising=False)
     return root

@@ -15,6 +15,7 @@ from apptest_util import navigation_mode, open_app  # noqa: F401
 from recsys_core.data.demo import DEMO_NAME, load_demo
 from recsys_core.insight import project
 from recsys_core.models.base import load_model
+from recsys_core.training.experiment import run_experiment
 from recsys_core.workspace.jobs import JobStore
 from recsys_core.workspace.registry import Workspace
 
@@ -23,8 +24,13 @@ PAGE = "views/embeddings.py"
 
 @pytest.fixture(scope="module")
 def shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # One workspace for the module: the page's automatic EASE baseline is trained once, not per test.
-    return tmp_path_factory.mktemp("emb") / "workspace"
+    # One workspace for the module with an EASE run on the demo: what the automatic baseline job trains
+    # (tests/test_baseline_page.py follows that job), here trained once before the page opens.
+    root = tmp_path_factory.mktemp("emb") / "workspace"
+    ws = Workspace(root)
+    ws.ensure_demo()
+    run_experiment(load_demo(), "ease", workspace=ws, dataset_name=DEMO_NAME)
+    return root
 
 
 @pytest.fixture
@@ -134,8 +140,6 @@ def test_tsne_runs_in_the_background_with_progress_then_replaces_pca(ws_root: Pa
 
 
 def test_two_models_side_by_side_with_their_own_neighbours(ws_root: Path) -> None:
-    from recsys_core.training.experiment import run_experiment
-
     run_experiment(load_demo(), "itemknn", workspace=Workspace(ws_root), dataset_name=DEMO_NAME)
     at = open_app(PAGE)
     at.toggle(key="emb_compare").set_value(True).run()

@@ -12,15 +12,21 @@ import pytest
 from apptest_util import navigation_mode, open_app  # noqa: F401
 from streamlit.proto.Metric_pb2 import Metric as MetricProto
 
-from recsys_core.data.demo import load_demo
+from recsys_core.data.demo import DEMO_NAME, load_demo
+from recsys_core.training.experiment import run_experiment
+from recsys_core.workspace.registry import Workspace
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def ws_root(tmp_path_factory: pytest.TempPathFactory):
-    """One workspace for the module: the page trains its quick EASE baseline once, not once per test."""
+    """One workspace for the module with an EASE run on the demo: what the automatic baseline job trains
+    (tests/test_baseline_page.py follows that job), here trained once before the page opens."""
     root = tmp_path_factory.mktemp("explain") / "workspace"
+    ws = Workspace(root)
+    ws.ensure_demo()
+    run_experiment(load_demo(), "ease", workspace=ws, dataset_name=DEMO_NAME)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RECSYS_WORKSPACE", str(root))
         yield root
@@ -91,7 +97,6 @@ def test_explain_page_opens_on_the_user_and_item_from_recommend(ws_root: Path) -
 
 def _wait_until_ended(root: Path, timeout_s: float = 120):
     from recsys_core.workspace.jobs import JobStore
-    from recsys_core.workspace.registry import Workspace
 
     store = JobStore(Workspace(root))
     deadline = time.monotonic() + timeout_s
@@ -126,8 +131,6 @@ def test_text_tower_shows_word_attributions(tmp_path: Path, monkeypatch: pytest.
     from movie_fixtures import movie_dataset
 
     from recsys_core.data.item_schema import item_texts
-    from recsys_core.training.experiment import run_experiment
-    from recsys_core.workspace.registry import Workspace
 
     root = tmp_path / "workspace"
     monkeypatch.setenv("RECSYS_WORKSPACE", str(root))

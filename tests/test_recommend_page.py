@@ -16,7 +16,9 @@ from recsys_core.data import load_dataset
 from recsys_core.data.dataset import build_dataset
 from recsys_core.data.demo import DEMO_NAME, load_demo
 from recsys_core.models.base import load_model
+from recsys_core.recommend.catalogue import catalogue_of
 from recsys_core.recommend.topk import recommend
+from recsys_core.recommend.usecases import Query, recommend_for
 from recsys_core.training.experiment import run_experiment
 from recsys_core.workspace.jobs import JobStore
 from recsys_core.workspace.registry import Workspace
@@ -68,6 +70,28 @@ def test_zero_setup_shows_the_first_users_top_k_and_pickers_change_user(env: dic
     assert _items(at, "rec_topk") == recommend(model, ds.history(long_user), 10)["item_id"].tolist()
     at.slider(key="rec_k").set_value(20).run()
     assert len(_frame(at, "rec_topk").value) == 20
+    assert not at.exception, at.exception
+
+
+def test_an_item_reads_the_same_in_the_tables_the_pickers_and_the_answer_the_cli_and_api_send(env: dict) -> None:
+    """One label per item: the top-K and history tables, the pickers and the engine's answer (`to_dict`, what
+    `recsys recommend` prints and `POST /v1/recommend` returns) name an item by the same string."""
+    ds, model = env["ds"], env["ease"]
+    catalogue = catalogue_of(ds)
+    at = open_app(PAGE)
+    user = at.selectbox(key="rec_user").value
+    answer = recommend_for(model, ds, Query.of(user=str(ds.user_ids[user]), k=10)).to_dict(catalogue)["recommendations"]
+    top = _frame(at, "rec_topk").value
+    assert top["item_id"].tolist() == [r["item_id"] for r in answer]
+    assert top["title"].tolist() == [r["label"] for r in answer]
+    assert any(r["label"] != ds.title(ds.item_index[r["item_id"]]) for r in answer)  # the label, not the raw title
+    first = answer[0]
+    explain_picker = at.selectbox(key="rec_explain_item")
+    assert explain_picker.value == ds.item_index[first["item_id"]] and explain_picker.options[0] == first["label"]
+    assert first["label"] in at.selectbox(key="rec_similar_item").options
+    newest_first = [catalogue.item(int(i))["label"] for i in ds.history(user)[::-1]]  # as GET /v1/items/{id} names it
+    assert _frame(at, "rec_history").value["title"].tolist() == newest_first
+    assert newest_first[0] in at.multiselect(key=f"rec_remove_{user}").options
     assert not at.exception, at.exception
 
 
@@ -177,10 +201,12 @@ def test_page_is_registered_after_compare() -> None:
 
 
 def _page_on(ds, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
-    """The page on `ds`, saved in a fresh workspace and opened by a link naming it."""
+    """The page on `ds`, saved in a fresh workspace with an EASE run (what the automatic baseline job would train,
+    tests/test_baseline_page.py), and opened by a link naming it."""
     root = tmp_path / "workspace"
     monkeypatch.setenv("RECSYS_WORKSPACE", str(root))
     Workspace(root).save_dataset(ds, name=ds.name)
+    run_experiment(ds, "ease", workspace=Workspace(root), dataset_name=ds.name)
     at = AppTest.from_file(APP, default_timeout=120)
     at.query_params["dataset"] = ds.name
     at.run()
@@ -196,7 +222,7 @@ def test_bare_dataset_without_metadata_timestamps_or_enough_items(tmp_path: Path
     ds = build_dataset(frame, name="bare")
     at = _page_on(ds, tmp_path, monkeypatch)
     top = _frame(at, "rec_topk").value
-    assert 0 < len(top) <= ds.n_items - 3 and set(top["title"]) <= set(ds.item_ids)
+    assert 0 < len(top) <= ds.n_items - 3 and set(top["title"]) <= {f"item {i}" for i in ds.item_ids}  # no titles
     assert not [m for m in at.multiselect if m.key == "rec_genres"]
     assert not {"date", "rating", "count"} & set(_frame(at, "rec_history").value.columns)  # no empty columns
 
@@ -216,4 +242,4 @@ def test_a_play_count_history_shows_the_counts_not_an_empty_rating(tmp_path: Pat
     assert any("the file's last row first" in str(c.value) for c in at.caption)  # shown newest-in-file first
     plays = log[log["user"] == user].set_index(log[log["user"] == user]["artist"].astype(str))["plays"]
     by_title = dict(zip(shown["title"], shown["count"], strict=True))
-    assert by_title == {artist: float(n) for artist, n in plays.items()}  # no titles: the id is the title
+    assert by_title == {f"item {artist}": float(n) for artist, n in plays.items()}  # no titles: named by the id

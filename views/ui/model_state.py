@@ -16,13 +16,14 @@ import pandas as pd
 import streamlit as st
 
 from recsys_core.errors import RecsysError
-from recsys_core.models.base import Recommender, family_class, load_model, refusal_of
+from recsys_core.models.base import Recommender, family_class, load_model
 from recsys_core.models.profiles import human_duration
 from recsys_core.models.settings import flatten_config, help_of
 from recsys_core.recommend.catalogue import best_run, catalogue_of
 from recsys_core.recommend.usecases import Query, recommend_for
-from recsys_core.training.experiment import config_fields, families, run_experiment
-from views.ui import state
+from recsys_core.training.baseline import BASELINE_KIND, ensure_baseline
+from recsys_core.training.experiment import config_fields, families
+from views.ui import jobs, state
 from views.ui.common import md_escape
 
 ACTIVE_MODEL_KEY = "active_model_dir"  # artifact folder of the model the Recommend/Explain pages use
@@ -144,23 +145,23 @@ def run_label(run) -> str:
     return f"#{run.id} {run.model}{score} ({run.status})"
 
 
-@st.cache_resource(show_spinner="No model yet: training a quick baseline on this dataset...", max_entries=4)
-def _bootstrap_run(root: str, dataset_name: str, version: str) -> str:
-    """Train and record a fast baseline so model pages work with zero clicks; returns its artifact folder."""
-    from views.ui.common import workspace
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _popularity(root: str, dataset_name: str, version: str, _ds) -> Recommender:
+    """The popularity ranking of a dataset version, counted in this server (milliseconds): what the model pages
+    serve while the automatic baseline trains as a job."""
+    return family_class("popularity")().fit(_ds)
 
-    ws = workspace()
-    ds = ws.load_dataset(dataset_name)
-    family = "ease" if refusal_of("ease", None, ds) is None else "popularity"  # EASE refuses what memory cannot hold
-    return run_experiment(ds, family, workspace=ws, dataset_name=dataset_name).artifact_dir
+
+BASELINE_FOLLOW_KEY = "baseline"  # the job card of the automatic baseline (views/ui/jobs.follow)
 
 
 def active_model(record, ds) -> tuple[Recommender, str]:
     """The model the Recommend/Explain/Embeddings pages use, and a sentence saying which one it is.
 
-    The session's choice when it fits this dataset; else the best recorded run on it; else a quick
-    baseline trained now (EASE, or popularity where EASE would not fit in memory; recorded like any run), so every page
-    works on a fresh install.
+    The session's choice when it fits this dataset; else the best recorded run on it; else the automatic
+    baseline, a workspace job (`ensure_baseline`: EASE, or popularity where EASE would not fit in memory; one job
+    per dataset version for every tab and server): while it is queued or training, the popularity ranking counted
+    here serves, the job's card follows it, and the page switches to its run once it finishes.
     """
     from views.ui.common import _root_key, workspace
 
@@ -183,9 +184,47 @@ def active_model(record, ds) -> tuple[Recommender, str]:
     if run is not None:
         model = cached_model(run.artifact_dir)
         return model, f"run #{run.id} ({run.model}, the best NDCG@10 on this dataset)"
-    folder = _bootstrap_run(_root_key(), record.name, f"{record.created_at}|{record.path}")
-    model = cached_model(folder)
-    return model, f"a quick {model.family} baseline trained automatically (train others on the Train page)"
+    baseline = ensure_baseline(jobs.store(), record.name, ds)
+    if baseline.run is not None and _fitting(baseline.run.artifact_dir, ds):  # it finished since `best_run` looked
+        run = baseline.run
+        return cached_model(run.artifact_dir), f"run #{run.id} ({run.model}, the automatic baseline)"
+    jobs.follow(BASELINE_KIND, record.name, {}, BASELINE_FOLLOW_KEY)  # its card; the page reruns when it ends
+    if not baseline.job.active:
+        _baseline_ended(record.name, baseline.job)
+    model = _popularity(_root_key(), record.name, f"{record.created_at}|{record.path}", ds)
+    return model, baseline_words(baseline.job)
+
+
+def baseline_words(job) -> str:
+    """What the pages serve while there is no finished run, and why, in words that are true for `job` (the
+    automatic baseline's JobRecord)."""
+    what = f"the automatic {baseline_name(job)} baseline (job #{job.id})"
+    serving = "the popularity ranking (most-interacted items, counted in this server)"
+    if job.queued:
+        place = "next" if job.queue_position == 1 else f"number {job.queue_position}"
+        return f"{serving} for now: {what} is queued, {place} in line; the page switches to it when it finishes"
+    if job.active:
+        doing = "is starting" if job.status == "pending" else "is training"
+        return f"{serving} for now: {what} {doing}; the page switches to it when it finishes"
+    if job.status == "finished":
+        return f"{serving}: {what} finished, but its run does not fit this dataset; train a model on the Train page"
+    return f"{serving}: {what} {job.status} and is not restarted by itself; train a model on the Train page"
+
+
+def baseline_name(job) -> str:
+    """The family of the baseline job in the words its title uses ('EASE')."""
+    return family_class(job.family).description.split(":")[0]
+
+
+def _baseline_ended(dataset: str, job) -> None:
+    """Why the automatic baseline left no run, and a button that starts it again (a person's choice)."""
+    reason = f": {md_escape(job.error)}" if job.error else ""
+    with st.container(key="baseline_ended"):
+        st.info(f"The automatic {md_escape(baseline_name(job))} baseline (job #{job.id}) {job.status}{reason}. "
+                "The popularity ranking serves meanwhile.", icon=":material/info:")
+        if st.button("Train the baseline again", key="baseline_again"):
+            ensure_baseline(jobs.store(), dataset, again=True)
+            st.rerun()
 
 
 def _fitting(folder, ds) -> bool:
