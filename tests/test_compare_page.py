@@ -64,3 +64,20 @@ def test_a_run_without_stored_metrics_is_re_scored_once_and_gets_them(ws_root: P
     assert len(at.get("plotly_chart")) == 3
     again = load_per_user(folder)
     assert again is not None and np.allclose(again["ndcg@10"], expected["ndcg@10"])
+
+
+def test_a_run_that_cannot_be_scored_is_named_and_the_others_are_still_broken_down(ws_root: Path) -> None:
+    ws, ds = Workspace(ws_root), load_demo()
+    ws.ensure_demo()
+    runs = [run_experiment(ds, "popularity", workspace=ws, dataset_name=DEMO_NAME) for _ in range(2)]
+    broken = ws.get_run(runs[1].run_id).artifact_dir
+    (broken / PER_USER_FILE).unlink()  # so it must be scored: and its weights are gone
+    (broken / "model.safetensors").unlink()
+    at = open_app("views/compare.py", timeout_s=120)
+    assert not at.exception, at.exception
+    picker = at.multiselect(key="compare_segments_runs")
+    picker.set_value(list(picker.options)).run()
+    assert not at.exception, at.exception
+    warnings = [w.value.replace("\\", "") for w in at.warning if "left out of the breakdown" in w.value]  # unescaped
+    assert len(warnings) == 1 and f"#{runs[1].run_id} " in warnings[0] and "model.safetensors" in warnings[0]
+    assert _segment_bars(at, runs[0].run_id) and not _segment_bars(at, runs[1].run_id)
