@@ -2,13 +2,15 @@
 
 A saved model is a folder: `config.json` (format version, family, hyperparameters, catalogue size
 and digest), `item_ids.json` (index -> original item id) and `model.safetensors` (tensors). Loading
-never unpickles anything, and migrates folders saved by older versions (`settings.migrate`).
+never unpickles anything, and migrates folders saved by older versions (`settings.migrate`). The weights are
+mapped from the file, copy-on-write (`map_tensors`): processes that load one model share its pages.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -19,7 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from recsys_core.data.dataset import Dataset, catalogue_digest
 from recsys_core.data.splits import Split
@@ -209,7 +211,11 @@ class Recommender(ABC):
         (d / "config.json").write_text(json.dumps(meta, indent=2))
         (d / "item_ids.json").write_text(json.dumps(self.item_ids_))
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_tensors().items()}
-        save_file(tensors, str(d / "model.safetensors"))
+        # A new file, then renamed over the old: a process that maps the old one keeps reading it whole (written in
+        # place, its mapped pages would change under it, or vanish past a shorter file's end: SIGBUS).
+        partial = d / "model.safetensors.partial"
+        save_file(tensors, str(partial))
+        partial.replace(d / "model.safetensors")
         return d
 
     @classmethod
@@ -270,6 +276,7 @@ def load_model(directory: str | Path) -> Recommender:
     safetensors header is read and checked before any tensor is, and the weights are first loaded
     into a model on the `meta` device (no memory), so a config whose sizes do not match its weights
     (e.g. `max_len` 16,000,000) fails before anything is allocated. Every failure is a ModelError.
+    The tensors are then mapped from the file (`map_tensors`), not read into this process's memory.
     """
     d = Path(directory)
     for name in ("config.json", "item_ids.json", "model.safetensors"):
@@ -300,7 +307,7 @@ def load_model(directory: str | Path) -> Recommender:
     try:
         model.read_extra_files(d)
         _dry_run(cls, config, model, header)
-        model.load_state_tensors(load_file(str(d / "model.safetensors")))
+        model.load_state_tensors(map_tensors(d / "model.safetensors"))
     except RecsysError:
         raise
     except Exception as err:  # a damaged file raises library errors: the user gets ours, not a traceback
@@ -417,6 +424,89 @@ def _tensor_header(path: Path) -> dict[str, tuple[torch.dtype, list[int]]]:
         raise ModelError(f"model.safetensors holds {', '.join(unknown)} weights, which this torch {torch.__version__} "
                          "cannot load as they are", file=shown_path(path), hint="re-export the model in float32")
     return {name: (_DTYPES[code], shape) for name, (code, shape) in found.items()}
+
+
+def map_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, mapped from it rather than read (`np.memmap`, mode "c": copy-on-write).
+    Pages come from the page cache as they are touched, so processes that load the same model (the API's
+    workers) share one copy; a process that writes a tensor (fine-tuning) gets private pages and the file never
+    changes. A file system that refuses mmap is read into memory instead. The header is checked again here
+    (what `_tensor_header` lets the library check): every tensor's dtype, shape and offsets inside the file,
+    its size equal to dtype x shape, and no two tensors overlapping."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            if size < 8 or not 0 < length <= min(_MAX_HEADER, size - 8):
+                raise _not_safetensors(path, f"a header of {length:,} bytes in a file of {size:,}")
+            header = json.loads(f.read(length))
+    except OSError as err:
+        raise _not_safetensors(path, _reason(err)) from err
+    except (ValueError, RecursionError) as err:
+        raise _not_safetensors(path, f"its header is not JSON: {str(err)[:80]}") from err
+    start, data_size = 8 + length, size - 8 - length
+    entries = _entries(header, data_size, path)
+    data = _data_bytes(path, start, data_size)
+    return {name: _from_bytes(data[begin:end], dtype, shape) for name, (dtype, shape, begin, end) in entries.items()}
+
+
+_MAX_HEADER = 100_000_000  # the library's own limit
+
+
+def _not_safetensors(path: Path, why: str) -> ModelError:
+    return ModelError(f"model.safetensors is not a safetensors file ({why})", file=shown_path(path),
+                      hint="the file is damaged or is another format (never a pickle); re-export the model")
+
+
+def _entries(header: Any, data_size: int, path: Path) -> dict[str, tuple[torch.dtype, list[int], int, int]]:
+    """{name: (dtype, shape, begin, end)} of a parsed header, each checked; offsets count from the data's start."""
+    if not isinstance(header, dict):
+        raise _not_safetensors(path, f"its header is a {type(header).__name__}, not an object")
+    entries, previous = {}, (0, "")
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(entry, dict) or entry.get("dtype") not in _DTYPES:
+            raise _not_safetensors(path, f"tensor {_short(name, 40)} has no dtype this torch loads")
+        dtype, shape, offsets = _DTYPES[entry["dtype"]], entry.get("shape"), entry.get("data_offsets")
+        if not _whole_numbers(shape) or not _whole_numbers(offsets) or len(offsets) != 2:
+            raise _not_safetensors(path, f"tensor {_short(name, 40)} has no valid shape and offsets")
+        begin, end = offsets
+        if not 0 <= begin <= end <= data_size or end - begin != math.prod(shape) * dtype.itemsize:
+            raise _not_safetensors(path, f"tensor {_short(name, 40)}'s offsets {begin:,}..{end:,} do not hold "
+                                         f"{entry['dtype']} {shape} inside {data_size:,} bytes of data")
+        entries[name] = (dtype, shape, begin, end)
+    for name, (_, _, begin, end) in sorted(entries.items(), key=lambda e: (e[1][2], e[1][3])):
+        if begin < previous[0]:
+            raise _not_safetensors(path, f"tensors {_short(previous[1], 40)} and {_short(name, 40)} overlap")
+        if end > begin:
+            previous = (end, name)
+    return entries
+
+
+def _whole_numbers(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+
+
+def _data_bytes(path: Path, start: int, size: int) -> torch.Tensor:
+    """The file's tensor bytes from `start`, mapped copy-on-write; read when the file system cannot map them."""
+    try:
+        raw = np.memmap(path, dtype=np.uint8, mode="c", offset=start, shape=(size,))
+    except (OSError, ValueError):  # no mmap on this file system (or nothing to map): read it, as before
+        try:
+            raw = np.fromfile(path, dtype=np.uint8, count=size, offset=start)
+        except OSError as err:
+            raise _not_safetensors(path, _reason(err)) from err
+        if len(raw) != size:
+            raise _not_safetensors(path, f"it ends {size - len(raw):,} bytes early")
+    return torch.from_numpy(raw)
+
+
+def _from_bytes(raw: torch.Tensor, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
+    """A tensor over `raw`'s bytes (no copy), or over a copy of them when a hand-made file misaligns it."""
+    if raw.data_ptr() % dtype.itemsize:
+        raw = raw.clone()
+    return raw.view(dtype).reshape(shape)
 
 
 def _dry_run(cls: type[Recommender], config: Any, model: Recommender, header: dict) -> None:

@@ -167,11 +167,26 @@ class EASE(Recommender):
         return np.asarray(history_matrix(histories, self.n_items_) @ self._low_rank()[0], dtype=np.float32)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {"B": torch.from_numpy(self.weights())}
+        """B as its column blocks (`B.0`, `B.1`, ...), the layout scoring reads, so a loaded model maps them from
+        the file as they are (format 3; before, one `B` that every load copied into blocks)."""
+        if self._weights is None:
+            return {"B": torch.from_numpy(self.weights())}
+        return {f"B.{i}": block for i, block in enumerate(self._weights.blocks)}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        weights = tensors["B"].float().numpy()
-        if weights.shape != (self.n_items_, self.n_items_):
-            raise ModelError(f"EASE weights have shape {tuple(weights.shape)}, expected {self.n_items_} x {self.n_items_}",
+        n = self.n_items_
+        if "B" in tensors:  # format <= 2, or a model never fitted
+            weights = tensors["B"].float()
+            if tuple(weights.shape) != (n, n):
+                raise ModelError(f"EASE weights have shape {tuple(weights.shape)}, expected {n} x {n}",
+                                hint="the artifact is damaged; retrain the model")
+            self._set_weights(weights.numpy())
+            return
+        widths = [min(ItemMatrix.WIDTH, n - start) for start in range(0, n, ItemMatrix.WIDTH)]
+        blocks = [tensors.get(f"B.{i}") for i in range(len(widths))]
+        shapes = [None if b is None else tuple(b.shape) for b in blocks]
+        if len(tensors) != len(widths) or shapes != [(n, w) for w in widths]:
+            raise ModelError(f"EASE weight blocks {sorted(tensors)[:4]} have shapes {shapes[:4]}, expected "
+                            f"{len(widths)} blocks of {n} x {ItemMatrix.WIDTH} columns",
                             hint="the artifact is damaged; retrain the model")
-        self._set_weights(weights)
+        self._weights, self._factors = ItemMatrix.from_blocks(blocks), None

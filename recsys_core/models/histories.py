@@ -96,6 +96,15 @@ class ItemMatrix:
         self.blocks = [torch.from_numpy(np.ascontiguousarray(matrix[:, s:s + self.WIDTH]))
                        for s in range(0, matrix.shape[1], self.WIDTH)]
 
+    @classmethod
+    def from_blocks(cls, blocks: Sequence[torch.Tensor]) -> ItemMatrix:
+        """W from its column blocks (float32 [n, WIDTH], the last one narrower), kept as they are: blocks mapped
+        from a model file stay shared with every process that maps it."""
+        matrix = cls.__new__(cls)
+        matrix.blocks = [block.float().contiguous() for block in blocks]
+        matrix.shape = (matrix.blocks[0].shape[0], sum(block.shape[1] for block in matrix.blocks))
+        return matrix
+
     def dense(self) -> np.ndarray:
         return torch.cat(self.blocks, dim=1).numpy() if self.blocks else np.zeros(self.shape, np.float32)
 

@@ -411,7 +411,12 @@ class SequentialRecommender(Recommender):
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.module_ = self._build()
         try:
-            self.module_.load_state_dict(tensors)
+            # assign: the module keeps the tensors it is given, mapped from the file when `load_model` gives them
+            # (copying them in would make every process's weights private); a write makes private pages. Only a
+            # tensor saved in another dtype than the module's is converted (copied), as a copying load would.
+            own = self.module_.state_dict()
+            self.module_.load_state_dict({name: value.to(own[name].dtype) if name in own else value
+                                          for name, value in tensors.items()}, assign=True)
         except RuntimeError as err:
             raise ModelError(f"saved weights do not match the {self.family} config ({err})",
                             hint="the folder's config.json and model.safetensors come from different models") from err

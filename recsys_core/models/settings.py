@@ -28,8 +28,9 @@ from recsys_core.errors import ConfigError, ModelError
 TRAIN = "train"
 # Version of the saved model folder layout (config.json). 0: no version, training settings flat in the
 # model config (before TrainConfig); 1: `train` nested, `format_version` and `catalogue` recorded;
-# 2: the text tower's `steps_per_validation` is gone: `train.eval_every` / `train.eval_steps`, as in every loop.
-FORMAT_VERSION = 2
+# 2: the text tower's `steps_per_validation` is gone: `train.eval_every` / `train.eval_steps`, as in every loop;
+# 3: EASE saves B as its column blocks (`B.0`, `B.1`, ...) so a load maps them; `B` whole still loads.
+FORMAT_VERSION = 3
 
 _BOUNDS = {"ge": (operator.ge, ">="), "gt": (operator.gt, ">"), "le": (operator.le, "<="), "lt": (operator.lt, "<")}
 
