@@ -146,6 +146,8 @@ def test_batch_for_top_k_runs_as_a_workspace_job_with_a_csv_download(ws_root: Pa
     table = at.dataframe[0].value  # the only table on the page
     assert len(table) == 3 and (table["blurb_source"] == "template").all()
     assert table["rank"].tolist() == [1, 2, 3]
+    picked = [o.split(" ", 1)[1] for o in at.selectbox(key="blurbs_item").options[:3]]  # "#1 <label>"
+    assert table["title"].tolist() == picked  # one label per item: the table names them as the picker does
     assert "3 template" in _texts(at)
     assert at.get("download_button")
     fresh = open_app("views/blurbs.py", timeout_s=TIMEOUT_S)  # another tab: the result is the workspace's

@@ -17,10 +17,11 @@ from recsys_core.errors import LLMError, RecsysError
 from recsys_core.evaluation.metrics import popularity_percentile
 from recsys_core.insight import explain
 from recsys_core.progress import Progress
+from recsys_core.recommend.catalogue import catalogue_of
 from recsys_core.recommend.export import to_csv_bytes
 from recsys_core.recommend.topk import recommend
 from views.ui import jobs, state
-from views.ui.common import md_escape, plural, workspace
+from views.ui.common import labelled, md_escape, plural, workspace
 from views.ui.model_state import page_dataset_and_model
 
 USER_KEY, ITEM_KEY = "blurbs_user", "blurbs_item"
@@ -71,7 +72,8 @@ model_key = f"{model.identity}|{dataset_key}"
 st.caption(f"Dataset **{md_escape(record.name)}** · model: {md_escape(which)}.")
 catalogue = _catalogue(ds, dataset_key)
 lengths = np.diff(ds.indptr)
-titles = ds.labels
+listing = catalogue_of(ds)  # one label per item, as every page, the CLI and the API show it
+titles = listing.labels
 
 
 def _default_user() -> int:
@@ -309,8 +311,8 @@ if done is not None and "table" in done:
     st.caption(" · ".join(f"{n} {src}" for src, n in counts.items()) +
                f" (backend {md_escape(batch_params['backend'])}).")
     with st.container(key="blurbs_batch_result"):
-        st.dataframe(table[["rank", "title", "blurb", "blurb_source", "because", "blurb_reason"]], hide_index=True,
-                     key="blurbs_batch_frame")
+        st.dataframe(labelled(table, listing)[["rank", "title", "blurb", "blurb_source", "because", "blurb_reason"]],
+                     hide_index=True, key="blurbs_batch_frame")
     st.download_button("Download recommendations with blurbs (CSV)", to_csv_bytes(table),
                        file_name=f"blurbs_{ds.user_ids[user]}_top{len(table)}.csv", mime="text/csv",
                        key="blurbs_download", help="Cells that a spreadsheet would run as formulas are neutralised.")

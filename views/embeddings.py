@@ -19,6 +19,7 @@ import streamlit as st
 from recsys_core.errors import RecsysError
 from recsys_core.insight import project
 from recsys_core.models.base import capabilities_of
+from recsys_core.recommend.catalogue import catalogue_of
 from recsys_core.recommend.topk import pick_user, recommend_many, search_items
 from views.ui import charts, jobs, state
 from views.ui.common import md_escape, plural, show_data_error, workspace
@@ -36,7 +37,7 @@ jobs.running_jobs_panel("emb")
 runs = sorted((r for r in workspace().list_runs(dataset=record.name) if r.artifact_dir),
               key=lambda r: -(r.metrics or {}).get("ndcg@10", 0.0))
 run_by_dir = {r.artifact_dir: r for r in runs}
-titles = ds.labels
+titles = catalogue_of(ds).labels  # one label per item, as every page, the CLI and the API show it
 version = f"{record.name}|{record.created_at}"
 
 

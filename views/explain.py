@@ -15,6 +15,7 @@ from recsys_core.errors import RecsysError
 from recsys_core.insight import explain
 from recsys_core.models.profiles import human_duration
 from recsys_core.progress import Progress
+from recsys_core.recommend.catalogue import catalogue_of
 from recsys_core.recommend.usecases import Query
 from views.ui import jobs, state
 from views.ui.charts import chart_label
@@ -38,7 +39,7 @@ record, ds, model, which = page_dataset_and_model()
 st.caption(f"Dataset **{md_escape(record.name)}** · model: {md_escape(which)}.")
 jobs.running_jobs_panel("explain")
 explainer = explain.explainer_for(model, ds, f"{record.name}|{record.created_at}|{record.path}")  # shared with Blurbs
-titles = ds.labels
+titles = catalogue_of(ds).labels  # one label per item, as every page, the CLI and the API show it
 lengths = np.diff(ds.indptr)
 
 

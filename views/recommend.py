@@ -24,7 +24,7 @@ from recsys_core.recommend.topk import (
 )
 from recsys_core.recommend.usecases import Query, allowed_items
 from views.ui import jobs, state
-from views.ui.common import md_escape, plural, show_data_error, workspace
+from views.ui.common import labelled, md_escape, plural, show_data_error, workspace
 from views.ui.model_state import cached_model, code_panel, page_dataset_and_model, recommendations, run_label
 from views.ui.nav import PAGES
 
@@ -42,11 +42,11 @@ record, ds, model, which = page_dataset_and_model()
 st.caption(f"Dataset **{md_escape(record.name)}** · model: {md_escape(which)}. Change the model on the Train page.")
 jobs.running_jobs_panel("rec")
 catalogue = catalogue_of(ds)  # ids, one label per item, popularity: computed once per dataset version
-titles = catalogue.labels
+titles = catalogue.labels  # tables, pickers and captions name an item by this label, as the CLI and the API do
 
 
 def _item_label(i: int) -> str:
-    return f"{titles[i]} ({ds.item_ids[i]})"
+    return str(titles[i])
 
 
 def _table(frame: pd.DataFrame, key: str, **kw) -> None:
@@ -69,6 +69,7 @@ def _has_value(column: pd.Series) -> pd.Series:
 
 
 def _show(frame: pd.DataFrame, key: str, extra: tuple[str, ...] = ()) -> None:
+    frame = labelled(frame, catalogue)
     cols = _filled(frame, [*SHOWN[:2], *extra, *SHOWN[2:]])
     if frame.attrs.get("fallback"):  # the "scores" are interaction counts: the popularity column says it plainly
         cols = [c for c in cols if c != "score"]
@@ -173,7 +174,7 @@ with left:
     count = f"{len(history)} interaction{'s' if len(history) != 1 else ''}"
     st.caption(f"{count}, newest first." if ds.is_ordered else
                f"{count}, the file's last row first: this dataset has no timestamps, so their order is unknown.")
-    timeline = history_frame(ds, user)
+    timeline = labelled(history_frame(ds, user), catalogue)
     shown = _filled(timeline, ["title", "genres", "year", "rating", "count", "date"])
     _table(timeline[shown], "rec_history",  # a count (plays, clicks) is how much, shown as a whole number
            column_config={"date": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),

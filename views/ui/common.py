@@ -22,6 +22,7 @@ import streamlit as st
 from recsys_core.data.dataset import ORDER_TIMESTAMP, Dataset
 from recsys_core.data.demo import DEMO_NAME
 from recsys_core.errors import RecsysError
+from recsys_core.recommend.catalogue import Catalogue, catalogue_of
 from recsys_core.workspace.registry import ENV_VAR, DatasetRecord, Workspace
 from recsys_core.workspace.visible import visible_text
 from views.ui import charts, state
@@ -69,7 +70,7 @@ def _stats(root: str, name: str, version: str) -> dict:
 @st.cache_data(show_spinner=False, max_entries=16)
 def _chart_frames(root: str, name: str, version: str) -> dict:
     ds = _dataset(root, name, version)
-    labels = ds.labels
+    labels = catalogue_of(ds).labels  # hover names each item as every page does
     frames = {
         "users": charts.long_tail_frame(np.diff(ds.indptr), labels=ds.user_ids),
         "items": charts.long_tail_frame(ds.item_popularity, labels=labels),
@@ -155,6 +156,13 @@ def md_escape(text: object) -> str:
     # (or "www") keeps a title such as `<a href="https://...">` plain text.
     text = _AUTOLINK.sub("\\1\u2060", str(text))
     return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+def labelled(frame: pd.DataFrame, catalogue: Catalogue) -> pd.DataFrame:
+    """`frame` (one row per item, with its `item_id`) with its `title` column holding each item's catalogue label:
+    the one name an item has on every page, in the CLI and in the API ("Title (year)", or "item <id>")."""
+    rows = frame["item_id"].astype(str).map(catalogue.index).to_numpy(dtype=np.int64)
+    return frame.assign(title=catalogue.labels[rows])
 
 
 def plural(count: int, noun: str) -> str:
