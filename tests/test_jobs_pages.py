@@ -12,6 +12,7 @@ from apptest_util import navigation_mode, open_app  # noqa: F401
 
 from recsys_core.data.demo import DEMO_NAME, load_demo
 from recsys_core.models.ease import EASE, EASEConfig
+from recsys_core.training.experiment import run_experiment
 from recsys_core.workspace.jobs import JobStore
 from recsys_core.workspace.registry import Workspace
 
@@ -50,6 +51,9 @@ def test_a_job_beyond_the_cap_is_shown_queued_and_cancelled_at_once(ws_root: Pat
 
 
 def test_the_recommend_pages_panel_lists_the_queue(ws_root: Path) -> None:
+    ws = Workspace(ws_root)  # a finished run, so the page starts no automatic baseline job of its own
+    ws.ensure_demo()
+    run_experiment(load_demo(), "ease", workspace=ws, dataset_name=DEMO_NAME)
     at = open_app("views/recommend.py")
     store = JobStore(Workspace(ws_root))
     running = store.create(DEMO_NAME, "ease", title="train ease")
