@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from recsys_core.data.dataset import Dataset, build_dataset
-from recsys_core.data.item_schema import SCHEMA, history_text, item_texts, item_titles, normalise_items
+from recsys_core.data.item_schema import SCHEMA, history_text, item_labels, item_texts, item_titles, normalise_items
 from recsys_core.data.items import read_items
 
 
@@ -61,3 +61,14 @@ def test_a_metadata_file_and_the_dataset_agree_on_every_label(tmp_path):
     assert ds.items["genres"].tolist() == ["Crime|Drama", "Horror", ""]
     ds.save(tmp_path / "saved")
     assert Dataset.load(tmp_path / "saved").labels.tolist() == ds.labels.tolist()
+
+
+def test_two_items_with_one_title_get_labels_a_picker_can_tell_apart():
+    # ML-100k lists 18 films under two ids each ("Hugo Pool (1997)" twice): a picker offering two identical
+    # entries would make one of them unreachable.
+    items = normalise_items(pd.DataFrame({"item_id": ["1", "2", "3"], "title": ["Hugo Pool", "Hugo Pool", "Heat"],
+                                          "year": [1997, 1997, 1995]}))
+    assert item_labels(items) == ["Hugo Pool (1997) · id 1", "Hugo Pool (1997) · id 2", "Heat (1995)"]
+    assert item_titles(items)[:2] == ["Hugo Pool (1997)"] * 2  # what a language model reads stays the title
+    frame = pd.DataFrame({"user": ["u1", "u1", "u2"], "item": ["1", "2", "3"], "timestamp": [1, 2, 3]})
+    assert build_dataset(frame, name="d", items=items).labels.tolist() == item_labels(items)

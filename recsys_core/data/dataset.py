@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from recsys_core.data.item_schema import TITLE, item_titles, normalise_items
+from recsys_core.data.item_schema import TITLE, item_labels, normalise_items
 from recsys_core.errors import DataError
 
 # Canonical column names of a mapped interaction frame, before and after indexing.
@@ -162,8 +162,8 @@ class Dataset:
 
     @cached_property
     def labels(self) -> np.ndarray:
-        """The label every page shows per item index: title (year), or "item <id>" (`item_schema.item_titles`)."""
-        return np.asarray(item_titles(self.items), dtype=object)
+        """The label every client shows per item index: title (year), or "item <id>", unique (`item_schema.item_labels`)."""
+        return np.asarray(item_labels(self.items), dtype=object)
 
     def stats(self) -> dict:
         """Summary statistics a user wants before training anything."""

@@ -125,6 +125,14 @@ def item_titles(items: pd.DataFrame) -> list[str]:
     return out
 
 
+def item_labels(items: pd.DataFrame) -> list[str]:
+    """The label every client shows per item: `item_titles`, with " · id <id>" added where two items would share
+    one (ML-100k lists 18 films under two ids each), so a picker never offers two identical entries."""
+    titles = item_titles(items)
+    shared = pd.Series(titles).duplicated(keep=False).to_numpy()
+    return [f"{t} · id {i}" if dup else t for t, i, dup in zip(titles, items[ITEM_ID].astype(str), shared, strict=True)]
+
+
 def item_texts(items: pd.DataFrame) -> list[str]:
     """What a language model reads per item: "Title (Year). Genres: A, B. Authors: C. Description"."""
     parts = [[t + "."] for t in item_titles(items)]
