@@ -22,7 +22,7 @@ import pytest
 from e2e_util import app_page, settled, shot
 from llm_loopback import LoopbackLLM
 
-TIMEOUT_MS = 180_000  # the first model page trains a baseline; a busy 2-core CI machine needs slack
+TIMEOUT_MS = 180_000  # the first model page starts the baseline job beside it; a busy 2-core CI machine needs slack
 
 
 def _recommended_title(body: dict) -> str:
@@ -50,7 +50,7 @@ def _stray_first(body: dict) -> str:
 def _open_blurbs_on(page, expect, server: LoopbackLLM) -> None:
     page.locator('[data-testid="stSidebarNav"]').get_by_text("Blurbs", exact=True).click()
     expect(page.get_by_role("heading", name="Blurbs", exact=True)).to_be_visible()
-    expect(page.get_by_text("Facts the model may use")).to_be_visible()  # after the baseline is trained
+    expect(page.get_by_text("Facts the model may use")).to_be_visible()  # popularity, or the baseline job's run
     expect(page.locator('[data-testid="stJson"]')).to_contain_text("because the user liked")
     settled(page, TIMEOUT_MS)
     shot(page, "1_blurbs_open")

@@ -1,8 +1,8 @@
 """End to end in a real browser: Recommend -> pick a user -> see their top K -> "Explain it" -> the Explain
 page shows that user's explanation (waterfall chart, reasons sentence, method, deletion check).
 
-Runs `streamlit run app.py` in a subprocess (temporary workspace, so the first model page trains the
-quick EASE baseline) and drives the system Chromium with Playwright. Skips when Chromium or Playwright
+Runs `streamlit run app.py` in a subprocess (temporary workspace, so the first model page serves the
+popularity ranking while the automatic EASE baseline trains as a job, then that run) and drives the system Chromium with Playwright. Skips when Chromium or Playwright
 is missing. Set E2E_SCREENSHOTS=<dir> to keep full-page screenshots of each step.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from e2e_util import app_page, settled, shot
 
-TIMEOUT_MS = 180_000  # the first model page trains a baseline; a busy 2-core CI machine needs slack
+TIMEOUT_MS = 180_000  # the first model page starts the baseline job beside it; a busy 2-core CI machine needs slack
 
 
 
@@ -24,7 +24,7 @@ def test_recommend_then_explain_in_browser(tmp_path: Path) -> None:
     with app_page(tmp_path, TIMEOUT_MS) as page:
         page.locator('[data-testid="stSidebarNav"]').get_by_text("Recommend", exact=True).click()
         expect(page.get_by_role("heading", name="Recommend", exact=True)).to_be_visible()
-        expect(page.locator(".st-key-rec_topk")).to_be_visible()  # after the baseline is trained
+        expect(page.locator(".st-key-rec_topk")).to_be_visible()  # at once: popularity while the baseline job trains
         settled(page, TIMEOUT_MS)
 
         page.locator(".st-key-rec_random button").click()

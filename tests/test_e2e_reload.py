@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from e2e_util import app_page, settled, shot
 
-TIMEOUT_MS = 180_000  # the first model page trains a baseline; a busy 2-core CI machine needs slack
+TIMEOUT_MS = 180_000  # the first model page starts the baseline job beside it; a busy 2-core CI machine needs slack
 
 
 def _history_heading(page) -> str:
