@@ -46,9 +46,10 @@ def baseline_family(ds: Any) -> str:
     return "ease" if refusal_of("ease", None, ds) is None else "popularity"
 
 
-def baseline_title(family: str) -> str:
-    """What the jobs panels show for the automatic baseline of `family`: 'Automatic baseline: EASE'."""
-    return f"Automatic baseline: {family_class(family).description.split(':')[0]}"
+def baseline_name(family: str) -> str:
+    """The family as its one-line description names it ('EASE', 'Popularity'): in the job's title and the pages'
+    words."""
+    return family_class(family).description.split(":")[0]
 
 
 def ensure_baseline(store: Any, dataset: str, ds: Any = None, *, again: bool = False) -> Baseline:
@@ -69,7 +70,8 @@ def ensure_baseline(store: Any, dataset: str, ds: Any = None, *, again: bool = F
             if job.active or run is not None or (job.status != "finished" and not again):
                 return Baseline(job, run)
         family = baseline_family(ds if ds is not None else store.workspace.load_dataset(dataset))
-        started = TrainingJob.start(store, dataset, family, kind=BASELINE_KIND, title=baseline_title(family))
+        started = TrainingJob.start(store, dataset, family, kind=BASELINE_KIND,
+                                    title=f"Automatic baseline: {baseline_name(family)}")  # the jobs panels' words
         return Baseline(started.record(), None)
 
 

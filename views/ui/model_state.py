@@ -21,7 +21,7 @@ from recsys_core.models.profiles import human_duration
 from recsys_core.models.settings import flatten_config, help_of
 from recsys_core.recommend.catalogue import best_run, catalogue_of
 from recsys_core.recommend.usecases import Query, recommend_for
-from recsys_core.training.baseline import BASELINE_KIND, ensure_baseline
+from recsys_core.training.baseline import BASELINE_KIND, baseline_name, ensure_baseline
 from recsys_core.training.experiment import config_fields, families
 from views.ui import jobs, state
 from views.ui.common import md_escape
@@ -198,7 +198,7 @@ def active_model(record, ds) -> tuple[Recommender, str]:
 def baseline_words(job) -> str:
     """What the pages serve while there is no finished run, and why, in words that are true for `job` (the
     automatic baseline's JobRecord)."""
-    what = f"the automatic {baseline_name(job)} baseline (job #{job.id})"
+    what = f"the automatic {baseline_name(job.family)} baseline (job #{job.id})"
     serving = "the popularity ranking (most-interacted items, counted in this server)"
     if job.queued:
         place = "next" if job.queue_position == 1 else f"number {job.queue_position}"
@@ -211,16 +211,11 @@ def baseline_words(job) -> str:
     return f"{serving}: {what} {job.status} and is not restarted by itself; train a model on the Train page"
 
 
-def baseline_name(job) -> str:
-    """The family of the baseline job in the words its title uses ('EASE')."""
-    return family_class(job.family).description.split(":")[0]
-
-
 def _baseline_ended(dataset: str, job) -> None:
     """Why the automatic baseline left no run, and a button that starts it again (a person's choice)."""
     reason = f": {md_escape(job.error)}" if job.error else ""
     with st.container(key="baseline_ended"):
-        st.info(f"The automatic {md_escape(baseline_name(job))} baseline (job #{job.id}) {job.status}{reason}. "
+        st.info(f"The automatic {md_escape(baseline_name(job.family))} baseline (job #{job.id}) {job.status}{reason}. "
                 "The popularity ranking serves meanwhile.", icon=":material/info:")
         if st.button("Train the baseline again", key="baseline_again"):
             ensure_baseline(jobs.store(), dataset, again=True)
