@@ -18,14 +18,15 @@ from recsys_core.recommend.catalogue import best_run
 from recsys_core.training import jobs as training_jobs
 from recsys_core.training.baseline import BASELINE_KIND, ensure_baseline
 from recsys_core.training.jobs import TrainingJob, dispatch
+from recsys_core.training.worker import run_job
 from recsys_core.workspace.jobs import JobStore
 from recsys_core.workspace.registry import Workspace
 from tests.test_jobs import START_S, _sequences
 
-# A child process that asks for the baseline at a given moment, with the job left queued (nothing launched from
-# a process about to exit): it prints the job id it was given.
+# Another server process: once it has imported the engine it says "ready", asks for the baseline when told "go"
+# (the job left queued: nothing is launched from a process about to exit) and prints the job id it was given.
 _ASKER = textwrap.dedent("""
-    import sys, time
+    import sys
     from recsys_core.training import jobs
     from recsys_core.training.baseline import ensure_baseline
     from recsys_core.workspace.jobs import JobStore
@@ -33,8 +34,9 @@ _ASKER = textwrap.dedent("""
     jobs.dispatch = lambda store: []
     jobs.watch_queue = lambda store: None
     store = JobStore(Workspace(sys.argv[1]))
-    time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
-    print(ensure_baseline(store, "cycle").job.id)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    print(ensure_baseline(store, "cycle").job.id, flush=True)
 """)
 
 
@@ -56,32 +58,39 @@ def _baseline_jobs(store: JobStore) -> list:
     return store.list(dataset="cycle", kind=BASELINE_KIND)
 
 
-def test_threads_and_processes_asking_at_once_start_one_job_that_trains_the_best_run(store) -> None:
-    at = time.time() + 6.0  # both children have imported the engine by then (a busy 2-core box)
-    children = [subprocess.Popen([sys.executable, "-c", _ASKER, str(store.workspace.root), str(at)],
-                                 stdout=subprocess.PIPE, text=True) for _ in range(2)]
-    ids, barrier = [], threading.Barrier(6)
+def test_threads_and_processes_asking_at_once_start_one_job(store, queued_only) -> None:
+    child = subprocess.Popen([sys.executable, "-c", _ASKER, str(store.workspace.root)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    ids, barrier = [], threading.Barrier(7)
 
     def ask() -> None:
         barrier.wait()
         ids.append(ensure_baseline(store, "cycle").job.id)
 
-    time.sleep(max(0.0, at - time.time()))
     threads = [threading.Thread(target=ask) for _ in range(6)]
     for t in threads:
         t.start()
+    assert child.stdout.readline().strip() == "ready"
+    child.stdin.write("go\n")
+    child.stdin.flush()
+    barrier.wait()  # the six threads ask as the other process does
     for t in threads:
         t.join()
-    ids += [int(c.communicate(timeout=START_S)[0]) for c in children]
-    assert len(ids) == 8 and len(set(ids)) == 1, ids
+    ids.append(int(child.communicate(timeout=START_S)[0]))
+    assert len(ids) == 7 and len(set(ids)) == 1, ids
     (job,) = _baseline_jobs(store)
-    assert (job.family, job.title) == ("ease", "Automatic baseline: EASE")  # the panels say what it is
+    assert (job.family, job.title, job.status) == ("ease", "Automatic baseline: EASE", "queued")  # the panels' words
 
-    assert TrainingJob(store, job.id).join(START_S)  # the threads' own call launched it (one slot, one worker)
+
+def test_the_finished_baseline_job_records_the_best_run_and_is_not_started_again(store, queued_only) -> None:
+    job = ensure_baseline(store, "cycle").job
+    assert store.claim_queued(1) == [job.id]
+    assert run_job(store, job.id) == 0  # what its worker process runs (tests/test_jobs.py launches real ones)
     done = ensure_baseline(store, "cycle")
     assert (done.job.id, done.job.status) == (job.id, "finished") and done.run is not None
     best = best_run(store.workspace, "cycle")
     assert best is not None and best.id == done.run.id == done.job.run_id and best.model == "ease"
+    assert best.status == "finished" and best.metrics["ndcg@10"] > 0
     assert len(_baseline_jobs(store)) == 1  # a later call (a page rerun) starts nothing
 
 
