@@ -89,3 +89,25 @@ def test_a_cancelled_baseline_stays_cancelled_until_the_button_starts_it_again(
     store.request_cancel(again.id)
     store.finish(busy, "cancelled")
     assert np.all([not j.active for j in store.list(kind=None)])
+
+
+def test_the_embeddings_page_says_why_there_is_no_map_while_the_baseline_trains(ws_root: Path) -> None:
+    # Popularity has one number per item: the page used to show "these embeddings have 1 dimension(s)" here.
+    at = open_app("views/embeddings.py", timeout_s=TIMEOUT_S)
+    assert not at.exception, at.exception
+    (job,) = _baseline_jobs(ws_root)
+    info = " ".join(str(i.value) for i in at.info).replace("\\", "")
+    assert "A map needs a model whose item vectors mean something" in info, info
+    assert f"EASE baseline (job #{job.id})" in info and "switches to it when it finishes" in info, info
+    assert not at.error, [e.value for e in at.error]
+    TrainingJob(JobStore(Workspace(ws_root)), job.id).cancel()
+
+
+def test_the_train_page_lists_the_automatic_baseline_with_the_other_training_jobs(ws_root: Path) -> None:
+    open_app(PAGE, timeout_s=TIMEOUT_S)  # a model page starts the baseline
+    (job,) = _baseline_jobs(ws_root)
+    at = open_app("views/train.py", timeout_s=TIMEOUT_S)
+    assert not at.exception, at.exception
+    card = at.container(key=f"train_job_card_{job.id}")
+    assert f"Job #{job.id}: Automatic baseline: EASE" in " ".join(str(m.value) for m in card.markdown).replace("\\", "")
+    TrainingJob(JobStore(Workspace(ws_root)), job.id).cancel()

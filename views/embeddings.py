@@ -37,6 +37,10 @@ jobs.running_jobs_panel("emb")
 runs = sorted((r for r in workspace().list_runs(dataset=record.name) if r.artifact_dir),
               key=lambda r: -(r.metrics or {}).get("ndcg@10", 0.0))
 run_by_dir = {r.artifact_dir: r for r in runs}
+if not runs and not active.capabilities.similar_items:  # nothing to map yet (the automatic baseline is training)
+    st.info(f"A map needs a model whose item vectors mean something; this page serves {which}.",
+            icon=":material/hourglass_top:")
+    st.stop()
 titles = catalogue_of(ds).labels  # one label per item, as every page, the CLI and the API show it
 version = f"{record.name}|{record.created_at}"
 

@@ -26,6 +26,7 @@ from recsys_core.models.profiles import (
 )
 from recsys_core.models.settings import has_training_loop
 from recsys_core.threads import training_threads
+from recsys_core.training.baseline import BASELINE_KIND
 from recsys_core.training.experiment import check_paths, make_split, memory_estimate_mb
 from recsys_core.training.jobs import TrainingJob, max_jobs, watch_queue
 from recsys_core.workspace.artifacts import import_model_zip
@@ -51,6 +52,7 @@ SEEN_KEY = "train_seen_running"  # session state: ids running at the last redraw
 ACTIVATED_KEY = "train_activated"  # session state: ids of own jobs whose model was made active
 ESTIMATE_KEY = "train_estimate"  # session state: the expected-time measurement of the settings shown
 METRIC = "ndcg@10"
+TRAINING_KINDS = ("train", BASELINE_KIND)  # jobs that train one run (a tune job has its own panel)
 
 st.title("Train")
 record = sidebar_dataset_selector()
@@ -207,7 +209,8 @@ def _under_trained_note(res: dict, run: str) -> None:
 
 def _job_card(job: JobRecord, mine: bool) -> None:
     with st.container(border=True, key=f"train_job_card_{job.id}"):
-        st.markdown(f"**Job #{job.id}: {md_escape(family_class(job.family).description)}** · "
+        what = job.title if job.kind == BASELINE_KIND else family_class(job.family).description
+        st.markdown(f"**Job #{job.id}: {md_escape(what)}** · "
                     f"{job.status}{' · started in this tab' if mine else ''}")
         if job.active:
             st.progress(job.fraction, text=_progress_text(job))
@@ -238,7 +241,8 @@ def _jobs_panel() -> None:
     """Every job of this dataset that runs, from any tab, plus ended ones this tab watched; redrawn every
     second without rerunning the page, and the whole page once a job ends (fresh 'Saved runs')."""
     store = job_store()
-    active = store.list(dataset=record.name, active_only=True)
+    active = [job for job in store.list(dataset=record.name, active_only=True, kind=None)
+              if job.kind in TRAINING_KINDS]  # the automatic baseline trains like any run: it is listed too
     watched = _watched()
     for job in active:
         watched.setdefault(job.id, False)
