@@ -73,27 +73,35 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
     def middleware(self, app):
-        """An ASGI app counting each request of `app`: status, latency, errors."""
+        """An ASGI app counting each request of `app`: status, latency, errors. A request is counted before its
+        last byte goes out, so a client that asks /metrics right after an answer (another worker may serve it)
+        finds that answer counted."""
 
         async def counted(scope, receive, send) -> None:
             if scope["type"] != "http":
                 await app(scope, receive, send)
                 return
-            started, status = time.perf_counter(), [500]
+            started, status, done = time.perf_counter(), [500], [False]
+
+            def record() -> None:
+                done[0] = True
+                endpoint, code = endpoint_of(scope.get("path", "")), str(status[0])
+                self.requests.labels(endpoint, scope.get("method", ""), code).inc()
+                self.latency.labels(endpoint).observe(time.perf_counter() - started)
+                if status[0] >= 400:
+                    self.errors.labels(endpoint, code).inc()
 
             async def sending(message) -> None:
                 if message["type"] == "http.response.start":
                     status[0] = message["status"]
+                elif message["type"] == "http.response.body" and not message.get("more_body") and not done[0]:
+                    record()
                 await send(message)
 
             try:
                 await app(scope, receive, sending)
             finally:
-                endpoint = endpoint_of(scope.get("path", ""))
-                code = str(status[0])
-                self.requests.labels(endpoint, scope.get("method", ""), code).inc()
-                self.latency.labels(endpoint).observe(time.perf_counter() - started)
-                if status[0] >= 400:
-                    self.errors.labels(endpoint, code).inc()
+                if not done[0]:  # no answer went out (the handler crashed, or the client left)
+                    record()
 
         return counted
