@@ -169,8 +169,9 @@ def test_a_process_job_that_cannot_start_is_failed_not_left_pending(store, monke
     assert record.status == "failed" and "could not be started" in record.error and job.process is None
 
 
-def test_a_failed_jobs_error_names_workspace_paths_relative_to_it(store):
+def test_a_failed_jobs_error_names_workspace_paths_as_visitors_see_them(store):
     shutil.rmtree(store.workspace.get_dataset("cycle").path)  # its files are gone: the worker cannot read them
     job = TrainingJob.start(store, "cycle", "ease")
     assert job.join(START_S) and job.state == "failed", job.state
     assert job.error and str(store.workspace.root) not in job.error, job.error
+    assert "workspace/datasets/" in job.error, job.error  # the missing folder is still named, as visible.py names it

@@ -36,6 +36,7 @@ from recsys_core.progress import ProgressEvent
 from recsys_core.threads import training_threads, use_threads
 from recsys_core.training.experiment import make_model, run_experiment
 from recsys_core.training.tune import TUNE_KIND, run_tune_job
+from recsys_core.workspace.visible import visible_text
 
 MAX_LOSS_POINTS = 400  # the loss curve is thinned to this many points
 NICENESS = 10
@@ -148,8 +149,8 @@ def run_job(store: Any, job_id: int) -> int:
 
 def _failed(store: Any, job_id: int, reporter: Reporter, error: str, status: str) -> int:
     reporter.stop()
-    root = str(store.workspace.root)  # every tab shows the error: paths in it are named as visitors name them
-    store.finish(job_id, status, error=error.replace(root + os.sep, "").replace(root, "the workspace"))
+    # every tab shows the error: the server's folders in it are named as visitors name them
+    store.finish(job_id, status, error=visible_text(store.workspace.root, error))
     return 1
 
 
