@@ -64,6 +64,7 @@ def trained(data):
 @pytest.mark.parametrize("family,overrides", [
     ("sasrec", {"epochs": 25}),
     ("sasrec", {"epochs": 25, "loss": "sampled", "n_negatives": 8}),
+    ("sasrec", {"epochs": 25, "positions": "from_end"}),  # RecTools' layout: the latest item always at one position
     ("bert4rec", {"epochs": 40, "lr": 5e-3, "dropout": 0.0, "mask_last_prob": 0.3}),
 ])
 def test_learns_that_item_i_is_followed_by_i_plus_1(data, family, overrides):
@@ -315,3 +316,17 @@ def test_bert_style_masking_shows_mask_random_or_the_item_itself_at_the_chosen_s
     assert 0.77 < as_mask < 0.83 and 0.07 < as_itself < 0.14  # a random item may also equal the target
     assert ((shown >= 1) & (shown <= N_ITEMS) | (shown == special)).all()
     assert (inputs[~masked] == tokens[~masked]).all()  # unmasked positions untouched
+
+
+def test_sasrec_positions_from_end_put_every_latest_item_at_one_position_and_survive_a_save(data, tmp_path):
+    ds, split = data
+    lengths = torch.tensor([3, 7])
+    from_end = make("sasrec", positions="from_end")
+    positions = from_end._positions(lengths, 7)
+    assert positions[0, 2].item() == positions[1, 6].item() == 0  # the latest item of either history
+    assert make("sasrec")._positions(lengths, 7)[1, 6].item() == 6  # the default counts from the start
+    model = make("sasrec", positions="from_end", epochs=2).fit(ds, split=split)
+    loaded = load_model(model.save(tmp_path / "m"))
+    assert loaded.config.positions == "from_end"
+    histories = split.test.histories[:20]
+    assert torch.equal(loaded.score(histories), model.score(histories))

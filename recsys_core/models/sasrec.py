@@ -7,27 +7,40 @@ Over a large catalogue it trains on a sampled softmax or gBCE instead (`loss`, s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from recsys_core.models.sequences import PAD, crop_rows, pad_right
 from recsys_core.models.sequential import SequentialConfig, SequentialRecommender
+from recsys_core.models.settings import search_choices, setting
 
 
 @dataclass
 class SASRecConfig(SequentialConfig):
-    """SASRec+ reads SequentialConfig's settings as they are."""
+    """SequentialConfig's settings, plus where SASRec+'s positions count from."""
+
+    # RecTools pads on the left, so its learned positions count back from the latest item, which then always sits
+    # at the same position; ours count from the window's start unless this says otherwise (issue 23).
+    positions: str = setting("from_start", "Position ids count from the window's first item (from_start) or back "
+                                           "from the latest one (from_end, as RecTools' left padding does).",
+                             choices=("from_start", "from_end"))
+    search_space: ClassVar[dict] = {**SequentialConfig.search_space,
+                                    "positions": search_choices("from_start", "from_end")}
 
 
 class SASRec(SequentialRecommender):
-    """Causal; positions count from the start of the window."""
+    """Causal; positions count from the start of the window, or back from its latest item (`positions`)."""
 
     family = "sasrec"
     description = "SASRec+: causal transformer, next-item prediction with full (or sampled) cross-entropy"
     config_class = SASRecConfig
     causal = True
-    positions_from_end = False
+
+    @property
+    def positions_from_end(self) -> bool:  # a setting here; BERT4Rec always counts from the end
+        return self.config.positions == "from_end"
 
     def _context(self, flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         tokens, lens = pad_right(flat, starts, lengths)
