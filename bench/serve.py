@@ -7,7 +7,7 @@ counted from the moment it was due, not when it went out, so a server that falls
 queue (no coordinated omission). Per rate: p50 / p95 / p99, error rate (non-200 or no answer in 5 s), the rate
 achieved. A series stops at the first rate whose p99 passes 1 s or errors pass 5 % (the rates above are
 "saturated"). Also, in this process with one thread: the in-process floor (`recommend_for` per user, and
-`recommend_batch` of 32 per user); batching off vs on for the sequential models (and EASE); 1 vs 2 workers
+`recommend_batch` of 32 per user); batching on (the default, every series) vs off for the sequential models and EASE; 1 vs 2 workers
 with each process's RSS and PSS (shared pages count once in PSS).
 
 The models' weights only need to cost what a trained model costs per request, so they train briefly
