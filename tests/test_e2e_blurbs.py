@@ -25,6 +25,19 @@ from llm_loopback import LoopbackLLM
 TIMEOUT_MS = 180_000  # the first model page starts the baseline job beside it; a busy 2-core CI machine needs slack
 
 
+@pytest.fixture(autouse=True)
+def ease_run(tmp_path: Path) -> None:
+    """The workspace the app opens holds a finished EASE run. Without one the page starts the automatic baseline
+    job, and the page's rerun when that job ends stopped a blurb being written (the test then waited 9 min)."""
+    from recsys_core.data.demo import DEMO_NAME, load_demo
+    from recsys_core.training.experiment import run_experiment
+    from recsys_core.workspace.registry import Workspace
+
+    ws = Workspace(tmp_path / "workspace")
+    ws.ensure_demo()
+    run_experiment(load_demo(), "ease", workspace=ws, dataset_name=DEMO_NAME)
+
+
 def _recommended_title(body: dict) -> str:
     prompt = body["messages"][-1]["content"]
     line = re.search(r"^recommended_\w+: (.+)$", prompt, re.MULTILINE)
