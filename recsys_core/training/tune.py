@@ -373,8 +373,14 @@ def trials_table(trials: list[optuna.trial.FrozenTrial]) -> list[dict]:
         best = max(best, value) if value is not None else best
         rows.append({"number": t.number, "state": t.state.name.lower(), "value": value,
                      "best_so_far": None if best == -math.inf else best, "cpu_s": t.user_attrs.get("cpu_s"),
-                     "stopped": t.user_attrs.get("stopped", ""), "params": dict(t.params)})
+                     "stopped": t.user_attrs.get("stopped", "") or _not_run(t), "params": dict(t.params)})
     return rows
+
+
+def _not_run(trial: optuna.trial.FrozenTrial) -> str:
+    """Why a queued trial has no result: the budget was spent before it started (it runs when the study resumes)."""
+    return "not started: the budget was spent; it runs first when the search resumes" \
+        if trial.state == optuna.trial.TrialState.WAITING else ""
 
 
 def importances(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> dict[str, float]:
