@@ -24,7 +24,7 @@ from recsys_core.workspace.jobs import JobStore
 from recsys_core.workspace.registry import Workspace
 
 TIMEOUT_MS = 180_000
-SLOW_TO_SCORE = {"hidden": 64, "layers": 2, "max_len": 50, "max_steps": 20}
+SLOW_TO_SCORE = {"hidden": 128, "layers": 3, "max_len": 100, "max_steps": 20}  # on an idle box 64/2/50 finished before Cancel
 
 
 def test_a_second_tab_sees_and_cancels_a_global_view_started_in_the_first(tmp_path: Path) -> None:
