@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -238,6 +239,29 @@ def test_under_a_cpu_budget_the_progress_total_is_where_the_budget_runs_out():
         [(e.step, e.total) for e in last_epoch]
     assert events[-1].step == events[-1].total == result.steps
     assert max(e.total for e in events) < 10_000 * per_epoch  # re-planned from the first report on
+
+
+class SlowingTask(ToyTask):
+    """Each step of the third epoch burns 20 ms of CPU, as when a busy machine slows a run down mid-way."""
+
+    def loss(self, batch: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        if len(self.batch_sizes) >= 2 * self.n_batches(8):
+            until = time.process_time() + 0.02
+            while time.process_time() < until:
+                pass
+        return super().loss(batch, rng)
+
+
+def test_a_slow_last_epoch_keeps_the_progress_total_at_that_epochs_end():
+    """The budget is checked at an epoch's end, so the bar's 100 % never falls back to the current step when the
+    last steps were slower than the estimate (CI, loaded: totals equal to each step in the last epoch)."""
+    per_epoch = ToyTask().n_batches(8)
+    result, events = _events(SlowingTask(), TrainConfig(epochs=10_000, batch_size=8, lr=0.01, patience=0,
+                                                        cpu_budget_s=0.3))
+    assert result.stopped == "cpu_budget" and result.steps == 3 * per_epoch
+    last_epoch = [e for e in events if 2 * per_epoch < e.step < 3 * per_epoch]
+    assert last_epoch and all(e.total >= 3 * per_epoch for e in last_epoch), [(e.step, e.total) for e in last_epoch]
+    assert last_epoch[-1].total == 3 * per_epoch  # the estimate has caught up with where the run stops
 
 
 def test_out_of_memory_under_torchrun_stops_with_the_batch_size_to_use():

@@ -297,7 +297,10 @@ class _Run:
         if self.cfg.cpu_budget_s and self.step > 0:
             spent = self.cpu_seconds + cpu_time() - self.epoch_cpu0
             budget_steps = self.cfg.cpu_budget_s / max(spent / self.step, 1e-9)
-            total = min(total, max(1, math.ceil(budget_steps / per_epoch)) * per_epoch)
+            # The budget is checked at an epoch's end, so the run never stops before the current epoch ends,
+            # however slow its last steps were on a busy machine (the estimate then falls behind `step`).
+            epochs = max(1, math.ceil(budget_steps / per_epoch), math.ceil(self.step / per_epoch))
+            total = min(total, epochs * per_epoch)
         return max(total, self.step)
 
 
