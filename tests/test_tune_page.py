@@ -66,7 +66,10 @@ def test_tune_mode_shows_a_stored_study_resumes_it_as_a_job_and_cancels_a_search
     assert history["layout"]["yaxis"]["title"]["text"] == "validation NDCG@10"
     assert "l2 = " in history["data"][0]["customdata"][0] and "hovertemplate" in importance["data"][0]
     assert importance["layout"]["xaxis"]["title"]["text"].startswith("share of")
-    assert "Best so far" in _texts(at)
+    best = read_study(studies_path(ws_root), study_name(DEMO_NAME, "ease"))["best"]
+    assert f"Winner so far:** trial {best['number']}" in _texts(at)
+    if best["vs_defaults"]:  # the top trial was not the defaults': how far ahead of them, with the noise
+        assert "two standard errors of the per-user difference" in _texts(at)
 
     # resume: one more trial, as a job in its own process; the winner is retrained and tested
     at.number_input(key="tune_max_trials").set_value(1).run()

@@ -50,6 +50,7 @@ from recsys_core.progress import Progress, ProgressEvent
 from recsys_core.training.experiment import check_order, make_model, make_split, run_experiment
 
 TUNE_KIND = "tune"  # the jobs table's kind of a tune job
+DEFAULTS, PER_USER = "defaults", "valid_ndcg_per_user"  # trial attributes: the defaults' trial; its users' NDCG@10
 STUDIES_FILE = "studies.db"
 METRIC = "ndcg@10"
 FINAL_SEEDS = (0, 1, 2)
@@ -139,7 +140,8 @@ class TuneResult:
     spent_cpu_s: float  # what this call's search spent
     stopped: str  # "budget", "trials" (max_trials reached) or "cancelled"
     trials: list[dict]  # every trial of the study (earlier calls too)
-    best: dict  # {"number", "value", "params", "cpu_s", "stopped", "under_trained"}; {} without a finished trial
+    best: dict  # {"number", "value", "params", "defaults", "vs_defaults", "cpu_s", "stopped", "under_trained"}; {}
+    # without a finished trial (`_best`: the defaults stay the winner unless a trial beats them beyond noise)
     importances: dict[str, float]
     space: dict[str, dict]
     trial_cpu_s: float
@@ -222,7 +224,7 @@ def _open_study(name: str, storage: str | Path, search: _Search) -> optuna.Study
     study = optuna.create_study(study_name=name, storage=storage_, direction="maximize", sampler=sampler,
                                 pruner=pruner, load_if_exists=True)
     if not done:  # the defaults (with the fixed settings) compete as the first trial
-        study.enqueue_trial(_defaults_in_space(search))
+        study.enqueue_trial(_defaults_in_space(search), user_attrs={DEFAULTS: True})
         study.set_user_attr("family", search.family)
         study.set_user_attr("space", describe_space(search.space))
     study.set_user_attr("budgets", [*study.user_attrs.get("budgets", []), search.budget_s])
@@ -266,7 +268,9 @@ def _optimize(study: optuna.Study, search: _Search, max_trials: int | None) -> s
 def _announce(study: optuna.Study, search: _Search) -> None:
     trials = study.get_trials(deepcopy=False)
     best = _best(trials)
-    words = f"best {METRIC} {best['value']:.4f} (trial {best['number']})" if best else "no finished trial yet"
+    words = f"winner so far: trial {best['number']}, {METRIC} {best['value']:.4f}" if best else "no finished trial yet"
+    if best.get("defaults") and best.get("vs_defaults"):
+        words += " (the defaults: no trial beats them beyond the validation's noise yet)"
     spent = search.spent()
     search.progress.update(int(min(spent, search.budget_s)), math.ceil(search.budget_s),
                            epoch=len(trials), metrics={"best": best.get("value")} if best else {},
@@ -301,7 +305,10 @@ def _run_trial(trial: optuna.Trial, search: _Search) -> float:
     if watch.why:  # pruned on its curve, out of the search's budget, or cancelled
         trial.set_user_attr("stopped", watch.why)
         raise optuna.TrialPruned()
-    value = float(evaluate(model, search.split.valid, seed=0)[METRIC])
+    scored = evaluate(model, search.split.valid, seed=0, per_user=True)
+    value = float(scored[METRIC])
+    # Each validation user's NDCG@10, in the split's order: the winner is compared with the defaults user by user.
+    trial.set_user_attr(PER_USER, np.round(scored["per_user"][METRIC].to_numpy(np.float64), 5).tolist())
     trial.set_user_attr("cpu_s", round(watch.cpu_s(), 2))
     trial.set_user_attr("stopped", report.get("stopped") or "one pass")
     trial.set_user_attr("best_epoch", report.get("best_epoch"))
@@ -357,12 +364,30 @@ class _Watch:
 
 
 def _best(trials: list[optuna.trial.FrozenTrial]) -> dict:
+    """The winner: the highest validation NDCG@10, unless its gain over the defaults' trial is within the
+    validation's noise (under two standard errors of the paired per-user difference), when the defaults win:
+    the best of a dozen noisy trials is partly luck, and its luck does not carry over to the test split."""
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
         return {}
-    t = max(done, key=lambda t: t.value)
-    return {"number": t.number, "value": float(t.value), "params": dict(t.params),
-            **{k: t.user_attrs.get(k) for k in ("cpu_s", "stopped", "under_trained")}}
+    top = max(done, key=lambda t: t.value)
+    defaults = next((t for t in done if t.user_attrs.get(DEFAULTS)), None)
+    versus = vs_defaults(top, defaults) if defaults is not None and defaults is not top else None
+    t = defaults if versus is not None and not versus["beyond_noise"] else top
+    return {"number": t.number, "value": float(t.value), "params": dict(t.params), "defaults": t is defaults,
+            "vs_defaults": versus, **{k: t.user_attrs.get(k) for k in ("cpu_s", "stopped", "under_trained")}}
+
+
+def vs_defaults(top: optuna.trial.FrozenTrial, defaults: optuna.trial.FrozenTrial) -> dict | None:
+    """`top`'s validation gain over the defaults, paired user by user: {trial, gain, two_se, users, beyond_noise};
+    None when either trial lacks its per-user values (a study from before they were kept)."""
+    a, b = top.user_attrs.get(PER_USER), defaults.user_attrs.get(PER_USER)
+    if not a or not b or len(a) != len(b) or len(a) < 2:
+        return None
+    diff = np.asarray(a) - np.asarray(b)
+    gain, two_se = float(diff.mean()), float(2 * diff.std(ddof=1) / math.sqrt(len(diff)))
+    return {"trial": top.number, "gain": round(gain, 5), "two_se": round(two_se, 5), "users": len(diff),
+            "beyond_noise": gain > two_se}
 
 
 def trials_table(trials: list[optuna.trial.FrozenTrial]) -> list[dict]:

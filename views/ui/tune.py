@@ -117,7 +117,9 @@ def _job_card(store: JobStore, job: JobRecord) -> None:
     if job.status == "finished" and final:
         ndcg, runs = final["ndcg@10"], [f"#{i}" for i in job.result.get("run_ids", [])]
         seeds = ", ".join(str(s) for s in ndcg["seeds"])
-        st.success(f"Search #{job.id} finished ({budget / 60:g} CPU minutes): the best settings score test NDCG@10 "
+        winner = "the defaults (no trial beat them beyond the validation's noise)" \
+            if job.result.get("best", {}).get("defaults") else "the best settings"
+        st.success(f"Search #{job.id} finished ({budget / 60:g} CPU minutes): {winner} score test NDCG@10 "
                    f"**{ndcg['mean']:.4f} ± {ndcg['std']:.4f}** over seed{'s' if len(ndcg['seeds']) > 1 else ''} "
                    f"{seeds}, recorded as run{'s' if len(runs) > 1 else ''} {', '.join(runs)} (see Saved runs and "
                    "Compare).")
@@ -131,8 +133,11 @@ def _job_card(store: JobStore, job: JobRecord) -> None:
 def _study_view(study: dict) -> None:
     best = study["best"]
     if best:
-        st.markdown(f"**Best so far:** trial {best['number']}, {METRIC_WORDS} {best['value']:.4f}, with "
+        st.markdown(f"**Winner so far:** trial {best['number']}{' (the defaults)' if best.get('defaults') else ''}, "
+                    f"{METRIC_WORDS} {best['value']:.4f}, with "
                     + ", ".join(f"`{_code(k)}` = {md_escape(_short(v))}" for k, v in best["params"].items()))
+        if best.get("vs_defaults"):
+            st.caption(versus_words(best))
         if best.get("under_trained"):
             st.caption("The winner was still improving when its trial's CPU ran out: more budget per trial "
                        "(or a longer final training) would likely pay.")
@@ -143,6 +148,17 @@ def _study_view(study: dict) -> None:
         st.plotly_chart(importance_figure(study["importances"]), key="tune_importance_chart")
     else:
         st.caption("Parameter importances appear once two finished trials differ.")
+
+
+def versus_words(best: dict) -> str:
+    """What the comparison with the defaults measured, in words (`tune._best`)."""
+    v = best["vs_defaults"]
+    noise = (f"{v['gain']:+.4f} ± {v['two_se']:.4f} (two standard errors of the per-user difference over "
+             f"{v['users']:,} validation users)")
+    if best.get("defaults"):
+        return (f"Trial {v['trial']} scored higher on validation, but its gain over the defaults, {noise}, is within "
+                "the validation's noise: the best of many noisy trials is partly luck, so the defaults are kept.")
+    return f"Its gain over the defaults' trial on validation: {noise}, beyond the noise."
 
 
 def _code(text: str) -> str:
