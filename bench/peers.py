@@ -98,8 +98,9 @@ def check_export(split, folder: Path) -> int:
 # ---- running one training ------------------------------------------------------------------------------
 
 
-def _nice_env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+def _nice_env(device: str = "cpu") -> dict:
+    hide = {} if device != "cpu" else {"CUDA_VISIBLE_DEVICES": ""}  # --device cuda/auto: the peers may use the GPU
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **hide}
 
 
 def _timed(fn, args: argparse.Namespace, lib_model: tuple[str, str], seed: int, folder: Path,
@@ -133,16 +134,20 @@ def run_ours(args: argparse.Namespace, model: str, seed: int, folder: Path) -> d
            "--ours-overrides", args.ours_overrides]
     if args.subset_users:
         cmd += ["--subset-users", str(args.subset_users)]
-    return _run(cmd, out, "recsys_core", model, seed)
+    return _run(cmd, out, "recsys_core", model, seed)  # ours: CPU, as the app's demo profile trains
 
 
-def run_peer(args: argparse.Namespace, library: str, model: str, seed: int, folder: Path) -> dict:
-    out = folder / f"{library}-{model}-{seed}.json"
+def run_peer(args: argparse.Namespace, library: str, model: str, seed: int, folder: Path, params: dict | None = None,
+             tag: str = "", test: bool = True) -> dict:
+    """One peer training (its defaults, or `params` over them: a tuner's trial, whose files carry `tag`, and
+    which with `test=False` never scores the test users)."""
+    out = folder / f"{library}-{model}-{seed}{tag}.json"
     cmd = ["nice", "-n", "19", str(PEERS_PY), str(ROOT / "bench" / "peers_worker.py"), "--library", library,
            "--model", model, "--seed", str(seed), "--cpu-cap", str(args.cpu_cap), "--patience", str(args.patience),
-           "--split-dir", str(folder), "--out", str(out)]
-    row = _run(cmd, out, library, model, seed)
-    if "error" in row:
+           "--split-dir", str(folder), "--out", str(out), "--device", args.device, "--params", json.dumps(params or {}),
+           f"--tag={tag}"] + ([] if test else ["--valid-only"])
+    row = _run(cmd, out, library, model, seed, args.device)
+    if "error" in row or not test:
         return row
     data = read_split(folder)
     scores = np.load(row["scores_file"])
@@ -151,12 +156,12 @@ def run_peer(args: argparse.Namespace, library: str, model: str, seed: int, fold
     return row
 
 
-def _run(cmd: list[str], out: Path, library: str, model: str, seed: int) -> dict:
+def _run(cmd: list[str], out: Path, library: str, model: str, seed: int, device: str = "cpu") -> dict:
     if not out.is_file() and REUSE_ONLY:
         return {"library": library, "model": model, "seed": seed, "error": "no finished run in --split-dir (--reuse-only)"}
     if not out.is_file():  # a kept --split-dir resumes: finished runs are not trained again
         print(f"[peers] {library} {model} seed {seed} ...", file=sys.stderr, flush=True)
-        proc = subprocess.run(cmd, check=False, stdout=sys.stderr, env=_nice_env())
+        proc = subprocess.run(cmd, check=False, stdout=sys.stderr, env=_nice_env(device))
         if proc.returncode != 0 or not out.is_file():
             return {"library": library, "model": model, "seed": seed, "error": f"worker exited with {proc.returncode}"}
         row = json.loads(out.read_text())
@@ -305,7 +310,7 @@ def run_all(args: argparse.Namespace) -> dict:
         "subset_users": args.subset_users or None, "n_items": int(split.n_items), "eval_users": len(split.test),
         "protocol": "full ranking over all items, history excluded, pessimistic ties (recsys_core rank_metrics)",
         "early_stopping": f"validation NDCG@10 on our validation users, patience {args.patience}",
-        "cpu_cap_s": args.cpu_cap, "threads": 1, "nice": 19, "seeds": args.seeds,
+        "cpu_cap_s": args.cpu_cap, "threads": 1, "nice": 19, "seeds": args.seeds, "peers_device": args.device,
         "ours_overrides": json.loads(args.ours_overrides),
         "date": dt.date.today().isoformat(), "results": rows, "wall_s": round(time.perf_counter() - started, 1),
         "load_avg": [[round(x, 2) for x in la] for la in loads], "cpus": os.cpu_count(),
@@ -370,6 +375,9 @@ def main() -> None:
     p.add_argument("--reuse-only", action="store_true", help="with --split-dir: report finished runs, train nothing")
     p.add_argument("--table", help="print the Markdown table of a results JSON and exit")
     p.add_argument("--jobs", type=int, default=1, help="trainings run at once (each on one thread)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
+                   help="where the RecTools peers train (auto: CUDA when present; their long runs); ours and "
+                        "RecBole stay on CPU")
     p.add_argument("--worker-ours", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--eval-server", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)

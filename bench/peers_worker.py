@@ -59,7 +59,7 @@ class Validator:
         self.folder, self.patience, self.cap = Path(args.split_dir), args.patience, args.cpu_cap
         self.rows = np.load(self.folder / f"valid_rows_seed{args.seed}.npy")
         self.histories = [data["valid_histories"][i] for i in self.rows]
-        self.tag = f"{args.library}-{args.model}-{args.seed}"
+        self.tag = f"{args.library}-{args.model}-{args.seed}{args.tag}"
         self.server = subprocess.Popen(
             [str(MAIN_PY), str(ROOT / "bench" / "peers.py"), "--eval-server", "--split-dir", str(self.folder),
              "--seed", str(args.seed)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -121,6 +121,17 @@ def to_catalogue(scores, known: np.ndarray, n_items: int) -> np.ndarray:
     return out
 
 
+def torch_device(name: str):
+    """cpu, cuda, or auto: CUDA when this machine has it. The CPU cap still counts this process's CPU seconds."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        sys.exit("[peers] --device cuda: this machine has no CUDA device")
+    return torch.device(name)
+
+
 # ---- RecTools ----------------------------------------------------------------------------------------------
 
 _RT: dict = {}  # what the Lightning callback needs; the trainer is deep-copied, so it cannot hold references
@@ -142,9 +153,10 @@ def rectools_run(args: argparse.Namespace, data: dict, validator: Validator) -> 
 
     def trainer() -> Trainer:
         return Trainer(max_epochs=10_000, min_epochs=1, enable_progress_bar=False, enable_model_summary=False,
-                       logger=False, enable_checkpointing=False, accelerator="cpu", devices=1,
-                       callbacks=[EpochValidation()])
+                       logger=False, enable_checkpointing=False, accelerator=device.type, devices=1,
+                       precision="bf16-mixed" if device.type == "cuda" else "32-true", callbacks=[EpochValidation()])
 
+    device = torch_device(args.device)
     seed_everything(args.seed, workers=True)
     users = np.repeat(np.arange(len(data["train"])), [len(s) for s in data["train"]])
     items = np.concatenate(data["train"])
@@ -153,12 +165,16 @@ def rectools_run(args: argparse.Namespace, data: dict, validator: Validator) -> 
     frame = pd.DataFrame({Columns.User: users, Columns.Item: items, Columns.Weight: 1.0,
                           Columns.Datetime: pd.to_datetime(order, unit="s")})
     cls = {"SASRecModel": SASRecModel, "BERT4RecModel": BERT4RecModel}[args.model]
-    model = cls(get_trainer_func=trainer)  # every other setting: the library's default
+    # Every setting not in --params (the tuner's trial) is the library's default.
+    model = cls(get_trainer_func=trainer, **json.loads(args.params))
     _RT.update(prep=model.data_preparator, histories=validator.histories)
     validator.start()
     model.fit(Dataset.construct(frame))
+    if args.valid_only:  # a tuner's trial: the test users are never scored
+        return None
     net = model.torch_model
     net.load_state_dict(validator.best_state)
+    net.to(device)
     return rectools_scores(net, model.data_preparator, data["test_histories"], data["n_items"])
 
 
@@ -171,12 +187,14 @@ def rectools_scores(net, prep, histories: list[np.ndarray], n_items: int, batch:
     lookup[np.asarray(ext[prep.n_item_extra_tokens:], dtype=np.int64)] = np.arange(prep.n_item_extra_tokens, len(ext))
     net.eval()
     out = []
+    device = next(net.parameters()).device
     with torch.no_grad():
         item_embs = net.item_model.get_all_embeddings()
         items_out = net.similarity_module.item_tower_forward(item_embs)
         for start in range(0, len(histories), batch):
             sessions = [lookup[h][lookup[h] >= 0].tolist() for h in histories[start:start + batch]]
-            x = prep._collate_fn_recommend([(s, [1.0] * len(s), {}) for s in sessions])
+            x = {k: v.to(device) for k, v in prep._collate_fn_recommend([(s, [1.0] * len(s), {})
+                                                                        for s in sessions]).items()}
             user = net.encode_sessions(x, item_embs)[:, -1, :]
             user = net.similarity_module.session_tower_forward(user)
             out.append(to_catalogue(user @ items_out.T, lookup, n_items))
@@ -275,6 +293,10 @@ def main() -> None:
     p.add_argument("--cpu-cap", type=float, default=900.0)
     p.add_argument("--patience", type=int, default=5)
     p.add_argument("--out", required=True)
+    p.add_argument("--params", default="{}", help="RecTools model settings over its defaults (JSON), e.g. a trial's")
+    p.add_argument("--valid-only", action="store_true", help="validation only: no test scores (a tuner's trial)")
+    p.add_argument("--tag", default="", help="added to this run's file names (a tuner's trial)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (CUDA when there is one); RecTools only")
     args = p.parse_args()
     warnings.filterwarnings("ignore", category=FutureWarning)  # RecBole's pandas idioms, one per field
     import torch
@@ -286,11 +308,13 @@ def main() -> None:
         scores = (rectools_run if args.library == "rectools" else recbole_run)(args, data, validator)
     finally:
         validator.close()
-    scores_file = Path(args.split_dir) / f"test-scores-{args.library}-{args.model}-{args.seed}.npy"
-    np.save(scores_file, scores)
+    scores_file = Path(args.split_dir) / f"test-scores-{args.library}-{args.model}-{args.seed}{args.tag}.npy"
+    if scores is not None:
+        np.save(scores_file, scores)
     row = {"library": args.library, "model": args.model, "seed": args.seed, **validator.report(),
+           "params": json.loads(args.params), "device": args.device,
            "peak_mem_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-           "scores_file": str(scores_file)}
+           "scores_file": str(scores_file) if scores is not None else None}
     Path(args.out).write_text(json.dumps(row))
 
 
