@@ -68,6 +68,8 @@ def test_tune_mode_shows_a_stored_study_resumes_it_as_a_job_and_cancels_a_search
     assert importance["layout"]["xaxis"]["title"]["text"].startswith("share of")
     best = read_study(studies_path(ws_root), study_name(DEMO_NAME, "ease"))["best"]
     assert f"Winner so far:** trial {best['number']}" in _texts(at)
+    winner = next(trace for trace in history["data"] if trace["name"] == "winner")
+    assert winner["x"] == [best["number"]] and winner["y"] == [pytest.approx(best["value"])]
     if best["vs_defaults"]:  # the top trial was not the defaults': how far ahead of them, with the noise
         assert "two standard errors of the per-user difference" in _texts(at)
 

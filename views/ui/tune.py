@@ -40,9 +40,10 @@ SEEN_KEY = "tune_seen_active"  # session state: ids of searches running at the l
 def tune_mode(record: DatasetRecord, ds: Dataset, store: JobStore) -> None:
     """The whole mode: pick a family and a budget, start or resume its study, follow it."""
     st.caption("Searches a model's settings on the **validation split only** (Optuna: TPE sampling, Hyperband "
-               "stops weak trials early), inside a budget of CPU time; then trains the best settings once per seed "
-               "(0, 1, 2) and tests them. The study is kept in the workspace: come back later to see it, or resume "
-               "it with more budget.")
+               "stops weak trials early), inside a budget of CPU time; then trains the winner once per seed "
+               "(0, 1, 2) and tests it. The defaults compete as the first trial and stay the winner unless another "
+               "trial beats them beyond the validation's noise. The study is kept in the workspace: come back later "
+               "to see it, or resume it with more budget.")
     offered = [f for f in tunable_families(families()) if refusal_of(f, {}, ds) is None]
     if not offered:
         st.info("No model with settings to search can train on this data.")
@@ -119,8 +120,9 @@ def _job_card(store: JobStore, job: JobRecord) -> None:
         seeds = ", ".join(str(s) for s in ndcg["seeds"])
         winner = "the defaults (no trial beat them beyond the validation's noise)" \
             if job.result.get("best", {}).get("defaults") else "the best settings"
+        spread = f" ± {ndcg['std']:.4f}" if len(ndcg["seeds"]) > 1 else ""
         st.success(f"Search #{job.id} finished ({budget / 60:g} CPU minutes): {winner} score test NDCG@10 "
-                   f"**{ndcg['mean']:.4f} ± {ndcg['std']:.4f}** over seed{'s' if len(ndcg['seeds']) > 1 else ''} "
+                   f"**{ndcg['mean']:.4f}{spread}** over seed{'s' if len(ndcg['seeds']) > 1 else ''} "
                    f"{seeds}, recorded as run{'s' if len(runs) > 1 else ''} {', '.join(runs)} (see Saved runs and "
                    "Compare).")
     elif job.status == "finished":
@@ -143,7 +145,7 @@ def _study_view(study: dict) -> None:
                        "(or a longer final training) would likely pay.")
     trials = study["trials"]
     st.dataframe(trials_frame(trials), hide_index=True, key="tune_trials_table")
-    st.plotly_chart(history_figure(trials), key="tune_history_chart")
+    st.plotly_chart(history_figure(trials, best), key="tune_history_chart")
     if study["importances"]:
         st.plotly_chart(importance_figure(study["importances"]), key="tune_importance_chart")
     else:
@@ -178,8 +180,9 @@ def trials_frame(trials: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def history_figure(trials: list[dict]) -> go.Figure:
-    """Each finished trial's validation NDCG@10 (hover: its settings) and the best so far."""
+def history_figure(trials: list[dict], best: dict | None = None) -> go.Figure:
+    """Each finished trial's validation NDCG@10 (hover: its settings), the best so far, and the winner (the highest
+    trial, or the defaults' when no trial beat them beyond the noise)."""
     done = [t for t in trials if t["value"] is not None]
     hover = ["<br>".join(html.escape(f"{k} = {_short(v)}") for k, v in t["params"].items()) for t in done]
     fig = go.Figure()
@@ -190,6 +193,11 @@ def history_figure(trials: list[dict]) -> go.Figure:
                              y=[t["best_so_far"] for t in trials if t["best_so_far"] is not None], mode="lines",
                              name="best so far", line={"shape": "hv"},
                              hovertemplate="after trial %{x}: best %{y:.4f}<extra></extra>"))
+    if best:
+        why = "the defaults, kept" if best.get("defaults") and best.get("vs_defaults") else "the highest"
+        fig.add_trace(go.Scatter(x=[best["number"]], y=[best["value"]], mode="markers", name="winner",
+                                 marker={"symbol": "star", "size": 14}, customdata=[why],
+                                 hovertemplate="winner: trial %{x} (%{customdata}), NDCG@10 %{y:.4f}<extra></extra>"))
     fig.update_layout(title="Optimisation history", xaxis_title="trial", yaxis_title=METRIC_WORDS, height=340,
                       margin={"l": 10, "r": 10, "t": 40, "b": 10})
     return fig
