@@ -35,10 +35,12 @@ from recsys_core.progress import Progress
 from recsys_core.training.experiment import families
 from recsys_core.training.tune import (
     DEFAULTS,
+    PAIRED_USERS,
     PER_USER,
     TUNE_KIND,
     _best,
     job_params,
+    paired_sample,
     read_study,
     studies_path,
     study_name,
@@ -154,6 +156,13 @@ def test_a_trial_ahead_of_the_defaults_only_by_noise_does_not_win_one_ahead_beyo
     old = _finished(1, lucky)
     old.user_attrs.pop(PER_USER)
     assert _best([defaults, old])["number"] == 1 and _best([defaults, old])["vs_defaults"] is None
+
+
+def test_a_trial_keeps_at_most_a_fixed_sample_of_users_the_same_in_every_trial():
+    values = np.arange(25_000) / 25_000
+    kept = paired_sample(values)
+    assert len(kept) == PAIRED_USERS and kept == paired_sample(values) and kept == sorted(kept)
+    assert paired_sample(values[:50]) == pytest.approx(values[:50].tolist(), abs=1e-5)  # few users: all, in order
 
 
 def test_the_search_keeps_to_its_cpu_budget_within_the_stated_slack(ds, tmp_path):
