@@ -5,6 +5,8 @@
     .venv/bin/python bench/tune.py --dataset demo --models ease --budget-cpu-s 10 --max-trials 2 --seeds 0 \\
         --out /tmp/tune-smoke.json                                     # a smoke test: seconds
     .venv/bin/python bench/tune.py --table bench/results/tune-demo-movietweetings-20261206.json
+    .venv/bin/python bench/tune.py --dataset demo --rows-from FILE.json --peers-file PEERS.json \
+        --peers-file bench/results/peers-tune-demo-movietweetings-20261206.json   # the table again, more peers
 
 Per model: `default` trains the family's defaults under the CPU demo profile (the Train page's, `--profile`) once
 per seed; `tuned` runs the tuner for `--budget-cpu-s` CPU seconds on the validation split only (the study is
@@ -13,7 +15,8 @@ per seed and tests it. Both score the same leave-one-out test users with the sam
 bench/results/peers-*.json extended: {library, model, variant: default|tuned, ndcg@10 {mean, std, seeds, values},
 hr@10 {...}, cpu_s (CPU seconds to the result: per seed for default; the search plus one seed's final training
 for tuned), budget_cpu_s, stop reasons}; `--peers-file` adds the rows of a peers-*.json (RecTools, RecBole) as
-they were measured, and the summary gives our best over the best peer. Everything here runs in this process on
+they were measured (a peers-tune-*.json from bench/peers_tune.py adds a tuned peer), and the summary gives our best
+over the best peer at its defaults and over the best tuned peer. Everything here runs in this process on
 `RECSYS_TRAINING_THREADS` threads (default 1), so a CPU second is the same work at any load; the load average
 before and after is recorded.
 """
@@ -32,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from recsys_core.data.resolve import resolve_dataset
 from recsys_core.models.profiles import profile_for
@@ -83,8 +86,18 @@ def tuned_row(ds, split, model: str, args: argparse.Namespace, ws: Workspace, se
 
 
 def peer_rows(path: str) -> tuple[list[dict], dict]:
-    """The peers' rows of a peers-*.json as they were measured (variant default), and where they came from."""
+    """The peers' rows of a peers-*.json as they were measured (variant default), or of a peers-tune-*.json
+    (bench/peers_tune.py: variant tuned, already in this file's row format), and where they came from."""
     report = json.loads(Path(path).read_text())
+    if report.get("benchmark") == "peers-tune":
+        from peers_tune import tuned_cpu_s  # a file written before its cpu_s was a number: the same sum
+
+        rows = [{**r, "from": path} for r in report["rows"] if "error" not in r]
+        for r in rows:
+            if isinstance(r.get("cpu_s"), list):
+                r["final_cpu_s"], r["cpu_s"] = r["cpu_s"], tuned_cpu_s(r["search_cpu_s"], r["cpu_s"])
+        return rows, \
+            {"file": path, "date": report.get("date"), "protocol": "bench/peers_tune.py"}
     rows = []
     for r in report["results"]:
         if r["library"] == "recsys_core":
@@ -98,15 +111,19 @@ def peer_rows(path: str) -> tuple[list[dict], dict]:
 
 
 def summary(rows: list[dict]) -> dict:
+    """Our best row over the best peer at its defaults (converged), and over the best tuned peer when there is one."""
     ours = [r for r in rows if r["library"] == "recsys_core"]
-    peers = [r for r in rows if r["library"] != "recsys_core"]
-    if not ours or not peers:
-        return {}
-    best, peer = max(ours, key=lambda r: r["ndcg@10"]["mean"]), max(peers, key=lambda r: r["ndcg@10"]["mean"])
-    return {"ours_best": f"{best['model']} {best['variant']}", "peer_best": f"{peer['library']} {peer['model']}",
-            "ratio_ndcg@10": round(best["ndcg@10"]["mean"] / peer["ndcg@10"]["mean"], 3),
-            "beyond_spread": best["ndcg@10"]["mean"] - best["ndcg@10"]["std"]
-            > peer["ndcg@10"]["mean"] + peer["ndcg@10"]["std"]}
+    out = {}
+    for variant, key in (("default", ""), ("tuned", "_tuned")):
+        peers = [r for r in rows if r["library"] != "recsys_core" and r.get("variant", "default") == variant]
+        if not ours or not peers:
+            continue
+        best, peer = max(ours, key=lambda r: r["ndcg@10"]["mean"]), max(peers, key=lambda r: r["ndcg@10"]["mean"])
+        out |= {"ours_best": f"{best['model']} {best['variant']}", f"peer_best{key}": f"{peer['library']} {peer['model']}",
+                f"ratio_ndcg@10{key}": round(best["ndcg@10"]["mean"] / peer["ndcg@10"]["mean"], 3),
+                f"beyond_spread{key}": best["ndcg@10"]["mean"] - best["ndcg@10"]["std"]
+                > peer["ndcg@10"]["mean"] + peer["ndcg@10"]["std"]}
+    return out
 
 
 def table(report: dict) -> str:
@@ -116,10 +133,11 @@ def table(report: dict) -> str:
         stops = ", ".join(sorted({str(s) for s in r.get("stop_reasons") or []}))
         lines.append(f"| {r['library']} | {r['model']} | {r['variant']} | {n['mean']:.4f} ± {n['std']:.4f} | "
                      f"{h['mean']:.4f} ± {h['std']:.4f} | {r.get('cpu_s')} | {r.get('budget_cpu_s')} | {stops} |")
-    if report.get("summary"):
-        s = report["summary"]
-        lines.append(f"\nours best ({s['ours_best']}) / best peer ({s['peer_best']}): {s['ratio_ndcg@10']}x "
-                     f"(beyond the seeds' spread: {s['beyond_spread']})")
+    s = report.get("summary") or {}
+    for key, words in (("", "best peer"), ("_tuned", "best tuned peer")):
+        if f"ratio_ndcg@10{key}" in s:
+            lines.append(f"\nours best ({s['ours_best']}) / {words} ({s[f'peer_best{key}']}): {s[f'ratio_ndcg@10{key}']}x "
+                         f"(beyond the seeds' spread: {s[f'beyond_spread{key}']})")
     return "\n".join(lines)
 
 
@@ -135,7 +153,10 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2", help="seeds of the default runs and of the winner's final runs")
     p.add_argument("--profile", default="demo", help="the default variant's profile (demo, full, none)")
     p.add_argument("--workspace", help="where the studies are kept (default: a folder under the temp dir)")
-    p.add_argument("--peers-file", help="a bench/results/peers-*.json whose peer rows join the table")
+    p.add_argument("--peers-file", action="append", default=[],
+                   help="a bench/results/peers-*.json or peers-tune-*.json whose peer rows join the table (repeatable)")
+    p.add_argument("--rows-from", help="a tune-*.json whose rows are reused instead of training again (with "
+                                       "--peers-file: the table redone with more peers)")
     p.add_argument("--out", help="results JSON (default bench/results/tune-<dataset>-<date>.json)")
     p.add_argument("--table", help="print the Markdown table of a results JSON and exit")
     args = p.parse_args()
@@ -148,24 +169,28 @@ def main() -> None:
     split = make_split(ds)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     load_start, started = os.getloadavg(), time.perf_counter()
-    rows = []
-    for model in [m.strip() for m in args.models.split(",") if m.strip()]:
+    reused = json.loads(Path(args.rows_from).read_text()) if args.rows_from else None
+    rows = [r for r in reused["rows"] if r["library"] == "recsys_core"] if reused else []
+    for model in [] if reused else [m.strip() for m in args.models.split(",") if m.strip()]:
         if "default" in args.variants:
             rows.append(default_row(ds, split, model, args.profile, seeds))
             print(json.dumps(rows[-1]), file=sys.stderr)
         if "tuned" in args.variants:
             rows.append(tuned_row(ds, split, model, args, ws, seeds))
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "importances"}), file=sys.stderr)
-    peers_from = None
-    if args.peers_file:
-        more, peers_from = peer_rows(args.peers_file)
-        rows += more
+    peers_from = []
+    for path in args.peers_file:
+        more, source = peer_rows(path)
+        rows, peers_from = rows + more, peers_from + [source]
     report = {"benchmark": "tune", "dataset": ds.name, "split": split.kind, "holdout": split.holdout,
               "test_users": len(split.test), "date": f"{dt.date.today():%Y-%m-%d}", "rows": rows,
               "summary": summary(rows), "peers_from": peers_from, "threads": training_threads(),
               "wall_s": round(time.perf_counter() - started, 1), "cpus": os.cpu_count(),
               "load_avg_start": [round(x, 2) for x in load_start],
-              "load_avg_end": [round(x, 2) for x in os.getloadavg()], "command": " ".join(sys.argv)}
+              "load_avg_end": [round(x, 2) for x in os.getloadavg()], "command": " ".join(sys.argv),
+              **({"rows_from": {"file": args.rows_from, "command": reused.get("command"), "wall_s": reused.get("wall_s"),
+                                "load_avg_start": reused.get("load_avg_start"),
+                                "load_avg_end": reused.get("load_avg_end")}} if reused else {})}
     out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"tune-{ds.name}-{dt.date.today():%Y%m%d}.json"
     out.write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
