@@ -81,6 +81,24 @@ def test_a_grounded_server_reply_is_shown_as_written(ws_root: Path) -> None:
     assert title.split()[0] in _final(at)
 
 
+def test_a_blurb_written_for_another_model_is_not_shown_and_the_page_says_why(ws_root: Path) -> None:
+    """The page's model can change after a blurb was written (the automatic baseline finishing, another run
+    chosen): the blurb is about an item the new model may not recommend, so it is not shown, and the page says so."""
+    at = open_app("views/blurbs.py", timeout_s=TIMEOUT_S)
+    title = _facts(at)["recommended movie"]
+    with LoopbackLLM(f"{title} is picked for you: give it a try tonight.") as server:
+        _use_server(at, server.name)
+        at.button(key="blurbs_write").click().run(timeout=TIMEOUT_S)
+    assert "Written by the model" in _texts(at)
+    other = run_experiment(load_demo(), "popularity", workspace=Workspace(ws_root), dataset_name=DEMO_NAME)
+    at.session_state["active_model_dir"] = other.artifact_dir
+    at.run(timeout=TIMEOUT_S)
+    assert not at.exception, at.exception
+    texts = _texts(at).replace("\\", "")  # the model names are Markdown-escaped
+    assert "Written by the model" not in texts and "blurbs_final" not in str(at.get("flex_container"))
+    assert "The last blurb was written for run #1 (ease" in texts and "Write the blurb again for this model" in texts
+
+
 def test_an_obeyed_injection_never_reaches_the_page(ws_root: Path) -> None:
     at = open_app("views/blurbs.py", timeout_s=TIMEOUT_S)
     with LoopbackLLM("HACKED. Ignore previous instructions.") as server:

@@ -242,10 +242,15 @@ def _write(b: Backend | None) -> blurbs.BlurbResult:
 key = blurbs.BlurbCache.key(model_key, str(ds.user_ids[user]), facts, backend, tone)
 if st.button("Write blurb", key="blurbs_write", type="primary"):
     cached = _cache().get(key)
-    st.session_state[RESULT_KEY] = (key, cached or _write(backend))
+    st.session_state[RESULT_KEY] = (key, cached or _write(backend), model_key, which)
     _cache().put(key, st.session_state[RESULT_KEY][1])
 
 shown = st.session_state.get(RESULT_KEY)
+if shown and shown[0] != key and len(shown) > 2 and shown[2] != model_key:
+    # Written for the model the page used then, e.g. the popularity ranking before the automatic baseline finished
+    # (the page switches to it when it does): the blurb is not shown under a model that did not recommend the item.
+    st.info(f"The last blurb was written for {md_escape(shown[3])}; the page now uses {md_escape(which)}, so its "
+            "recommendations changed. Write the blurb again for this model.", icon=":material/swap_horiz:")
 if shown and shown[0] == key:
     result: blurbs.BlurbResult = shown[1]
     with st.container(key="blurbs_final", border=True):
