@@ -97,7 +97,9 @@ def cmd_train(args) -> dict | None:
 
 def cmd_tune(args) -> dict:
     """Search the family's settings on the validation split within a CPU budget (training/tune.py), then test the
-    winner over the seeds; the study is stored in the workspace, so the same command resumes and extends it."""
+    winner over the seeds: the highest trial, or the defaults when no trial beats them beyond the validation's noise
+    (`best.vs_defaults` in the output says by how much). The study is stored in the workspace, so the same command
+    resumes and extends it."""
     from recsys_core.threads import training_threads, use_threads
     from recsys_core.training.experiment import parse_overrides
     from recsys_core.training.tune import default_budget_s, read_study, studies_path, study_name, tune
