@@ -34,16 +34,21 @@ from recsys_core.models.settings import (
 from recsys_core.progress import Progress
 from recsys_core.training.experiment import families
 from recsys_core.training.tune import (
+    BUDGET_CUT,
     DEFAULTS,
     PAIRED_USERS,
     PER_USER,
+    RESUMES,
     TUNE_KIND,
     _best,
     job_params,
     paired_sample,
+    queued_leader,
     read_study,
+    requeue_cut_leader,
     studies_path,
     study_name,
+    trials_table,
     tunable_families,
     tune,
 )
@@ -174,7 +179,40 @@ def test_the_search_keeps_to_its_cpu_budget_within_the_stated_slack(ds, tmp_path
     spent = loop.cpu_time() - cpu0
     assert result.stopped == "budget"
     assert spent <= 4.0 + BUDGET_SLACK_S, spent
-    assert result.trials[-1]["stopped"] == "out of the search's CPU budget", result.trials
+    cut = [t for t in result.trials if t["stopped"] == "out of the search's CPU budget"]
+    assert len(cut) == 1 and cut[0]["state"] == "pruned", result.trials
+    # with no finished trial, a cut trial that validated once is ahead: it is queued to run again, in full
+    assert all(t["state"] == "waiting" and t["stopped"].startswith(f"queued: trial {cut[0]['number']} again")
+               for t in result.trials if t["number"] > cut[0]["number"])
+
+
+def _cut(number: int, curve: dict[int, float]) -> optuna.trial.FrozenTrial:
+    trial = optuna.trial.create_trial(params={"x": float(number)}, distributions={
+        "x": optuna.distributions.FloatDistribution(0, 100)}, state=optuna.trial.TrialState.PRUNED,
+        intermediate_values=curve, user_attrs={"stopped": BUDGET_CUT, "cpu_s": 103.0})
+    return trial
+
+
+def test_a_trial_the_budget_cut_while_ahead_is_queued_to_run_first_on_resume_once():
+    """Issue 23: on the demo the budget stopped the study's best trial so far (0.1376 after 103 CPU s, still
+    rising; it reached 0.1422 when run in full) and the search then ignored it."""
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(params={"x": 1.0}, distributions={
+        "x": optuna.distributions.FloatDistribution(0, 100)}, value=0.1355))
+    study.add_trial(_cut(1, {10: 0.120, 500: 0.1376}))
+    assert requeue_cut_leader(study) == {"trial": 1, "value": 0.1376, "cpu_s": 103.0}
+    assert requeue_cut_leader(study) is not None  # asked again (another reader, a second call): still one queued
+    waiting = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
+    assert len(waiting) == 1 and waiting[0].user_attrs[RESUMES] == 1
+    assert waiting[0].system_attrs["fixed_params"] == {"x": 1.0}  # the cut trial's settings, as Optuna queues them
+    table = trials_table(study.trials)
+    assert table[-1]["stopped"].startswith("queued: trial 1 again, in full")
+    assert queued_leader(study.trials) == {"trial": 1, "value": 0.1376, "cpu_s": 103.0}
+    behind = optuna.create_study(direction="maximize")
+    behind.add_trial(optuna.trial.create_trial(params={"x": 1.0}, distributions={
+        "x": optuna.distributions.FloatDistribution(0, 100)}, value=0.14))
+    behind.add_trial(_cut(1, {500: 0.1376}))
+    assert requeue_cut_leader(behind) is None and len(behind.trials) == 2  # behind the best: its settings lost
 
 
 def test_a_search_whose_budget_is_spent_before_its_first_trial_says_so(ds, tmp_path):

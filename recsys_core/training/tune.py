@@ -62,6 +62,8 @@ DEMO_INTERACTIONS = 68_000  # about the demo's size (68,055): its default budget
 DEMO_BUDGET_S = 900.0
 MIN_BUDGET_S, MAX_BUDGET_S = 120.0, 3600.0
 MIN_TRIAL_S = 1.0  # no trial starts with less than this left
+BUDGET_CUT = "out of the search's CPU budget"  # how a trial still running when the budget ran out ended
+RESUMES = "resumes_trial"  # a queued trial's attribute: the budget-cut trial it runs again, in full
 LIMIT_STOPS = ("cpu_budget", "max_steps", "epochs")
 # A running trial beats every HEARTBEAT_S; one silent for GRACE_S (its process was killed, the server restarted) is
 # marked failed when a search next starts on the study, instead of showing "running" for ever.
@@ -148,6 +150,7 @@ class TuneResult:
     trial_cpu_s: float
     final: dict = field(default_factory=dict)  # test metrics over the seeds: {"ndcg@10": {mean, std, seeds}, ...}
     run_ids: list[int] = field(default_factory=list)
+    queued_leader: dict | None = None  # a budget-cut trial that was ahead, queued to run first on resume
 
     def summary(self) -> dict:
         return dataclasses.asdict(self)
@@ -201,12 +204,14 @@ def tune(ds: Dataset, family: str, *, budget_cpu_s: float, storage: str | Path, 
     study = _open_study(name, storage, search)
     stopped = _optimize(study, search, max_trials)
     spent = search.spent()
+    if stopped == "budget":
+        requeue_cut_leader(study)
     trials = study.get_trials(deepcopy=False)
     best = _best(trials)
     # Cancel frees the machine at once: the importances (fANOVA) are left to whoever reads the study next
     weights = {} if stopped == "cancelled" else importances(study, trials)
     result = TuneResult(name, family, float(budget_cpu_s), round(spent, 2), stopped, trials_table(trials), best,
-                        weights, describe_space(space), cap)
+                        weights, describe_space(space), cap, queued_leader=queued_leader(trials))
     if best and final_seeds and not progress.cancelled:
         _final(result, search, full, final_seeds, workspace, dataset_name or ds.name)
     return result
@@ -367,7 +372,7 @@ class _Watch:
         if self.search.progress.cancelled:
             self.why = "cancelled"
         elif self.search.left() <= 0:
-            self.why = "out of the search's CPU budget"
+            self.why = BUDGET_CUT
         if self.why:
             self.progress.cancel()
 
@@ -413,8 +418,40 @@ def trials_table(trials: list[optuna.trial.FrozenTrial]) -> list[dict]:
 
 def _not_run(trial: optuna.trial.FrozenTrial) -> str:
     """Why a queued trial has no result: the budget was spent before it started (it runs when the study resumes)."""
-    return "not started: the budget was spent; it runs first when the search resumes" \
-        if trial.state == optuna.trial.TrialState.WAITING else ""
+    if trial.state != optuna.trial.TrialState.WAITING:
+        return ""
+    if RESUMES in trial.user_attrs:
+        return (f"queued: trial {trial.user_attrs[RESUMES]} again, in full (it was ahead when the budget ran out); "
+                "it runs first when the search resumes")
+    return "not started: the budget was spent; it runs first when the search resumes"
+
+
+def requeue_cut_leader(study: optuna.Study) -> dict | None:
+    """A trial the budget stopped while it was ahead of every finished trial (its last validation above their
+    best) is queued to run again, in full, first when the search resumes: the budget, not its settings, ended it.
+    Returns {"trial", "value", "cpu_s"} of the trial queued (or already queued), else None."""
+    trials = study.get_trials(deepcopy=False)
+    done = [t.value for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    cut = [t for t in trials if t.user_attrs.get("stopped") == BUDGET_CUT and t.intermediate_values]
+    if not cut:
+        return None
+    last = cut[-1]  # one trial runs at a time: the budget cuts at most the last one of a call
+    value = last.intermediate_values[max(last.intermediate_values)]
+    if done and value <= max(done):
+        return None
+    if not any(t.state == optuna.trial.TrialState.WAITING and t.user_attrs.get(RESUMES) == last.number for t in trials):
+        study.enqueue_trial(dict(last.params), user_attrs={RESUMES: last.number}, skip_if_exists=False)
+    return {"trial": last.number, "value": round(float(value), 5), "cpu_s": last.user_attrs.get("cpu_s")}
+
+
+def queued_leader(trials: list[optuna.trial.FrozenTrial]) -> dict | None:
+    """The budget-cut leader waiting to run again (`requeue_cut_leader`), as pages and the CLI show it."""
+    waiting = next((t for t in trials if t.state == optuna.trial.TrialState.WAITING and RESUMES in t.user_attrs), None)
+    if waiting is None:
+        return None
+    cut = next(t for t in trials if t.number == waiting.user_attrs[RESUMES])
+    value = cut.intermediate_values[max(cut.intermediate_values)] if cut.intermediate_values else None
+    return {"trial": cut.number, "value": value, "cpu_s": cut.user_attrs.get("cpu_s")}
 
 
 def importances(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> dict[str, float]:
@@ -449,7 +486,7 @@ def read_study(storage: str | Path, name: str) -> dict:
     except (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError):
         return {}  # the first search is still creating the tables (a reader never creates them)
     return {"study": name, "trials": trials_table(trials), "best": _best(trials),
-            "importances": importances(study, trials),
+            "importances": importances(study, trials), "queued_leader": queued_leader(trials),
             "budgets": study.user_attrs.get("budgets", []), "space": study.user_attrs.get("space", {})}
 
 

@@ -143,6 +143,11 @@ def _study_view(study: dict) -> None:
         if best.get("under_trained"):
             st.caption("The winner was still improving when its trial's CPU ran out: more budget per trial "
                        "(or a longer final training) would likely pay.")
+    if study.get("queued_leader"):
+        lead = study["queued_leader"]
+        st.info(f"Trial {lead['trial']} was ahead of every finished trial ({METRIC_WORDS} {lead['value']:.4f} after "
+                f"{lead['cpu_s']:.0f} CPU s) when the budget ran out: it runs again, in full, first when you resume "
+                "the search.", icon=":material/schedule:")
     trials = study["trials"]
     st.dataframe(trials_frame(trials), hide_index=True, key="tune_trials_table")
     st.plotly_chart(history_figure(trials, best), key="tune_history_chart")
