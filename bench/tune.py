@@ -126,13 +126,18 @@ def summary(rows: list[dict]) -> dict:
     return out
 
 
+def _spread(m: dict) -> str:
+    """mean ± std; a single seed (std None in peers-*.json) shows its mean alone."""
+    return f"{m['mean']:.4f}" + (f" ± {m['std']:.4f}" if m.get("std") is not None else " (1 seed)")
+
+
 def table(report: dict) -> str:
     lines = ["| library | model | variant | NDCG@10 | HR@10 | CPU s | budget CPU s | stop |", "|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         n, h = r["ndcg@10"], r["hr@10"]
         stops = ", ".join(sorted({str(s) for s in r.get("stop_reasons") or []}))
-        lines.append(f"| {r['library']} | {r['model']} | {r['variant']} | {n['mean']:.4f} ± {n['std']:.4f} | "
-                     f"{h['mean']:.4f} ± {h['std']:.4f} | {r.get('cpu_s')} | {r.get('budget_cpu_s')} | {stops} |")
+        lines.append(f"| {r['library']} | {r['model']} | {r['variant']} | {_spread(n)} | {_spread(h)} | {r.get('cpu_s')} | "
+                     f"{r.get('budget_cpu_s')} | {stops} |")
     s = report.get("summary") or {}
     for key, words in (("", "best peer"), ("_tuned", "best tuned peer")):
         if f"ratio_ndcg@10{key}" in s:
