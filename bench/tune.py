@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+sys.path.insert(0, str(ROOT))
 
 from recsys_core.data.resolve import resolve_dataset
 from recsys_core.models.profiles import profile_for
@@ -90,14 +90,8 @@ def peer_rows(path: str) -> tuple[list[dict], dict]:
     (bench/peers_tune.py: variant tuned, already in this file's row format), and where they came from."""
     report = json.loads(Path(path).read_text())
     if report.get("benchmark") == "peers-tune":
-        from peers_tune import tuned_cpu_s  # a file written before its cpu_s was a number: the same sum
-
         rows = [{**r, "from": path} for r in report["rows"] if "error" not in r]
-        for r in rows:
-            if isinstance(r.get("cpu_s"), list):
-                r["final_cpu_s"], r["cpu_s"] = r["cpu_s"], tuned_cpu_s(r["search_cpu_s"], r["cpu_s"])
-        return rows, \
-            {"file": path, "date": report.get("date"), "protocol": "bench/peers_tune.py"}
+        return rows, {"file": path, "date": report.get("date"), "protocol": "bench/peers_tune.py"}
     rows = []
     for r in report["results"]:
         if r["library"] == "recsys_core":

@@ -70,8 +70,9 @@ def test_tune_mode_shows_a_stored_study_resumes_it_as_a_job_and_cancels_a_search
     assert f"Winner so far:** trial {best['number']}" in _texts(at)
     winner = next(trace for trace in history["data"] if trace["name"] == "winner")
     assert winner["x"] == [best["number"]] and winner["y"] == [pytest.approx(best["value"])]
-    if best["vs_defaults"]:  # the top trial was not the defaults': how far ahead of them, with the noise
-        assert "two standard errors of the per-user difference" in _texts(at)
+    # EASE's l2 of 1,398 (trial 2) tops its default of 300 on the demo: the page says by how much, with the noise
+    assert best["vs_defaults"] is not None and best["vs_defaults"]["trial"] == 2
+    assert "two standard errors of the per-user difference" in _texts(at)
 
     # resume: one more trial, as a job in its own process; the winner is retrained and tested
     at.number_input(key="tune_max_trials").set_value(1).run()

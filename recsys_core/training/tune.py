@@ -436,7 +436,7 @@ def requeue_cut_leader(study: optuna.Study) -> dict | None:
     if not cut:
         return None
     last = cut[-1]  # one trial runs at a time: the budget cuts at most the last one of a call
-    value = last.intermediate_values[max(last.intermediate_values)]
+    value = _last_validation(last)
     if done and value <= max(done):
         return None
     if not any(t.state == optuna.trial.TrialState.WAITING and t.user_attrs.get(RESUMES) == last.number for t in trials):
@@ -450,8 +450,12 @@ def queued_leader(trials: list[optuna.trial.FrozenTrial]) -> dict | None:
     if waiting is None:
         return None
     cut = next(t for t in trials if t.number == waiting.user_attrs[RESUMES])
-    value = cut.intermediate_values[max(cut.intermediate_values)] if cut.intermediate_values else None
-    return {"trial": cut.number, "value": value, "cpu_s": cut.user_attrs.get("cpu_s")}
+    return {"trial": cut.number, "value": _last_validation(cut), "cpu_s": cut.user_attrs.get("cpu_s")}
+
+
+def _last_validation(trial: optuna.trial.FrozenTrial) -> float | None:
+    """The last validation a trial reported to the pruner (its steps are its CPU seconds so far)."""
+    return trial.intermediate_values[max(trial.intermediate_values)] if trial.intermediate_values else None
 
 
 def importances(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> dict[str, float]:
