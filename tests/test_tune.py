@@ -305,6 +305,23 @@ def test_a_trial_left_running_by_a_killed_search_is_marked_failed_when_the_study
     assert [t["state"] for t in again.trials] == ["complete", "fail", "complete"]
 
 
+def test_a_reader_never_stamps_the_schema_version_the_search_is_about_to_stamp(tmp_path):
+    """Between creating the tables and stamping alembic's version row, the search's storage is half made; a page
+    polling read_study then stamped it first and the job died on alembic's UNIQUE constraint (1 run in ~6 of
+    test_a_tune_job_runs_in_its_own_process... failed so). A reader now waits for the stamped schema."""
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    path = tmp_path / "studies.db"
+    models.BaseModel.metadata.create_all(sqlalchemy.create_engine(f"sqlite:///{path}"))  # the search's first step
+    assert read_study(path, "cycle:sasrec:leave_one_out") == {}
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'alembic_version'").fetchone()[0] == 0
+    ds = _cycles(20, 10, 5)
+    tune(ds, "ease", budget_cpu_s=30, storage=path, dataset_name="cycle", max_trials=1, final_seeds=())  # the search
+    assert len(read_study(path, study_name("cycle", "ease"))["trials"]) == 1
+
+
 def test_a_reader_never_creates_the_study_tables_so_it_cannot_race_the_search_creating_them(tmp_path):
     """A page polled read_study while a job created studies.db: both created the tables, and the job died on
     alembic's UNIQUE constraint. A reader now sees no study until the search has made them."""

@@ -26,9 +26,11 @@ job is), so any tab lists it, reads its trials from the study, and cancels it th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
+import sqlite3
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -477,9 +479,25 @@ def _importances(study: optuna.Study) -> dict[str, float]:
         return {}
 
 
+def _schema_stamped(path: Path) -> bool:
+    """The search has finished making the storage: its tables and alembic's version row. Optuna's storage stamps
+    that row itself when it finds the tables without it, even for a reader that skips table creation, so a page
+    opening the storage between the search's two steps stamped it first and the search died on the row's UNIQUE
+    constraint. Checked read-only with sqlite3, which opens nothing of Optuna's."""
+    if not path.is_file():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as conn:
+            if not conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'alembic_version'").fetchone()[0]:
+                return False
+            return conn.execute("SELECT count(*) FROM alembic_version").fetchone()[0] > 0
+    except sqlite3.Error:  # locked or half written: not ready yet
+        return False
+
+
 def read_study(storage: str | Path, name: str) -> dict:
     """A stored study as any tab or the CLI shows it: trials, best, importances, budgets; {} when none."""
-    if not Path(storage).is_file():  # reading never creates the file
+    if not _schema_stamped(Path(storage)):  # reading never creates the file, its tables or its version row
         return {}
     try:
         storage_ = _storage(storage, reader=True)
