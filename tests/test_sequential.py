@@ -239,6 +239,17 @@ def test_windows_cover_long_histories_with_recent_crops_first():
     assert (tokens[lengths < tokens.shape[1], -1] == 0).all()  # right padding
 
 
+def test_shuffled_batches_mix_lengths_and_by_length_batches_do_not():
+    """batch_order: by_length groups similar lengths (least padding); shuffled mixes them as RecTools' loader does,
+    and both use every window exactly once per epoch."""
+    seqs = [np.arange(n) for n in np.tile([2, 3, 40, 50], 64)]
+    w = SequenceWindows(seqs, max_len=50, stride=25, crops=False)
+    for by_length in (True, False):
+        batches = w.batches(32, np.random.default_rng(0), by_length=by_length)
+        assert sorted(np.concatenate(batches).tolist()) == list(range(len(w)))
+        spans = [np.ptp(w.length[b]) for b in batches]
+        assert max(spans) <= 10 if by_length else min(spans) >= 40
+
 
 def test_svd_item_init_puts_co_consumed_items_close(data):
     """Items that share users start with similar vectors (what lets training skip the popularity plateau)."""

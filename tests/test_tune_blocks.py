@@ -1,7 +1,8 @@
 """The peers' choices as settings the tuner searches (issue 23, item 2): `block="pre_norm"` (SASRec's own block as
 RecTools builds it) trains SASRec+ and BERT4Rec, and a history scores the same alone or padded beside a longer one
-(the padding mask holds); `train_sequences="one_per_user"` trains one window per user where crops make more; the
-defaults stay BERT's block and crops."""
+(the padding mask holds); `train_sequences="one_per_user"` trains one window per user where crops make more;
+`batch_order` mixes lengths in a batch (shuffled, the default since issue 23's sweeps) or groups them (by_length);
+the defaults stay BERT's block and crops."""
 
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ def _cycles(n_users: int = 60, n_items: int = 25, length: int = 14):
     return _sequences(n_users, n_items, length)  # users walking a cycle of items, one step a time unit
 
 
-def test_the_defaults_stay_berts_block_and_crops():
+def test_the_defaults_stay_berts_block_and_crops_in_shuffled_batches():
     cfg = SequentialConfig()
-    assert cfg.block == "bert" and cfg.train_sequences == "crops"
+    assert cfg.block == "bert" and cfg.train_sequences == "crops" and cfg.batch_order == "shuffled"
 
 
 @pytest.mark.parametrize("family", ["sasrec", "bert4rec"])
@@ -40,6 +41,14 @@ def test_the_pre_norm_block_learns_a_cycle_and_ignores_padding(family):
     alone = model.score([short])
     beside = model.score([short, long])[:1]  # padded to the longer history's width
     torch.testing.assert_close(alone, beside, rtol=1e-4, atol=1e-5)
+
+
+def test_length_bucketed_batches_still_train_a_model_that_learns_a_cycle():
+    """batch_order="by_length" (the old default: similar lengths together, least padding) stays a working choice."""
+    ds = _cycles()
+    split = leave_one_out(ds)
+    model = make_model("sasrec", {**SMALL, "batch_order": "by_length", "train_sequences": "one_per_user"})
+    assert evaluate(model.fit(ds, split=split), split.test)["hr@10"] > 0.7
 
 
 def test_one_sequence_per_user_trains_one_window_per_user_where_crops_make_more():

@@ -1,5 +1,5 @@
-"""Sequence data for the sequential transformers: training windows over time-ordered histories, length-
-bucketed padded batches, and free-form histories as the token rows a model reads.
+"""Sequence data for the sequential transformers: training windows over time-ordered histories, their padded
+batches (shuffled, or length-bucketed), and free-form histories as the token rows a model reads.
 
 Token ids: 0 = padding, 1..n_items = item index + 1 (the families add their own special token after the
 catalogue). Sequences are left-aligned (padding on the right), so position 0 is always a real token.
@@ -43,8 +43,12 @@ class SequenceWindows:
     def __len__(self) -> int:
         return len(self.start)
 
-    def batches(self, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-        """Length-bucketed batches in random order: each batch pads only to its own longest."""
+    def batches(self, batch_size: int, rng: np.random.Generator, by_length: bool = False) -> list[np.ndarray]:
+        """Batches in random order. by_length: length-bucketed, so each batch pads only to its own longest;
+        otherwise a plain shuffle, so every batch mixes short and long sequences."""
+        if not by_length:
+            order = rng.permutation(len(self))
+            return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         order = np.lexsort((rng.random(len(self)), self.length))
         out = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         return [out[i] for i in rng.permutation(len(out))]
