@@ -65,7 +65,8 @@ def _start_form(record: DatasetRecord, ds: Dataset, store: JobStore, family: str
                                    f"demo). The winner's final training per seed comes on top.")
     with st.expander("Search space and limits"):
         rows = [{"setting": k, "searched over": _range_words(v)} for k, v in describe_space(space_of(family)).items()]
-        st.dataframe(pd.DataFrame(rows), hide_index=True, key="tune_space_table")
+        # tall enough for every setting: a scrolled table hid the last ones (batch_order, the masking)
+        st.dataframe(pd.DataFrame(rows), hide_index=True, key="tune_space_table", height=35 * (len(rows) + 1) + 3)
         max_trials = st.number_input("Most trials (0 = until the budget is spent)", min_value=0, value=0, step=1,
                                      key="tune_max_trials")
     done = len(study.get("trials", []))
