@@ -84,9 +84,8 @@ class SequentialConfig(Settings):
     # kind of history. Validation NDCG@10, 3 seeds, CPU demo profile (bench/results/sweep-layouts-*.json): SASRec+
     # +0.0056 demo, +0.0033 ML-100k (every seed ahead), +0.0004 ML-1M first 100k (a tie, at ~25 % more CPU);
     # BERT4Rec +0.0082 demo, +0.0040 ML-100k. It was most of the gap to RecTools at equal settings (issue 23).
-    batch_order: str = setting("shuffled", "Training batches: shuffled (every batch mixes short and long histories, as "
-                                           "RecTools' loader does) or by_length (similar lengths together: least "
-                                           "padding, so cheaper steps, but lower accuracy in our sweeps).",
+    batch_order: str = setting("shuffled", "Training batches: shuffled (mixed history lengths, as RecTools) or "
+                                           "by_length (similar lengths: cheaper steps, lower accuracy in our sweeps).",
                                choices=("shuffled", "by_length"))
     score_batch_size: int = setting(512, "Users scored per batch at inference.", ge=1)
     loss: str = setting("auto", "auto (ce up to auto_sampled_items items), ce (full softmax), sampled (over "
