@@ -18,7 +18,7 @@ from recsys_core.models import sequential
 from recsys_core.models.base import load_model
 from recsys_core.models.bert4rec import BERT4Rec, BERT4RecConfig
 from recsys_core.models.sasrec import SASRec, SASRecConfig
-from recsys_core.models.sequences import SequenceWindows
+from recsys_core.models.sequences import SequenceWindows, mixed_batch_widths
 from recsys_core.models.sequential import MIN_VALID_USERS
 from recsys_core.models.settings import build_config
 from recsys_core.models.transformer import init_items_from_svd
@@ -249,6 +249,22 @@ def test_shuffled_batches_mix_lengths_and_by_length_batches_do_not():
         assert sorted(np.concatenate(batches).tolist()) == list(range(len(w)))
         spans = [np.ptp(w.length[b]) for b in batches]
         assert max(spans) <= 10 if by_length else min(spans) >= 40
+
+
+def test_validation_planning_counts_the_padding_that_shuffled_batches_really_pay():
+    """Few long histories among many short ones: a shuffled batch pads to its longest window, which is often but not
+    always a long one. The planned encoder cost matches the real padded batches of an epoch within 5 %, where
+    padding every row to the longest window overall would overstate it (and give validation more than its share)."""
+    lengths = np.r_[np.full(970, 3), np.full(30, 50)]
+    seqs = [np.arange(n) for n in lengths]
+    model = make("sasrec", batch_size=32, max_len=50)
+    windows = SequenceWindows(seqs, max_len=50, stride=25, crops=False)
+    rng = np.random.default_rng(0)
+    real = np.mean([sum(model._encoder_cost(np.full(len(b), float(windows.length[b].max())))
+                        for b in windows.batches(32, rng)) for _ in range(20)])
+    planned = model._encoder_cost(*mixed_batch_widths(windows.length, 32))
+    assert planned == pytest.approx(real, rel=0.05)
+    assert model._encoder_cost(np.full(len(windows), 50.0)) > 1.3 * real
 
 
 def test_svd_item_init_puts_co_consumed_items_close(data):

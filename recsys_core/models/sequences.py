@@ -58,6 +58,15 @@ class SequenceWindows:
         return pad_right(self.tokens, self.start[idx], self.length[idx])
 
 
+def mixed_batch_widths(lengths: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """The padded widths a shuffled batch of `batch` windows takes, and how many rows pad to each: a mixed batch
+    pads to its longest window, which is width w or less with probability F(w)^batch (F: the share of windows no
+    longer than w, drawn as if with replacement). Rows in all: len(lengths)."""
+    widths, counts = np.unique(np.asarray(lengths, dtype=np.int64), return_counts=True)
+    at_most = (np.cumsum(counts) / max(1, len(lengths))) ** max(1, batch)
+    return widths, np.diff(at_most, prepend=0.0) * len(lengths)
+
+
 def crop_rows(rows: slice, tokens: torch.Tensor, lengths: torch.Tensor, *more: torch.Tensor
               ) -> tuple[torch.Tensor, ...]:
     """Rows `rows` of a right-padded batch (and of same-shaped `more`), cut to their own longest length."""

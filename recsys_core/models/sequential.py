@@ -27,7 +27,8 @@ from recsys_core.errors import ConfigError, DataError, ModelError
 from recsys_core.evaluation.metrics import evaluate, sample_users
 from recsys_core.models import loop, losses
 from recsys_core.models.base import Capabilities, Recommender
-from recsys_core.models.sequences import SCORE_CHUNK_TOKENS, SequenceWindows, histories_to_tokens, padded_widths
+from recsys_core.models.sequences import (SCORE_CHUNK_TOKENS, SequenceWindows, histories_to_tokens,
+                                          mixed_batch_widths, padded_widths)
 from recsys_core.models.settings import Settings, TrainConfig, search, search_choices, setting, train_defaults
 from recsys_core.models.transformer import SequenceEncoder, init_items_from_svd
 from recsys_core.progress import Progress
@@ -313,17 +314,21 @@ class SequentialRecommender(Recommender):
             every = max(every, math.ceil(users / afford))
         return ValidationPlan(users, n_valid, every, round(users * per_user / (users * per_user + every * per_epoch), 4))
 
-    def _encoder_cost(self, tokens: np.ndarray) -> float:
+    def _encoder_cost(self, tokens: np.ndarray, rows: np.ndarray | None = None) -> float:
+        """Multiply-adds of the encoder over rows padded to `tokens` each (`rows`: how many rows per entry, default 1)."""
         cfg = self.config
-        return float((cfg.layers * tokens * (12 * cfg.hidden ** 2 + 2 * tokens * cfg.hidden)).sum())
+        per_row = cfg.layers * tokens * (12 * cfg.hidden ** 2 + 2 * tokens * cfg.hidden)
+        return float((per_row if rows is None else per_row * rows).sum())
 
     def _training_cost(self, windows: SequenceWindows) -> float:
         cfg, tokens = self.config, windows.length.astype(np.float64)
         targets = tokens.sum() * self._target_positions() / cfg.max_len
-        if cfg.batch_order == "shuffled" and len(tokens):  # a mixed batch pads its rows to about the longest window
-            tokens = np.full_like(tokens, tokens.max())
         candidates = self.n_items_ if self.loss_choice(self.n_items_).loss == "ce" else cfg.n_negatives + 1
-        return 3 * (self._encoder_cost(tokens) + targets * candidates * cfg.hidden)
+        if cfg.batch_order == "shuffled":  # a mixed batch pads every row to its longest window
+            encoder = self._encoder_cost(*mixed_batch_widths(windows.length, cfg.train.batch_size))
+        else:
+            encoder = self._encoder_cost(tokens)
+        return 3 * (encoder + targets * candidates * cfg.hidden)
 
     def _validation_cost(self, histories: Sequence[np.ndarray]) -> float:
         """Multiply-adds per validation user, at the padded widths its chunk is scored at."""
