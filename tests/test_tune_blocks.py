@@ -1,8 +1,8 @@
-"""The peers' choices as settings the tuner searches (issue 23, item 2): `block="pre_norm"` (SASRec's own block as
-RecTools builds it) trains SASRec+ and BERT4Rec, and a history scores the same alone or padded beside a longer one
-(the padding mask holds); `train_sequences="one_per_user"` trains one window per user where crops make more;
-`batch_order` mixes lengths in a batch (shuffled, the default since issue 23's sweeps) or groups them (by_length);
-the defaults stay BERT's block and crops."""
+"""The peers' choices as settings the tuner searches (issue 23, item 2): `block="pre_norm"` (SASRec's own block
+as RecTools builds it) and `block="ligr"` (eSASRec's gated one) train SASRec+ and BERT4Rec, and a history scores
+the same alone or padded beside a longer one (the padding mask holds); `train_sequences="one_per_user"` trains one
+window per user where crops make more; `batch_order` mixes lengths in a batch (shuffled, the default since issue
+23's sweeps) or groups them (by_length); the defaults stay BERT's block and crops."""
 
 from __future__ import annotations
 
@@ -29,12 +29,13 @@ def test_the_defaults_stay_berts_block_and_crops_in_shuffled_batches():
     assert cfg.block == "bert" and cfg.train_sequences == "crops" and cfg.batch_order == "shuffled"
 
 
+@pytest.mark.parametrize("block, layer", [("pre_norm", "PreNormLayer"), ("ligr", "LiGRLayer")])
 @pytest.mark.parametrize("family", ["sasrec", "bert4rec"])
-def test_the_pre_norm_block_learns_a_cycle_and_ignores_padding(family):
+def test_the_peers_blocks_learn_a_cycle_and_ignore_padding(family, block, layer):
     ds = _cycles()
     split = leave_one_out(ds)
-    model = make_model(family, {**SMALL, "block": "pre_norm"}).fit(ds, split=split)
-    assert "PreNormStack" in repr(model.module_)  # the peers' stack, not BertModel
+    model = make_model(family, {**SMALL, "block": block}).fit(ds, split=split)
+    assert "PreNormStack" in repr(model.module_) and layer in repr(model.module_)  # the peers' stack, not BertModel
     # "next item = last + 1" is all there is to learn: far above the 10/25 a random ranking hits
     assert evaluate(model, split.test)["hr@10"] > 0.7
     short, long = split.test.histories[0][-3:], split.test.histories[1]

@@ -76,8 +76,10 @@ class SequentialConfig(Settings):
     # (pre-norm) and one training sequence per user (RecTools, gSASRec) instead of crops of long histories.
     # pre_norm: LayerNorm before attention and the ReLU feed-forward, padding zeroed after every layer, a final
     # LayerNorm (transformer.py).
-    block: str = setting("bert", "Transformer block: bert (post-norm BERT layers, GELU) or pre_norm (SASRec's own, "
-                                 "as RecTools builds it).", choices=("bert", "pre_norm"))
+    # ligr: eSASRec's gated pre-norm block with a SwiGLU feed-forward (transformer.py).
+    block: str = setting("bert", "Transformer block: bert (post-norm BERT layers), pre_norm (SASRec's own, as "
+                                 "RecTools builds it) or ligr (eSASRec's gated one).",
+                         choices=("bert", "pre_norm", "ligr"))
     train_sequences: str = setting("crops", "Training sequences: crops (the last max_len items, plus earlier crops "
                                             "every window_stride) or one_per_user (the last max_len only).",
                                    choices=("crops", "one_per_user"))
@@ -111,7 +113,7 @@ class SequentialConfig(Settings):
         "hidden": search_choices(32, 64, 128), "layers": search(1, 3), "heads": search_choices(1, 2),
         "dropout": search(0.0, 0.5), "max_len": search_choices(25, 50, 100, 200),
         "train.lr": search(3e-4, 5e-3, log=True), "train.batch_size": search_choices(32, 64, 128),
-        "train.weight_decay": search(0.0, 0.1), "block": search_choices("bert", "pre_norm"),
+        "train.weight_decay": search(0.0, 0.1), "block": search_choices("bert", "pre_norm", "ligr"),
         "train_sequences": search_choices("crops", "one_per_user"),
         "batch_order": search_choices("shuffled", "by_length")}
 

@@ -87,10 +87,37 @@ class PreNormLayer(nn.Module):
         return f + self.dropout(self.ff_out(self.ff_dropout(torch.relu(self.ff_in(f)))))
 
 
+class LiGRLayer(nn.Module):
+    """eSASRec's block (LinkedIn's LiGR, as RecTools builds it): LayerNorm before attention and before a SwiGLU
+    feed-forward of width 4 x hidden without biases, each added to the residual through a sigmoid gate computed
+    from the un-normed input, so a layer can learn to pass its input through untouched."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float, attn_dropout: float) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(hidden, heads, attn_dropout, batch_first=True)
+        self.attn_norm, self.ff_norm = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
+        self.attn_gate, self.ff_gate = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
+        self.ff_in, self.ff_up = nn.Linear(hidden, 4 * hidden, bias=False), nn.Linear(hidden, 4 * hidden, bias=False)
+        self.ff_out = nn.Linear(4 * hidden, hidden, bias=False)
+        self.ff_dropout, self.attn_out_dropout, self.dropout = (nn.Dropout(dropout) for _ in range(3))
+
+    def forward(self, x: torch.Tensor, causal: torch.Tensor | None, padding: torch.Tensor) -> torch.Tensor:
+        q = self.attn_norm(x)
+        attended, _ = self.attn(q, q, q, attn_mask=causal, key_padding_mask=padding, need_weights=False)
+        x = x + torch.sigmoid(self.attn_gate(x)) * self.attn_out_dropout(attended)
+        f = self.ff_norm(x)
+        swiglu = nn.functional.silu(self.ff_in(f)) * self.ff_up(f)
+        return x + torch.sigmoid(self.ff_gate(x)) * self.dropout(self.ff_out(self.ff_dropout(swiglu)))
+
+
+LAYERS = {"pre_norm": PreNormLayer, "ligr": LiGRLayer}
+
+
 class PreNormStack(nn.Module):
-    """The peers' transformer (`block="pre_norm"`): learned positions added to the item embeddings, dropout,
-    padding positions zeroed before every layer and after the last, a final LayerNorm. Called as `BertModel` is,
-    so every encoder (the hybrid's too) reads either stack the same way."""
+    """The peers' transformers (`block="pre_norm"` or `"ligr"`): learned positions added to the item embeddings,
+    dropout, padding positions zeroed before every layer and after the last, then (pre_norm only: RecTools' LiGR
+    stack has none) a final LayerNorm. Called as `BertModel` is, so every encoder (the hybrid's too) reads any
+    stack the same way."""
 
     def __init__(self, cfg: SequentialConfig, causal: bool, std: float) -> None:
         super().__init__()
@@ -98,9 +125,9 @@ class PreNormStack(nn.Module):
         self.position = nn.Embedding(cfg.max_len, cfg.hidden)
         nn.init.trunc_normal_(self.position.weight, std=std, a=-2 * std, b=2 * std)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.layers = nn.ModuleList(PreNormLayer(cfg.hidden, cfg.heads, cfg.dropout, cfg.attn_dropout)
+        self.layers = nn.ModuleList(LAYERS[cfg.block](cfg.hidden, cfg.heads, cfg.dropout, cfg.attn_dropout)
                                     for _ in range(cfg.layers))
-        self.final_norm = nn.LayerNorm(cfg.hidden, eps=1e-8)
+        self.final_norm = nn.LayerNorm(cfg.hidden, eps=1e-8) if cfg.block == "pre_norm" else nn.Identity()
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                 use_cache: bool = False) -> BaseModelOutput:
