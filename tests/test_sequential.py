@@ -267,6 +267,19 @@ def test_validation_planning_counts_the_padding_that_shuffled_batches_really_pay
     assert model._encoder_cost(np.full(len(windows), 50.0)) > 1.3 * real
 
 
+@pytest.mark.parametrize("block", ["bert", "pre_norm", "ligr"])
+def test_validation_planning_prices_each_block_at_its_real_width(data, block):
+    """The planner's multiply-adds per token and layer are the block's real matrix sizes, so a wider block (LiGR's
+    SwiGLU) gets no more than its share of validation, measured from the weights of one built layer."""
+    ds, _ = data
+    model = make("sasrec", block=block, hidden=16, heads=2, layers=1)
+    model._remember_catalogue(ds)
+    encoder = model._build().bert
+    matrices = sum(m.weight.numel() for m in encoder.modules() if isinstance(m, torch.nn.Linear))
+    matrices += sum(m.in_proj_weight.numel() for m in encoder.modules() if isinstance(m, torch.nn.MultiheadAttention))
+    assert matrices == sequential.BLOCK_WEIGHTS[block] * 16 ** 2
+
+
 def test_svd_item_init_puts_co_consumed_items_close(data):
     """Items that share users start with similar vectors (what lets training skip the popularity plateau)."""
     ds, split = data

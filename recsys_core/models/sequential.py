@@ -123,6 +123,11 @@ class SequentialConfig(Settings):
                               hint="pick hidden divisible by heads, e.g. hidden=64, heads=2")
 
 
+# Multiply-adds per token per layer, in units of hidden^2: attention's four projections (4) plus the feed-forward,
+# BERT's 4x-wide GELU (8), SASRec's 1x-wide ReLU (2), or LiGR's two gates (2) and 4x-wide SwiGLU (12).
+BLOCK_WEIGHTS = {"bert": 12, "pre_norm": 6, "ligr": 18}
+
+
 @dataclass(frozen=True)
 class ValidationPlan:
     """Which validation users, and every how many epochs, a fit scores; `share` is validation's estimated
@@ -319,7 +324,7 @@ class SequentialRecommender(Recommender):
     def _encoder_cost(self, tokens: np.ndarray, rows: np.ndarray | None = None) -> float:
         """Multiply-adds of the encoder over rows padded to `tokens` each (`rows`: how many rows per entry, default 1)."""
         cfg = self.config
-        per_row = cfg.layers * tokens * (12 * cfg.hidden ** 2 + 2 * tokens * cfg.hidden)
+        per_row = cfg.layers * tokens * (BLOCK_WEIGHTS[cfg.block] * cfg.hidden ** 2 + 2 * tokens * cfg.hidden)
         return float((per_row if rows is None else per_row * rows).sum())
 
     def _training_cost(self, windows: SequenceWindows) -> float:
