@@ -82,9 +82,12 @@ def test_train_page_puts_basic_settings_first_and_every_other_field_under_advanc
     expected = {prefix + name.replace(".", "_") for name, _ in config_fields("bert4rec") if name != "train.cpu_budget_s"}
     assert expected | {"train_split"} <= inside
     assert not {"train_family", "train_preset", budget.key} & inside  # the basic fields stay outside
-    for kind in ("number_input", "text_input", "checkbox"):
+    for kind in ("number_input", "text_input", "checkbox", "selectbox"):
         for widget in getattr(advanced, kind):
             assert widget.help and "\n" not in widget.help, widget.key  # one line of help each
+    # A setting with declared choices is a pick among exactly those, starting from the default.
+    block = at.selectbox(key=prefix + "block")
+    assert block.options == ["bert", "pre_norm", "ligr"] and block.value == BERT4RecConfig().block
     # The profile's settings are what the Advanced fields start from (and what a job gets).
     patience = at.number_input(key=prefix + "train_patience")
     assert patience.value == proposed.overrides("bert4rec").get("train.patience", BERT4RecConfig().train.patience)

@@ -136,9 +136,9 @@ def test_the_settings_that_make_a_model_order_free_offer_it(ws_with_plays: Path)
     at = _train_page(dataset="plays")
     at.selectbox(key="train_family").set_value("text_tower").run()
     assert at.button(key="train_start").disabled and "recency_decay 1" in _texts(at)
-    prefix = next(w.key for w in at.text_input if w.key and w.key.endswith("_text_tower_mode")).rsplit("mode", 1)[0]
-    at.text_input(key=prefix + "mode").set_value("zero_shot")
-    at.text_input(key=prefix + "user_vector").set_value("recency_mean")
+    prefix = next(w.key for w in at.selectbox if w.key and w.key.endswith("_text_tower_mode")).rsplit("mode", 1)[0]
+    at.selectbox(key=prefix + "mode").set_value("zero_shot")
+    at.selectbox(key=prefix + "user_vector").set_value("recency_mean")
     at.number_input(key=prefix + "recency_decay").set_value(1.0).run()
     assert not at.exception, at.exception
     assert not at.button(key="train_start").disabled and "Not offered on this data:" not in _texts(at)

@@ -91,14 +91,19 @@ def config_form(family: str, key_prefix: str, base: dict[str, typing.Any] | None
         for i, (name, field) in enumerate(group):
             key = f"{key_prefix}_{family}_{name.replace('.', '_')}"
             with cols[i % 3]:
-                value = _widget(name.rsplit(".", 1)[-1], start[name], key, help_of(field) or None)
+                value = _widget(name.rsplit(".", 1)[-1], start[name], key, help_of(field) or None,
+                                (field.metadata.get("rules") or {}).get("choices"))
             if value != defaults[name]:
                 changed[name] = value
     return changed
 
 
-def _widget(name: str, default: typing.Any, key: str, help_: str | None) -> typing.Any:
+def _widget(name: str, default: typing.Any, key: str, help_: str | None,
+            choices: typing.Sequence[str] | None = None) -> typing.Any:
     label = name.replace("_", " ")
+    if choices:  # a pick from the declared values: nothing to mistype
+        return st.selectbox(label, list(choices), index=list(choices).index(default) if default in choices else 0,
+                            key=key, help=help_)
     if isinstance(default, bool):
         return st.checkbox(label, value=default, key=key, help=help_)
     if isinstance(default, int):
