@@ -21,7 +21,7 @@ from recsys_core.models.sasrec import SASRec, SASRecConfig
 from recsys_core.models.sequences import SequenceWindows, mixed_batch_widths
 from recsys_core.models.sequential import MIN_VALID_USERS
 from recsys_core.models.settings import build_config
-from recsys_core.models.transformer import init_items_from_svd
+from recsys_core.models.transformer import BLOCK_WEIGHTS, init_items_from_svd
 from recsys_core.progress import Progress
 from recsys_core.training.experiment import run_experiment
 
@@ -277,7 +277,7 @@ def test_validation_planning_prices_each_block_at_its_real_width(data, block):
     encoder = model._build().bert
     matrices = sum(m.weight.numel() for m in encoder.modules() if isinstance(m, torch.nn.Linear))
     matrices += sum(m.in_proj_weight.numel() for m in encoder.modules() if isinstance(m, torch.nn.MultiheadAttention))
-    assert matrices == sequential.BLOCK_WEIGHTS[block] * 16 ** 2
+    assert matrices == BLOCK_WEIGHTS[block] * 16 ** 2
 
 
 def test_svd_item_init_puts_co_consumed_items_close(data):

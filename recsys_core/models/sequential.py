@@ -30,7 +30,7 @@ from recsys_core.models.base import Capabilities, Recommender
 from recsys_core.models.sequences import (SCORE_CHUNK_TOKENS, SequenceWindows, histories_to_tokens,
                                           mixed_batch_widths, padded_widths)
 from recsys_core.models.settings import Settings, TrainConfig, search, search_choices, setting, train_defaults
-from recsys_core.models.transformer import SequenceEncoder, init_items_from_svd
+from recsys_core.models.transformer import BLOCK_WEIGHTS, SequenceEncoder, init_items_from_svd
 from recsys_core.progress import Progress
 
 # loss="auto" switches to the sampled softmax above this many items, where the full softmax is already ~3/4 of
@@ -121,11 +121,6 @@ class SequentialConfig(Settings):
         if self.hidden % self.heads:
             raise ConfigError(f"hidden={self.hidden} is not a multiple of heads={self.heads}", setting="hidden",
                               hint="pick hidden divisible by heads, e.g. hidden=64, heads=2")
-
-
-# Multiply-adds per token per layer, in units of hidden^2: attention's four projections (4) plus the feed-forward,
-# BERT's 4x-wide GELU (8), SASRec's 1x-wide ReLU (2), or LiGR's two gates (2) and 4x-wide SwiGLU (12).
-BLOCK_WEIGHTS = {"bert": 12, "pre_norm": 6, "ligr": 18}
 
 
 @dataclass(frozen=True)

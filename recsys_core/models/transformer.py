@@ -111,6 +111,10 @@ class LiGRLayer(nn.Module):
 
 
 LAYERS = {"pre_norm": PreNormLayer, "ligr": LiGRLayer}
+# Multiply-adds per token per layer, in units of hidden^2 (the validation planner's prices): attention's four
+# projections (4) plus the feed-forward, BERT's 4x-wide GELU (8), SASRec's 1x-wide ReLU (2), or LiGR's two gates (2)
+# and 4x-wide SwiGLU (12). Kept beside the blocks, so a new block gets its price where it is built.
+BLOCK_WEIGHTS = {"bert": 12, "pre_norm": 6, "ligr": 18}
 
 
 class PreNormStack(nn.Module):
