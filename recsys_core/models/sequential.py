@@ -27,8 +27,13 @@ from recsys_core.errors import ConfigError, DataError, ModelError
 from recsys_core.evaluation.metrics import evaluate, sample_users
 from recsys_core.models import loop, losses
 from recsys_core.models.base import Capabilities, Recommender
-from recsys_core.models.sequences import (SCORE_CHUNK_TOKENS, SequenceWindows, histories_to_tokens,
-                                          mixed_batch_widths, padded_widths)
+from recsys_core.models.sequences import (
+    SCORE_CHUNK_TOKENS,
+    SequenceWindows,
+    histories_to_tokens,
+    mixed_batch_widths,
+    padded_widths,
+)
 from recsys_core.models.settings import Settings, TrainConfig, search, search_choices, setting, train_defaults
 from recsys_core.models.transformer import BLOCK_WEIGHTS, SequenceEncoder, init_items_from_svd
 from recsys_core.progress import Progress
