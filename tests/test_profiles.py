@@ -130,6 +130,11 @@ def test_the_range_runs_from_the_earliest_early_stop_to_the_epoch_that_passes_th
     assert capped.bound == "max_steps" and capped.planned_steps == 50
     assert capped.upper_cpu_s == pytest.approx(fixed + 50 * 0.12 + 5 * 0.1)
     assert estimate_training(ds, "ease", {}, split) is None  # one pass, nothing to time
+    # refit=true trains again to the best step: at least to the first validation, at most to the cap, within the budget
+    refit = estimate_training(ds, "sasrec", {**settings, "max_steps": 50, "refit": True}, split)
+    assert refit.lower_cpu_s == pytest.approx(capped.lower_cpu_s + 10 * 0.08)
+    assert refit.upper_cpu_s == pytest.approx(capped.upper_cpu_s + 50 * 0.12)
+    assert estimate_training(ds, "sasrec", {**settings, "refit": True}, split).upper_cpu_s == estimate.upper_cpu_s
 
 
 def test_the_upper_rate_is_the_means_upper_confidence_bound():

@@ -35,6 +35,22 @@ class Split:
     n_items: int
     holdout: str = "last"  # which items are held out: "last" (by time), "random (seed N)", "after a time cut"
 
+    @property
+    def refittable(self) -> bool:
+        """Whether each validation item has one place in its user's history (leave-one-out); a temporal split's
+        validation is a set of items, in no order."""
+        return self.kind == "leave_one_out"
+
+    def train_with_validation(self) -> list[np.ndarray] | None:
+        """The training sequences with each validation user's held-out item appended where it happened (what a
+        refit trains on), or None where the split is not `refittable`."""
+        if not self.refittable:
+            return None
+        train = list(self.train)
+        for user, history, target in zip(self.valid.users, self.valid.histories, self.valid.targets):
+            train[user] = np.concatenate([history, target])
+        return train
+
     def describe(self) -> dict:
         return {
             "kind": self.kind,

@@ -260,7 +260,8 @@ class LoopResult:
 class _Run:
     """Mutable state of one training run (what a checkpoint holds)."""
 
-    def __init__(self, task: TrainTask, cfg: TrainConfig, device: torch.device, log_every: int, metric: str) -> None:
+    def __init__(self, task: TrainTask, cfg: TrainConfig, device: torch.device, log_every: int, metric: str,
+                 schedule_steps: int = 0) -> None:
         self.task, self.cfg, self.device = task, cfg, device
         self.log_every, self.metric = log_every, metric
         self.batch_size = cfg.batch_size
@@ -269,7 +270,7 @@ class _Run:
         if self.ddp is not None:
             self.batch_size = distributed.min_over_ranks(self.batch_size)
         self.optimizer = make_optimizer(task.module, cfg.lr, cfg.weight_decay, cfg.adam_beta2)
-        total = planned_steps(cfg, task.n_batches(self.batch_size))
+        total = schedule_steps or planned_steps(cfg, task.n_batches(self.batch_size))
         self.scheduler = warmup_linear(self.optimizer, int(cfg.warmup_frac * total), total, cfg.lr_floor)
         self.dtype = amp_dtype(device, cfg.amp)
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
@@ -341,14 +342,16 @@ def clock() -> tuple[float, float]:
 
 
 def train(task: TrainTask, cfg: TrainConfig, device: torch.device, progress: Progress | None = None, *,
-          log_every: int = 5, metric: str = "ndcg@10") -> LoopResult:
+          log_every: int = 5, metric: str = "ndcg@10", schedule_steps: int = 0) -> LoopResult:
     """Run epochs until done, out of steps, early-stopped, out of time or cancelled; the module ends holding
     the best validated weights (or the latest ones when nothing was validated). `cfg.device` is the model's
-    business: the loop trains on `device`. Progress is reported every `log_every` steps."""
+    business: the loop trains on `device`. Progress is reported every `log_every` steps. `schedule_steps`
+    stretches the learning-rate decay over that many steps instead of the run's own plan (a refit stops
+    early on a schedule planned for the whole run)."""
     progress = progress or Progress()
     configure_backends(device)
     with seeded(cfg.seed, device):  # each epoch reseeds inside, so a resumed run replays an unbroken one
-        return _train(task, cfg, device, progress, _Run(task, cfg, device, log_every, metric))
+        return _train(task, cfg, device, progress, _Run(task, cfg, device, log_every, metric, schedule_steps))
 
 
 def _train(task: TrainTask, cfg: TrainConfig, device: torch.device, progress: Progress, run: _Run) -> LoopResult:

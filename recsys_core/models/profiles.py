@@ -205,7 +205,8 @@ def _key(ds: Dataset, family: str, overrides: Mapping[str, Any], split: Split) -
 
 
 def _estimate(ds: Dataset, family: str, overrides: dict[str, Any], split: Split) -> Estimate:
-    train = build_config(family_class(family).config_class, overrides).train
+    config = build_config(family_class(family).config_class, overrides)
+    train = config.train
     steps_per_epoch, n_valid, every = _plan(ds, family, overrides, split)
     with loop.thread_cpu_clock():  # this thread's CPU only: the server runs other sessions' work beside it
         rates = _probe(ds, family, overrides, split, min(n_valid, PROBE_VALID_USERS))
@@ -221,6 +222,9 @@ def _estimate(ds: Dataset, family: str, overrides: dict[str, Any], split: Split)
     high, bound = _training_cpu(train, cap, rates.steps_per_epoch, every, validation_cpu, rates.step_cpu_high)
     if not early and bound == "cpu_budget":
         low = min(low, train.cpu_budget_s)  # it stops only after passing the budget
+    if getattr(config, "refit", False) and early and split.refittable:
+        low, high = _with_refit(train, low, high, min(first_stop, every * rates.steps_per_epoch) * rates.step_cpu_low,
+                                cap * rates.step_cpu_high)
     fixed = START_CPU_S + rates.setup_cpu + rates.test_cpu_per_user * len(split.test)  # + the final evaluation
     planned = cap if bound != "cpu_budget" else min(cap, _budget_steps(train, rates, every, validation_cpu))
     return Estimate(lower_cpu_s=fixed + low, upper_cpu_s=fixed + high, lower_s=(fixed + low) * min(1.0, rates.wall_per_cpu),
@@ -228,6 +232,15 @@ def _estimate(ds: Dataset, family: str, overrides: dict[str, Any], split: Split)
                     steps_per_epoch=rates.steps_per_epoch, planned_steps=planned, step_cpu_s=rates.step_cpu,
                     step_wall_s=rates.step_cpu * rates.wall_per_cpu, validation_cpu_s=validation_cpu,
                     measured_load=os.getloadavg()[0], threads=torch.get_num_threads())
+
+
+def _with_refit(train: Any, low: float, high: float, refit_low: float, refit_high: float) -> tuple[float, float]:
+    """The range with a refit after early stopping: at least the steps to the first validation again (the earliest
+    stop's best), at most the cap's again; under a CPU budget the refit runs only where the budget pays for it."""
+    if train.cpu_budget_s:
+        fits = refit_low <= train.cpu_budget_s - low
+        return low + refit_low * fits, max(high, min(high + refit_high, train.cpu_budget_s))
+    return low + refit_low, high + refit_high
 
 
 def _training_cpu(train: Any, steps: int, steps_per_epoch: int, every: int, validation_cpu: float,

@@ -95,6 +95,10 @@ class SequentialConfig(Settings):
     batch_order: str = setting("shuffled", "Training batches: shuffled (mixed history lengths, as RecTools) or "
                                            "by_length (similar lengths: cheaper steps, lower accuracy in our sweeps).",
                                choices=("shuffled", "by_length"))
+    # Off by default: it doubles the training time, and the page's time estimate and the demo profile are planned
+    # for one run. The tuner's winner is retrained with it (README, bench/results/sweep-refit-*.json).
+    refit: bool = setting(False, "After early stopping, train again from the start on the training and validation "
+                                 "items for the best run's steps (about twice the CPU).")
     score_batch_size: int = setting(512, "Users scored per batch at inference.", ge=1)
     loss: str = setting("auto", "auto (ce up to auto_sampled_items items), ce (full softmax), sampled (over "
                                 "n_negatives popular items, logQ-corrected) or gbce (gSASRec).", choices=losses.LOSSES)
@@ -276,8 +280,53 @@ class SequentialRecommender(Recommender):
         self.history_ = result.history
         self.fit_report_ = {"loss": choice.loss, "loss_reason": choice.reason, "validation": asdict(plan),
                             **{k: v for k, v in asdict(result).items() if k != "history"}}
+        if cfg.refit:
+            schedule = loop.planned_steps(lcfg, steps_per_epoch)
+            self.fit_report_["refit"] = self._refit(split, result, lcfg, schedule, device, progress)
         self.module_.eval()
         return self
+
+    def _refit(self, split: Split | None, first: loop.LoopResult, lcfg: TrainConfig, schedule: int,
+               device: torch.device, progress: Progress) -> dict:
+        """Train again from the same start on the training sequences plus each user's validation item, for the
+        steps at which validation peaked, on the learning-rate schedule the first run planned: validation chose
+        how long to train, and the final model then also learns the most recent thing every user did. The
+        early-stopped model stays when the refit cannot run, or is cancelled; the report says why."""
+        seqs = split.train_with_validation() if split is not None else None
+        steps = best_step(first.history)
+        skip = self._refit_obstacle(seqs, steps, first, lcfg, progress)
+        if skip:
+            return {"done": False, "reason": skip}
+        early_stopped, self.sampler_ = self.module_, self._make_sampler(self.loss_.loss, seqs)
+        with loop.seeded(lcfg.seed, device):
+            self.module_ = self._init_module(seqs).to(device)
+        windows = self.windows(seqs)
+        rcfg = dataclasses.replace(lcfg, batch_size=first.batch_size, max_steps=steps, patience=0, cpu_budget_s=0.0,
+                                   checkpoint_dir="")
+        progress.update(0, steps, message=f"refitting on training + validation items: {steps} steps, "
+                                          f"{len(windows)} sequences")
+        result = loop.train(_SequenceTask(self, windows, None), rcfg, device, progress, schedule_steps=schedule)
+        if result.stopped == "cancelled":
+            self.module_ = early_stopped
+            return {"done": False, "reason": "cancelled: the early-stopped model is kept"}
+        return {"done": True, "steps": result.steps, "sequences": len(windows), "cpu_seconds": round(result.cpu_seconds, 2),
+                "added_items": int(sum(map(len, seqs)) - sum(map(len, split.train)))}
+
+    @staticmethod
+    def _refit_obstacle(seqs: list[np.ndarray] | None, steps: int | None, first: loop.LoopResult, lcfg: TrainConfig,
+                        progress: Progress) -> str | None:
+        """Why a refit cannot run, or None."""
+        if progress.cancelled:
+            return "the run was cancelled"
+        if seqs is None:
+            return "needs a leave-one-out split (its validation items have a place in each history)"
+        if steps is None:
+            return "validation never ran, so no step count was chosen"
+        need = steps * first.cpu_seconds / max(1, first.steps)
+        left = lcfg.cpu_budget_s - first.cpu_seconds
+        if lcfg.cpu_budget_s and need > left:
+            return f"the CPU budget leaves {max(0.0, left):.0f} s and the refit needs about {need:.0f} s"
+        return None
 
     def windows(self, train_seqs: Sequence[np.ndarray]) -> SequenceWindows:
         cfg = self.config
@@ -468,6 +517,12 @@ class _SequenceTask:
         if self.valid is None:
             return {}
         return validation_metrics(self.model, self.valid, progress)
+
+
+def best_step(history: list[dict], metric: str = "ndcg@10") -> int | None:
+    """The optimizer step of the first best validation (the weights early stopping kept), or None."""
+    checked = [h for h in history if metric in h.get("metrics", {})]
+    return max(checked, key=lambda h: h["metrics"][metric])["step"] if checked else None
 
 
 def validation_metrics(model: Recommender, valid: EvalSet, progress: Progress | None = None) -> dict[str, float]:
