@@ -184,6 +184,17 @@ def test_the_result_card_names_the_stop_reason_and_an_under_trained_run(ws_root:
     assert "under-trained" in shown and "9 min of training CPU time" in shown
 
 
+def test_how_a_run_stopped_says_whether_it_was_refit_and_why_not() -> None:
+    from views.ui.model_state import run_ending
+
+    ended = {"stop_reason": "early stopping", "steps": 1716}
+    assert run_ending({**ended, "refit": {"done": True, "steps": 1001, "sequences": 4582}}) == \
+        "early stopping after 1,716 steps · refit on training + validation items (1,001 steps)"
+    why = "the CPU budget leaves 3 s and the refit needs about 40 s"
+    assert run_ending({**ended, "refit": {"done": False, "reason": why}}).endswith(f" · not refit: {why}")
+    assert run_ending(ended) == "early stopping after 1,716 steps"  # refit off: nothing said
+
+
 def test_compare_marks_an_under_trained_run_with_the_cpu_it_needs(ws_root: Path) -> None:
     ws = Workspace(ws_root)
     ws.ensure_demo()

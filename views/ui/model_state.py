@@ -141,6 +141,10 @@ def run_ending(record: dict) -> str:
     text = f"{reason} after {steps:,} steps" if steps else reason
     if record.get("under_trained"):
         text += f" · under-trained (needs about {human_duration(record['needs_cpu_s'])} CPU)"
+    refit = record.get("refit")
+    if refit:
+        text += (f" · refit on training + validation items ({refit['steps']:,} steps)" if refit.get("done")
+                 else f" · not refit: {refit['reason']}")
     return text
 
 
