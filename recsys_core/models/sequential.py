@@ -95,8 +95,8 @@ class SequentialConfig(Settings):
     batch_order: str = setting("shuffled", "Training batches: shuffled (mixed history lengths, as RecTools) or "
                                            "by_length (similar lengths: cheaper steps, lower accuracy in our sweeps).",
                                choices=("shuffled", "by_length"))
-    # Off by default: it doubles the training time, and the page's time estimate and the demo profile are planned
-    # for one run. The tuner's winner is retrained with it (README, bench/results/sweep-refit-*.json).
+    # Off by default: with the split shifted one item back it scored within the seeds' noise on the demo and ML-100k
+    # (bench/results/sweep-refit-*.json), at 1.5-2x the CPU. For data whose last items matter most (short histories).
     refit: bool = setting(False, "After early stopping, train again from the start on the training and validation "
                                  "items for the best run's steps (about twice the CPU).")
     score_batch_size: int = setting(512, "Users scored per batch at inference.", ge=1)
