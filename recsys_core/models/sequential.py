@@ -98,7 +98,7 @@ class SequentialConfig(Settings):
     # Off by default: with the split shifted one item back it scored within the seeds' noise on the demo and ML-100k
     # (bench/results/sweep-refit-*.json), at 1.5-2x the CPU. For data whose last items matter most (short histories).
     refit: bool = setting(False, "After early stopping, train again from the start on the training and validation "
-                                 "items for the best run's steps (about twice the CPU).")
+                                 "items for the best run's steps (1.5-2x the CPU in our runs).")
     score_batch_size: int = setting(512, "Users scored per batch at inference.", ge=1)
     loss: str = setting("auto", "auto (ce up to auto_sampled_items items), ce (full softmax), sampled (over "
                                 "n_negatives popular items, logQ-corrected) or gbce (gSASRec).", choices=losses.LOSSES)
