@@ -336,11 +336,13 @@ def _estimate_caption(estimate: Estimate) -> None:
     step = f"{estimate.step_cpu_s * 1000:,.0f} ms" if estimate.step_cpu_s < 1 else f"{estimate.step_cpu_s:.1f} s"
     bound = {"cpu_budget": "the time budget", "max_steps": "the step cap", "epochs": "the epochs"}[estimate.bound]
     earliest = "early stopping at its earliest" if estimate.early_stopping else bound
+    refit = (f", then the refit on training + validation items (up to {estimate.refit_steps:,} more steps)"
+             if estimate.refit_steps else "")
     st.markdown(f"**Expected time: {estimate.text()}**")
     st.caption(f"From {earliest} to {bound}: at most {estimate.planned_steps:,} steps of {step} CPU time each "
-               f"({estimate.steps_per_epoch:,} an epoch), with validation, start-up and the final evaluation; measured "
-               f"on this machine now, on {estimate.threads} thread(s). The minutes assume the load stays as measured "
-               f"({estimate.measured_load:.1f}); the CPU time does not depend on it.")
+               f"({estimate.steps_per_epoch:,} an epoch){refit}, with validation, start-up and the final evaluation; "
+               f"measured on this machine now, on {estimate.threads} thread(s). The minutes assume the load stays as "
+               f"measured ({estimate.measured_load:.1f}); the CPU time does not depend on it.")
     if estimate.threads != training_threads():
         st.caption(f"The job trains on {training_threads()} threads (RECSYS_TRAINING_THREADS), the measurement ran on "
                    f"{estimate.threads}: its CPU time per step may differ from this estimate.")

@@ -134,6 +134,7 @@ class Estimate:
     validation_cpu_s: float  # one validation of the run's validation users
     measured_load: float  # 1-minute load average when measured
     threads: int  # torch threads of the probe (a job trains on `training_threads()`)
+    refit_steps: int = 0  # refit=true: the most steps the refit after early stopping can make (0: no refit)
 
     def text(self) -> str:
         """'2 min to 4 min of CPU time (about 3 min to 6 min at this load)'."""
@@ -222,7 +223,8 @@ def _estimate(ds: Dataset, family: str, overrides: dict[str, Any], split: Split)
     high, bound = _training_cpu(train, cap, rates.steps_per_epoch, every, validation_cpu, rates.step_cpu_high)
     if not early and bound == "cpu_budget":
         low = min(low, train.cpu_budget_s)  # it stops only after passing the budget
-    if getattr(config, "refit", False) and early and split.refittable:
+    refit = bool(getattr(config, "refit", False) and early and split.refittable)
+    if refit:
         low, high = _with_refit(train, low, high, min(first_stop, every * rates.steps_per_epoch) * rates.step_cpu_low,
                                 cap * rates.step_cpu_high)
     fixed = START_CPU_S + rates.setup_cpu + rates.test_cpu_per_user * len(split.test)  # + the final evaluation
@@ -231,7 +233,7 @@ def _estimate(ds: Dataset, family: str, overrides: dict[str, Any], split: Split)
                     upper_s=(fixed + high) * rates.wall_per_cpu, bound=bound, early_stopping=early,
                     steps_per_epoch=rates.steps_per_epoch, planned_steps=planned, step_cpu_s=rates.step_cpu,
                     step_wall_s=rates.step_cpu * rates.wall_per_cpu, validation_cpu_s=validation_cpu,
-                    measured_load=os.getloadavg()[0], threads=torch.get_num_threads())
+                    measured_load=os.getloadavg()[0], threads=torch.get_num_threads(), refit_steps=cap * refit)
 
 
 def _with_refit(train: Any, low: float, high: float, refit_low: float, refit_high: float) -> tuple[float, float]:
