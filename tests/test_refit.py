@@ -38,7 +38,7 @@ def data():
 
 
 def test_a_refit_trains_on_everything_before_each_test_item(data):
-    ds, split = data
+    _, split = data
     refit = split.train_with_validation()
     for user, history in zip(split.test.users, split.test.histories):
         np.testing.assert_array_equal(refit[user], history)  # the validation item is in it, the test item is not
