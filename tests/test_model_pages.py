@@ -189,7 +189,7 @@ def test_how_a_run_stopped_says_whether_it_was_refit_and_why_not() -> None:
 
     ended = {"stop_reason": "early stopping", "steps": 1716}
     assert run_ending({**ended, "refit": {"done": True, "steps": 1001, "sequences": 4582}}) == \
-        "early stopping after 1,716 steps · refit on training + validation items (1,001 steps)"
+        "early stopping after 1,716 steps · refit on training + validation items: 1,001 steps"
     why = "the CPU budget leaves 3 s and the refit needs about 40 s"
     assert run_ending({**ended, "refit": {"done": False, "reason": why}}).endswith(f" · not refit: {why}")
     assert run_ending(ended) == "early stopping after 1,716 steps"  # refit off: nothing said

@@ -135,7 +135,9 @@ def test_the_range_runs_from_the_earliest_early_stop_to_the_epoch_that_passes_th
     assert refit.lower_cpu_s == pytest.approx(capped.lower_cpu_s + 10 * 0.08)
     assert refit.upper_cpu_s == pytest.approx(capped.upper_cpu_s + 50 * 0.12)
     assert refit.refit_steps == 50 and capped.refit_steps == 0  # the page names the refit's steps
-    assert estimate_training(ds, "sasrec", {**settings, "refit": True}, split).upper_cpu_s == estimate.upper_cpu_s
+    budgeted = estimate_training(ds, "sasrec", {**settings, "refit": True}, split)
+    assert budgeted.upper_cpu_s == estimate.upper_cpu_s  # the budget bounds both runs together
+    assert budgeted.refit_steps == estimate.planned_steps  # a refit never makes more steps than the first run
 
 
 def test_the_upper_rate_is_the_means_upper_confidence_bound():

@@ -134,7 +134,7 @@ class Estimate:
     validation_cpu_s: float  # one validation of the run's validation users
     measured_load: float  # 1-minute load average when measured
     threads: int  # torch threads of the probe (a job trains on `training_threads()`)
-    refit_steps: int = 0  # refit=true: the most steps the refit after early stopping can make (0: no refit)
+    refit_steps: int = 0  # refit=true: the most steps the refit can make, the first run's (0: no refit)
 
     def text(self) -> str:
         """'2 min to 4 min of CPU time (about 3 min to 6 min at this load)'."""
@@ -233,7 +233,7 @@ def _estimate(ds: Dataset, family: str, overrides: dict[str, Any], split: Split)
                     upper_s=(fixed + high) * rates.wall_per_cpu, bound=bound, early_stopping=early,
                     steps_per_epoch=rates.steps_per_epoch, planned_steps=planned, step_cpu_s=rates.step_cpu,
                     step_wall_s=rates.step_cpu * rates.wall_per_cpu, validation_cpu_s=validation_cpu,
-                    measured_load=os.getloadavg()[0], threads=torch.get_num_threads(), refit_steps=cap * refit)
+                    measured_load=os.getloadavg()[0], threads=torch.get_num_threads(), refit_steps=planned * refit)
 
 
 def _with_refit(train: Any, low: float, high: float, refit_low: float, refit_high: float) -> tuple[float, float]:

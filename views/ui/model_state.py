@@ -143,7 +143,7 @@ def run_ending(record: dict) -> str:
         text += f" · under-trained (needs about {human_duration(record['needs_cpu_s'])} CPU)"
     refit = record.get("refit")
     if refit:
-        text += (f" · refit on training + validation items ({refit['steps']:,} steps)" if refit.get("done")
+        text += (f" · refit on training + validation items: {refit['steps']:,} steps" if refit.get("done")
                  else f" · not refit: {refit['reason']}")
     return text
 
