@@ -49,7 +49,7 @@ def test_a_refit_is_a_fresh_run_on_training_and_validation_items_to_the_best_ste
     ds, split = data
     model = make_model("sasrec", {**SMALL, "refit": True}).fit(ds, split=split)
     report = model.fit_report()["refit"]
-    steps = best_step(model.training_history())
+    steps = best_step(model.training_history(), model.fit_report()["best_epoch"])
     assert report["done"] and report["steps"] == steps < model.fit_report()["steps"]  # patience ran past the best
     assert report["added_items"] == len(split.valid)
     everything = Split(split.kind, split.train_with_validation(), EvalSet(np.zeros(0, np.int32), [], []), split.test,

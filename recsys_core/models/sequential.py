@@ -293,7 +293,7 @@ class SequentialRecommender(Recommender):
         how long to train, and the final model then also learns the most recent thing every user did. The
         early-stopped model stays when the refit cannot run, or is cancelled; the report says why."""
         seqs = split.train_with_validation() if split is not None else None
-        steps = best_step(first.history)
+        steps = best_step(first.history, first.best_epoch)
         skip = self._refit_obstacle(seqs, steps, first, lcfg, progress)
         if skip:
             return {"done": False, "reason": skip}
@@ -519,10 +519,9 @@ class _SequenceTask:
         return validation_metrics(self.model, self.valid, progress)
 
 
-def best_step(history: list[dict], metric: str = "ndcg@10") -> int | None:
-    """The optimizer step of the first best validation (the weights early stopping kept), or None."""
-    checked = [h for h in history if metric in h.get("metrics", {})]
-    return max(checked, key=lambda h: h["metrics"][metric])["step"] if checked else None
+def best_step(history: list[dict], best_epoch: int) -> int | None:
+    """The optimizer step at the end of `best_epoch`, whose weights early stopping kept; None when none was kept."""
+    return next((h["step"] for h in history if h["epoch"] == best_epoch), None)
 
 
 def validation_metrics(model: Recommender, valid: EvalSet, progress: Progress | None = None) -> dict[str, float]:
