@@ -211,6 +211,8 @@ def worker_ours(args: argparse.Namespace) -> dict:
             "cpu_s_per_epoch": round(history[-1]["cpu_seconds"] / len(history), 2) if history else None,
             "epochs": len(history), "best_epoch": report.get("best_epoch"), "stopped": report.get("stopped"),
             "best_valid_ndcg@10": best and best["valid_ndcg@10"], "curve": curve,
+            # members > 1: the curve and the best above are the first member's; this is the ensemble's validation
+            **({"members": report["members"]} if "members" in report else {}),
             "peak_mem_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
@@ -267,9 +269,12 @@ def combine(runs: list[dict]) -> dict:
         row[key] = {"mean": round(float(values.mean()), 4),
                     "std": round(float(values.std(ddof=1)), 4) if len(values) > 1 else None,
                     "seeds": [r["seed"] for r in ok]}
-    for key in ("cpu_s_to_best", "cpu_s_per_epoch", "peak_mem_mb", "best_valid_ndcg@10"):
+    for key in ("cpu_s_to_best", "cpu_s_total", "cpu_s_per_epoch", "peak_mem_mb", "best_valid_ndcg@10"):
         values = [r[key] for r in ok if r.get(key) is not None]
         row[key] = round(float(np.mean(values)), 4 if key.startswith("best") else 1) if values else None
+    ensembles = [r["members"]["valid"]["ndcg@10"] for r in ok if "valid" in r.get("members", {})]
+    if ensembles:  # members > 1: the ensemble's validation, next to its first member's above
+        row["members_valid_ndcg@10"] = round(float(np.mean(ensembles)), 4)
     row["runs"] = runs
     return row
 

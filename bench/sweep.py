@@ -91,7 +91,9 @@ def worker(args: argparse.Namespace) -> dict:
     settings = {**DEMO_PROFILE, **json.loads(args.profile), **variant, "seed": args.seed}
     model = make_model(args.model, settings).fit(ds, split=split)
     report = model.fit_report()
-    score = evaluate(model, split.test, ks=(10,))["ndcg@10"] if args.inner else report["best_metric"]
+    # members > 1: the ensemble's own validation (its members validated one by one while training)
+    best = report["members"]["valid"]["ndcg@10"] if "members" in report else report["best_metric"]
+    score = evaluate(model, split.test, ks=(10,))["ndcg@10"] if args.inner else best
     return {"model": args.model, "variant": name(variant), "seed": args.seed, "refit": report.get("refit"),
             "best_valid_ndcg@10": round(score, 5), "best_epoch": report["best_epoch"],
             "stopped": report["stopped"], "steps": report["steps"], "cpu_s": round(time.process_time() - started, 1),

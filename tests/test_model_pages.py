@@ -207,3 +207,13 @@ def test_compare_marks_an_under_trained_run_with_the_cpu_it_needs(ws_root: Path)
     assert table["how it stopped"].tolist() == ["CPU budget after 1,152 steps · under-trained (needs about 9 min CPU)"]
     warning = "\n".join(str(w.value) for w in at.warning)
     assert f"#{run.run_id} popularity" in warning and "Under-trained" in warning
+
+
+def test_how_a_run_stopped_names_its_members_and_a_cancelled_ensemble() -> None:
+    from views.ui.model_state import run_ending
+
+    ended = {"stop_reason": "early stopping", "steps": 1716}
+    members = {"requested": 3, "trained": 3, "each": []}
+    assert run_ending({**ended, "members": members}) == "member 1: early stopping after 1,716 steps · mean of 3 members"
+    cut = run_ending({**ended, "members": {**members, "trained": 2}})
+    assert cut.endswith("mean of 2 members of 3 asked (cancelled)")

@@ -138,6 +138,12 @@ def test_the_range_runs_from_the_earliest_early_stop_to_the_epoch_that_passes_th
     budgeted = estimate_training(ds, "sasrec", {**settings, "refit": True}, split)
     assert budgeted.upper_cpu_s == estimate.upper_cpu_s  # the budget bounds both runs together
     assert budgeted.refit_steps == estimate.planned_steps  # a refit never makes more steps than the first run
+    # members=2: two runs one after another, each on half the budget; every member encodes each test user
+    pair = estimate_training(ds, "sasrec", {**settings, "members": 2}, split)
+    two_fixed = fixed + 0.002 * len(split.test)
+    assert pair.upper_cpu_s == pytest.approx(two_fixed + 2 * (15.0 + 10 * 0.12 + 0.1))
+    assert pair.lower_cpu_s == pytest.approx(two_fixed + 2 * 3 * (10 * 0.08 + 0.1))
+    assert pair.members == 2 and pair.planned_steps == 10 * math.ceil(15.0 / (10 * 0.1 + 0.1))  # each member's bar
 
 
 def test_the_upper_rate_is_the_means_upper_confidence_bound():

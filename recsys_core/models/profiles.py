@@ -15,6 +15,7 @@ so a CPU second is the same work at any load; the wall time is that CPU time at 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
@@ -135,6 +136,7 @@ class Estimate:
     measured_load: float  # 1-minute load average when measured
     threads: int  # torch threads of the probe (a job trains on `training_threads()`)
     refit_steps: int = 0  # refit=true: the most steps the refit can make, the first run's (0: no refit)
+    members: int = 1  # models trained one after another (`members`); the steps above are each one's
 
     def text(self) -> str:
         """'2 min to 4 min of CPU time (about 3 min to 6 min at this load)'."""
@@ -207,7 +209,8 @@ def _key(ds: Dataset, family: str, overrides: Mapping[str, Any], split: Split) -
 
 def _estimate(ds: Dataset, family: str, overrides: dict[str, Any], split: Split) -> Estimate:
     config = build_config(family_class(family).config_class, overrides)
-    train = config.train
+    members = getattr(config, "members", 1)  # each trains as a run of its own, on an equal share of the budget
+    train = dataclasses.replace(config.train, cpu_budget_s=config.train.cpu_budget_s / members)
     steps_per_epoch, n_valid, every = _plan(ds, family, overrides, split)
     with loop.thread_cpu_clock():  # this thread's CPU only: the server runs other sessions' work beside it
         rates = _probe(ds, family, overrides, split, min(n_valid, PROBE_VALID_USERS))
@@ -227,13 +230,16 @@ def _estimate(ds: Dataset, family: str, overrides: dict[str, Any], split: Split)
     if refit:
         low, high = _with_refit(train, low, high, min(first_stop, every * rates.steps_per_epoch) * rates.step_cpu_low,
                                 cap * rates.step_cpu_high)
-    fixed = START_CPU_S + rates.setup_cpu + rates.test_cpu_per_user * len(split.test)  # + the final evaluation
+    low, high = low * members, high * members
+    # + the final evaluation (every member encodes each test user)
+    fixed = START_CPU_S + rates.setup_cpu + rates.test_cpu_per_user * len(split.test) * members
     planned = cap if bound != "cpu_budget" else min(cap, _budget_steps(train, rates, every, validation_cpu))
     return Estimate(lower_cpu_s=fixed + low, upper_cpu_s=fixed + high, lower_s=(fixed + low) * min(1.0, rates.wall_per_cpu),
                     upper_s=(fixed + high) * rates.wall_per_cpu, bound=bound, early_stopping=early,
                     steps_per_epoch=rates.steps_per_epoch, planned_steps=planned, step_cpu_s=rates.step_cpu,
                     step_wall_s=rates.step_cpu * rates.wall_per_cpu, validation_cpu_s=validation_cpu,
-                    measured_load=os.getloadavg()[0], threads=torch.get_num_threads(), refit_steps=planned * refit)
+                    measured_load=os.getloadavg()[0], threads=torch.get_num_threads(), refit_steps=planned * refit,
+                    members=members)
 
 
 def _with_refit(train: Any, low: float, high: float, refit_low: float, refit_high: float) -> tuple[float, float]:
@@ -306,6 +312,8 @@ def _probe(ds: Dataset, family: str, overrides: dict[str, Any], split: Split, va
     probe = {**overrides, f"{TRAIN}.epochs": 1, f"{TRAIN}.max_steps": PROBE_STEPS, f"{TRAIN}.patience": 0,
              f"{TRAIN}.eval_every": 1, f"{TRAIN}.cpu_budget_s": 0.0, f"{TRAIN}.checkpoint_dir": "",
              f"{TRAIN}.max_valid_users": users, "valid_share": 0.0}
+    if "members" in {f.name for f in dataclasses.fields(cls.config_class)}:
+        probe["members"] = 1  # one member's rates; `_estimate` counts the members
     marks: list[tuple[float, float, ProgressEvent]] = []
     progress = Progress(callback=lambda event: marks.append((*loop.clock(), event)))
     started = loop.clock()

@@ -141,6 +141,11 @@ def run_ending(record: dict) -> str:
     text = f"{reason} after {steps:,} steps" if steps else reason
     if record.get("under_trained"):
         text += f" · under-trained (needs about {human_duration(record['needs_cpu_s'])} CPU)"
+    members = record.get("members")
+    if members:  # the steps and stop above are the first member's
+        text = f"member 1: {text} · mean of {members['trained']} members"
+        if members["trained"] < members["requested"]:
+            text += f" of {members['requested']} asked (cancelled)"
     refit = record.get("refit")
     if refit:
         text += (f" · refit on training + validation items: {refit['steps']:,} steps" if refit.get("done")
