@@ -32,7 +32,7 @@ from recsys_core.models.settings import (
     setting,
 )
 from recsys_core.progress import Progress
-from recsys_core.training.experiment import families
+from recsys_core.training.experiment import families, make_model
 from recsys_core.training.tune import (
     BUDGET_CUT,
     DEFAULTS,
@@ -130,6 +130,29 @@ def test_a_three_trial_study_is_stored_resumed_and_recorded_on_the_winners_runs(
                  max_trials=2, final_seeds=())
     assert len(again.trials) == 5 and again.trials[:3] == stored["trials"]
     assert read_study(storage, study_name("cycle", "sasrec"))["budgets"] == [120, 120]
+
+
+def test_trials_search_single_models_and_the_winner_trains_the_members_asked_for(ds, tmp_path, monkeypatch):
+    """members=2 fixed: every trial trains one model (one validation curve for the pruner to read), the winner's
+    final run trains two, each on a trial's CPU budget."""
+    import recsys_core.training.tune as tuning
+
+    built = []
+
+    def spy(family, values):
+        model = make_model(family, values)
+        built.append((model.config.members, model.config.train.cpu_budget_s))
+        return model
+
+    monkeypatch.setattr(tuning, "make_model", spy)
+    ws = Workspace(tmp_path / "ws")
+    result = tune(ds, "sasrec", budget_cpu_s=120, storage=studies_path(ws.root), dataset_name="cycle",
+                  overrides={**TINY, "members": 2}, trial_cpu_s=30, max_trials=2, final_seeds=(0,), workspace=ws)
+    trials = [b for b in built if b[1] and b[1] <= 30]
+    assert len(trials) == 2 and all(members == 1 for members, _ in trials)
+    run = ws.get_run(result.run_ids[0])
+    assert run.config["members"] == 2 and run.config["train"]["cpu_budget_s"] == 60
+    assert run.metrics["run"]["members"]["trained"] == 2
 
 
 def _finished(number: int, per_user: np.ndarray, defaults: bool = False) -> optuna.trial.FrozenTrial:

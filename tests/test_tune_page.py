@@ -58,6 +58,7 @@ def test_tune_mode_shows_a_stored_study_resumes_it_as_a_job_and_cancels_a_search
     at.selectbox(key="tune_family").set_value("ease").run()
     assert not at.exception, at.exception
     assert at.number_input(key="tune_budget_min").value > 0
+    assert "tune_members" not in [w.key for w in at.number_input]  # EASE trains one model: no members to ask for
     table = _trials(at)
     assert table["trial"].tolist() == [0, 1, 2] and "l2" in table.columns
     charts = _charts(at)
@@ -91,9 +92,10 @@ def test_tune_mode_shows_a_stored_study_resumes_it_as_a_job_and_cancels_a_search
     at.selectbox(key="tune_family").set_value("sasrec").run()
     at.number_input(key="tune_budget_min").set_value(30.0)
     at.number_input(key="tune_max_trials").set_value(0)
+    at.number_input(key="tune_members").set_value(2)  # the winner's final runs: two members (EASE has no such field)
     at.button(key="tune_start").click().run()
     job = store.list(dataset=DEMO_NAME, kind=TUNE_KIND)[0]
-    assert job.family == "sasrec"
+    assert job.family == "sasrec" and job.params["overrides"] == {"members": 2}
     _wait(lambda: read_study(studies_path(ws_root), study_name(DEMO_NAME, "sasrec")).get("trials"))
     at.run()
     at.button(key=f"tune_cancel_{job.id}").click().run()

@@ -52,6 +52,7 @@ from recsys_core.progress import Progress, ProgressEvent
 from recsys_core.training.experiment import check_order, make_model, make_split, run_experiment
 
 TUNE_KIND = "tune"  # the jobs table's kind of a tune job
+MEMBERS = "members"  # a sequential model's seed ensemble (`models/ensemble.py`): the final runs only
 DEFAULTS, PER_USER = "defaults", "valid_ndcg_per_user"  # trial attributes: the defaults' trial; its users' NDCG@10
 PAIRED_USERS = 10_000  # at most this many users' NDCG@10 kept per trial (~80 KB; 2 SE of a 0.3-spread diff ~0.006)
 STUDIES_FILE = "studies.db"
@@ -189,10 +190,9 @@ def tune(ds: Dataset, family: str, *, budget_cpu_s: float, storage: str | Path, 
     study stored in `storage` under its name), then train the winner once per seed in `final_seeds` and
     evaluate it on the test split (recorded in `workspace` when given). `overrides` fix settings the search
     leaves alone; `max_trials` caps this call's trials."""
-    fixed = dict(overrides or {})
     config_class = family_class(family).config_class
-    pinned = {resolve_name(config_class, name) for name in fixed}  # settings the caller fixed are not searched
-    space = {name: dim for name, dim in space_of(family).items() if name not in pinned}
+    fixed = {resolve_name(config_class, name): value for name, value in (overrides or {}).items()}
+    space = {name: dim for name, dim in space_of(family).items() if name not in fixed}  # fixed: not searched
     if not budget_cpu_s > 0:
         raise ConfigError(f"the tuning budget must be above 0 CPU seconds, got {budget_cpu_s}",
                           hint="give a budget in CPU seconds, e.g. 900 (15 CPU minutes)")
@@ -300,6 +300,8 @@ def _run_trial(trial: optuna.Trial, search: _Search) -> float:
     budget = min(search.trial_cpu_s, max(search.left(), MIN_TRIAL_S))
     if has_training_loop(cls.config_class):
         values.update({"train.cpu_budget_s": budget, "train.seed": search.seed})
+    if MEMBERS in values:  # trials compare single models on one curve each; the members train in the final runs
+        values[MEMBERS] = 1
     model = make_model(search.family, values)
     refusal = model.refusal(search.ds)
     if refusal is not None:
@@ -519,8 +521,8 @@ def _final(result: TuneResult, search: _Search, full: Split, seeds: tuple[int, .
     loop_model = has_training_loop(family_class(search.family).config_class)
     seeds = seeds if loop_model else seeds[:1]  # a one-pass model gives the same model for every seed
     values = {**search.fixed, **result.best["params"]}
-    if loop_model:
-        values["train.cpu_budget_s"] = search.trial_cpu_s
+    if loop_model:  # each member of the winner gets what one trial got
+        values["train.cpu_budget_s"] = search.trial_cpu_s * values.get(MEMBERS, 1)
     runs = []
     for i, seed in enumerate(seeds):
         search.progress.update(i, len(seeds), message=f"training the winner on seed {seed} "

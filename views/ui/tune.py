@@ -7,6 +7,7 @@ best-so-far curve and the parameter importances, resumes it with more budget, an
 
 from __future__ import annotations
 
+import dataclasses
 import html
 
 import pandas as pd
@@ -69,17 +70,29 @@ def _start_form(record: DatasetRecord, ds: Dataset, store: JobStore, family: str
         st.dataframe(pd.DataFrame(rows), hide_index=True, key="tune_space_table", height=35 * (len(rows) + 1) + 3)
         max_trials = st.number_input("Most trials (0 = until the budget is spent)", min_value=0, value=0, step=1,
                                      key="tune_max_trials")
+        members = _members_input(family)
     done = len(study.get("trials", []))
     label = f"Resume the search ({done} trials so far)" if done else "Find the best settings"
     if st.button(label, type="primary", key="tune_start", disabled=busy,
                  help="A search of this model on this data is running; cancel it or wait." if busy else None):
         try:
-            params = job_params(minutes * 60, max_trials=int(max_trials) or None)
+            params = job_params(minutes * 60, {"members": members} if members > 1 else None,
+                                max_trials=int(max_trials) or None)
             TrainingJob.start(store, record.name, family, kind=TUNE_KIND, params=params)
         except RecsysError as err:
             show_data_error(err, "Could not start the search")
             return
         st.rerun()
+
+
+def _members_input(family: str) -> int:
+    """How many copies of the winner its final runs train (`members`), for the families that have the setting."""
+    if not any(f.name == "members" for f in dataclasses.fields(family_class(family).config_class)):
+        return 1
+    return int(st.number_input(
+        "Members of the winner", min_value=1, max_value=5, value=1, step=1, key="tune_members",
+        help="The winner's final runs train this many copies from their own seeds and average their scores, each on "
+             "one trial's CPU budget (so N times its CPU time). The trials search single models."))
 
 
 def _range_words(dim: dict) -> str:
