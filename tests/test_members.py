@@ -7,16 +7,15 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
-from recsys_core.data.dataset import build_dataset
 from recsys_core.errors import ModelError
 from recsys_core.models.base import load_model
 from recsys_core.models.ensemble import member_config
 from recsys_core.progress import Progress
 from recsys_core.training.experiment import make_model, make_split
+from tests.test_jobs import _sequences
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -26,13 +25,7 @@ SMALL = {"hidden": 16, "layers": 1, "max_len": 12, "batch_size": 16, "epochs": 6
 
 @pytest.fixture(scope="module")
 def data():
-    """Each user walks the item cycle from a random start, with a timestamp per step."""
-    rng = np.random.default_rng(1)
-    rows = []
-    for u in range(150):
-        start = int(rng.integers(25))
-        rows += [(f"u{u}", f"i{(start + t) % 25}", 1000 * u + t) for t in range(int(rng.integers(6, 12)))]
-    ds = build_dataset(pd.DataFrame(rows, columns=["user", "item", "timestamp"]), name="cycles")
+    ds = _sequences(150, 25, 10)  # users walking the item cycle from their own start
     return ds, make_split(ds)
 
 
