@@ -97,6 +97,11 @@ def test_train_page_puts_basic_settings_first_and_every_other_field_under_advanc
     shown = _texts(at)
     assert re.search(r"Expected time: (about )?\d+ (s|min|h)( to \d+ (s|min|h))? of CPU time", shown), shown
     assert "From early stopping at its earliest to " in shown  # the range's two ends, in words
+    at.number_input(key=prefix + "members").set_value(2).run()  # a seed ensemble: the estimate counts both
+    at.session_state[ESTIMATE_KEY].join(600)
+    at.run()
+    assert "2 members train one after another, each on an equal share of any time budget. Each: from early " \
+           "stopping at its earliest to " in _texts(at)
 
 
 def test_train_page_says_a_one_pass_model_has_no_epochs(ws_root: Path) -> None:

@@ -338,10 +338,11 @@ def _estimate_caption(estimate: Estimate) -> None:
     earliest = "early stopping at its earliest" if estimate.early_stopping else bound
     refit = (f", then the refit on training + validation items (up to {estimate.refit_steps:,} more steps)"
              if estimate.refit_steps else "")
-    members = (f"Each of the {estimate.members} members trains on its own (a share of any time budget). "
-               if estimate.members > 1 else "")
+    span = f"from {earliest} to {bound}"
+    span = (f"{estimate.members} members train one after another, each on an equal share of any time budget. "
+            f"Each: {span}") if estimate.members > 1 else "F" + span[1:]
     st.markdown(f"**Expected time: {estimate.text()}**")
-    st.caption(f"{members}From {earliest} to {bound}: at most {estimate.planned_steps:,} steps of {step} CPU time each "
+    st.caption(f"{span}: at most {estimate.planned_steps:,} steps of {step} CPU time each "
                f"({estimate.steps_per_epoch:,} an epoch){refit}, with validation, start-up and the final evaluation; "
                f"measured on this machine now, on {estimate.threads} thread(s). The minutes assume the load stays as "
                f"measured ({estimate.measured_load:.1f}); the CPU time does not depend on it.")
