@@ -217,8 +217,12 @@ def test_compare_marks_an_under_trained_run_with_the_cpu_it_needs(ws_root: Path)
 def test_how_a_run_stopped_names_its_members_and_a_cancelled_ensemble() -> None:
     from views.ui.model_state import run_ending
 
-    ended = {"stop_reason": "early stopping", "steps": 1716}
-    members = {"requested": 3, "trained": 3, "each": []}
-    assert run_ending({**ended, "members": members}) == "member 1: early stopping after 1,716 steps · mean of 3 members"
-    cut = run_ending({**ended, "members": {**members, "trained": 2}})
-    assert cut.endswith("mean of 2 members of 3 asked (cancelled)")
+    ended = {"stop_reason": "step budget", "steps": 2700}
+    each = [{"stopped": "max_steps", "steps": 2700}, {"stopped": "cpu_budget", "steps": 2213},
+            {"stopped": "early_stop", "steps": 1500}]
+    members = {"requested": 3, "trained": 3, "each": each}
+    assert run_ending({**ended, "members": members}) == (
+        "mean of 3 members (step budget after 2,700 steps; CPU budget after 2,213 steps; "
+        "converged (validation stopped improving) after 1,500 steps)")
+    cut = run_ending({**ended, "members": {**members, "trained": 2, "each": each[:2]}})
+    assert cut.startswith("mean of 2 members (step budget") and cut.endswith("steps), 3 asked (cancelled)")

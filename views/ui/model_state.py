@@ -22,7 +22,7 @@ from recsys_core.models.settings import flatten_config, help_of
 from recsys_core.recommend.catalogue import best_run, catalogue_of
 from recsys_core.recommend.usecases import Query, recommend_for
 from recsys_core.training.baseline import BASELINE_KIND, baseline_name, ensure_baseline
-from recsys_core.training.experiment import config_fields, families
+from recsys_core.training.experiment import STOP_REASONS, config_fields, families
 from views.ui import jobs, state
 from views.ui.common import md_escape
 
@@ -142,10 +142,12 @@ def run_ending(record: dict) -> str:
     if record.get("under_trained"):
         text += f" · under-trained (needs about {human_duration(record['needs_cpu_s'])} CPU)"
     members = record.get("members")
-    if members:  # the steps and stop above are the first member's
-        text = f"member 1: {text} · mean of {members['trained']} members"
+    if members:  # the record's own stop and steps are the first member's: name each member's
+        stops = "; ".join(f"{STOP_REASONS.get(m['stopped'], m['stopped'])} after {m['steps']:,} steps"
+                          for m in members["each"])
+        text = f"mean of {members['trained']} members ({stops})"
         if members["trained"] < members["requested"]:
-            text += f" of {members['requested']} asked (cancelled)"
+            text += f", {members['requested']} asked (cancelled)"
     refit = record.get("refit")
     if refit:
         text += (f" · refit on training + validation items: {refit['steps']:,} steps" if refit.get("done")
