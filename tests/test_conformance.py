@@ -153,6 +153,22 @@ def test_training_curves_exactly_when_declared(fitted, family: str) -> None:
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_seed_ensembles_train_exactly_when_declared(data, family: str) -> None:
+    """A family that declares `seed_ensemble` has a `members` setting and trains that many copies, all saved; one that
+    does not has no such setting (so no page or tuner offers it)."""
+    ds, split = data
+    cls = FAMILIES[family]
+    names = {name for name, _ in flat_fields(cls.config_class)}
+    if not capabilities_of(family, {}).seed_ensemble:
+        assert "members" not in names
+        return
+    quick = {**_quick(family), "train.epochs": 2, "members": 2}
+    model = cls(build_config(cls.config_class, quick)).fit(ds, split=split)
+    assert model.fit_report()["members"]["trained"] == 2
+    assert any(name.startswith("member1.") for name in model.state_tensors())
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_text_faces_work_exactly_when_declared(data, fitted, family: str) -> None:
     ds, _ = data
     model, folder = fitted[family]

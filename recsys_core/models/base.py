@@ -46,6 +46,8 @@ class Capabilities:
     text: bool = False
     order_aware: bool = False  # the order of a history changes its scores (refused on data without timestamps)
     training_curves: bool = False  # `training_history` holds per-epoch loss / validation metrics (live curves)
+    # a `members` setting: that many copies trained from their own seeds, scored as their mean (`models/ensemble.py`)
+    seed_ensemble: bool = False
 
 
 @dataclass(frozen=True)

@@ -312,7 +312,7 @@ def _probe(ds: Dataset, family: str, overrides: dict[str, Any], split: Split, va
     probe = {**overrides, f"{TRAIN}.epochs": 1, f"{TRAIN}.max_steps": PROBE_STEPS, f"{TRAIN}.patience": 0,
              f"{TRAIN}.eval_every": 1, f"{TRAIN}.cpu_budget_s": 0.0, f"{TRAIN}.checkpoint_dir": "",
              f"{TRAIN}.max_valid_users": users, "valid_share": 0.0}
-    if "members" in {f.name for f in dataclasses.fields(cls.config_class)}:
+    if capabilities_of(family, overrides).seed_ensemble:
         probe["members"] = 1  # one member's rates; `_estimate` counts the members
     marks: list[tuple[float, float, ProgressEvent]] = []
     progress = Progress(callback=lambda event: marks.append((*loop.clock(), event)))

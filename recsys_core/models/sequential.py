@@ -169,7 +169,7 @@ class SequentialRecommender(Recommender):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(order_aware=True, training_curves=True)
+        return Capabilities(order_aware=True, training_curves=True, seed_ensemble=True)
 
     def training_history(self) -> list[dict]:
         return self.history_

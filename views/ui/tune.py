@@ -7,7 +7,6 @@ best-so-far curve and the parameter importances, resumes it with more budget, an
 
 from __future__ import annotations
 
-import dataclasses
 import html
 
 import pandas as pd
@@ -16,7 +15,7 @@ import streamlit as st
 
 from recsys_core.data.dataset import Dataset
 from recsys_core.errors import RecsysError
-from recsys_core.models.base import family_class, refusal_of
+from recsys_core.models.base import capabilities_of, family_class, refusal_of
 from recsys_core.training.experiment import STOP_REASONS, families
 from recsys_core.training.jobs import TrainingJob
 from recsys_core.training.tune import (
@@ -87,7 +86,7 @@ def _start_form(record: DatasetRecord, ds: Dataset, store: JobStore, family: str
 
 def _members_input(family: str) -> int:
     """How many copies of the winner its final runs train (`members`), for the families that have the setting."""
-    if not any(f.name == "members" for f in dataclasses.fields(family_class(family).config_class)):
+    if not capabilities_of(family, {}).seed_ensemble:  # a search starts from the defaults
         return 1
     return int(st.number_input(
         "Members of the winner", min_value=1, max_value=5, value=1, step=1, key="tune_members",
