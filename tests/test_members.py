@@ -14,7 +14,7 @@ from recsys_core.errors import ModelError
 from recsys_core.models.base import load_model
 from recsys_core.models.ensemble import member_config
 from recsys_core.progress import Progress
-from recsys_core.training.experiment import make_model, make_split
+from recsys_core.training.experiment import for_every_member, make_model, make_split
 from tests.test_jobs import _sequences
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -106,3 +106,10 @@ def test_members_share_the_cpu_budget_and_keep_their_own_checkpoints(tmp_path):
     assert [c.cpu_budget_s for c in configs] == [30, 30, 30]
     assert [c.seed for c in configs] == [9, 10, 11]
     assert len({c.checkpoint_dir for c in configs}) == 3
+
+
+def test_an_under_trained_ensemble_needs_the_cpu_its_first_member_needs_once_per_member():
+    verdict = {"under_trained": True, "needs_cpu_s": 45.0, "needs_method": "..."}
+    assert for_every_member(verdict, {"members": {"trained": 2}})["needs_cpu_s"] == 90.0
+    assert for_every_member(verdict, {})["needs_cpu_s"] == 45.0  # one model
+    assert for_every_member({"under_trained": False}, {"members": {"trained": 3}}) == {"under_trained": False}

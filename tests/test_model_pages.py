@@ -222,7 +222,7 @@ def test_how_a_run_stopped_names_its_members_and_a_cancelled_ensemble() -> None:
             {"stopped": "early_stop", "steps": 1500}]
     members = {"requested": 3, "trained": 3, "each": each}
     assert run_ending({**ended, "members": members}) == (
-        "mean of 3 members (step budget after 2,700 steps; CPU budget after 2,213 steps; "
-        "converged (validation stopped improving) after 1,500 steps)")
+        "mean of 3 members: step budget after 2,700 steps; CPU budget after 2,213 steps; "
+        "converged (validation stopped improving) after 1,500 steps")
     cut = run_ending({**ended, "members": {**members, "trained": 2, "each": each[:2]}})
-    assert cut.startswith("mean of 2 members (step budget") and cut.endswith("steps), 3 asked (cancelled)")
+    assert cut == "mean of 2 of 3 asked (cancelled) members: step budget after 2,700 steps; CPU budget after 2,213 steps"

@@ -170,7 +170,8 @@ def run_experiment(
     extra = {"stop_reason": STOP_REASONS.get(report.get("stopped"), report.get("stopped")),
              "stopped": report.get("stopped"), "best_epoch": report.get("best_epoch"),
              "epochs_run": report.get("epochs_run"), "steps": report.get("steps"), **_limits(model),
-             **under_trained(report.get("stopped"), model.training_history(), _setting(model, "train.patience")),
+             **for_every_member(under_trained(report.get("stopped"), model.training_history(),
+                                              _setting(model, "train.patience")), report),
              "holdout": split.holdout, "tie_rule": TIE_RULE,
              "loss": report.get("loss_reason"),  # which training objective, and why (loss="auto" decides)
              "refit": report.get("refit"),  # refit=true: done (steps) or why not
@@ -212,6 +213,15 @@ def under_trained(stopped: str | None, history: list[dict], patience: int | None
         return {"under_trained": False}
     return {"under_trained": True, "needs_cpu_s": round(_needs_cpu_s(checks, patience or 0), 1),
             "needs_method": NEEDS_METHOD}
+
+
+def for_every_member(limits: dict[str, Any], report: dict) -> dict[str, Any]:
+    """`under_trained`'s verdict on a seed ensemble, read from its first member's curve: every member needs that CPU,
+    and they share the run's budget, so the run needs it once per member."""
+    members = (report.get("members") or {}).get("trained", 1)
+    if "needs_cpu_s" in limits:
+        limits = {**limits, "needs_cpu_s": round(limits["needs_cpu_s"] * members, 1)}
+    return limits
 
 
 def _needs_cpu_s(checks: list[tuple[float, float]], patience: int) -> float:

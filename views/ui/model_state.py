@@ -145,9 +145,8 @@ def run_ending(record: dict) -> str:
     if members:  # the record's own stop and steps are the first member's: name each member's
         stops = "; ".join(f"{STOP_REASONS.get(m['stopped'], m['stopped'])} after {m['steps']:,} steps"
                           for m in members["each"])
-        text = f"mean of {members['trained']} members ({stops})"
-        if members["trained"] < members["requested"]:
-            text += f", {members['requested']} asked (cancelled)"
+        cut = f" of {members['requested']} asked (cancelled)" if members["trained"] < members["requested"] else ""
+        text = f"mean of {members['trained']}{cut} members: {stops}"  # ends in words: cards wrap it in brackets
     refit = record.get("refit")
     if refit:
         text += (f" · refit on training + validation items: {refit['steps']:,} steps" if refit.get("done")
