@@ -304,15 +304,16 @@ class SequentialRecommender(Recommender):
             self.module_ = self._init_module(train_seqs, lcfg.seed).to(device)
         self.members_ = [self.module_]
         which = f" (member {member + 1} of {self.config.members})" if self.config.members > 1 else ""
-        progress.update(0, loop.planned_steps(lcfg, math.ceil(len(windows) / lcfg.batch_size)), message=(
-            f"training {self.family}{which} on {device.type}: {len(windows)} sequences, "
-            f"{math.ceil(len(windows) / lcfg.batch_size)} steps/epoch; loss {self.loss_.reason}"))
+        steps_per_epoch = math.ceil(len(windows) / lcfg.batch_size)
+        schedule = loop.planned_steps(lcfg, steps_per_epoch)
+        progress.update(0, schedule, message=(
+            f"training {self.family}{which} on {device.type}: {len(windows)} sequences, {steps_per_epoch} steps/epoch; "
+            f"loss {self.loss_.reason}"))
         result = loop.train(_SequenceTask(self, windows, valid), lcfg, device, progress)
-        if member == 0:
+        if member == 0:  # the curves the pages draw are the first member's
             self.history_ = result.history
         report = {k: v for k, v in asdict(result).items() if k != "history"}
         if self.config.refit:
-            schedule = loop.planned_steps(lcfg, math.ceil(len(windows) / lcfg.batch_size))
             report["refit"] = self._refit(split, result, lcfg, schedule, device, progress)
         return report
 
