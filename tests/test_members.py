@@ -12,7 +12,7 @@ import torch
 
 from recsys_core.errors import ModelError
 from recsys_core.models.base import load_model
-from recsys_core.models.ensemble import member_config
+from recsys_core.models.ensemble import improved, member_config
 from recsys_core.progress import Progress
 from recsys_core.training.experiment import for_every_member, make_model, make_split
 from tests.test_jobs import _sequences
@@ -113,3 +113,9 @@ def test_an_under_trained_ensemble_needs_the_cpu_its_first_member_needs_once_per
     assert for_every_member(verdict, {"members": {"trained": 2}})["needs_cpu_s"] == 90.0
     assert for_every_member(verdict, {})["needs_cpu_s"] == 45.0  # one model
     assert for_every_member({"under_trained": False}, {"members": {"trained": 3}}) == {"under_trained": False}
+
+
+def test_an_ensemble_is_a_no_improvement_run_only_when_no_member_improved():
+    assert improved([{"improved": False}, {"improved": True}]) is True  # the CLI said "no_improvement" here
+    assert improved([{"improved": False}, {"improved": False}]) is False
+    assert improved([{"improved": None}, {}]) is None

@@ -39,6 +39,13 @@ def output_layer(modules: Sequence[nn.Module]) -> tuple[torch.Tensor, torch.Tens
     return weights, bias
 
 
+def improved(reports: Sequence[dict]) -> bool | None:
+    """Whether validation ever beat its first check, for the ensemble: in any member (a run is "no improvement" only
+    when none of its members learned past its start); None when no member validated twice."""
+    seen = [r.get("improved") for r in reports if r.get("improved") is not None]
+    return any(seen) if seen else None
+
+
 def joined_tensors(modules: Sequence[nn.Module]) -> dict[str, torch.Tensor]:
     """Every member's tensors under one namespace (a one-member file is as before members existed)."""
     return {f"{PREFIX}{i}." * (i > 0) + name: value for i, module in enumerate(modules)

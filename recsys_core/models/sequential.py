@@ -292,6 +292,7 @@ class SequentialRecommender(Recommender):
         self.fit_report_ = {"loss": choice.loss, "loss_reason": choice.reason, "validation": asdict(plan), **reports[0]}
         if cfg.members > 1:
             self.fit_report_["members"] = self._members_report(reports, valid, progress)
+            self.fit_report_["improved"] = ensemble.improved(reports)
         for module in trained:
             module.eval()
         return self
