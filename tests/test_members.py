@@ -44,6 +44,8 @@ def test_two_members_score_the_mean_of_the_runs_their_seeds_give_alone(data, pai
     torch.testing.assert_close(pair.score(histories), mean, rtol=1e-5, atol=1e-5)
     items = np.array([4, 0, 17])
     torch.testing.assert_close(pair.score_items(histories, items), mean[:, items], rtol=1e-5, atol=1e-5)
+    joined = pair._output_layer()[0]
+    assert pair._output_layer()[0] is joined  # joined once, not per scored request
     report = pair.fit_report()["members"]
     assert report["requested"] == report["trained"] == 2
     assert [m["seed"] for m in report["each"]] == [6, 7]

@@ -224,5 +224,7 @@ def test_how_a_run_stopped_names_its_members_and_a_cancelled_ensemble() -> None:
     assert run_ending({**ended, "members": members}) == (
         "mean of 3 members: step budget after 2,700 steps; CPU budget after 2,213 steps; "
         "converged (validation stopped improving) after 1,500 steps")
+    slow = {**ended, "members": members, "under_trained": True, "needs_cpu_s": 600}
+    assert run_ending(slow).endswith("after 1,500 steps · under-trained (needs about 10 min CPU)")
     cut = run_ending({**ended, "members": {**members, "trained": 2, "each": each[:2]}})
     assert cut == "mean of 2 of 3 asked (cancelled) members: step budget after 2,700 steps; CPU budget after 2,213 steps"

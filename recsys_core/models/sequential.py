@@ -165,6 +165,7 @@ class SequentialRecommender(Recommender):
         self.history_: list[dict] = []
         self.fit_report_: dict = {}
         self.loss_: losses.LossChoice | None = None  # the objective of the last fit
+        self.joined_: tuple[list[SequenceEncoder], torch.Tensor, torch.Tensor | None] | None = None
         self.sampler_: losses.NegativeSampler | None = None  # training only: the negatives' proposal
 
     @property
@@ -288,7 +289,7 @@ class SequentialRecommender(Recommender):
             reports.append(report)
             if progress.cancelled:
                 break
-        self.module_, self.members_ = trained[0], trained
+        self.module_, self.members_, self.joined_ = trained[0], trained, None
         self.fit_report_ = {"loss": choice.loss, "loss_reason": choice.reason, "validation": asdict(plan), **reports[0]}
         if cfg.members > 1:
             self.fit_report_["members"] = self._members_report(reports, valid, progress)
@@ -505,7 +506,7 @@ class SequentialRecommender(Recommender):
 
     def _scores(self, histories: Sequence[np.ndarray], index: torch.Tensor | None) -> torch.Tensor:
         self._require_fitted()
-        weights, bias = ensemble.output_layer(self.members_)
+        weights, bias = self._output_layer()
         if index is not None:
             weights, bias = weights[index], (bias[index] if bias is not None else None)
 
@@ -522,7 +523,16 @@ class SequentialRecommender(Recommender):
     def item_embeddings(self) -> np.ndarray:
         """The item vectors a user vector is scored against (members: side by side)."""
         self._require_fitted()
-        return ensemble.output_layer(self.members_)[0].detach().float().cpu().numpy().copy()
+        return self._output_layer()[0].detach().float().cpu().numpy().copy()
+
+    def _output_layer(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`ensemble.output_layer` of the members; for several, joined once per set of members (a copy of every
+        member's item weights that a served request would otherwise pay for)."""
+        if len(self.members_) == 1:
+            return ensemble.output_layer(self.members_)  # views of the one module's weights: nothing to copy
+        if self.joined_ is None or self.joined_[0] != self.members_:
+            self.joined_ = (list(self.members_), *ensemble.output_layer(self.members_))
+        return self.joined_[1], self.joined_[2]
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         self._require_fitted()
@@ -530,7 +540,7 @@ class SequentialRecommender(Recommender):
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.members_ = [self._load_member(part) for part in ensemble.split_tensors(tensors, self.config.members)]
-        self.module_ = self.members_[0]
+        self.module_, self.joined_ = self.members_[0], None
 
     def _load_member(self, tensors: dict[str, torch.Tensor]) -> SequenceEncoder:
         module = self._build()

@@ -139,14 +139,14 @@ def run_ending(record: dict) -> str:
         return ""
     steps = record.get("steps")
     text = f"{reason} after {steps:,} steps" if steps else reason
-    if record.get("under_trained"):
-        text += f" · under-trained (needs about {human_duration(record['needs_cpu_s'])} CPU)"
     members = record.get("members")
     if members:  # the record's own stop and steps are the first member's: name each member's
         stops = "; ".join(f"{STOP_REASONS.get(m['stopped'], m['stopped'])} after {m['steps']:,} steps"
                           for m in members["each"])
         cut = f" of {members['requested']} asked (cancelled)" if members["trained"] < members["requested"] else ""
         text = f"mean of {members['trained']}{cut} members: {stops}"  # ends in words: cards wrap it in brackets
+    if record.get("under_trained"):
+        text += f" · under-trained (needs about {human_duration(record['needs_cpu_s'])} CPU)"
     refit = record.get("refit")
     if refit:
         text += (f" · refit on training + validation items: {refit['steps']:,} steps" if refit.get("done")

@@ -19,6 +19,7 @@ from recsys_core.models.base import capabilities_of, family_class, refusal_of
 from recsys_core.training.experiment import STOP_REASONS, families
 from recsys_core.training.jobs import TrainingJob
 from recsys_core.training.tune import (
+    MEMBERS,
     TUNE_KIND,
     default_budget_s,
     describe_space,
@@ -75,7 +76,7 @@ def _start_form(record: DatasetRecord, ds: Dataset, store: JobStore, family: str
     if st.button(label, type="primary", key="tune_start", disabled=busy,
                  help="A search of this model on this data is running; cancel it or wait." if busy else None):
         try:
-            params = job_params(minutes * 60, {"members": members} if members > 1 else None,
+            params = job_params(minutes * 60, {MEMBERS: members} if members > 1 else None,
                                 max_trials=int(max_trials) or None)
             TrainingJob.start(store, record.name, family, kind=TUNE_KIND, params=params)
         except RecsysError as err:
