@@ -13,7 +13,7 @@ import torch
 from recsys_core.data.dataset import build_dataset
 from recsys_core.data.splits import EvalSet, Split
 from recsys_core.evaluation.metrics import evaluate
-from recsys_core.models.sequential import best_step
+from recsys_core.models.refit import best_step
 from recsys_core.progress import Progress
 from recsys_core.training.experiment import make_model, make_split
 

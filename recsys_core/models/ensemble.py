@@ -17,6 +17,7 @@ from torch import nn
 from recsys_core.errors import ModelError
 from recsys_core.models.settings import TrainConfig
 
+REPORTED = ("stopped", "steps", "best_epoch", "best_metric", "cpu_seconds")  # of each member, in the fit report
 PREFIX = "member"  # saved tensors of member i > 0: "member{i}.<name>"; member 0's keep their own names
 
 
@@ -44,6 +45,14 @@ def improved(reports: Sequence[dict]) -> bool | None:
     when none of its members learned past its start); None when no member validated twice."""
     seen = [r.get("improved") for r in reports if r.get("improved") is not None]
     return any(seen) if seen else None
+
+
+def report(train: TrainConfig, members: int, reports: Sequence[dict], joint: dict | None) -> dict:
+    """The fit report's "members": each member's seed, stop and best validation, and the ensemble's own validation
+    (`joint`: what its scores rank; None when it did not validate)."""
+    each = [{"seed": member_config(train, i, members).seed, **{k: r[k] for k in REPORTED}} for i, r in enumerate(reports)]
+    out = {"requested": members, "trained": len(reports), "each": each}
+    return out if joint is None else {**out, "valid": joint}
 
 
 def joined_tensors(modules: Sequence[nn.Module]) -> dict[str, torch.Tensor]:
