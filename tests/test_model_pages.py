@@ -189,7 +189,7 @@ def test_the_result_card_names_the_stop_reason_and_an_under_trained_run(ws_root:
     assert "under-trained" in shown and "9 min of training CPU time" in shown
 
 
-def test_how_a_run_stopped_says_whether_it_was_refit_and_why_not() -> None:
+def test_how_a_run_stopped_says_whether_it_was_refit_and_what_its_transitions_added() -> None:
     from views.ui.model_state import run_ending
 
     ended = {"stop_reason": "early stopping", "steps": 1716}
@@ -198,6 +198,12 @@ def test_how_a_run_stopped_says_whether_it_was_refit_and_why_not() -> None:
     why = "the CPU budget leaves 3 s and the refit needs about 40 s"
     assert run_ending({**ended, "refit": {"done": False, "reason": why}}).endswith(f" · not refit: {why}")
     assert run_ending(ended) == "early stopping after 1,716 steps"  # refit off: nothing said
+    weighted = {"weight": 0.1, "valid_ndcg@10": {"0.0": 0.14, "0.1": 0.15}, "counted": "training sequences"}
+    assert run_ending({**ended, "transitions": weighted}).endswith(" · transitions added at weight 0.1 (chosen on validation)")
+    assert run_ending({**ended, "transitions": {**weighted, "weight": 0.0}}).endswith(
+        " · transitions not added: none of their weights beat the model alone")
+    assert run_ending({**ended, "transitions": {"weight": 0.0, "reason": "no validation users to weigh it on"}}).endswith(
+        " · transitions not added: no validation users to weigh it on")
 
 
 def test_compare_marks_an_under_trained_run_with_the_cpu_it_needs(ws_root: Path) -> None:

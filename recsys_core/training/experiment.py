@@ -175,7 +175,8 @@ def run_experiment(
              "holdout": split.holdout, "tie_rule": TIE_RULE,
              "loss": report.get("loss_reason"),  # which training objective, and why (loss="auto" decides)
              "refit": report.get("refit"),  # refit=true: done (steps) or why not
-             "members": report.get("members")}  # members > 1: each member's seed, stop and validation
+             "members": report.get("members"),  # members > 1: each member's seed, stop and validation
+             "transitions": report.get("transitions")}  # transitions="auto": the weight and its validation
     per_user = metrics.pop("per_user", None)
     result = RunResult(family, model, metrics, train_s, model.training_device(), status, cpu_s=cpu_s,
                        extra={k: v for k, v in extra.items() if v is not None})

@@ -151,6 +151,10 @@ def run_ending(record: dict) -> str:
     if refit:
         text += (f" · refit on training + validation items: {refit['steps']:,} steps" if refit.get("done")
                  else f" · not refit: {refit['reason']}")
+    prior = record.get("transitions")
+    if prior:
+        text += (f" · transitions added at weight {prior['weight']:g} (chosen on validation)" if prior["weight"]
+                 else f" · transitions not added: {prior.get('reason') or 'none of their weights beat the model alone'}")
     return text
 
 
