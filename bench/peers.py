@@ -213,6 +213,8 @@ def worker_ours(args: argparse.Namespace) -> dict:
             "best_valid_ndcg@10": best and best["valid_ndcg@10"], "curve": curve,
             # members > 1: the curve and the best above are the first member's; this is the ensemble's validation
             **({"members": report["members"]} if "members" in report else {}),
+            # transitions="auto": the prior's weight and the validation NDCG@10 of each weight tried
+            **({"transitions": report["transitions"]} if "transitions" in report else {}),
             "peak_mem_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
@@ -275,6 +277,9 @@ def combine(runs: list[dict]) -> dict:
     ensembles = [r["members"]["valid"]["ndcg@10"] for r in ok if "valid" in r.get("members", {})]
     if ensembles:  # members > 1: the ensemble's validation, next to its first member's above
         row["members_valid_ndcg@10"] = round(float(np.mean(ensembles)), 4)
+    weights = [r["transitions"]["weight"] for r in ok if "transitions" in r]
+    if weights:  # transitions="auto": the weight each seed's validation chose
+        row["transitions_weights"] = weights
     row["runs"] = runs
     return row
 

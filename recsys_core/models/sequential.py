@@ -509,6 +509,7 @@ class SequentialRecommender(Recommender):
         return out
 
     def user_embeddings(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        """The encoder's user vectors (with `transitions`, scores also add the prior, which no vector holds)."""
         self._require_fitted()
         return self._map_chunks(histories, lambda u: u, self.config.hidden * len(self.members_)).numpy()
 
