@@ -201,7 +201,7 @@ def test_how_a_run_stopped_says_whether_it_was_refit_and_what_its_transitions_ad
     assert run_ending({**ended, "refit": {"done": False, "reason": why}}).endswith(f" · not refit: {why}")
     assert run_ending(ended) == "early stopping after 1,716 steps"  # refit off: nothing said
     weighted = {"weight": 0.1, "valid_ndcg@10": {"0.0": 0.14, "0.1": 0.15}, "counted": "training sequences"}
-    assert run_ending({**ended, "transitions": weighted}).endswith(" · transitions added at weight 0.1 (chosen on validation)")
+    assert run_ending({**ended, "transitions": weighted}).endswith(" · transitions added at weight 0.1, chosen on validation")
     assert run_ending({**ended, "transitions": {**weighted, "weight": 0.0}}).endswith(
         " · transitions not added: none of their weights beat the model alone")
     assert run_ending({**ended, "transitions": {"weight": 0.0, "reason": "no validation users to weigh it on"}}).endswith(

@@ -153,7 +153,7 @@ def run_ending(record: dict) -> str:
                  else f" · not refit: {refit['reason']}")
     prior = record.get("transitions")
     if prior:
-        text += (f" · transitions added at weight {prior['weight']:g} (chosen on validation)" if prior["weight"]
+        text += (f" · transitions added at weight {prior['weight']:g}, chosen on validation" if prior["weight"]
                  else f" · transitions not added: {prior.get('reason') or 'none of their weights beat the model alone'}")
     return text
 
