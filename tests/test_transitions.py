@@ -111,3 +111,10 @@ def test_off_adds_nothing_and_a_fit_without_validation_keeps_the_encoder_alone(d
 def test_auto_with_refit_is_refused_before_training():
     with pytest.raises(ConfigError, match="refit=true trains on"):
         make_model("bert4rec", {"transitions": "auto", "refit": True})
+
+
+def test_the_prior_is_added_a_few_users_at_a_time_on_a_large_catalogue(data, fitted, monkeypatch):
+    _, split = data
+    whole = fitted.score(split.test.histories)
+    monkeypatch.setattr("recsys_core.models.transitions.CELLS", 2 * fitted.n_items_)  # two users a chunk
+    torch.testing.assert_close(fitted.score(split.test.histories), whole, rtol=0, atol=0)

@@ -27,7 +27,7 @@ from recsys_core.evaluation.metrics import rank_metrics
 TRANSITION_MODES = ("off", "auto")
 WEIGHTS = (0.0, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2)  # 0.075-0.15 won on the demo's validation; 0 keeps the encoder
 PREFIX = "transitions."  # the saved tensors' names
-ROWS = 4096  # users a chunk adds the prior to (a dense [rows, items] block at a time)
+CELLS = 2**24  # users x items a chunk of the prior holds (64 MB), so 100k items add it 167 users at a time
 
 
 class TransitionPrior:
@@ -75,9 +75,9 @@ class TransitionPrior:
         """Add weight x prior to `scores` ([len(histories), items]) in place, a chunk of users at a time."""
         if self.weight == 0:
             return
-        last = last_items(histories)
-        for start in range(0, len(last), ROWS):
-            chunk = slice(start, start + ROWS)
+        last, rows = last_items(histories), max(1, CELLS // self.n_items)
+        for start in range(0, len(last), rows):
+            chunk = slice(start, start + rows)
             scores[chunk] += self.weight * self.prior(last[chunk], index).to(scores.dtype)
 
     def tensors(self) -> dict[str, torch.Tensor]:
