@@ -97,11 +97,11 @@ def last_items(histories: Sequence[np.ndarray]) -> torch.Tensor:
     return torch.tensor([int(h[-1]) if len(h) else -1 for h in histories], dtype=torch.long)
 
 
-def choose_weight(score: Callable[[Sequence[np.ndarray]], torch.Tensor], table: TransitionPrior, valid: EvalSet,
-                  batch: int = 512) -> dict[float, float]:
+def choose_weight(score: Callable[[Sequence[np.ndarray]], torch.Tensor], table: TransitionPrior,
+                  valid: EvalSet) -> dict[float, float]:
     """Validation NDCG@10 of the encoder's scores plus each of `WEIGHTS` x the prior, over `valid`'s users (the
-    encoder scores each user once)."""
-    sums = dict.fromkeys(WEIGHTS, 0.0)
+    encoder scores each user once; up to 512 users a batch, fewer where the catalogue is large)."""
+    sums, batch = dict.fromkeys(WEIGHTS, 0.0), max(1, min(512, CELLS // table.n_items))
     for start in range(0, len(valid.histories), batch):
         histories = valid.histories[start:start + batch]
         targets, base = valid.targets[start:start + batch], score(histories)
