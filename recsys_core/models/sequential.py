@@ -106,8 +106,8 @@ class SequentialConfig(Settings):
     # SASRec+ 0.1338 -> 0.1464; validation agreed on all three. Not a default: 3x the CPU (a profile's budget is shared).
     members: int = setting(1, "Train this many copies from different seeds and average their scores; the CPU budget "
                               "is shared equally (about members x the CPU).", ge=1, le=16)
-    # The successions an encoder misses (transitions.py): test NDCG@10 +0.003..+0.006 on every seed of the demo, ML-100k
-    # and the ML-1M subset (bench/results/peers-*-transitions-*). Off by default for now: README, "transition prior".
+    # The successions an encoder misses (transitions.py): test NDCG@10 +0.003..+0.006 for single models on every seed of
+    # the demo, ML-100k and the ML-1M subset (peers-*-transitions-*). Off by default for now: README, "transition prior".
     transitions: str = setting("off", "auto: also score how often each item followed the history's last item in "
                                       "training, weighted on validation.", choices=TRANSITION_MODES)
     score_batch_size: int = setting(512, "Users scored per batch at inference.", ge=1)
