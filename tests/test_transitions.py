@@ -49,7 +49,8 @@ def fitted(data):
 
 
 def test_the_prior_is_the_z_score_of_log_counts_over_the_whole_catalogue():
-    table = TransitionPrior.count([np.array([0, 1, 2]), np.array([0, 1]), np.array([1, 0]), np.array([3])], 5)
+    empty = np.array([], dtype=np.int64)  # a user whose every item is held out: no pair, and none across it
+    table = TransitionPrior.count([np.array([0, 1, 2]), empty, np.array([0, 1]), np.array([1, 0]), np.array([3])], 5)
     prior = table.prior(torch.tensor([0, 1, 3, -1]))
     row = np.array([0, math.log(3), 0, 0, 0])  # 0 was followed by 1 twice
     np.testing.assert_allclose(prior[0].numpy(), (row - row.mean()) / row.std(), rtol=1e-6)

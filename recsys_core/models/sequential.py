@@ -27,7 +27,6 @@ from recsys_core.errors import ConfigError, DataError, ModelError
 from recsys_core.evaluation.metrics import evaluate, sample_users
 from recsys_core.models import ensemble, loop, losses, refit
 from recsys_core.models.base import Capabilities, Recommender
-from recsys_core.models.refit import best_step
 from recsys_core.models.sequences import (
     SCORE_CHUNK_TOKENS,
     SequenceWindows,
@@ -106,7 +105,7 @@ class SequentialConfig(Settings):
     # SASRec+ 0.1338 -> 0.1464; validation agreed on all three. Not a default: 3x the CPU (a profile's budget is shared).
     members: int = setting(1, "Train this many copies from different seeds and average their scores; the CPU budget "
                               "is shared equally (about members x the CPU).", ge=1, le=16)
-    # The successions an encoder misses (transitions.py): test NDCG@10 +0.003..+0.006 for single models on every seed of
+    # The successions an encoder misses (transitions.py): test NDCG@10 +0.0026..+0.0060 for single models on every seed of
     # the demo, ML-100k and the ML-1M subset (peers-*-transitions-*). Off by default for now: README, "transition prior".
     transitions: str = setting("off", "auto: also score how often each item followed the history's last item in "
                                       "training, weighted on validation.", choices=TRANSITION_MODES)
@@ -342,7 +341,7 @@ class SequentialRecommender(Recommender):
         how long to train, and the final model then also learns the most recent thing every user did. The
         early-stopped model stays when the refit cannot run, or is cancelled; the report says why."""
         seqs = split.train_with_validation() if split is not None else None
-        steps = best_step(first.history, first.best_epoch)
+        steps = refit.best_step(first.history, first.best_epoch)
         skip = refit.obstacle(seqs, steps, first, lcfg, progress)
         if skip:
             return {"done": False, "reason": skip}

@@ -3,7 +3,7 @@ the history's last item in the training sequences, added to the encoder's scores
 validation.
 
 Why: on the demo the encoders (and their seed ensembles) miss exact item-to-item successions that a count table
-keeps; the prior, weighted on validation, lifted single models' test NDCG@10 by 0.003-0.006 on every seed of the demo,
+keeps; the prior, weighted on validation, lifted single models' test NDCG@10 by 0.0026-0.0060 on every seed of the demo,
 ML-100k and the ML-1M subset (ensembles: +0.0044 on the demo, +0.0024 on ML-100k, a tie on ML-1M; README, "The transition prior").
 
 The prior of a history whose last item is `a` is the z-score, over the whole catalogue, of log(1 + count(a -> j)):
@@ -36,24 +36,24 @@ class TransitionPrior:
     def __init__(self, indptr: torch.Tensor, indices: torch.Tensor, logs: torch.Tensor, weight: float) -> None:
         self.indptr, self.indices, self.logs, self.weight = indptr.long(), indices.long(), logs.float(), float(weight)
         self.n_items = len(self.indptr) - 1
-        sums = torch.zeros(self.n_items).index_add_(0, self._rows(), self.logs)
-        squares = torch.zeros(self.n_items).index_add_(0, self._rows(), self.logs ** 2)
+        rows = torch.repeat_interleave(torch.arange(self.n_items), self.indptr[1:] - self.indptr[:-1])
+        sums = torch.zeros(self.n_items).index_add_(0, rows, self.logs)
+        squares = torch.zeros(self.n_items).index_add_(0, rows, self.logs ** 2)
         self.mean = sums / self.n_items
         self.std = (squares / self.n_items - self.mean ** 2).clamp_min(0).sqrt()
 
     @classmethod
     def count(cls, sequences: Sequence[np.ndarray], n_items: int, weight: float = 0.0) -> TransitionPrior:
         """The table of `sequences` (item indices in order): one count per consecutive pair."""
-        pairs = [np.stack([s[:-1], s[1:]]) for s in sequences if len(s) > 1]
-        flat = np.concatenate(pairs, axis=1) if pairs else np.zeros((2, 0), dtype=np.int64)
-        cells, counts = np.unique(flat[0].astype(np.int64) * n_items + flat[1], return_counts=True)
+        flat = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences] or [np.zeros(0, dtype=np.int64)])
+        within = np.ones(max(len(flat) - 1, 0), dtype=bool)  # pair (i, i + 1) lies inside one sequence
+        ends = np.cumsum([len(s) for s in sequences], dtype=np.int64)[:-1] - 1
+        within[ends[(ends >= 0) & (ends < len(within))]] = False
+        cells, counts = np.unique(flat[:-1][within] * n_items + flat[1:][within], return_counts=True)
         rows, cols = np.divmod(cells, n_items)
         indptr = np.zeros(n_items + 1, dtype=np.int64)
         np.cumsum(np.bincount(rows, minlength=n_items), out=indptr[1:])
         return cls(torch.from_numpy(indptr), torch.from_numpy(cols), torch.from_numpy(np.log1p(counts)), weight)
-
-    def _rows(self) -> torch.Tensor:
-        return torch.repeat_interleave(torch.arange(self.n_items), self.indptr[1:] - self.indptr[:-1])
 
     def prior(self, last: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         """[len(last), items] z-scores of log(1 + count(last -> item)); `last` -1 (no history) scores 0."""
