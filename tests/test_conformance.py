@@ -169,6 +169,25 @@ def test_seed_ensembles_train_exactly_when_declared(data, family: str) -> None:
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_the_transition_prior_is_weighed_exactly_when_declared(data, family: str) -> None:
+    """A family that declares `transition_prior` by default weighs it on validation and keeps its table, and declares
+    nothing with transitions=off; one that does not has no such setting (so the tuner has nothing to turn off)."""
+    ds, split = data
+    cls = FAMILIES[family]
+    if not capabilities_of(family, {}).transition_prior:
+        assert "transitions" not in {name for name, _ in flat_fields(cls.config_class)}
+        return
+    quick = {**_quick(family), "train.epochs": 2}
+    model = cls(build_config(cls.config_class, quick)).fit(ds, split=split)
+    assert model.fit_report()["transitions"]["counted"] == "training and validation sequences"
+    kept = any(name.startswith("transitions.") for name in model.state_tensors())  # saved with the model
+    assert kept == (model.fit_report()["transitions"]["weight"] > 0)
+    off = {**quick, "transitions": "off"}
+    assert not capabilities_of(family, off).transition_prior
+    assert "transitions" not in cls(build_config(cls.config_class, off)).fit(ds, split=split).fit_report()
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_text_faces_work_exactly_when_declared(data, fitted, family: str) -> None:
     ds, _ = data
     model, folder = fitted[family]

@@ -19,8 +19,9 @@ from tests.test_jobs import _sequences
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
+# The encoders alone (transitions off): the ensemble's own scores are what these tests compare exactly.
 SMALL = {"hidden": 16, "layers": 1, "max_len": 12, "batch_size": 16, "epochs": 6, "patience": 2, "eval_every": 1,
-         "valid_share": 0.0, "seed": 3}
+         "valid_share": 0.0, "seed": 3, "transitions": "off"}
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +101,18 @@ def test_a_cancel_in_the_second_member_keeps_the_first_alone(data):
     first = make_model("sasrec", {**SMALL, "seed": 6}).fit(ds, split=split)
     assert model.fit_report()["members"]["trained"] == 1
     torch.testing.assert_close(model.score(split.test.histories), first.score(split.test.histories), rtol=0, atol=0)
+
+
+def test_with_refit_every_member_is_refit_after_all_trained_on_the_training_items_alone(data):
+    """A refit draws its negatives from the training and validation items: the next member must not train on them."""
+    ds, split = data
+    sampled = {**SMALL, "members": 2, "loss": "sampled", "n_negatives": 8, "seed": 1}
+    refitted = make_model("sasrec", {**sampled, "refit": True}).fit(ds, split=split).fit_report()
+    early = make_model("sasrec", sampled).fit(ds, split=split).fit_report()
+    each = refitted["members"]["each"]
+    assert [m["best_metric"] for m in each] == [m["best_metric"] for m in early["members"]["each"]]
+    assert refitted["refit"]["done"] and each[1]["refit"]["done"]
+    assert "refit" not in each[0]  # member 0's is the report's own
 
 
 def test_members_share_the_cpu_budget_and_keep_their_own_checkpoints(tmp_path):

@@ -89,7 +89,7 @@ def test_train_page_puts_basic_settings_first_and_every_other_field_under_advanc
     block = at.selectbox(key=prefix + "block")
     assert block.options == ["bert", "pre_norm", "ligr"] and block.value == BERT4RecConfig().block
     prior = at.selectbox(key=prefix + "transitions")
-    assert prior.options == ["off", "auto"] and prior.value == "off" and "weighted on validation" in prior.help
+    assert prior.options == ["off", "auto"] and prior.value == "auto" and "weighted on validation" in prior.help
     # The profile's settings are what the Advanced fields start from (and what a job gets).
     patience = at.number_input(key=prefix + "train_patience")
     assert patience.value == proposed.overrides("bert4rec").get("train.patience", BERT4RecConfig().train.patience)

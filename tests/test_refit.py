@@ -20,9 +20,10 @@ from recsys_core.training.experiment import make_model, make_split
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # A constant learning rate after no warm-up: the refit's schedule (planned for the whole first run) and a fresh
-# run's (planned for its own steps) are then the same, so the two can be compared weight for weight.
+# run's (planned for its own steps) are then the same, so the two can be compared weight for weight. The encoders
+# alone: the transition prior's weighing around a refit is test_transitions.py's.
 SMALL = {"hidden": 16, "layers": 1, "max_len": 12, "batch_size": 16, "epochs": 12, "patience": 2, "eval_every": 1,
-         "valid_share": 0.0, "warmup_frac": 0.0, "lr_floor": 1.0, "seed": 5}
+         "valid_share": 0.0, "warmup_frac": 0.0, "lr_floor": 1.0, "seed": 5, "transitions": "off"}
 
 
 @pytest.fixture(scope="module")

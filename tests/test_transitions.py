@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from recsys_core.data.dataset import build_dataset
-from recsys_core.errors import ConfigError
 from recsys_core.models.base import load_model
 from recsys_core.models.transitions import TransitionPrior, last_items
 from recsys_core.training.experiment import make_model, make_split
@@ -78,6 +77,14 @@ def test_auto_weighs_the_prior_on_validation_and_it_lifts_a_weak_encoder(data, f
     assert (with_prior.argmax(1) == successor).float().mean() > (alone.argmax(1) == successor).float().mean()
 
 
+def test_scores_are_the_encoders_dot_products_plus_the_weighted_prior(data, fitted):
+    """The vectors the Embeddings page maps are the encoder's; the prior is added beside them, at its weight."""
+    histories = data[1].test.histories[:30]
+    dots = fitted.user_embeddings(histories) @ fitted.item_embeddings().T
+    prior = fitted.transitions_.weight * fitted.transitions_.prior(last_items(histories)).numpy()
+    np.testing.assert_allclose(fitted.score(histories).numpy(), dots + prior, rtol=1e-4, atol=1e-4)
+
+
 def test_the_kept_table_counts_training_and_validation_items_and_never_a_test_item(data, fitted):
     _, split = data
     table = fitted.transitions_
@@ -109,9 +116,21 @@ def test_off_adds_nothing_and_a_fit_without_validation_keeps_the_encoder_alone(d
     assert unsplit.fit_report()["transitions"] == {"weight": 0.0, "reason": "no validation users to weigh it on"}
 
 
-def test_auto_with_refit_is_refused_before_training():
-    with pytest.raises(ConfigError, match="refit=true trains on"):
-        make_model("bert4rec", {"transitions": "auto", "refit": True})
+def test_auto_is_the_default_of_every_sequential_family():
+    for family in ("sasrec", "bert4rec", "hybrid"):
+        assert make_model(family, {}).config.transitions == "auto"
+
+
+def test_with_refit_the_weight_is_chosen_on_the_early_stopped_encoder(data, fitted):
+    """The refit trains on the validation items: weighed after it, validation would reward whatever it memorised."""
+    ds, split = data
+    refitted = make_model("sasrec", {**WEAK, "max_steps": 8, "refit": True}).fit(ds, split=split)
+    alone = make_model("sasrec", {**WEAK, "max_steps": 8}).fit(ds, split=split)
+    assert refitted.fit_report()["refit"]["done"]
+    assert refitted.fit_report()["transitions"] == alone.fit_report()["transitions"]
+    assert refitted.transitions_.weight > 0
+    histories = split.test.histories
+    assert not torch.equal(refitted.score(histories), alone.score(histories))  # the refitted encoder scores
 
 
 def test_the_prior_is_added_a_few_users_at_a_time_on_a_large_catalogue(data, fitted, monkeypatch):

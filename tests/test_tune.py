@@ -132,16 +132,17 @@ def test_a_three_trial_study_is_stored_resumed_and_recorded_on_the_winners_runs(
     assert read_study(storage, study_name("cycle", "sasrec"))["budgets"] == [120, 120]
 
 
-def test_trials_search_single_models_and_the_winner_trains_the_members_asked_for(ds, tmp_path, monkeypatch):
+def test_trials_search_single_encoders_and_the_winner_trains_the_members_and_prior_asked_for(ds, tmp_path, monkeypatch):
     """members=2 fixed: every trial trains one model (one validation curve for the pruner to read), the winner's
-    final run trains two, each on a trial's CPU budget."""
+    final run trains two, each on a trial's CPU budget. The transition prior's kept table counts the validation
+    items a trial is scored on: trials go without it, the final runs add it (its default)."""
     import recsys_core.training.tune as tuning
 
     built = []
 
     def spy(family, values):
         model = make_model(family, values)
-        built.append((model.config.members, model.config.train.cpu_budget_s))
+        built.append((model.config.members, model.config.train.cpu_budget_s, model.config.transitions))
         return model
 
     monkeypatch.setattr(tuning, "make_model", spy)
@@ -149,9 +150,10 @@ def test_trials_search_single_models_and_the_winner_trains_the_members_asked_for
     result = tune(ds, "sasrec", budget_cpu_s=120, storage=studies_path(ws.root), dataset_name="cycle",
                   overrides={**TINY, "members": 2}, trial_cpu_s=30, max_trials=2, final_seeds=(0,), workspace=ws)
     trials = [b for b in built if b[1] and b[1] <= 30]
-    assert len(trials) == 2 and all(members == 1 for members, _ in trials)
+    assert len(trials) == 2 and all(members == 1 and prior == "off" for members, _, prior in trials)
     run = ws.get_run(result.run_ids[0])
     assert run.config["members"] == 2 and run.config["train"]["cpu_budget_s"] == 60
+    assert run.config["transitions"] == "auto" and "weight" in run.metrics["run"]["transitions"]
     assert run.metrics["run"]["members"]["trained"] == 2
 
 

@@ -48,6 +48,9 @@ class Capabilities:
     training_curves: bool = False  # `training_history` holds per-epoch loss / validation metrics (live curves)
     # a `members` setting: that many copies trained from their own seeds, scored as their mean (`models/ensemble.py`)
     seed_ensemble: bool = False
+    # scores add the transition prior (`transitions=auto`, `models/transitions.py`), whose kept table counts the
+    # validation items: the tuner's trials, scored on them, go without it
+    transition_prior: bool = False
 
 
 @dataclass(frozen=True)

@@ -106,9 +106,9 @@ class SequentialConfig(Settings):
     members: int = setting(1, "Train this many copies from different seeds and average their scores; the CPU budget "
                               "is shared equally (about members x the CPU).", ge=1, le=16)
     # The successions an encoder misses (transitions.py): test NDCG@10 +0.0026..+0.0060 for single models on every seed of
-    # the demo, ML-100k and the ML-1M subset (peers-*-transitions-*). Off by default for now: README, "transition prior".
-    transitions: str = setting("off", "auto: also score how often each item followed the history's last item in "
-                                      "training, weighted on validation.", choices=TRANSITION_MODES)
+    # the demo, ML-100k and the ML-1M subset (peers-*-transitions-*); validation chose a weight above 0 on all of them.
+    transitions: str = setting("auto", "auto: also score how often each item followed the history's last item in "
+                                       "training, weighted on validation; off: the encoder alone.", choices=TRANSITION_MODES)
     score_batch_size: int = setting(512, "Users scored per batch at inference.", ge=1)
     loss: str = setting("auto", "auto (ce up to auto_sampled_items items), ce (full softmax), sampled (over "
                                 "n_negatives popular items, logQ-corrected) or gbce (gSASRec).", choices=losses.LOSSES)
@@ -140,9 +140,6 @@ class SequentialConfig(Settings):
         if self.hidden % self.heads:
             raise ConfigError(f"hidden={self.hidden} is not a multiple of heads={self.heads}", setting="hidden",
                               hint="pick hidden divisible by heads, e.g. hidden=64, heads=2")
-        if self.transitions == "auto" and self.refit:
-            raise ConfigError("transitions=auto weighs its prior on the validation items, which refit=true trains on",
-                              setting="transitions", hint="turn one of them off")
 
 
 @dataclass(frozen=True)
@@ -179,7 +176,8 @@ class SequentialRecommender(Recommender):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(order_aware=True, training_curves=True, seed_ensemble=True)
+        return Capabilities(order_aware=True, training_curves=True, seed_ensemble=True,
+                            transition_prior=self.config.transitions == "auto")
 
     def training_history(self) -> list[dict]:
         return self.history_
@@ -288,35 +286,53 @@ class SequentialRecommender(Recommender):
         plan = self.validation_plan(split, windows, steps_per_epoch)
         valid = self._valid_subset(split, plan.users)
         lcfg = self._loop_config(batch_size, plan.every, has_valid=valid is not None)
-        trained, reports = [], []
+        trained, runs = [], []
         for member in range(cfg.members):
             mcfg = ensemble.member_config(lcfg, member, cfg.members)
-            report = self._fit_member(train_seqs, windows, valid, mcfg, split, device, progress, member)
+            result = self._fit_member(train_seqs, windows, valid, mcfg, device, progress, member)
             if progress.cancelled and trained:  # a member cut short would only dilute the finished ones
                 break
             trained.append(self.module_)
-            reports.append(report)
+            runs.append((result, mcfg))
             if progress.cancelled:
                 break
-        self.module_, self.members_, self.joined_ = trained[0], trained, None
+        reports = [{k: v for k, v in asdict(result).items() if k != "history"} for result, _ in runs]
+        self._use_members(trained)
         self.fit_report_ = {"loss": choice.loss, "loss_reason": choice.reason, "validation": asdict(plan), **reports[0]}
         if cfg.members > 1:
             joint = validation_metrics(self, valid) if valid is not None and not progress.cancelled else None
             self.fit_report_["members"] = ensemble.report(cfg.train, cfg.members, reports, joint)
             self.fit_report_["improved"] = ensemble.improved(reports)
-        for module in trained:
-            module.eval()
         self.transitions_ = None
         if cfg.transitions == "auto" and not progress.cancelled:
+            # weighed before any refit: the refit trains on the validation items the weight is chosen on
             known = split.train_with_validation() if split is not None else None
             self.transitions_, self.fit_report_["transitions"] = fit_prior(self.score, self.n_items_, train_seqs,
                                                                            known, valid)
+        if cfg.refit:
+            self._refit_members(split, runs, loop.planned_steps(lcfg, steps_per_epoch), device, progress)
         return self
 
+    def _use_members(self, modules: list[SequenceEncoder]) -> None:
+        self.module_, self.members_, self.joined_ = modules[0], modules, None
+        for module in modules:
+            module.eval()
+
+    def _refit_members(self, split: Split | None, runs: list[tuple[loop.LoopResult, TrainConfig]], schedule: int,
+                       device: torch.device, progress: Progress) -> None:
+        """Refit every member after all were early-stopped and validated, so no member trains with the refit's
+        negatives; the report of member i (0: the fit report's own) gets its "refit"."""
+        refitted, members = [], self.fit_report_.get("members", {}).get("each", [])
+        for i, (module, (result, mcfg)) in enumerate(zip(self.members_, runs)):
+            self.module_ = module
+            done = self._refit(split, result, mcfg, schedule, device, progress)
+            (self.fit_report_ if i == 0 else members[i])["refit"] = done
+            refitted.append(self.module_)
+        self._use_members(refitted)
+
     def _fit_member(self, train_seqs: Sequence[np.ndarray], windows: SequenceWindows, valid: EvalSet | None,
-                    lcfg: TrainConfig, split: Split | None, device: torch.device, progress: Progress,
-                    member: int) -> dict:
-        """Train one encoder into `module_` (validated alone) and return its loop's report."""
+                    lcfg: TrainConfig, device: torch.device, progress: Progress, member: int) -> loop.LoopResult:
+        """Train one encoder into `module_` (validated alone) and return its loop's result."""
         with loop.seeded(lcfg.seed, device):  # parameter init draws from torch's generator
             self.module_ = self._init_module(train_seqs, lcfg.seed).to(device)
         self.members_ = [self.module_]
@@ -329,10 +345,7 @@ class SequentialRecommender(Recommender):
         result = loop.train(_SequenceTask(self, windows, valid), lcfg, device, progress)
         if member == 0:  # the curves the pages draw are the first member's
             self.history_ = result.history
-        report = {k: v for k, v in asdict(result).items() if k != "history"}
-        if self.config.refit:
-            report["refit"] = self._refit(split, result, lcfg, schedule, device, progress)
-        return report
+        return result
 
     def _refit(self, split: Split | None, first: loop.LoopResult, lcfg: TrainConfig, schedule: int,
                device: torch.device, progress: Progress) -> dict:

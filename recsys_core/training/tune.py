@@ -46,13 +46,14 @@ from recsys_core.data.splits import EvalSet, Split
 from recsys_core.errors import ConfigError, RecsysError
 from recsys_core.evaluation.metrics import evaluate
 from recsys_core.models import loop
-from recsys_core.models.base import family_class
+from recsys_core.models.base import capabilities_of, family_class
 from recsys_core.models.settings import Dimension, flatten_config, has_training_loop, resolve_name, search_space
 from recsys_core.progress import Progress, ProgressEvent
 from recsys_core.training.experiment import check_order, make_model, make_split, run_experiment
 
 TUNE_KIND = "tune"  # the jobs table's kind of a tune job
 MEMBERS = "members"  # a sequential model's seed ensemble (`models/ensemble.py`): the final runs only
+TRANSITIONS = "transitions"  # the transition prior (`capabilities.transition_prior`): the final runs only
 DEFAULTS, PER_USER = "defaults", "valid_ndcg_per_user"  # trial attributes: the defaults' trial; its users' NDCG@10
 PAIRED_USERS = 10_000  # at most this many users' NDCG@10 kept per trial (~80 KB; 2 SE of a 0.3-spread diff ~0.006)
 STUDIES_FILE = "studies.db"
@@ -302,6 +303,8 @@ def _run_trial(trial: optuna.Trial, search: _Search) -> float:
         values.update({"train.cpu_budget_s": budget, "train.seed": search.seed})
     if MEMBERS in values:  # trials compare single models on one curve each; the members train in the final runs
         values[MEMBERS] = 1
+    if capabilities_of(search.family, values).transition_prior:  # its table counts the items a trial is scored on
+        values[TRANSITIONS] = "off"
     model = make_model(search.family, values)
     refusal = model.refusal(search.ds)
     if refusal is not None:

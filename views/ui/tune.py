@@ -50,6 +50,9 @@ def tune_mode(record: DatasetRecord, ds: Dataset, store: JobStore) -> None:
         st.info("No model with settings to search can train on this data.")
         return
     family = st.selectbox("Model", offered, key="tune_family", format_func=lambda f: family_class(f).description)
+    if capabilities_of(family, {}).transition_prior:
+        st.caption("The trials score this model without its transition prior, whose table counts the validation "
+                   "items they are scored on; the winner's final runs add it, weighed on validation.")
     name = study_name(record.name, family)
     study = read_study(studies_path(workspace().root), name)
     running = [j for j in store.list(dataset=record.name, kind=TUNE_KIND, active_only=True) if j.family == family]
