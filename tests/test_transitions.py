@@ -4,6 +4,7 @@ never a test item; it is saved with the model; a tie on validation keeps the enc
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from recsys_core.data.dataset import build_dataset
+from recsys_core.errors import ModelError
 from recsys_core.models.base import load_model
 from recsys_core.models.transitions import TransitionPrior, last_items
 from recsys_core.training.experiment import make_model, make_split
@@ -104,6 +106,16 @@ def test_a_saved_model_keeps_its_prior_and_scores_a_subset_as_the_catalogue(data
     items = np.array([3, 0, 11])
     torch.testing.assert_close(loaded.score_items(histories, items), loaded.score(histories)[:, items], rtol=1e-5,
                                atol=1e-5)
+
+
+def test_a_folder_whose_weights_hold_a_prior_its_config_turns_off_is_refused(fitted, tmp_path):
+    fitted.save(tmp_path / "m")
+    config = tmp_path / "m" / "config.json"
+    meta = json.loads(config.read_text())
+    meta["config"]["transitions"] = "off"  # an edited folder: its scores would silently keep the prior
+    config.write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="transitions=off"):
+        load_model(tmp_path / "m")
 
 
 def test_off_adds_nothing_and_a_fit_without_validation_keeps_the_encoder_alone(data):

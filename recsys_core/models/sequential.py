@@ -546,7 +546,7 @@ class SequentialRecommender(Recommender):
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         tensors = dict(tensors)
-        self.transitions_ = TransitionPrior.pop_from(tensors)
+        self.transitions_ = TransitionPrior.pop_from(tensors, self.config.transitions)
         self.members_ = [self._load_member(part) for part in ensemble.split_tensors(tensors, self.config.members)]
         self.module_, self.joined_ = self.members_[0], None
 

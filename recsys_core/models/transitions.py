@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from recsys_core.data.splits import EvalSet
+from recsys_core.errors import ModelError
 from recsys_core.evaluation.metrics import rank_metrics
 
 TRANSITION_MODES = ("off", "auto")
@@ -85,11 +86,15 @@ class TransitionPrior:
                 f"{PREFIX}weight": torch.tensor(self.weight)}
 
     @classmethod
-    def pop_from(cls, tensors: dict[str, torch.Tensor]) -> TransitionPrior | None:
-        """The prior saved among a model's tensors (removed from them), or None when it has none."""
+    def pop_from(cls, tensors: dict[str, torch.Tensor], mode: str) -> TransitionPrior | None:
+        """The prior saved among a model's tensors (removed from them), or None when it has none; a prior under a
+        config whose `transitions` (`mode`) is off is refused, as its scores would not be the config's."""
         mine = {k[len(PREFIX):]: tensors.pop(k) for k in [k for k in tensors if k.startswith(PREFIX)]}
         if not mine:
             return None
+        if mode != "auto":
+            raise ModelError(f"saved weights hold a transition prior, but config.json sets transitions={mode}",
+                             hint="the folder's model.safetensors was edited or mixed with another model's; re-export it")
         return cls(mine["indptr"], mine["indices"], mine["logs"], float(mine["weight"]))
 
 
