@@ -103,10 +103,17 @@ def test_the_estimate_is_a_range_whose_upper_end_is_not_below_the_run(data, one_
     assert cpu <= 1.1 * upper + 0.15 and upper < 3 * cpu, (cpu, estimate)
 
 
+def test_the_probe_times_the_transition_priors_weighing_only_where_the_model_weighs_one(data, one_thread):
+    ds, split = data
+    settings = {**SMALL, "epochs": 1, "patience": 0}
+    assert profiles._probe(ds, "sasrec", settings, split, 50).prior_cpu_per_user > 0  # transitions=auto, the default
+    assert profiles._probe(ds, "sasrec", {**settings, "transitions": "off"}, split, 50).prior_cpu_per_user == 0
+
+
 def _rates(**kw):
     return profiles._Rates(**{"steps_per_epoch": 10, "batch_size": SMALL["batch_size"], "setup_cpu": 0.5, "step_cpu": 0.1, "step_cpu_low": 0.08,
                               "step_cpu_high": 0.12,
-                              "valid_cpu_per_user": 0.001, "test_cpu_per_user": 0.002,
+                              "valid_cpu_per_user": 0.001, "test_cpu_per_user": 0.002, "prior_cpu_per_user": 0.003,
                               "wall_per_cpu": 1.5, **kw})
 
 
@@ -119,7 +126,7 @@ def test_the_range_runs_from_the_earliest_early_stop_to_the_epoch_that_passes_th
     monkeypatch.setattr(profiles, "_plan", lambda *a: (10, 100, 1))
     settings = {**SMALL, "epochs": 10_000, "patience": 2, "cpu_budget_s": 30.0}
     estimate = estimate_training(ds, "sasrec", settings, split)
-    fixed = profiles.START_CPU_S + 0.5 + 0.002 * len(split.test)
+    fixed = profiles.START_CPU_S + 0.5 + 0.002 * len(split.test) + 0.003 * 100  # + weighing the prior (100 users)
     assert estimate.bound == "cpu_budget" and estimate.early_stopping
     assert estimate.upper_cpu_s == pytest.approx(fixed + 30.0 + 10 * 0.12 + 0.1)  # the budget + one epoch
     assert estimate.lower_cpu_s == pytest.approx(fixed + 3 * (10 * 0.08 + 0.1))  # first validation + patience 2
@@ -140,7 +147,7 @@ def test_the_range_runs_from_the_earliest_early_stop_to_the_epoch_that_passes_th
     assert budgeted.refit_steps == estimate.planned_steps  # a refit never makes more steps than the first run
     # members=2: two runs one after another, each on half the budget; every member encodes each test user
     pair = estimate_training(ds, "sasrec", {**settings, "members": 2}, split)
-    two_fixed = fixed + 0.002 * len(split.test)
+    two_fixed = fixed + 0.002 * len(split.test) + 0.003 * 100  # and each validation user the prior is weighed on
     assert pair.upper_cpu_s == pytest.approx(two_fixed + 2 * (15.0 + 10 * 0.12 + 0.1))
     assert pair.lower_cpu_s == pytest.approx(two_fixed + 2 * 3 * (10 * 0.08 + 0.1))
     assert pair.members == 2 and pair.planned_steps == 10 * math.ceil(15.0 / (10 * 0.1 + 0.1))  # each member's bar

@@ -231,8 +231,9 @@ def _estimate(ds: Dataset, family: str, overrides: dict[str, Any], split: Split)
         low, high = _with_refit(train, low, high, min(first_stop, every * rates.steps_per_epoch) * rates.step_cpu_low,
                                 cap * rates.step_cpu_high)
     low, high = low * members, high * members
-    # + the final evaluation (every member encodes each test user)
-    fixed = START_CPU_S + rates.setup_cpu + rates.test_cpu_per_user * len(split.test) * members
+    # + the final evaluation and the prior's weighing (every member encodes each test and validation user)
+    fixed = START_CPU_S + rates.setup_cpu + (rates.test_cpu_per_user * len(split.test)
+                                             + rates.prior_cpu_per_user * n_valid) * members
     planned = cap if bound != "cpu_budget" else min(cap, _budget_steps(train, rates, every, validation_cpu))
     return Estimate(lower_cpu_s=fixed + low, upper_cpu_s=fixed + high, lower_s=(fixed + low) * min(1.0, rates.wall_per_cpu),
                     upper_s=(fixed + high) * rates.wall_per_cpu, bound=bound, early_stopping=early,
@@ -294,6 +295,7 @@ class _Rates:
     step_cpu_high: float  # the mean's 95 % upper confidence bound over those stretches (mean + 2 standard errors)
     valid_cpu_per_user: float
     test_cpu_per_user: float  # the final evaluation: every cut-off, coverage, popularity bias, per-user rows
+    prior_cpu_per_user: float  # transitions=auto: weighing the prior, per validation user (0: no prior)
     wall_per_cpu: float  # wall seconds per CPU second while training here
 
 
@@ -318,6 +320,7 @@ def _probe(ds: Dataset, family: str, overrides: dict[str, Any], split: Split, va
     progress = Progress(callback=lambda event: marks.append((*loop.clock(), event)))
     started = loop.clock()
     model = cls(build_config(cls.config_class, probe)).fit(ds, progress=progress, split=split)
+    fitted = loop.clock()
     first = next(m for m in marks if m[2].step == 0 and m[2].total)
     steps = [m for m in marks if m[2].step > 0 and not m[2].metrics and m[2].loss is not None]
     valid = next((m for m in marks if m[2].metrics), None)
@@ -327,6 +330,8 @@ def _probe(ds: Dataset, family: str, overrides: dict[str, Any], split: Split, va
     step_cpu, step_wall = (hi[1] - lo[1]) / n, (hi[0] - lo[0]) / n
     stretches = [(b[1] - a[1]) / max(1, b[2].step - a[2].step) for a, b in itertools.pairwise(timed)]
     valid_cpu = (valid[1] - hi[1]) / users if valid is not None and len(split.valid) else 0.0
+    # after the loop's last event: the transition prior's weighing (the validation users scored once, ranked 7 times)
+    prior_cpu = (fitted[1] - marks[-1][1]) / users if model.capabilities.transition_prior and len(split.valid) else 0.0
     tested = min(len(split.test), PROBE_VALID_USERS)
     before = loop.clock()[1]
     evaluate(model, split.test, item_popularity=train_popularity(split), per_user=True, max_users=tested)
@@ -335,7 +340,7 @@ def _probe(ds: Dataset, family: str, overrides: dict[str, Any], split: Split, va
                   setup_cpu=max(0.0, first[1] - started[1]),
                   step_cpu=max(step_cpu, 1e-6), step_cpu_low=max(min(stretches), 1e-6),
                   step_cpu_high=max(step_cpu + 2 * _standard_error(stretches), 1e-6),
-                  valid_cpu_per_user=max(valid_cpu, 0.0), test_cpu_per_user=test_cpu,
+                  valid_cpu_per_user=max(valid_cpu, 0.0), test_cpu_per_user=test_cpu, prior_cpu_per_user=max(prior_cpu, 0.0),
                   wall_per_cpu=_job_wall_per_cpu(max(step_wall, 1e-6) / max(step_cpu, 1e-6)))
 
 
