@@ -118,6 +118,17 @@ def test_a_folder_whose_weights_hold_a_prior_its_config_turns_off_is_refused(fit
         load_model(tmp_path / "m")
 
 
+def test_a_model_saved_before_the_setting_existed_loads_without_a_prior(data, tmp_path):
+    ds, split = data
+    make_model("sasrec", {**WEAK, "transitions": "off"}).fit(ds, split=split).save(tmp_path / "m")
+    config = tmp_path / "m" / "config.json"
+    meta = json.loads(config.read_text())
+    del meta["config"]["transitions"]  # as every sequential model saved before 2026-12-07
+    config.write_text(json.dumps(meta))
+    old = load_model(tmp_path / "m")
+    assert old.config.transitions == "off" and not old.capabilities.transition_prior
+
+
 def test_off_adds_nothing_and_a_fit_without_validation_keeps_the_encoder_alone(data):
     ds, split = data
     off = make_model("sasrec", {**WEAK, "transitions": "off"}).fit(ds, split=split)

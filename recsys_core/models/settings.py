@@ -275,6 +275,14 @@ def migrate(family: str, config_class: type, meta: dict, file: str) -> dict:
         config = _from_v0(family, config_class, config)
     if version <= 1:
         config = _from_v1(family, config)
+    return _before_transitions(config_class, config)
+
+
+def _before_transitions(config_class: type, config: dict) -> dict:
+    """A sequential model saved before the `transitions` setting existed scored with its encoder alone: "off", not
+    today's default (every save since writes the setting, so a missing one means only that)."""
+    if any(f.name == "transitions" for f in dataclasses.fields(config_class)):
+        config.setdefault("transitions", "off")
     return config
 
 
