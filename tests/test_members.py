@@ -107,7 +107,10 @@ def test_with_refit_every_member_is_refit_after_all_trained_on_the_training_item
     """A refit draws its negatives from the training and validation items: the next member must not train on them."""
     ds, split = data
     sampled = {**SMALL, "members": 2, "loss": "sampled", "n_negatives": 8, "seed": 1}
-    refitted = make_model("sasrec", {**sampled, "refit": True}).fit(ds, split=split).fit_report()
+    said = []
+    progress = Progress(lambda event: said.append(event.message))
+    refitted = make_model("sasrec", {**sampled, "refit": True}).fit(ds, split=split, progress=progress).fit_report()
+    assert [m for m in said if m.startswith("refitting")][1].startswith("refitting member 2 of 2 on training")
     early = make_model("sasrec", sampled).fit(ds, split=split).fit_report()
     each = refitted["members"]["each"]
     assert [m["best_metric"] for m in each] == [m["best_metric"] for m in early["members"]["each"]]

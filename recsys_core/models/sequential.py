@@ -325,7 +325,8 @@ class SequentialRecommender(Recommender):
         refitted, members = [], self.fit_report_.get("members", {}).get("each", [])
         for i, (module, (result, mcfg)) in enumerate(zip(self.members_, runs)):
             self.module_ = module
-            done = self._refit(split, result, mcfg, schedule, device, progress)
+            which = f" member {i + 1} of {len(runs)}" if len(runs) > 1 else ""
+            done = self._refit(split, result, mcfg, schedule, device, progress, which)
             (self.fit_report_ if i == 0 else members[i])["refit"] = done
             refitted.append(self.module_)
         self._use_members(refitted)
@@ -348,7 +349,7 @@ class SequentialRecommender(Recommender):
         return result
 
     def _refit(self, split: Split | None, first: loop.LoopResult, lcfg: TrainConfig, schedule: int,
-               device: torch.device, progress: Progress) -> dict:
+               device: torch.device, progress: Progress, which: str = "") -> dict:
         """Train again from the same start on the training sequences plus each user's validation item, for the
         steps at which validation peaked, on the learning-rate schedule the first run planned: validation chose
         how long to train, and the final model then also learns the most recent thing every user did. The
@@ -364,7 +365,7 @@ class SequentialRecommender(Recommender):
         windows = self.windows(seqs)
         rcfg = dataclasses.replace(lcfg, batch_size=first.batch_size, max_steps=steps, patience=0, cpu_budget_s=0.0,
                                    checkpoint_dir="")
-        progress.update(0, steps, message=f"refitting on training + validation items: {steps} steps, "
+        progress.update(0, steps, message=f"refitting{which} on training + validation items: {steps} steps, "
                                           f"{len(windows)} sequences")
         result = loop.train(_SequenceTask(self, windows, None), rcfg, device, progress, schedule_steps=schedule)
         if result.stopped == "cancelled":
