@@ -105,7 +105,7 @@ class SequentialConfig(Settings):
     # SASRec+ 0.1338 -> 0.1464; validation agreed on all three. Not a default: 3x the CPU (a profile's budget is shared).
     members: int = setting(1, "Train this many copies from different seeds and average their scores; the CPU budget "
                               "is shared equally (about members x the CPU).", ge=1, le=16)
-    # The successions an encoder misses (transitions.py): test NDCG@10 +0.0026..+0.0060 for single models on every seed of
+    # The successions an encoder misses (transitions.py): test NDCG@10 +0.0026..+0.0097 for single models on every seed of
     # the demo, ML-100k and the ML-1M subset (peers-*-transitions-*); validation chose a weight above 0 on all of them.
     transitions: str = setting("auto", "auto: also score how often each item followed the history's last item in "
                                        "training, weighted on validation; off: the encoder alone.", choices=TRANSITION_MODES)

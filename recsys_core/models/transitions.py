@@ -3,7 +3,7 @@ the history's last item in the training sequences, added to the encoder's scores
 validation.
 
 Why: on the demo the encoders (and their seed ensembles) miss exact item-to-item successions that a count table
-keeps; the prior, weighted on validation, lifted single models' test NDCG@10 by 0.0026-0.0060 on every seed of the demo,
+keeps; the prior, weighted on validation, lifted single models' test NDCG@10 by 0.0026-0.0097 on every seed of the demo,
 ML-100k and the ML-1M subset (ensembles: +0.0044 on the demo, +0.0024 on ML-100k, a tie on ML-1M; README, "The transition prior").
 
 The prior of a history whose last item is `a` is the z-score, over the whole catalogue, of log(1 + count(a -> j)):
