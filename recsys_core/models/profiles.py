@@ -69,10 +69,12 @@ PROFILES: dict[str, Profile] = {
     # every core): the budget ended both runs after 3-4 epochs (60-80 CPU s an epoch under that load): BERT4Rec
     # 0.1130 NDCG@10 (267 CPU s), SASRec+ 0.1088 (253 CPU s); defaults, 3 seeds: 0.1134 and 0.1201. On one thread
     # (2026-12-06, load 1.5-3, bench/results/eta-20261206.json) both early-stop on the demo in 47-52 CPU s (whole
-    # job); on ML-100k BERT4Rec reaches the step cap in ~119 CPU s and SASRec+ early-stops in ~115.
+    # job); on ML-100k BERT4Rec reaches the step cap in ~119 CPU s and SASRec+ early-stops in ~115. With shuffled
+    # batches and the transition prior (2026-12-07, eta-demo-*/eta-ml-100k-*, whole jobs): demo BERT4Rec 90 CPU s
+    # (step cap), SASRec+ 69 (early stop); ML-100k 84 and 66 (both early stop).
     DEMO: Profile(DEMO, "Demo: fast, near-full quality",
                   "Early stopping after 5 validations without improvement, at most 2,700 steps and 4 CPU-minutes "
-                  "(on the demo, BERT4Rec and SASRec+ stop early after about a minute of CPU).",
+                  "(on the demo, a BERT4Rec or SASRec+ run takes 1-1.5 CPU-minutes).",
                   cpu_budget_s=240.0,
                   settings={"bert4rec": _SEQUENTIAL_DEMO, "sasrec": _SEQUENTIAL_DEMO, "hybrid": _SEQUENTIAL_DEMO}),
     FULL: Profile(FULL, "Full: best quality, slower",
