@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from recsys_core.data.dataset import build_dataset
-from recsys_core.models import loop, profiles
+from recsys_core.models import loop, profiles, sequential
 from recsys_core.models.base import family_class
 from recsys_core.models.profiles import DEMO, FULL, PROFILES, estimate_training, human_duration, profile_for
 from recsys_core.models.settings import build_config, has_training_loop
+from recsys_core.models.transitions import fit_prior
 from recsys_core.progress import Progress
 from recsys_core.threads import use_threads
 from recsys_core.training.experiment import STOP_REASONS, families, make_split, run_experiment, under_trained
@@ -103,11 +104,22 @@ def test_the_estimate_is_a_range_whose_upper_end_is_not_below_the_run(data, one_
     assert cpu <= 1.1 * upper + 0.15 and upper < 3 * cpu, (cpu, estimate)
 
 
-def test_the_probe_times_the_transition_priors_weighing_only_where_the_model_weighs_one(data, one_thread):
+def test_the_probe_times_the_transition_priors_weighing_only_where_the_model_weighs_one(data, one_thread, monkeypatch):
     ds, split = data
     settings = {**SMALL, "epochs": 1, "patience": 0}
     assert profiles._probe(ds, "sasrec", settings, split, 50).prior_cpu_per_user > 0  # transitions=auto, the default
     assert profiles._probe(ds, "sasrec", {**settings, "transitions": "off"}, split, 50).prior_cpu_per_user == 0
+    # with refit=true the refit trains after the prior is weighed: the probe reads the weighing's own CPU seconds
+    timed = []
+
+    def weigh(*args):
+        kept, report = fit_prior(*args)
+        timed.append(report["cpu_s"])
+        return kept, report
+
+    monkeypatch.setattr(sequential, "fit_prior", weigh)
+    refit = profiles._probe(ds, "sasrec", {**settings, "refit": True}, split, 50)
+    assert refit.prior_cpu_per_user == timed[0] / min(50, len(split.valid)) > 0
 
 
 def _rates(**kw):

@@ -322,7 +322,6 @@ def _probe(ds: Dataset, family: str, overrides: dict[str, Any], split: Split, va
     progress = Progress(callback=lambda event: marks.append((*loop.clock(), event)))
     started = loop.clock()
     model = cls(build_config(cls.config_class, probe)).fit(ds, progress=progress, split=split)
-    fitted = loop.clock()
     first = next(m for m in marks if m[2].step == 0 and m[2].total)
     steps = [m for m in marks if m[2].step > 0 and not m[2].metrics and m[2].loss is not None]
     valid = next((m for m in marks if m[2].metrics), None)
@@ -332,8 +331,8 @@ def _probe(ds: Dataset, family: str, overrides: dict[str, Any], split: Split, va
     step_cpu, step_wall = (hi[1] - lo[1]) / n, (hi[0] - lo[0]) / n
     stretches = [(b[1] - a[1]) / max(1, b[2].step - a[2].step) for a, b in itertools.pairwise(timed)]
     valid_cpu = (valid[1] - hi[1]) / users if valid is not None and len(split.valid) else 0.0
-    # after the loop's last event: the transition prior's weighing (the validation users scored once, ranked 7 times)
-    prior_cpu = (fitted[1] - marks[-1][1]) / users if model.capabilities.transition_prior and len(split.valid) else 0.0
+    # the transition prior's weighing (the validation users scored once, ranked 7 times), as its fit timed it
+    prior_cpu = model.fit_report().get("transitions", {}).get("cpu_s", 0.0) / users if len(split.valid) else 0.0
     tested = min(len(split.test), PROBE_VALID_USERS)
     before = loop.clock()[1]
     evaluate(model, split.test, item_popularity=train_popularity(split), per_user=True, max_users=tested)
