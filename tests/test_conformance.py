@@ -33,7 +33,8 @@ HUB = 0
 # family-agnostic, and a new family with these names trains in seconds.
 QUICK = {"train.epochs": 25, "train.batch_size": 32, "train.lr": 5e-3, "train.patience": 0, "train.device": "cpu",
          "train.eval_every": 1, "hidden": 32, "heads": 2, "layers": 1, "max_len": 12, "dropout": 0.0,
-         "embedding_dim": 8, "k": 10}
+         "embedding_dim": 8, "k": 10,
+         "parts": "bert4rec@hidden=32;heads=2;layers=1;max_len=12 + sasrec@hidden=16;heads=1;layers=1;max_len=12"}
 TEXTS = {"A": "Space rocket film about astronauts and a mission to the stars",
          "B": "Home cooking show about kitchen recipes, bread and soup"}
 

@@ -155,6 +155,11 @@ class Recommender(ABC):
                            + (f"; or {self.order_free_hint}" if self.order_free_hint else ""))
         return None
 
+    def components(self) -> list[tuple[str, Any]]:
+        """(family, config) of the models that train one after another to make this one (a blend's parts), which a
+        time estimate sums; [] for a model that trains as itself."""
+        return []
+
     def training_memory(self, n_items: int) -> int | None:
         """Estimated peak bytes of one training step on a catalogue of `n_items` (None: no estimate)."""
         return None

@@ -33,7 +33,7 @@ from recsys_core.data.splits import Split
 from recsys_core.evaluation.metrics import evaluate, train_popularity
 from recsys_core.models import loop
 from recsys_core.models.base import capabilities_of, family_class
-from recsys_core.models.settings import TRAIN, build_config, has_training_loop
+from recsys_core.models.settings import TRAIN, build_config, flatten_config, has_training_loop
 from recsys_core.progress import Progress, ProgressEvent
 from recsys_core.threads import cores
 
@@ -139,6 +139,9 @@ class Estimate:
     threads: int  # torch threads of the probe (a job trains on `training_threads()`)
     refit_steps: int = 0  # refit=true: the most steps the refit can make, the first run's (0: no refit)
     members: int = 1  # models trained one after another (`members`); the steps above are each one's
+    # a model made of others trained one after another (a blend's parts): (family, estimate) of each, which the
+    # ranges above add up (the fields between them are the first part's)
+    parts: tuple[tuple[str, Estimate], ...] = ()
 
     def text(self) -> str:
         """'2 min to 4 min of CPU time (about 3 min to 6 min at this load)'."""
@@ -211,6 +214,9 @@ def _key(ds: Dataset, family: str, overrides: Mapping[str, Any], split: Split) -
 
 def _estimate(ds: Dataset, family: str, overrides: dict[str, Any], split: Split) -> Estimate:
     config = build_config(family_class(family).config_class, overrides)
+    parts = family_class(family)(config).components()
+    if parts:
+        return _sum_of_parts(ds, parts, flatten_config(config).get("transitions"), split)
     members = getattr(config, "members", 1)  # each trains as a run of its own, on an equal share of the budget
     train = dataclasses.replace(config.train, cpu_budget_s=config.train.cpu_budget_s / members)
     steps_per_epoch, n_valid, every = _plan(ds, family, overrides, split)
@@ -243,6 +249,20 @@ def _estimate(ds: Dataset, family: str, overrides: dict[str, Any], split: Split)
                     step_wall_s=rates.step_cpu * rates.wall_per_cpu, validation_cpu_s=validation_cpu,
                     measured_load=os.getloadavg()[0], threads=torch.get_num_threads(), refit_steps=planned * refit,
                     members=members)
+
+
+def _sum_of_parts(ds: Dataset, parts: list[tuple[str, Any]], transitions: str | None, split: Split) -> Estimate:
+    """The estimates of models trained one after another, added up: each part's own (cached: a blend and a run of
+    its part share the measurement), one process start. A part is measured weighing the prior when the whole
+    weighs one (`transitions`), so the prior's weighing counts once per member: a little over what it costs."""
+    each = [(family, estimate_training(ds, family, {**flatten_config(cfg), **(
+        {"transitions": transitions} if transitions else {})}, split)) for family, cfg in parts]
+    first, starts = each[0][1], START_CPU_S * (len(each) - 1)
+    low, high = sum(e.lower_cpu_s for _, e in each) - starts, sum(e.upper_cpu_s for _, e in each) - starts
+    return dataclasses.replace(first, lower_cpu_s=low, upper_cpu_s=high, lower_s=low * first.lower_s / first.lower_cpu_s,
+                               upper_s=high * first.upper_s / first.upper_cpu_s,
+                               early_stopping=any(e.early_stopping for _, e in each),
+                               members=sum(e.members for _, e in each), parts=tuple(each))
 
 
 def _with_refit(train: Any, low: float, high: float, refit_low: float, refit_high: float) -> tuple[float, float]:
