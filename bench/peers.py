@@ -41,7 +41,7 @@ from peers_worker import read_split
 # Outside the checkout: a venv of third-party code inside the tree would be read by every repo-wide check.
 PEERS_VENV = Path(os.environ.get("RECSYS_PEERS_VENV") or Path.home() / ".cache" / "recsys-explorer" / "peers-venv")
 PEERS_PY = PEERS_VENV / "bin" / "python"
-OURS = {"sasrec": "sasrec", "bert4rec": "bert4rec"}  # benchmark name -> our family
+OURS = {"sasrec": "sasrec", "bert4rec": "bert4rec", "blend": "blend"}  # benchmark name -> our family
 PEERS = [("rectools", "SASRecModel"), ("rectools", "BERT4RecModel"), ("recbole", "SASRec"), ("recbole", "BERT4Rec")]
 # The peer each of our models is matched against (same architecture family).
 MATCH = {"SASRecModel": "sasrec", "SASRec": "sasrec", "BERT4RecModel": "bert4rec", "BERT4Rec": "bert4rec"}

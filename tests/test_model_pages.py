@@ -12,6 +12,7 @@ from apptest_util import navigation_mode, open_app  # noqa: F401
 
 from recsys_core.data.demo import DEMO_NAME
 from recsys_core.models.bert4rec import BERT4RecConfig
+from recsys_core.models.blend import BlendConfig
 from recsys_core.models.profiles import profile_for
 from recsys_core.training.experiment import config_fields, run_experiment
 from recsys_core.workspace.registry import Workspace
@@ -74,7 +75,7 @@ def test_train_page_puts_basic_settings_first_and_every_other_field_under_advanc
     proposed = profile_for()
     assert at.radio(key="train_preset").value == proposed.name
     assert "Training device:" in _texts(at) and proposed.label in _texts(at)
-    budget = at.number_input(key=f"train_budget_{proposed.name}")
+    budget = at.number_input(key=f"train_budget_{proposed.name}_bert4rec")
     assert budget.value * 60 == proposed.cpu_budget_s and "CPU time" in budget.help
     advanced = next(e for e in at.expander if e.label == "Advanced settings")
     inside = _widget_keys(advanced)
@@ -104,6 +105,26 @@ def test_train_page_puts_basic_settings_first_and_every_other_field_under_advanc
     at.run()
     assert "2 members train one after another, each on an equal share of any time budget. Each: from early " \
            "stopping at its earliest to " in _texts(at)
+
+
+def test_train_page_proposes_a_blend_its_own_budget_and_adds_up_its_parts_expected_times(ws_root: Path) -> None:
+    at = open_app("views/train.py")
+    at.selectbox(key="train_family").set_value("blend").run()
+    proposed = profile_for()
+    budget = at.number_input(key=f"train_budget_{proposed.name}_blend")
+    assert budget.value * 60 == proposed.budget_for("blend") > proposed.cpu_budget_s  # six members share it
+    parts = at.text_input(key=f"train_cfg_{proposed.name}_blend_parts")
+    assert parts.value == BlendConfig().parts and "'+' between them" in parts.help
+    parts.set_value("bert4rec@hidden=16;layers=1 + sasrec@hidden=16;layers=1;members=2").run()
+    at.session_state[ESTIMATE_KEY].join(600)
+    at.run()
+    assert not at.exception, at.exception
+    shown = _texts(at)
+    assert "The parts train one after another" in shown, shown
+    assert re.search(r"part 1 \(bert4rec, 1 member\): (about )?\d+ (s|min)", shown), shown
+    assert re.search(r"part 2 \(sasrec, 2 members\): (about )?\d+ (s|min)", shown), shown
+    parts.set_value("bert4rec + ease").run()  # a part it cannot hold: said by name, nothing measured
+    assert "Expected time: unknown" in _texts(at) and "'ease' cannot be part of a blend" in _texts(at)
 
 
 def test_train_page_says_a_one_pass_model_has_no_epochs(ws_root: Path) -> None:

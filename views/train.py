@@ -22,6 +22,7 @@ from recsys_core.models.profiles import (
     describe_device,
     estimate_job,
     human_duration,
+    human_range,
     profile_for,
 )
 from recsys_core.models.settings import has_training_loop
@@ -284,8 +285,8 @@ def _basic_settings(family: str) -> tuple[Profile, float | None]:
                f"profile. {md_escape(profile.help)}")
     if not has_training_loop(family_class(family).config_class):
         return profile, None
-    minutes = st.number_input("Time budget (CPU minutes)", min_value=0.0, value=profile.cpu_budget_s / 60,
-                              step=1.0, format="%g", key=f"train_budget_{preset}",
+    minutes = st.number_input("Time budget (CPU minutes)", min_value=0.0, value=profile.budget_for(family) / 60,
+                              step=1.0, format="%g", key=f"train_budget_{preset}_{family}",
                               help="Training stops after the epoch that passes this much CPU time (0 = no "
                                    "limit). A job trains on one thread, so a CPU second is the same work at any load: "
                                    "a busy machine trains the same model, only slower.")
@@ -333,6 +334,9 @@ def _estimate_pending(job) -> None:
 
 
 def _estimate_caption(estimate: Estimate) -> None:
+    if estimate.parts:
+        _parts_caption(estimate)
+        return
     step = f"{estimate.step_cpu_s * 1000:,.0f} ms" if estimate.step_cpu_s < 1 else f"{estimate.step_cpu_s:.1f} s"
     bound = {"cpu_budget": "the time budget", "max_steps": "the step cap", "epochs": "the epochs"}[estimate.bound]
     earliest = "early stopping at its earliest" if estimate.early_stopping else bound
@@ -349,6 +353,18 @@ def _estimate_caption(estimate: Estimate) -> None:
     if estimate.threads != training_threads():
         st.caption(f"The job trains on {training_threads()} threads (RECSYS_TRAINING_THREADS), the measurement ran on "
                    f"{estimate.threads}: its CPU time per step may differ from this estimate.")
+
+
+def _parts_caption(estimate: Estimate) -> None:
+    """A blend's expected time: its parts' own, added up (each measured as a run of that part would be)."""
+    each = "; ".join(f"part {i} ({family}, {part.members} member{'s' * (part.members > 1)}): "
+                     f"{human_range(part.lower_cpu_s, part.upper_cpu_s)}" for i, (family, part) in
+                     enumerate(estimate.parts, 1))
+    st.markdown(f"**Expected time: {estimate.text()}**")
+    st.caption(f"The parts train one after another, each on its members' share of any time budget, and their CPU "
+               f"times add up: {each} of CPU time, from early stopping at its earliest to the latest stop. Measured on "
+               f"this machine now, a few real steps of each part, on {estimate.threads} thread(s); the minutes assume "
+               f"the load stays as measured ({estimate.measured_load:.1f}).")
 
 
 def _refusal(family: str, overrides: dict | None = None) -> Refusal | None:

@@ -70,14 +70,14 @@ def parse_parts(text: str) -> list[tuple[str, dict[str, Any]]]:
     out = []
     for number, chunk in enumerate(_SPLIT.split(text.strip()), 1):
         family, _, rest = chunk.strip().partition("@")
-        values = {}
+        family, values = family.strip(), {}
         for pair in filter(None, (p.strip() for p in rest.split(";"))):
             name, equals, value = pair.partition("=")
             if not equals or not name.strip():
-                raise ConfigError(f"part {number} ({family.strip() or chunk!r}): {pair!r} is not name=value", setting="parts",
+                raise ConfigError(f"part {number} ({family}): {pair!r} is not name=value", setting="parts",
                                   hint=f"write each part as family@name=value;name=value, e.g. {DEFAULT_PARTS}")
             values[name.strip()] = _value(value.strip())
-        out.append((family.strip(), values))
+        out.append((family, values))
     return out
 
 
