@@ -56,6 +56,10 @@ def test_an_engine_error_is_one_json_document_with_its_hint_and_exit_2(damaged):
     assert "What to do:" in err["text"] and str(damaged) not in proc.stderr  # no server path either
     unknown = _error(_cli("train", "--dataset", "demo", "--model", "nope", "--no-estimate", cwd=damaged))
     assert unknown["type"] == "ConfigError" and unknown["message"] == "unknown model 'nope'" and "ease" in unknown["hint"]
+    part = _error(_cli("train", "--dataset", "demo", "--model", "blend", "--set", "parts=bert4rec + ease", "--no-estimate",
+                       cwd=damaged))  # a blend's part it cannot hold, named before any data is read
+    assert part["setting"] == "parts" and part["message"] == "part 2: 'ease' cannot be part of a blend"
+    assert "bert4rec" in part["hint"] and "sasrec" in part["hint"]
 
 
 def test_a_bug_is_a_generic_line_and_exit_1_with_the_traceback_only_on_request(damaged):
