@@ -158,3 +158,30 @@ def test_the_eta_is_measured_from_the_step_rate_and_capped_by_the_cpu_budget():
     budgeted.progress.update(20, 1000)
     budgeted.flush()
     assert budgeted.store.rows[-1]["eta_s"] == 0.0 and budgeted.store.rows[-1]["eta_bounded"] == 1
+
+
+def test_the_eta_counts_the_models_still_to_train_one_after_another():
+    """Three members (or a blend's three): the time left is this model's steps left plus two more models' steps, at
+    this model's rate; the next model's loop, its step count starting again, is measured from its own first step."""
+    store = _FakeStore()
+    reporter = Reporter(store, 1, models=3)
+    reporter.progress.update(0, 100)
+    time.sleep(0.3)
+    reporter.progress.update(50, 100, loss=4.0)
+    reporter.flush()
+    first = store.rows[-1]["eta_s"]  # 50 steps left + 2 x 100, at ~6 ms a step
+    assert 1.0 < first < 10.0
+    reporter.progress.update(100, 100, loss=3.0)
+    time.sleep(0.5)  # the next model starts later: its rate is its own, not the time since the first model's start
+    reporter.progress.update(0, 100, message="training member 2 of 3")
+    time.sleep(0.3)
+    reporter.progress.update(50, 100, loss=4.0)
+    reporter.flush()
+    second = store.rows[-1]["eta_s"]  # 50 + 1 x 100 steps at ~6 ms
+    assert 0.5 < second < first
+    one = Reporter(_FakeStore(), 2)
+    one.progress.update(0, 100)
+    time.sleep(0.3)
+    one.progress.update(50, 100)
+    one.flush()
+    assert one.store.rows[-1]["eta_s"] < first / 2  # one model: only its own 50 steps

@@ -46,12 +46,14 @@ _SERVER_GONE = threading.Event()
 
 
 class Reporter(JobReporter):
-    """The job reporter of a training run: also keeps the loss and validation curves (thinned) and bounds
-    the ETA by what is left of the CPU budget."""
+    """The job reporter of a training run: also keeps the loss and validation curves (thinned), counts the models a
+    run trains one after another (`models`: a seed ensemble's members, a blend's parts' members) in its ETA, and
+    bounds the ETA by what is left of the CPU budget."""
 
-    def __init__(self, store: Any, job_id: int, cpu_budget_s: float = 0.0) -> None:
+    def __init__(self, store: Any, job_id: int, cpu_budget_s: float = 0.0, models: int = 1) -> None:
         super().__init__(store, job_id)
-        self.cpu_budget_s = cpu_budget_s
+        self.cpu_budget_s, self.models = cpu_budget_s, max(1, models)
+        self._loops, self._step = 0, -1  # training loops started (a step count starting again: the next model's)
         self._total = 0
         self._loss: list[list[float]] = []
         self._val: list[list] = []
@@ -61,9 +63,10 @@ class Reporter(JobReporter):
     def _on_event(self, event: ProgressEvent) -> None:
         with self._lock:
             self._latest, self._dirty = event, True
-            if event.total:  # the first event with steps: the step rate is measured from it
-                self._total = event.total
-                self._first = self._first or event
+            if event.total:  # the first event of each loop with steps: the step rate is measured from it
+                if self._first is None or event.step < self._step:
+                    self._first, self._loops = event, self._loops + 1
+                self._total, self._step = event.total, event.step
             if event.loss is not None and not event.metrics:
                 self._loss.append([event.step, round(event.loss, 5)])
                 if len(self._loss) > MAX_LOSS_POINTS:
@@ -82,19 +85,30 @@ class Reporter(JobReporter):
                 "curve": {"loss": list(self._loss), "val": list(self._val)}}
 
     def _eta(self, event: ProgressEvent) -> tuple[float | None, bool]:
-        """Seconds left at the step rate since the first step (start-up excluded), capped by what is left of
-        the CPU budget at the CPU rate so far; (seconds, capped by the budget)."""
+        """Seconds left at the step rate since this loop's first step (start-up excluded), with the models still to
+        train each as long as this one's steps at that rate, capped by what is left of the CPU budget at the CPU
+        rate so far; (seconds, capped by the budget). A refit's loop is not counted as a model."""
         first, total = self._first, event.total or self._total
         eta = None
         if first is not None and total and event.step > first.step:
             rate = (event.elapsed_s - first.elapsed_s) / (event.step - first.step)
-            eta = rate * max(total - event.step, 0)
+            eta = rate * (max(total - event.step, 0) + total * max(self.models - self._loops, 0))
         if not self.cpu_budget_s:
             return eta, False
         wall, cpu = time.perf_counter() - self._wall0, time.process_time() - self._cpu0
         cores = max(cpu / wall, 0.05) if wall > 0 else 1.0
         left = max(self.cpu_budget_s - cpu, 0.0) / cores
         return (left, True) if eta is None or left < eta else (eta, False)
+
+
+def trained_models(family: str, overrides: dict) -> int:
+    """How many models the run trains one after another: a blend's parts' members, or the model's own members."""
+    try:
+        model = make_model(family, overrides)
+    except RecsysError:
+        return 1
+    configs = [config for _, config in model.components()] or [model.config]
+    return sum(int(flatten_config(config).get("members", 1)) for config in configs)
 
 
 def cpu_budget(family: str, overrides: dict) -> float:
@@ -116,7 +130,8 @@ def run_job(store: Any, job_id: int) -> int:
             store.finish(job_id, "cancelled", message="cancelled before it started")
         return 0
     tuning = job.kind == TUNE_KIND  # a search (training/tune.py): its trials report through the plain reporter
-    reporter = JobReporter(store, job_id) if tuning else Reporter(store, job_id, cpu_budget(job.family, job.overrides))
+    reporter = JobReporter(store, job_id) if tuning else Reporter(store, job_id, cpu_budget(job.family, job.overrides),
+                                                                   trained_models(job.family, job.overrides))
     reporter.start()
     try:
         if tuning:
