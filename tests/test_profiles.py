@@ -57,11 +57,13 @@ def test_every_profile_fits_every_model_and_budgets_only_those_with_a_training_l
         config_class = family_class(family).config_class
         build_config(config_class, settings)  # every name is a real setting of that model
         if has_training_loop(config_class):
-            assert settings["train.cpu_budget_s"] == profile.cpu_budget_s > 0
+            assert settings["train.cpu_budget_s"] == profile.budget_for(family) >= profile.cpu_budget_s > 0
         else:
             assert settings == {}
     demo = PROFILES[DEMO].overrides("bert4rec")  # the demo bounds steps as well as CPU time: load-proof
     assert demo["train.max_steps"] > 0 and demo["train.patience"] > 0
+    blend = PROFILES[DEMO].overrides("blend")  # a blend's six models share its budget
+    assert blend["train.cpu_budget_s"] >= 3 * demo["train.cpu_budget_s"] and blend["train.max_steps"] > 0
 
 
 def test_a_run_with_a_tiny_cpu_budget_stops_on_the_budget(data):

@@ -78,8 +78,9 @@ PROFILES: dict[str, Profile] = {
     # batches and the transition prior (2026-12-07, eta-demo-*/eta-ml-100k-*, whole jobs): demo BERT4Rec 90 CPU s
     # (step cap), SASRec+ 69 (early stop); ML-100k 84 and 66 (both early stop).
     DEMO: Profile(DEMO, "Demo: fast, near-full quality",
-                  "Early stopping after 5 validations without improvement, at most 2,700 steps and 4 CPU-minutes "
-                  "(on the demo, a BERT4Rec or SASRec+ run takes 1-1.5 CPU-minutes).",
+                  "Early stopping after 5 validations without improvement, at most 2,700 steps and 4 CPU-minutes, "
+                  "15 for a blend, whose models share them (on the demo, a BERT4Rec or SASRec+ run takes 1-1.5 "
+                  "CPU-minutes).",
                   cpu_budget_s=240.0,
                   settings={"bert4rec": _SEQUENTIAL_DEMO, "sasrec": _SEQUENTIAL_DEMO, "hybrid": _SEQUENTIAL_DEMO,
                             "blend": _SEQUENTIAL_DEMO},
