@@ -128,6 +128,8 @@ def test_parts_share_the_loop_settings_the_budget_by_members_and_keep_their_own_
     ("sasrec@seed=4", "part 1 (sasrec): train.seed cannot be set in a part"),
     ("sasrec@checkpoint_dir=/etc", "part 1 (sasrec): train.checkpoint_dir cannot be set in a part"),
     ("sasrec@dropout=1.5", "part 1 (sasrec): 1.5 is not allowed"),
+    ("hybrid@text_tower_dir=/srv/other", "part 1 (hybrid): text_tower_dir cannot be set in a part"),  # outside the jail
+    ("sasrec + hybrid@text_model_name=/srv/x", "part 2 (hybrid): text_model_name cannot be set in a part"),
 ])
 def test_a_part_spelled_wrong_is_refused_by_name_with_what_to_do(parts: str, says: str):
     with pytest.raises(ConfigError) as err:

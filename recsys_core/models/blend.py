@@ -43,9 +43,14 @@ DEFAULT_PARTS = "bert4rec@block=ligr;members=3 + sasrec@members=3"
 PREFIX = "part"  # saved tensors of part i: "part{i}.<the part's own tensor name>"
 # Settings of the run as a whole: the blend's, handed to every part (a part naming one is refused)
 RUN_LEVEL = ("train.seed", "train.cpu_budget_s", "train.device", "train.amp", "train.checkpoint_dir", "train.resume")
+# A part's folder or encoder name would escape the checks that keep a run's paths inside its workspace (they read
+# the blend's own settings), so a hybrid part reads the bundled encoder
+OWN_TEXT = ("text_tower_dir", "text_model_name")
 REFUSED = {"transitions": "the blend weighs one transition prior over all its parts: set transitions on the blend",
            "refit": "a part's refit would train on the validation items the blend's prior is weighed on",
-           **{name: f"{name} is the blend's, shared by its parts: set it on the blend" for name in RUN_LEVEL}}
+           **{name: f"{name} is the blend's, shared by its parts: set it on the blend" for name in RUN_LEVEL},
+           **{name: "a hybrid part reads the bundled text encoder; train a hybrid alone to choose another"
+              for name in OWN_TEXT}}
 _SPLIT = re.compile(r"\s*\+\s*(?=[A-Za-z_])")  # "+" before a family name (not the one of "1e+3")
 
 
