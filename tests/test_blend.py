@@ -141,3 +141,14 @@ def test_a_part_spelled_wrong_is_refused_by_name_with_what_to_do(parts: str, say
 def test_values_read_as_json_where_they_are_and_a_plus_inside_a_number_is_not_a_new_part():
     assert parse_parts("sasrec@lr=1e+3;block=ligr;amp=true + bert4rec") == [
         ("sasrec", {"lr": 1000.0, "block": "ligr", "amp": True}), ("bert4rec", {})]
+
+
+def test_without_validation_users_a_blend_trains_and_is_not_called_a_run_that_never_improved(data):
+    """No split: no validation, so no early stop, no weighed prior, and "improved" unknown (None), which a run record
+    must not read as "no improvement" (False)."""
+    ds, _ = data
+    model = make_model("blend", {**SMALL, "epochs": 2, "transitions": "auto"}).fit(ds)
+    report = model.fit_report()
+    assert report["improved"] is None and "valid" not in report["members"]
+    assert report["transitions"] == {"weight": 0.0, "reason": "no validation users to weigh it on"}
+    assert model.score([np.array([1, 2, 3])]).shape == (1, ds.n_items)

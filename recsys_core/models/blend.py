@@ -137,7 +137,7 @@ class Blend(Recommender):
     """The parts' members' mean logits, plus the blend's transition prior (`transitions`)."""
 
     family = "blend"
-    description = "Blend: BERT4Rec and SASRec+ models trained one after another, their scores averaged"
+    description = "Blend: sequential models (BERT4Rec, SASRec+) trained one after another, their scores averaged"
     config_class = BlendConfig
 
     def __init__(self, config: BlendConfig | None = None) -> None:
@@ -198,14 +198,14 @@ class Blend(Recommender):
         part's, every member across the parts, and the blend's own validation without the prior."""
         reports = [p.fit_report() for p in self.parts_]
         each = [{"part": i, **m} for i, part in enumerate(self.parts_) for m in _members(part)]
-        keep = ("stopped", "steps", "best_epoch", "best_metric", "epochs_run", "cpu_seconds", "batch_size", "improved")
+        keep = ("stopped", "steps", "best_epoch", "best_metric", "epochs_run", "cpu_seconds", "batch_size")
         out = {**{k: reports[0].get(k) for k in keep}, "loss_reason": "; ".join(r.get("loss_reason", "") for r in reports),
                "parts": [{"family": p.family, "members": len(p.members_), **{k: r.get(k) for k in keep}}
                          for p, r in zip(self.parts_, reports)],
                "parts_requested": requested,
                "members": {"requested": sum(cfg.members for _, cfg in part_configs(self.config)),
                            "trained": len(each), "each": each},
-               "improved": any(r.get("improved") for r in reports) if reports else None}
+               "improved": ensemble.improved(reports)}  # None, not False, where no part validated twice
         if valid is not None:
             out["members"]["valid"] = validation_metrics(self._without_prior(), valid)
         return out
