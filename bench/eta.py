@@ -23,6 +23,7 @@ the 1-minute load average before and after every run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -48,7 +49,7 @@ from recsys_core.training.jobs import TrainingJob
 from recsys_core.workspace.jobs import JobStore
 from recsys_core.workspace.registry import Workspace
 
-FAMILIES = ["bert4rec", "sasrec", "hybrid", "text_tower", "ease", "itemknn", "popularity"]
+FAMILIES = ["bert4rec", "sasrec", "hybrid", "text_tower", "ease", "itemknn", "popularity", "blend"]
 DATASETS = ["demo", "ml-100k", "counts"]
 ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
 EXTRA = {"text_tower": {"mode": "fine_tune"}}  # the trainable text tower; zero-shot is one pass
@@ -77,6 +78,15 @@ def dataset(name: str, scratch: Path):
     return resolve_dataset(name, None)
 
 
+def _rounded(value):
+    """Floats to 3 decimals, inside dicts, lists and tuples too."""
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v) for v in value]
+    return round(value, 3) if isinstance(value, float) else value
+
+
 def run_one(store: JobStore, ds, saved: str, family: str) -> dict:
     overrides = {**profile_for("cpu").overrides(family), **EXTRA.get(family, {})}
     row = {"dataset": saved, "model": family, "overrides": overrides}
@@ -88,7 +98,7 @@ def run_one(store: JobStore, ds, saved: str, family: str) -> dict:
     if can_estimate(family, overrides):
         t0 = time.process_time()
         est = estimate_training(ds, family, overrides, make_split(ds))
-        row["estimate"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in vars(est).items()}
+        row["estimate"] = _rounded(dataclasses.asdict(est))  # a blend's parts: their own estimates, nested
         row["estimate_cpu_s"] = round(time.process_time() - t0, 2)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall = time.perf_counter()

@@ -113,10 +113,10 @@ def _texts(at: AppTest) -> str:
 def test_the_form_opens_on_a_model_that_can_run_and_marks_the_others(ws_with_plays: Path) -> None:
     at = _train_page(dataset="plays")
     family = at.selectbox(key="train_family")
-    assert family.value == "ease"  # BERT4Rec, SASRec+, the hybrid and the text tower are refused here
+    assert family.value == "ease"  # BERT4Rec, SASRec+, the hybrid, the text tower and blends of them are refused here
     marked = [o for o in family.options if o.endswith("(not offered on this data)")]
-    assert [o.split(":")[0] for o in marked] == ["BERT4Rec", "SASRec+", "Hybrid", "Text tower"]
-    assert "Not offered on this data with their defaults: BERT4Rec, SASRec+, Hybrid, Text tower" in _texts(at)
+    assert [o.split(":")[0] for o in marked] == ["BERT4Rec", "SASRec+", "Hybrid", "Text tower", "Blend"]
+    assert "Not offered on this data with their defaults: BERT4Rec, SASRec+, Hybrid, Text tower, Blend" in _texts(at)
     assert at.selectbox(key="train_split").options == ["leave_one_out"]
     assert "Temporal split: not offered" in _texts(at)
     assert not at.button(key="train_start").disabled
