@@ -76,11 +76,12 @@ PROFILES: dict[str, Profile] = {
     # (2026-12-06, load 1.5-3, bench/results/eta-20261206.json) both early-stop on the demo in 47-52 CPU s (whole
     # job); on ML-100k BERT4Rec reaches the step cap in ~119 CPU s and SASRec+ early-stops in ~115. With shuffled
     # batches and the transition prior (2026-12-07, eta-demo-*/eta-ml-100k-*, whole jobs): demo BERT4Rec 90 CPU s
-    # (step cap), SASRec+ 69 (early stop); ML-100k 84 and 66 (both early stop).
+    # (step cap), SASRec+ 69 (early stop); ML-100k 84 and 66 (both early stop). The default blend (six models) on the
+    # demo: 563 and 576 CPU s a whole job, within its estimate both times (bench/results/eta-20261207.json).
     DEMO: Profile(DEMO, "Demo: fast, near-full quality",
                   "Early stopping after 5 validations without improvement, at most 2,700 steps and 4 CPU-minutes, "
                   "15 for a blend, whose models share them (on the demo, a BERT4Rec or SASRec+ run takes 1-1.5 "
-                  "CPU-minutes).",
+                  "CPU-minutes, the default blend about 10).",
                   cpu_budget_s=240.0,
                   settings={"bert4rec": _SEQUENTIAL_DEMO, "sasrec": _SEQUENTIAL_DEMO, "hybrid": _SEQUENTIAL_DEMO,
                             "blend": _SEQUENTIAL_DEMO},
