@@ -31,9 +31,9 @@ import optuna
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from recsys_core.training.tune import MIN_TRIAL_S  # noqa: E402
+from peers import PEERS_PY, PEERS_VENV, check_export, export_split, load_split, run_peer
 
-from peers import PEERS_PY, PEERS_VENV, check_export, export_split, load_split, run_peer  # noqa: E402
+from recsys_core.training.tune import MIN_TRIAL_S
 
 TRIAL_SHARE = 0.25  # as recsys_core.training.tune
 SPACE = {  # RecTools' names; the same ranges as our SequentialConfig.search_space where a setting matches
