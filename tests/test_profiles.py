@@ -4,6 +4,7 @@ the time the run takes."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -147,6 +148,8 @@ def test_the_range_runs_from_the_earliest_early_stop_to_the_epoch_that_passes_th
     assert estimate.upper_s == pytest.approx(1.5 * estimate.upper_cpu_s)
     assert estimate.planned_steps == 10 * math.ceil(30.0 / (10 * 0.1 + 0.1))  # what the progress bar's 100 % is
     assert estimate.text().endswith("at this load)") and " of CPU time " in estimate.text()
+    narrow = dataclasses.replace(estimate, lower_cpu_s=50.0, upper_cpu_s=51.0, lower_s=50.0, upper_s=51.0)
+    assert narrow.text() == "about 50 s of CPU time (about 50 s at this load)"  # said once, not "about about"
     capped = estimate_training(ds, "sasrec", {**settings, "max_steps": 50}, split)  # the cap comes first
     assert capped.bound == "max_steps" and capped.planned_steps == 50
     assert capped.upper_cpu_s == pytest.approx(fixed + 50 * 0.12 + 5 * 0.1)

@@ -154,9 +154,11 @@ class Estimate:
     parts: tuple[tuple[str, Estimate], ...] = ()
 
     def text(self) -> str:
-        """'2 min to 4 min of CPU time (about 3 min to 6 min at this load)'."""
+        """'2 min to 4 min of CPU time (about 3 min to 6 min at this load)'; 'about 50 s of CPU time (about 50 s at
+        this load)' when both ends read the same."""
+        wall = human_range(self.lower_s, self.upper_s)
         return (f"{human_range(self.lower_cpu_s, self.upper_cpu_s)} of CPU time "
-                f"(about {human_range(self.lower_s, self.upper_s)} at this load)")
+                f"({wall if wall.startswith('about ') else 'about ' + wall} at this load)")
 
 
 def human_range(low: float, high: float) -> str:
