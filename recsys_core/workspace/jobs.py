@@ -396,9 +396,19 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 def _lost(pid: int | None, updated_at: str) -> bool:
     if pid is not None:
-        return not process_alive(pid)
+        return not process_alive(pid) and not _reaped_here(pid)
     age = time.time() - datetime.fromisoformat(updated_at).timestamp()  # since it was made pending (or claimed)
     return age > _PENDING_GRACE_S
+
+
+def _reaped_here(pid: int) -> bool:
+    """A dead child of this process not yet waited for: the thread that launched it is about to record how it ended
+    (e.g. "stopped by SIGKILL"), which a sweep's "process gone" would otherwise overwrite first."""
+    try:
+        process = psutil.Process(pid)
+        return process.status() == psutil.STATUS_ZOMBIE and process.ppid() == os.getpid()
+    except psutil.Error:
+        return False
 
 
 def _record(row: sqlite3.Row) -> JobRecord:
