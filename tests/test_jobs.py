@@ -150,7 +150,7 @@ def test_the_eta_is_measured_from_the_step_rate_and_capped_by_the_cpu_budget():
     progress.update(20, 1000, epoch=1, loss=4.0)
     reporter.flush()
     row = store.rows[-1]
-    assert row["fraction"] == 0.02 and row["loss"] == 4.0 and row["curve"]["loss"] == [[10, 5.0], [20, 4.0]]
+    assert row["fraction"] == 0.02 and row["loss"] == 4.0 and row["curve"]["loss"] == [[10, 5.0, 1], [20, 4.0, 1]]
     assert 5 < row["eta_s"] < 60 and not row["eta_bounded"]  # ~0.01 s a step, 980 steps left
     budgeted = Reporter(_FakeStore(), 2, cpu_budget_s=0.001)
     budgeted.progress.update(10, 1000)
@@ -179,6 +179,7 @@ def test_the_eta_counts_the_models_still_to_train_one_after_another():
     reporter.flush()
     second = store.rows[-1]["eta_s"]  # 50 + 1 x 100 steps at ~6 ms
     assert 0.5 < second < first
+    assert [point[2] for point in store.rows[-1]["curve"]["loss"]] == [1, 1, 2]  # the page draws a line per model
     one = Reporter(_FakeStore(), 2)
     one.progress.update(0, 100)
     time.sleep(0.3)

@@ -131,23 +131,45 @@ def _fitted(values: list[float], floor: float | None = None) -> list[float]:
     return [floor if floor is not None else lo - pad, hi + pad]
 
 
+def _by_model(points: list[list], column: int) -> dict[int, list[list]]:
+    """Curve points per model a run trains one after another (a seed ensemble's members, a blend's parts'): each
+    starts again at step 0, so one line through them all would run back across the chart. Points recorded before
+    the model was noted belong to the first."""
+    groups: dict[int, list[list]] = {}
+    for point in points:
+        groups.setdefault(point[column] if len(point) > column else 1, []).append(point)
+    return groups
+
+
+def _named(groups: dict[int, list[list]], model: int, hover: str) -> dict:
+    """A trace's name and hover text: the model's number where the run trains several."""
+    several = len(groups) > 1
+    return {"name": f"model {model}", "hovertemplate": (f"model {model}<br>" if several else "") + hover}
+
+
 def _loss_figure(job: JobRecord) -> go.Figure:
     points = job.curve.get("loss", [])
-    steps, losses = [p[0] for p in points], [p[1] for p in points]
-    fig = go.Figure(go.Scatter(x=steps, y=losses, mode="lines+markers" if len(points) < 3 else "lines",
-                               hovertemplate="step %{x:,}<br>loss %{y:.4f}<extra></extra>"))
-    fig.update_layout(title="Training loss", height=280, margin={"t": 40, "b": 10})
-    fig.update_xaxes(title_text="Optimizer step", range=[0, max(steps) * 1.05 + 1])  # the data, not the plan
-    fig.update_yaxes(title_text="Loss", range=_fitted(losses))
+    groups = _by_model(points, 2)
+    fig = go.Figure([go.Scatter(x=[p[0] for p in ps], y=[p[1] for p in ps], mode="lines+markers" if len(ps) < 3 else "lines",
+                                **_named(groups, m, "step %{x:,}<br>loss %{y:.4f}<extra></extra>"))
+                     for m, ps in groups.items()])
+    fig.update_layout(title="Training loss" + (" (one line per model)" if len(groups) > 1 else ""), height=280,
+                      margin={"t": 40, "b": 10}, showlegend=len(groups) > 1)
+    fig.update_xaxes(title_text="Optimizer step", range=[0, max(p[0] for p in points) * 1.05 + 1])  # the data, not the plan
+    fig.update_yaxes(title_text="Loss", range=_fitted([p[1] for p in points]))
     return fig
 
 
 def _validation_figure(job: JobRecord) -> go.Figure:
     points = [p for p in job.curve.get("val", []) if METRIC in p[1]]
     epochs, values = [p[0] for p in points], [p[1][METRIC] for p in points]
-    fig = go.Figure(go.Scatter(x=epochs, y=values, mode="lines+markers", customdata=[p[2] for p in points],
-                               hovertemplate="epoch %{x}<br>NDCG@10 %{y:.4f}<br>after %{customdata} s<extra></extra>"))
-    fig.update_layout(title="Validation NDCG@10", height=280, margin={"t": 40, "b": 10})
+    groups = _by_model(points, 3)
+    fig = go.Figure([go.Scatter(x=[p[0] for p in ps], y=[p[1][METRIC] for p in ps], mode="lines+markers",
+                                customdata=[p[2] for p in ps],
+                                **_named(groups, m, "epoch %{x}<br>NDCG@10 %{y:.4f}<br>after %{customdata} s<extra></extra>"))
+                     for m, ps in groups.items()])
+    fig.update_layout(title="Validation NDCG@10" + (" (one line per model)" if len(groups) > 1 else ""), height=280,
+                      margin={"t": 40, "b": 10}, showlegend=len(groups) > 1)
     fig.update_xaxes(title_text="Epoch", range=[0.5, max(epochs) + 0.5], dtick=max(1, round(max(epochs) / 10)))
     fig.update_yaxes(title_text="NDCG@10 (validation, full ranking)", range=_fitted(values, floor=0.0))
     return fig

@@ -68,12 +68,12 @@ class Reporter(JobReporter):
                     self._first, self._loops = event, self._loops + 1
                 self._total, self._step = event.total, event.step
             if event.loss is not None and not event.metrics:
-                self._loss.append([event.step, round(event.loss, 5)])
+                self._loss.append([event.step, round(event.loss, 5), max(1, self._loops)])  # and which model's
                 if len(self._loss) > MAX_LOSS_POINTS:
                     self._loss = self._loss[::2]  # keep the shape, halve the points
             if event.metrics:
                 self._metrics = {k: v for k, v in event.metrics.items() if isinstance(v, (int, float))}
-                self._val.append([event.epoch, self._metrics, round(event.elapsed_s, 1)])
+                self._val.append([event.epoch, self._metrics, round(event.elapsed_s, 1), max(1, self._loops)])
 
     def _fields(self, event: ProgressEvent) -> dict:
         eta, bounded = self._eta(event)
