@@ -18,7 +18,7 @@ import pytest
 from recsys_core.data.dataset import build_dataset
 from recsys_core.models.base import load_model
 from recsys_core.training.jobs import TrainingJob
-from recsys_core.training.worker import Reporter
+from recsys_core.training.worker import Reporter, trained_models
 from recsys_core.workspace.jobs import JobStore
 from recsys_core.workspace.registry import Workspace
 
@@ -186,3 +186,6 @@ def test_the_eta_counts_the_models_still_to_train_one_after_another():
     one.progress.update(50, 100)
     one.flush()
     assert one.store.rows[-1]["eta_s"] < first / 2  # one model: only its own 50 steps
+    # the loops a job's Reporter expects: members, a blend's parts' members, and a refit's second loop per member
+    assert trained_models("bert4rec", {"members": 2}) == 2 and trained_models("bert4rec", {"refit": True}) == 2
+    assert trained_models("blend", {}) == 6 and trained_models("bert4rec", {"no_such_setting": 1}) == 1

@@ -87,7 +87,7 @@ class Reporter(JobReporter):
     def _eta(self, event: ProgressEvent) -> tuple[float | None, bool]:
         """Seconds left at the step rate since this loop's first step (start-up excluded), with the models still to
         train each as long as this one's steps at that rate, capped by what is left of the CPU budget at the CPU
-        rate so far; (seconds, capped by the budget). A refit's loop is not counted as a model."""
+        rate so far; (seconds, capped by the budget). A refit is a loop of its own, counted in `models`."""
         first, total = self._first, event.total or self._total
         eta = None
         if first is not None and total and event.step > first.step:
@@ -102,13 +102,15 @@ class Reporter(JobReporter):
 
 
 def trained_models(family: str, overrides: dict) -> int:
-    """How many models the run trains one after another: a blend's parts' members, or the model's own members."""
+    """How many training loops the run makes one after another: a blend's parts' members, or the model's own
+    members, each twice with `refit` (a refit trains it again from the start)."""
     try:
         model = make_model(family, overrides)
     except RecsysError:
         return 1
     configs = [config for _, config in model.components()] or [model.config]
-    return sum(int(flatten_config(config).get("members", 1)) for config in configs)
+    flat = [flatten_config(config) for config in configs]
+    return sum(int(f.get("members", 1)) * (2 if f.get("refit") else 1) for f in flat)
 
 
 def cpu_budget(family: str, overrides: dict) -> float:
